@@ -1,0 +1,1 @@
+"""exnet's benchmarks: each prints measured figures next to a baseline measured in the same run."""

@@ -1,0 +1,62 @@
+"""The ``exnet`` command: one sub-command per job (options -> settings -> build -> run).
+
+Each job lives in a module of its own that exposes ``register(app)``; this
+module only assembles them and turns expected failures into a clear message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from exnet.errors import UserError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="exnet",
+    help="exnet: sites' events -> Kafka -> validation -> ClickHouse analytics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    # Imported here, not at module import, so that `exnet --help` stays fast
+    # and no job's dependencies load for another job.
+    from exnet.cli import broker, contracts, pipeline, publish, simulate
+
+    for module in (broker, contracts, pipeline, publish, simulate):
+        module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _register_all()
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except typer.Abort:
+        Console(stderr=True).print("aborted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's own usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
