@@ -42,7 +42,9 @@ def main() -> None:
     )
     _register_all()
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) a command's exit code.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except UserError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)

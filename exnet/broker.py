@@ -1,0 +1,747 @@
+"""exnet's launcher for a local Apache Kafka broker (``exnet broker start|stop|status``).
+
+It runs real Apache Kafka, single node, KRaft combined mode (broker and
+controller in one JVM), on loopback only, from jars that Maven fetches from
+Maven Central as ``deploy/kafka/pom.xml`` pins them. CI and people start Kafka
+the same way, through this module.
+
+What callers may rely on:
+
+- :func:`start` returns only once the broker answers a metadata request, and
+  raises :class:`~exnet.errors.UserError` otherwise (missing ``java`` or
+  ``mvn``, a port taken by another program, a broker that dies or stays silent;
+  the message then carries the tail of the broker's log). Starting a running
+  broker changes nothing.
+- :func:`stop` returns once the process is gone (SIGTERM, then SIGKILL after a
+  timeout) and its pid file removed. Stopping a stopped broker changes nothing.
+- Everything of one broker lives under :attr:`BrokerConfig.home`
+  (``<var_dir>/kafka`` for the configured one): ``data/`` (the log dirs and
+  KRaft metadata; kept across restarts), ``logs/`` (``server.log``,
+  ``controller.log``, ``console.log`` for the JVM's own output),
+  ``server.properties`` (regenerated at every start) and ``broker.pid``.
+  The jars live outside it, in ``deploy/kafka/lib/<hash of the pom>/``
+  (git-ignored), shared by every broker of the checkout and fetched once.
+- A pid file whose process is gone, or belongs to another program, is stale:
+  :func:`status` reports the broker stopped and :func:`start` / :func:`stop`
+  remove the file.
+- Start and stop of one home are serialised by a lock file, so two
+  ``exnet broker start`` at once start one broker.
+
+Only a broker on 127.0.0.1 is launched; ``EXNET_KAFKA_BOOTSTRAP`` lets the rest
+of exnet use any other broker or cluster instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exnet.errors import UserError
+
+if TYPE_CHECKING:
+    from exnet.settings import Settings
+
+__all__ = [
+    "DEFAULT_CONTROLLER_PORT",
+    "DEFAULT_PORT",
+    "HOST",
+    "BrokerConfig",
+    "BrokerStatus",
+    "StartResult",
+    "StopResult",
+    "broker_answers",
+    "ensure_jars",
+    "pinned_kafka_version",
+    "server_properties",
+    "start",
+    "status",
+    "stop",
+]
+
+#: Where the Maven project that pins the broker's jars, and its logging config, live.
+KAFKA_DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka"
+POM_FILE = KAFKA_DEPLOY_DIR / "pom.xml"
+LOG4J_CONFIG = KAFKA_DEPLOY_DIR / "log4j2.properties"
+#: Jar folders, one per pom content (git-ignored; survives ``make clean``).
+JAR_CACHE = KAFKA_DEPLOY_DIR / "lib"
+
+#: The launcher binds loopback only: a development broker has no authentication.
+HOST = "127.0.0.1"
+DEFAULT_PORT = 9092
+DEFAULT_CONTROLLER_PORT = 9093
+
+#: JVM heap: enough for a development node's traffic, modest next to chDB and
+#: Faust workers on a 2-core machine.
+HEAP_OPTS = ("-Xms256m", "-Xmx512m")
+#: Kafka's own scripts use G1 with short pauses; a broker that runs out of heap
+#: should die (and show up in ``status``) rather than limp.
+JVM_OPTS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+#: For ``StorageTool``, a JVM that lives seconds: skipping the optimising JIT and
+#: G1's set-up starts it ~1.3 s (40 %) faster on 2 cores.
+TOOL_JVM_OPTS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
+#: Kafka 4.x brokers need Java 17 or newer.
+MIN_JAVA_MAJOR = 17
+
+#: Seconds to wait for a started broker to answer. A warm start on 2 cores takes
+#: about 6 s; the margin covers a first start on a slow CI disk.
+START_TIMEOUT_S = 90.0
+#: Seconds to wait after SIGTERM before SIGKILL. A single node shuts down in ~2 s.
+STOP_TIMEOUT_S = 30.0
+#: Seconds to wait for the process to vanish after SIGKILL.
+KILL_TIMEOUT_S = 10.0
+#: Seconds for one readiness probe (TCP connect, then a metadata request that
+#: takes ~0.1 s on loopback).
+PROBE_TIMEOUT_S = 2.0
+#: Seconds between readiness probes and liveness checks.
+POLL_INTERVAL_S = 0.25
+#: Seconds Maven may take for the first fetch (~45 MB of jars plus Maven's plugins).
+MVN_TIMEOUT_S = 900.0
+#: Seconds for ``StorageTool format`` (one JVM start, ~3 s).
+FORMAT_TIMEOUT_S = 120.0
+#: Lines of the broker's log shown when a start fails.
+LOG_TAIL_LINES = 30
+
+_KAFKA_MAIN = "kafka.Kafka"
+_STORAGE_TOOL = "kafka.tools.StorageTool"
+_JARS_COMPLETE = ".complete"
+_INSTALL_JAVA = "install a Java 17+ JDK (apt-get install openjdk-17-jdk-headless)"
+_INSTALL_MAVEN = "install Maven 3.8+ (apt-get install maven)"
+
+OnStep = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Where one local broker keeps its files and which loopback ports it binds."""
+
+    home: Path
+    port: int = DEFAULT_PORT
+    controller_port: int = DEFAULT_CONTROLLER_PORT
+    jar_cache: Path = JAR_CACHE
+
+    def __post_init__(self) -> None:
+        for port in (self.port, self.controller_port):
+            if not 0 < port < 65536:
+                raise UserError(f"port {port} is out of range (1-65535)")
+        if self.port == self.controller_port:
+            raise UserError(f"the broker and its controller both want port {self.port}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerConfig:
+        """The broker that ``settings.kafka_bootstrap`` names, under ``<var_dir>/kafka``.
+
+        The bootstrap must be one ``127.0.0.1:<port>`` (or ``localhost:<port>``);
+        the controller takes the next port (9093 for the default 9092).
+        """
+        bootstrap = settings.kafka_bootstrap.strip()
+        host, _, port_text = bootstrap.rpartition(":")
+        if host not in (HOST, "localhost") or not port_text.isdigit():
+            raise UserError(
+                f"EXNET_KAFKA_BOOTSTRAP is {bootstrap!r}, but `exnet broker` runs only a "
+                f"local broker on {HOST}: unset EXNET_KAFKA_BOOTSTRAP (or set it to "
+                f"{HOST}:<port>) to use the local one, or manage that cluster yourself"
+            )
+        port = int(port_text)
+        return cls(home=settings.var_dir / "kafka", port=port, controller_port=port + 1)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def server_log(self) -> Path:
+        return self.logs_dir / "server.log"
+
+    @property
+    def console_log(self) -> Path:
+        """The JVM's stdout and stderr (crashes before logging starts land here)."""
+        return self.logs_dir / "console.log"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.home / "server.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.home / ".launcher.lock"
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What :func:`status` found."""
+
+    running: bool
+    #: The broker's pid when running.
+    pid: int | None
+    bootstrap: str
+    #: Whether it answered a metadata request (a running broker may still be starting).
+    answering: bool
+    #: A pid file whose process is gone or is not this broker.
+    stale_pid: int | None
+    home: Path
+
+
+@dataclass(frozen=True)
+class StartResult:
+    pid: int
+    #: True when the broker was running already and nothing was started.
+    already_running: bool
+    #: Seconds from the call until the broker answered.
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StopResult:
+    #: The stopped broker's pid; None when none was running.
+    pid: int | None
+    #: True when SIGTERM was not enough and the process was killed.
+    killed: bool
+    #: A stale pid file that was removed.
+    stale_pid: int | None
+
+
+# --- public API ---------------------------------------------------------------
+
+
+def start(
+    config: BrokerConfig,
+    *,
+    timeout_s: float = START_TIMEOUT_S,
+    on_step: OnStep | None = None,
+) -> StartResult:
+    """Start the broker detached and return once it answers a metadata request.
+
+    A broker already running from ``config.home`` is left alone (it is waited
+    for if it is still starting). On the first start Maven fetches the jars and
+    the storage is formatted with a new cluster id. A broker that exits or stays
+    silent for ``timeout_s`` seconds is stopped and a :class:`UserError` carries
+    the tail of its log.
+    """
+    started_at = time.monotonic()
+    step = on_step or _ignore
+    config.home.mkdir(parents=True, exist_ok=True)
+    with _launcher_lock(config):
+        pid = _running_pid(config)
+        if pid is not None:
+            _wait_until_answering(config, pid, None, started_at + timeout_s)
+            return StartResult(pid, already_running=True, seconds=time.monotonic() - started_at)
+        _remove_stale_pid_file(config)
+        _check_ports_free(config)
+        java = _find_java()
+        lib_dir = ensure_jars(config.jar_cache, on_step=step)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        config.logs_dir.mkdir(parents=True, exist_ok=True)
+        config.properties_file.write_text(server_properties(config), encoding="utf-8")
+        _format_storage(config, java, lib_dir, step)
+        step(f"starting Kafka on {config.bootstrap} (logs in {config.logs_dir})")
+        process = _spawn(config, java, lib_dir)
+        _write_pid_file(config, process.pid)
+        try:
+            _wait_until_answering(config, process.pid, process, time.monotonic() + timeout_s)
+        except BaseException:
+            _terminate(process.pid, STOP_TIMEOUT_S)
+            _remove_pid_file(config)
+            raise
+        return StartResult(
+            process.pid, already_running=False, seconds=time.monotonic() - started_at
+        )
+
+
+def stop(config: BrokerConfig, *, timeout_s: float = STOP_TIMEOUT_S) -> StopResult:
+    """Stop the broker of ``config.home``: SIGTERM, then SIGKILL after ``timeout_s``.
+
+    Returns once the process is gone and the pid file removed; a broker that
+    is not running is not an error.
+    """
+    if not config.home.is_dir():
+        return StopResult(pid=None, killed=False, stale_pid=None)
+    with _launcher_lock(config):
+        pid = _running_pid(config)
+        if pid is None:
+            return StopResult(pid=None, killed=False, stale_pid=_remove_stale_pid_file(config))
+        killed = _terminate(pid, timeout_s)
+        _remove_pid_file(config)
+        return StopResult(pid=pid, killed=killed, stale_pid=None)
+
+
+def status(config: BrokerConfig) -> BrokerStatus:
+    """Whether the broker of ``config.home`` runs, and whether it answers."""
+    pid = _running_pid(config)
+    recorded = _read_pid_file(config)
+    return BrokerStatus(
+        running=pid is not None,
+        pid=pid,
+        bootstrap=config.bootstrap,
+        answering=pid is not None and broker_answers(config.bootstrap),
+        stale_pid=recorded if pid is None else None,
+        home=config.home,
+    )
+
+
+def broker_answers(bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a broker at ``bootstrap`` (``host:port[,host:port...]``) answers a
+    metadata request within about ``timeout_s`` seconds.
+
+    An open port alone is not enough: a broker accepts connections a moment
+    before it can serve requests. A closed port is detected without kafka-python,
+    which would log each refused connection.
+    """
+    # Imported here: kafka-python takes ~0.2 s to import, and the CLI imports
+    # this module for its defaults before it knows which command runs.
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    if not any(_port_open(host, port, timeout_s) for host, port in _split_bootstrap(bootstrap)):
+        return False
+    timeout_ms = max(1, int(timeout_s * 1000))
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="exnet-broker-probe",
+            request_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+        )
+    except (KafkaError, OSError):
+        return False
+    try:
+        cluster = admin.describe_cluster()
+    except (KafkaError, OSError):
+        return False
+    finally:
+        admin.close()
+    return bool(cluster.get("brokers"))
+
+
+def ensure_jars(jar_cache: Path = JAR_CACHE, *, on_step: OnStep | None = None) -> Path:
+    """The folder of the broker's jars for the current ``pom.xml``, fetched if missing.
+
+    Each pom content gets its own folder, filled completely (in a temporary
+    folder, then renamed) before anyone uses it.
+    """
+    if not POM_FILE.is_file():
+        raise UserError(
+            f"{POM_FILE} is missing: `exnet broker` runs from a checkout of the exnet repository"
+        )
+    key = hashlib.sha256(POM_FILE.read_bytes()).hexdigest()[:16]
+    lib_dir = jar_cache / key
+    if (lib_dir / _JARS_COMPLETE).is_file():
+        return lib_dir
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise UserError(f"`mvn` not found: {_INSTALL_MAVEN}; it fetches Kafka's jars")
+    (on_step or _ignore)(
+        f"fetching Apache Kafka {pinned_kafka_version()} jars with Maven into {lib_dir} "
+        "(first start only; about a minute)"
+    )
+    jar_cache.mkdir(parents=True, exist_ok=True)
+    partial = jar_cache / f".{key}.{os.getpid()}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [
+        mvn,
+        "-B",
+        "-q",
+        "-Dstyle.color=never",
+        "-f",
+        str(POM_FILE),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={partial}",
+        "-DincludeScope=runtime",
+    ]
+    try:
+        done = subprocess.run(  # noqa: S603  # our own fixed command line
+            command,
+            capture_output=True,
+            text=True,
+            timeout=MVN_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise UserError(
+            f"Maven did not fetch Kafka's jars within {MVN_TIMEOUT_S:.0f} s "
+            "(is Maven Central reachable?)"
+        ) from None
+    if done.returncode != 0 or not any(partial.glob("kafka_*.jar")):
+        shutil.rmtree(partial, ignore_errors=True)
+        output = _last_lines((done.stdout + done.stderr).splitlines(), LOG_TAIL_LINES)
+        raise UserError(
+            f"Maven could not fetch Kafka's jars (exit {done.returncode}; is Maven Central "
+            f"reachable?):\n{output}\ncommand: {' '.join(command)}"
+        )
+    (partial / _JARS_COMPLETE).touch()
+    try:
+        partial.rename(lib_dir)
+    except OSError as exc:  # another launcher finished the same folder first
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (lib_dir / _JARS_COMPLETE).is_file():
+            raise UserError(f"{lib_dir} holds an incomplete jar folder: remove it") from None
+    return lib_dir
+
+
+def pinned_kafka_version() -> str:
+    """The Kafka version ``deploy/kafka/pom.xml`` pins (``unknown`` if it says none)."""
+    match = re.search(r"<kafka\.version>\s*([^<\s]+)\s*<", POM_FILE.read_text(encoding="utf-8"))
+    return match.group(1) if match else "unknown"
+
+
+def server_properties(config: BrokerConfig) -> str:
+    """The broker's ``server.properties``: one KRaft node on loopback.
+
+    Internal topics get one replica (there is one broker) and few partitions
+    (each partition costs start-up time on 2 cores); consumer groups form
+    without the default 3 s delay; topics are created only on purpose (by
+    ``exnet init`` or tests), never by a typo in a producer.
+    """
+    port, controller = config.port, config.controller_port
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{HOST}:{controller}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(config.data_dir.resolve()),
+        "auto.create.topics.enable": "false",
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "5",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "5",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.num.partitions": "5",
+        "group.initial.rebalance.delay.ms": "0",
+    }
+    lines = [
+        "# Written by exnet/broker.py at every `exnet broker start`; edits are overwritten.",
+        *(f"{key}={value}" for key, value in settings.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- processes ------------------------------------------------------------------
+
+
+def _spawn(config: BrokerConfig, java: str, lib_dir: Path) -> subprocess.Popen[bytes]:
+    """Start the JVM in its own session, so that it outlives the launcher and
+    a Ctrl-C in the launcher's terminal does not reach it."""
+    command = [
+        java,
+        *HEAP_OPTS,
+        *JVM_OPTS,
+        f"-Dkafka.logs.dir={config.logs_dir.resolve()}",
+        f"-Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}",
+        "-cp",
+        f"{lib_dir.resolve()}/*",
+        _KAFKA_MAIN,
+        str(config.properties_file.resolve()),
+    ]
+    with config.console_log.open("wb") as console:
+        return subprocess.Popen(  # noqa: S603  # our own fixed command line
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            cwd=config.home,
+            start_new_session=True,
+        )
+
+
+def _format_storage(config: BrokerConfig, java: str, lib_dir: Path, step: OnStep) -> None:
+    """Format the KRaft log dir with a new cluster id, unless it was formatted before."""
+    if (config.data_dir / "meta.properties").is_file():
+        return
+    step(f"formatting Kafka storage in {config.data_dir}")
+    command = [
+        java,
+        *TOOL_JVM_OPTS,
+        f"-Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}",
+        f"-Dkafka.logs.dir={config.logs_dir.resolve()}",
+        "-cp",
+        f"{lib_dir.resolve()}/*",
+        _STORAGE_TOOL,
+        "format",
+        "--cluster-id",
+        _new_cluster_id(),
+        "--config",
+        str(config.properties_file.resolve()),
+        "--ignore-formatted",
+    ]
+    try:
+        done = subprocess.run(  # noqa: S603  # our own fixed command line
+            command, capture_output=True, text=True, timeout=FORMAT_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(f"formatting Kafka storage took over {FORMAT_TIMEOUT_S:.0f} s") from None
+    if done.returncode != 0:
+        output = _last_lines((done.stdout + done.stderr).splitlines(), LOG_TAIL_LINES)
+        raise UserError(f"formatting Kafka storage in {config.data_dir} failed:\n{output}")
+
+
+def _new_cluster_id() -> str:
+    """A Kafka cluster id, as ``StorageTool random-uuid`` makes them (without a JVM):
+    16 random bytes, URL-safe base64, unpadded, not starting with '-'."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def _wait_until_answering(
+    config: BrokerConfig,
+    pid: int,
+    process: subprocess.Popen[bytes] | None,
+    deadline: float,
+) -> None:
+    while True:
+        if process is not None and process.poll() is not None:
+            raise UserError(
+                f"the Kafka broker exited with code {process.returncode} while starting; "
+                f"{_log_tail(config)}"
+            )
+        if process is None and not _is_alive(pid):
+            raise UserError(
+                f"the Kafka broker (pid {pid}) exited while starting; {_log_tail(config)}"
+            )
+        if broker_answers(config.bootstrap):
+            return
+        if time.monotonic() >= deadline:
+            raise UserError(
+                f"the Kafka broker (pid {pid}) did not answer on {config.bootstrap} in time; "
+                f"{_log_tail(config)}"
+            )
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _terminate(pid: int, timeout_s: float) -> bool:
+    """SIGTERM ``pid``, SIGKILL it after ``timeout_s``; True if it had to be killed."""
+    if not _signal(pid, signal.SIGTERM) or _wait_gone(pid, timeout_s):
+        return False
+    _signal(pid, signal.SIGKILL)
+    if not _wait_gone(pid, KILL_TIMEOUT_S):
+        raise UserError(f"the Kafka broker (pid {pid}) survived SIGKILL")
+    return True
+
+
+def _signal(pid: int, signum: signal.Signals) -> bool:
+    """Send ``signum``; False if the process is already gone."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        _reap(pid)
+        return False
+    except PermissionError:
+        raise UserError(
+            f"not allowed to signal the Kafka broker (pid {pid}): another user's"
+        ) from None
+    return True
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _is_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL_S / 2)
+    return True
+
+
+def _reap(pid: int) -> bool:
+    """Collect ``pid`` if it is an exited child of this process; True if it was."""
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return False
+    return reaped == pid
+
+
+def _is_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited child of ours is reaped, a zombie is dead)."""
+    if _reap(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # state is the field after the parenthesised command name
+        state = stat.read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def _is_our_broker(pid: int, config: BrokerConfig) -> bool:
+    """Whether ``pid`` is a live Kafka JVM started for ``config`` (not a reused pid)."""
+    if not _is_alive(pid):
+        return False
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (not Linux): trust the pid file
+        return True
+    wanted = str(config.properties_file.resolve()).encode()
+    return _KAFKA_MAIN.encode() in arguments and wanted in arguments
+
+
+def _running_pid(config: BrokerConfig) -> int | None:
+    pid = _read_pid_file(config)
+    return pid if pid is not None and _is_our_broker(pid, config) else None
+
+
+# --- files ------------------------------------------------------------------------
+
+
+def _read_pid_file(config: BrokerConfig) -> int | None:
+    try:
+        text = config.pid_file.read_text(encoding="ascii").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
+def _write_pid_file(config: BrokerConfig, pid: int) -> None:
+    partial = config.pid_file.with_suffix(".pid.partial")
+    partial.write_text(f"{pid}\n", encoding="ascii")
+    partial.replace(config.pid_file)
+
+
+def _remove_pid_file(config: BrokerConfig) -> None:
+    config.pid_file.unlink(missing_ok=True)
+
+
+def _remove_stale_pid_file(config: BrokerConfig) -> int | None:
+    """Remove a pid file that names no running broker; return the pid it named."""
+    if not config.pid_file.exists():
+        return None
+    stale = _read_pid_file(config)
+    _remove_pid_file(config)
+    return stale
+
+
+@contextlib.contextmanager
+def _launcher_lock(config: BrokerConfig) -> Iterator[None]:
+    """Serialise start and stop of one home across processes."""
+    with config.lock_file.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _log_tail(config: BrokerConfig) -> str:
+    parts = []
+    for log in (config.console_log, config.server_log):
+        try:
+            with log.open(encoding="utf-8", errors="replace") as handle:
+                tail = _last_lines(handle, LOG_TAIL_LINES)
+        except FileNotFoundError:
+            continue
+        if tail.strip():
+            parts.append(f"last lines of {log}:\n{tail}")
+    return "\n".join(parts) if parts else f"no log was written under {config.logs_dir}"
+
+
+def _last_lines(lines: Iterable[str], count: int) -> str:
+    return "\n".join(line.rstrip("\n") for line in collections.deque(lines, maxlen=count))
+
+
+# --- environment --------------------------------------------------------------------
+
+
+def _find_java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise UserError(f"`java` not found: {_INSTALL_JAVA}")
+    try:
+        done = subprocess.run(  # noqa: S603  # fixed command line
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"`{java} -version` failed ({exc}): {_INSTALL_JAVA}") from None
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr + done.stdout)
+    if match is None:
+        raise UserError(f"cannot tell the version of {java}: {_INSTALL_JAVA}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):  # "1.8.0_392" is Java 8
+        major = int(match.group(2))
+    if major < MIN_JAVA_MAJOR:
+        raise UserError(f"{java} is Java {major}; Kafka 4 needs Java 17+: {_INSTALL_JAVA}")
+    return java
+
+
+def _check_ports_free(config: BrokerConfig) -> None:
+    for port in (config.port, config.controller_port):
+        if _port_open(HOST, port, PROBE_TIMEOUT_S):
+            raise UserError(
+                f"{HOST}:{port} is already in use by another program, not by a broker that "
+                f"this launcher started from {config.home} (no live pid in {config.pid_file}). "
+                "Stop that program, or, if it is a Kafka broker you want to use, point exnet "
+                "at it with EXNET_KAFKA_BOOTSTRAP"
+            )
+
+
+def _port_open(host: str, port: int, timeout_s: float) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _split_bootstrap(bootstrap: str) -> list[tuple[str, int]]:
+    servers = []
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if host and port.isdigit():
+            servers.append((host.strip("[]"), int(port)))
+    return servers
+
+
+def _ignore(_message: str) -> None:
+    pass

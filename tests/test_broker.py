@@ -1,0 +1,244 @@
+"""The local broker launcher (exnet.broker) and ``exnet broker start|stop|status``.
+
+The shared broker (started by ``make test`` with ``exnet broker start``) is only
+looked at here, never stopped: other tests use it. Stop and start are tested on
+a second broker under ``tmp_path``, on other ports.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from exnet import broker
+from exnet.errors import UserError
+from exnet.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from conftest import TopicFactory
+
+REPO = Path(__file__).resolve().parent.parent
+EXNET = Path(sys.executable).with_name("exnet")
+#: Seconds for start() on a running broker: one metadata request (~0.1 s); a
+#: JVM start takes 7 s or more.
+NOOP_START_MAX_S = 3.0
+#: Seconds to wait for one produced message to come back.
+ROUND_TRIP_TIMEOUT_S = 20.0
+
+
+def _exnet(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(EXNET), *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((broker.HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _round_trip(bootstrap: str, topic: str, value: bytes) -> bytes:
+    """Produce ``value`` to partition 0 of ``topic`` and read partition 0 from the start."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    try:
+        producer.send(topic, value=value, key=b"P-0123456789", partition=0).get(timeout=10)
+    finally:
+        producer.close()
+    return _read_first(bootstrap, topic)
+
+
+def _read_first(bootstrap: str, topic: str) -> bytes:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        deadline = time.monotonic() + ROUND_TRIP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                value: bytes = records[0].value
+                return value
+    finally:
+        consumer.close()
+    pytest.fail(f"nothing came back from {topic} within {ROUND_TRIP_TIMEOUT_S} s")
+
+
+# --- without a broker --------------------------------------------------------------
+
+
+def test_server_properties_make_one_loopback_kraft_node(tmp_path: Path) -> None:
+    config = broker.BrokerConfig(home=tmp_path, port=19092, controller_port=19093)
+    lines = broker.server_properties(config).splitlines()
+    properties = dict(line.split("=", 1) for line in lines if not line.startswith("#"))
+
+    assert properties["process.roles"] == "broker,controller"
+    assert properties["controller.quorum.voters"] == "1@127.0.0.1:19093"
+    assert properties["listeners"] == "PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert properties["log.dirs"] == str((tmp_path / "data").resolve())
+    assert properties["auto.create.topics.enable"] == "false"
+    assert properties["offsets.topic.num.partitions"] == "5"
+    assert properties["group.initial.rebalance.delay.ms"] == "0"
+    internal = [key for key in properties if key.endswith((".replication.factor", ".min.isr"))]
+    assert len(internal) >= 5
+    assert all(properties[key] == "1" for key in internal)
+
+
+def test_config_from_settings_uses_var_dir_and_the_next_port(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path, kafka_bootstrap="localhost:29092")
+
+    config = broker.BrokerConfig.from_settings(settings)
+
+    assert config.home == tmp_path / "kafka"
+    assert (config.port, config.controller_port) == (29092, 29093)
+    assert config.bootstrap == "127.0.0.1:29092"
+
+
+def test_config_from_settings_refuses_a_remote_bootstrap(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path, kafka_bootstrap="kafka-1.example.org:9092")
+
+    with pytest.raises(UserError, match="only a local broker"):
+        broker.BrokerConfig.from_settings(settings)
+
+
+def test_a_stale_pid_file_means_stopped_and_is_removed(tmp_path: Path) -> None:
+    config = broker.BrokerConfig(home=tmp_path, port=_free_port(), controller_port=_free_port())
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # reaped: its pid names no process now
+    dead_pid = finished.pid
+    config.pid_file.write_text(f"{dead_pid}\n")
+
+    found = broker.status(config)
+    assert (found.running, found.pid, found.stale_pid) == (False, None, dead_pid)
+
+    result = broker.stop(config)
+    assert (result.pid, result.stale_pid) == (None, dead_pid)
+    assert not config.pid_file.exists()
+
+
+def test_a_pid_file_naming_another_program_is_stale(tmp_path: Path) -> None:
+    config = broker.BrokerConfig(home=tmp_path, port=_free_port(), controller_port=_free_port())
+    config.pid_file.write_text(f"{os.getpid()}\n")  # alive, but pytest is no broker
+
+    assert broker.status(config).running is False
+
+
+def test_start_refuses_a_port_taken_by_another_program(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind((broker.HOST, 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        config = broker.BrokerConfig(home=tmp_path, port=port, controller_port=_free_port())
+
+        with pytest.raises(UserError, match=f"127.0.0.1:{port} is already in use"):
+            broker.start(config)
+
+    assert not config.pid_file.exists()
+
+
+def test_status_exits_3_when_stopped(tmp_path: Path) -> None:
+    env = {"EXNET_VAR_DIR": str(tmp_path), "EXNET_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}"}
+
+    done = _exnet("broker", "status", env=env)
+
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.startswith("stopped")
+
+
+# --- the shared broker ---------------------------------------------------------------
+
+
+@pytest.mark.kafka
+def test_status_reports_the_shared_broker_running(kafka_bootstrap: str) -> None:
+    done = _exnet("broker", "status")
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("running")
+    assert f"bootstrap {kafka_bootstrap}" in done.stdout
+    assert "(answering)" in done.stdout
+
+
+@pytest.mark.kafka
+def test_start_on_a_running_broker_is_a_fast_noop() -> None:
+    pid_before = _exnet("broker", "status").stdout.split()[2]
+
+    done = _exnet("broker", "start")
+    result = broker.start(broker.BrokerConfig.from_settings(load_settings()))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "already running" in done.stdout
+    assert f"pid {pid_before}" in done.stdout
+    assert result.already_running
+    assert str(result.pid) == pid_before
+    assert result.seconds < NOOP_START_MAX_S
+
+
+@pytest.mark.kafka
+def test_metadata_and_message_round_trip(
+    kafka_bootstrap: str, kafka_admin: KafkaAdminClient, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory(partitions=3)
+
+    (described,) = kafka_admin.describe_topics([topic])
+    assert described["error_code"] == 0
+    assert len(described["partitions"]) == 3
+    assert topic in kafka_admin.list_topics()
+    assert _round_trip(kafka_bootstrap, topic, b'{"hello": 1}') == b'{"hello": 1}'
+
+
+# --- a second broker, started and stopped here -----------------------------------------
+
+
+@pytest.mark.kafka
+def test_second_broker_starts_serves_keeps_data_and_stops(tmp_path: Path) -> None:
+    config = broker.BrokerConfig(
+        home=tmp_path / "kafka", port=_free_port(), controller_port=_free_port()
+    )
+    try:
+        first = broker.start(config)
+        assert not first.already_running
+        assert config.pid_file.read_text().strip() == str(first.pid)
+        assert broker.status(config).running
+
+        admin = KafkaAdminClient(bootstrap_servers=config.bootstrap)
+        try:
+            admin.create_topics([NewTopic("second-broker", 1, 1)])
+        finally:
+            admin.close()
+        assert _round_trip(config.bootstrap, "second-broker", b"one") == b"one"
+
+        stopped = broker.stop(config)
+        assert (stopped.pid, stopped.killed) == (first.pid, False)
+        assert not config.pid_file.exists()
+        found = broker.status(config)
+        assert (found.running, found.stale_pid) == (False, None)
+
+        again = broker.start(config)  # the data dir is formatted already: kept
+        assert _read_first(config.bootstrap, "second-broker") == b"one"
+        assert broker.stop(config).pid == again.pid
+    finally:
+        broker.stop(config)
+
+    env = {
+        "EXNET_VAR_DIR": str(tmp_path),
+        "EXNET_KAFKA_BOOTSTRAP": config.bootstrap,
+    }
+    done = _exnet("broker", "status", env=env)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert done.stdout.startswith("stopped")
