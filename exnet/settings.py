@@ -51,6 +51,8 @@ class Settings(BaseSettings):
 
     # --- operations --------------------------------------------------------
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9108
+    #: Address the metrics endpoint binds; 0.0.0.0 lets a Prometheus elsewhere scrape it.
+    metrics_host: str = "127.0.0.1"
     #: Loopback port where the process that owns the embedded database answers
     #: ``exnet sql`` (0: pick a free one; the port is written under var_dir).
     sql_port: Annotated[int, Field(ge=0, le=65535)] = 0

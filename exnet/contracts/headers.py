@@ -1,0 +1,39 @@
+"""Kafka header names exnet writes (SPEC §2 names the dead-letter ones)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "DETAIL",
+    "EVENT_ID",
+    "EVENT_TYPE",
+    "FINGERPRINT",
+    "ORIGINAL",
+    "REASON",
+    "REJECTED_AT",
+    "SOURCE_OFFSET",
+    "SOURCE_PARTITION",
+    "SOURCE_TIMESTAMP",
+    "SOURCE_TOPIC",
+]
+
+# -- on every dead-letter message (SPEC §2)
+REASON: Final = "exnet-reason"
+DETAIL: Final = "exnet-detail"  # JSON: {"reason", "message", "errors": [{"path","type","message"}]}
+SOURCE_TOPIC: Final = "exnet-source-topic"
+SOURCE_PARTITION: Final = "exnet-source-partition"
+SOURCE_OFFSET: Final = "exnet-source-offset"
+# -- added by exnet
+#: Kafka timestamp (ms) of the site's original message: for end-to-end latency.
+SOURCE_TIMESTAMP: Final = "exnet-source-timestamp"
+#: ISO-8601 UTC time the stream processor rejected the message.
+REJECTED_AT: Final = "exnet-rejected-at"
+#: The message's event_id, when it could be read.
+EVENT_ID: Final = "exnet-event-id"
+#: enrollment, session, assay or assessment (internal topics).
+EVENT_TYPE: Final = "exnet-type"
+#: Content digest of the validated event (internal topic exnet.validated).
+FINGERPRINT: Final = "exnet-fingerprint"
+#: The site's original bytes (internal topic exnet.validated; needed if it proves a conflict).
+ORIGINAL: Final = "exnet-original"

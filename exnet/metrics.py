@@ -1,0 +1,130 @@
+"""exnet's metrics: a closed, documented set with fixed label names (SPEC §5).
+
+Declared once here; dashboards and alert rules refer only to these names.
+Each process builds one :class:`Metrics` and passes it down; tests build
+their own, on a fresh registry, and read exact values back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from exnet.contracts.reasons import Reason
+from exnet.contracts.topics import INPUT_TOPICS
+
+__all__ = ["EVENT_TYPES", "Metrics"]
+
+EVENT_TYPES: tuple[str, ...] = tuple(t.event_type or "" for t in INPUT_TOPICS)
+
+#: Seconds; ClickHouse batch writes take ~15 ms embedded, up to seconds on a busy server.
+_BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds from a site's publish to the row being queryable; the target p99 is 2 s.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+_ROWS_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
+
+
+class Metrics:
+    """Every metric an exnet process exposes at ``/metrics``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # -- counters of the validation outcomes (SPEC §2): received = accepted + duplicate + rejected
+        #: counter: messages read from a site-facing input topic (physical name).
+        self.events_received = Counter(
+            "exnet_events_received", "Messages read from an input topic", ["topic"], registry=r
+        )
+        #: counter: events accepted into their fact table, by event type.
+        self.events_accepted = Counter(
+            "exnet_events_accepted", "Events accepted, by event type", ["type"], registry=r
+        )
+        #: counter: messages rejected to the dead-letter topic, by reason code.
+        self.events_rejected = Counter(
+            "exnet_events_rejected", "Messages rejected, by reason code", ["reason"], registry=r
+        )
+        #: counter: exact duplicates dropped (same event_id, same content), by event type.
+        self.events_duplicate = Counter(
+            "exnet_events_duplicate", "Exact duplicates dropped, by event type", ["type"], registry=r
+        )
+        # -- the sink
+        #: counter: rows the sink wrote to ClickHouse (acknowledged inserts), by table.
+        self.sink_rows_written = Counter(
+            "exnet_sink_rows_written", "Rows written to ClickHouse, by table", ["table"], registry=r
+        )
+        #: histogram: seconds per sink batch, from first write to committed offsets.
+        self.sink_batch_seconds = Histogram(
+            "exnet_sink_batch_seconds",
+            "Seconds to write one batch to ClickHouse and commit its offsets",
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        #: histogram: rows per sink batch.
+        self.sink_batch_rows = Histogram(
+            "exnet_sink_batch_rows", "Rows per sink batch", buckets=_ROWS_BUCKETS, registry=r
+        )
+        #: counter: failed ClickHouse writes (each retried with backoff), by table.
+        self.sink_write_errors = Counter(
+            "exnet_sink_write_errors", "ClickHouse writes that failed and were retried", ["table"],
+            registry=r,
+        )
+        #: gauge: unix time of the last successful ClickHouse write.
+        self.sink_last_write = Gauge(
+            "exnet_sink_last_write_timestamp_seconds",
+            "Unix time of the last successful ClickHouse write",
+            registry=r,
+        )
+        #: histogram: seconds from the site's publish (Kafka timestamp) to the row being written.
+        self.end_to_end_seconds = Histogram(
+            "exnet_end_to_end_latency_seconds",
+            "Seconds from a site's publish to its row being queryable in ClickHouse",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # -- consumers and sites
+        #: gauge: messages not yet consumed (end offset - committed offset) per partition.
+        self.consumer_lag = Gauge(
+            "exnet_consumer_lag",
+            "Messages behind the end of the partition (committed offset of exnet's group)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        #: gauge: newest occurred_at of an accepted event per site (unix seconds).
+        self.site_last_event = Gauge(
+            "exnet_site_last_event_timestamp_seconds",
+            "occurred_at of the newest accepted event of the site (unix seconds)",
+            ["node_id", "site_id"],
+            registry=r,
+        )
+        #: gauge: when exnet last received an accepted event of the site (unix seconds).
+        self.site_last_received = Gauge(
+            "exnet_site_last_received_timestamp_seconds",
+            "When exnet last received an accepted event from the site (unix seconds)",
+            ["node_id", "site_id"],
+            registry=r,
+        )
+        # -- the stream workers
+        #: histogram: seconds to validate (or deduplicate) and route one stream batch.
+        self.stream_batch_seconds = Histogram(
+            "exnet_stream_batch_seconds",
+            "Seconds per stream batch, by stage",
+            ["stage"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        # -- the process
+        #: gauge: 1 for each role this process runs (stream, sink).
+        self.role = Gauge("exnet_process_role", "Roles this process runs", ["role"], registry=r)
+        #: gauge: 1 while the process consumes and writes (readiness).
+        self.ready = Gauge("exnet_ready", "1 while the process is consuming and writing", registry=r)
+
+    def preset(self, input_topics: Iterable[str]) -> None:
+        """Create every known label value at 0, so that rates and alerts see the series."""
+        for topic in input_topics:
+            self.events_received.labels(topic=topic)
+        for event_type in EVENT_TYPES:
+            self.events_accepted.labels(type=event_type)
+            self.events_duplicate.labels(type=event_type)
+        for reason in Reason:
+            self.events_rejected.labels(reason=reason.value)

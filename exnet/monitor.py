@@ -1,0 +1,134 @@
+"""Consumer lag of every exnet stage, for the ``exnet_consumer_lag`` gauge and ``up --drain``.
+
+The pipeline is drained when, stage by stage in the order data flows, every
+partition's committed offset has reached its end offset: the stream group on
+the input topics, then on ``exnet.validated``, then the sink group on
+``exnet.accepted`` and ``exnet.deadletter``. Each stage's end offsets are read
+after the previous stage was seen drained, so nothing it produced is missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient, KafkaConsumer
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from exnet.contracts.topics import INPUT_TOPICS, Topic, topic_name
+from exnet.metrics import Metrics
+from exnet.settings import Settings
+from exnet.sinks.consumer import sink_group
+from exnet.streams.app import streams_group
+
+__all__ = ["LagMonitor", "PartitionLag", "PipelineProgress"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - self.committed)
+
+
+class PipelineProgress:
+    """Reads committed and end offsets of every stage (kafka-python, no group membership)."""
+
+    def __init__(self, settings: Settings) -> None:
+        name = lambda topic: topic_name(topic, settings.topic_prefix)  # noqa: E731
+        self.stages: list[tuple[str, list[str]]] = [
+            (streams_group(settings), [name(t) for t in INPUT_TOPICS]),
+            (streams_group(settings), [name(Topic.VALIDATED)]),
+            (sink_group(settings), [name(Topic.ACCEPTED), name(Topic.DEADLETTER)]),
+        ]
+        bootstrap = settings.kafka_bootstrap.split(",")
+        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="exnet-monitor")
+        self._offsets = KafkaConsumer(bootstrap_servers=bootstrap, client_id="exnet-monitor")
+
+    def close(self) -> None:
+        self._admin.close()
+        self._offsets.close()
+
+    def stage_lag(self, group: str, topics: list[str]) -> list[PartitionLag]:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(self._offsets.partitions_for_topic(topic) or ())
+        ]
+        ends = self._offsets.end_offsets(partitions) if partitions else {}
+        committed = (
+            self._admin.list_group_offsets({group: partitions}).get(group, {}) if partitions else {}
+        )
+        result = []
+        for tp in partitions:
+            meta = committed.get(tp)
+            done = meta.offset if meta is not None and meta.offset >= 0 else 0
+            result.append(PartitionLag(group, tp.topic, tp.partition, done, ends.get(tp, 0)))
+        return result
+
+    def lag(self) -> list[PartitionLag]:
+        """Every partition of every stage."""
+        return [row for group, topics in self.stages for row in self.stage_lag(group, topics)]
+
+    def drained(self) -> bool:
+        """True when every stage, checked in flow order, has committed up to its end."""
+        return all(
+            all(row.lag == 0 for row in self.stage_lag(group, topics))
+            for group, topics in self.stages
+        )
+
+
+class LagMonitor(threading.Thread):
+    """Updates the lag gauge every ``interval`` seconds; with ``on_drained``, calls it once
+    the pipeline was seen drained twice in a row."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        interval: float,
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(name="exnet-lag-monitor", daemon=True)
+        self._settings = settings
+        self._metrics = metrics
+        self._interval = interval
+        self._on_drained = on_drained
+        self._halt = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        progress: PipelineProgress | None = None
+        drained_in_a_row = 0
+        while not self._halt.wait(self._interval):
+            try:
+                if progress is None:
+                    progress = PipelineProgress(self._settings)
+                for row in progress.lag():
+                    self._metrics.consumer_lag.labels(
+                        topic=row.topic, partition=str(row.partition)
+                    ).set(row.lag)
+                if self._on_drained is not None:
+                    drained_in_a_row = drained_in_a_row + 1 if progress.drained() else 0
+                    if drained_in_a_row >= 2:
+                        log.info("every input topic is consumed to its end and written")
+                        self._on_drained()
+                        self._on_drained = None
+            except KafkaError as exc:  # the broker is down or moving: try again next round
+                log.warning("could not read consumer lag: %s", exc)
+                drained_in_a_row = 0
+        if progress is not None:
+            progress.close()

@@ -1,0 +1,251 @@
+"""``exnet init`` and ``exnet up``: the pipeline assembled in one place, in the order data flows.
+
+Roles. Stream workers (Faust) scale out through their consumer group. The
+sink writes ClickHouse: against a server every process runs one (its own
+consumer group shares the partitions); with embedded chDB only one process
+can hold the database, so every other ``exnet up`` runs its stream workers and
+waits as a standby writer, taking over when the holder stops or dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from types import FrameType
+
+from exnet.admin import ensure_topics
+from exnet.contracts.registry import load_registry
+from exnet.contracts.topics import INPUT_TOPICS, topic_name
+from exnet.httpserver import OpsServer
+from exnet.metrics import Metrics
+from exnet.monitor import LagMonitor
+from exnet.settings import Settings
+from exnet.sinks.client import connect
+from exnet.sinks.consumer import SINK_TABLES, SinkConsumer
+from exnet.sinks.errors import DatabaseLocked
+from exnet.sinks.migrate import apply_migrations, load_registry_tables
+from exnet.sinks.query import QueryEndpoint
+from exnet.sinks.writer import ClickHouseWriter
+
+__all__ = ["InitReport", "Role", "initialize", "run_up"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between a standby writer's attempts to take the embedded database.
+STANDBY_RETRY_S = 2.0
+#: Seconds between lag readings: quick while draining, relaxed otherwise.
+DRAIN_CHECK_S = 0.5
+LAG_CHECK_S = 5.0
+#: Seconds between the stream worker's checks for a stop requested by another thread.
+STOP_CHECK_S = 0.25
+
+
+class Role(StrEnum):
+    AUTO = "auto"  # stream workers, plus the writer when this process can hold it
+    STREAM = "stream"  # stream workers only
+    SINK = "sink"  # the ClickHouse writer only
+
+
+@dataclass(frozen=True)
+class InitReport:
+    topics_created: list[str]
+    migrations_applied: list[str]
+
+
+def initialize(settings: Settings, *, clickhouse: bool = True) -> InitReport:
+    """Create the topics and the ClickHouse tables if missing (idempotent)."""
+    registry = load_registry(settings.registry_path)  # a bad registry fails before anything
+    created = ensure_topics(settings)
+    applied: list[str] = []
+    if clickhouse:
+        client = connect(settings, create_database=True)
+        try:
+            applied = apply_migrations(client, settings.clickhouse_database)
+            load_registry_tables(client, settings.clickhouse_database, registry)
+        finally:
+            client.close()
+    return InitReport(created, applied)
+
+
+class _SinkRole(threading.Thread):
+    """Owns the ClickHouse writer (and, embedded, the SQL endpoint) while it runs."""
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics, standby: bool, on_error: Callable[[], None]
+    ) -> None:
+        super().__init__(name="exnet-sink", daemon=True)
+        self._on_error = on_error
+        self._settings = settings
+        self._metrics = metrics
+        self._standby = standby
+        self._halt = threading.Event()
+        self._sink: SinkConsumer | None = None
+        self.error: BaseException | None = None
+        self.writing = threading.Event()
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self._sink is not None:
+            self._sink.stop()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            log.exception("the sink stopped with an error")
+            self.error = exc
+            self._on_error()  # take the whole process down cleanly
+
+    def _run(self) -> None:
+        settings = self._settings
+        database = settings.clickhouse_database
+        while True:
+            if self._halt.is_set():
+                return
+            try:
+                client = connect(settings, create_database=True)
+                break
+            except DatabaseLocked:
+                if not self._standby:
+                    raise
+                log.info("the embedded database is held by another exnet; standing by as writer")
+                self._halt.wait(STANDBY_RETRY_S)
+        endpoint: QueryEndpoint | None = None
+        read_client = None
+        try:
+            apply_migrations(client, database)
+            load_registry_tables(client, database, load_registry(settings.registry_path))
+            writer = ClickHouseWriter(client, database)
+            writer.setup(dict(SINK_TABLES))
+            if settings.embedded_clickhouse:
+                read_client = connect(settings, readonly=True)
+                endpoint = QueryEndpoint(settings, read_client)
+                endpoint.start()
+            self._sink = SinkConsumer(settings, writer, self._metrics)
+            if self._halt.is_set():
+                return
+            self._metrics.role.labels(role="sink").set(1)
+            self.writing.set()
+            log.info("writing ClickHouse database %r", database)
+            self._sink.run()
+        finally:
+            self.writing.clear()
+            self._metrics.role.labels(role="sink").set(0)
+            if endpoint is not None:
+                endpoint.stop()
+            if read_client is not None:
+                read_client.close()
+            client.close()
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT (or a drained pipeline) ask the process to stop, once, at any moment.
+
+    Python-level handlers are installed first thing, so a signal during
+    start-up is never fatal; while the Faust worker runs, its loop owns the
+    signals, and a timer turns a stop requested by another thread into one.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        self.event.set()
+
+    def request(self) -> None:
+        self.event.set()
+
+
+def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> int:
+    """Run until SIGTERM/SIGINT (or, with ``drain``, until every input is written); exit status."""
+    stop = _StopFlag()
+    stop.install()
+    initialize(settings, clickhouse=False)  # topics; the writer migrates ClickHouse
+    metrics = Metrics()
+    metrics.preset(topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS)
+
+    sink_role: _SinkRole | None = None
+    if role in (Role.AUTO, Role.SINK):
+        standby = role is Role.AUTO and settings.embedded_clickhouse
+        sink_role = _SinkRole(settings, metrics, standby=standby, on_error=stop.request)
+    runs_streams = role in (Role.AUTO, Role.STREAM)
+
+    def ready() -> bool:
+        return runs_streams or (sink_role is not None and sink_role.writing.is_set())
+
+    ops = OpsServer(settings.metrics_host, settings.metrics_port, metrics, ready)
+    ops.start()
+    monitor = LagMonitor(
+        settings,
+        metrics,
+        interval=DRAIN_CHECK_S if drain else LAG_CHECK_S,
+        on_drained=stop.request if drain else None,
+    )
+    if sink_role is not None:
+        sink_role.start()
+    monitor.start()
+    metrics.ready.set(1)
+
+    stream_failed = False
+    try:
+        if runs_streams:
+            metrics.role.labels(role="stream").set(1)
+            stream_failed = not _run_streams(settings, metrics, stop)
+        else:
+            while not stop.event.wait(1.0):
+                pass
+    finally:
+        metrics.ready.set(0)
+        monitor.stop()
+        if sink_role is not None:
+            sink_role.stop()
+            sink_role.join()
+        ops.stop()
+    if sink_role is not None and sink_role.error is not None:
+        return 1
+    return 1 if stream_failed else 0
+
+
+def _run_streams(settings: Settings, metrics: Metrics, stop: _StopFlag) -> bool:
+    """Run the Faust worker in this (main) thread until it stops; True if it stopped cleanly."""
+    import faust
+
+    from exnet.streams.app import create_app
+
+    if stop.event.is_set():
+        return True
+    app = create_app(settings, metrics)
+
+    async def forward_stop() -> None:
+        # Runs inside the worker, whose loop now owns SIGTERM: re-raise a stop that
+        # arrived from a thread (drain, sink failure) or before the worker started.
+        if stop.event.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    app.timer(STOP_CHECK_S, name="exnet-stop")(forward_stop)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = faust.Worker(
+        app,
+        loop=loop,
+        loglevel=settings.log_level,
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=False,
+    )
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return exc.code in (0, None) and worker.crash_reason is None
+    return worker.crash_reason is None

@@ -1,0 +1,219 @@
+"""The Faust application: built by :func:`create_app`, agents registered explicitly.
+
+Two stages, each a Faust agent over batches (``take_events``):
+
+1. ``validate`` reads the four input topics (keyed by participant_id), runs
+   every message through the contracts' :class:`~exnet.contracts.Validator`
+   and sends the event, re-keyed by ``event_id``, to ``exnet.validated`` — or
+   the original bytes to ``exnet.deadletter``.
+2. ``deduplicate`` reads ``exnet.validated``; all copies of an event_id meet
+   in one partition, where a table remembers each accepted event's content
+   digest and origin. New events and replays go on to ``exnet.accepted``;
+   exact duplicates are counted and dropped; conflicting ones are rejected.
+
+Offsets: Faust commits an input offset only after the batch was processed and
+the producer flushed (Faust flushes before every commit), so everything a batch
+produced is in Kafka before its input is committed: at-least-once, made exact
+downstream by the dedup table's replay rule and the sink's idempotent writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from exnet.contracts import headers as H
+from exnet.contracts.registry import load_registry
+from exnet.contracts.topics import INPUT_TOPICS, Topic, topic_name
+from exnet.contracts.validation import Accepted, Origin, Validator
+from exnet.metrics import Metrics
+from exnet.settings import Settings
+from exnet.streams.dedup import Decision, Seen, decide
+from exnet.streams.fatal import EXIT_INVALID_RATIO, die
+from exnet.streams.guard import InvalidRatioExceeded, InvalidRatioGuard
+from exnet.streams.messages import (
+    OutMessage,
+    accepted_message,
+    conflict_message,
+    deadletter_message,
+    validated_message,
+)
+
+__all__ = ["DEDUP_TABLE", "create_app", "streams_group"]
+
+log = logging.getLogger(__name__)
+
+#: Name of the dedup table; its changelog topic is ``<app id>-dedup-changelog``.
+DEDUP_TABLE = "dedup"
+#: Seconds between Faust's offset commits: bounds replay after a crash and drain latency.
+COMMIT_INTERVAL_S = 1.0
+
+
+def streams_group(settings: Settings) -> str:
+    """The stream workers' consumer group (also the Faust app id)."""
+    return f"{settings.topic_prefix}{settings.consumer_group}-streams"
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{streams_group(settings)}-{DEDUP_TABLE}-changelog"
+
+
+def create_app(settings: Settings, metrics: Metrics) -> faust.App:
+    """Build the stream processors' Faust app from ``settings`` (nothing global)."""
+    names = {topic: topic_name(topic, settings.topic_prefix) for topic in Topic}
+    app = faust.App(
+        streams_group(settings),
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        autodiscover=False,
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,  # the dedup changelog; `exnet init` creates the rest
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=COMMIT_INTERVAL_S,
+        table_standby_replicas=0,  # recovery from the changelog is fast; spare the CPU
+        producer_acks=-1,
+        producer_linger_ms=5,
+        stream_buffer_maxsize=4 * settings.stream_batch_max,
+        broker_max_poll_records=settings.stream_batch_max,
+        processing_guarantee="at_least_once",
+    )
+    validator = Validator(load_registry(settings.registry_path), settings.topic_prefix)
+    guard = InvalidRatioGuard(settings.dlq_max_ratio, settings.dlq_window)
+    inputs = app.topic(
+        *(names[topic] for topic in INPUT_TOPICS), key_serializer="raw", value_serializer="raw"
+    )
+    validated = app.topic(names[Topic.VALIDATED], key_serializer="raw", value_serializer="raw")
+    seen = app.Table(
+        DEDUP_TABLE,
+        default=None,
+        schema=faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
+        partitions=settings.partitions,
+    )
+    batch_max, batch_s = settings.stream_batch_max, settings.stream_batch_seconds
+    site_last_event: dict[tuple[str, str], float] = {}  # the gauge's values, to keep the newest
+
+    async def send(message: OutMessage) -> None:
+        # The transport producer directly: no Faust serialisation, no attachment;
+        # Faust flushes it before committing the input offsets.
+        await app.producer.send(
+            names[message.topic], message.key, message.value, None, None, message.headers
+        )
+
+    async def validate_batch(events: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        received: Counter[str] = Counter()
+        rejected: Counter[str] = Counter()
+        newest: dict[tuple[str, str], float] = {}
+        for event in events:
+            message = event.message
+            received[message.topic] += 1
+            origin = Origin(message.topic, message.partition, message.offset)
+            outcome = validator.validate_message(message.value, message.key, origin, now)
+            timestamp_ms = _timestamp_ms(message.timestamp)
+            if isinstance(outcome, Accepted):
+                await send(validated_message(outcome, message.value, timestamp_ms))
+                site = (outcome.event.node_id, outcome.event.site_id)
+                occurred = outcome.event.occurred_at.timestamp()
+                if occurred > newest.get(site, 0.0):
+                    newest[site] = occurred
+            else:
+                rejected[outcome.reason.value] += 1
+                await send(
+                    deadletter_message(outcome, message.value, message.key, now, timestamp_ms)
+                )
+        guard.observe(len(events), sum(rejected.values()))
+        for topic, count in received.items():
+            metrics.events_received.labels(topic=topic).inc(count)
+        for reason, count in rejected.items():
+            metrics.events_rejected.labels(reason=reason).inc(count)
+        wall = time.time()
+        for site, occurred in newest.items():
+            if occurred > site_last_event.get(site, 0.0):
+                site_last_event[site] = occurred
+                metrics.site_last_event.labels(node_id=site[0], site_id=site[1]).set(occurred)
+            metrics.site_last_received.labels(node_id=site[0], site_id=site[1]).set(wall)
+        metrics.stream_batch_seconds.labels(stage="validate").observe(
+            time.perf_counter() - started
+        )
+
+    async def deduplicate_batch(events: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        accepted: Counter[str] = Counter()
+        duplicates: Counter[str] = Counter()
+        conflicts = 0
+        for event in events:
+            message = event.message
+            headers = dict(message.headers or ())
+            incoming = Seen(
+                headers[H.FINGERPRINT].decode(),
+                headers[H.SOURCE_TOPIC].decode(),
+                int(headers[H.SOURCE_PARTITION]),
+                int(headers[H.SOURCE_OFFSET]),
+            )
+            prior_value = seen.data.get(message.key)
+            prior = Seen.decode(prior_value) if prior_value is not None else None
+            decision = decide(prior, incoming)
+            event_type = headers[H.EVENT_TYPE].decode()
+            if decision is Decision.NEW:
+                encoded = incoming.encode()
+                # Written to the store and to the changelog partition of *this*
+                # message (Faust's `table[key] = ...` would use the current
+                # event, which in a batch is the last one read).
+                seen.data[message.key] = encoded
+                seen.send_changelog(message.partition, message.key, encoded, "raw", "raw")
+            if decision in (Decision.NEW, Decision.REPLAY):
+                accepted[event_type] += 1
+                await send(accepted_message(message.key, message.value, headers))
+            elif decision is Decision.DUPLICATE:
+                duplicates[event_type] += 1
+            else:
+                assert prior is not None  # noqa: S101  # a conflict has a prior by definition
+                conflicts += 1
+                first = (prior.topic, prior.partition, prior.offset)
+                await send(conflict_message(message.key, message.value, headers, first, now))
+        for event_type, count in accepted.items():
+            metrics.events_accepted.labels(type=event_type).inc(count)
+        for event_type, count in duplicates.items():
+            metrics.events_duplicate.labels(type=event_type).inc(count)
+        if conflicts:
+            metrics.events_rejected.labels(reason="conflicting_duplicate").inc(conflicts)
+        metrics.stream_batch_seconds.labels(stage="deduplicate").observe(
+            time.perf_counter() - started
+        )
+
+    async def validate_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch_max, batch_s):
+            try:
+                await validate_batch(events)
+            except InvalidRatioExceeded as exc:
+                die(exc, EXIT_INVALID_RATIO)
+            except Exception as exc:  # a bug: stop before the batch is acknowledged
+                die(exc)
+
+    async def deduplicate_agent(stream: Any) -> None:
+        async for events in stream.take_events(batch_max, batch_s):
+            try:
+                await deduplicate_batch(events)
+            except Exception as exc:  # a bug: stop before the batch is acknowledged
+                die(exc)
+
+    app.agent(inputs, name="validate")(validate_agent)
+    app.agent(validated, name="deduplicate")(deduplicate_agent)
+    return app
+
+
+def _timestamp_ms(timestamp: float | None) -> int | None:
+    """Faust gives the Kafka timestamp in seconds (float); headers carry milliseconds."""
+    return round(timestamp * 1000) if timestamp else None
