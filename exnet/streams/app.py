@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 DEDUP_TABLE = "dedup"
 #: Seconds between Faust's offset commits: bounds replay after a crash and drain latency.
 COMMIT_INTERVAL_S = 1.0
+#: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
+SESSION_TIMEOUT_S = 10.0
+HEARTBEAT_S = 1.0
 
 
 def streams_group(settings: Settings) -> str:
@@ -84,6 +87,14 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         stream_buffer_maxsize=4 * settings.stream_batch_max,
         broker_max_poll_records=settings.stream_batch_max,
         processing_guarantee="at_least_once",
+        # Bytes in, bytes out everywhere: table recovery decodes the changelog with
+        # the app's default codecs, whatever the table's own schema says.
+        key_serializer="raw",
+        value_serializer="raw",
+        # A worker killed with -9 holds its partitions until the session times out:
+        # keep that short so the group moves on within seconds.
+        broker_session_timeout=SESSION_TIMEOUT_S,
+        broker_heartbeat_interval=HEARTBEAT_S,
     )
     validator = Validator(load_registry(settings.registry_path), settings.topic_prefix)
     guard = InvalidRatioGuard(settings.dlq_max_ratio, settings.dlq_window)
@@ -94,11 +105,17 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
     seen = app.Table(
         DEDUP_TABLE,
         default=None,
-        schema=faust.Schema(
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
         partitions=settings.partitions,
+        # Named and typed explicitly: Faust would derive JSON codecs from `bytes`.
+        changelog_topic=app.topic(
+            changelog_topic(settings),
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+            compacting=True,
+        ),
     )
+    seen.key_serializer = seen.value_serializer = "raw"
     batch_max, batch_s = settings.stream_batch_max, settings.stream_batch_seconds
     site_last_event: dict[tuple[str, str], float] = {}  # the gauge's values, to keep the newest
 
@@ -172,7 +189,7 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
                 # message (Faust's `table[key] = ...` would use the current
                 # event, which in a batch is the last one read).
                 seen.data[message.key] = encoded
-                seen.send_changelog(message.partition, message.key, encoded, "raw", "raw")
+                seen.send_changelog(message.partition, message.key, encoded)
             if decision in (Decision.NEW, Decision.REPLAY):
                 accepted[event_type] += 1
                 await send(accepted_message(message.key, message.value, headers))

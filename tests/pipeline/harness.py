@@ -1,0 +1,165 @@
+"""Drive the real pipeline from a test: publish with kafka-python, run `exnet` as a subprocess,
+read ClickHouse and the dead-letter topic back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from exnet.contracts.topics import Topic, topic_name
+from exnet.settings import Settings
+from exnet.sinks.client import connect
+
+__all__ = ["EXNET", "Pipeline"]
+
+#: The installed console script, run as a separate process like an operator would.
+EXNET = str(Path(sys.executable).with_name("exnet"))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Pipeline:
+    """One isolated exnet deployment: its own topic prefix, var dir and embedded database."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.env = {
+            **os.environ,
+            "EXNET_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "EXNET_TOPIC_PREFIX": settings.topic_prefix,
+            "EXNET_VAR_DIR": str(settings.var_dir),
+            "EXNET_PARTITIONS": str(settings.partitions),
+            "EXNET_METRICS_PORT": "0",
+            "EXNET_LOG_LEVEL": "INFO",
+        }
+        self._producer: KafkaProducer | None = None
+        self.sent: list[tuple[Topic, bytes, bytes | None]] = []
+
+    # -- Kafka ----------------------------------------------------------------
+    def topic(self, topic: Topic) -> str:
+        return topic_name(topic, self.settings.topic_prefix)
+
+    def send(self, topic: Topic, value: bytes | dict[str, Any], key: bytes | str | None = "") -> None:
+        """Publish one message; ``key=""`` means the event's own participant_id."""
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        if key == "":
+            assert isinstance(value, dict)
+            key = value["participant_id"]
+        key_bytes = key.encode() if isinstance(key, str) else key
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5,
+                max_request_size=4 * 1024 * 1024,
+            )
+        self._producer.send(self.topic(topic), value=raw, key=key_bytes)
+        self.sent.append((topic, raw, key_bytes))
+
+    def flush(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+    def read_topic(self, topic: Topic) -> list[Any]:
+        """Every message of ``topic`` from the beginning to its current end."""
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                 enable_auto_commit=False)
+        try:
+            name = self.topic(topic)
+            partitions = [TopicPartition(name, p)
+                          for p in sorted(consumer.partitions_for_topic(name) or ())]
+            consumer.assign(partitions)
+            consumer.seek_to_beginning()
+            ends = consumer.end_offsets(partitions)
+            records: list[Any] = []
+            deadline = time.monotonic() + 30
+            while any(consumer.position(tp) < ends[tp] for tp in partitions):
+                assert time.monotonic() < deadline, f"could not read {name} to its end"
+                for batch in consumer.poll(timeout_ms=500).values():
+                    records.extend(batch)
+            return records
+        finally:
+            consumer.close()
+
+    # -- the exnet command ----------------------------------------------------
+    def run(self, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EXNET, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+            timeout=timeout, check=False,
+        )
+
+    def init(self) -> None:
+        done = self.run("init", timeout=120)
+        assert done.returncode == 0, done.stderr
+
+    def drain(self, timeout: float = 240, env: dict[str, str] | None = None) -> str:
+        """`exnet up --drain`; asserts it exits 0; returns its stderr (the log)."""
+        self.flush()
+        try:
+            done = self.run("up", "--drain", timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as exc:
+            log = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else ""
+            raise AssertionError(f"`exnet up --drain` did not finish in {timeout} s:\n"
+                                 f"{log[-8000:]}") from None
+        assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-5000:]}"
+        return done.stderr
+
+    def start(self, *args: str, env: dict[str, str] | None = None,
+              log: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start `exnet up` in the background (its own process group)."""
+        out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+        return subprocess.Popen(
+            [EXNET, "up", *args], env={**self.env, **(env or {})}, stdout=out, stderr=out,
+            start_new_session=True,
+        )
+
+    @staticmethod
+    def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+        process.wait(timeout=60)
+
+    # -- ClickHouse -------------------------------------------------------------
+    @contextmanager
+    def clickhouse(self) -> Iterator[Any]:
+        """A client on the pipeline's database (no exnet process may hold it meanwhile)."""
+        client = connect(self.settings)
+        try:
+            yield client
+        finally:
+            client.close()
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        with self.clickhouse() as client:
+            result = client.query(sql)
+            return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+    def scalar(self, sql: str) -> Any:
+        with self.clickhouse() as client:
+            return client.query(sql).result_rows[0][0]
+
+
+def event_ids(rows: Sequence[dict[str, Any]]) -> set[str]:
+    return {row["event_id"] for row in rows}

@@ -1,0 +1,210 @@
+"""A mixed set through the real broker, `exnet up --drain` and embedded ClickHouse:
+every message ends accepted, duplicate or rejected, and every view is exact."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from exnet.contracts import headers as H
+from exnet.contracts.topics import Topic
+from exnet.contracts.validation import MAX_MESSAGE_BYTES
+from tests.pipeline import reference
+from tests.pipeline.events import EventMaker
+from tests.pipeline.harness import Pipeline
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+NODES = ("N01", "N02", "N03")
+A, B, C, D = "P-00000000aa", "P-00000000bb", "P-00000000cc", "P-00000000dd"
+TOPIC_OF = {"enrollment": Topic.ENROLLMENT, "session": Topic.SESSION, "assay": Topic.ASSAY,
+            "assessment": Topic.ASSESSMENT}
+
+
+def _topic(event: dict[str, Any]) -> Topic:
+    return TOPIC_OF[event["schema"].split("/")[0]]
+
+
+def _normalised(event: dict[str, Any]) -> dict[str, Any]:
+    """What the platform stores: defaults filled in."""
+    if event["schema"] == "enrollment/1":
+        return {"adjunct": "none", **event}
+    return event
+
+
+def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
+    make = EventMaker(seed=1)
+    pipeline.init()
+    accepted: list[dict[str, Any]] = []
+
+    def publish(event: dict[str, Any]) -> dict[str, Any]:
+        pipeline.send(_topic(event), event)
+        accepted.append(_normalised(event))
+        return event
+
+    # Cross-topic order reversed: C's session and A's week-4 rating arrive before
+    # the randomization and baseline they depend on.
+    publish(make.session(C, "N02-S01", 1, day=10, modality="resistance", duration=35.5))
+    publish(make.assessment(A, "N01-S01", "PHQ9", 12, week=4))
+    publish(make.enrollment(A, "N01-S01", "screened", day=0, age_band="25-34", sex="female"))
+    publish(make.enrollment(A, "N01-S01", "consented", day=1))
+    randomized_a = publish(make.enrollment(A, "N01-S01", "randomized", day=2, modality="aerobic"))
+    s1 = publish(make.session(A, "N01-S01", 1, day=3, duration=45.0))
+    publish(make.session(A, "N01-S01", 2, "missed", day=5))
+    s3 = publish(make.session(A, "N01-S01", 3, day=7, duration=30.0, adverse_event="mild",
+                              mean_hr_pct_max=71.5, rpe=13))
+    publish(make.assessment(A, "N01-S01", "PHQ9", 20, week=0))
+    publish(make.assessment(A, "N01-S01", "PHQ9", 9, week=8))  # 9*2 <= 20: responds; 9 > 4
+    publish(make.enrollment(B, "N01-S02", "randomized", day=3, modality="control"))
+    publish(make.assessment(B, "N01-S02", "HAMD17", 20, week=0))
+    publish(make.assessment(B, "N01-S02", "HAMD17", 6, week=12))  # responds and remits
+    publish(make.enrollment(C, "N02-S01", "randomized", day=4, modality="resistance",
+                            adjunct="psychotherapy"))
+    publish(make.enrollment(C, "N02-S01", "withdrawn", day=20, reason="adverse_event"))
+    publish(make.enrollment(D, "N03-S01", "screened", day=6))
+    publish(make.assay(D, "N03-S01", "SPEC-0001", "BDNF", 25000.0, "pg/mL"))
+    publish(make.assay(D, "N03-S01", "SPEC-0002", "BDNF", 30.0, "ng/mL", timepoint="post"))
+    publish(make.assay(D, "N03-S01", "SPEC-0001", "cortisol", 10.0, "ug/dL"))
+
+    # Exact duplicates: the same bytes again, and the same event reformatted
+    # (other key order, +02:00 offset for the same instant).
+    pipeline.send(Topic.SESSION, s1)
+    instant = datetime.fromisoformat(randomized_a["occurred_at"]).astimezone(
+        __import__("datetime").timezone(timedelta(hours=2)))
+    reformatted = {**dict(reversed(list(randomized_a.items()))),
+                   "occurred_at": instant.isoformat(), "adjunct": "none"}
+    pipeline.send(Topic.ENROLLMENT, reformatted)
+    # A conflicting duplicate: s3's event_id, another duration.
+    conflicting = {**s3, "duration_min": 31.0}
+    pipeline.send(Topic.SESSION, conflicting)
+
+    # One message for each reason the validator owns.
+    good = make.session(A, "N01-S01", 9, day=9)
+    too_large = orjson.dumps({**good, "pad": "x" * MAX_MESSAGE_BYTES})
+    pipeline.send(Topic.SESSION, too_large, key=A)
+    pipeline.send(Topic.SESSION, b'{"schema": "session/1", "event_id": ', key=A)
+    pipeline.send(Topic.ASSAY, make.session(A, "N01-S01", 10))  # session on the assay topic
+    pipeline.send(Topic.SESSION, {**make.session(A, "N01-S01", 11), "rpe": 25, "status": "sleepy"})
+    pipeline.send(Topic.SESSION, make.session(A, "N01-S01", 12), key="P-ffffffffff")
+    pipeline.send(Topic.SESSION, make.session(A, "N02-S09", 13))
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    pipeline.send(Topic.SESSION, {**make.session(A, "N01-S01", 14), "occurred_at": future})
+
+    pipeline.drain()
+
+    expected_rejections = {
+        "too_large": {""}, "malformed_json": {""}, "unknown_schema": {"schema"},
+        "invalid_field": {"rpe", "status"}, "key_mismatch": {"participant_id"},
+        "unknown_site": {"site_id"}, "future_timestamp": {"occurred_at"},
+        "conflicting_duplicate": {"event_id"},
+    }
+    _check_facts(pipeline, accepted)
+    _check_rejections(pipeline, expected_rejections)
+    _check_deadletter(pipeline, expected_rejections)
+    _check_views(pipeline, accepted)
+
+    # A second drain over the same topics changes nothing.
+    pipeline.drain()
+    _check_facts(pipeline, accepted)
+    assert pipeline.scalar("SELECT count() FROM rejected_events FINAL") == 8
+
+
+def _check_facts(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
+    for kind, table in (("enrollment", "enrollment_events"), ("session", "session_events"),
+                        ("assay", "assay_events"), ("assessment", "assessment_events")):
+        rows = pipeline.rows(f"SELECT * FROM {table} FINAL")
+        expected = {e["event_id"]: e for e in accepted if e["schema"].startswith(kind)}
+        assert {row["event_id"] for row in rows} == set(expected), table
+        for row in rows:
+            event = expected[row["event_id"]]
+            for field, value in event.items():
+                stored = row[field]
+                if field == "occurred_at":
+                    # clickhouse-connect returns UTC as naive datetimes
+                    utc = datetime.fromisoformat(value).astimezone(UTC).replace(tzinfo=None)
+                    assert stored == utc, field
+                elif field == "score" or field == "week":
+                    assert stored == value
+                else:
+                    assert stored == value, (table, field)
+    canonical = {
+        row["specimen_id"] + row["analyte"]: (row["value_canonical"], row["unit_canonical"])
+        for row in pipeline.rows("SELECT * FROM assay_events FINAL")
+    }
+    assert canonical["SPEC-0001BDNF"] == (pytest.approx(25.0), "ng/mL")
+    assert canonical["SPEC-0002BDNF"] == (30.0, "ng/mL")
+    assert canonical["SPEC-0001cortisol"] == (pytest.approx(275.9), "nmol/L")
+
+
+def _check_rejections(pipeline: Pipeline, expected: dict[str, set[str]]) -> None:
+    rows = pipeline.rows("SELECT * FROM rejected_events FINAL")
+    assert sorted(row["reason"] for row in rows) == sorted(expected)
+    sent = {(pipeline.topic(topic), raw) for topic, raw, _ in pipeline.sent}
+    for row in rows:
+        detail = json.loads(row["detail"])
+        assert detail["reason"] == row["reason"]
+        assert {error["path"] for error in detail["errors"]} == expected[row["reason"]]
+        # The payload is the original message, and its origin points back at it.
+        assert (row["source_topic"], row["payload"]) in sent or (
+            row["source_topic"], row["payload"].encode()) in sent
+
+
+def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None:
+    records = pipeline.read_topic(Topic.DEADLETTER)
+    reasons = []
+    originals = {}
+    for record in pipeline.read_topic(Topic.SESSION) + pipeline.read_topic(Topic.ASSAY):
+        originals[(record.topic, record.partition, record.offset)] = record.value
+    for record in records:
+        headers = dict(record.headers)
+        for name in (H.REASON, H.DETAIL, H.SOURCE_TOPIC, H.SOURCE_PARTITION, H.SOURCE_OFFSET):
+            assert name in headers, name
+        reasons.append(headers[H.REASON].decode())
+        detail = json.loads(headers[H.DETAIL])
+        assert {error["path"] for error in detail["errors"]} == expected[detail["reason"]]
+        origin = (headers[H.SOURCE_TOPIC].decode(), int(headers[H.SOURCE_PARTITION]),
+                  int(headers[H.SOURCE_OFFSET]))
+        assert originals[origin] == record.value, "dead letter carries the original bytes"
+    assert sorted(reasons) == sorted(expected)
+
+
+def _check_views(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
+    summary_columns = ("screened", "consented", "randomized", "withdrawn", "completed",
+                       "sessions_attended", "sessions_missed", "sessions_cancelled",
+                       "exercise_minutes", "adverse_events", "specimens", "assays", "assessments")
+    nodes = {row["node_id"]: row for row in pipeline.rows("SELECT * FROM node_summary")}
+    assert set(nodes) == set(NODES)
+    expected_nodes = reference.node_summary(accepted, NODES)
+    for node in NODES:
+        assert {c: nodes[node][c] for c in summary_columns} == expected_nodes[node], node
+    (network,) = pipeline.rows("SELECT * FROM network_summary")
+    assert {c: network[c] for c in summary_columns} == reference.network_summary(accepted)
+    # Hand-checked figures, so the reference itself is held to account.
+    assert network["randomized"] == 3 and network["sessions_attended"] == 3
+    assert network["exercise_minutes"] == 45.0 + 30.0 + 35.5
+    assert nodes["N02"]["withdrawn"] == 1 and nodes["N03"]["specimens"] == 2
+
+    arms = {
+        (row["scope"], row["node_id"], row["modality"], row["adjunct"]): {
+            c: row[c] for c in ("randomized", "sessions_attended", "exercise_minutes",
+                                "responders", "remitters")
+        }
+        for row in pipeline.rows("SELECT * FROM arm_summary")
+    }
+    assert arms == reference.arm_summary(accepted)
+    assert arms[("network", "", "aerobic", "none")] == {
+        "randomized": 1, "sessions_attended": 2, "exercise_minutes": 75.0,
+        "responders": 1, "remitters": 0}
+    assert arms[("node", "N01", "control", "none")]["remitters"] == 1
+    assert arms[("node", "N02", "resistance", "psychotherapy")]["sessions_attended"] == 1
+
+    daily = {
+        (row["node_id"], row["day"]): {c: row[c] for c in row if c not in (
+            "node_id", "day", "updated_at")}
+        for row in pipeline.rows("SELECT * FROM node_daily")
+    }
+    assert daily == reference.node_daily(accepted)
