@@ -97,6 +97,13 @@ class Metrics:
             ["node_id", "site_id"],
             registry=r,
         )
+        #: counter: events accepted per site (after deduplication).
+        self.site_events_accepted = Counter(
+            "exnet_site_events_accepted",
+            "Events accepted, by node and site",
+            ["node_id", "site_id"],
+            registry=r,
+        )
         #: gauge: when exnet last received an accepted event of the site (unix seconds).
         self.site_last_received = Gauge(
             "exnet_site_last_received_timestamp_seconds",

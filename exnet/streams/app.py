@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+import orjson
 
 from exnet.contracts import headers as H
 from exnet.contracts.registry import load_registry
@@ -131,7 +132,6 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         now = datetime.now(UTC)
         received: Counter[str] = Counter()
         rejected: Counter[str] = Counter()
-        newest: dict[tuple[str, str], float] = {}
         for event in events:
             message = event.message
             received[message.topic] += 1
@@ -140,10 +140,6 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
             timestamp_ms = _timestamp_ms(message.timestamp)
             if isinstance(outcome, Accepted):
                 await send(validated_message(outcome, message.value, timestamp_ms))
-                site = (outcome.event.node_id, outcome.event.site_id)
-                occurred = outcome.event.occurred_at.timestamp()
-                if occurred > newest.get(site, 0.0):
-                    newest[site] = occurred
             else:
                 rejected[outcome.reason.value] += 1
                 await send(
@@ -154,12 +150,6 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
             metrics.events_received.labels(topic=topic).inc(count)
         for reason, count in rejected.items():
             metrics.events_rejected.labels(reason=reason).inc(count)
-        wall = time.time()
-        for site, occurred in newest.items():
-            if occurred > site_last_event.get(site, 0.0):
-                site_last_event[site] = occurred
-                metrics.site_last_event.labels(node_id=site[0], site_id=site[1]).set(occurred)
-            metrics.site_last_received.labels(node_id=site[0], site_id=site[1]).set(wall)
         metrics.stream_batch_seconds.labels(stage="validate").observe(
             time.perf_counter() - started
         )
@@ -169,6 +159,8 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         now = datetime.now(UTC)
         accepted: Counter[str] = Counter()
         duplicates: Counter[str] = Counter()
+        per_site: Counter[tuple[str, str]] = Counter()
+        newest: dict[tuple[str, str], float] = {}
         conflicts = 0
         for event in events:
             message = event.message
@@ -193,6 +185,10 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
             if decision in (Decision.NEW, Decision.REPLAY):
                 accepted[event_type] += 1
                 await send(accepted_message(message.key, message.value, headers))
+                site, occurred = _site_and_time(message.value)
+                per_site[site] += 1
+                if occurred > newest.get(site, 0.0):
+                    newest[site] = occurred
             elif decision is Decision.DUPLICATE:
                 duplicates[event_type] += 1
             else:
@@ -206,6 +202,14 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
             metrics.events_duplicate.labels(type=event_type).inc(count)
         if conflicts:
             metrics.events_rejected.labels(reason="conflicting_duplicate").inc(conflicts)
+        wall = time.time()
+        for (node_id, site_id), count in per_site.items():
+            metrics.site_events_accepted.labels(node_id=node_id, site_id=site_id).inc(count)
+            metrics.site_last_received.labels(node_id=node_id, site_id=site_id).set(wall)
+        for site, occurred in newest.items():
+            if occurred > site_last_event.get(site, 0.0):
+                site_last_event[site] = occurred
+                metrics.site_last_event.labels(node_id=site[0], site_id=site[1]).set(occurred)
         metrics.stream_batch_seconds.labels(stage="deduplicate").observe(
             time.perf_counter() - started
         )
@@ -229,6 +233,14 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
     app.agent(inputs, name="validate")(validate_agent)
     app.agent(validated, name="deduplicate")(deduplicate_agent)
     return app
+
+
+def _site_and_time(canonical: bytes) -> tuple[tuple[str, str], float]:
+    """(node_id, site_id) and occurred_at (unix seconds) of an accepted event's canonical JSON."""
+    event = orjson.loads(canonical)
+    return (event["node_id"], event["site_id"]), datetime.fromisoformat(
+        event["occurred_at"]
+    ).timestamp()
 
 
 def _timestamp_ms(timestamp: float | None) -> int | None:

@@ -1,0 +1,140 @@
+"""Crashes and scale-out: `exnet up` killed with SIGKILL at random points mid-stream, and two
+workers at once; afterwards facts and views are exact (nothing lost, nothing doubled)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient
+
+from exnet.monitor import PipelineProgress
+from exnet.streams.app import streams_group
+from tests.pipeline import reference
+from tests.pipeline.harness import Pipeline
+from tests.pipeline.load import participant_events
+from tests.pipeline.test_end_to_end import NODES
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
+
+SUMMARY = ("screened", "consented", "randomized", "withdrawn", "completed", "sessions_attended",
+           "sessions_missed", "sessions_cancelled", "exercise_minutes", "adverse_events",
+           "specimens", "assays", "assessments")
+ARM = ("randomized", "sessions_attended", "exercise_minutes", "responders", "remitters")
+
+
+def _publish_slowly(pipeline: Pipeline, events: list[tuple[Any, dict[str, Any]]],
+                    duplicates: random.Random, seconds: float) -> None:
+    """Spread the load over ``seconds`` so that kills land mid-stream; ~5% sent twice."""
+    chunk = max(1, len(events) // 40)
+    for start in range(0, len(events), chunk):
+        for topic, event in events[start:start + chunk]:
+            pipeline.send(topic, event)
+            if duplicates.random() < 0.05:
+                pipeline.send(topic, event)
+        pipeline.flush()
+        time.sleep(seconds / 40)
+
+
+def _assert_exact(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
+    expected = {event["event_id"] for event in accepted}
+    counts = pipeline.rows(
+        "SELECT count() AS rows, uniqExact(event_id) AS ids FROM ("
+        " SELECT event_id FROM enrollment_events FINAL UNION ALL"
+        " SELECT event_id FROM session_events FINAL UNION ALL"
+        " SELECT event_id FROM assay_events FINAL UNION ALL"
+        " SELECT event_id FROM assessment_events FINAL)")[0]
+    assert counts == {"rows": len(expected), "ids": len(expected)}
+    assert pipeline.scalar("SELECT count() FROM rejected_events FINAL") == 0
+    nodes = {row["node_id"]: {c: row[c] for c in SUMMARY}
+             for row in pipeline.rows("SELECT * FROM node_summary")}
+    want = reference.node_summary(accepted, NODES)
+    for node in NODES:
+        assert nodes[node] == pytest.approx(want[node]), node
+    arms = {(r["scope"], r["node_id"], r["modality"], r["adjunct"]): {c: r[c] for c in ARM}
+            for r in pipeline.rows("SELECT * FROM arm_summary")}
+    assert arms == reference.arm_summary(accepted)  # whole minutes: float sums are exact
+
+
+def test_sigkill_at_random_points_loses_and_doubles_nothing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    rng = random.Random(20261128)
+    events = participant_events(seed=7, participants=300)  # ~4,500 events
+    accepted = [event for _, event in events]
+    pipeline.init()
+    feeder = threading.Thread(
+        target=_publish_slowly, args=(pipeline, events, random.Random(1), 25.0)
+    )
+    feeder.start()
+    log = tmp_path / "up.log"
+    kills = 0
+    for _ in range(4):
+        worker = pipeline.start(log=log)
+        time.sleep(rng.uniform(4.0, 9.0))
+        assert worker.poll() is None, f"worker died by itself:\n{log.read_text()[-3000:]}"
+        pipeline.kill(worker)  # SIGKILL, whatever it was doing
+        kills += 1
+    feeder.join()
+    assert kills == 4
+    pipeline.drain(timeout=300)
+    _assert_exact(pipeline, accepted)
+
+
+def test_two_workers_share_the_stream_and_agree(pipeline: Pipeline, tmp_path: Path) -> None:
+    events = participant_events(seed=11, participants=250)
+    accepted = [event for _, event in events]
+    pipeline.init()
+    logs = [tmp_path / "first.log", tmp_path / "second.log"]
+    workers = [pipeline.start(log=log) for log in logs]
+    try:
+        _wait_for_members(pipeline, expected=2)
+        _publish_slowly(pipeline, events, random.Random(2), 5.0)
+        _wait_until_drained(pipeline)
+        for worker in workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        for worker, log in zip(workers, logs, strict=True):
+            assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        for worker in workers:
+            pipeline.kill(worker)
+    # With the embedded database one of them wrote and the other stood by as writer.
+    text = logs[0].read_text() + logs[1].read_text()
+    assert text.count("writing ClickHouse database") == 1
+    assert "standing by as writer" in text
+    _assert_exact(pipeline, accepted)
+
+
+def _wait_until_drained(pipeline: Pipeline, timeout: float = 240.0) -> None:
+    progress = PipelineProgress(pipeline.settings)
+    deadline = time.monotonic() + timeout
+    try:
+        in_a_row = 0
+        while in_a_row < 2:
+            assert time.monotonic() < deadline, "the workers did not drain the pipeline"
+            in_a_row = in_a_row + 1 if progress.drained() else 0
+            time.sleep(0.5)
+    finally:
+        progress.close()
+
+
+def _wait_for_members(pipeline: Pipeline, expected: int, timeout: float = 90.0) -> None:
+    """Until the stream workers' group has ``expected`` members sharing its partitions."""
+    admin = KafkaAdminClient(bootstrap_servers=pipeline.settings.kafka_bootstrap)
+    group = streams_group(pipeline.settings)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            description = admin.describe_groups([group])[group]
+            if len(description.get("members", ())) >= expected:
+                return
+            time.sleep(0.5)
+    finally:
+        admin.close()
+    pytest.fail(f"the stream group {group} never had {expected} members")
