@@ -1,0 +1,192 @@
+"""A real ``exnet up`` counts a known input exactly (SPEC §5's metrics).
+
+One subprocess, one input with every outcome of SPEC §2; every counter's
+expected value is derived from the input (:func:`helpers.ops_scenario`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from exnet.contracts.reasons import Reason
+from exnet.contracts.topics import Topic, topic_name
+from exnet.metrics import EVENT_TYPES
+from exnet.settings import Settings
+
+from .helpers import (
+    OPS_SIGTERM_EXIT_S,
+    ExnetUp,
+    Families,
+    OpsScenario,
+    SettingsFactory,
+    delete_prefixed_topics,
+    http_get,
+    ops_publish,
+    ops_scenario,
+    sample_value,
+    samples_named,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+
+@pytest.fixture
+def ops_settings(settings_factory: SettingsFactory, kafka_bootstrap: str) -> Iterator[Settings]:
+    settings = settings_factory(partitions=2)
+    yield settings
+    delete_prefixed_topics(kafka_bootstrap, settings.topic_prefix)
+
+
+def _rows_written(families: Families, table: str) -> float:
+    return sample_value(families, "exnet_sink_rows_written_total", {"table": table}) or 0.0
+
+
+def _outcomes(families: Families) -> float:
+    """accepted + duplicate + rejected, all labels."""
+    return sum(
+        s.value
+        for name in (
+            "exnet_events_accepted_total",
+            "exnet_events_duplicate_total",
+            "exnet_events_rejected_total",
+        )
+        for s in samples_named(families, name)
+    )
+
+
+def _every_lag_zero(families: Families, settings: Settings) -> bool:
+    lags = samples_named(families, "exnet_consumer_lag")
+    topics = {s.labels["topic"] for s in lags}
+    needed = {topic_name(t, settings.topic_prefix) for t in Topic}
+    return needed <= topics and all(s.value == 0 for s in lags)
+
+
+def test_metrics_count_a_known_input_exactly(
+    ops_settings: Settings, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    settings = ops_settings
+    scenario: OpsScenario = ops_scenario()
+    up = ExnetUp(settings, tmp_path / "exnet-up.log")
+    try:
+        up.start()
+        up.wait_healthy()  # /healthz answers once `up` has created the topics
+        ops_publish(kafka_bootstrap, settings, scenario.messages)
+
+        expected_rows = scenario.rows_by_table
+        up.wait_for(
+            lambda f: all(_rows_written(f, t) >= n for t, n in expected_rows.items()),
+            f"the sink to write {expected_rows}",
+        )
+        # Duplicates leave no row to wait for: wait until every message has an outcome
+        # (at least; the exact values are asserted below) and the lag reads 0.
+        sent = len(scenario.messages)
+        families = up.wait_for(
+            lambda f: _outcomes(f) >= sent and _every_lag_zero(f, settings),
+            f"{sent} outcomes and exnet_consumer_lag to read 0 everywhere",
+        )
+        _assert_counters(families, scenario, settings)
+        _assert_sink(families, scenario, settings)
+
+        assert http_get(f"{up.base_url}/healthz")[0] == 200
+        assert http_get(f"{up.base_url}/readyz")[0] == 200
+
+        status, seconds = up.terminate()
+        assert status == 0, f"exit status {status} after SIGTERM\n{up.log_tail()}"
+        assert seconds < OPS_SIGTERM_EXIT_S
+    finally:
+        up.close()
+    _assert_sites(families, scenario)
+
+
+def _assert_counters(families: Families, scenario: OpsScenario, settings: Settings) -> None:
+    received = {
+        s.labels["topic"]: s.value for s in samples_named(families, "exnet_events_received_total")
+    }
+    assert received == {
+        topic_name(topic, settings.topic_prefix): float(n)
+        for topic, n in scenario.received_by_topic.items()
+    }
+
+    accepted = {
+        s.labels["type"]: s.value for s in samples_named(families, "exnet_events_accepted_total")
+    }
+    assert accepted == {t: float(scenario.accepted_by_type[t]) for t in EVENT_TYPES}
+
+    duplicate = {
+        s.labels["type"]: s.value for s in samples_named(families, "exnet_events_duplicate_total")
+    }
+    assert duplicate == {t: float(scenario.duplicate_by_type[t]) for t in EVENT_TYPES}
+
+    rejected = {
+        s.labels["reason"]: s.value for s in samples_named(families, "exnet_events_rejected_total")
+    }
+    # every reason code, each sent exactly once
+    assert rejected == {reason.value: 1.0 for reason in Reason}
+    assert rejected == {r.value: float(scenario.rejected_by_reason[r.value]) for r in Reason}
+
+    # received = accepted + duplicate + rejected (SPEC §2: none is lost)
+    assert sum(received.values()) == sum(accepted.values()) + sum(duplicate.values()) + sum(
+        rejected.values()
+    )
+
+
+def _assert_sink(families: Families, scenario: OpsScenario, settings: Settings) -> None:
+    written = {
+        s.labels["table"]: s.value for s in samples_named(families, "exnet_sink_rows_written_total")
+    }
+    assert written == {table: float(n) for table, n in scenario.rows_by_table.items()}
+
+    count = sample_value(families, "exnet_sink_batch_seconds_count")
+    assert count is not None and count >= 1
+    assert sample_value(families, "exnet_sink_batch_seconds_bucket", {"le": "+Inf"}) == count
+    batch_sum = sample_value(families, "exnet_sink_batch_seconds_sum")
+    assert batch_sum is not None and batch_sum > 0
+    rows_per_batch = sample_value(families, "exnet_sink_batch_rows_sum")
+    assert rows_per_batch == float(sum(scenario.rows_by_table.values()))
+    # the accepted events' latency, one observation per fact row
+    latency = sample_value(families, "exnet_end_to_end_latency_seconds_count")
+    assert latency == float(sum(scenario.accepted_by_type.values()))
+    last_write = sample_value(families, "exnet_sink_last_write_timestamp_seconds")
+    assert last_write is not None and last_write > 0
+
+    lags = samples_named(families, "exnet_consumer_lag")
+    assert all(s.labels.keys() == {"topic", "partition"} for s in lags)
+    assert all(s.value == 0 for s in lags)
+    # one series per partition of every stage's topics (inputs, validated, accepted, deadletter)
+    partitions = {str(p) for p in range(settings.partitions)}
+    assert {(s.labels["topic"], s.labels["partition"]) for s in lags} == {
+        (topic_name(t, settings.topic_prefix), p) for t in Topic for p in partitions
+    }
+
+    assert sample_value(families, "exnet_ready") == 1.0
+    assert sample_value(families, "exnet_process_role", {"role": "stream"}) == 1.0
+    assert sample_value(families, "exnet_process_role", {"role": "sink"}) == 1.0
+
+
+def _assert_sites(families: Families, scenario: OpsScenario) -> None:
+    """Per site: the newest occurred_at of an *accepted* event (the gauge's documented
+    meaning); the conflicting duplicate, newer but rejected, must not move it."""
+    sites = {
+        (s.labels["node_id"], s.labels["site_id"]): s.value
+        for s in samples_named(families, "exnet_site_last_event_timestamp_seconds")
+    }
+    newest = scenario.newest_by_site
+    assert sites.keys() == newest.keys()  # rejected messages make no site series
+    received_at = samples_named(families, "exnet_site_last_received_timestamp_seconds")
+    assert {(s.labels["node_id"], s.labels["site_id"]) for s in received_at} == newest.keys()
+    wrong = {
+        site: (sites[site], occurred)
+        for site, occurred in newest.items()
+        if not math.isclose(sites[site], occurred, abs_tol=1e-3)
+    }
+    assert not wrong, (
+        "exnet_site_last_event_timestamp_seconds (read, expected) differ: "
+        f"{wrong}; a rejected (conflicting_duplicate) event must not move the gauge"
+    )
