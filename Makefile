@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXNET := $(BIN)/exnet
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench demo broker-start broker-stop clean
+.PHONY: install system-deps test lint bench demo broker-start broker-stop clean
 
 install: $(STAMP)
 
@@ -15,13 +15,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Tools the tests drive for real: promtool and a Prometheus server (alert rules, a
+# real scrape), headless Chromium (the HTML report). Installed from Debian's
+# packages when missing and we are root; otherwise we say what to install.
+system-deps:
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "the tests need:$$missing (apt-get install$$missing)" >&2; exit 1; \
+	  fi; \
+	fi
+
 broker-start: install
 	$(EXNET) broker start
 
 broker-stop: install
 	$(EXNET) broker stop
 
-test: install broker-start
+test: install system-deps broker-start
 	$(BIN)/pytest
 
 lint: install

@@ -46,7 +46,9 @@ class PipelineProgress:
     """Reads committed and end offsets of every stage (kafka-python, no group membership)."""
 
     def __init__(self, settings: Settings) -> None:
-        name = lambda topic: topic_name(topic, settings.topic_prefix)  # noqa: E731
+        def name(topic: Topic) -> str:
+            return topic_name(topic, settings.topic_prefix)
+
         self.stages: list[tuple[str, list[str]]] = [
             (streams_group(settings), [name(t) for t in INPUT_TOPICS]),
             (streams_group(settings), [name(Topic.VALIDATED)]),
@@ -54,7 +56,9 @@ class PipelineProgress:
         ]
         bootstrap = settings.kafka_bootstrap.split(",")
         self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="exnet-monitor")
-        self._offsets = KafkaConsumer(bootstrap_servers=bootstrap, client_id="exnet-monitor")
+        self._offsets = KafkaConsumer(
+            bootstrap_servers=bootstrap, client_id="exnet-monitor", enable_auto_commit=False
+        )
 
     def close(self) -> None:
         self._admin.close()

@@ -28,9 +28,9 @@ app = typer.Typer(
 def _register_all() -> None:
     # Imported here, not at module import, so that `exnet --help` stays fast
     # and no job's dependencies load for another job.
-    from exnet.cli import broker, contracts, pipeline, publish, simulate
+    from exnet.cli import broker, contracts, ops, pipeline, publish, simulate
 
-    for module in (broker, contracts, pipeline, publish, simulate):
+    for module in (broker, contracts, pipeline, publish, simulate, ops):
         module.register(app)
 
 

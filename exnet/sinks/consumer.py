@@ -33,7 +33,7 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_any,
+    stop_when_event_set,
     wait_exponential,
 )
 
@@ -215,13 +215,10 @@ class SinkConsumer:
                 table, state.attempt_number, error,
             )
 
-        def stop_requested(_: RetryCallState) -> bool:
-            return self._stop.is_set()
-
         retrying = Retrying(
             retry=retry_if_exception_type(ClickHouseUnavailable),
             wait=wait_exponential(multiplier=0.2, max=MAX_BACKOFF_S),
-            stop=stop_any(stop_requested),
+            stop=stop_when_event_set(self._stop),
             before_sleep=log_retry,
             reraise=True,
         )

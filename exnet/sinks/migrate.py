@@ -43,9 +43,12 @@ def apply_migrations(client: Client, database: str) -> list[str]:
         ) ENGINE = ReplacingMergeTree(applied_at) ORDER BY id
         COMMENT 'migrations applied by exnet init'"""
     )
-    recorded = dict(
-        client.query(f"SELECT id, checksum FROM {database}.exnet_migrations FINAL").result_rows
-    )
+    recorded: dict[str, str] = {
+        str(row[0]): str(row[1])
+        for row in client.query(
+            f"SELECT id, checksum FROM {database}.exnet_migrations FINAL"
+        ).result_rows
+    }
     applied: list[str] = []
     for migration in MIGRATIONS:
         statements = _statements(migration, database)

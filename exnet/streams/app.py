@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
@@ -75,6 +75,7 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         streams_group(settings),
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         store="memory://",
+        datadir=str(settings.var_dir / "faust"),  # not the working directory
         autodiscover=False,
         web_enabled=False,
         topic_partitions=settings.partitions,
@@ -116,7 +117,8 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
             compacting=True,
         ),
     )
-    seen.key_serializer = seen.value_serializer = "raw"
+    # The table's own codecs (used by send_changelog) would default to JSON too.
+    cast(Any, seen).key_serializer = cast(Any, seen).value_serializer = "raw"
     batch_max, batch_s = settings.stream_batch_max, settings.stream_batch_seconds
     site_last_event: dict[tuple[str, str], float] = {}  # the gauge's values, to keep the newest
 

@@ -1,0 +1,88 @@
+"""The ClickHouse side against real embedded ClickHouse (chDB): migrations, writer, views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from exnet.contracts.registry import load_registry
+from exnet.settings import DEMO_REGISTRY, Settings
+from exnet.sinks.client import connect
+from exnet.sinks.consumer import SINK_TABLES
+from exnet.sinks.migrate import MIGRATIONS, apply_migrations, load_registry_tables
+from exnet.sinks.writer import ClickHouseWriter
+from tests.conftest import SettingsFactory
+
+pytestmark = pytest.mark.clickhouse
+
+
+@pytest.fixture
+def settings(settings_factory: SettingsFactory) -> Settings:
+    return settings_factory()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Any]:
+    client = connect(settings, create_database=True)
+    apply_migrations(client, settings.clickhouse_database)
+    load_registry_tables(client, settings.clickhouse_database, load_registry(DEMO_REGISTRY))
+    yield client
+    client.close()
+
+
+def test_migrations_are_recorded_and_idempotent(client: Any, settings: Settings) -> None:
+    database = settings.clickhouse_database
+    assert apply_migrations(client, database) == []
+    recorded = client.query(f"SELECT id FROM {database}.exnet_migrations FINAL ORDER BY id")
+    assert [row[0] for row in recorded.result_rows] == sorted(MIGRATIONS)
+
+
+def test_insert_columns_match_the_migrated_tables(client: Any, settings: Settings) -> None:
+    for table, columns in SINK_TABLES.items():
+        described = client.query(
+            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+            parameters={"db": settings.clickhouse_database, "t": table},
+        )
+        assert {row[0] for row in described.result_rows} == set(columns), table
+
+
+def _row(event_id: str, score: int) -> list[Any]:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    return [event_id, "assessment/1", now, "N01", "N01-S01", "P-0123456789", "PHQ9", score, 0,
+            "exnet.assessment", 0, 1, now]
+
+
+def test_a_replayed_batch_is_a_no_op_and_replays_collapse(client: Any) -> None:
+    writer = ClickHouseWriter(client, client.database)
+    writer.setup({"assessment_events": SINK_TABLES["assessment_events"]})
+    columns = SINK_TABLES["assessment_events"]
+    writer.write("assessment_events", columns, [_row("e1", 5), _row("e2", 6)], token="t:1-2")
+    writer.write("assessment_events", columns, [_row("e1", 5), _row("e2", 6)], token="t:1-2")
+    assert client.query("SELECT count() FROM assessment_events").result_rows == [(2,)]
+    # The same events in another batch (other boundaries after a crash): one row each with FINAL.
+    writer.write("assessment_events", columns, [_row("e2", 6), _row("e3", 7)], token="t:2-3")
+    assert client.query("SELECT count() FROM assessment_events FINAL").result_rows == [(3,)]
+
+
+def test_a_readonly_client_cannot_write(settings: Settings, client: Any) -> None:
+    client.close()
+    reader = connect(settings, readonly=True)
+    try:
+        with pytest.raises(Exception, match="readonly"):
+            reader.command("INSERT INTO nodes (node_id, name, loaded_at) VALUES ('X', 'x', now())")
+        assert reader.query("SELECT count() FROM nodes FINAL").result_rows == [(3,)]
+    finally:
+        reader.close()
+
+
+def test_views_of_an_empty_network_count_zero_never_null(client: Any) -> None:
+    nodes = client.query("SELECT node_id, screened, exercise_minutes, assays FROM node_summary "
+                         "ORDER BY node_id").result_rows
+    assert nodes == [("N01", 0, 0.0, 0), ("N02", 0, 0.0, 0), ("N03", 0, 0.0, 0)]
+    network = client.query("SELECT randomized, sessions_attended, specimens FROM network_summary")
+    assert network.result_rows == [(0, 0, 0)]
+    assert client.query("SELECT count() FROM arm_summary").result_rows == [(0,)]
+    assert client.query("SELECT count() FROM node_daily").result_rows == [(0,)]
