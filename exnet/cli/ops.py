@@ -1,0 +1,182 @@
+"""`exnet status`, `exnet rejects`, `exnet report`: for operators, site coordinators, analysts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from exnet.ops.status import DEFAULT_MAX_REJECT_SHARE, DEFAULT_STALE_HOURS, JSON_KEYS_HELP
+from exnet.settings import load_settings
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to ``app``."""
+    app.command("status", help=_STATUS_HELP)(status)
+    app.command("rejects")(rejects)
+    app.command("report")(report)
+
+
+_STATUS_HELP = f"""Pipeline health on one screen: broker and topics, consumer lag per stage and
+partition, each site's last events (stale ones flagged), rejects by reason over the last day,
+and sink throughput.
+
+Exits 1 when there is a problem (broker or ClickHouse unreachable, topics missing, stale
+sites, a high share of rejected messages), 0 when healthy. Each part is shown even when
+another cannot be read.
+
+\b
+{JSON_KEYS_HELP}
+"""
+
+
+def status(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document (keys below) instead.")
+    ] = False,
+    stale_hours: Annotated[
+        float,
+        typer.Option(
+            "--stale-hours",
+            envvar="EXNET_STALE_HOURS",
+            min=0,
+            help="A site that sent no event for longer is stale.",
+        ),
+    ] = DEFAULT_STALE_HOURS,
+    max_reject_share: Annotated[
+        float,
+        typer.Option(
+            "--max-reject-share",
+            min=0,
+            max=1,
+            help="A larger share of rejected messages over the last day is a problem.",
+        ),
+    ] = DEFAULT_MAX_REJECT_SHARE,
+) -> None:
+    from exnet.ops.status import collect_status, render_status
+
+    settings = load_settings()
+    # kafka-python logs each refused connection and its own defaults at WARNING:
+    # the status screen says what matters.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    report = collect_status(settings, stale_hours=stale_hours, max_reject_share=max_reject_share)
+    if as_json:
+        sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
+        sys.stdout.flush()
+    else:
+        Console(highlight=False).print(render_status(report))
+    raise typer.Exit(0 if report.healthy else 1)
+
+
+def rejects(
+    node: Annotated[
+        list[str] | None, typer.Option("--node", help="Only this node (repeatable).")
+    ] = None,
+    site: Annotated[
+        list[str] | None, typer.Option("--site", help="Only this site (repeatable).")
+    ] = None,
+    reason: Annotated[
+        list[str] | None,
+        typer.Option("--reason", help="Only this reason code, e.g. invalid_field (repeatable)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Rejected at or after: ISO date/time (UTC unless an offset is given) "
+            "or a span back from now: 30m, 24h, 7d, 2w."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Rejected before (same forms as --since).")
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="At most this many messages, newest first "
+            "(default: 100 on the terminal, all with --csv or --json).",
+        ),
+    ] = None,
+    as_csv: Annotated[
+        bool,
+        typer.Option(
+            "--csv",
+            help="Write a per-site work list as CSV: one row per failing field, with the "
+            "source position and the original payload.",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Write one JSON document.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write the CSV or JSON to this file instead of stdout."),
+    ] = None,
+) -> None:
+    """Rejected messages and what to fix in them: reason, failing field paths, source.
+
+    A corrected record is published again with a NEW event_id; it is then
+    validated and accepted like any new event.
+    """
+    from exnet.ops.rejects import (
+        DEFAULT_TERMINAL_LIMIT,
+        RejectFilter,
+        find_rejects,
+        parse_moment,
+        rejects_as_dict,
+        render_rejects,
+        write_worklist,
+    )
+
+    if as_csv and as_json:
+        raise typer.BadParameter("choose one of --csv and --json")
+    if out is not None and not (as_csv or as_json):
+        raise typer.BadParameter("--out needs --csv or --json")
+    settings = load_settings()
+    query = RejectFilter(
+        nodes=tuple(node or ()),
+        sites=tuple(site or ()),
+        reasons=tuple(reason or ()),
+        since=parse_moment(since) if since else None,
+        until=parse_moment(until) if until else None,
+        limit=limit if limit is not None or as_csv or as_json else DEFAULT_TERMINAL_LIMIT,
+    )
+    result = find_rejects(settings, query)
+    if not (as_csv or as_json):
+        Console(highlight=False).print(render_rejects(result))
+        return
+    target = out.open("w", encoding="utf-8", newline="") if out is not None else sys.stdout
+    try:
+        if as_csv:
+            rows = write_worklist(result.messages, target)
+            summary = f"{rows} row(s) for {len(result.messages)} rejected message(s)"
+        else:
+            json.dump(rejects_as_dict(result), target, indent=2)
+            target.write("\n")
+            summary = f"{len(result.messages)} rejected message(s)"
+    finally:
+        if out is not None:
+            target.close()
+        else:
+            target.flush()
+    if out is not None:
+        Console(stderr=True, highlight=False).print(f"wrote {summary} to {out}")
+
+
+def report(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="The HTML file to write (default: <var_dir>/report.html)."),
+    ] = None,
+) -> None:
+    """A self-contained HTML report for analysts and steering committees (renders offline)."""
+    from exnet.ops.report import write_report
+
+    settings = load_settings()
+    written = write_report(settings, out if out is not None else settings.var_dir / "report.html")
+    Console(highlight=False).print(f"report written to {written}")

@@ -1,0 +1,329 @@
+"""``exnet rejects``: the rejected messages a site coordinator has to fix.
+
+What callers may rely on:
+
+- :func:`find_rejects` reads ``rejected_events FINAL`` (one row per source
+  message), newest first, filtered by node, site, reason and a
+  ``[since, until)`` window on ``rejected_at``; it also counts every match, so a
+  limited listing says how many it left out.
+- Each :class:`RejectedMessage` carries the failing field paths and messages
+  of its ``detail`` JSON (``{"reason", "message", "errors": [{"path", "type",
+  "message"}]}``); a detail that cannot be read becomes one issue with the
+  row's one-line ``message``.
+- :func:`write_worklist` writes the per-site work list as CSV: one row per
+  failing field (:data:`WORKLIST_COLUMNS`), sorted by site, then time, then
+  source position, with the original payload (invalid UTF-8 replaced by U+FFFD).
+- To fix a rejected event, a site publishes the corrected record again with a
+  new ``event_id``: it is validated and accepted like any new event.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TextIO
+
+import orjson
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from exnet.contracts.reasons import Reason
+from exnet.errors import UserError
+from exnet.ops._sql import from_millis, query_rows, quote_list, time_literal, to_int
+from exnet.settings import Settings
+
+__all__ = [
+    "WORKLIST_COLUMNS",
+    "Issue",
+    "RejectFilter",
+    "RejectedMessage",
+    "RejectsResult",
+    "find_rejects",
+    "parse_moment",
+    "render_rejects",
+    "rejects_as_dict",
+    "write_worklist",
+]
+
+#: Rows shown on the terminal when no ``--limit`` is given.
+DEFAULT_TERMINAL_LIMIT: Final = 100
+
+#: Columns of the CSV work list, in order.
+WORKLIST_COLUMNS: Final = (
+    "site_id",
+    "node_id",
+    "rejected_at",
+    "event_id",
+    "reason",
+    "field_path",
+    "error_type",
+    "message",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "payload",
+)
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One failing field: its path (empty for the whole message), error type, message."""
+
+    path: str
+    type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedMessage:
+    rejected_at: datetime | None
+    reason: str
+    node_id: str | None
+    site_id: str | None
+    event_id: str | None
+    issues: tuple[Issue, ...]
+    message: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectFilter:
+    """Which rejections to list; empty tuples match everything."""
+
+    nodes: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    #: At most this many messages (newest first); None: all.
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        known = {r.value for r in Reason}
+        unknown = [r for r in self.reasons if r not in known]
+        if unknown:
+            raise UserError(
+                f"unknown reason {', '.join(unknown)}: one of {', '.join(sorted(known))}"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit must be at least 1")
+
+    def where(self) -> str:
+        clauses = ["1"]
+        if self.nodes:
+            clauses.append(f"node_id IN {quote_list(self.nodes)}")
+        if self.sites:
+            clauses.append(f"site_id IN {quote_list(self.sites)}")
+        if self.reasons:
+            clauses.append(f"reason IN {quote_list(self.reasons)}")
+        if self.since is not None:
+            clauses.append(f"rejected_at >= {time_literal(self.since)}")
+        if self.until is not None:
+            clauses.append(f"rejected_at < {time_literal(self.until)}")
+        return " AND ".join(clauses)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectsResult:
+    filter: RejectFilter
+    #: Every rejection that matches (the listing may hold fewer: ``limit``).
+    matched: int
+    messages: tuple[RejectedMessage, ...] = field(default=())
+
+
+def parse_moment(text: str, now: datetime | None = None) -> datetime:
+    """``2024-05-01``, ``2024-05-01T12:00`` (UTC unless an offset is given), or a
+    span back from now: ``90s``, ``30m``, ``24h``, ``7d``, ``2w``."""
+    moment = now if now is not None else datetime.now(UTC)
+    relative = _RELATIVE.match(text)
+    if relative:
+        amount, unit = float(relative.group(1)), relative.group(2)
+        return moment - timedelta(**{_UNITS[unit]: amount})
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(
+            f"{text!r} is neither an ISO date/time (2024-05-01, 2024-05-01T12:00Z) "
+            "nor a span back from now (24h, 7d, 30m, 2w)"
+        ) from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def find_rejects(settings: Settings, query: RejectFilter) -> RejectsResult:
+    """The matching rejections, newest first, and how many match in all."""
+    db = settings.clickhouse_database
+    where = query.where()
+    matched = to_int(
+        query_rows(settings, f"SELECT count() AS n FROM {db}.rejected_events FINAL WHERE {where}")[  # noqa: S608  # validated names, quoted values
+            0
+        ]["n"]
+    )
+    limit = f" LIMIT {int(query.limit)}" if query.limit is not None else ""
+    rows = query_rows(
+        settings,
+        "SELECT toUnixTimestamp64Milli(rejected_at) AS rejected_ms, reason, "  # noqa: S608  # validated names, quoted values
+        "toValidUTF8(detail) AS detail, toValidUTF8(message) AS message, "
+        "source_topic, source_partition, source_offset, event_id, node_id, site_id, "
+        f"toValidUTF8(payload) AS payload FROM {db}.rejected_events FINAL WHERE {where} "
+        f"ORDER BY rejected_at DESC, source_topic, source_partition, source_offset{limit}",
+    )
+    return RejectsResult(query, matched, tuple(_message(row) for row in rows))
+
+
+def _message(row: dict[str, Any]) -> RejectedMessage:
+    message = str(row["message"])
+    return RejectedMessage(
+        rejected_at=from_millis(row["rejected_ms"]),
+        reason=str(row["reason"]),
+        node_id=row["node_id"],
+        site_id=row["site_id"],
+        event_id=row["event_id"],
+        issues=_issues(str(row["detail"]), message),
+        message=message,
+        source_topic=str(row["source_topic"]),
+        source_partition=to_int(row["source_partition"]),
+        source_offset=to_int(row["source_offset"]),
+        payload=str(row["payload"]),
+    )
+
+
+def _issues(detail: str, message: str) -> tuple[Issue, ...]:
+    try:
+        document = orjson.loads(detail)
+        errors = document["errors"]
+        issues = tuple(
+            Issue(str(e.get("path", "")), str(e.get("type", "")), str(e.get("message", "")))
+            for e in errors
+            if isinstance(e, dict)
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        issues = ()
+    return issues or (Issue("", "", message),)
+
+
+def _iso(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- output -------------------------------------------------------------------------
+
+
+def render_rejects(result: RejectsResult) -> RenderableType:
+    """For the terminal: per rejected message, one line of who/what/where, then its
+    failing fields indented (readable at any width)."""
+    if not result.matched:
+        return Text("no rejected messages match", style="green")
+    summary = f"{result.matched} rejected message(s) match"
+    if len(result.messages) < result.matched:
+        summary += f"; showing the newest {len(result.messages)} (--limit)"
+    blocks: list[RenderableType] = [Text(summary, style="bold"), Text("")]
+    for m in result.messages:
+        when = f"{m.rejected_at:%Y-%m-%d %H:%M:%S}" if m.rejected_at else "?"
+        head = Text.assemble(
+            (when, "cyan"),
+            "  ",
+            (m.reason, "bold red"),
+            "  ",
+            (f"{m.node_id or '?'} / {m.site_id or '?'}", "bold"),
+        )
+        where = Text(
+            f"  event_id {m.event_id or '?'}, "
+            f"source {m.source_topic}[{m.source_partition}]@{m.source_offset}",
+            style="dim",
+        )
+        blocks.extend((head, where))
+        for issue in m.issues:
+            line = Text("  - ")
+            if issue.path:
+                line.append(issue.path, style="bold")
+                line.append(": ")
+            line.append(issue.message)
+            blocks.append(line)
+    blocks.append(Text(""))
+    blocks.append(
+        Text(
+            "Fix each record and publish it again with a NEW event_id; "
+            "`--csv` writes a per-site work list.",
+            style="dim",
+        )
+    )
+    return Group(*blocks)
+
+
+def rejects_as_dict(result: RejectsResult) -> dict[str, Any]:
+    """The ``--json`` document: ``matched``, ``shown`` and ``rejects`` (newest first)."""
+    return {
+        "matched": result.matched,
+        "shown": len(result.messages),
+        "rejects": [
+            {
+                "rejected_at": _iso(m.rejected_at) or None,
+                "reason": m.reason,
+                "node_id": m.node_id,
+                "site_id": m.site_id,
+                "event_id": m.event_id,
+                "message": m.message,
+                "errors": [
+                    {"path": i.path, "type": i.type, "message": i.message} for i in m.issues
+                ],
+                "source_topic": m.source_topic,
+                "source_partition": m.source_partition,
+                "source_offset": m.source_offset,
+                "payload": m.payload,
+            }
+            for m in result.messages
+        ],
+    }
+
+
+def worklist_rows(messages: Sequence[RejectedMessage]) -> list[dict[str, str | int]]:
+    """One row per failing field, sorted by site, time, source position and field."""
+    ordered = sorted(
+        messages,
+        key=lambda m: (
+            m.site_id or "",
+            m.node_id or "",
+            m.rejected_at or datetime.min.replace(tzinfo=UTC),
+            m.source_topic,
+            m.source_partition,
+            m.source_offset,
+        ),
+    )
+    return [
+        {
+            "site_id": m.site_id or "",
+            "node_id": m.node_id or "",
+            "rejected_at": _iso(m.rejected_at),
+            "event_id": m.event_id or "",
+            "reason": m.reason,
+            "field_path": issue.path,
+            "error_type": issue.type,
+            "message": issue.message,
+            "source_topic": m.source_topic,
+            "source_partition": m.source_partition,
+            "source_offset": m.source_offset,
+            "payload": m.payload,
+        }
+        for m in ordered
+        for issue in m.issues
+    ]
+
+
+def write_worklist(messages: Sequence[RejectedMessage], out: TextIO) -> int:
+    """Write the CSV work list (header + :func:`worklist_rows`); return the rows written."""
+    rows = worklist_rows(messages)
+    writer = csv.DictWriter(out, fieldnames=WORKLIST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return len(rows)

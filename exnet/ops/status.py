@@ -1,0 +1,755 @@
+"""``exnet status``: is the pipeline healthy, on one screen (or as one JSON document).
+
+What callers may rely on:
+
+- :func:`collect_status` never raises for an unreachable broker or ClickHouse:
+  each part is collected on its own, and a part that cannot be read says why
+  (``reachable: false`` and ``error``) while the other parts are still filled.
+- :attr:`StatusReport.problems` lists everything that needs an operator:
+  broker unreachable, topics missing, consumer lag unreadable, ClickHouse
+  unreachable (or not initialised), stale sites, a high share of rejected
+  messages. ``exnet status`` exits 1 exactly when it is not empty.
+- Windows are in processing time: "last day" counts events by ``ingested_at``
+  and rejections by ``rejected_at``; a site is *stale* when exnet has received
+  no accepted event from it (newest ``ingested_at``) for more than
+  ``stale_hours``, or never has (a registered site without any event).
+  Its newest ``occurred_at`` is shown beside it.
+- Lag is shown, never judged: one reading cannot tell a shrinking lag from a
+  stuck one (the ``exnet_consumer_lag`` gauge over time can).
+- :meth:`StatusReport.as_dict` is the ``--json`` document; its keys are stable
+  (see :data:`JSON_KEYS_HELP`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from exnet.errors import ExnetError
+from exnet.ops._sql import from_millis, query_rows, time_literal, to_int
+from exnet.settings import Settings
+
+__all__ = [
+    "DEFAULT_MAX_REJECT_SHARE",
+    "DEFAULT_STALE_HOURS",
+    "JSON_KEYS_HELP",
+    "BrokerState",
+    "ClickHouseState",
+    "LagState",
+    "PartitionLagRow",
+    "Problem",
+    "SiteState",
+    "StageLag",
+    "StatusReport",
+    "TableThroughput",
+    "TopicState",
+    "collect_status",
+    "render_status",
+]
+
+log = logging.getLogger(__name__)
+
+#: Hours without a received event after which a site counts as stale.
+DEFAULT_STALE_HOURS: Final = 24.0
+#: Share of rejected messages (of accepted + rejected, last day) above which
+#: something upstream is wrong: a site's tool or a contract change, not a typo.
+DEFAULT_MAX_REJECT_SHARE: Final = 0.05
+#: The "last day" window of counts and rejections.
+DAY: Final = timedelta(days=1)
+#: Sink throughput windows: (JSON key, length).
+THROUGHPUT_WINDOWS: Final = (("rows_5m", timedelta(minutes=5)), ("rows_1h", timedelta(hours=1)))
+#: Seconds to wait for the broker's first answer.
+BROKER_TIMEOUT_S: Final = 3.0
+#: The stages of PipelineProgress, in flow order.
+STAGE_NAMES: Final = ("validate", "deduplicate", "sink")
+#: Fact tables and the rejections table, as the sink writes them.
+SINK_TABLES: Final = (
+    "enrollment_events",
+    "session_events",
+    "assay_events",
+    "assessment_events",
+    "rejected_events",
+)
+_FACT_TABLES: Final = SINK_TABLES[:4]
+
+JSON_KEYS_HELP: Final = """\
+The --json document (stable keys):
+generated_at (ISO UTC), healthy (bool), problems [{kind, message}] with kind one of
+broker_unreachable, topics_missing, lag_unavailable, clickhouse_unreachable,
+stale_sites, high_reject_share;
+broker {bootstrap, reachable, error, topics [{topic, name, exists, partitions}]};
+lag {available, error, total, stages [{stage, group, total,
+partitions [{topic, partition, committed, end, lag}]}]};
+clickhouse {reachable, error, database, url};
+sites {stale_hours, stale, rows [{node_id, site_id, name, registered,
+last_occurred_at, last_ingested_at, events_last_day, events_total, stale}]};
+rejects {window_hours, rejected, accepted, share, max_share, by_reason {reason: count}};
+throughput {tables [{table, rows_5m, rows_1h}]}."""
+
+
+# --- the collected state ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopicState:
+    #: Logical name (``exnet.session``); ``name`` is the physical one.
+    topic: str
+    name: str
+    exists: bool
+    partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerState:
+    bootstrap: str
+    reachable: bool
+    error: str | None = None
+    topics: tuple[TopicState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLagRow:
+    topic: str
+    partition: int
+    committed: int
+    end: int
+    lag: int
+
+
+@dataclass(frozen=True, slots=True)
+class StageLag:
+    stage: str
+    group: str
+    partitions: tuple[PartitionLagRow, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class LagState:
+    available: bool
+    error: str | None = None
+    stages: tuple[StageLag, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return sum(s.total for s in self.stages)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteState:
+    node_id: str
+    site_id: str
+    name: str
+    registered: bool
+    last_occurred_at: datetime | None
+    last_ingested_at: datetime | None
+    events_last_day: int
+    events_total: int
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TableThroughput:
+    table: str
+    rows_5m: int
+    rows_1h: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClickHouseState:
+    reachable: bool
+    database: str
+    url: str
+    error: str | None = None
+    sites: tuple[SiteState, ...] = ()
+    #: reason -> rejected messages in the last day, most frequent first.
+    rejects_by_reason: tuple[tuple[str, int], ...] = ()
+    throughput: tuple[TableThroughput, ...] = ()
+
+    @property
+    def rejected_last_day(self) -> int:
+        return sum(n for _, n in self.rejects_by_reason)
+
+    @property
+    def accepted_last_day(self) -> int:
+        return sum(s.events_last_day for s in self.sites)
+
+    @property
+    def reject_share(self) -> float | None:
+        """Rejected / (accepted + rejected) over the last day; None when nothing arrived."""
+        seen = self.rejected_last_day + self.accepted_last_day
+        return self.rejected_last_day / seen if seen else None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    generated_at: datetime
+    stale_hours: float
+    max_reject_share: float
+    broker: BrokerState
+    lag: LagState
+    clickhouse: ClickHouseState
+    problems: tuple[Problem, ...] = field(default=())
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``--json`` document (keys in :data:`JSON_KEYS_HELP`)."""
+        ch = self.clickhouse
+        return {
+            "generated_at": _iso(self.generated_at),
+            "healthy": self.healthy,
+            "problems": [{"kind": p.kind, "message": p.message} for p in self.problems],
+            "broker": {
+                "bootstrap": self.broker.bootstrap,
+                "reachable": self.broker.reachable,
+                "error": self.broker.error,
+                "topics": [
+                    {
+                        "topic": t.topic,
+                        "name": t.name,
+                        "exists": t.exists,
+                        "partitions": t.partitions,
+                    }
+                    for t in self.broker.topics
+                ],
+            },
+            "lag": {
+                "available": self.lag.available,
+                "error": self.lag.error,
+                "total": self.lag.total,
+                "stages": [
+                    {
+                        "stage": s.stage,
+                        "group": s.group,
+                        "total": s.total,
+                        "partitions": [
+                            {
+                                "topic": p.topic,
+                                "partition": p.partition,
+                                "committed": p.committed,
+                                "end": p.end,
+                                "lag": p.lag,
+                            }
+                            for p in s.partitions
+                        ],
+                    }
+                    for s in self.lag.stages
+                ],
+            },
+            "clickhouse": {
+                "reachable": ch.reachable,
+                "error": ch.error,
+                "database": ch.database,
+                "url": ch.url,
+            },
+            "sites": {
+                "stale_hours": self.stale_hours,
+                "stale": sum(1 for s in ch.sites if s.stale),
+                "rows": [
+                    {
+                        "node_id": s.node_id,
+                        "site_id": s.site_id,
+                        "name": s.name,
+                        "registered": s.registered,
+                        "last_occurred_at": _iso(s.last_occurred_at),
+                        "last_ingested_at": _iso(s.last_ingested_at),
+                        "events_last_day": s.events_last_day,
+                        "events_total": s.events_total,
+                        "stale": s.stale,
+                    }
+                    for s in ch.sites
+                ],
+            },
+            "rejects": {
+                "window_hours": DAY.total_seconds() / 3600,
+                "rejected": ch.rejected_last_day,
+                "accepted": ch.accepted_last_day,
+                "share": ch.reject_share,
+                "max_share": self.max_reject_share,
+                "by_reason": dict(ch.rejects_by_reason),
+            },
+            "throughput": {
+                "tables": [
+                    {"table": t.table, "rows_5m": t.rows_5m, "rows_1h": t.rows_1h}
+                    for t in ch.throughput
+                ]
+            },
+        }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --- collecting ---------------------------------------------------------------
+
+
+def collect_status(
+    settings: Settings,
+    *,
+    stale_hours: float = DEFAULT_STALE_HOURS,
+    max_reject_share: float = DEFAULT_MAX_REJECT_SHARE,
+    now: datetime | None = None,
+) -> StatusReport:
+    """Read every part of the status; an unreachable part is reported, not raised."""
+    moment = now if now is not None else datetime.now(UTC)
+    broker = collect_broker(settings)
+    lag = collect_lag(settings, broker)
+    clickhouse = collect_clickhouse(settings, moment, stale_hours)
+    problems = find_problems(broker, lag, clickhouse, stale_hours, max_reject_share)
+    return StatusReport(
+        generated_at=moment,
+        stale_hours=stale_hours,
+        max_reject_share=max_reject_share,
+        broker=broker,
+        lag=lag,
+        clickhouse=clickhouse,
+        problems=problems,
+    )
+
+
+def _expected_topics(settings: Settings) -> list[tuple[str, str]]:
+    """(logical, physical) of every topic ``exnet init`` creates."""
+    from exnet.admin import topic_configs
+    from exnet.contracts.topics import Topic, topic_name
+
+    physical = list(topic_configs(settings))
+    logical_of = {topic_name(t, settings.topic_prefix): t.value for t in Topic}
+    return [
+        (logical_of.get(name, name.removeprefix(settings.topic_prefix)), name) for name in physical
+    ]
+
+
+def collect_broker(settings: Settings) -> BrokerState:
+    """Whether the broker answers, and which of exnet's topics exist with how many partitions."""
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    from exnet.broker import broker_answers
+
+    bootstrap = settings.kafka_bootstrap
+    if not broker_answers(bootstrap, timeout_s=BROKER_TIMEOUT_S):
+        return BrokerState(bootstrap, False, f"no Kafka broker answers at {bootstrap}")
+    timeout_ms = int(BROKER_TIMEOUT_S * 1000)
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","),
+            client_id="exnet-status",
+            enable_auto_commit=False,
+            request_timeout_ms=max(timeout_ms, 5_000),
+            allow_auto_create_topics=False,
+        )
+    except KafkaError as exc:
+        return BrokerState(bootstrap, False, f"cannot connect to {bootstrap}: {exc}")
+    try:
+        existing = consumer.topics()
+        topics = []
+        for logical, name in _expected_topics(settings):
+            partitions = consumer.partitions_for_topic(name) if name in existing else None
+            topics.append(TopicState(logical, name, partitions is not None, len(partitions or ())))
+    except KafkaError as exc:
+        return BrokerState(bootstrap, False, f"cannot read topic metadata: {exc}")
+    finally:
+        consumer.close()
+    return BrokerState(bootstrap, True, None, tuple(topics))
+
+
+def collect_lag(settings: Settings, broker: BrokerState) -> LagState:
+    """Committed and end offsets of every stage (needs the broker and the topics)."""
+    if not broker.reachable:
+        return LagState(False, "the broker is unreachable")
+    if not all(t.exists for t in broker.topics):
+        return LagState(False, "topics are missing (run `exnet init`)")
+    from kafka.errors import KafkaError
+
+    from exnet.monitor import PipelineProgress
+
+    try:
+        progress = PipelineProgress(settings)
+    except KafkaError as exc:
+        return LagState(False, f"cannot read consumer offsets: {exc}")
+    try:
+        stages = []
+        for index, (group, topics) in enumerate(progress.stages):
+            rows = progress.stage_lag(group, topics)
+            name = STAGE_NAMES[index] if index < len(STAGE_NAMES) else f"stage {index + 1}"
+            stages.append(
+                StageLag(
+                    name,
+                    group,
+                    tuple(
+                        PartitionLagRow(r.topic, r.partition, r.committed, r.end, r.lag)
+                        for r in rows
+                    ),
+                )
+            )
+    except KafkaError as exc:
+        return LagState(False, f"cannot read consumer offsets: {exc}")
+    finally:
+        progress.close()
+    return LagState(True, None, tuple(stages))
+
+
+def clickhouse_url(settings: Settings) -> str:
+    """Where the analytics database is, without credentials."""
+    dsn = settings.clickhouse_dsn
+    if dsn.startswith("chdb:"):
+        return dsn
+    parts = urlsplit(dsn)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}"
+
+
+def collect_clickhouse(settings: Settings, now: datetime, stale_hours: float) -> ClickHouseState:
+    """Per-site activity, rejections by reason and sink throughput, all read-only."""
+    db = settings.clickhouse_database
+    url = clickhouse_url(settings)
+    try:
+        sites = _sites(settings, now, stale_hours)
+        rejects = query_rows(
+            settings,
+            f"SELECT reason, count() AS n FROM {db}.rejected_events FINAL "  # noqa: S608  # validated names, quoted values
+            f"WHERE rejected_at >= {time_literal(now - DAY)} "
+            "GROUP BY reason ORDER BY n DESC, reason",
+        )
+        throughput = _throughput(settings, now)
+    except (ExnetError, OSError) as exc:
+        return ClickHouseState(False, db, url, _first_line(str(exc)))
+    return ClickHouseState(
+        True,
+        db,
+        url,
+        None,
+        sites,
+        tuple((str(r["reason"]), to_int(r["n"])) for r in rejects),
+        throughput,
+    )
+
+
+def _sites(settings: Settings, now: datetime, stale_hours: float) -> tuple[SiteState, ...]:
+    db = settings.clickhouse_database
+    registered = {
+        str(r["site_id"]): (str(r["node_id"]), str(r["name"]))
+        for r in query_rows(
+            settings,
+            f"SELECT site_id, argMax(node_id, loaded_at) AS node_id, "  # noqa: S608  # validated names, quoted values
+            f"argMax(name, loaded_at) AS name FROM {db}.sites GROUP BY site_id",
+        )
+    }
+    union = " UNION ALL ".join(
+        f"SELECT toString(node_id) AS node_id, toString(site_id) AS site_id, "  # noqa: S608  # validated names, quoted values
+        f"toUnixTimestamp64Milli(occurred_at) AS occurred_ms, "
+        f"toUnixTimestamp64Milli(ingested_at) AS ingested_ms FROM {db}.{table} FINAL"
+        for table in _FACT_TABLES
+    )
+    since_ms = int((now - DAY).timestamp() * 1000)
+    facts = query_rows(
+        settings,
+        "SELECT node_id, site_id, max(occurred_ms) AS last_occurred_ms, "  # noqa: S608  # validated names, quoted values
+        f"max(ingested_ms) AS last_ingested_ms, countIf(ingested_ms >= {since_ms}) AS last_day, "
+        f"count() AS total FROM ({union}) GROUP BY node_id, site_id",
+    )
+    stale_before = now - timedelta(hours=stale_hours)
+    seen: dict[tuple[str, str], SiteState] = {}
+    for row in facts:
+        node_id, site_id = str(row["node_id"]), str(row["site_id"])
+        ingested = from_millis(row["last_ingested_ms"])
+        reg = registered.get(site_id)
+        seen[(node_id, site_id)] = SiteState(
+            node_id=node_id,
+            site_id=site_id,
+            name=reg[1] if reg is not None and reg[0] == node_id else "",
+            registered=reg is not None and reg[0] == node_id,
+            last_occurred_at=from_millis(row["last_occurred_ms"]),
+            last_ingested_at=ingested,
+            events_last_day=to_int(row["last_day"]),
+            events_total=to_int(row["total"]),
+            stale=ingested is None or ingested < stale_before,
+        )
+    for site_id, (node_id, name) in registered.items():
+        if (node_id, site_id) not in seen:
+            seen[(node_id, site_id)] = SiteState(
+                node_id, site_id, name, True, None, None, 0, 0, stale=True
+            )
+    return tuple(seen[key] for key in sorted(seen))
+
+
+def _throughput(settings: Settings, now: datetime) -> tuple[TableThroughput, ...]:
+    db = settings.clickhouse_database
+    longest = max(window for _, window in THROUGHPUT_WINDOWS)
+    counts = ", ".join(
+        f"countIf(ingested_at >= {time_literal(now - window)}) AS {key}"
+        for key, window in THROUGHPUT_WINDOWS
+    )
+    # Rows as written (no FINAL): throughput counts writes, replays included.
+    union = " UNION ALL ".join(
+        f"SELECT '{table}' AS table_name, {counts} FROM {db}.{table} "  # noqa: S608  # validated names, quoted values
+        f"WHERE ingested_at >= {time_literal(now - longest)}"
+        for table in SINK_TABLES
+    )
+    rows = {str(r["table_name"]): r for r in query_rows(settings, union)}
+    return tuple(
+        TableThroughput(table, to_int(rows[table]["rows_5m"]), to_int(rows[table]["rows_1h"]))
+        for table in SINK_TABLES
+    )
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def find_problems(
+    broker: BrokerState,
+    lag: LagState,
+    clickhouse: ClickHouseState,
+    stale_hours: float,
+    max_reject_share: float,
+) -> tuple[Problem, ...]:
+    """Everything that needs an operator, in the order to look at it."""
+    problems: list[Problem] = []
+    if not broker.reachable:
+        problems.append(Problem("broker_unreachable", broker.error or "the broker is unreachable"))
+    else:
+        missing = [t.name for t in broker.topics if not t.exists]
+        if missing:
+            problems.append(
+                Problem(
+                    "topics_missing",
+                    f"{len(missing)} topic(s) missing: {', '.join(missing)} (run `exnet init`)",
+                )
+            )
+        elif not lag.available:
+            problems.append(Problem("lag_unavailable", lag.error or "cannot read consumer lag"))
+    if not clickhouse.reachable:
+        problems.append(
+            Problem(
+                "clickhouse_unreachable",
+                f"ClickHouse {clickhouse.url} (database {clickhouse.database}): {clickhouse.error}",
+            )
+        )
+        return tuple(problems)
+    stale = [s for s in clickhouse.sites if s.stale]
+    if stale:
+        problems.append(
+            Problem(
+                "stale_sites",
+                f"{len(stale)} site(s) sent no event for more than {stale_hours:g} h: "
+                + ", ".join(s.site_id for s in stale),
+            )
+        )
+    share = clickhouse.reject_share
+    if share is not None and share > max_reject_share:
+        problems.append(
+            Problem(
+                "high_reject_share",
+                f"{share:.1%} of the messages of the last day were rejected "
+                f"({clickhouse.rejected_last_day} of "
+                f"{clickhouse.rejected_last_day + clickhouse.accepted_last_day}; "
+                f"limit {max_reject_share:.1%}): see `exnet rejects --since 24h`",
+            )
+        )
+    return tuple(problems)
+
+
+# --- rendering ------------------------------------------------------------------
+
+
+def _when(moment: datetime | None, now: datetime) -> Text:
+    if moment is None:
+        return Text("never", style="dim")
+    return Text(f"{moment.astimezone(UTC):%m-%d %H:%M} ({_age(now - moment)} ago)")
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60}m"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def render_status(report: StatusReport) -> RenderableType:
+    """The terminal screen: header, problems, broker, lag, sites, rejects, throughput."""
+    now = report.generated_at
+    parts: list[RenderableType] = []
+    verdict = (
+        Text("HEALTHY", style="bold green")
+        if report.healthy
+        else Text(f"{len(report.problems)} PROBLEM(S)", style="bold red")
+    )
+    parts.append(
+        Text.assemble(
+            ("exnet status ", "bold"),
+            f"{now.astimezone(UTC):%Y-%m-%d %H:%M:%S}Z  ",
+            verdict,
+        )
+    )
+    if report.problems:
+        lines = Text("\n").join(
+            Text.assemble(("• ", "red"), (p.kind, "bold red"), ": ", p.message)
+            for p in report.problems
+        )
+        parts.append(Panel(lines, title="problems", title_align="left", border_style="red"))
+    parts.append(_broker_part(report))
+    parts.append(_lag_part(report))
+    parts.extend(_clickhouse_parts(report, now))
+    spaced: list[RenderableType] = []
+    for part in parts:
+        if spaced:
+            spaced.append(Text(""))
+        spaced.append(part)
+    return Group(*spaced)
+
+
+def _broker_part(report: StatusReport) -> RenderableType:
+    broker = report.broker
+    head = Text.assemble(("Broker ", "bold"), broker.bootstrap, ": ")
+    if not broker.reachable:
+        head.append(str(broker.error), style="red")
+        return head
+    head.append("reachable", style="green")
+    missing = [t for t in broker.topics if not t.exists]
+    counts = sorted({t.partitions for t in broker.topics if t.exists})
+    line = Text(f"topics: {len(broker.topics) - len(missing)} of {len(broker.topics)} exist")
+    if counts:
+        line.append(f", {'/'.join(str(c) for c in counts)} partitions")
+    if not missing:
+        return Group(head, line)
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    table.add_column("missing topic", style="bold red")
+    for topic in missing:
+        table.add_row(topic.name)
+    return Group(head, line, table)
+
+
+def _lag_part(report: StatusReport) -> RenderableType:
+    lag = report.lag
+    if not lag.available:
+        return Text.assemble(("Lag ", "bold"), (str(lag.error), "yellow"))
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for name, justify in (
+        ("stage", "left"),
+        ("topic", "left"),
+        ("partition", "right"),
+        ("committed", "right"),
+        ("end", "right"),
+        ("lag", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]  # literal justify
+    for stage in lag.stages:
+        lagging = [p for p in stage.partitions if p.lag > 0]
+        style = "bold yellow" if stage.total else "green"
+        table.add_row(
+            Text(stage.stage, style="bold"),
+            Text(f"{len(stage.partitions)} partitions, {len(lagging)} lagging", style="dim"),
+            "",
+            "",
+            "",
+            Text(str(stage.total), style=style),
+        )
+        for p in lagging:
+            table.add_row(
+                "",
+                p.topic,
+                str(p.partition),
+                str(p.committed),
+                str(p.end),
+                Text(str(p.lag), style="yellow"),
+            )
+    return Group(Text.assemble(("Lag ", "bold"), f"total {lag.total}"), table)
+
+
+def _clickhouse_parts(report: StatusReport, now: datetime) -> list[RenderableType]:
+    ch = report.clickhouse
+    head = Text.assemble(("ClickHouse ", "bold"), f"{ch.url} database {ch.database}: ")
+    if not ch.reachable:
+        head.append(str(ch.error), style="red")
+        return [head]
+    head.append("reachable", style="green")
+    head.append(
+        f"\nSites (stale: no event received for more than {report.stale_hours:g} h)",
+        style="bold",
+    )
+    sites = Table(
+        box=None,
+        pad_edge=False,
+        show_edge=False,
+    )
+    sites.add_column("node")
+    sites.add_column("site", no_wrap=True)
+    sites.add_column("state", no_wrap=True)
+    sites.add_column("last occurred (UTC)", no_wrap=True)
+    sites.add_column("last received (UTC)", no_wrap=True)
+    sites.add_column("last day", justify="right")
+    sites.add_column("total", justify="right")
+    for s in ch.sites:
+        style = "bold red" if s.stale else ""
+        site_label = s.site_id if s.registered else f"{s.site_id} (unregistered)"
+        sites.add_row(
+            s.node_id,
+            Text(site_label, style=style),
+            Text("STALE", style="bold red") if s.stale else Text("ok", style="green"),
+            _when(s.last_occurred_at, now),
+            _when(s.last_ingested_at, now),
+            str(s.events_last_day),
+            str(s.events_total),
+        )
+    share = ch.reject_share
+    over = share is not None and share > report.max_reject_share
+    share_text = Text(
+        "n/a" if share is None else f"{share:.1%}", style="bold red" if over else "green"
+    )
+    rejects_head = Text.assemble(
+        ("Rejects, last 24 h: ", "bold"),
+        f"{ch.rejected_last_day} rejected, {ch.accepted_last_day} accepted, share ",
+        share_text,
+        f" (limit {report.max_reject_share:.1%})",
+    )
+    rejects = Table(box=None, pad_edge=False, show_edge=False)
+    rejects.add_column("reason")
+    rejects.add_column("messages", justify="right")
+    for reason, count in ch.rejects_by_reason:
+        rejects.add_row(reason, str(count))
+    throughput = Table(
+        title="Sink throughput (rows written)",
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+        show_edge=False,
+    )
+    throughput.add_column("table")
+    throughput.add_column("last 5 min", justify="right")
+    throughput.add_column("last hour", justify="right")
+    for t in ch.throughput:
+        throughput.add_row(t.table, str(t.rows_5m), str(t.rows_1h))
+    reject_part: RenderableType = (
+        Group(rejects_head, rejects) if ch.rejects_by_reason else rejects_head
+    )
+    return [Group(head, sites), reject_part, throughput]

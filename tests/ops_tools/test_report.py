@@ -1,0 +1,197 @@
+"""``exnet report``: known data -> HTML, rendered in headless Chromium with no error.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``); without it the
+browser tests fail, saying so.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from exnet.ops.report import collect_report, render_report, wilson_interval, write_report
+
+from .conftest import EXPECTED_ARMS, EXPECTED_FUNNEL, Seeded
+from .helpers import ops_cli
+
+#: chart id -> marks it must draw for the seeded network (see conftest).
+EXPECTED_MARKS = {
+    "funnel": 2 * 5,  # two nodes x five statuses
+    "enrollment": 2 + 2 * 3,  # a line per node + a point per node and week (3 weeks)
+    "arm-balance": 4,  # aerobic/none, resistance/psychotherapy, combined/none, control/none
+    "adherence": 2,  # the arms with sessions: aerobic, resistance + psychotherapy
+    "exercise-minutes": 4,  # every randomized arm
+    "biomarker-BDNF-serum": 2,  # aerobic, control
+    "biomarker-IL6-serum": 1,  # aerobic
+    "outcomes": 4 * 2,  # response and remission per arm
+}
+#: Seconds a headless Chromium run may take on a busy 2-core machine.
+CHROMIUM_TIMEOUT_S = 120
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson_interval(2, 3) or (0.0, 0.0)
+    assert (round(low, 4), round(high, 4)) == (0.2077, 0.9385)
+    low, high = wilson_interval(0, 1) or (0.0, 0.0)
+    assert (low, round(high, 4)) == (0.0, 0.7935)
+    assert wilson_interval(0, 0) is None
+
+
+class _Marks(HTMLParser):
+    """Counts ``.mark`` elements per ``svg.chart`` and collects every URL-bearing attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.declared: dict[str, int] = {}
+        self.drawn: dict[str, int] = {}
+        self.marks: Counter[str] = Counter()
+        self.urls: list[str] = []
+        self.body: dict[str, str | None] = {}
+        self._chart: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "body":
+            self.body = values
+        for name in ("src", "href"):
+            if values.get(name):
+                self.urls.append(str(values[name]))
+        classes = (values.get("class") or "").split()
+        if tag == "svg" and "chart" in classes:
+            self._chart = str(values["data-chart"])
+            self.declared[self._chart] = int(values["data-marks"] or -1)
+            if values.get("data-drawn") is not None:
+                self.drawn[self._chart] = int(values["data-drawn"] or -1)
+        elif "mark" in classes and self._chart is not None:
+            self.marks[self._chart] += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg":
+            self._chart = None
+
+
+def _parse(html: str) -> _Marks:
+    parser = _Marks()
+    parser.feed(html)
+    return parser
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        "headless Chromium is needed to check the report: apt-get install -y chromium",
+        pytrace=False,
+    )
+
+
+def _render(page: Path, tmp_path: Path, screenshot: Path) -> tuple[str, str]:
+    """Load ``page`` in headless Chromium: (rendered DOM, browser log)."""
+    profile = tmp_path / f"chromium-profile-{page.stem}"
+    result = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--hide-scrollbars",
+            "--window-size=1400,4000",
+            f"--screenshot={screenshot}",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=CHROMIUM_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout, result.stderr
+
+
+def _console_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.clickhouse
+def test_report_from_known_data_renders_offline(seeded: Seeded, tmp_path: Path) -> None:
+    data = collect_report(seeded.settings, now=seeded.now)
+    # the figures behind the charts
+    assert {f.node_id: f.counts for f in data.funnel} == EXPECTED_FUNNEL
+    assert {
+        arm: (o.randomized, o.evaluable, o.responders, o.remitters) for arm, o in data.arms.items()
+    } == EXPECTED_ARMS
+    aerobic = data.sessions[("aerobic", "none")]
+    assert (aerobic.attended, aerobic.missed, aerobic.cancelled, aerobic.minutes) == (6, 2, 1, 220)
+    bdnf = data.changes[("BDNF", "serum")]
+    assert data.units[("BDNF", "serum")] == "ng/mL"
+    # +5, +2 (18000 pg/mL -> 20 ng/mL, compared in canonical units), +2
+    assert bdnf[("aerobic", "none")].n == 3
+    assert bdnf[("aerobic", "none")].mean == pytest.approx(3.0)
+    assert bdnf[("aerobic", "none")].median == pytest.approx(2.0)
+    assert bdnf[("control", "none")].mean == pytest.approx(0.5)
+    assert data.changes[("IL6", "serum")][("aerobic", "none")].mean == pytest.approx(-0.5)
+    assert {n: dict(w) for n, w in data.weekly.items()} == {
+        "N01": dict(zip(sorted(data.weekly["N01"]), (2, 1, 1), strict=True)),
+        "N02": dict(zip(sorted(data.weekly["N02"]), (1, 1), strict=True)),
+    }
+
+    html = render_report(data)
+    static = _parse(html)
+    assert static.marks == EXPECTED_MARKS
+    assert static.declared == EXPECTED_MARKS
+    assert all(url.startswith("#") for url in static.urls), static.urls  # nothing to fetch
+    assert 'http-equiv="Content-Security-Policy" content="default-src \'none\'' in html
+    assert "Denominator: every participant randomized to the arm" in html
+    assert "66.7% (20.8–93.9)" in html  # aerobic response 2/3 with its Wilson interval
+
+    # the command writes it and says where
+    out = tmp_path / "out" / "report.html"
+    result = ops_cli(seeded.settings, "report", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert str(out.resolve()) in result.stdout.replace("\n", "")
+
+    dom, log = _render(out, tmp_path, tmp_path / "report.png")
+    rendered = _parse(dom)
+    assert rendered.body.get("data-report") == "ok", re.findall(
+        r'<div id="report-errors">(.*?)</div>', dom, re.S
+    )
+    assert rendered.body.get("data-charts") == str(len(EXPECTED_MARKS))
+    assert rendered.drawn == EXPECTED_MARKS  # every mark has a box on screen
+    assert _console_lines(log) == []
+    assert (tmp_path / "report.png").stat().st_size > 50_000
+
+
+@pytest.mark.clickhouse
+def test_the_checks_catch_a_broken_page(seeded: Seeded, tmp_path: Path) -> None:
+    """Negative control: a script error and an outside fetch are both seen."""
+    page = write_report(seeded.settings, tmp_path / "report.html", now=seeded.now)
+    broken = tmp_path / "broken.html"
+    broken.write_text(
+        page.read_text(encoding="utf-8").replace(
+            "</main>",
+            '<img src="http://127.0.0.1:9/x.png"><script>throw new Error("boom")</script></main>',
+        ),
+        encoding="utf-8",
+    )
+    dom, log = _render(broken, tmp_path, tmp_path / "broken.png")
+    assert _parse(dom).body.get("data-report") == "error"
+    assert "Uncaught Error: boom" in dom
+    console = "\n".join(_console_lines(log))
+    assert "boom" in console
+    assert "Content Security Policy" in console  # the fetch was blocked, not made

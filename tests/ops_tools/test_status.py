@@ -1,0 +1,200 @@
+"""``exnet status`` on known input: text and JSON, healthy and not, each part degrading alone."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from io import StringIO
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+from rich.console import Console
+
+from exnet.admin import ensure_topics
+from exnet.contracts.topics import Topic, topic_name
+from exnet.ops.status import (
+    BrokerState,
+    ClickHouseState,
+    LagState,
+    PartitionLagRow,
+    SiteState,
+    StageLag,
+    StatusReport,
+    TableThroughput,
+    collect_status,
+    find_problems,
+    render_status,
+)
+
+from .conftest import SITE_NODE, Seeded
+from .helpers import ops_cli
+
+if TYPE_CHECKING:
+    from tests.conftest import SettingsFactory
+
+#: A port nothing listens on: the broker (or ClickHouse) is down.
+DEAD = "127.0.0.1:1"
+
+
+def _text(report: StatusReport) -> str:
+    out = StringIO()
+    Console(file=out, width=160, color_system=None).print(render_status(report))
+    return out.getvalue()
+
+
+def _check_clickhouse_part(document: dict[str, Any], seeded: Seeded) -> None:
+    """The ClickHouse sections of ``document`` match the seeded rows exactly."""
+    assert document["clickhouse"]["reachable"] is True
+    rows = {r["site_id"]: r for r in document["sites"]["rows"]}
+    assert set(rows) == set(SITE_NODE)
+    for site, node in SITE_NODE.items():
+        assert rows[site]["node_id"] == node
+        assert rows[site]["registered"] is True
+        assert rows[site]["events_total"] == seeded.rows_per_site[site]
+    # N01-S02's rows were written 2 days ago: stale, and nothing in the last day
+    assert rows["N01-S02"]["stale"] is True
+    assert rows["N01-S02"]["events_last_day"] == 0
+    assert rows["N01-S01"]["stale"] is False
+    assert rows["N01-S01"]["events_last_day"] == seeded.rows_per_site["N01-S01"]
+    assert rows["N02-S01"]["events_last_day"] == seeded.rows_per_site["N02-S01"]
+    assert document["sites"]["stale"] == 1
+    # rejects of the last day: two invalid_field, one unknown_site (malformed_json is 3 days old)
+    assert document["rejects"]["by_reason"] == {"invalid_field": 2, "unknown_site": 1}
+    accepted = seeded.rows_per_site["N01-S01"] + seeded.rows_per_site["N02-S01"]
+    assert document["rejects"]["accepted"] == accepted
+    assert document["rejects"]["share"] == pytest.approx(3 / (3 + accepted))
+    throughput = {t["table"]: t for t in document["throughput"]["tables"]}
+    for table, count in seeded.rows_5m.items():
+        assert throughput[table]["rows_5m"] == count
+        assert throughput[table]["rows_1h"] == seeded.rows_1h[table]
+
+
+@pytest.mark.clickhouse
+def test_broker_down_still_shows_clickhouse(seeded: Seeded) -> None:
+    settings = seeded.settings.model_copy(update={"kafka_bootstrap": DEAD})
+    report = collect_status(settings, now=seeded.now)
+    document = report.as_dict()
+    assert document["broker"]["reachable"] is False
+    assert document["lag"]["available"] is False
+    _check_clickhouse_part(document, seeded)
+    kinds = [p["kind"] for p in document["problems"]]
+    # 3 of ~49 messages rejected in the last day is above the 5% default
+    assert kinds == ["broker_unreachable", "stale_sites", "high_reject_share"]
+    assert report.healthy is False
+
+    text = _text(report)
+    assert "3 PROBLEM(S)" in text
+    assert f"no Kafka broker answers at {DEAD}" in text
+    assert "N01-S02" in text and "STALE" in text
+    assert "invalid_field" in text and "unknown_site" in text
+    assert "enrollment_events" in text
+
+    # the command: exit 1, same document
+    result = ops_cli(settings, "status", "--json")
+    assert result.exit_code == 1, result.output
+    printed = json.loads(result.stdout)
+    assert [p["kind"] for p in printed["problems"]] == kinds
+    _check_clickhouse_part(printed, seeded)
+
+
+@pytest.mark.clickhouse
+@pytest.mark.kafka
+def test_lag_per_stage_and_a_healthy_exit(seeded: Seeded, kafka_admin: KafkaAdminClient) -> None:
+    settings = seeded.settings.model_copy(update={"partitions": 1})
+    ensure_topics(settings)
+    try:
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        session_topic = topic_name(Topic.SESSION, settings.topic_prefix)
+        for _ in range(3):
+            producer.send(session_topic, key=b"P-0000000001", value=b"{}")
+        producer.flush()
+        producer.close()
+
+        report = collect_status(settings, now=seeded.now)
+        document = report.as_dict()
+        assert document["broker"]["reachable"] is True
+        assert all(t["exists"] and t["partitions"] == 1 for t in document["broker"]["topics"])
+        stages = {s["stage"]: s for s in document["lag"]["stages"]}
+        assert list(stages) == ["validate", "deduplicate", "sink"]
+        assert stages["validate"]["total"] == 3
+        lagging = [p for p in stages["validate"]["partitions"] if p["lag"]]
+        assert lagging == [
+            {"topic": session_topic, "partition": 0, "committed": 0, "end": 3, "lag": 3}
+        ]
+        assert stages["deduplicate"]["total"] == stages["sink"]["total"] == 0
+        assert document["lag"]["total"] == 3
+        _check_clickhouse_part(document, seeded)
+        text = _text(report)
+        assert "validate" in text and session_topic in text
+
+        # lag alone is no problem: with lenient thresholds the network is healthy
+        result = ops_cli(settings, "status", "--stale-hours", "1000", "--max-reject-share", "0.5")
+        assert result.exit_code == 0, result.output
+        assert "HEALTHY" in result.stdout
+        assert "total 3" in result.stdout
+    finally:
+        prefix = settings.topic_prefix
+        kafka_admin.delete_topics([t for t in kafka_admin.list_topics() if t.startswith(prefix)])
+
+
+@pytest.mark.kafka
+def test_clickhouse_down_still_shows_the_broker(settings_factory: SettingsFactory) -> None:
+    settings = settings_factory(clickhouse_url="http://default:secret@127.0.0.1:1")
+    report = collect_status(settings)
+    document = report.as_dict()
+    assert document["broker"]["reachable"] is True
+    # nothing was initialised under this prefix: every topic is reported missing
+    assert document["broker"]["topics"] and not any(
+        t["exists"] for t in document["broker"]["topics"]
+    )
+    assert document["clickhouse"]["reachable"] is False
+    assert document["clickhouse"]["url"] == "http://127.0.0.1:1"  # no credentials shown
+    assert "secret" not in json.dumps(document)
+    assert [p["kind"] for p in document["problems"]] == ["topics_missing", "clickhouse_unreachable"]
+    text = _text(report)
+    assert "missing topic" in text and "ClickHouse http://127.0.0.1:1" in text
+
+
+def test_problems_and_json_keys_from_a_built_report() -> None:
+    """Pure: thresholds, and the stable key set of the --json document."""
+    now = datetime(2025, 3, 3, 12, tzinfo=UTC)
+    sites = (
+        SiteState("N01", "N01-S01", "A", True, now, now - timedelta(hours=1), 95, 300, False),
+        SiteState("N01", "N01-S02", "B", True, None, None, 0, 0, True),
+    )
+    clickhouse = ClickHouseState(
+        True,
+        "exnet",
+        "chdb:///x",
+        None,
+        sites,
+        (("invalid_field", 5),),
+        (TableThroughput("session_events", 1, 2),),
+    )
+    broker = BrokerState("b:9092", True, None, ())
+    lag = LagState(True, None, (StageLag("validate", "g", (PartitionLagRow("t", 0, 1, 4, 3),)),))
+    problems = find_problems(broker, lag, clickhouse, 24.0, 0.05)
+    assert [p.kind for p in problems] == ["stale_sites"]  # 5 / 100 is not above 5%
+    assert [p.kind for p in find_problems(broker, lag, clickhouse, 24.0, 0.04)] == [
+        "stale_sites",
+        "high_reject_share",
+    ]
+    report = StatusReport(now, 24.0, 0.05, broker, lag, clickhouse, problems)
+    document = report.as_dict()
+    assert list(document) == [
+        "generated_at",
+        "healthy",
+        "problems",
+        "broker",
+        "lag",
+        "clickhouse",
+        "sites",
+        "rejects",
+        "throughput",
+    ]
+    assert document["generated_at"] == "2025-03-03T12:00:00.000Z"
+    assert document["rejects"]["share"] == 0.05
+    assert document["sites"]["rows"][1]["last_ingested_at"] is None
+    text = _text(report)
+    assert "never" in text and "1 PROBLEM(S)" in text
