@@ -21,7 +21,10 @@ EVENT_TYPES: tuple[str, ...] = tuple(t.event_type or "" for t in INPUT_TOPICS)
 #: Seconds; ClickHouse batch writes take ~15 ms embedded, up to seconds on a busy server.
 _BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Seconds from a site's publish to the row being queryable; the target p99 is 2 s.
-_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+_LATENCY_BUCKETS = (
+    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0,
+    5.0, 7.5, 10.0, 30.0, 60.0, 300.0,
+)
 _ROWS_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 
 

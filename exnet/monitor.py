@@ -94,8 +94,8 @@ class PipelineProgress:
 
 
 class LagMonitor(threading.Thread):
-    """Updates the lag gauge every ``interval`` seconds; with ``on_drained``, calls it once
-    the pipeline was seen drained twice in a row."""
+    """Updates the lag gauge every ``interval`` seconds (and tells ``on_lag`` the total);
+    with ``on_drained``, calls it once the pipeline was seen drained twice in a row."""
 
     def __init__(
         self,
@@ -103,8 +103,10 @@ class LagMonitor(threading.Thread):
         metrics: Metrics,
         interval: float,
         on_drained: Callable[[], None] | None = None,
+        on_lag: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__(name="exnet-lag-monitor", daemon=True)
+        self._on_lag = on_lag
         self._settings = settings
         self._metrics = metrics
         self._interval = interval
@@ -121,10 +123,13 @@ class LagMonitor(threading.Thread):
             try:
                 if progress is None:
                     progress = PipelineProgress(self._settings)
-                for row in progress.lag():
+                rows = progress.lag()
+                for row in rows:
                     self._metrics.consumer_lag.labels(
                         topic=row.topic, partition=str(row.partition)
                     ).set(row.lag)
+                if self._on_lag is not None:
+                    self._on_lag(sum(row.lag for row in rows))
                 if self._on_drained is not None:
                     drained_in_a_row = drained_in_a_row + 1 if progress.drained() else 0
                     if drained_in_a_row >= 2:

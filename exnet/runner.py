@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,6 +168,31 @@ class _StopFlag:
         self.event.set()
 
 
+class _DrainProgress:
+    """A progress bar of messages left to process, for `up --drain` on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._bar = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        )
+        self._task = self._bar.add_task("draining (messages)", total=None)
+        self._most = 0
+        self._bar.start()
+
+    def update(self, remaining: int) -> None:
+        self._most = max(self._most, remaining)
+        self._bar.update(self._task, total=self._most, completed=self._most - remaining)
+
+    def close(self) -> None:
+        self._bar.stop()
+
+
 def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> int:
     """Run until SIGTERM/SIGINT (or, with ``drain``, until every input is written); exit status."""
     stop = _StopFlag()
@@ -186,11 +212,13 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
 
     ops = OpsServer(settings.metrics_host, settings.metrics_port, metrics, ready)
     ops.start()
+    progress = _DrainProgress() if drain and sys.stderr.isatty() else None
     monitor = LagMonitor(
         settings,
         metrics,
         interval=DRAIN_CHECK_S if drain else LAG_CHECK_S,
         on_drained=stop.request if drain else None,
+        on_lag=progress.update if progress is not None else None,
     )
     if sink_role is not None:
         sink_role.start()
@@ -208,6 +236,8 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
     finally:
         metrics.ready.set(0)
         monitor.stop()
+        if progress is not None:
+            progress.close()
         if sink_role is not None:
             sink_role.stop()
             sink_role.join()
