@@ -1,11 +1,356 @@
-"""`exnet` sub-commands: publish."""
+"""`exnet publish FILE...` and `exnet spool flush|status`: a site's tool.
+
+Options -> settings -> publisher -> run. Every line is checked against the
+contracts before it is sent; what Kafka does not acknowledge waits in the
+spool (``<var_dir>/spool``) for the next run or "exnet spool flush".
+"""
 
 from __future__ import annotations
 
-import typer
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Annotated, Final
 
-__all__ = ["register"]
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from exnet.contracts import Rejected
+from exnet.errors import UserError
+from exnet.producers import FlushSummary, Publisher, PublishSummary, flush_spool, spool_of
+from exnet.settings import Settings, load_settings
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "EXIT_SPOOLED",
+    "register",
+]
+
+#: Every line valid and every event acknowledged by Kafka.
+EXIT_OK: Final = 0
+#: At least one line was invalid (reported on stderr, not sent).
+EXIT_INVALID: Final = 1
+#: No line invalid, but some events wait in the spool (Kafka unreachable).
+EXIT_SPOOLED: Final = 3
+#: Stopped by SIGTERM or Ctrl-C (what was read is sent or spooled).
+EXIT_INTERRUPTED: Final = 130
+
+#: Name shown for standard input in reports.
+STDIN_NAME: Final = "<stdin>"
+#: Refresh the progress bar every this many lines (a refresh costs ~50 us).
+_PROGRESS_EVERY: Final = 1_000
+
+_PUBLISH_HELP = f"""Publish events from JSON Lines files ("-" for standard input) to Kafka.
+
+Every line is one event, checked against the contracts (and the network
+registry when EXNET_REGISTRY names one). Invalid lines are reported on stderr
+as "FILE:LINE: reason: field.path: message" and not sent; blank lines are
+skipped. Valid lines are sent as they are (same bytes), keyed by
+participant_id, to their event type's topic.
+
+Events Kafka does not acknowledge (broker down) are kept in the spool under
+EXNET_VAR_DIR/spool and sent at the start of the next run or by
+"exnet spool flush". Nothing is lost.
+
+Exit status: {EXIT_OK} every event sent; {EXIT_INVALID} some line was invalid;
+{EXIT_SPOOLED} nothing invalid but some events were spooled; 2 a usage error
+(such as a missing file); {EXIT_INTERRUPTED} stopped by SIGTERM or Ctrl-C, after
+sending or spooling every line read.
+"""
+
+
+@dataclass(slots=True)
+class _LineCounts:
+    read: int = 0
+    blank: int = 0
+
+
+def _quiet_kafka_logs() -> None:
+    # kafka-python logs every failed connection attempt at ERROR; the
+    # publisher says once, in its own words, that Kafka is unreachable.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _report_rejection(console: Console, name: str, line: int, outcome: Rejected) -> None:
+    reason = outcome.reason.value
+    for issue in outcome.issues or ():
+        if issue.path:
+            text = f"{name}:{line}: {reason}: {issue.path}: {_one_line(issue.message)}"
+        else:
+            text = f"{name}:{line}: {reason}: {_one_line(issue.message)}"
+        console.print(text, markup=False, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _check_readable(files: list[str]) -> None:
+    """Fail before anything is sent when a named file cannot be read."""
+    for name in files:
+        if name == "-":
+            continue
+        path = Path(name)
+        if not path.exists():
+            raise UserError(f"{name}: no such file")
+        if path.is_dir():
+            raise UserError(f"{name}: is a directory, not a JSON Lines file")
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise UserError(f"{name}: cannot read it: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def _open_input(name: str) -> Iterator[IO[bytes]]:
+    if name == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = Path(name).open("rb")  # noqa: SIM115  (closed below; yielded while open)
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read it: {exc.strerror or exc}") from None
+    with handle:
+        yield handle
+
+
+def _publish_stream(
+    publisher: Publisher,
+    stream: IO[bytes],
+    name: str,
+    counts: _LineCounts,
+    errors: Console,
+    progress: Progress | None,
+    task: TaskID | None,
+    stop: StopFlag,
+) -> None:
+    publish = publisher.publish
+    try:
+        for number, raw in enumerate(stream, 1):
+            if stop.requested:
+                return
+            line = raw.rstrip(b"\r\n")
+            if progress is not None and task is not None and number % _PROGRESS_EVERY == 0:
+                progress.update(task, completed=stream.tell() if stream.seekable() else number)
+            if not line.strip():
+                counts.blank += 1
+                continue
+            counts.read += 1
+            outcome = publish(line)
+            if isinstance(outcome, Rejected):
+                _report_rejection(errors, name, number, outcome)
+    except OSError as exc:
+        raise UserError(f"{name}: reading failed: {exc.strerror or exc}") from None
+
+
+def _summary_line(lines: _LineCounts, summary: PublishSummary) -> str:
+    text = (
+        f"read {lines.read}, sent {summary.sent}, invalid {summary.invalid}, "
+        f"spooled {summary.spooled}, skipped blank {lines.blank}"
+    )
+    resent = summary.resent
+    if resent.sent or resent.remaining:
+        text += f"; from earlier runs: resent {resent.sent}, still spooled {resent.remaining}"
+    return text
+
+
+def _exit_code(summary: PublishSummary) -> int:
+    if summary.invalid:
+        return EXIT_INVALID
+    if summary.spooled or summary.resent.remaining:
+        return EXIT_SPOOLED
+    return EXIT_OK
+
+
+class StopFlag:
+    """Set by SIGTERM or Ctrl-C: stop reading, commit what was read, report, exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        """Handle SIGTERM and SIGINT; a second signal stops at once (KeyboardInterrupt)."""
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, request_stop)
+            signal.signal(signal.SIGINT, request_stop)
+
+
+def publish_files(
+    settings: Settings,
+    files: list[str],
+    *,
+    show_progress: bool | None = None,
+    stop: StopFlag | None = None,
+) -> int:
+    """Run ``exnet publish`` on ``files``; returns the exit status.
+
+    When ``stop`` is set (by a signal), reading stops at the next line; what
+    was read is still sent or spooled and counted.
+    """
+    stop = stop if stop is not None else StopFlag()
+    _check_readable(files)
+    _quiet_kafka_logs()
+    errors = Console(stderr=True, soft_wrap=True, highlight=False)
+    out = Console(soft_wrap=True, highlight=False)
+    show = errors.is_terminal if show_progress is None else show_progress
+    lines = _LineCounts()
+    with ExitStack() as stack:
+        publisher = stack.enter_context(Publisher(settings))
+        resent = publisher.resend_spool()
+        if resent.sent:
+            errors.print(f"resent {resent.sent} spooled events from earlier runs", markup=False)
+        progress: Progress | None = None
+        if show:
+            progress = stack.enter_context(
+                Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn() if "-" in files else TransferSpeedColumn(),
+                    TimeRemainingColumn(),
+                    console=errors,
+                    transient=True,
+                )
+            )
+        for name in files:
+            shown = STDIN_NAME if name == "-" else name
+            with _open_input(name) as stream:
+                task = None
+                total = None if name == "-" else Path(name).stat().st_size
+                if progress is not None:
+                    task = progress.add_task(shown, total=total)
+                _publish_stream(publisher, stream, shown, lines, errors, progress, task, stop)
+            if stop.requested:
+                break
+                if progress is not None and task is not None and total is not None:
+                    progress.update(task, completed=total)
+        summary = publisher.close()
+    if summary.spooled and summary.problem:
+        errors.print(
+            f"{summary.spooled} events were not acknowledged ({summary.problem}); they wait "
+            f"in {spool_of(settings).directory}: run `exnet spool flush` once Kafka is back",
+            markup=False,
+        )
+    out.print(_summary_line(lines, summary), markup=False)
+    if stop.requested:
+        errors.print(f"interrupted after {lines.read + lines.blank} lines", markup=False)
+        return EXIT_INTERRUPTED
+    return _exit_code(summary)
+
+
+def _flush_text(flushed: FlushSummary) -> str:
+    text = f"sent {flushed.sent}, still spooled {flushed.remaining}"
+    if flushed.segments_busy:
+        text += f" ({flushed.segments_busy} segments held by another process)"
+    if flushed.problem:
+        text += f"; {flushed.problem}"
+    return text
+
+
+def _exit(code: int) -> None:
+    # SystemExit, not typer.Exit: in the non-standalone mode `exnet` runs click
+    # in, click turns typer.Exit into a return value, and the status is lost.
+    if code != EXIT_OK:
+        sys.exit(code)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add ``publish`` and the ``spool`` group to ``app``."""
+
+    @app.command("publish", help=_PUBLISH_HELP)
+    def publish(
+        files: Annotated[
+            list[str],
+            typer.Argument(metavar="FILE", help="JSON Lines files; '-' reads standard input."),
+        ],
+        progress: Annotated[
+            bool | None,
+            typer.Option(
+                "--progress/--no-progress",
+                help="Show a progress bar (default: only on a terminal).",
+            ),
+        ] = None,
+    ) -> None:
+        settings = load_settings()
+        stop = StopFlag()
+        stop.install()
+        _exit(publish_files(settings, files, show_progress=progress, stop=stop))
+
+    spool_app = typer.Typer(
+        name="spool",
+        help="The publisher's local spool of events Kafka has not acknowledged yet.",
+        no_args_is_help=True,
+    )
+
+    @spool_app.command(
+        "flush",
+        help=f"Send every spooled event to Kafka, once. Exit status {EXIT_OK}: the spool "
+        f"is empty; {EXIT_SPOOLED}: events still wait (Kafka unreachable, or a segment "
+        "is held by a running publisher).",
+    )
+    def flush() -> None:
+        settings = load_settings()
+        _quiet_kafka_logs()
+        flushed = flush_spool(settings)
+        Console(soft_wrap=True, highlight=False).print(_flush_text(flushed), markup=False)
+        _exit(EXIT_SPOOLED if flushed.remaining else EXIT_OK)
+
+    @spool_app.command("status", help="How many events wait in the spool (nothing is sent).")
+    def status(
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        settings = load_settings()
+        state = spool_of(settings).status()
+        console = Console(soft_wrap=True, highlight=False)
+        if as_json:
+            document = {
+                "directory": str(state.directory),
+                "pending": state.pending,
+                "in_flight": state.in_flight,
+                "segments": [
+                    {
+                        "path": str(seg.path),
+                        "created_at": seg.created_at,
+                        "events": seg.events,
+                        "pending": seg.pending,
+                        "bytes": seg.size,
+                        "in_use": seg.in_use,
+                    }
+                    for seg in state.segments
+                ],
+            }
+            console.print(orjson.dumps(document).decode(), markup=False)
+            return
+        text = (
+            f"{state.pending} events waiting in {state.waiting_segments} segments "
+            f"({state.size / 1024:.1f} KiB) under {state.directory}"
+        )
+        if state.in_flight:
+            text += f"; {state.in_flight} unacknowledged in segments of running publishers"
+        console.print(text, markup=False)
+
+    app.add_typer(spool_app)

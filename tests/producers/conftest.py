@@ -1,0 +1,63 @@
+"""Fixtures of the producer tests (names start with ``pub_`` to stay clear of others).
+
+``kafka_bootstrap``, ``settings_factory`` and ``topic_factory`` come from the
+top-level ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from exnet.contracts import INPUT_TOPICS, NetworkRegistry, load_registry, topic_name
+from exnet.producers import Simulation, SimulationConfig, generate
+from exnet.settings import DEMO_REGISTRY, Settings
+
+from .helpers import PUB_PARTITIONS
+
+if TYPE_CHECKING:
+    from tests.conftest import SettingsFactory, TopicFactory
+
+
+@pytest.fixture(scope="session")
+def pub_registry() -> NetworkRegistry:
+    return load_registry(DEMO_REGISTRY)
+
+
+@pytest.fixture(scope="session")
+def pub_simulation(pub_registry: NetworkRegistry) -> Simulation:
+    """A small network with every kind of extra message, shared by read-only tests."""
+    config = SimulationConfig(
+        seed=7, participants=80, invalid_share=0.05, duplicate_share=0.05, conflict_share=0.02
+    )
+    return generate(pub_registry, config)
+
+
+@pytest.fixture
+def pub_settings(settings_factory: SettingsFactory) -> Settings:
+    """Settings with a unique topic prefix and var_dir, no broker needed."""
+    return settings_factory()
+
+
+@pytest.fixture
+def pub_kafka_settings(settings_factory: SettingsFactory, topic_factory: TopicFactory) -> Settings:
+    """Settings whose four input topics exist (6 partitions each) on the shared broker."""
+    settings = settings_factory()
+    for topic in INPUT_TOPICS:
+        topic_factory(topic_name(topic, settings.topic_prefix), partitions=PUB_PARTITIONS)
+    return settings
+
+
+@pytest.fixture
+def pub_write_lines(tmp_path: Path) -> Callable[..., Path]:
+    """Write byte lines to a file under ``tmp_path``."""
+
+    def write(lines: Iterable[bytes], name: str = "events.jsonl") -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+        return path
+
+    return write

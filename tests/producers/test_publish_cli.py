@@ -1,0 +1,210 @@
+"""`exnet publish`: line reports, summary and exit status (fake producer, no broker)."""
+
+from __future__ import annotations
+
+import io
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from exnet.cli.publish import EXIT_INVALID, EXIT_OK, EXIT_SPOOLED, publish_files
+from exnet.errors import UserError
+from exnet.producers import Simulation, simulate, spool_of
+from exnet.producers import publisher as publisher_module
+from exnet.producers.spool import read_segment
+from exnet.settings import Settings
+
+from .helpers import EXNET, pub_env, pub_exnet
+from .test_publisher import FakeProducer
+
+
+@pytest.fixture
+def producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
+    fake = FakeProducer()
+
+    def connect(settings: Settings, client_id: str = "") -> Any:
+        return fake
+
+    monkeypatch.setattr(publisher_module, "connect_producer", connect)
+    return fake
+
+
+def _valid(simulation: Simulation, schema: str, index: int = 0) -> dict[str, Any]:
+    documents = [
+        orjson.loads(m.value)
+        for m in simulation.messages
+        if m.kind.value == "event" and m.value.find(schema.encode()) >= 0
+    ]
+    document: dict[str, Any] = documents[index]
+    return document
+
+
+def test_invalid_lines_are_reported_by_line_and_field_path(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    producer: FakeProducer,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    good = orjson.dumps(_valid(pub_simulation, '"session/1"'))
+    session = _valid(pub_simulation, '"session/1"', 1)
+    bad_fields = orjson.dumps(session | {"rpe": 25, "patient_name": "Jane Doe"})
+    crlf = orjson.dumps(_valid(pub_simulation, '"assay/1"'))
+    path = pub_write_lines(
+        [
+            good,  # 1
+            b"",  # 2 blank
+            bad_fields,  # 3
+            b'{"schema": "session/1", "event_id": ',  # 4 cut short
+            crlf + b"\r",  # 5 valid, Windows line end
+            b"   \t",  # 6 blank
+            b"[1, 2]",  # 7 not an object
+        ]
+    )
+    status = publish_files(pub_settings, [str(path)], show_progress=False)
+    out, err = capsys.readouterr()
+
+    assert status == EXIT_INVALID
+    lines = err.splitlines()
+    assert lines[0].startswith(f"{path}:3: invalid_field: ")
+    reported = {tuple(line.split(": ", 3)[:3]) for line in lines}
+    assert (f"{path}:3", "invalid_field", "rpe") in reported
+    assert (f"{path}:3", "invalid_field", "patient_name") in reported
+    assert any(
+        re.match(rf"{re.escape(str(path))}:4: malformed_json: not UTF-8 JSON", x) for x in lines
+    )
+    assert f"{path}:7: malformed_json: not a JSON object" in lines
+    assert len(lines) == 4  # one line per failing field path, nothing else
+
+    assert out.strip() == "read 5, sent 2, invalid 3, spooled 0, skipped blank 2"
+    assert sorted(producer.values()) == sorted([good, crlf])
+
+
+def test_all_valid_exits_0(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    producer: FakeProducer,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    values = [m.value for m in pub_simulation.messages if m.kind.value == "event"][:500]
+    first = pub_write_lines(values[:200], name="a.jsonl")
+    second = pub_write_lines(values[200:], name="b.jsonl")
+    status = publish_files(pub_settings, [str(first), str(second)], show_progress=False)
+    out, err = capsys.readouterr()
+    assert status == EXIT_OK
+    assert err == ""
+    assert out.strip() == "read 500, sent 500, invalid 0, spooled 0, skipped blank 0"
+    assert sorted(producer.values()) == sorted(values)
+
+
+def test_spooled_events_exit_3_and_invalid_lines_still_exit_1(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    monkeypatch: pytest.MonkeyPatch,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(publisher_module, "connect_producer", lambda *_a, **_k: None)
+    values = [m.value for m in pub_simulation.messages if m.kind.value == "event"][:20]
+    path = pub_write_lines(values)
+    assert publish_files(pub_settings, [str(path)], show_progress=False) == EXIT_SPOOLED
+    out, err = capsys.readouterr()
+    assert out.strip() == "read 20, sent 0, invalid 0, spooled 20, skipped blank 0"
+    assert "exnet spool flush" in err
+
+    path = pub_write_lines([*values, b"{}"], name="with-invalid.jsonl")
+    assert publish_files(pub_settings, [str(path)], show_progress=False) == EXIT_INVALID
+    out, _err = capsys.readouterr()
+    assert "spooled 20" in out
+    assert "still spooled 20" in out  # the first run's events wait too
+
+
+def test_standard_input_is_read_for_dash(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    producer: FakeProducer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    value = [m.value for m in pub_simulation.messages if m.kind.value == "event"][0]
+    data = value + b"\n\nnonsense\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert publish_files(pub_settings, ["-"], show_progress=False) == EXIT_INVALID
+    out, err = capsys.readouterr()
+    assert err.startswith("<stdin>:3: malformed_json: ")
+    assert out.strip() == "read 2, sent 1, invalid 1, spooled 0, skipped blank 1"
+    assert producer.delivered[0][2] == value
+
+
+def test_a_missing_or_unreadable_file_is_a_user_error(
+    pub_settings: Settings, producer: FakeProducer, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match="no such file"):
+        publish_files(pub_settings, [str(tmp_path / "missing.jsonl")])
+    with pytest.raises(UserError, match="is a directory"):
+        publish_files(pub_settings, [str(tmp_path)])
+    assert producer.sends == 0
+
+
+def test_the_command_reports_a_missing_file_without_a_traceback(
+    pub_settings: Settings, tmp_path: Path
+) -> None:
+    result = pub_exnet("publish", "missing.jsonl", env=pub_env(pub_settings), cwd=tmp_path)
+    assert result.returncode == 2
+    assert b"missing.jsonl: no such file" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_help_documents_the_exit_statuses(pub_settings: Settings, tmp_path: Path) -> None:
+    result = pub_exnet("publish", "--help", env=pub_env(pub_settings), cwd=tmp_path)
+    text = " ".join(result.stdout.decode().split())
+    assert result.returncode == 0
+    assert "0 every event sent; 1 some line was invalid; 3 nothing invalid" in text
+
+
+def test_sigterm_stops_reading_and_spools_what_was_read(
+    pub_settings: Settings, tmp_path: Path
+) -> None:
+    """SIGTERM: stop at the next line; every line read is spooled (Kafka down) and counted."""
+    path = tmp_path / "big.jsonl"
+    simulate(pub_settings, seed=8, participants=300, out=path)
+    lines = path.read_bytes().splitlines()
+    env = pub_env(pub_settings, EXNET_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    child = subprocess.Popen(
+        [str(EXNET), "publish", str(path)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    spool = spool_of(pub_settings)
+    try:
+        deadline = time.monotonic() + 60
+        while not spool.segment_paths():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert b"interrupted after" in err
+    assert b"Traceback" not in err
+    (segment,) = spool.segment_paths()
+    contents = read_segment(segment.read_bytes(), segment)
+    spooled = [event.value for _seq, event in contents.pending()]
+    assert 0 < len(spooled) < len(lines)
+    summary = re.match(rb"read (\d+), sent 0, invalid 0, spooled (\d+)", out)
+    assert summary is not None, out
+    assert int(summary[1]) == int(summary[2]) == len(spooled)
+    assert spooled == lines[: len(spooled)]

@@ -1,0 +1,261 @@
+"""The durable spool: segments written, read back, torn, locked, killed mid-write."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from exnet.errors import UserError
+from exnet.producers import Spool, SpooledEvent
+from exnet.producers.publisher import COMMIT_EVENTS
+from exnet.producers.spool import SegmentWriter, read_segment, seq_ranges
+
+#: Longest wait for a child process to reach the state a test needs.
+CHILD_WAIT_S = 60.0
+
+
+def _events(count: int, start: int = 0) -> list[SpooledEvent]:
+    return [
+        SpooledEvent(f"t.exnet.session{i % 2}", f"P-{i:012x}".encode(), b'{"n": %d}' % i)
+        for i in range(start, start + count)
+    ]
+
+
+def test_seq_ranges_compress_consecutive_numbers() -> None:
+    assert seq_ranges([]) == []
+    assert seq_ranges([3]) == [(3, 3)]
+    assert seq_ranges([0, 1, 2, 5, 6, 9]) == [(0, 2), (5, 6), (9, 9)]
+
+
+def test_events_read_back_with_acknowledgements(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    writer = spool.create_writer()
+    events = _events(5)
+    writer.append_events(0, events[:3])
+    writer.append_events(3, events[3:])
+    writer.append_acks([(1, 2)])
+    writer.close(delete=False)
+
+    (path,) = spool.segment_paths()
+    contents = read_segment(path.read_bytes(), path)
+    assert contents.events == dict(enumerate(events))
+    assert contents.acked == {1, 2}
+    assert contents.pending() == [(0, events[0]), (3, events[3]), (4, events[4])]
+    assert contents.torn_bytes == 0
+
+    status = spool.status()
+    assert (status.pending, status.in_flight, status.waiting_segments) == (3, 0, 1)
+    assert status.segments[0].events == 5
+    assert not status.segments[0].in_use
+
+
+def test_a_segment_is_deleted_once_every_event_is_acknowledged(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.create_writer()
+    writer.append_events(0, _events(4))
+    writer.close(delete=False)
+    (path,) = spool.segment_paths()
+
+    with spool.claim(path) as claimed:
+        assert claimed is not None
+        claimed.acknowledge([(0, 1)])
+    assert spool.status().pending == 2  # partly sent: kept, with what was acknowledged
+
+    with spool.claim(path) as claimed:
+        assert claimed is not None
+        assert [seq for seq, _ in claimed.contents.pending()] == [2, 3]
+        claimed.acknowledge([(2, 3)])
+    assert spool.segment_paths() == []
+    assert spool.status().pending == 0
+
+
+def test_a_torn_last_record_is_ignored_and_cut_before_new_acknowledgements(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.create_writer()
+    writer.append_events(0, _events(3))
+    writer.close(delete=False)
+    (path,) = spool.segment_paths()
+    intact = path.stat().st_size
+    with path.open("ab") as handle:  # a record cut short by a crash
+        handle.write(b"E\x00\x10\x00\x00\x12\x34\x56\x78partial")
+
+    contents = read_segment(path.read_bytes(), path)
+    assert len(contents.events) == 3
+    assert contents.torn_bytes == len(b"E\x00\x10\x00\x00\x12\x34\x56\x78partial")
+
+    with spool.claim(path) as claimed:
+        assert claimed is not None
+        claimed.acknowledge([(0, 0)])
+    data = path.read_bytes()
+    assert read_segment(data, path).torn_bytes == 0
+    assert read_segment(data, path).acked == {0}
+    assert len(data) > intact
+
+
+def test_a_corrupt_record_in_the_middle_is_reported(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.create_writer()
+    writer.append_events(0, _events(3))
+    writer.append_events(3, _events(3, 3))
+    writer.close(delete=False)
+    (path,) = spool.segment_paths()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(UserError, match="corrupt"):
+        read_segment(bytes(data), path)
+
+
+def test_a_file_that_is_no_segment_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "seg-x.spool"
+    with pytest.raises(UserError, match="not an exnet spool segment"):
+        read_segment(b"A\x00\x00\x00\x00\x00\x00\x00\x00", path)
+
+
+def test_a_live_segment_is_neither_claimed_nor_counted_as_waiting(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.create_writer()  # holds the lock, as a running publisher does
+    writer.append_events(0, _events(2))
+    (path,) = spool.segment_paths()
+    with spool.claim(path) as claimed:
+        assert claimed is None
+    status = spool.status()
+    assert (status.pending, status.in_flight) == (0, 2)
+    assert status.segments[0].in_use
+    writer.close(delete=False)
+    assert spool.status().pending == 2
+
+
+def test_two_flushers_never_hold_the_same_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.create_writer()
+    writer.append_events(0, _events(2))
+    writer.close(delete=False)
+    (path,) = spool.segment_paths()
+
+    # Another process claims the segment and keeps it while we try.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys, time
+                from pathlib import Path
+                from exnet.producers import Spool
+                spool = Spool(Path({str(tmp_path)!r}))
+                with spool.claim(Path({str(path)!r})) as claimed:
+                    assert claimed is not None
+                    print("held", flush=True)
+                    sys.stdin.readline()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == b"held"
+        with spool.claim(path) as claimed:
+            assert claimed is None
+        # Within this process, a second claim is refused too.
+        holder.stdin.write(b"\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=CHILD_WAIT_S) == 0
+    finally:
+        holder.kill()
+    with spool.claim(path) as first:
+        assert first is not None
+        with spool.claim(path) as second:
+            assert second is None
+        first.acknowledge([(0, 1)])
+    assert spool.segment_paths() == []
+
+
+def test_a_segment_deleted_by_its_owner_is_skipped(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.create_writer()
+    path = writer.path
+    writer.close(delete=True)
+    with spool.claim(path) as claimed:
+        assert claimed is None
+
+
+def test_kill_9_while_spooling_leaves_a_readable_prefix(tmp_path: Path) -> None:
+    """A publisher killed mid-run leaves whole commit groups, in order, nothing torn in."""
+    script = textwrap.dedent(
+        f"""
+        import uuid
+        from pathlib import Path
+        from exnet.producers import Publisher
+        from exnet.settings import Settings
+        settings = Settings(var_dir=Path({str(tmp_path)!r}))
+        template = (
+            '{{{{"schema":"session/1","event_id":"{{}}","occurred_at":"2025-03-04T09:15:00Z",'
+            '"node_id":"N01","site_id":"N01-S01","participant_id":"P-{{:012x}}",'
+            '"session_number":1,"status":"missed","modality":"aerobic","supervised":true}}}}'
+        )
+        with Publisher(settings, connect=False) as publisher:
+            for i in range(10**9):
+                value = template.format(uuid.UUID(int=i), i).encode()
+                publisher.publish(value)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script])
+    spool = Spool(tmp_path / "spool")
+    try:
+        deadline = time.monotonic() + CHILD_WAIT_S
+        while True:
+            sizes = [p.stat().st_size for p in spool.segment_paths()]
+            if sizes and sizes[0] > 3 * COMMIT_EVENTS * 250:
+                break
+            assert child.poll() is None, "the publishing child died"
+            assert time.monotonic() < deadline, "the child spooled too little in time"
+            time.sleep(0.01)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    (path,) = spool.segment_paths()
+    contents = read_segment(path.read_bytes(), path)
+    count = len(contents.events)
+    assert count >= 3 * COMMIT_EVENTS
+    assert count % COMMIT_EVENTS == 0  # whole commit groups only
+    assert sorted(contents.events) == list(range(count))
+    for seq, event in contents.events.items():
+        document = orjson.loads(event.value)
+        assert document["participant_id"] == f"P-{seq:012x}"
+        assert event.key == document["participant_id"].encode()
+    assert spool.status().pending == count  # the killed owner's lock is gone
+
+
+def test_a_new_segment_is_never_visible_unlocked(tmp_path: Path) -> None:
+    writer = SegmentWriter.create(tmp_path)
+    try:
+        assert writer.path.name.startswith("seg-")
+        assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
+        with Spool(tmp_path).claim(writer.path) as claimed:
+            assert claimed is None
+    finally:
+        writer.close(delete=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_flusher_at_a_time(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    with spool.flushing(wait_s=0) as first:
+        assert first
+        with spool.flushing(wait_s=0.1) as second:
+            assert not second
+    with spool.flushing(wait_s=0) as again:
+        assert again
