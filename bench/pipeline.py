@@ -28,9 +28,9 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from exnet.contracts.registry import load_registry
 from exnet.contracts.topics import INPUT_TOPICS, topic_name
 from exnet.producers import SimulationConfig, generate, simulate
-from exnet.contracts.registry import load_registry
 from exnet.settings import Settings, load_settings
 
 EXNET = str(Path(sys.executable).with_name("exnet"))
@@ -53,8 +53,10 @@ def _env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
 def _bare_loop(settings: Settings) -> tuple[int, float]:
     """Consume every input message once and json-parse it: the baseline."""
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-        fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
     )
     partitions = [
         TopicPartition(name, p)
@@ -70,7 +72,7 @@ def _bare_loop(settings: Settings) -> tuple[int, float]:
     while count < total:
         for records in consumer.poll(timeout_ms=200, max_records=10_000).values():
             for record in records:
-                try:
+                try:  # noqa: SIM105  # the fastest form: the baseline must not be slowed
                     orjson.loads(record.value)
                 except orjson.JSONDecodeError:
                     pass
@@ -83,28 +85,39 @@ def _bare_loop(settings: Settings) -> tuple[int, float]:
 def _throughput(base: Settings, participants: int) -> None:
     settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}."})
     subprocess.run([EXNET, "init"], env=_env(settings), check=True, capture_output=True)
-    result = simulate(settings, participants=participants, seed=7, duplicate_share=0.01,
-                      invalid_share=0.005)
-    print(f"published {result.messages:,} messages ({result.accepted:,} events) "
-          f"under prefix {settings.topic_prefix}", flush=True)
+    result = simulate(
+        settings, participants=participants, seed=7, duplicate_share=0.01, invalid_share=0.005
+    )
+    print(
+        f"published {result.messages:,} messages ({result.accepted:,} events) "
+        f"under prefix {settings.topic_prefix}",
+        flush=True,
+    )
     count, bare_s = _bare_loop(settings)
     started = time.perf_counter()
-    done = subprocess.run([EXNET, "up", "--drain"], env=_env(settings), capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [EXNET, "up", "--drain"], env=_env(settings), capture_output=True, text=True, check=False
+    )
     exnet_s = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"exnet up --drain failed:\n{done.stderr[-3000:]}")
     bare_rate, exnet_rate = count / bare_s, count / exnet_s
-    print(f"{'bare kafka-python consume + json parse':<44} {count:>9,} msgs "
-          f"{bare_s:8.1f} s {bare_rate:>10,.0f} msgs/s")
-    print(f"{'exnet up --drain (validate, dedup, write)':<44} {count:>9,} msgs "
-          f"{exnet_s:8.1f} s {exnet_rate:>10,.0f} msgs/s")
+    print(
+        f"{'bare kafka-python consume + json parse':<44} {count:>9,} msgs "
+        f"{bare_s:8.1f} s {bare_rate:>10,.0f} msgs/s"
+    )
+    print(
+        f"{'exnet up --drain (validate, dedup, write)':<44} {count:>9,} msgs "
+        f"{exnet_s:8.1f} s {exnet_rate:>10,.0f} msgs/s"
+    )
     print(f"ratio exnet / bare: {exnet_rate / bare_rate:.2f}  (target >= 0.5)")
     startup = _startup_seconds(done.stderr)
     if startup is not None:
         steady = count / max(exnet_s - startup, 1e-9)
-        print(f"  of which start-up (process start -> first ClickHouse write): {startup:.1f} s;"
-              f" after it: {steady:,.0f} msgs/s (ratio {steady / bare_rate:.2f})")
+        print(
+            f"  of which start-up (process start -> first ClickHouse write): {startup:.1f} s;"
+            f" after it: {steady:,.0f} msgs/s (ratio {steady / bare_rate:.2f})"
+        )
 
 
 def _startup_seconds(log: str) -> float | None:
@@ -115,7 +128,10 @@ def _startup_seconds(log: str) -> float | None:
     writing = [line[:23] for line in log.splitlines() if "writing ClickHouse database" in line]
     if not stamps or not writing:
         return None
-    parse = lambda s: datetime.strptime(s, "%Y-%m-%d %H:%M:%S,%f")  # noqa: E731
+
+    def parse(stamp: str) -> datetime:
+        return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+
     return (parse(writing[0]) - parse(stamps[0])).total_seconds()
 
 
@@ -123,15 +139,23 @@ def _latency(base: Settings, seconds: int) -> None:
     settings = base.model_copy(update={"topic_prefix": f"lat{uuid.uuid4().hex[:6]}."})
     subprocess.run([EXNET, "init"], env=_env(settings), check=True, capture_output=True)
     port = _free_port()
-    worker = subprocess.Popen([EXNET, "up"], env=_env(settings, port), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    worker = subprocess.Popen(
+        [EXNET, "up"],
+        env=_env(settings, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_ready(port)
-        simulation = generate(load_registry(settings.registry_path),
-                              SimulationConfig(seed=11, participants=seconds * LATENCY_RATE // 60))
+        simulation = generate(
+            load_registry(settings.registry_path),
+            SimulationConfig(seed=11, participants=seconds * LATENCY_RATE // 60),
+        )
         messages = simulation.messages[: seconds * LATENCY_RATE]
-        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5,
-                                 acks="all")
+        producer = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks="all"
+        )
         names = {t: topic_name(t, settings.topic_prefix) for t in INPUT_TOPICS}
         started = time.perf_counter()
         for index, message in enumerate(messages):
@@ -150,11 +174,15 @@ def _latency(base: Settings, seconds: int) -> None:
                 break
             time.sleep(1)
         total = max(histogram.values()) if histogram else 0
-        print(f"sent {len(messages):,} events at {len(messages) / sent_s:,.0f}/s for "
-              f"{sent_s:.0f} s; {total:,.0f} written")
+        print(
+            f"sent {len(messages):,} events at {len(messages) / sent_s:,.0f}/s for "
+            f"{sent_s:.0f} s; {total:,.0f} written"
+        )
         p50, p99 = _quantile(histogram, 0.5), _quantile(histogram, 0.99)
-        print(f"publish -> queryable latency: p50 {p50:.2f} s, p99 {p99:.2f} s  "
-              f"(target p99 <= 2 s; from the sink's histogram, interpolated in buckets)")
+        print(
+            f"publish -> queryable latency: p50 {p50:.2f} s, p99 {p99:.2f} s  "
+            f"(target p99 <= 2 s; from the sink's histogram, interpolated in buckets)"
+        )
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=60)
@@ -212,7 +240,8 @@ def _quantile(buckets: dict[float, float], q: float) -> float:
             if bound == float("inf"):
                 return lower_bound
             return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
-                count - lower_count or 1)
+                count - lower_count or 1
+            )
         lower_bound, lower_count = bound, count
     return bounds[-1]
 
@@ -223,5 +252,7 @@ def run(args: argparse.Namespace) -> None:
         print("-- throughput --", flush=True)
         _throughput(base, QUICK_PARTICIPANTS if args.quick else PARTICIPANTS)
         print("-- latency --", flush=True)
-        _latency(base.model_copy(update={"var_dir": Path(var) / "latency"}),
-                 QUICK_LATENCY_SECONDS if args.quick else LATENCY_SECONDS)
+        _latency(
+            base.model_copy(update={"var_dir": Path(var) / "latency"}),
+            QUICK_LATENCY_SECONDS if args.quick else LATENCY_SECONDS,
+        )

@@ -29,7 +29,10 @@ _CONFIGS: dict[Topic, dict[str, str]] = {
     Topic.ASSAY: {"retention.ms": str(30 * _DAY_MS), "max.message.bytes": str(1024 * 1024)},
     Topic.ASSESSMENT: {"retention.ms": str(30 * _DAY_MS), "max.message.bytes": str(1024 * 1024)},
     # Rejections: kept long enough for sites to fix and resend.
-    Topic.DEADLETTER: {"retention.ms": str(90 * _DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)},
+    Topic.DEADLETTER: {
+        "retention.ms": str(90 * _DAY_MS),
+        "max.message.bytes": str(2 * 1024 * 1024),
+    },
     # Internal hops: a week covers any outage of the downstream stage.
     Topic.VALIDATED: {"retention.ms": str(7 * _DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)},
     Topic.ACCEPTED: {"retention.ms": str(7 * _DAY_MS), "max.message.bytes": str(1024 * 1024)},

@@ -44,12 +44,16 @@ def _rows(settings: Settings, sql: str) -> list[dict[str, Any]]:
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column, justify="left" if column.endswith(("_id", "name", "scope",
-                                                                    "modality", "adjunct"))
-                         else "right")
+        table.add_column(
+            column,
+            justify="left"
+            if column.endswith(("_id", "name", "scope", "modality", "adjunct"))
+            else "right",
+        )
     for row in rows:
-        table.add_row(*(f"{row[c]:,.0f}" if isinstance(row[c], float) else f"{row[c]}"
-                        for c in columns))
+        table.add_row(
+            *(f"{row[c]:,.0f}" if isinstance(row[c], float) else f"{row[c]}" for c in columns)
+        )
     return table
 
 
@@ -57,8 +61,10 @@ def main() -> None:
     settings = load_settings()
     console.rule("[bold]exnet demo")
     _exnet("init")
-    console.print(f"simulating {DEMO_PARTICIPANTS} participants (seed {DEMO_SEED}), with 1% "
-                  "invalid messages, 2% exact and 0.2% conflicting duplicates")
+    console.print(
+        f"simulating {DEMO_PARTICIPANTS} participants (seed {DEMO_SEED}), with 1% "
+        "invalid messages, 2% exact and 0.2% conflicting duplicates"
+    )
     result = simulate(
         settings,
         seed=DEMO_SEED,
@@ -67,33 +73,62 @@ def main() -> None:
         duplicate_share=0.02,
         conflict_share=0.002,
     )
-    console.print(f"published {result.messages:,} messages: {result.accepted:,} events, "
-                  f"{result.duplicate_total:,} duplicates, {result.rejected_total:,} invalid")
+    console.print(
+        f"published {result.messages:,} messages: {result.accepted:,} events, "
+        f"{result.duplicate_total:,} duplicates, {result.rejected_total:,} invalid"
+    )
     _exnet("up", "--drain")
 
     summary = [
-        "screened", "consented", "randomized", "withdrawn", "completed", "sessions_attended",
-        "sessions_missed", "sessions_cancelled", "exercise_minutes", "adverse_events",
-        "specimens", "assays", "assessments",
+        "screened",
+        "consented",
+        "randomized",
+        "withdrawn",
+        "completed",
+        "sessions_attended",
+        "sessions_missed",
+        "sessions_cancelled",
+        "exercise_minutes",
+        "adverse_events",
+        "specimens",
+        "assays",
+        "assessments",
     ]
     (network,) = _rows(settings, "SELECT * FROM network_summary")
     console.print(_table("network_summary", [network], summary[:7]))
     console.print(_table("", [network], summary[7:]))
     nodes = _rows(settings, "SELECT * FROM node_summary ORDER BY node_id")
     console.print(_table("node_summary", nodes, ["node_id", *summary[:9]]))
-    arms = _rows(settings, "SELECT * FROM arm_summary WHERE scope = 'network' "
-                           "ORDER BY modality, adjunct")
-    console.print(_table("arm_summary (network)", arms, [
-        "modality", "adjunct", "randomized", "sessions_attended", "exercise_minutes",
-        "responders", "remitters"]))
-    rejects = _rows(settings, "SELECT reason, count() AS messages FROM rejected_events FINAL "
-                              "GROUP BY reason ORDER BY reason")
+    arms = _rows(
+        settings, "SELECT * FROM arm_summary WHERE scope = 'network' ORDER BY modality, adjunct"
+    )
+    console.print(
+        _table(
+            "arm_summary (network)",
+            arms,
+            [
+                "modality",
+                "adjunct",
+                "randomized",
+                "sessions_attended",
+                "exercise_minutes",
+                "responders",
+                "remitters",
+            ],
+        )
+    )
+    rejects = _rows(
+        settings,
+        "SELECT reason, count() AS messages FROM rejected_events FINAL "
+        "GROUP BY reason ORDER BY reason",
+    )
     console.print(_table("rejected_events", rejects, ["reason", "messages"]))
 
     mismatches = [
-        name for name in summary
-        if abs(float(network[name]) - float(result.network[name])) > 1e-6 * max(
-            1.0, abs(float(result.network[name])))
+        name
+        for name in summary
+        if abs(float(network[name]) - float(result.network[name]))
+        > 1e-6 * max(1.0, abs(float(result.network[name])))
     ]
     if mismatches:
         raise UserError(f"network_summary differs from the simulation in {mismatches}")
@@ -103,10 +138,10 @@ def main() -> None:
     _exnet("report", "--out", str(report))
     console.rule("where to look next")
     console.print(
-        f"report:   open {report.resolve()}\n"
+        f"report:   open {report.resolve()}\n"  # noqa: S608  # text for people, not SQL
         "status:   .venv/bin/exnet status\n"
         "rejects:  .venv/bin/exnet rejects --site N01-S01\n"
-        "SQL:      .venv/bin/exnet sql \"SELECT * FROM node_summary\" --format PrettyCompact\n"
+        'SQL:      .venv/bin/exnet sql "SELECT * FROM node_summary" --format PrettyCompact\n'
         "docs:     docs/analytics.md (tables, views, example queries), "
         "docs/architecture.md"
     )

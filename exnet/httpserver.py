@@ -39,19 +39,26 @@ class OpsServer:
             def do_GET(self) -> None:  # noqa: N802  # http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._reply(HTTPStatus.OK, generate_latest(ops._metrics.registry),
-                                CONTENT_TYPE_LATEST)
+                    self._reply(
+                        HTTPStatus.OK, generate_latest(ops._metrics.registry), CONTENT_TYPE_LATEST
+                    )
                 elif path == "/healthz":
                     self._reply(HTTPStatus.OK, b"ok\n")
                 elif path == "/readyz":
                     ready = ops._ready()
-                    self._reply(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
-                                b"ready\n" if ready else b"not ready\n")
+                    self._reply(
+                        HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+                        b"ready\n" if ready else b"not ready\n",
+                    )
                 else:
                     self._reply(HTTPStatus.NOT_FOUND, b"try /metrics, /healthz or /readyz\n")
 
-            def _reply(self, status: HTTPStatus, body: bytes,
-                       content_type: str = "text/plain; charset=utf-8") -> None:
+            def _reply(
+                self,
+                status: HTTPStatus,
+                body: bytes,
+                content_type: str = "text/plain; charset=utf-8",
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -69,7 +76,9 @@ class OpsServer:
             server = ThreadingHTTPServer((self._host, 0), Handler)
             log.warning(
                 "metrics port %d is taken (%s); serving /metrics on port %d instead",
-                self._port, exc.strerror, server.server_address[1],
+                self._port,
+                exc.strerror,
+                server.server_address[1],
             )
         self._server = server
         threading.Thread(target=server.serve_forever, name="exnet-ops", daemon=True).start()

@@ -22,8 +22,30 @@ EVENT_TYPES: tuple[str, ...] = tuple(t.event_type or "" for t in INPUT_TOPICS)
 _BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Seconds from a site's publish to the row being queryable; the target p99 is 2 s.
 _LATENCY_BUCKETS = (
-    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0,
-    5.0, 7.5, 10.0, 30.0, 60.0, 300.0,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.6,
+    0.7,
+    0.8,
+    0.9,
+    1.0,
+    1.25,
+    1.5,
+    1.75,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
 )
 _ROWS_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
 
@@ -34,7 +56,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        # -- counters of the validation outcomes (SPEC §2): received = accepted + duplicate + rejected
+        # -- validation outcomes (SPEC §2): received = accepted + duplicate + rejected
         #: counter: messages read from a site-facing input topic (physical name).
         self.events_received = Counter(
             "exnet_events_received", "Messages read from an input topic", ["topic"], registry=r
@@ -49,7 +71,10 @@ class Metrics:
         )
         #: counter: exact duplicates dropped (same event_id, same content), by event type.
         self.events_duplicate = Counter(
-            "exnet_events_duplicate", "Exact duplicates dropped, by event type", ["type"], registry=r
+            "exnet_events_duplicate",
+            "Exact duplicates dropped, by event type",
+            ["type"],
+            registry=r,
         )
         # -- the sink
         #: counter: rows the sink wrote to ClickHouse (acknowledged inserts), by table.
@@ -69,7 +94,9 @@ class Metrics:
         )
         #: counter: failed ClickHouse writes (each retried with backoff), by table.
         self.sink_write_errors = Counter(
-            "exnet_sink_write_errors", "ClickHouse writes that failed and were retried", ["table"],
+            "exnet_sink_write_errors",
+            "ClickHouse writes that failed and were retried",
+            ["table"],
             registry=r,
         )
         #: gauge: unix time of the last successful ClickHouse write.
@@ -127,7 +154,9 @@ class Metrics:
         #: gauge: 1 for each role this process runs (stream, sink).
         self.role = Gauge("exnet_process_role", "Roles this process runs", ["role"], registry=r)
         #: gauge: 1 while the process consumes and writes (readiness).
-        self.ready = Gauge("exnet_ready", "1 while the process is consuming and writing", registry=r)
+        self.ready = Gauge(
+            "exnet_ready", "1 while the process is consuming and writing", registry=r
+        )
 
     def preset(self, input_topics: Iterable[str]) -> None:
         """Create every known label value at 0, so that rates and alerts see the series."""

@@ -24,7 +24,7 @@ from exnet.errors import UserError
 from exnet.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from conftest import TopicFactory
+    from tests.conftest import TopicFactory
 
 REPO = Path(__file__).resolve().parent.parent
 EXNET = Path(sys.executable).with_name("exnet")

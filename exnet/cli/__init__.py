@@ -11,6 +11,7 @@ import sys
 
 import typer
 from rich.console import Console
+from typer._click.exceptions import ClickException as _ClickException  # typer's own click
 
 from exnet.errors import UserError
 
@@ -46,19 +47,20 @@ def main() -> None:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {_plain(str(exc))}", highlight=False)
         sys.exit(2)
     except typer.Abort:
         Console(stderr=True).print("aborted")
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's own usage errors arrive here in non-standalone mode
-        import click
+    except _ClickException as exc:  # usage errors: bad option values, unknown commands
+        exc.show()
+        sys.exit(exc.exit_code)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _plain(text: str) -> str:
+    """Our message, shown as is (no rich markup in it)."""
+    from rich.markup import escape
+
+    return escape(text)

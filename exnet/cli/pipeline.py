@@ -45,7 +45,9 @@ def init() -> None:
 def up(
     drain: Annotated[
         bool,
-        typer.Option("--drain", help="Exit once every input topic is consumed to its end and written."),
+        typer.Option(
+            "--drain", help="Exit once every input topic is consumed to its end and written."
+        ),
     ] = False,
     role: Annotated[
         str,
@@ -78,7 +80,8 @@ def sql(
     fmt: Annotated[
         str | None,
         typer.Option(
-            "--format", "-f",
+            "--format",
+            "-f",
             help="Any ClickHouse output format (default: PrettyCompact on a terminal, "
             "TabSeparatedWithNames otherwise).",
         ),

@@ -1,4 +1,4 @@
-"""Opening ClickHouse: embedded chDB (``chdb:///path``) or a server (``http(s)://``), one code path."""
+"""Opening ClickHouse: embedded chDB (``chdb:///path``) or a server (``http(s)://``), one path."""
 
 from __future__ import annotations
 

@@ -166,8 +166,12 @@ class SinkConsumer:
         for record in records:
             headers = dict(record.headers or ())
             if tp.topic == self._deadletter:
-                batch.add(REJECTED_TABLE, rejected_row(record.value, headers, ingested_at), tp,
-                          record.offset)
+                batch.add(
+                    REJECTED_TABLE,
+                    rejected_row(record.value, headers, ingested_at),
+                    tp,
+                    record.offset,
+                )
                 continue
             event_type = headers[H.EVENT_TYPE].decode()
             row = fact_row(event_type, record.value, Source.from_headers(headers), ingested_at)
@@ -212,7 +216,9 @@ class SinkConsumer:
             error = outcome.exception() if outcome is not None else None
             log.warning(
                 "ClickHouse write to %s failed (attempt %d), retrying: %s",
-                table, state.attempt_number, error,
+                table,
+                state.attempt_number,
+                error,
             )
 
         retrying = Retrying(
@@ -234,7 +240,9 @@ class SinkConsumer:
         consumer = self._consumer
         assert consumer is not None  # noqa: S101  # only called while running
         try:
-            consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()})
+            consumer.commit(
+                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+            )
         except (CommitFailedError, KafkaError) as exc:
             # The rows are written; after the rebalance they are read and written
             # again, and the tables keep one row per key.

@@ -46,7 +46,7 @@ def apply_migrations(client: Client, database: str) -> list[str]:
     recorded: dict[str, str] = {
         str(row[0]): str(row[1])
         for row in client.query(
-            f"SELECT id, checksum FROM {database}.exnet_migrations FINAL"
+            f"SELECT id, checksum FROM {database}.exnet_migrations FINAL"  # noqa: S608  # identifier
         ).result_rows
     }
     applied: list[str] = []

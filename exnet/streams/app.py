@@ -169,9 +169,7 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
             metrics.events_received.labels(topic=topic).inc(count)
         for reason, count in rejected.items():
             metrics.events_rejected.labels(reason=reason).inc(count)
-        metrics.stream_batch_seconds.labels(stage="validate").observe(
-            time.perf_counter() - started
-        )
+        metrics.stream_batch_seconds.labels(stage="validate").observe(time.perf_counter() - started)
 
     async def deduplicate_batch(events: Sequence[Any]) -> None:
         started = time.perf_counter()

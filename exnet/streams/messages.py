@@ -51,9 +51,7 @@ def _source_headers(
     return headers
 
 
-def validated_message(
-    accepted: Accepted, original: bytes, timestamp_ms: int | None
-) -> OutMessage:
+def validated_message(accepted: Accepted, original: bytes, timestamp_ms: int | None) -> OutMessage:
     """Stage 1 -> 2: the validated event, keyed by event_id, with what dedup needs."""
     origin = accepted.origin
     assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant

@@ -37,15 +37,32 @@ class EventMaker:
         }
 
     def enrollment(
-        self, participant: str, site: str, status: str, *, day: int = 0,
-        at: datetime | None = None, **fields: Any,
+        self,
+        participant: str,
+        site: str,
+        status: str,
+        *,
+        day: int = 0,
+        at: datetime | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
-        return {**self._envelope("enrollment/1", participant, site, at, day), "status": status,
-                **fields}
+        return {
+            **self._envelope("enrollment/1", participant, site, at, day),
+            "status": status,
+            **fields,
+        }
 
     def session(
-        self, participant: str, site: str, number: int, status: str = "attended", *,
-        day: int = 0, modality: str = "aerobic", duration: float | None = 40.0, **fields: Any,
+        self,
+        participant: str,
+        site: str,
+        number: int,
+        status: str = "attended",
+        *,
+        day: int = 0,
+        modality: str = "aerobic",
+        duration: float | None = 40.0,
+        **fields: Any,
     ) -> dict[str, Any]:
         return {
             **self._envelope("session/1", participant, site, None, day),
@@ -58,8 +75,17 @@ class EventMaker:
         }
 
     def assay(
-        self, participant: str, site: str, specimen: str, analyte: str, value: float, unit: str,
-        *, timepoint: str = "baseline", day: int = 0, **fields: Any,
+        self,
+        participant: str,
+        site: str,
+        specimen: str,
+        analyte: str,
+        value: float,
+        unit: str,
+        *,
+        timepoint: str = "baseline",
+        day: int = 0,
+        **fields: Any,
     ) -> dict[str, Any]:
         return {
             **self._envelope("assay/1", participant, site, None, day),
@@ -74,7 +100,13 @@ class EventMaker:
         }
 
     def assessment(
-        self, participant: str, site: str, instrument: str, score: int, week: int, *,
+        self,
+        participant: str,
+        site: str,
+        instrument: str,
+        score: int,
+        week: int,
+        *,
         day: int | None = None,
     ) -> dict[str, Any]:
         return {

@@ -57,7 +57,9 @@ class Pipeline:
     def topic(self, topic: Topic) -> str:
         return topic_name(topic, self.settings.topic_prefix)
 
-    def send(self, topic: Topic, value: bytes | dict[str, Any], key: bytes | str | None = "") -> None:
+    def send(
+        self, topic: Topic, value: bytes | dict[str, Any], key: bytes | str | None = ""
+    ) -> None:
         """Publish one message; ``key=""`` means the event's own participant_id."""
         raw = value if isinstance(value, bytes) else orjson.dumps(value)
         if key == "":
@@ -66,7 +68,9 @@ class Pipeline:
         key_bytes = key.encode() if isinstance(key, str) else key
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=5,
+                bootstrap_servers=self.settings.kafka_bootstrap,
+                acks="all",
+                linger_ms=5,
                 max_request_size=4 * 1024 * 1024,
             )
         self._producer.send(self.topic(topic), value=raw, key=key_bytes)
@@ -83,12 +87,14 @@ class Pipeline:
 
     def read_topic(self, topic: Topic) -> list[Any]:
         """Every message of ``topic`` from the beginning to its current end."""
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                 enable_auto_commit=False)
+        consumer = KafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+        )
         try:
             name = self.topic(topic)
-            partitions = [TopicPartition(name, p)
-                          for p in sorted(consumer.partitions_for_topic(name) or ())]
+            partitions = [
+                TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())
+            ]
             consumer.assign(partitions)
             consumer.seek_to_beginning()
             ends = consumer.end_offsets(partitions)
@@ -103,11 +109,16 @@ class Pipeline:
             consumer.close()
 
     # -- the exnet command ----------------------------------------------------
-    def run(self, *args: str, timeout: float = 180, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [EXNET, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            [EXNET, *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
 
     def init(self) -> None:
@@ -121,17 +132,22 @@ class Pipeline:
             done = self.run("up", "--drain", timeout=timeout, env=env)
         except subprocess.TimeoutExpired as exc:
             log = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else ""
-            raise AssertionError(f"`exnet up --drain` did not finish in {timeout} s:\n"
-                                 f"{log[-8000:]}") from None
+            raise AssertionError(
+                f"`exnet up --drain` did not finish in {timeout} s:\n{log[-8000:]}"
+            ) from None
         assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-5000:]}"
         return done.stderr
 
-    def start(self, *args: str, env: dict[str, str] | None = None,
-              log: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start `exnet up` in the background (its own process group)."""
         out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
         return subprocess.Popen(
-            [EXNET, "up", *args], env={**self.env, **(env or {})}, stdout=out, stderr=out,
+            [EXNET, "up", *args],
+            env={**self.env, **(env or {})},
+            stdout=out,
+            stderr=out,
             start_new_session=True,
         )
 

@@ -25,8 +25,13 @@ def _when(event: Event) -> datetime:
 def _summary(events: Iterable[Event]) -> dict[str, Any]:
     reached: dict[str, set[str]] = {status: set() for status in STATUSES}
     row: dict[str, Any] = {
-        "sessions_attended": 0, "sessions_missed": 0, "sessions_cancelled": 0,
-        "exercise_minutes": 0.0, "adverse_events": 0, "assays": 0, "assessments": 0,
+        "sessions_attended": 0,
+        "sessions_missed": 0,
+        "sessions_cancelled": 0,
+        "exercise_minutes": 0.0,
+        "adverse_events": 0,
+        "assays": 0,
+        "assessments": 0,
     }
     specimens: set[str] = set()
     for event in events:
@@ -62,9 +67,9 @@ def arm_summary(events: list[Event]) -> dict[tuple[str, str, str, str], dict[str
     latest: dict[str, Event] = {}
     for event in events:
         if event["schema"].startswith("enrollment") and event["status"] == "randomized":
-            key = (_when(event), event["event_id"])
+            rank = (_when(event), event["event_id"])
             prior = latest.get(event["participant_id"])
-            if prior is None or key > (_when(prior), prior["event_id"]):
+            if prior is None or rank > (_when(prior), prior["event_id"]):
                 latest[event["participant_id"]] = event
     attended: dict[str, int] = defaultdict(int)
     minutes: dict[str, float] = defaultdict(float)
@@ -79,7 +84,8 @@ def arm_summary(events: list[Event]) -> dict[tuple[str, str, str, str], dict[str
                 key = (event["participant_id"], event["instrument"])
                 prior = baseline.get(key)
                 if prior is None or (_when(event), event["event_id"]) > (
-                    _when(prior), prior["event_id"]
+                    _when(prior),
+                    prior["event_id"],
                 ):
                     baseline[key] = event
             else:
@@ -94,11 +100,17 @@ def arm_summary(events: list[Event]) -> dict[tuple[str, str, str, str], dict[str
     result: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for participant, event in latest.items():
         arm = (event["modality"], event.get("adjunct", "none"))
-        for key in (("node", event["node_id"], *arm), ("network", "", *arm)):
-            row = result.setdefault(key, {
-                "randomized": 0, "sessions_attended": 0, "exercise_minutes": 0.0,
-                "responders": 0, "remitters": 0,
-            })
+        for arm_key in (("node", event["node_id"], *arm), ("network", "", *arm)):
+            row = result.setdefault(
+                arm_key,
+                {
+                    "randomized": 0,
+                    "sessions_attended": 0,
+                    "exercise_minutes": 0.0,
+                    "responders": 0,
+                    "remitters": 0,
+                },
+            )
             row["randomized"] += 1
             row["sessions_attended"] += attended[participant]
             row["exercise_minutes"] += minutes[participant]
@@ -114,10 +126,17 @@ def node_daily(events: list[Event]) -> dict[tuple[str, date], dict[str, Any]]:
         if kind not in ("session", "enrollment"):
             continue
         key = (event["node_id"], _when(event).date())
-        row = result.setdefault(key, {
-            "sessions_attended": 0, "sessions_missed": 0, "sessions_cancelled": 0,
-            "exercise_minutes": 0.0, "adverse_events": 0, **dict.fromkeys(STATUSES, 0),
-        })
+        row = result.setdefault(
+            key,
+            {
+                "sessions_attended": 0,
+                "sessions_missed": 0,
+                "sessions_cancelled": 0,
+                "exercise_minutes": 0.0,
+                "adverse_events": 0,
+                **dict.fromkeys(STATUSES, 0),
+            },
+        )
         if kind == "session":
             row[f"sessions_{event['status']}"] += 1
             if event["status"] == "attended":

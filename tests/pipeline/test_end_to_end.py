@@ -21,8 +21,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 NODES = ("N01", "N02", "N03")
 A, B, C, D = "P-00000000aa", "P-00000000bb", "P-00000000cc", "P-00000000dd"
-TOPIC_OF = {"enrollment": Topic.ENROLLMENT, "session": Topic.SESSION, "assay": Topic.ASSAY,
-            "assessment": Topic.ASSESSMENT}
+TOPIC_OF = {
+    "enrollment": Topic.ENROLLMENT,
+    "session": Topic.SESSION,
+    "assay": Topic.ASSAY,
+    "assessment": Topic.ASSESSMENT,
+}
 
 
 def _topic(event: dict[str, Any]) -> Topic:
@@ -55,15 +59,28 @@ def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
     randomized_a = publish(make.enrollment(A, "N01-S01", "randomized", day=2, modality="aerobic"))
     s1 = publish(make.session(A, "N01-S01", 1, day=3, duration=45.0))
     publish(make.session(A, "N01-S01", 2, "missed", day=5))
-    s3 = publish(make.session(A, "N01-S01", 3, day=7, duration=30.0, adverse_event="mild",
-                              mean_hr_pct_max=71.5, rpe=13))
+    s3 = publish(
+        make.session(
+            A,
+            "N01-S01",
+            3,
+            day=7,
+            duration=30.0,
+            adverse_event="mild",
+            mean_hr_pct_max=71.5,
+            rpe=13,
+        )
+    )
     publish(make.assessment(A, "N01-S01", "PHQ9", 20, week=0))
     publish(make.assessment(A, "N01-S01", "PHQ9", 9, week=8))  # 9*2 <= 20: responds; 9 > 4
     publish(make.enrollment(B, "N01-S02", "randomized", day=3, modality="control"))
     publish(make.assessment(B, "N01-S02", "HAMD17", 20, week=0))
     publish(make.assessment(B, "N01-S02", "HAMD17", 6, week=12))  # responds and remits
-    publish(make.enrollment(C, "N02-S01", "randomized", day=4, modality="resistance",
-                            adjunct="psychotherapy"))
+    publish(
+        make.enrollment(
+            C, "N02-S01", "randomized", day=4, modality="resistance", adjunct="psychotherapy"
+        )
+    )
     publish(make.enrollment(C, "N02-S01", "withdrawn", day=20, reason="adverse_event"))
     publish(make.enrollment(D, "N03-S01", "screened", day=6))
     publish(make.assay(D, "N03-S01", "SPEC-0001", "BDNF", 25000.0, "pg/mL"))
@@ -74,9 +91,13 @@ def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
     # (other key order, +02:00 offset for the same instant).
     pipeline.send(Topic.SESSION, s1)
     instant = datetime.fromisoformat(randomized_a["occurred_at"]).astimezone(
-        __import__("datetime").timezone(timedelta(hours=2)))
-    reformatted = {**dict(reversed(list(randomized_a.items()))),
-                   "occurred_at": instant.isoformat(), "adjunct": "none"}
+        __import__("datetime").timezone(timedelta(hours=2))
+    )
+    reformatted = {
+        **dict(reversed(list(randomized_a.items()))),
+        "occurred_at": instant.isoformat(),
+        "adjunct": "none",
+    }
     pipeline.send(Topic.ENROLLMENT, reformatted)
     # A conflicting duplicate: s3's event_id, another duration.
     conflicting = {**s3, "duration_min": 31.0}
@@ -97,9 +118,13 @@ def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
     pipeline.drain()
 
     expected_rejections = {
-        "too_large": {""}, "malformed_json": {""}, "unknown_schema": {"schema"},
-        "invalid_field": {"rpe", "status"}, "key_mismatch": {"participant_id"},
-        "unknown_site": {"site_id"}, "future_timestamp": {"occurred_at"},
+        "too_large": {""},
+        "malformed_json": {""},
+        "unknown_schema": {"schema"},
+        "invalid_field": {"rpe", "status"},
+        "key_mismatch": {"participant_id"},
+        "unknown_site": {"site_id"},
+        "future_timestamp": {"occurred_at"},
         "conflicting_duplicate": {"event_id"},
     }
     _check_facts(pipeline, accepted)
@@ -114,8 +139,12 @@ def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
 
 
 def _check_facts(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
-    for kind, table in (("enrollment", "enrollment_events"), ("session", "session_events"),
-                        ("assay", "assay_events"), ("assessment", "assessment_events")):
+    for kind, table in (
+        ("enrollment", "enrollment_events"),
+        ("session", "session_events"),
+        ("assay", "assay_events"),
+        ("assessment", "assessment_events"),
+    ):
         rows = pipeline.rows(f"SELECT * FROM {table} FINAL")
         expected = {e["event_id"]: e for e in accepted if e["schema"].startswith(kind)}
         assert {row["event_id"] for row in rows} == set(expected), table
@@ -150,7 +179,9 @@ def _check_rejections(pipeline: Pipeline, expected: dict[str, set[str]]) -> None
         assert {error["path"] for error in detail["errors"]} == expected[row["reason"]]
         # The payload is the original message, and its origin points back at it.
         assert (row["source_topic"], row["payload"]) in sent or (
-            row["source_topic"], row["payload"].encode()) in sent
+            row["source_topic"],
+            row["payload"].encode(),
+        ) in sent
 
 
 def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None:
@@ -166,16 +197,31 @@ def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None
         reasons.append(headers[H.REASON].decode())
         detail = json.loads(headers[H.DETAIL])
         assert {error["path"] for error in detail["errors"]} == expected[detail["reason"]]
-        origin = (headers[H.SOURCE_TOPIC].decode(), int(headers[H.SOURCE_PARTITION]),
-                  int(headers[H.SOURCE_OFFSET]))
+        origin = (
+            headers[H.SOURCE_TOPIC].decode(),
+            int(headers[H.SOURCE_PARTITION]),
+            int(headers[H.SOURCE_OFFSET]),
+        )
         assert originals[origin] == record.value, "dead letter carries the original bytes"
     assert sorted(reasons) == sorted(expected)
 
 
 def _check_views(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
-    summary_columns = ("screened", "consented", "randomized", "withdrawn", "completed",
-                       "sessions_attended", "sessions_missed", "sessions_cancelled",
-                       "exercise_minutes", "adverse_events", "specimens", "assays", "assessments")
+    summary_columns = (
+        "screened",
+        "consented",
+        "randomized",
+        "withdrawn",
+        "completed",
+        "sessions_attended",
+        "sessions_missed",
+        "sessions_cancelled",
+        "exercise_minutes",
+        "adverse_events",
+        "specimens",
+        "assays",
+        "assessments",
+    )
     nodes = {row["node_id"]: row for row in pipeline.rows("SELECT * FROM node_summary")}
     assert set(nodes) == set(NODES)
     expected_nodes = reference.node_summary(accepted, NODES)
@@ -190,21 +236,32 @@ def _check_views(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
 
     arms = {
         (row["scope"], row["node_id"], row["modality"], row["adjunct"]): {
-            c: row[c] for c in ("randomized", "sessions_attended", "exercise_minutes",
-                                "responders", "remitters")
+            c: row[c]
+            for c in (
+                "randomized",
+                "sessions_attended",
+                "exercise_minutes",
+                "responders",
+                "remitters",
+            )
         }
         for row in pipeline.rows("SELECT * FROM arm_summary")
     }
     assert arms == reference.arm_summary(accepted)
     assert arms[("network", "", "aerobic", "none")] == {
-        "randomized": 1, "sessions_attended": 2, "exercise_minutes": 75.0,
-        "responders": 1, "remitters": 0}
+        "randomized": 1,
+        "sessions_attended": 2,
+        "exercise_minutes": 75.0,
+        "responders": 1,
+        "remitters": 0,
+    }
     assert arms[("node", "N01", "control", "none")]["remitters"] == 1
     assert arms[("node", "N02", "resistance", "psychotherapy")]["sessions_attended"] == 1
 
     daily = {
-        (row["node_id"], row["day"]): {c: row[c] for c in row if c not in (
-            "node_id", "day", "updated_at")}
+        (row["node_id"], row["day"]): {
+            c: row[c] for c in row if c not in ("node_id", "day", "updated_at")
+        }
         for row in pipeline.rows("SELECT * FROM node_daily")
     }
     assert daily == reference.node_daily(accepted)

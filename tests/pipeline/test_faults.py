@@ -23,18 +23,34 @@ from tests.pipeline.test_end_to_end import NODES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
-SUMMARY = ("screened", "consented", "randomized", "withdrawn", "completed", "sessions_attended",
-           "sessions_missed", "sessions_cancelled", "exercise_minutes", "adverse_events",
-           "specimens", "assays", "assessments")
+SUMMARY = (
+    "screened",
+    "consented",
+    "randomized",
+    "withdrawn",
+    "completed",
+    "sessions_attended",
+    "sessions_missed",
+    "sessions_cancelled",
+    "exercise_minutes",
+    "adverse_events",
+    "specimens",
+    "assays",
+    "assessments",
+)
 ARM = ("randomized", "sessions_attended", "exercise_minutes", "responders", "remitters")
 
 
-def _publish_slowly(pipeline: Pipeline, events: list[tuple[Any, dict[str, Any]]],
-                    duplicates: random.Random, seconds: float) -> None:
+def _publish_slowly(
+    pipeline: Pipeline,
+    events: list[tuple[Any, dict[str, Any]]],
+    duplicates: random.Random,
+    seconds: float,
+) -> None:
     """Spread the load over ``seconds`` so that kills land mid-stream; ~5% sent twice."""
     chunk = max(1, len(events) // 40)
     for start in range(0, len(events), chunk):
-        for topic, event in events[start:start + chunk]:
+        for topic, event in events[start : start + chunk]:
             pipeline.send(topic, event)
             if duplicates.random() < 0.05:
                 pipeline.send(topic, event)
@@ -49,16 +65,21 @@ def _assert_exact(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
         " SELECT event_id FROM enrollment_events FINAL UNION ALL"
         " SELECT event_id FROM session_events FINAL UNION ALL"
         " SELECT event_id FROM assay_events FINAL UNION ALL"
-        " SELECT event_id FROM assessment_events FINAL)")[0]
+        " SELECT event_id FROM assessment_events FINAL)"
+    )[0]
     assert counts == {"rows": len(expected), "ids": len(expected)}
     assert pipeline.scalar("SELECT count() FROM rejected_events FINAL") == 0
-    nodes = {row["node_id"]: {c: row[c] for c in SUMMARY}
-             for row in pipeline.rows("SELECT * FROM node_summary")}
+    nodes = {
+        row["node_id"]: {c: row[c] for c in SUMMARY}
+        for row in pipeline.rows("SELECT * FROM node_summary")
+    }
     want = reference.node_summary(accepted, NODES)
     for node in NODES:
         assert nodes[node] == pytest.approx(want[node]), node
-    arms = {(r["scope"], r["node_id"], r["modality"], r["adjunct"]): {c: r[c] for c in ARM}
-            for r in pipeline.rows("SELECT * FROM arm_summary")}
+    arms = {
+        (r["scope"], r["node_id"], r["modality"], r["adjunct"]): {c: r[c] for c in ARM}
+        for r in pipeline.rows("SELECT * FROM arm_summary")
+    }
     assert arms == reference.arm_summary(accepted)  # whole minutes: float sums are exact
 
 

@@ -16,8 +16,7 @@ from tests.pipeline.harness import Pipeline
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 
-def test_sql_works_while_up_holds_the_embedded_database(pipeline: Pipeline,
-                                                        tmp_path: Path) -> None:
+def test_sql_works_while_up_holds_the_embedded_database(pipeline: Pipeline, tmp_path: Path) -> None:
     make = EventMaker(seed=3)
     pipeline.init()
     pipeline.send(Topic.ENROLLMENT, make.enrollment("P-00000000a1", "N02-S02", "screened"))
@@ -34,11 +33,13 @@ def test_sql_works_while_up_holds_the_embedded_database(pipeline: Pipeline,
                 if done.stdout.splitlines()[1:] == ["1"]:
                     break
             time.sleep(0.5)
-        csv = pipeline.run("sql", "SELECT node_id FROM nodes FINAL ORDER BY node_id",
-                           "--format", "CSV")
+        csv = pipeline.run(
+            "sql", "SELECT node_id FROM nodes FINAL ORDER BY node_id", "--format", "CSV"
+        )
         assert csv.stdout == '"N01"\n"N02"\n"N03"\n'
-        refused = pipeline.run("sql", "INSERT INTO nodes (node_id, name, loaded_at) "
-                               "VALUES ('N99', 'x', now())")
+        refused = pipeline.run(
+            "sql", "INSERT INTO nodes (node_id, name, loaded_at) VALUES ('N99', 'x', now())"
+        )
         assert refused.returncode == 2 and "readonly" in refused.stderr.lower()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
@@ -56,8 +57,15 @@ def test_a_flood_of_invalid_messages_stops_the_worker_before_committing(
     pipeline.init()
     for index in range(60):
         pipeline.send(Topic.SESSION, b'{"not": "an event"}', key=f"P-{index:010x}")
-    done = pipeline.run("up", "--drain", timeout=120,
-                        env={"EXNET_DLQ_WINDOW": "50", "EXNET_DLQ_MAX_RATIO": "0.5",
-                             "EXNET_STREAM_BATCH_MAX": "20"})
+    done = pipeline.run(
+        "up",
+        "--drain",
+        timeout=120,
+        env={
+            "EXNET_DLQ_WINDOW": "50",
+            "EXNET_DLQ_MAX_RATIO": "0.5",
+            "EXNET_STREAM_BATCH_MAX": "20",
+        },
+    )
     assert done.returncode == 78, done.stderr[-3000:]
     assert "were rejected" in done.stderr and "EXNET_DLQ_MAX_RATIO" in done.stderr

@@ -51,8 +51,21 @@ def test_insert_columns_match_the_migrated_tables(client: Any, settings: Setting
 
 def _row(event_id: str, score: int) -> list[Any]:
     now = datetime(2026, 6, 1, tzinfo=UTC)
-    return [event_id, "assessment/1", now, "N01", "N01-S01", "P-0123456789", "PHQ9", score, 0,
-            "exnet.assessment", 0, 1, now]
+    return [
+        event_id,
+        "assessment/1",
+        now,
+        "N01",
+        "N01-S01",
+        "P-0123456789",
+        "PHQ9",
+        score,
+        0,
+        "exnet.assessment",
+        0,
+        1,
+        now,
+    ]
 
 
 def test_a_replayed_batch_is_a_no_op_and_replays_collapse(client: Any) -> None:
@@ -79,8 +92,9 @@ def test_a_readonly_client_cannot_write(settings: Settings, client: Any) -> None
 
 
 def test_views_of_an_empty_network_count_zero_never_null(client: Any) -> None:
-    nodes = client.query("SELECT node_id, screened, exercise_minutes, assays FROM node_summary "
-                         "ORDER BY node_id").result_rows
+    nodes = client.query(
+        "SELECT node_id, screened, exercise_minutes, assays FROM node_summary ORDER BY node_id"
+    ).result_rows
     assert nodes == [("N01", 0, 0.0, 0), ("N02", 0, 0.0, 0), ("N03", 0, 0.0, 0)]
     network = client.query("SELECT randomized, sessions_attended, specimens FROM network_summary")
     assert network.result_rows == [(0, 0, 0)]

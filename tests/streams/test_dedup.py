@@ -19,8 +19,11 @@ def test_the_same_source_message_again_is_a_replay_not_a_duplicate() -> None:
 
 @pytest.mark.parametrize(
     "other",
-    [Seen("f" * 32, "exnet.session", 2, 41), Seen("f" * 32, "exnet.session", 3, 40),
-     Seen("f" * 32, "exnet.assay", 2, 40)],
+    [
+        Seen("f" * 32, "exnet.session", 2, 41),
+        Seen("f" * 32, "exnet.session", 3, 40),
+        Seen("f" * 32, "exnet.assay", 2, 40),
+    ],
 )
 def test_another_message_with_the_same_content_is_a_duplicate(other: Seen) -> None:
     assert decide(FIRST, other) is Decision.DUPLICATE

@@ -21,9 +21,15 @@ from exnet.streams.messages import (
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 EVENT = {
-    "schema": "assessment/1", "event_id": "A6E2F0C4-1111-4222-8333-444455556666",
-    "occurred_at": "2026-05-01T10:00:00+02:00", "node_id": "N01", "site_id": "N01-S01",
-    "participant_id": "P-0123456789", "instrument": "PHQ9", "score": 12, "week": 4,
+    "schema": "assessment/1",
+    "event_id": "A6E2F0C4-1111-4222-8333-444455556666",
+    "occurred_at": "2026-05-01T10:00:00+02:00",
+    "node_id": "N01",
+    "site_id": "N01-S01",
+    "participant_id": "P-0123456789",
+    "instrument": "PHQ9",
+    "score": 12,
+    "week": 4,
 }
 
 
@@ -55,8 +61,9 @@ def test_validated_message_is_keyed_by_the_normalised_event_id_and_carries_its_o
 
 def test_deadletter_message_has_the_spec_headers_and_original_bytes() -> None:
     raw = orjson.dumps({**EVENT, "score": 99})
-    outcome = Validator(None).validate_message(raw, b"P-0123456789",
-                                               Origin("exnet.assessment", 1, 5), NOW)
+    outcome = Validator(None).validate_message(
+        raw, b"P-0123456789", Origin("exnet.assessment", 1, 5), NOW
+    )
     assert isinstance(outcome, Rejected)
     message = deadletter_message(outcome, raw, b"P-0123456789", NOW, None)
     headers = dict(message.headers)
@@ -70,8 +77,13 @@ def test_deadletter_message_has_the_spec_headers_and_original_bytes() -> None:
 def test_conflict_message_points_at_the_first_accepted_copy() -> None:
     accepted, raw = _accepted()
     validated = validated_message(accepted, raw, None)
-    message = conflict_message(validated.key or b"", validated.value, dict(validated.headers),
-                               ("exnet.assessment", 0, 1), NOW)
+    message = conflict_message(
+        validated.key or b"",
+        validated.value,
+        dict(validated.headers),
+        ("exnet.assessment", 0, 1),
+        NOW,
+    )
     headers = dict(message.headers)
     detail = json.loads(headers[H.DETAIL])
     assert message.value == raw and message.key == b"P-0123456789"

@@ -197,9 +197,19 @@ GROUP BY modality, adjunct
         f"""
 CREATE OR REPLACE VIEW {database}.node_daily AS
 SELECT node_id, day,
-    {", ".join(f"sum({c}) AS {c}" for c in (
-        "sessions_attended", "sessions_missed", "sessions_cancelled", "exercise_minutes",
-        "adverse_events", *_STATUSES))},
+    {
+            ", ".join(
+                f"sum({c}) AS {c}"
+                for c in (
+                    "sessions_attended",
+                    "sessions_missed",
+                    "sessions_cancelled",
+                    "exercise_minutes",
+                    "adverse_events",
+                    *_STATUSES,
+                )
+            )
+        },
     max(updated_at) AS updated_at
 FROM (
     SELECT toString(node_id) AS node_id, toDate(occurred_at, 'UTC') AS day,
