@@ -37,7 +37,6 @@ from tenacity import (
     wait_exponential,
 )
 
-from exnet.contracts import headers as H
 from exnet.contracts.topics import Topic, topic_name
 from exnet.errors import ExnetError
 from exnet.metrics import Metrics
@@ -48,11 +47,11 @@ from exnet.sinks.rows import (
     FACT_TABLES,
     REJECTED_COLUMNS,
     REJECTED_TABLE,
-    Source,
     fact_row,
     rejected_row,
 )
 from exnet.sinks.writer import BatchWriter
+from exnet.streams.messages import unpack_accepted
 
 __all__ = ["SINK_TABLES", "SinkConsumer", "SinkStopped", "sink_group"]
 
@@ -173,12 +172,12 @@ class SinkConsumer:
                     record.offset,
                 )
                 continue
-            event_type = headers[H.EVENT_TYPE].decode()
-            row = fact_row(event_type, record.value, Source.from_headers(headers), ingested_at)
-            batch.add(FACT_TABLES[event_type], row, tp, record.offset)
-            source_ms = headers.get(H.SOURCE_TIMESTAMP)
-            if source_ms:
-                batch.source_ms.append(int(source_ms))
+            for accepted in unpack_accepted(record.value):
+                event_type = accepted.event_type
+                row = fact_row(event_type, accepted.event, accepted.source, ingested_at)
+                batch.add(FACT_TABLES[event_type], row, tp, record.offset)
+                if accepted.timestamp_ms:
+                    batch.source_ms.append(accepted.timestamp_ms)
 
     def flush(self) -> None:
         """Write the batch to ClickHouse (retrying), then commit its offsets."""

@@ -15,6 +15,7 @@ import orjson
 
 from exnet.contracts import headers as H
 from exnet.contracts.units import to_canonical
+from exnet.contracts.validation import Origin
 
 __all__ = [
     "FACT_COLUMNS",
@@ -113,9 +114,10 @@ class Source:
         )
 
 
-def fact_row(event_type: str, value: bytes, source: Source, ingested_at: datetime) -> list[Any]:
-    """The fact-table row of one accepted event (its canonical JSON, as the stream wrote it)."""
-    event = orjson.loads(value)
+def fact_row(
+    event_type: str, event: Mapping[str, Any], source: Origin, ingested_at: datetime
+) -> list[Any]:
+    """The fact-table row of one accepted event (its canonical fields, as the stream wrote them)."""
     row: list[Any] = [event.get(field) for field in _FIELDS[event_type]]
     row[2] = datetime.fromisoformat(event["occurred_at"])
     if event_type == "assay":

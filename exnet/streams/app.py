@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import faust
 import orjson
 
-from exnet.contracts import headers as H
 from exnet.contracts.registry import load_registry
 from exnet.contracts.topics import INPUT_TOPICS, Topic, topic_name
 from exnet.contracts.validation import Accepted, Origin, Validator
@@ -40,10 +39,14 @@ from exnet.streams.fatal import EXIT_INVALID_RATIO, die
 from exnet.streams.guard import InvalidRatioExceeded, InvalidRatioGuard
 from exnet.streams.messages import (
     OutMessage,
-    accepted_message,
+    ValidatedRecord,
     conflict_message,
     deadletter_message,
-    validated_message,
+    pack_accepted,
+    pack_validated,
+    packed_headers,
+    unpack_validated,
+    validated_record,
 )
 from exnet.streams.sender import BatchSender, Outgoing
 
@@ -55,6 +58,11 @@ log = logging.getLogger(__name__)
 DEDUP_TABLE = "dedup"
 #: Seconds between Faust's offset commits: bounds replay after a crash and drain latency.
 COMMIT_INTERVAL_S = 1.0
+#: Bytes of records per packed internal message (well under the topics' 2 MiB message limit
+#: and the producer's batch size).
+PACK_MAX_BYTES = 256 * 1024
+#: Bytes a record adds to a packed message beyond its event and original (ids, origin).
+PACK_OVERHEAD_BYTES = 160
 #: Bytes per producer batch (per partition): large batches amortise each round trip.
 PRODUCER_BATCH_BYTES = 512 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
@@ -130,18 +138,18 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
 
     sender: BatchSender | None = None
 
-    async def send(messages: list[OutMessage], changelog_writes: Sequence[Outgoing] = ()) -> None:
+    def producer() -> BatchSender:
         # The transport's aiokafka producer directly: no Faust serialisation, no
         # attachments; Faust flushes it before committing the input offsets.
         nonlocal sender
         if sender is None:
             # Faust's own aiokafka producer (its transport keeps it private).
             sender = BatchSender(cast(Any, app.producer)._ensure_producer())  # noqa: SLF001
-        await sender.send_all(
-            [
-                *((names[m.topic], None, m.key, m.value, m.headers) for m in messages),
-                *changelog_writes,
-            ]
+        return sender
+
+    async def send(messages: list[OutMessage], more: Sequence[Outgoing] = ()) -> None:
+        await producer().send_all(
+            [*((names[m.topic], None, m.key, m.value, m.headers) for m in messages), *more]
         )
 
     async def validate_batch(events: Sequence[Any]) -> None:
@@ -149,7 +157,10 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         now = datetime.now(UTC)
         received: Counter[str] = Counter()
         rejected: Counter[str] = Counter()
-        out: list[OutMessage] = []
+        dead_letters: list[OutMessage] = []
+        # Every copy of an event_id goes to one partition of exnet.validated.
+        by_partition: dict[int, list[ValidatedRecord]] = defaultdict(list)
+        validated_topic = names[Topic.VALIDATED]
         for event in events:
             message = event.message
             received[message.topic] += 1
@@ -157,14 +168,16 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
             outcome = validator.validate_message(message.value, message.key, origin, now)
             timestamp_ms = _timestamp_ms(message.timestamp)
             if isinstance(outcome, Accepted):
-                out.append(validated_message(outcome, message.value, timestamp_ms))
+                record = validated_record(outcome, message.value, timestamp_ms)
+                partition = await producer().partition_for(validated_topic, record.event_id)
+                by_partition[partition].append(record)
             else:
                 rejected[outcome.reason.value] += 1
-                out.append(
+                dead_letters.append(
                     deadletter_message(outcome, message.value, message.key, now, timestamp_ms)
                 )
         guard.observe(len(events), sum(rejected.values()))
-        await send(out)
+        await send(dead_letters, _packed(validated_topic, by_partition, pack_validated))
         for topic, count in received.items():
             metrics.events_received.labels(topic=topic).inc(count)
         for reason, count in rejected.items():
@@ -178,50 +191,52 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         duplicates: Counter[str] = Counter()
         per_site: Counter[tuple[str, str]] = Counter()
         newest: dict[tuple[str, str], float] = {}
-        conflicts = 0
-        out: list[OutMessage] = []
+        conflicts: list[OutMessage] = []
         table_writes: list[Outgoing] = []
+        onward: dict[int, list[ValidatedRecord]] = defaultdict(list)
         for event in events:
             message = event.message
-            headers = dict(message.headers or ())
-            incoming = Seen(
-                headers[H.FINGERPRINT].decode(),
-                headers[H.SOURCE_TOPIC].decode(),
-                int(headers[H.SOURCE_PARTITION]),
-                int(headers[H.SOURCE_OFFSET]),
-            )
-            prior_value = seen.data.get(message.key)
-            prior = Seen.decode(prior_value) if prior_value is not None else None
-            decision = decide(prior, incoming)
-            event_type = headers[H.EVENT_TYPE].decode()
-            if decision is Decision.NEW:
-                encoded = incoming.encode()
-                # Into the store, and into the changelog partition of *this* message
-                # (Faust's `table[key] = ...` would use the batch's last event and
-                # its send_soon buffer, which stalls all input while it drains).
-                seen.data[message.key] = encoded
-                table_writes.append((changelog, message.partition, message.key, encoded, []))
-            if decision in (Decision.NEW, Decision.REPLAY):
-                accepted[event_type] += 1
-                out.append(accepted_message(message.key, message.value, headers))
-                site, occurred = _site_and_time(message.value)
-                per_site[site] += 1
-                if occurred > newest.get(site, 0.0):
-                    newest[site] = occurred
-            elif decision is Decision.DUPLICATE:
-                duplicates[event_type] += 1
-            else:
-                assert prior is not None  # noqa: S101  # a conflict has a prior by definition
-                conflicts += 1
-                first = (prior.topic, prior.partition, prior.offset)
-                out.append(conflict_message(message.key, message.value, headers, first, now))
-        await send(out, table_writes)
+            for record in unpack_validated(message.value):
+                key = record.event_id.encode()
+                incoming = Seen(
+                    record.fingerprint,
+                    record.source.topic,
+                    record.source.partition,
+                    record.source.offset,
+                )
+                prior_value = seen.data.get(key)
+                prior = Seen.decode(prior_value) if prior_value is not None else None
+                decision = decide(prior, incoming)
+                if decision is Decision.NEW:
+                    encoded = incoming.encode()
+                    # Into the store, and into the changelog partition of *this* message
+                    # (Faust's `table[key] = ...` would use the batch's last event and
+                    # its send_soon buffer, which stalls all input while it drains).
+                    seen.data[key] = encoded
+                    table_writes.append((changelog, message.partition, key, encoded, []))
+                if decision in (Decision.NEW, Decision.REPLAY):
+                    accepted[record.event_type] += 1
+                    onward[message.partition].append(record)
+                    site, occurred = _site_and_time(record.event)
+                    per_site[site] += 1
+                    if occurred > newest.get(site, 0.0):
+                        newest[site] = occurred
+                elif decision is Decision.DUPLICATE:
+                    duplicates[record.event_type] += 1
+                else:
+                    assert prior is not None  # noqa: S101  # a conflict has a prior by definition
+                    first = (prior.topic, prior.partition, prior.offset)
+                    conflicts.append(conflict_message(record, first, now))
+        await send(
+            conflicts,
+            [*table_writes, *_packed(names[Topic.ACCEPTED], onward, pack_accepted)],
+        )
         for event_type, count in accepted.items():
             metrics.events_accepted.labels(type=event_type).inc(count)
         for event_type, count in duplicates.items():
             metrics.events_duplicate.labels(type=event_type).inc(count)
         if conflicts:
-            metrics.events_rejected.labels(reason="conflicting_duplicate").inc(conflicts)
+            metrics.events_rejected.labels(reason="conflicting_duplicate").inc(len(conflicts))
         wall = time.time()
         for (node_id, site_id), count in per_site.items():
             metrics.site_events_accepted.labels(node_id=node_id, site_id=site_id).inc(count)
@@ -255,7 +270,28 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
     return app
 
 
-def _site_and_time(canonical: bytes) -> tuple[tuple[str, str], float]:
+def _packed(
+    topic: str,
+    by_partition: dict[int, list[ValidatedRecord]],
+    pack: Callable[[Sequence[ValidatedRecord]], bytes],
+) -> list[Outgoing]:
+    """Packed messages for ``topic``: each partition's records, in order, in bounded chunks."""
+    messages: list[Outgoing] = []
+    for partition, records in by_partition.items():
+        chunk: list[ValidatedRecord] = []
+        size = 0
+        for record in records:
+            chunk.append(record)
+            size += len(record.event) + len(record.original) + PACK_OVERHEAD_BYTES
+            if size >= PACK_MAX_BYTES:
+                messages.append((topic, partition, None, pack(chunk), packed_headers()))
+                chunk, size = [], 0
+        if chunk:
+            messages.append((topic, partition, None, pack(chunk), packed_headers()))
+    return messages
+
+
+def _site_and_time(canonical: str) -> tuple[tuple[str, str], float]:
     """(node_id, site_id) and occurred_at (unix seconds) of an accepted event's canonical JSON."""
     event = orjson.loads(canonical)
     return (event["node_id"], event["site_id"]), datetime.fromisoformat(

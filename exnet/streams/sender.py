@@ -12,6 +12,7 @@ flushes before it commits the input offsets.
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -38,6 +39,15 @@ class BatchSender:
             self._partitions[topic] = count
         return count
 
+    async def partition_for(self, topic: str, key: str) -> int:
+        """A stable partition of ``topic`` for ``key``, for topics only exnet reads and writes.
+
+        CRC-32 (in C) rather than Kafka's murmur2 (pure Python in the clients):
+        what matters is that every worker maps a key to the same partition.
+        """
+        count = await self._partition_count(topic)
+        return zlib.crc32(key.encode()) % count
+
     async def send_all(self, messages: Iterable[Outgoing]) -> None:
         """Hand every message to the producer (returns once enqueued, not delivered)."""
         groups: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
@@ -55,5 +65,9 @@ class BatchSender:
                 if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                     await producer.send_batch(batch, topic, partition=partition)
                     batch = producer.create_batch()
-                    batch.append(timestamp=None, key=key, value=value, headers=headers)
+                    if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                        raise ValueError(
+                            f"a {len(value)}-byte message for {topic} exceeds the producer's "
+                            "batch size"
+                        )
             await producer.send_batch(batch, topic, partition=partition)

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import orjson
 
 from exnet.contracts import headers as H
-from exnet.sinks.rows import FACT_COLUMNS, REJECTED_COLUMNS, Source, fact_row, rejected_row
+from exnet.contracts.validation import Origin
+from exnet.sinks.rows import FACT_COLUMNS, REJECTED_COLUMNS, fact_row, rejected_row
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -33,7 +34,7 @@ def test_assay_row_adds_the_canonical_value_and_lineage() -> None:
     row = dict(
         zip(
             FACT_COLUMNS["assay"],
-            fact_row("assay", orjson.dumps(event), Source("t", 1, 9), NOW),
+            fact_row("assay", event, Origin("t", 1, 9), NOW),
             strict=True,
         )
     )

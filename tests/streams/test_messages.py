@@ -13,10 +13,13 @@ from exnet.contracts.topics import Topic
 from exnet.contracts.validation import Accepted, Origin, Rejected, Validator
 from exnet.settings import DEMO_REGISTRY
 from exnet.streams.messages import (
-    accepted_message,
     conflict_message,
     deadletter_message,
-    validated_message,
+    pack_accepted,
+    pack_validated,
+    unpack_accepted,
+    unpack_validated,
+    validated_record,
 )
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -42,21 +45,26 @@ def _accepted() -> tuple[Accepted, bytes]:
     return outcome, raw
 
 
-def test_validated_message_is_keyed_by_the_normalised_event_id_and_carries_its_origin() -> None:
+def test_validated_records_carry_the_normalised_event_its_origin_and_the_original() -> None:
     accepted, raw = _accepted()
-    message = validated_message(accepted, raw, 1_700_000_000_000)
-    headers = dict(message.headers)
-    assert message.topic is Topic.VALIDATED
-    assert message.key == b"a6e2f0c4-1111-4222-8333-444455556666"
-    assert orjson.loads(message.value)["occurred_at"] == "2026-05-01T08:00:00Z"
-    assert headers[H.SOURCE_TOPIC] == b"exnet.assessment"
-    assert (headers[H.SOURCE_PARTITION], headers[H.SOURCE_OFFSET]) == (b"3", b"77")
-    assert headers[H.ORIGINAL] == raw and headers[H.EVENT_TYPE] == b"assessment"
-    assert headers[H.FINGERPRINT] == accepted.fingerprint().encode()
-    forwarded = accepted_message(message.key or b"", message.value, headers)
-    assert forwarded.topic is Topic.ACCEPTED
-    assert H.ORIGINAL not in dict(forwarded.headers)  # the sink does not need the bytes
-    assert dict(forwarded.headers)[H.SOURCE_TIMESTAMP] == b"1700000000000"
+    record = validated_record(accepted, raw, 1_700_000_000_000)
+    assert record.event_id == "a6e2f0c4-1111-4222-8333-444455556666"
+    assert orjson.loads(record.event)["occurred_at"] == "2026-05-01T08:00:00Z"
+    assert record.source == Origin("exnet.assessment", 3, 77)
+    assert record.original == raw.decode() and record.event_type == "assessment"
+    assert record.fingerprint == accepted.fingerprint()
+    # packed for the internal hop and unpacked unchanged, in order
+    other = validated_record(accepted, raw.replace(b"12", b"12 "), None)
+    assert unpack_validated(pack_validated([record, other])) == [record, other]
+
+
+def test_accepted_records_reach_the_sink_as_parsed_events_with_their_origin() -> None:
+    accepted, raw = _accepted()
+    record = validated_record(accepted, raw, 1_700_000_000_000)
+    (onward,) = unpack_accepted(pack_accepted([record]))
+    assert onward.event == orjson.loads(record.event)
+    assert onward.source == record.source and onward.timestamp_ms == 1_700_000_000_000
+    assert onward.event_type == "assessment"
 
 
 def test_deadletter_message_has_the_spec_headers_and_original_bytes() -> None:
@@ -76,16 +84,11 @@ def test_deadletter_message_has_the_spec_headers_and_original_bytes() -> None:
 
 def test_conflict_message_points_at_the_first_accepted_copy() -> None:
     accepted, raw = _accepted()
-    validated = validated_message(accepted, raw, None)
-    message = conflict_message(
-        validated.key or b"",
-        validated.value,
-        dict(validated.headers),
-        ("exnet.assessment", 0, 1),
-        NOW,
-    )
+    record = validated_record(accepted, raw, None)
+    message = conflict_message(record, ("exnet.assessment", 0, 1), NOW)
     headers = dict(message.headers)
     detail = json.loads(headers[H.DETAIL])
     assert message.value == raw and message.key == b"P-0123456789"
     assert detail["reason"] == "conflicting_duplicate"
     assert "partition 0 offset 1" in detail["errors"][0]["message"]
+    assert headers[H.SOURCE_OFFSET] == b"77"  # the conflicting message's own origin
