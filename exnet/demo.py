@@ -25,7 +25,7 @@ from exnet.sinks.query import run_query
 DEMO_PARTICIPANTS = 600
 DEMO_SEED = 2026
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 def _exnet(*args: str) -> None:
@@ -41,19 +41,30 @@ def _rows(settings: Settings, sql: str) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,.0f}"
+
+
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(
-            column,
-            justify="left"
-            if column.endswith(("_id", "name", "scope", "modality", "adjunct"))
-            else "right",
-        )
+        text = column in ("node_id", "node_name", "scope", "modality", "adjunct", "reason")
+        table.add_column(column, justify="left" if text else "right", no_wrap=True)
     for row in rows:
-        table.add_row(
-            *(f"{row[c]:,.0f}" if isinstance(row[c], float) else f"{row[c]}" for c in columns)
-        )
+        table.add_row(*(_cell(row[c]) for c in columns))
+    return table
+
+
+def _transposed(title: str, rows: list[dict[str, Any]], key: str, columns: list[str]) -> Table:
+    """One column per row (e.g. per node), one line per figure: fits a terminal."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    for row in rows:
+        table.add_column(str(row[key]), justify="right", no_wrap=True)
+    for column in columns:
+        table.add_row(column, *(_cell(row[column]) for row in rows))
     return table
 
 
@@ -94,11 +105,10 @@ def main() -> None:
         "assays",
         "assessments",
     ]
-    (network,) = _rows(settings, "SELECT * FROM network_summary")
-    console.print(_table("network_summary", [network], summary[:7]))
-    console.print(_table("", [network], summary[7:]))
+    (network,) = _rows(settings, "SELECT *, 'network' AS scope FROM network_summary")
     nodes = _rows(settings, "SELECT * FROM node_summary ORDER BY node_id")
-    console.print(_table("node_summary", nodes, ["node_id", *summary[:9]]))
+    columns = [*({**node, "scope": node["node_id"]} for node in nodes), network]
+    console.print(_transposed("node_summary and network_summary", columns, "scope", summary))
     arms = _rows(
         settings, "SELECT * FROM arm_summary WHERE scope = 'network' ORDER BY modality, adjunct"
     )

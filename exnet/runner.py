@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from types import FrameType
+from typing import Any, cast
 
 from exnet.admin import ensure_topics
 from exnet.contracts.registry import load_registry
@@ -89,6 +90,8 @@ class _SinkRole(threading.Thread):
         self._sink: SinkConsumer | None = None
         self.error: BaseException | None = None
         self.writing = threading.Event()
+        #: True while another process holds the embedded database and this one waits.
+        self.standing_by = False
 
     def stop(self) -> None:
         self._halt.set()
@@ -115,8 +118,13 @@ class _SinkRole(threading.Thread):
             except DatabaseLocked:
                 if not self._standby:
                     raise
-                log.info("the embedded database is held by another exnet; standing by as writer")
+                if not self.standing_by:
+                    log.info(
+                        "the embedded database is held by another exnet; standing by as writer"
+                    )
+                self.standing_by = True
                 self._halt.wait(STANDBY_RETRY_S)
+        self.standing_by = False
         endpoint: QueryEndpoint | None = None
         read_client = None
         try:
@@ -207,8 +215,15 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
         sink_role = _SinkRole(settings, metrics, standby=standby, on_error=stop.request)
     runs_streams = role in (Role.AUTO, Role.STREAM)
 
+    consuming = threading.Event()  # the stream workers hold partitions
+
     def ready() -> bool:
-        return runs_streams or (sink_role is not None and sink_role.writing.is_set())
+        """Consuming (stream role) and writing or standing by (sink role)."""
+        streams_ok = not runs_streams or consuming.is_set()
+        sink_ok = sink_role is None or sink_role.writing.is_set() or sink_role.standing_by
+        return streams_ok and sink_ok and not stop.event.is_set()
+
+    metrics.ready.set_function(lambda: 1.0 if ready() else 0.0)  # evaluated at each scrape
 
     ops = OpsServer(settings.metrics_host, settings.metrics_port, metrics, ready)
     ops.start()
@@ -223,18 +238,16 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
     if sink_role is not None:
         sink_role.start()
     monitor.start()
-    metrics.ready.set(1)
 
     stream_failed = False
     try:
         if runs_streams:
             metrics.role.labels(role="stream").set(1)
-            stream_failed = not _run_streams(settings, metrics, stop)
+            stream_failed = not _run_streams(settings, metrics, stop, consuming)
         else:
             while not stop.event.wait(1.0):
                 pass
     finally:
-        metrics.ready.set(0)
         monitor.stop()
         if progress is not None:
             progress.close()
@@ -247,7 +260,9 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
     return 1 if stream_failed else 0
 
 
-def _run_streams(settings: Settings, metrics: Metrics, stop: _StopFlag) -> bool:
+def _run_streams(
+    settings: Settings, metrics: Metrics, stop: _StopFlag, consuming: threading.Event
+) -> bool:
     """Run the Faust worker in this (main) thread until it stops; True if it stopped cleanly."""
     import faust
 
@@ -264,6 +279,11 @@ def _run_streams(settings: Settings, metrics: Metrics, stop: _StopFlag) -> bool:
             os.kill(os.getpid(), signal.SIGTERM)
 
     app.timer(STOP_CHECK_S, name="exnet-stop")(forward_stop)
+
+    def assigned(*args: Any, **kwargs: Any) -> None:
+        consuming.set()
+
+    cast(Any, app.on_partitions_assigned).connect(assigned)  # mode's signal typing is narrow
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     worker = faust.Worker(
