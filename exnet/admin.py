@@ -10,7 +10,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from exnet.contracts.topics import Topic, topic_name
+from exnet.contracts.catalog import TOPICS
+from exnet.contracts.topics import topic_name
 from exnet.errors import UserError
 from exnet.settings import Settings
 from exnet.streams.app import changelog_topic
@@ -19,29 +20,10 @@ __all__ = ["admin_client", "ensure_topics", "topic_configs"]
 
 log = logging.getLogger(__name__)
 
-_DAY_MS = 24 * 3600 * 1000
-
-#: Per-topic configuration (what the topic catalog exports to operators).
-_CONFIGS: dict[Topic, dict[str, str]] = {
-    # Sites' events: kept a month for replays; ClickHouse is the system of record.
-    Topic.ENROLLMENT: {"retention.ms": str(30 * _DAY_MS), "max.message.bytes": str(1024 * 1024)},
-    Topic.SESSION: {"retention.ms": str(30 * _DAY_MS), "max.message.bytes": str(1024 * 1024)},
-    Topic.ASSAY: {"retention.ms": str(30 * _DAY_MS), "max.message.bytes": str(1024 * 1024)},
-    Topic.ASSESSMENT: {"retention.ms": str(30 * _DAY_MS), "max.message.bytes": str(1024 * 1024)},
-    # Rejections: kept long enough for sites to fix and resend.
-    Topic.DEADLETTER: {
-        "retention.ms": str(90 * _DAY_MS),
-        "max.message.bytes": str(2 * 1024 * 1024),
-    },
-    # Internal hops: a week covers any outage of the downstream stage.
-    Topic.VALIDATED: {"retention.ms": str(7 * _DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)},
-    Topic.ACCEPTED: {"retention.ms": str(7 * _DAY_MS), "max.message.bytes": str(1024 * 1024)},
-}
-
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """Every topic exnet needs (physical name -> config), the dedup changelog included."""
-    configs = {topic_name(t, settings.topic_prefix): dict(c) for t, c in _CONFIGS.items()}
+    configs = {topic_name(spec.topic, settings.topic_prefix): dict(spec.config) for spec in TOPICS}
     configs[changelog_topic(settings)] = {"cleanup.policy": "compact"}
     return configs
 

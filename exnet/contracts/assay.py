@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Self
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
 from exnet.contracts.envelope import EventBase, cross_field_error
 from exnet.contracts.units import ANALYTE_UNITS, Analyte, Unit, to_canonical
@@ -14,18 +15,33 @@ __all__ = ["AssayV1"]
 SpecimenType = Literal["serum", "plasma", "whole_blood", "saliva", "urine", "pbmc", "muscle"]
 Timepoint = Literal["baseline", "acute_pre", "acute_post", "mid", "post", "follow_up"]
 
+#: The unit rule for JSON Schema readers, from the same table as ``rule_problems``.
+_JSON_SCHEMA_RULES: Final[dict[str, Any]] = {
+    "allOf": [
+        {
+            "if": {"properties": {"analyte": {"const": analyte}}, "required": ["analyte"]},
+            "then": {"properties": {"unit": {"enum": list(units)}}},
+        }
+        for analyte, units in ANALYTE_UNITS.items()
+    ]
+}
+
 
 class AssayV1(EventBase):
     """A lab measured one analyte in one specimen."""
 
+    model_config = ConfigDict(json_schema_extra=_JSON_SCHEMA_RULES)
+
     EVENT_TYPE: ClassVar[str] = "assay"
     SCHEMA: ClassVar[str] = "assay/1"
+    RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"analyte", "unit"})
 
     schema_: Literal["assay/1"] = Field(alias="schema")
     specimen_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{4,64}$")]
     specimen_type: SpecimenType
     timepoint: Timepoint
     analyte: Analyte
+    #: In ``unit``; finite (the model forbids infinities and NaN).
     value: Annotated[float, Field(ge=0)]
     unit: Unit
     lab_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{2,32}$")]
@@ -33,13 +49,21 @@ class AssayV1(EventBase):
     batch_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
     below_lloq: bool = False
 
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+        analyte = values["analyte"]
+        allowed = ANALYTE_UNITS[analyte]
+        unit = values["unit"]
+        if unit not in allowed:
+            takes = " or ".join(map(repr, allowed))
+            return [("unit", f"{analyte} takes {takes}, not {unit!r}")]
+        return []
+
     @model_validator(mode="after")
-    def _unit_fits_analyte(self) -> Self:
-        allowed = ANALYTE_UNITS[self.analyte]
-        if self.unit not in allowed:
-            raise cross_field_error(
-                [("unit", f"{self.analyte} takes {' or '.join(map(repr, allowed))}")]
-            )
+    def _rules(self) -> Self:
+        fields = self.__dict__
+        if fields["unit"] not in ANALYTE_UNITS[fields["analyte"]]:
+            raise cross_field_error(self.rule_problems(fields))
         return self
 
     def canonical(self) -> tuple[float, str]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from exnet.contracts.envelope import EventBase, cross_field_error
 
@@ -21,12 +22,35 @@ WithdrawalReason = Literal[
     "adverse_event", "lost_to_follow_up", "participant_choice", "investigator_decision", "other"
 ]
 
+#: The status that needs a ``modality`` (and the only one that may carry one).
+_RANDOMIZED: Final = "randomized"
+#: The only status that may carry a withdrawal ``reason``.
+_WITHDRAWN: Final = "withdrawn"
+
+#: The cross-field rules for JSON Schema readers (the same rules as ``rule_problems``).
+_JSON_SCHEMA_RULES: Final[dict[str, Any]] = {
+    "allOf": [
+        {
+            "if": {"properties": {"status": {"const": _RANDOMIZED}}, "required": ["status"]},
+            "then": {"required": ["modality"], "properties": {"modality": {"type": "string"}}},
+            "else": {"properties": {"modality": {"type": "null"}}},
+        },
+        {
+            "if": {"properties": {"status": {"not": {"const": _WITHDRAWN}}}},
+            "then": {"properties": {"reason": {"type": "null"}}},
+        },
+    ]
+}
+
 
 class EnrollmentV1(EventBase):
     """A participant was screened, consented, randomized, withdrew or completed."""
 
+    model_config = ConfigDict(json_schema_extra=_JSON_SCHEMA_RULES)
+
     EVENT_TYPE: ClassVar[str] = "enrollment"
     SCHEMA: ClassVar[str] = "enrollment/1"
+    RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"status", "modality", "reason"})
 
     schema_: Literal["enrollment/1"] = Field(alias="schema")
     status: EnrollmentStatus
@@ -38,15 +62,27 @@ class EnrollmentV1(EventBase):
     #: Why the participant withdrew; only with ``status`` ``withdrawn``.
     reason: WithdrawalReason | None = None
 
-    @model_validator(mode="after")
-    def _status_rules(self) -> Self:
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
-        if self.status == "randomized" and self.modality is None:
-            problems.append(("modality", "required when status is 'randomized'"))
-        if self.status != "randomized" and self.modality is not None:
-            problems.append(("modality", "must be null or absent unless status is 'randomized'"))
-        if self.status != "withdrawn" and self.reason is not None:
-            problems.append(("reason", "must be null or absent unless status is 'withdrawn'"))
-        if problems:
-            raise cross_field_error(problems)
+        status = values["status"]
+        if status == _RANDOMIZED:
+            if values.get("modality") is None:
+                problems.append(("modality", f"required when status is {_RANDOMIZED!r}"))
+        elif values.get("modality") is not None:
+            problems.append(
+                ("modality", f"must be null or absent unless status is {_RANDOMIZED!r}")
+            )
+        if status != _WITHDRAWN and values.get("reason") is not None:
+            problems.append(("reason", f"must be null or absent unless status is {_WITHDRAWN!r}"))
+        return problems
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        fields = self.__dict__
+        status = fields["status"]
+        if (status == _RANDOMIZED) is (fields["modality"] is None) or (
+            status != _WITHDRAWN and fields["reason"] is not None
+        ):
+            raise cross_field_error(self.rule_problems(fields))
         return self

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from exnet.contracts.envelope import NodeId, SiteId
 from exnet.errors import ConfigError
@@ -38,16 +41,20 @@ class _RegistryFile(BaseModel):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> _RegistryFile:
-        seen_nodes: set[str] = set()
-        seen_sites: set[str] = set()
-        for node in self.nodes:
-            if node.id in seen_nodes:
-                raise ValueError(f"node {node.id!r} is listed twice")
-            seen_nodes.add(node.id)
-            for site in node.sites:
-                if site.id in seen_sites:
-                    raise ValueError(f"site {site.id!r} is listed twice")
-                seen_sites.add(site.id)
+        first_seen: dict[str, str] = {}  # id -> where it first appears
+        problems: list[str] = []
+        for n, node in enumerate(self.nodes):
+            places = [(node.id, f"nodes.{n}.id")]
+            places += [(site.id, f"nodes.{n}.sites.{m}.id") for m, site in enumerate(node.sites)]
+            for identity, place in places:
+                if identity in first_seen:
+                    problems.append(
+                        f"{place}: {identity!r} is listed twice (first at {first_seen[identity]})"
+                    )
+                else:
+                    first_seen[identity] = place
+        if problems:
+            raise PydanticCustomError("duplicate_id", "; ".join(problems))
         return self
 
 
@@ -60,6 +67,11 @@ class NetworkRegistry:
         self.nodes = nodes
         self._node_ids = frozenset(node.id for node in nodes)
         self._node_of_site = {site.id: node.id for node in nodes for site in node.sites}
+
+    @property
+    def node_of_site(self) -> Mapping[str, str]:
+        """site_id -> the node_id it is registered under (read-only)."""
+        return MappingProxyType(self._node_of_site)
 
     def site_problem(self, node_id: str, site_id: str) -> tuple[str, str] | None:
         """None when ``site_id`` is registered under ``node_id``, else (field path, message)."""
@@ -88,11 +100,17 @@ def load_registry(path: Path) -> NetworkRegistry:
         raise ConfigError(f"cannot read the network registry {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"the network registry {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        found = "nothing" if raw is None else f"a YAML {type(raw).__name__}"
+        raise ConfigError(
+            f"the network registry {path} is invalid: it must be a mapping with a "
+            f"'nodes' list (SPEC §3), not {found}"
+        )
     try:
         parsed = _RegistryFile.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
             for err in exc.errors()
         )
         raise ConfigError(f"the network registry {path} is invalid: {problems}") from None

@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Self
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from exnet.contracts.envelope import EventBase, cross_field_error
 
 __all__ = ["SessionV1"]
 
+#: The status that needs a ``duration_min``.
+_ATTENDED: Final = "attended"
+
+#: The cross-field rule for JSON Schema readers (the same rule as ``rule_problems``).
+_JSON_SCHEMA_RULES: Final[dict[str, Any]] = {
+    "allOf": [
+        {
+            "if": {"properties": {"status": {"const": _ATTENDED}}, "required": ["status"]},
+            "then": {
+                "required": ["duration_min"],
+                "properties": {"duration_min": {"type": "number"}},
+            },
+        }
+    ]
+}
+
 
 class SessionV1(EventBase):
     """A session was attended, missed or cancelled."""
 
+    model_config = ConfigDict(json_schema_extra=_JSON_SCHEMA_RULES)
+
     EVENT_TYPE: ClassVar[str] = "session"
     SCHEMA: ClassVar[str] = "session/1"
+    RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"status", "duration_min"})
 
     schema_: Literal["session/1"] = Field(alias="schema")
     session_number: Annotated[int, Field(ge=1, le=500)]
@@ -30,8 +50,15 @@ class SessionV1(EventBase):
     rpe: Annotated[int, Field(ge=6, le=20)] | None = None
     adverse_event: Literal["mild", "moderate", "severe", "serious"] | None = None
 
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+        if values["status"] == _ATTENDED and values.get("duration_min") is None:
+            return [("duration_min", f"required when status is {_ATTENDED!r}")]
+        return []
+
     @model_validator(mode="after")
-    def _attended_rules(self) -> Self:
-        if self.status == "attended" and self.duration_min is None:
-            raise cross_field_error([("duration_min", "required when status is 'attended'")])
+    def _rules(self) -> Self:
+        fields = self.__dict__
+        if fields["status"] == _ATTENDED and fields["duration_min"] is None:
+            raise cross_field_error(self.rule_problems(fields))
         return self

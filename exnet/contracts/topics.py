@@ -46,14 +46,24 @@ INPUT_TOPICS: tuple[Topic, ...] = (Topic.ENROLLMENT, Topic.SESSION, Topic.ASSAY,
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
-    """What the topic registry says of one topic (exported for sites and operators)."""
+    """What the topic registry says of one topic (exported for sites and operators).
+
+    The registry itself is :data:`exnet.contracts.catalog.TOPICS`.
+    """
 
     topic: Topic
+    #: Who writes the topic and answers for what is on it.
     owner: str
+    #: The ``schema`` values its messages carry, oldest first (empty: not exnet events).
     schemas: tuple[str, ...]
+    #: What the message key is.
     key: str
+    #: Recommended Kafka topic configuration (name, value).
     config: tuple[tuple[str, str], ...]
     description: str
+    #: How a new schema version may differ from the previous one: ``backward``
+    #: (consumers of the new version read every older one), or ``none``.
+    compatibility: str = "backward"
 
 
 def topic_name(topic: Topic, prefix: str) -> str:

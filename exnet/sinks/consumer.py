@@ -64,6 +64,9 @@ SINK_TABLES: dict[str, Sequence[str]] = {
 }
 #: Longest wait between ClickHouse retries, seconds.
 MAX_BACKOFF_S = 30.0
+#: Group session of the sink (ms): how long a dead sink holds its partitions.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_MS = 1_000
 #: How long one poll waits for messages, ms: bounds the reaction to a stop request.
 POLL_TIMEOUT_MS = 100
 
@@ -139,6 +142,10 @@ class SinkConsumer:
             max_poll_records=self._settings.sink_batch_rows,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
+            # A sink killed with -9 holds its partitions until its session expires;
+            # kafka-python's 45 s default also outlasts its own 30 s JoinGroup timeout.
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS,
         )
         self._consumer = consumer
         consumer.subscribe([self._accepted, self._deadletter], listener=_FlushOnRevoke(self))

@@ -1,0 +1,309 @@
+"""Validation throughput: ``Validator.validate_message`` against bare ``orjson.loads``.
+
+A realistic mix of the four event types (sessions dominate, as in the field),
+about 5% of them invalid in the ways sites get things wrong, generated in
+memory with a fixed seed. Each figure is the best of three timed passes over
+the whole load after one warm-up pass, measured with ``time.perf_counter`` in
+this one process (pinned to one core when the OS lets it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from exnet.contracts import Origin, Rejected, Validator, load_registry, topic_name
+from exnet.contracts.topics import INPUT_TOPICS, Topic
+from exnet.settings import DEMO_REGISTRY
+
+__all__ = ["generate_messages", "run"]
+
+#: The whole load (messages); ``--quick`` uses ``QUICK_MESSAGES``.
+FULL_MESSAGES = 200_000
+QUICK_MESSAGES = 20_000
+#: Share of invalid messages in the load.
+INVALID_RATIO = 0.05
+#: Timed passes per figure; the best one counts (the others absorb noise).
+REPEATS = 3
+#: Messages per ``validate_batch`` call: the stream workers' default batch (stream_batch_max).
+BATCH = 2_000
+#: The validator's throughput goal, events per second on one core.
+TARGET = 150_000
+#: The events' processing time, passed once per pass like a stream batch does.
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+_SITES = [
+    ("N01", "N01-S01"),
+    ("N01", "N01-S02"),
+    ("N01", "N01-S03"),
+    ("N02", "N02-S01"),
+    ("N02", "N02-S02"),
+    ("N03", "N03-S01"),
+    ("N03", "N03-S02"),
+    ("N03", "N03-S03"),
+]
+_ANALYTE_UNITS = {
+    "BDNF": ("ng/mL", "pg/mL"),
+    "cortisol": ("nmol/L", "ug/dL"),
+    "IL6": ("pg/mL", "ng/mL"),
+    "TNFA": ("pg/mL", "ng/mL"),
+    "CRP": ("mg/L", "ng/mL"),
+    "serotonin": ("ng/mL", "nmol/L"),
+    "norepinephrine": ("pg/mL", "nmol/L"),
+    "kynurenine": ("nmol/L", "ng/mL"),
+}
+_INSTRUMENT_MAX = {"PHQ9": 27, "HAMD17": 52, "MADRS": 60, "BDI2": 63}
+
+
+def _envelope(rng: random.Random, schema: str, participant: str) -> dict[str, Any]:
+    node, site = rng.choice(_SITES)
+    when = NOW - timedelta(seconds=rng.randint(0, 90 * 86_400))
+    offset = rng.choice(("Z", "+01:00", "-05:00", "+05:30"))
+    if offset == "Z":
+        stamp = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    else:
+        sign = 1 if offset[0] == "+" else -1
+        shift = timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6])) * sign
+        stamp = (when + shift).strftime("%Y-%m-%dT%H:%M:%S") + offset
+    return {
+        "schema": schema,
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "occurred_at": stamp,
+        "node_id": node,
+        "site_id": site,
+        "participant_id": participant,
+    }
+
+
+def _enrollment(rng: random.Random, participant: str) -> dict[str, Any]:
+    event = _envelope(rng, "enrollment/1", participant)
+    status = rng.choice(("screened", "consented", "randomized", "withdrawn", "completed"))
+    event["status"] = status
+    if status == "randomized":
+        event["modality"] = rng.choice(("aerobic", "resistance", "combined", "control"))
+        event["adjunct"] = rng.choice(
+            (
+                "none",
+                "psychotherapy",
+                "pharmacotherapy",
+                "nutrition_counseling",
+                "brain_stimulation",
+            )
+        )
+    if status == "screened":
+        event["age_band"] = rng.choice(("18-24", "25-34", "35-44", "45-54", "55-64", "65+"))
+        event["sex"] = rng.choice(("female", "male", "intersex", "unknown"))
+    if status == "withdrawn":
+        event["reason"] = rng.choice(
+            ("adverse_event", "lost_to_follow_up", "participant_choice", "other")
+        )
+    return event
+
+
+def _session(rng: random.Random, participant: str) -> dict[str, Any]:
+    event = _envelope(rng, "session/1", participant)
+    status = rng.choices(("attended", "missed", "cancelled"), weights=(8, 1, 1))[0]
+    event.update(
+        session_number=rng.randint(1, 72),
+        status=status,
+        modality=rng.choice(("aerobic", "resistance", "combined")),
+        supervised=rng.random() < 0.7,
+    )
+    if status == "attended":
+        event["duration_min"] = round(rng.uniform(20, 60), 1)
+        event["mean_hr_pct_max"] = round(rng.uniform(55, 85), 1)
+        event["rpe"] = rng.randint(9, 17)
+        if rng.random() < 0.03:
+            event["adverse_event"] = rng.choice(("mild", "moderate", "severe"))
+    return event
+
+
+def _assay(rng: random.Random, participant: str) -> dict[str, Any]:
+    event = _envelope(rng, "assay/1", participant)
+    analyte = rng.choice(list(_ANALYTE_UNITS))
+    event.update(
+        specimen_id=f"SP-{rng.getrandbits(40):010x}",
+        specimen_type=rng.choice(("serum", "plasma", "whole_blood", "saliva")),
+        timepoint=rng.choice(("baseline", "acute_pre", "acute_post", "mid", "post")),
+        analyte=analyte,
+        value=round(rng.lognormvariate(2, 1), 3),
+        unit=rng.choice(_ANALYTE_UNITS[analyte]),
+        lab_id=f"LAB-{rng.randint(1, 3)}",
+        batch_id=f"B{rng.randint(1, 400):04d}",
+        below_lloq=rng.random() < 0.02,
+    )
+    return event
+
+
+def _assessment(rng: random.Random, participant: str) -> dict[str, Any]:
+    event = _envelope(rng, "assessment/1", participant)
+    instrument = rng.choice(list(_INSTRUMENT_MAX))
+    event.update(
+        instrument=instrument,
+        score=rng.randint(0, _INSTRUMENT_MAX[instrument]),
+        week=rng.choice((0, 4, 8, 12, 26, 52)),
+    )
+    return event
+
+
+_MAKERS: dict[Topic, Callable[[random.Random, str], dict[str, Any]]] = {
+    Topic.ENROLLMENT: _enrollment,
+    Topic.SESSION: _session,
+    Topic.ASSAY: _assay,
+    Topic.ASSESSMENT: _assessment,
+}
+#: How often each type occurs (sessions dominate a trial's traffic).
+_WEIGHTS = {Topic.ENROLLMENT: 1, Topic.SESSION: 6, Topic.ASSAY: 2, Topic.ASSESSMENT: 1}
+
+
+def _spoil(rng: random.Random, event: dict[str, Any], key: bytes) -> tuple[bytes, bytes]:
+    """Break one message in one of the ways sites do; returns (value, key)."""
+    kind = rng.randrange(8)
+    if kind == 0:  # a field out of range or of the wrong type
+        event["participant_id"] = "Jane Doe"
+    elif kind == 1:
+        event["occurred_at"] = event["occurred_at"][:19]  # naive
+    elif kind == 2:
+        event["schema"] = event["schema"].replace("/1", "/2")
+    elif kind == 3:
+        event["notes"] = "free text"
+    elif kind == 4:
+        key = b"P-0000000000"
+    elif kind == 5:
+        event["site_id"] = "N09-S01"
+    elif kind == 6:
+        event["occurred_at"] = (NOW + timedelta(hours=1)).isoformat()
+    else:
+        return orjson.dumps(event)[:-7], key  # truncated JSON
+    return orjson.dumps(event), key
+
+
+def generate_messages(count: int, seed: int = 7) -> list[tuple[bytes, bytes, Origin]]:
+    """``count`` (value, key, origin) messages: a mix of types, ~5% invalid."""
+    rng = random.Random(seed)  # noqa: S311  # seeded test data, not secrets
+    participants = [f"P-{rng.getrandbits(64):016x}" for _ in range(max(count // 40, 10))]
+    topics = list(_WEIGHTS)
+    weights = list(_WEIGHTS.values())
+    origins = {topic: Origin(topic_name(topic, ""), 0, 0) for topic in INPUT_TOPICS}
+    messages: list[tuple[bytes, bytes, Origin]] = []
+    for _ in range(count):
+        topic = rng.choices(topics, weights)[0]
+        participant = rng.choice(participants)
+        event = _MAKERS[topic](rng, participant)
+        key = participant.encode()
+        if rng.random() < INVALID_RATIO:
+            value, key = _spoil(rng, event, key)
+        else:
+            value = orjson.dumps(event)
+        messages.append((value, key, origins[topic]))
+    return messages
+
+
+def _best_of(repeats: int, body: Callable[[], object]) -> float:
+    body()  # warm-up: caches, branch predictors, lazily built validators
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        body()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _pin_to_one_core() -> tuple[str, set[int] | None]:
+    """Pin this process to one core; returns a description and the cores to restore."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no sched_setaffinity here)", None
+    cores = os.sched_getaffinity(0)
+    core = max(cores)
+    os.sched_setaffinity(0, {core})
+    return f"pinned to core {core} of {len(cores)}", cores
+
+
+def _load_average() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} cores"
+
+
+def run(args: argparse.Namespace) -> None:
+    count = QUICK_MESSAGES if getattr(args, "quick", False) else FULL_MESSAGES
+    load = _load_average()
+    pinning, cores = _pin_to_one_core()
+    try:
+        _run(count, pinning, load)
+    finally:  # the benchmarks that follow in this process get the machine back
+        gc.unfreeze()
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
+
+
+def _run(count: int, pinning: str, load: str) -> None:
+    messages = generate_messages(count)
+    validator = Validator(load_registry(DEMO_REGISTRY))
+    values = [value for value, _, _ in messages]
+    chunks = [messages[i : i + BATCH] for i in range(0, count, BATCH)]
+    total_bytes = sum(map(len, values))
+    # A worker holds one batch, not the whole load: keep the load itself out of the
+    # cyclic collector's full passes, which would otherwise rescan it again and again.
+    gc.collect()
+    gc.freeze()
+
+    def parse_only() -> None:
+        loads, error = orjson.loads, orjson.JSONDecodeError
+        for value in values:
+            try:  # noqa: SIM105  # suppress() would add a context manager per message
+                loads(value)
+            except error:
+                pass
+
+    def validate_each() -> None:
+        check = validator.validate_message
+        for value, key, origin in messages:
+            check(value, key, origin, NOW)
+
+    def validate_batches() -> None:
+        check = validator.validate_batch
+        for chunk in chunks:
+            check(chunk, NOW)
+
+    outcomes = Counter(
+        outcome.reason.value if isinstance(outcome, Rejected) else "accepted"
+        for chunk in chunks
+        for outcome in validator.validate_batch(chunk, NOW)
+    )
+    parse_s = _best_of(REPEATS, parse_only)
+    each_s = _best_of(REPEATS, validate_each)
+    batch_s = _best_of(REPEATS, validate_batches)
+
+    print(
+        f"{count:,} messages of the four types, {total_bytes / count:.0f} bytes on average; "
+        f"{pinning}; best of {REPEATS} timed passes after a warm-up; "
+        "the input is gc-frozen (a worker holds one batch, not the whole load)"
+    )
+    print(f"load average before: {load} (other processes share the machine)")
+    print("outcomes: " + ", ".join(f"{name} {n:,}" for name, n in sorted(outcomes.items())))
+    rows = (
+        ("orjson.loads (baseline)", parse_s),
+        ("Validator.validate_message", each_s),
+        (f"Validator.validate_batch({BATCH:,})", batch_s),
+    )
+    print(f"{'':34} {'events/s':>12} {'us/event':>9} {'x orjson':>9}")
+    for name, seconds in rows:
+        print(
+            f"{name:34} {count / seconds:12,.0f} {seconds / count * 1e6:9.2f} "
+            f"{seconds / parse_s:9.1f}"
+        )
+    verdict = "meets" if count / min(each_s, batch_s) >= TARGET else "misses"
+    print(f"target {TARGET:,} events/s per core: {verdict}")

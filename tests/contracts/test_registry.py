@@ -1,0 +1,155 @@
+"""The network registry file (SPEC §3): the demo loads; every mistake is a clear ConfigError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exnet.contracts import NetworkRegistry, load_registry
+from exnet.errors import ConfigError, UserError
+from exnet.settings import DEMO_REGISTRY
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "registry.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_registry(path)
+    message = str(info.value)
+    assert str(path) in message, "the message names the file"
+    return message
+
+
+def test_demo_registry_loads() -> None:
+    registry = load_registry(DEMO_REGISTRY)
+    assert isinstance(registry, NetworkRegistry)
+    assert [node.id for node in registry.nodes] == ["N01", "N02", "N03"]
+    assert len(registry.sites()) == 8
+    assert all(site.id.startswith(node_id + "-") for node_id, site in registry.sites())
+    assert registry.site_problem("N01", "N01-S01") is None
+    assert registry.site_problem("N02", "N01-S01") == (
+        "site_id",
+        "site 'N01-S01' is registered under node 'N01', not 'N02'",
+    )
+    assert registry.site_problem("N09", "N01-S01") == ("node_id", "node 'N09' is not registered")
+    assert registry.site_problem("N01", "N01-S09") == (
+        "site_id",
+        "site 'N01-S09' is not registered",
+    )
+    assert registry.node_of_site["N03-S03"] == "N03"
+    with pytest.raises(TypeError):
+        registry.node_of_site["N09-S01"] = "N09"  # type: ignore[index]
+
+
+def test_the_spec_example_loads(tmp_path: Path) -> None:
+    registry = load_registry(
+        _write(
+            tmp_path,
+            "nodes:\n"
+            "  - id: N01\n"
+            "    name: Example Academic Medical Center\n"
+            "    sites:\n"
+            "      - {id: N01-S01, name: Downtown Clinic}\n",
+        )
+    )
+    assert [(node_id, site.id, site.name) for node_id, site in registry.sites()] == [
+        ("N01", "N01-S01", "Downtown Clinic")
+    ]
+
+
+def test_a_node_without_sites_is_allowed(tmp_path: Path) -> None:
+    registry = load_registry(_write(tmp_path, "nodes:\n  - {id: N01, name: A}\n"))
+    assert registry.sites() == []
+    assert registry.site_problem("N01", "N01-S01") == (
+        "site_id",
+        "site 'N01-S01' is not registered",
+    )
+
+
+def test_bad_yaml(tmp_path: Path) -> None:
+    message = _error(tmp_path, "nodes:\n  - id: N01\n    sites: [{id: N01-S01, name: x}\n")
+    assert "is not valid YAML" in message
+    assert "line" in message
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    message = _error(
+        tmp_path,
+        "nodes:\n  - id: N01\n    name: A\n    sites:\n"
+        "      - {id: N01-S01, name: x, colour: red}\n",
+    )
+    assert message.endswith("is invalid: nodes.0.sites.0.colour: Extra inputs are not permitted")
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    message = _error(tmp_path, "nodez: []\n")
+    assert "nodes: Field required" in message
+    assert "nodez: Extra inputs are not permitted" in message
+
+
+def test_duplicate_node(tmp_path: Path) -> None:
+    message = _error(tmp_path, "nodes:\n  - {id: N01, name: A}\n  - {id: N01, name: B}\n")
+    assert message.endswith("is invalid: nodes.1.id: 'N01' is listed twice (first at nodes.0.id)")
+
+
+def test_duplicate_site_across_nodes(tmp_path: Path) -> None:
+    message = _error(
+        tmp_path,
+        "nodes:\n"
+        "  - {id: N01, name: A, sites: [{id: N01-S01, name: x}]}\n"
+        "  - {id: N02, name: B, sites: [{id: N02-S01, name: y}, {id: N01-S01, name: z}]}\n",
+    )
+    assert message.endswith(
+        "nodes.1.sites.1.id: 'N01-S01' is listed twice (first at nodes.0.sites.0.id)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "pattern"),
+    [
+        ("nodes:\n  - {id: n01, name: A}\n", "nodes.0.id", "^[A-Z][A-Z0-9]{1,15}$"),
+        ("nodes:\n  - {id: N, name: A}\n", "nodes.0.id", "^[A-Z][A-Z0-9]{1,15}$"),
+        (
+            "nodes:\n  - {id: N01, name: A, sites: [{id: N01_S01, name: x}]}\n",
+            "nodes.0.sites.0.id",
+            "^[A-Z][A-Z0-9]{1,15}-[A-Z0-9]{1,15}$",
+        ),
+    ],
+)
+def test_bad_id_pattern(tmp_path: Path, text: str, path: str, pattern: str) -> None:
+    message = _error(tmp_path, text)
+    assert f"{path}: String should match pattern '{pattern}'" in message
+
+
+def test_id_that_yaml_reads_as_a_number(tmp_path: Path) -> None:
+    message = _error(tmp_path, "nodes:\n  - {id: 12, name: A}\n")
+    assert "nodes.0.id: Input should be a valid string" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "found"), [("", "nothing"), ("- 1\n", "a YAML list"), ("just text\n", "a YAML str")]
+)
+def test_not_a_mapping(tmp_path: Path, text: str, found: str) -> None:
+    message = _error(tmp_path, text)
+    assert message.endswith(
+        f"is invalid: it must be a mapping with a 'nodes' list (SPEC §3), not {found}"
+    )
+
+
+def test_missing_name(tmp_path: Path) -> None:
+    assert "nodes.0.name: Field required" in _error(tmp_path, "nodes:\n  - {id: N01}\n")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the network registry .*: No such file"):
+        load_registry(tmp_path / "nowhere.yaml")
+
+
+def test_config_error_is_a_user_error() -> None:
+    assert issubclass(ConfigError, UserError)  # the CLI prints it without a traceback
