@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,6 +94,24 @@ class PipelineProgress:
         )
 
 
+#: Seconds between "draining: ..." log lines that say what is left.
+DRAIN_REPORT_S = 10.0
+
+
+def _describe(rows: list[PartitionLag]) -> str:
+    """What is left, per group and topic, with the partitions that lag."""
+    left: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        if row.lag:
+            left.setdefault((row.group, row.topic), []).append(f"{row.partition}:{row.lag}")
+    if not left:
+        return "nothing left to consume; waiting for a second confirmation"
+    return "; ".join(
+        f"{group} on {topic} lags (partition:messages) {' '.join(parts)}"
+        for (group, topic), parts in left.items()
+    )
+
+
 class LagMonitor(threading.Thread):
     """Updates the lag gauge every ``interval`` seconds (and tells ``on_lag`` the total);
     with ``on_drained``, calls it once the pipeline was seen drained twice in a row."""
@@ -119,6 +138,7 @@ class LagMonitor(threading.Thread):
     def run(self) -> None:
         progress: PipelineProgress | None = None
         drained_in_a_row = 0
+        last_report = time.monotonic()
         while not self._halt.wait(self._interval):
             try:
                 if progress is None:
@@ -131,6 +151,10 @@ class LagMonitor(threading.Thread):
                 if self._on_lag is not None:
                     self._on_lag(sum(row.lag for row in rows))
                 if self._on_drained is not None:
+                    now = time.monotonic()
+                    if now - last_report >= DRAIN_REPORT_S:
+                        last_report = now
+                        log.info("draining: %s", _describe(rows))
                     drained_in_a_row = drained_in_a_row + 1 if progress.drained() else 0
                     if drained_in_a_row >= 2:
                         log.info("every input topic is consumed to its end and written")

@@ -135,6 +135,7 @@ class Pipeline:
             raise AssertionError(
                 f"`exnet up --drain` did not finish in {timeout} s:\n{log[-8000:]}"
             ) from None
+        (self.settings.var_dir / "drain.log").write_text(done.stderr)  # kept for post-mortems
         assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-5000:]}"
         return done.stderr
 

@@ -104,7 +104,9 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
         kills += 1
     feeder.join()
     assert kills == 4
-    pipeline.drain(timeout=300)
+    # Usually ~15 s; after a kill Faust sometimes resumes a partition at ~1 message/s
+    # (see the drain log's "draining:" lines), so the bound is generous. Exactness holds.
+    pipeline.drain(timeout=900)
     _assert_exact(pipeline, accepted)
 
 
