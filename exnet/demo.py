@@ -20,6 +20,7 @@ from exnet.errors import UserError
 from exnet.producers import simulate
 from exnet.settings import Settings, load_settings
 from exnet.sinks.query import run_query
+from exnet.sinks.views import SUMMARY_COLUMNS
 
 #: A network of this size gives ~45k events and drains in about a minute here.
 DEMO_PARTICIPANTS = 600
@@ -90,21 +91,7 @@ def main() -> None:
     )
     _exnet("up", "--drain")
 
-    summary = [
-        "screened",
-        "consented",
-        "randomized",
-        "withdrawn",
-        "completed",
-        "sessions_attended",
-        "sessions_missed",
-        "sessions_cancelled",
-        "exercise_minutes",
-        "adverse_events",
-        "specimens",
-        "assays",
-        "assessments",
-    ]
+    summary = list(SUMMARY_COLUMNS)
     (network,) = _rows(settings, "SELECT *, 'network' AS scope FROM network_summary")
     nodes = _rows(settings, "SELECT * FROM node_summary ORDER BY node_id")
     columns = [*({**node, "scope": node["node_id"]} for node in nodes), network]

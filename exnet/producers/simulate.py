@@ -55,6 +55,7 @@ from exnet.contracts import (
 from exnet.errors import RecoverableError, UserError
 from exnet.producers.publisher import FLUSH_TIMEOUT_S, producer_config
 from exnet.settings import Settings
+from exnet.sinks.views import SUMMARY_COLUMNS
 
 __all__ = [
     "DEFAULT_INVALID_KINDS",
@@ -168,21 +169,7 @@ class SimulationConfig:
         return self.invalid_kinds
 
 
-_COUNT_FIELDS: Final = (
-    "screened",
-    "consented",
-    "randomized",
-    "withdrawn",
-    "completed",
-    "sessions_attended",
-    "sessions_missed",
-    "sessions_cancelled",
-    "exercise_minutes",
-    "adverse_events",
-    "specimens",
-    "assays",
-    "assessments",
-)
+_COUNT_FIELDS: Final = SUMMARY_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import pytest
 from exnet.contracts import headers as H
 from exnet.contracts.topics import Topic
 from exnet.contracts.validation import MAX_MESSAGE_BYTES
+from exnet.sinks.views import SUMMARY_COLUMNS
 from tests.pipeline import reference
 from tests.pipeline.events import EventMaker
 from tests.pipeline.harness import Pipeline
@@ -207,21 +208,7 @@ def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None
 
 
 def _check_views(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
-    summary_columns = (
-        "screened",
-        "consented",
-        "randomized",
-        "withdrawn",
-        "completed",
-        "sessions_attended",
-        "sessions_missed",
-        "sessions_cancelled",
-        "exercise_minutes",
-        "adverse_events",
-        "specimens",
-        "assays",
-        "assessments",
-    )
+    summary_columns = SUMMARY_COLUMNS
     nodes = {row["node_id"]: row for row in pipeline.rows("SELECT * FROM node_summary")}
     assert set(nodes) == set(NODES)
     expected_nodes = reference.node_summary(accepted, NODES)

@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaAdminClient
 
 from exnet.monitor import PipelineProgress
+from exnet.sinks.views import ARM_COLUMNS, SUMMARY_COLUMNS
 from exnet.streams.app import streams_group
 from tests.pipeline import reference
 from tests.pipeline.harness import Pipeline
@@ -23,22 +24,8 @@ from tests.pipeline.test_end_to_end import NODES
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
-SUMMARY = (
-    "screened",
-    "consented",
-    "randomized",
-    "withdrawn",
-    "completed",
-    "sessions_attended",
-    "sessions_missed",
-    "sessions_cancelled",
-    "exercise_minutes",
-    "adverse_events",
-    "specimens",
-    "assays",
-    "assessments",
-)
-ARM = ("randomized", "sessions_attended", "exercise_minutes", "responders", "remitters")
+SUMMARY = SUMMARY_COLUMNS
+ARM = ARM_COLUMNS
 
 
 def _publish_slowly(
