@@ -22,7 +22,15 @@ from typing import Any
 
 import orjson
 
-from exnet.contracts import Origin, Rejected, Validator, load_registry, topic_name
+from exnet.contracts import (
+    ANALYTE_UNITS,
+    INSTRUMENT_MAX,
+    Origin,
+    Rejected,
+    Validator,
+    load_registry,
+    topic_name,
+)
 from exnet.contracts.topics import INPUT_TOPICS, Topic
 from exnet.settings import DEMO_REGISTRY
 
@@ -52,17 +60,6 @@ _SITES = [
     ("N03", "N03-S02"),
     ("N03", "N03-S03"),
 ]
-_ANALYTE_UNITS = {
-    "BDNF": ("ng/mL", "pg/mL"),
-    "cortisol": ("nmol/L", "ug/dL"),
-    "IL6": ("pg/mL", "ng/mL"),
-    "TNFA": ("pg/mL", "ng/mL"),
-    "CRP": ("mg/L", "ng/mL"),
-    "serotonin": ("ng/mL", "nmol/L"),
-    "norepinephrine": ("pg/mL", "nmol/L"),
-    "kynurenine": ("nmol/L", "ng/mL"),
-}
-_INSTRUMENT_MAX = {"PHQ9": 27, "HAMD17": 52, "MADRS": 60, "BDI2": 63}
 
 
 def _envelope(rng: random.Random, schema: str, participant: str) -> dict[str, Any]:
@@ -130,14 +127,14 @@ def _session(rng: random.Random, participant: str) -> dict[str, Any]:
 
 def _assay(rng: random.Random, participant: str) -> dict[str, Any]:
     event = _envelope(rng, "assay/1", participant)
-    analyte = rng.choice(list(_ANALYTE_UNITS))
+    analyte = rng.choice(list(ANALYTE_UNITS))
     event.update(
         specimen_id=f"SP-{rng.getrandbits(40):010x}",
         specimen_type=rng.choice(("serum", "plasma", "whole_blood", "saliva")),
         timepoint=rng.choice(("baseline", "acute_pre", "acute_post", "mid", "post")),
         analyte=analyte,
         value=round(rng.lognormvariate(2, 1), 3),
-        unit=rng.choice(_ANALYTE_UNITS[analyte]),
+        unit=rng.choice(list(ANALYTE_UNITS[analyte])),
         lab_id=f"LAB-{rng.randint(1, 3)}",
         batch_id=f"B{rng.randint(1, 400):04d}",
         below_lloq=rng.random() < 0.02,
@@ -147,10 +144,10 @@ def _assay(rng: random.Random, participant: str) -> dict[str, Any]:
 
 def _assessment(rng: random.Random, participant: str) -> dict[str, Any]:
     event = _envelope(rng, "assessment/1", participant)
-    instrument = rng.choice(list(_INSTRUMENT_MAX))
+    instrument = rng.choice(list(INSTRUMENT_MAX))
     event.update(
         instrument=instrument,
-        score=rng.randint(0, _INSTRUMENT_MAX[instrument]),
+        score=rng.randint(0, INSTRUMENT_MAX[instrument]),
         week=rng.choice((0, 4, 8, 12, 26, 52)),
     )
     return event
