@@ -35,6 +35,7 @@ __all__ = [
     "deadletter_message",
     "pack_accepted",
     "pack_validated",
+    "packed_headers",
     "unpack_accepted",
     "unpack_validated",
     "validated_record",
