@@ -9,9 +9,16 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The compiled accepting path (native/) is a Rust extension: maturin builds it
+# with cargo, from crates.io, pinned by native/Cargo.lock.
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs native/exnet_native.pyi
+
+$(STAMP): pyproject.toml $(NATIVE_SOURCES)
+	@command -v cargo >/dev/null 2>&1 || { \
+	  echo "exnet's native validator needs Rust's cargo: install it with rustup (https://rustup.rs)" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet ./native
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

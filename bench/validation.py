@@ -1,5 +1,8 @@
 """Validation throughput: ``Validator.validate_message`` against bare ``orjson.loads``.
 
+Also the same validator with pydantic alone (``use_native=False``), so that
+the compiled accepting path's gain is measured in the same run.
+
 A realistic mix of the four event types (sessions dominate, as in the field),
 about 5% of them invalid in the ways sites get things wrong, generated in
 memory with a fixed seed, measured with ``time.perf_counter`` in this one
@@ -265,7 +268,11 @@ _Slice = list[tuple[bytes, bytes, Origin]]
 
 def _run(count: int, pinning: str, load: str) -> None:
     messages = generate_messages(count)
-    validator = Validator(load_registry(DEMO_REGISTRY))
+    registry = load_registry(DEMO_REGISTRY)
+    validator = Validator(registry)
+    # The same checks with pydantic alone (EXNET_NATIVE_VALIDATION=false): the
+    # compiled accepting path's gain, measured in the same run.
+    reference = Validator(registry, use_native=False)
     slices = [messages[i : i + SLICE] for i in range(0, count, SLICE)]
     chunks = [messages[i : i + BATCH] for i in range(0, count, BATCH)]
     total_bytes = sum(len(value) for value, _, _ in messages)
@@ -287,6 +294,11 @@ def _run(count: int, pinning: str, load: str) -> None:
         for value, key, origin in piece:
             check(value, key, origin, NOW)
 
+    def validate_each_pydantic(piece: _Slice) -> None:
+        check = reference.validate_message
+        for value, key, origin in piece:
+            check(value, key, origin, NOW)
+
     def validate_batches(piece: _Slice) -> None:
         check = validator.validate_batch
         for start in range(0, len(piece), BATCH):
@@ -300,6 +312,7 @@ def _run(count: int, pinning: str, load: str) -> None:
     parse_s = _timed(slices, parse_only)
     each_s = _timed(slices, validate_each)
     batch_s = _timed(slices, validate_batches)
+    pydantic_s = _timed(slices, validate_each_pydantic)
 
     print(
         f"{count:,} messages of the four types, {total_bytes / count:.0f} bytes on average; "
@@ -313,6 +326,7 @@ def _run(count: int, pinning: str, load: str) -> None:
         ("orjson.loads (baseline)", parse_s),
         ("Validator.validate_message", each_s),
         (f"Validator.validate_batch({BATCH:,})", batch_s),
+        ("validate_message, pydantic alone", pydantic_s),
     )
     print(f"{'':34} {'events/s':>12} {'us/event':>9} {'x orjson':>9}")
     for name, seconds in rows:

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     #: must not pour every event into the dead-letter topic). 1.0 disables it.
     dlq_max_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
     dlq_window: Annotated[int, Field(ge=10)] = 2_000
+    #: Validate through the compiled accepting path (``exnet_native``), with pydantic
+    #: for whatever it declines. ``false``: pydantic alone (same outcomes, slower).
+    native_validation: bool = True
 
     # --- sink --------------------------------------------------------------
     sink_batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000

@@ -20,6 +20,7 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 __all__ = [
     "CROSS_FIELD_ERROR",
     "EVENT_ID_PATTERN",
+    "NATIVE_KIND",
     "NODE_ID_PATTERN",
     "OCCURRED_AT_ERROR",
     "OCCURRED_AT_INVALID",
@@ -52,6 +53,9 @@ OCCURRED_AT_PATTERN: Final = (
     r"[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
     r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
 )
+#: The core-schema metadata key under which a schema tells the compiled accepting
+#: path (:mod:`exnet.contracts.native`) how to read a value it cannot infer.
+NATIVE_KIND: Final = "exnet_native"
 #: The error type of an ``occurred_at`` that is not in that form.
 OCCURRED_AT_ERROR: Final = "datetime_utc_offset"
 #: The error type of an ``occurred_at`` in that form that is no real time (February 30).
@@ -112,7 +116,11 @@ class _UtcTimestampSchema:
             ]
         )
         return core_schema.json_or_python_schema(
-            from_json, from_python, serialization=core_schema.simple_ser_schema("datetime")
+            from_json,
+            from_python,
+            serialization=core_schema.simple_ser_schema("datetime"),
+            # How the compiled accepting path (exnet.contracts.native) reads it from JSON.
+            metadata={NATIVE_KIND: {"kind": "utc_timestamp", "pattern": OCCURRED_AT_PATTERN}},
         )
 
     def __get_pydantic_json_schema__(

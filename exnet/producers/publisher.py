@@ -477,7 +477,9 @@ class Publisher:
         self._settings = settings
         if validator is None:
             registry = load_registry(settings.registry) if settings.registry is not None else None
-            validator = Validator(registry, settings.topic_prefix)
+            validator = Validator(
+                registry, settings.topic_prefix, use_native=settings.native_validation
+            )
         self._validator = validator
         self._spool = spool_of(settings)
         self._topics: dict[Topic, str] = {

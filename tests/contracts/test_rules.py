@@ -1019,7 +1019,7 @@ class SessionV2(SessionV1):
 
 def test_two_versions_on_one_topic() -> None:
     validator = new_validator()
-    two = _TopicContract(Topic.SESSION, (SessionV1, SessionV2))
+    two = _TopicContract(Topic.SESSION, (SessionV1, SessionV2), use_native=True)
     validator._contracts["exnet.session"] = two
     v1, v2 = event(S), event(S, schema="session/2", venue="home")
     assert type(accepted(send_to(validator, v1)).event) is SessionV1

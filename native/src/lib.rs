@@ -1,0 +1,540 @@
+//! exnet's compiled accepting path for the event contracts.
+//!
+//! A [`Model`] is built (in Python, by `exnet.contracts.native`) from a frozen
+//! pydantic model's core schema. Its `accept` reads a message's JSON bytes and
+//! returns the model instance that pydantic would have built, or `None` when
+//! it cannot vouch for the message; the caller then asks pydantic, which stays
+//! the reference for every rejection and every case this path declines.
+//!
+//! So this path may only ever *decline* too much, never accept too much: any
+//! doubt (an unknown or repeated key, a number out of i64, a value out of range,
+//! a date that does not exist, a parse error) returns `None`.
+
+use jiter::{Jiter, NumberAny, NumberInt, Peek};
+use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyDateTime, PyDict, PyFrozenSet, PySet, PyString, PyTuple, PyType, PyTzInfo};
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// How one field's JSON value is read.
+enum Kind {
+    Str {
+        pattern: Option<Regex>,
+        min_length: Option<usize>,
+        max_length: Option<usize>,
+        to_lower: bool,
+    },
+    /// One of these strings; the value is the schema's own object for it.
+    Literal(Vec<(String, Py<PyAny>)>),
+    Int {
+        ge: Option<i64>,
+        le: Option<i64>,
+    },
+    Float {
+        ge: Option<f64>,
+        le: Option<f64>,
+    },
+    Bool,
+    /// An ISO-8601 time with a UTC offset in `pattern`'s form, converted to UTC.
+    UtcTimestamp {
+        pattern: Regex,
+    },
+}
+
+struct Field {
+    /// The Python attribute name (key of `__dict__` and of `__pydantic_fields_set__`).
+    name: Py<PyString>,
+    /// The JSON key.
+    alias: String,
+    kind: Kind,
+    nullable: bool,
+    /// `None`: required.
+    default: Option<Py<PyAny>>,
+}
+
+/// The accepting path for one model.
+#[pyclass(module = "exnet_native", frozen)]
+struct Model {
+    cls: Py<PyType>,
+    fields: Vec<Field>,
+    /// The model's after-validators, applied in order to the new instance.
+    after: Vec<Py<PyAny>>,
+    /// Every field by name, in declaration order, with its default (None when
+    /// required): copied for each message, then the values read replace them.
+    template: Py<PyDict>,
+    /// The bits of the required fields.
+    required: u64,
+    /// Field names present -> `__pydantic_fields_set__`'s content (a few masks recur).
+    fields_sets: Mutex<HashMap<u64, Py<PyFrozenSet>>>,
+}
+
+/// A field's parsed value, or `None` to decline the message.
+type Parsed = Option<Py<PyAny>>;
+
+fn read_value(py: Python<'_>, field: &Field, jiter: &mut Jiter<'_>) -> Parsed {
+    let peek = jiter.peek().ok()?;
+    if peek == Peek::Null {
+        if !field.nullable {
+            return None;
+        }
+        jiter.known_null().ok()?;
+        return Some(py.None());
+    }
+    match &field.kind {
+        Kind::Str {
+            pattern,
+            min_length,
+            max_length,
+            to_lower,
+        } => {
+            if peek != Peek::String {
+                return None;
+            }
+            let text = jiter.known_str().ok()?;
+            if min_length.is_some() || max_length.is_some() {
+                let length = text.chars().count();
+                if min_length.is_some_and(|min| length < min)
+                    || max_length.is_some_and(|max| length > max)
+                {
+                    return None;
+                }
+            }
+            if pattern.as_ref().is_some_and(|p| !p.is_match(text)) {
+                return None;
+            }
+            if *to_lower {
+                Some(PyString::new(py, &text.to_lowercase()).into_any().unbind())
+            } else {
+                Some(PyString::new(py, text).into_any().unbind())
+            }
+        }
+        Kind::Literal(choices) => {
+            if peek != Peek::String {
+                return None;
+            }
+            let text = jiter.known_str().ok()?;
+            choices
+                .iter()
+                .find(|(choice, _)| choice == text)
+                .map(|(_, value)| value.clone_ref(py))
+        }
+        Kind::Int { ge, le } => {
+            if !peek.is_num() {
+                return None;
+            }
+            let NumberAny::Int(NumberInt::Int(value)) = jiter.known_number(peek).ok()? else {
+                return None;
+            };
+            if ge.is_some_and(|bound| value < bound) || le.is_some_and(|bound| value > bound) {
+                return None;
+            }
+            Some(value.into_pyobject(py).ok()?.into_any().unbind())
+        }
+        Kind::Float { ge, le } => {
+            if !peek.is_num() {
+                return None;
+            }
+            let value = match jiter.known_number(peek).ok()? {
+                NumberAny::Float(value) => value,
+                NumberAny::Int(NumberInt::Int(value)) => value as f64,
+                #[allow(unreachable_patterns)]
+                _ => return None,
+            };
+            if !value.is_finite()
+                || ge.is_some_and(|bound| value < bound)
+                || le.is_some_and(|bound| value > bound)
+            {
+                return None;
+            }
+            Some(value.into_pyobject(py).ok()?.into_any().unbind())
+        }
+        Kind::Bool => {
+            if peek != Peek::True && peek != Peek::False {
+                return None;
+            }
+            let value = jiter.known_bool(peek).ok()?;
+            Some(value.into_pyobject(py).ok()?.to_owned().into_any().unbind())
+        }
+        Kind::UtcTimestamp { pattern } => {
+            if peek != Peek::String {
+                return None;
+            }
+            let text = jiter.known_str().ok()?;
+            if !pattern.is_match(text) {
+                return None;
+            }
+            utc_timestamp(py, text)
+        }
+    }
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        _ => 28,
+    }
+}
+
+fn digits(text: &[u8], start: usize, count: usize) -> Option<i64> {
+    let mut value = 0i64;
+    for &byte in text.get(start..start + count)? {
+        if !byte.is_ascii_digit() {
+            return None;
+        }
+        value = value * 10 + i64::from(byte - b'0');
+    }
+    Some(value)
+}
+
+/// `datetime.fromisoformat(text).astimezone(UTC)` for a text already in the
+/// contract's form (`YYYY-MM-DD[T ]hh:mm[:ss[.f{1,9}]](Z|±hh:mm)`): fractions
+/// beyond microseconds are cut, as Python does. `None` for a time that does not
+/// exist (pydantic then says why).
+fn utc_timestamp(py: Python<'_>, text: &str) -> Parsed {
+    let bytes = text.as_bytes();
+    let year = digits(bytes, 0, 4)?;
+    let month = digits(bytes, 5, 2)?;
+    let day = digits(bytes, 8, 2)?;
+    let hour = digits(bytes, 11, 2)?;
+    let minute = digits(bytes, 14, 2)?;
+    let mut position = 16;
+    let mut second = 0;
+    let mut microsecond = 0i64;
+    if bytes.get(position) == Some(&b':') {
+        second = digits(bytes, position + 1, 2)?;
+        position += 3;
+        if bytes.get(position) == Some(&b'.') {
+            position += 1;
+            let mut scale = 100_000;
+            while let Some(byte) = bytes.get(position).filter(|b| b.is_ascii_digit()) {
+                microsecond += i64::from(byte - b'0') * scale;
+                scale /= 10;
+                position += 1;
+            }
+        }
+    }
+    let offset_minutes = match bytes.get(position)? {
+        b'Z' => 0,
+        sign @ (b'+' | b'-') => {
+            let minutes = digits(bytes, position + 1, 2)? * 60 + digits(bytes, position + 4, 2)?;
+            if *sign == b'-' {
+                -minutes
+            } else {
+                minutes
+            }
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let local = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    let utc = local - offset_minutes * 60;
+    let (year, month, day) = civil_from_days(utc.div_euclid(86_400));
+    let time = utc.rem_euclid(86_400);
+    let tz = PyTzInfo::utc(py).ok()?;
+    let value = PyDateTime::new(
+        py,
+        i32::try_from(year).ok()?,
+        u8::try_from(month).ok()?,
+        u8::try_from(day).ok()?,
+        u8::try_from(time / 3600).ok()?,
+        u8::try_from(time / 60 % 60).ok()?,
+        u8::try_from(time % 60).ok()?,
+        u32::try_from(microsecond).ok()?,
+        Some(&tz),
+    )
+    .ok()?;
+    Some(value.into_any().unbind())
+}
+
+/// `object.__setattr__`: a frozen model's own `__setattr__` refuses.
+fn force_setattr(
+    object: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: all three pointers are live objects held by the caller.
+    let status =
+        unsafe { ffi::PyObject_GenericSetAttr(object.as_ptr(), name.as_ptr(), value.as_ptr()) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(PyErr::fetch(object.py()))
+    }
+}
+
+/// At most this many fields per model (the presence of each is one bit).
+const MAX_FIELDS: usize = 64;
+
+impl Model {
+    /// The index of the field read from JSON key `key`; `hint` is tried first
+    /// (keys usually come in declaration order).
+    fn index_of(&self, key: &[u8], hint: usize) -> Option<usize> {
+        if self
+            .fields
+            .get(hint)
+            .is_some_and(|field| field.alias.as_bytes() == key)
+        {
+            return Some(hint);
+        }
+        self.fields
+            .iter()
+            .position(|field| field.alias.as_bytes() == key)
+    }
+
+    /// The instance's `__dict__` (declaration order, defaults filled) and the
+    /// fields present, as bits; `None` to decline.
+    fn read<'py>(&self, py: Python<'py>, data: &[u8]) -> Option<(Bound<'py, PyDict>, u64)> {
+        let dict = self.template.bind(py).copy().ok()?;
+        let mut jiter = Jiter::new(data);
+        let mut present = 0u64;
+        // Raw key bytes: a key written with escapes matches no field and is declined.
+        let mut next = jiter
+            .next_object_bytes()
+            .ok()?
+            .map(|key| self.index_of(key, 0));
+        while let Some(index) = next {
+            let index = index?;
+            let bit = 1u64 << index;
+            if present & bit != 0 {
+                return None; // a repeated key: pydantic decides which copy counts
+            }
+            present |= bit;
+            let field = &self.fields[index];
+            let value = read_value(py, field, &mut jiter)?;
+            dict.set_item(field.name.bind(py), value).ok()?;
+            next = jiter
+                .next_key_bytes()
+                .ok()?
+                .map(|key| self.index_of(key, index + 1));
+        }
+        jiter.finish().ok()?;
+        if present & self.required != self.required {
+            return None;
+        }
+        Some((dict, present))
+    }
+
+    /// A new `__pydantic_fields_set__` for the fields present.
+    fn fields_set<'py>(&self, py: Python<'py>, present: u64) -> PyResult<Bound<'py, PySet>> {
+        let mut cache = self
+            .fields_sets
+            .lock()
+            .map_err(|_| PyValueError::new_err("poisoned"))?;
+        let names = match cache.get(&present) {
+            Some(names) => names.bind(py).clone(),
+            None => {
+                let names = PyFrozenSet::new(
+                    py,
+                    self.fields
+                        .iter()
+                        .enumerate()
+                        .filter(|(index, _)| present & (1u64 << index) != 0)
+                        .map(|(_, field)| field.name.bind(py)),
+                )?;
+                cache.insert(present, names.clone().unbind());
+                names
+            }
+        };
+        drop(cache);
+        // SAFETY: `names` is a live frozenset; PySet_New copies it into a new set.
+        unsafe {
+            Ok(
+                Bound::from_owned_ptr_or_err(py, ffi::PySet_New(names.as_ptr()))?
+                    .cast_into_unchecked(),
+            )
+        }
+    }
+
+    fn build(&self, py: Python<'_>, dict: Bound<'_, PyDict>, present: u64) -> PyResult<Py<PyAny>> {
+        let fields_set = self.fields_set(py, present)?;
+        let cls = self.cls.bind(py);
+        let empty = PyTuple::empty(py);
+        // SAFETY: `cls` is a type object; tp_new is what `object.__new__(cls)` calls,
+        // and BaseModel defines no __new__ of its own.
+        let instance = unsafe {
+            let new = (*cls.as_type_ptr())
+                .tp_new
+                .ok_or_else(|| PyValueError::new_err("no tp_new"))?;
+            Bound::from_owned_ptr_or_err(
+                py,
+                new(cls.as_type_ptr(), empty.as_ptr(), std::ptr::null_mut()),
+            )?
+        };
+        let none = py.None().into_bound(py);
+        force_setattr(&instance, pyo3::intern!(py, "__dict__"), dict.as_any())?;
+        force_setattr(&instance, pyo3::intern!(py, "__pydantic_extra__"), &none)?;
+        force_setattr(
+            &instance,
+            pyo3::intern!(py, "__pydantic_fields_set__"),
+            fields_set.as_any(),
+        )?;
+        force_setattr(&instance, pyo3::intern!(py, "__pydantic_private__"), &none)?;
+        let mut instance = instance.unbind();
+        for validator in &self.after {
+            instance = validator.call1(py, (instance,))?;
+        }
+        Ok(instance)
+    }
+}
+
+fn optional<'py, T: pyo3::conversion::FromPyObjectOwned<'py>>(
+    spec: &Bound<'py, PyDict>,
+    key: &str,
+) -> PyResult<Option<T>> {
+    match spec.get_item(key)? {
+        Some(value) if !value.is_none() => Ok(Some(value.extract().map_err(Into::into)?)),
+        _ => Ok(None),
+    }
+}
+
+fn required<'py, T: pyo3::conversion::FromPyObjectOwned<'py>>(
+    spec: &Bound<'py, PyDict>,
+    key: &str,
+) -> PyResult<T> {
+    optional(spec, key)?.ok_or_else(|| PyValueError::new_err(format!("field spec lacks {key:?}")))
+}
+
+fn regex(pattern: &str) -> PyResult<Regex> {
+    Regex::new(pattern).map_err(|error| PyValueError::new_err(error.to_string()))
+}
+
+fn field_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Field> {
+    let kind_name: String = required(spec, "kind")?;
+    let kind = match kind_name.as_str() {
+        "str" => Kind::Str {
+            pattern: optional::<String>(spec, "pattern")?
+                .map(|p| regex(&p))
+                .transpose()?,
+            min_length: optional(spec, "min_length")?,
+            max_length: optional(spec, "max_length")?,
+            to_lower: optional(spec, "to_lower")?.unwrap_or(false),
+        },
+        "literal" => {
+            let values: Vec<Bound<'_, PyAny>> = required(spec, "expected")?;
+            let mut choices = Vec::with_capacity(values.len());
+            for value in values {
+                choices.push((value.extract::<String>()?, value.unbind()));
+            }
+            Kind::Literal(choices)
+        }
+        "int" => Kind::Int {
+            ge: optional(spec, "ge")?,
+            le: optional(spec, "le")?,
+        },
+        "float" => Kind::Float {
+            ge: optional(spec, "ge")?,
+            le: optional(spec, "le")?,
+        },
+        "bool" => Kind::Bool,
+        "utc_timestamp" => Kind::UtcTimestamp {
+            pattern: regex(&required::<String>(spec, "pattern")?)?,
+        },
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown field kind {other:?}"
+            )))
+        }
+    };
+    let default = spec.get_item("default")?.map(Bound::unbind);
+    Ok(Field {
+        name: required::<Bound<'_, PyString>>(spec, "name")?.unbind(),
+        alias: required(spec, "alias")?,
+        kind,
+        nullable: optional(spec, "nullable")?.unwrap_or(false),
+        default,
+    })
+}
+
+#[pymethods]
+impl Model {
+    /// `fields`: one dict per field in declaration order (`name`, `alias`, `kind`
+    /// and the kind's constraints; `nullable`; `default` when not required).
+    #[new]
+    fn new(
+        cls: Bound<'_, PyType>,
+        fields: Vec<Bound<'_, PyDict>>,
+        after: Vec<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let py = cls.py();
+        let fields = fields
+            .iter()
+            .map(field_from_spec)
+            .collect::<PyResult<Vec<_>>>()?;
+        if fields.len() > MAX_FIELDS {
+            return Err(PyValueError::new_err(format!(
+                "more than {MAX_FIELDS} fields"
+            )));
+        }
+        let template = PyDict::new(py);
+        let mut required = 0u64;
+        for (index, field) in fields.iter().enumerate() {
+            match &field.default {
+                Some(default) => template.set_item(field.name.bind(py), default.bind(py))?,
+                None => {
+                    template.set_item(field.name.bind(py), py.None())?;
+                    required |= 1u64 << index;
+                }
+            }
+        }
+        Ok(Model {
+            cls: cls.unbind(),
+            fields,
+            after,
+            template: template.unbind(),
+            required,
+            fields_sets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The model instance pydantic would build from `data`, or `None` to leave it to pydantic.
+    fn accept(&self, py: Python<'_>, data: &[u8]) -> Option<Py<PyAny>> {
+        let (dict, present) = self.read(py, data)?;
+        // An after-validator's objection (or any failure building the instance):
+        // pydantic raises it again, in its own words.
+        self.build(py, dict, present).ok()
+    }
+}
+
+#[pymodule]
+fn exnet_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<Model>()?;
+    Ok(())
+}
