@@ -15,6 +15,8 @@ Offsets: Faust commits an input offset only after the batch was processed and
 the producer flushed (Faust flushes before every commit), so everything a batch
 produced is in Kafka before its input is committed: at-least-once, made exact
 downstream by the dedup table's replay rule and the sink's idempotent writes.
+The app's transport (``streams/transport.py``) keeps Faust from committing past
+a message it skipped during a rebalance on a partition with nothing committed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, cast
 
 import faust
 import orjson
+from faust.transport.drivers import TRANSPORTS
 
 from exnet.contracts.registry import load_registry
 from exnet.contracts.topics import INPUT_TOPICS, Topic, topic_name
@@ -49,6 +52,7 @@ from exnet.streams.messages import (
     validated_record,
 )
 from exnet.streams.sender import BatchSender, Outgoing
+from exnet.streams.transport import SCHEME, register
 
 __all__ = ["DEDUP_TABLE", "create_app", "streams_group"]
 
@@ -82,9 +86,11 @@ def changelog_topic(settings: Settings) -> str:
 def create_app(settings: Settings, metrics: Metrics) -> faust.App:
     """Build the stream processors' Faust app from ``settings`` (nothing global)."""
     names = {topic: topic_name(topic, settings.topic_prefix) for topic in Topic}
+    register(TRANSPORTS)
     app = faust.App(
         streams_group(settings),
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        # Our transport: Faust's aiokafka one, safe on partitions with no committed offset.
+        broker=[f"{SCHEME}://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         store="memory://",
         datadir=str(settings.var_dir / "faust"),  # not the working directory
         autodiscover=False,
@@ -113,7 +119,11 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=HEARTBEAT_S,
     )
-    validator = Validator(load_registry(settings.registry_path), settings.topic_prefix)
+    validator = Validator(
+        load_registry(settings.registry_path),
+        settings.topic_prefix,
+        use_native=settings.native_validation,
+    )
     guard = InvalidRatioGuard(settings.dlq_max_ratio, settings.dlq_window)
     inputs = app.topic(
         *(names[topic] for topic in INPUT_TOPICS), key_serializer="raw", value_serializer="raw"

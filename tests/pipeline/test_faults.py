@@ -97,6 +97,29 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
     _assert_exact(pipeline, accepted)
 
 
+def test_sigterm_mid_stream_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A graceful stop (a deploy, an operator) in the middle of batches commits only
+    what was processed: batches cut short by the stop are read again on restart."""
+    rng = random.Random(20261129)
+    events = participant_events(seed=9, participants=200)  # ~3,000 events
+    accepted = [event for _, event in events]
+    pipeline.init()
+    feeder = threading.Thread(
+        target=_publish_slowly, args=(pipeline, events, random.Random(3), 15.0)
+    )
+    feeder.start()
+    log = tmp_path / "up.log"
+    for _ in range(3):
+        worker = pipeline.start(log=log)
+        time.sleep(rng.uniform(4.0, 7.0))
+        assert worker.poll() is None, f"worker died by itself:\n{log.read_text()[-3000:]}"
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
+    feeder.join()
+    pipeline.drain(timeout=900)
+    _assert_exact(pipeline, accepted)
+
+
 def test_two_workers_share_the_stream_and_agree(pipeline: Pipeline, tmp_path: Path) -> None:
     events = participant_events(seed=11, participants=250)
     accepted = [event for _, event in events]
