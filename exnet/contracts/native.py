@@ -11,7 +11,7 @@ and pydantic decides, so every rejection and its wording stay pydantic's.
 
 The native model is *derived* from the pydantic model's core schema here, not
 written by hand: a contract change reaches it without code, and a schema
-element it does not know makes :func:`accepting_path` give no native path for
+element it does not know makes :func:`compile_model` give no native path for
 that model at all (pydantic alone then), never a looser check. (A topic with
 several versions side by side is left to pydantic's tagged union.) The
 differential tests (``tests/contracts/test_native.py``) hold the two to the
@@ -21,12 +21,12 @@ same answer over the examples, the simulator's output and mutations of both.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final
 
 from exnet.contracts.envelope import NATIVE_KIND, EventBase
 
-__all__ = ["AVAILABLE", "NotCompilable", "accepting_path", "field_specs"]
+__all__ = ["AVAILABLE", "NotCompilable", "compile_model", "field_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,12 @@ class NotCompilable(Exception):
     """The model uses a schema element the native path does not implement."""
 
 
-def accepting_path(model: type[EventBase]) -> Callable[[bytes], EventBase | None] | None:
-    """``model``'s native accepting path (bytes -> instance, or None to leave it to
-    pydantic), or None when the extension is missing or cannot express the model."""
+def compile_model(
+    model: type[EventBase], checks: Mapping[str, Any] | None = None
+) -> exnet_native.Model | None:
+    """``model``'s native accepting path, or None when the extension is missing or
+    cannot express the model. ``checks``: what ``accept_message`` checks after the
+    fields (see the stub, ``native/exnet_native.pyi``)."""
     if exnet_native is None:
         return None
     try:
@@ -56,8 +59,7 @@ def accepting_path(model: type[EventBase]) -> Callable[[bytes], EventBase | None
     except NotCompilable as exc:
         log.warning("%s is validated by pydantic alone: %s", model.__name__, exc)
         return None
-    accept: Callable[[bytes], EventBase | None] = exnet_native.Model(model, fields, after).accept
-    return accept
+    return exnet_native.Model(model, fields, after, dict(checks) if checks else None)
 
 
 def field_specs(model: type[EventBase]) -> tuple[list[dict[str, Any]], list[Any]]:

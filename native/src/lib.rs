@@ -14,7 +14,10 @@ use jiter::{Jiter, NumberAny, NumberInt, Peek};
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDateTime, PyDict, PyFrozenSet, PySet, PyString, PyTuple, PyType, PyTzInfo};
+use pyo3::types::{
+    PyDateAccess, PyDateTime, PyDict, PyFrozenSet, PySet, PyString, PyTimeAccess, PyTuple, PyType,
+    PyTzInfo, PyTzInfoAccess,
+};
 use regex::Regex;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -69,12 +72,66 @@ struct Model {
     required: u64,
     /// Field names present -> `__pydantic_fields_set__`'s content (a few masks recur).
     fields_sets: Mutex<HashMap<u64, Py<PyFrozenSet>>>,
+    /// The checks after the fields', for `accept_message`.
+    checks: Option<Checks>,
+}
+
+/// What `accept_message` checks after the fields, and how it answers.
+struct Checks {
+    /// Messages larger than this are left to pydantic's side (`too_large`).
+    max_bytes: usize,
+    /// How far `occurred_at` may lie ahead of processing time.
+    tolerance_us: i64,
+    /// site_id -> node_id; `None`: no registry, no check.
+    node_of_site: Option<HashMap<String, String>>,
+    /// The fields read back for the checks (Python names).
+    participant: Py<PyString>,
+    site: Py<PyString>,
+    node: Py<PyString>,
+    /// `Accepted` and its `topic`: what `accept_message` returns.
+    accepted: Py<PyType>,
+    topic: Py<PyAny>,
+}
+
+/// What [`Model::read`] found in a message.
+struct Read<'py> {
+    dict: Bound<'py, PyDict>,
+    present: u64,
+    /// `occurred_at` in microseconds since the epoch (UTC).
+    instant: Option<i64>,
+}
+
+/// Microseconds since the epoch of an aware `datetime` in UTC (`datetime.UTC`);
+/// `None` for any other: the caller then leaves the message to pydantic's side.
+fn utc_micros(now: &Bound<'_, PyAny>) -> Option<i64> {
+    let now = now.cast::<PyDateTime>().ok()?;
+    let utc = PyTzInfo::utc(now.py()).ok()?;
+    if !now.get_tzinfo()?.is(&*utc) {
+        return None;
+    }
+    let days = days_from_civil(
+        i64::from(now.get_year()),
+        i64::from(now.get_month()),
+        i64::from(now.get_day()),
+    );
+    let seconds = days * 86_400
+        + i64::from(now.get_hour()) * 3600
+        + i64::from(now.get_minute()) * 60
+        + i64::from(now.get_second());
+    Some(seconds * 1_000_000 + i64::from(now.get_microsecond()))
 }
 
 /// A field's parsed value, or `None` to decline the message.
 type Parsed = Option<Py<PyAny>>;
 
-fn read_value(py: Python<'_>, field: &Field, jiter: &mut Jiter<'_>) -> Parsed {
+/// Reads `field`'s value; a timestamp's instant (microseconds since the Unix
+/// epoch, UTC) goes to `instant`.
+fn read_value(
+    py: Python<'_>,
+    field: &Field,
+    jiter: &mut Jiter<'_>,
+    instant: &mut Option<i64>,
+) -> Parsed {
     let peek = jiter.peek().ok()?;
     if peek == Peek::Null {
         if !field.nullable {
@@ -166,7 +223,9 @@ fn read_value(py: Python<'_>, field: &Field, jiter: &mut Jiter<'_>) -> Parsed {
             if !pattern.is_match(text) {
                 return None;
             }
-            utc_timestamp(py, text)
+            let (value, micros) = utc_timestamp(py, text)?;
+            *instant = Some(micros);
+            Some(value)
         }
     }
 }
@@ -219,8 +278,8 @@ fn digits(text: &[u8], start: usize, count: usize) -> Option<i64> {
 /// `datetime.fromisoformat(text).astimezone(UTC)` for a text already in the
 /// contract's form (`YYYY-MM-DD[T ]hh:mm[:ss[.f{1,9}]](Z|±hh:mm)`): fractions
 /// beyond microseconds are cut, as Python does. `None` for a time that does not
-/// exist (pydantic then says why).
-fn utc_timestamp(py: Python<'_>, text: &str) -> Parsed {
+/// exist (pydantic then says why). Also the instant, in microseconds since the epoch.
+fn utc_timestamp(py: Python<'_>, text: &str) -> Option<(Py<PyAny>, i64)> {
     let bytes = text.as_bytes();
     let year = digits(bytes, 0, 4)?;
     let month = digits(bytes, 5, 2)?;
@@ -281,7 +340,7 @@ fn utc_timestamp(py: Python<'_>, text: &str) -> Parsed {
         Some(&tz),
     )
     .ok()?;
-    Some(value.into_any().unbind())
+    Some((value.into_any().unbind(), utc * 1_000_000 + microsecond))
 }
 
 /// `object.__setattr__`: a frozen model's own `__setattr__` refuses.
@@ -319,12 +378,13 @@ impl Model {
             .position(|field| field.alias.as_bytes() == key)
     }
 
-    /// The instance's `__dict__` (declaration order, defaults filled) and the
-    /// fields present, as bits; `None` to decline.
-    fn read<'py>(&self, py: Python<'py>, data: &[u8]) -> Option<(Bound<'py, PyDict>, u64)> {
+    /// The instance's `__dict__` (declaration order, defaults filled), the fields
+    /// present (as bits) and the timestamp's instant; `None` to decline.
+    fn read<'py>(&self, py: Python<'py>, data: &[u8]) -> Option<Read<'py>> {
         let dict = self.template.bind(py).copy().ok()?;
         let mut jiter = Jiter::new(data);
         let mut present = 0u64;
+        let mut instant = None;
         // Raw key bytes: a key written with escapes matches no field and is declined.
         let mut next = jiter
             .next_object_bytes()
@@ -338,7 +398,7 @@ impl Model {
             }
             present |= bit;
             let field = &self.fields[index];
-            let value = read_value(py, field, &mut jiter)?;
+            let value = read_value(py, field, &mut jiter, &mut instant)?;
             dict.set_item(field.name.bind(py), value).ok()?;
             next = jiter
                 .next_key_bytes()
@@ -349,7 +409,38 @@ impl Model {
         if present & self.required != self.required {
             return None;
         }
-        Some((dict, present))
+        Some(Read {
+            dict,
+            present,
+            instant,
+        })
+    }
+
+    /// Whether a message whose event reads as `read` passes the checks after the
+    /// fields' (SPEC §2): its key is its participant_id, its site belongs to its
+    /// node in the registry, it is not from the future.
+    fn passes(&self, checks: &Checks, read: &Read<'_>, key: &[u8], now_us: i64) -> Option<bool> {
+        let py = read.dict.py();
+        let text = |name: &Py<PyString>| -> Option<String> {
+            let value = read.dict.get_item(name.bind(py)).ok()??;
+            Some(
+                value
+                    .cast_into::<PyString>()
+                    .ok()?
+                    .to_str()
+                    .ok()?
+                    .to_owned(),
+            )
+        };
+        if text(&checks.participant)?.as_bytes() != key {
+            return Some(false);
+        }
+        if let Some(node_of_site) = &checks.node_of_site {
+            if node_of_site.get(&text(&checks.site)?) != Some(&text(&checks.node)?) {
+                return Some(false);
+            }
+        }
+        Some(read.instant? <= now_us + checks.tolerance_us)
     }
 
     /// A new `__pydantic_fields_set__` for the fields present.
@@ -383,7 +474,8 @@ impl Model {
         }
     }
 
-    fn build(&self, py: Python<'_>, dict: Bound<'_, PyDict>, present: u64) -> PyResult<Py<PyAny>> {
+    fn build(&self, py: Python<'_>, read: Read<'_>) -> PyResult<Py<PyAny>> {
+        let Read { dict, present, .. } = read;
         let fields_set = self.fields_set(py, present)?;
         let cls = self.cls.bind(py);
         let empty = PyTuple::empty(py);
@@ -483,15 +575,67 @@ fn field_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Field> {
     })
 }
 
+fn checks_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Checks> {
+    let node_of_site = match spec.get_item("node_of_site")? {
+        Some(map) if !map.is_none() => Some(map.extract::<HashMap<String, String>>()?),
+        _ => None,
+    };
+    Ok(Checks {
+        max_bytes: required(spec, "max_bytes")?,
+        tolerance_us: required(spec, "tolerance_us")?,
+        node_of_site,
+        participant: required::<Bound<'_, PyString>>(spec, "participant")?.unbind(),
+        site: required::<Bound<'_, PyString>>(spec, "site")?.unbind(),
+        node: required::<Bound<'_, PyString>>(spec, "node")?.unbind(),
+        accepted: required::<Bound<'_, PyType>>(spec, "accepted")?.unbind(),
+        topic: required::<Bound<'_, PyAny>>(spec, "topic")?.unbind(),
+    })
+}
+
+/// `Accepted(event, topic, origin)`, its slots set directly (it has no validation).
+fn new_accepted(
+    py: Python<'_>,
+    checks: &Checks,
+    event: Py<PyAny>,
+    origin: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let cls = checks.accepted.bind(py);
+    let empty = PyTuple::empty(py);
+    // SAFETY: as in `Model::build`: `object.__new__(cls)`.
+    let accepted = unsafe {
+        let new = (*cls.as_type_ptr())
+            .tp_new
+            .ok_or_else(|| PyValueError::new_err("no tp_new"))?;
+        Bound::from_owned_ptr_or_err(
+            py,
+            new(cls.as_type_ptr(), empty.as_ptr(), std::ptr::null_mut()),
+        )?
+    };
+    force_setattr(&accepted, pyo3::intern!(py, "_event"), event.bind(py))?;
+    force_setattr(
+        &accepted,
+        pyo3::intern!(py, "_topic"),
+        checks.topic.bind(py),
+    )?;
+    force_setattr(&accepted, pyo3::intern!(py, "_origin"), origin)?;
+    Ok(accepted.unbind())
+}
+
 #[pymethods]
 impl Model {
     /// `fields`: one dict per field in declaration order (`name`, `alias`, `kind`
     /// and the kind's constraints; `nullable`; `default` when not required).
+    ///
+    /// `checks` (for `accept_message`): `max_bytes`, `tolerance_us`, `node_of_site`
+    /// (a dict, or None), `participant`/`site`/`node` (field names), `accepted`
+    /// (the class) and `topic`.
     #[new]
+    #[pyo3(signature = (cls, fields, after, checks=None))]
     fn new(
         cls: Bound<'_, PyType>,
         fields: Vec<Bound<'_, PyDict>>,
         after: Vec<Py<PyAny>>,
+        checks: Option<Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let py = cls.py();
         let fields = fields
@@ -514,6 +658,7 @@ impl Model {
                 }
             }
         }
+        let checks = checks.map(|spec| checks_from_spec(&spec)).transpose()?;
         Ok(Model {
             cls: cls.unbind(),
             fields,
@@ -521,15 +666,42 @@ impl Model {
             template: template.unbind(),
             required,
             fields_sets: Mutex::new(HashMap::new()),
+            checks,
         })
+    }
+
+    /// `Accepted(event, topic, origin)` for a message that passes every check of
+    /// SPEC §2 that the validator owns, `now` being processing time (in UTC);
+    /// `None` to leave the message to the Python side, which names the problem.
+    #[pyo3(signature = (value, key, origin, now))]
+    fn accept_message(
+        &self,
+        py: Python<'_>,
+        value: Option<&[u8]>,
+        key: Option<&[u8]>,
+        origin: &Bound<'_, PyAny>,
+        now: &Bound<'_, PyAny>,
+    ) -> Option<Py<PyAny>> {
+        let checks = self.checks.as_ref()?;
+        let (value, key) = (value?, key?);
+        if value.len() > checks.max_bytes {
+            return None;
+        }
+        let now_us = utc_micros(now)?;
+        let read = self.read(py, value)?;
+        if !self.passes(checks, &read, key, now_us)? {
+            return None;
+        }
+        let event = self.build(py, read).ok()?;
+        new_accepted(py, checks, event, origin).ok()
     }
 
     /// The model instance pydantic would build from `data`, or `None` to leave it to pydantic.
     fn accept(&self, py: Python<'_>, data: &[u8]) -> Option<Py<PyAny>> {
-        let (dict, present) = self.read(py, data)?;
+        let read = self.read(py, data)?;
         // An after-validator's objection (or any failure building the instance):
         // pydantic raises it again, in its own words.
-        self.build(py, dict, present).ok()
+        self.build(py, read).ok()
     }
 }
 

@@ -21,22 +21,32 @@ import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 import pytest
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from bench.validation import generate_messages
-from exnet.contracts import EVENT_MODELS, EventBase, Validator, native
-from exnet.contracts.native import NotCompilable, accepting_path, field_specs
-from exnet.contracts.validation import _decline
+from exnet.contracts import (
+    EVENT_MODELS,
+    Accepted,
+    EventBase,
+    Origin,
+    Rejected,
+    Topic,
+    Validator,
+    native,
+)
+from exnet.contracts.native import NotCompilable, compile_model, field_specs
+from exnet.contracts.validation import FUTURE_TOLERANCE, _decline
 
-from .helpers import BASE, NOW, REGISTRY, load_examples
+from .helpers import BASE, NOW, ORIGINS, REGISTRY, event, load_examples
 
 MODELS: Final = [model for models in EVENT_MODELS.values() for model in models]
 #: Compiled once: a model's native path is built per Validator in production.
-PATHS: Final = {model: accepting_path(model) for model in MODELS}
+COMPILED: Final = {model: compile_model(model) for model in MODELS}
+PATHS: Final = {model: c.accept if c is not None else None for model, c in COMPILED.items()}
 
 
 def test_the_extension_is_installed_and_compiles_every_event_model() -> None:
@@ -317,5 +327,77 @@ def test_a_schema_element_it_does_not_know_leaves_the_model_to_pydantic(
     with pytest.raises(NotCompilable):
         field_specs(model)
     with caplog.at_level(logging.WARNING, logger=native.__name__):
-        assert accepting_path(model) is None
+        assert compile_model(model) is None
     assert f"{model.__name__} is validated by pydantic alone" in caplog.text
+
+
+# --- the checks after the fields (key, site, time), compiled -----------------------------
+
+
+def _both(registry: Any = REGISTRY) -> tuple[Validator, Validator]:
+    return (
+        Validator(registry, clock=lambda: NOW),
+        Validator(registry, clock=lambda: NOW, use_native=False),
+    )
+
+
+def _message(topic: Topic, **changes: Any) -> tuple[bytes, bytes, Origin]:
+    document = event(topic, **changes)
+    return _dumps(document), document["participant_id"].encode(), ORIGINS[topic]
+
+
+LIMIT: Final = NOW + FUTURE_TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "now", "outcome"),
+    [
+        ({}, None, NOW, "accepted"),
+        ({"occurred_at": LIMIT.isoformat()}, None, NOW, "accepted"),  # the boundary itself
+        ({"occurred_at": (LIMIT + timedelta(microseconds=1)).isoformat()}, None, NOW, "future"),
+        ({"occurred_at": LIMIT.astimezone(timezone(timedelta(hours=-7))).isoformat()}, None, NOW,
+         "accepted"),
+        ({}, b"P-0000000000", NOW, "key_mismatch"),
+        ({}, b"", NOW, "key_mismatch"),
+        ({"node_id": "N01", "site_id": "N02-S01"}, None, NOW, "unknown_site"),
+        ({"site_id": "N09-S01", "node_id": "N09"}, None, NOW, "unknown_site"),
+        # A processing time in another zone: left to the Python steps, same answer.
+        ({}, None, NOW.astimezone(timezone(timedelta(hours=2))), "accepted"),
+    ],
+)  # fmt: skip
+def test_the_compiled_checks_agree(
+    changes: dict[str, Any], key: bytes | None, now: datetime, outcome: str
+) -> None:
+    compiled, reference = _both()
+    for topic in BASE:
+        value, own_key, origin = _message(topic, **changes)
+        key_used = own_key if key is None else key
+        got = compiled.validate_message(value, key_used, origin, now)
+        assert got == reference.validate_message(value, key_used, origin, now)
+        assert (got.reason.value if isinstance(got, Rejected) else "accepted") == (
+            "future_timestamp" if outcome == "future" else outcome
+        )
+        answered = compiled._contracts[origin.topic].accept_message(value, key_used, origin, now)
+        assert (answered is not None) == (outcome == "accepted" and now.tzinfo is UTC)
+        assert compiled.validate_batch([(value, key_used, origin)], now) == [got]
+
+
+def test_without_a_registry_the_site_is_not_checked_natively_either() -> None:
+    compiled, reference = _both(None)
+    for topic in BASE:
+        value, key, origin = _message(topic, site_id="N09-S01", node_id="N09")
+        got = compiled.validate_message(value, key, origin, NOW)
+        assert isinstance(got, Accepted)
+        assert got == reference.validate_message(value, key, origin, NOW)
+
+
+def test_no_value_no_key_and_too_large_are_left_to_the_python_steps() -> None:
+    compiled, reference = _both()
+    value, key, origin = _message(Topic.SESSION)
+    large = value[:-1] + b"," + b" " * 70_000 + b"}"
+    for message in [(None, key), (value, None), (large, key)]:
+        contract = compiled._contracts[origin.topic]
+        assert contract.accept_message(*message, origin, NOW) is None
+        assert compiled.validate_message(*message, origin, NOW) == reference.validate_message(
+            *message, origin, NOW
+        )
