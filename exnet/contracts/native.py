@@ -3,11 +3,13 @@
 pydantic-core spends most of the validation stage's time on the bookkeeping
 it does per field, whatever the field (see ``docs/architecture.md``). About
 95% of messages are valid, so the stream workers first try ``exnet_native``
-(a Rust extension in ``native/``, built by ``make install``): it parses the
-JSON with jiter and checks patterns with the regex crate, the parser and
-engine pydantic-core itself uses, and builds the very instance pydantic would
-build. It never rejects: whenever it cannot vouch for a message, it declines
-and pydantic decides, so every rejection and its wording stay pydantic's.
+(a Rust extension in ``native/``, built by ``make install``): it reads the
+one JSON shape an event has (a flat object of plain strings, numbers,
+booleans and nulls), checks patterns with the regex crate (the engine
+pydantic-core itself uses), and builds the very instance pydantic would
+build. It never rejects: whenever it cannot vouch for a message (an escape in
+a string, a repeated key, anything out of the ordinary), it declines and
+pydantic decides, so every rejection and its wording stay pydantic's.
 
 The native model is *derived* from the pydantic model's core schema here, not
 written by hand: a contract change reaches it without code, and a schema
@@ -15,7 +17,8 @@ element it does not know makes :func:`compile_model` give no native path for
 that model at all (pydantic alone then), never a looser check. (A topic with
 several versions side by side is left to pydantic's tagged union.) The
 differential tests (``tests/contracts/test_native.py``) hold the two to the
-same answer over the examples, the simulator's output and mutations of both.
+same answer over the examples, the benchmark's load, field-level mutations and
+random byte-level mutations.
 """
 
 from __future__ import annotations

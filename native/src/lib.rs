@@ -7,10 +7,10 @@
 //! the reference for every rejection and every case this path declines.
 //!
 //! So this path may only ever *decline* too much, never accept too much: any
-//! doubt (an unknown or repeated key, a number out of i64, a value out of range,
-//! a date that does not exist, a parse error) returns `None`.
+//! doubt (an unknown or repeated key, an escape in a string, a nested value, a
+//! number out of i64, a value out of range, a date that does not exist, a parse
+//! error) returns `None`.
 
-use jiter::{Jiter, NumberAny, NumberInt, Peek};
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -124,21 +124,163 @@ fn utc_micros(now: &Bound<'_, PyAny>) -> Option<i64> {
 /// A field's parsed value, or `None` to decline the message.
 type Parsed = Option<Py<PyAny>>;
 
-/// Reads `field`'s value; a timestamp's instant (microseconds since the Unix
-/// epoch, UTC) goes to `instant`.
+/// A reader for the one JSON shape an event has: a flat object of strings,
+/// numbers, booleans and nulls. It reads exactly JSON's grammar for those
+/// (RFC 8259) and declines the rest: a string with an escape, a nested value,
+/// an integer beyond 64 bits. Numbers are parsed by Rust's correctly rounded
+/// parser, which gives every valid JSON number the same double as jiter's
+/// (pydantic-core's parser): there is only one correctly rounded double.
+struct Scanner<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+/// A JSON number: an integer (no fraction, no exponent) or a double.
+enum Number {
+    Int(i64),
+    Float(f64),
+}
+
+/// The high bit of each of a word's eight bytes (little-endian) that is `"`,
+/// `\\`, below 0x20 or above 0x7f. The classic SWAR tests (a byte equal to `b`
+/// is a zero byte of `word ^ b*LO`); a borrow can flag a byte above a true
+/// hit, never below, so the lowest flag is the first such byte.
+fn special_bytes(word: u64) -> u64 {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let zero = |v: u64| v.wrapping_sub(LO) & !v & HI;
+    (word & HI)
+        | (word.wrapping_sub(LO * 0x20) & !word & HI)
+        | zero(word ^ (LO * u64::from(b'"')))
+        | zero(word ^ (LO * u64::from(b'\\')))
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.data.get(self.at).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte after whitespace, consumed.
+    fn next_token(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    /// A string's content, the opening quote already consumed; no escapes.
+    fn string(&mut self) -> Option<&'a str> {
+        let start = self.at;
+        let data = self.data;
+        let mut at = start;
+        // Eight bytes at a time to the first quote, backslash, control character
+        // or non-ASCII byte; from there (or for the last few bytes) byte by byte.
+        while let Some(chunk) = data.get(at..at + 8) {
+            let special = special_bytes(u64::from_le_bytes(chunk.try_into().ok()?));
+            if special != 0 {
+                at += (special.trailing_zeros() / 8) as usize;
+                break;
+            }
+            at += 8;
+        }
+        let mut ascii = true;
+        loop {
+            match *data.get(at)? {
+                b'"' => break,
+                // A backslash (an escape: pydantic reads it) or a control character (not JSON).
+                b'\\' | 0..=0x1f => return None,
+                0x80..=0xff => ascii = false,
+                _ => {}
+            }
+            at += 1;
+        }
+        let raw = &data[start..at];
+        self.at = at + 1;
+        if ascii {
+            // SAFETY: every byte is ASCII, so the bytes are UTF-8.
+            Some(unsafe { std::str::from_utf8_unchecked(raw) })
+        } else {
+            std::str::from_utf8(raw).ok()
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    /// A number, its first byte (`-` or a digit) not yet consumed.
+    fn number(&mut self) -> Option<Number> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => {
+                self.digits();
+            }
+            _ => return None,
+        }
+        let mut float = false;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if self.digits() == 0 {
+                return None;
+            }
+            float = true;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+            float = true;
+        }
+        // ASCII only: digits, '-', '+', '.', 'e' and 'E'.
+        let text = std::str::from_utf8(&self.data[start..self.at]).ok()?;
+        if float {
+            text.parse().ok().map(Number::Float)
+        } else {
+            text.parse().ok().map(Number::Int) // beyond i64: declined
+        }
+    }
+
+    fn word(&mut self, word: &[u8]) -> Option<()> {
+        if self.data.get(self.at..self.at + word.len())? == word {
+            self.at += word.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+}
+
+/// Reads `field`'s value (whitespace before it skipped); a timestamp's instant
+/// (microseconds since the Unix epoch, UTC) goes to `instant`.
 fn read_value(
     py: Python<'_>,
     field: &Field,
-    jiter: &mut Jiter<'_>,
+    scanner: &mut Scanner<'_>,
     instant: &mut Option<i64>,
 ) -> Parsed {
-    let peek = jiter.peek().ok()?;
-    if peek == Peek::Null {
-        if !field.nullable {
-            return None;
-        }
-        jiter.known_null().ok()?;
-        return Some(py.None());
+    scanner.skip_whitespace();
+    let first = scanner.peek()?;
+    if first == b'n' {
+        scanner.word(b"null")?;
+        return field.nullable.then(|| py.None());
     }
     match &field.kind {
         Kind::Str {
@@ -147,10 +289,11 @@ fn read_value(
             max_length,
             to_lower,
         } => {
-            if peek != Peek::String {
+            if first != b'"' {
                 return None;
             }
-            let text = jiter.known_str().ok()?;
+            scanner.at += 1;
+            let text = scanner.string()?;
             if min_length.is_some() || max_length.is_some() {
                 let length = text.chars().count();
                 if min_length.is_some_and(|min| length < min)
@@ -169,20 +312,18 @@ fn read_value(
             }
         }
         Kind::Literal(choices) => {
-            if peek != Peek::String {
+            if first != b'"' {
                 return None;
             }
-            let text = jiter.known_str().ok()?;
+            scanner.at += 1;
+            let text = scanner.string()?;
             choices
                 .iter()
                 .find(|(choice, _)| choice == text)
                 .map(|(_, value)| value.clone_ref(py))
         }
         Kind::Int { ge, le } => {
-            if !peek.is_num() {
-                return None;
-            }
-            let NumberAny::Int(NumberInt::Int(value)) = jiter.known_number(peek).ok()? else {
+            let Number::Int(value) = scanner.number()? else {
                 return None;
             };
             if ge.is_some_and(|bound| value < bound) || le.is_some_and(|bound| value > bound) {
@@ -191,14 +332,9 @@ fn read_value(
             Some(value.into_pyobject(py).ok()?.into_any().unbind())
         }
         Kind::Float { ge, le } => {
-            if !peek.is_num() {
-                return None;
-            }
-            let value = match jiter.known_number(peek).ok()? {
-                NumberAny::Float(value) => value,
-                NumberAny::Int(NumberInt::Int(value)) => value as f64,
-                #[allow(unreachable_patterns)]
-                _ => return None,
+            let value = match scanner.number()? {
+                Number::Float(value) => value,
+                Number::Int(value) => value as f64,
             };
             if !value.is_finite()
                 || ge.is_some_and(|bound| value < bound)
@@ -209,17 +345,19 @@ fn read_value(
             Some(value.into_pyobject(py).ok()?.into_any().unbind())
         }
         Kind::Bool => {
-            if peek != Peek::True && peek != Peek::False {
-                return None;
-            }
-            let value = jiter.known_bool(peek).ok()?;
+            let value = match first {
+                b't' => scanner.word(b"true").map(|()| true)?,
+                b'f' => scanner.word(b"false").map(|()| false)?,
+                _ => return None,
+            };
             Some(value.into_pyobject(py).ok()?.to_owned().into_any().unbind())
         }
         Kind::UtcTimestamp { pattern } => {
-            if peek != Peek::String {
+            if first != b'"' {
                 return None;
             }
-            let text = jiter.known_str().ok()?;
+            scanner.at += 1;
+            let text = scanner.string()?;
             if !pattern.is_match(text) {
                 return None;
             }
@@ -382,30 +520,45 @@ impl Model {
     /// present (as bits) and the timestamp's instant; `None` to decline.
     fn read<'py>(&self, py: Python<'py>, data: &[u8]) -> Option<Read<'py>> {
         let dict = self.template.bind(py).copy().ok()?;
-        let mut jiter = Jiter::new(data);
+        let mut scanner = Scanner { data, at: 0 };
         let mut present = 0u64;
         let mut instant = None;
-        // Raw key bytes: a key written with escapes matches no field and is declined.
-        let mut next = jiter
-            .next_object_bytes()
-            .ok()?
-            .map(|key| self.index_of(key, 0));
-        while let Some(index) = next {
-            let index = index?;
-            let bit = 1u64 << index;
-            if present & bit != 0 {
-                return None; // a repeated key: pydantic decides which copy counts
-            }
-            present |= bit;
-            let field = &self.fields[index];
-            let value = read_value(py, field, &mut jiter, &mut instant)?;
-            dict.set_item(field.name.bind(py), value).ok()?;
-            next = jiter
-                .next_key_bytes()
-                .ok()?
-                .map(|key| self.index_of(key, index + 1));
+        if scanner.next_token()? != b'{' {
+            return None;
         }
-        jiter.finish().ok()?;
+        // An empty object has no required field: declined below.
+        if scanner.next_token()? != b'}' {
+            scanner.at -= 1;
+            let mut hint = 0;
+            loop {
+                if scanner.next_token()? != b'"' {
+                    return None; // not a key (a trailing comma, say)
+                }
+                // A key written with escapes matches no field and is declined.
+                let index = self.index_of(scanner.string()?.as_bytes(), hint)?;
+                let bit = 1u64 << index;
+                if present & bit != 0 {
+                    return None; // a repeated key: pydantic decides which copy counts
+                }
+                present |= bit;
+                if scanner.next_token()? != b':' {
+                    return None;
+                }
+                let field = &self.fields[index];
+                let value = read_value(py, field, &mut scanner, &mut instant)?;
+                dict.set_item(field.name.bind(py), value).ok()?;
+                hint = index + 1;
+                match scanner.next_token()? {
+                    b',' => {}
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        scanner.skip_whitespace();
+        if scanner.at != data.len() {
+            return None; // anything after the object
+        }
         if present & self.required != self.required {
             return None;
         }
