@@ -71,7 +71,7 @@ struct Model {
     /// The bits of the required fields.
     required: u64,
     /// Field names present -> `__pydantic_fields_set__`'s content (a few masks recur).
-    fields_sets: Mutex<HashMap<u64, Py<PyFrozenSet>>>,
+    fields_sets: Mutex<Vec<(u64, Py<PyFrozenSet>)>>,
     /// The checks after the fields', for `accept_message`.
     checks: Option<Checks>,
 }
@@ -84,21 +84,21 @@ struct Checks {
     tolerance_us: i64,
     /// site_id -> node_id; `None`: no registry, no check.
     node_of_site: Option<HashMap<String, String>>,
-    /// The fields read back for the checks (Python names).
-    participant: Py<PyString>,
-    site: Py<PyString>,
-    node: Py<PyString>,
+    /// The participant, site and node id fields (indices into the fields).
+    ids: [usize; 3],
     /// `Accepted` and its `topic`: what `accept_message` returns.
     accepted: Py<PyType>,
     topic: Py<PyAny>,
 }
 
 /// What [`Model::read`] found in a message.
-struct Read<'py> {
+struct Read<'py, 'a> {
     dict: Bound<'py, PyDict>,
     present: u64,
     /// `occurred_at` in microseconds since the epoch (UTC).
     instant: Option<i64>,
+    /// The participant, site and node ids as read (for the checks).
+    ids: [Option<&'a str>; 3],
 }
 
 /// Microseconds since the epoch of an aware `datetime` in UTC (`datetime.UTC`);
@@ -270,11 +270,12 @@ impl<'a> Scanner<'a> {
 
 /// Reads `field`'s value (whitespace before it skipped); a timestamp's instant
 /// (microseconds since the Unix epoch, UTC) goes to `instant`.
-fn read_value(
+fn read_value<'a>(
     py: Python<'_>,
     field: &Field,
-    scanner: &mut Scanner<'_>,
+    scanner: &mut Scanner<'a>,
     instant: &mut Option<i64>,
+    text_read: &mut Option<&'a str>,
 ) -> Parsed {
     scanner.skip_whitespace();
     let first = scanner.peek()?;
@@ -308,6 +309,7 @@ fn read_value(
             if *to_lower {
                 Some(PyString::new(py, &text.to_lowercase()).into_any().unbind())
             } else {
+                *text_read = Some(text); // the value as stored
                 Some(PyString::new(py, text).into_any().unbind())
             }
         }
@@ -518,11 +520,13 @@ impl Model {
 
     /// The instance's `__dict__` (declaration order, defaults filled), the fields
     /// present (as bits) and the timestamp's instant; `None` to decline.
-    fn read<'py>(&self, py: Python<'py>, data: &[u8]) -> Option<Read<'py>> {
+    fn read<'py, 'a>(&self, py: Python<'py>, data: &'a [u8]) -> Option<Read<'py, 'a>> {
         let dict = self.template.bind(py).copy().ok()?;
         let mut scanner = Scanner { data, at: 0 };
         let mut present = 0u64;
         let mut instant = None;
+        let mut ids = [None; 3];
+        let id_fields = self.checks.as_ref().map(|checks| checks.ids);
         if scanner.next_token()? != b'{' {
             return None;
         }
@@ -545,8 +549,12 @@ impl Model {
                     return None;
                 }
                 let field = &self.fields[index];
-                let value = read_value(py, field, &mut scanner, &mut instant)?;
+                let mut text = None;
+                let value = read_value(py, field, &mut scanner, &mut instant, &mut text)?;
                 dict.set_item(field.name.bind(py), value).ok()?;
+                if let Some(slot) = id_fields.and_then(|f| f.iter().position(|&i| i == index)) {
+                    ids[slot] = text;
+                }
                 hint = index + 1;
                 match scanner.next_token()? {
                     b',' => {}
@@ -566,30 +574,26 @@ impl Model {
             dict,
             present,
             instant,
+            ids,
         })
     }
 
     /// Whether a message whose event reads as `read` passes the checks after the
     /// fields' (SPEC §2): its key is its participant_id, its site belongs to its
     /// node in the registry, it is not from the future.
-    fn passes(&self, checks: &Checks, read: &Read<'_>, key: &[u8], now_us: i64) -> Option<bool> {
-        let py = read.dict.py();
-        let text = |name: &Py<PyString>| -> Option<String> {
-            let value = read.dict.get_item(name.bind(py)).ok()??;
-            Some(
-                value
-                    .cast_into::<PyString>()
-                    .ok()?
-                    .to_str()
-                    .ok()?
-                    .to_owned(),
-            )
-        };
-        if text(&checks.participant)?.as_bytes() != key {
+    fn passes(
+        &self,
+        checks: &Checks,
+        read: &Read<'_, '_>,
+        key: &[u8],
+        now_us: i64,
+    ) -> Option<bool> {
+        let [participant, site, node] = read.ids;
+        if participant?.as_bytes() != key {
             return Some(false);
         }
         if let Some(node_of_site) = &checks.node_of_site {
-            if node_of_site.get(&text(&checks.site)?) != Some(&text(&checks.node)?) {
+            if node_of_site.get(site?).map(String::as_str) != Some(node?) {
                 return Some(false);
             }
         }
@@ -602,8 +606,8 @@ impl Model {
             .fields_sets
             .lock()
             .map_err(|_| PyValueError::new_err("poisoned"))?;
-        let names = match cache.get(&present) {
-            Some(names) => names.bind(py).clone(),
+        let names = match cache.iter().find(|(mask, _)| *mask == present) {
+            Some((_, names)) => names.bind(py).clone(),
             None => {
                 let names = PyFrozenSet::new(
                     py,
@@ -613,7 +617,7 @@ impl Model {
                         .filter(|(index, _)| present & (1u64 << index) != 0)
                         .map(|(_, field)| field.name.bind(py)),
                 )?;
-                cache.insert(present, names.clone().unbind());
+                cache.push((present, names.clone().unbind()));
                 names
             }
         };
@@ -627,7 +631,7 @@ impl Model {
         }
     }
 
-    fn build(&self, py: Python<'_>, read: Read<'_>) -> PyResult<Py<PyAny>> {
+    fn build(&self, py: Python<'_>, read: Read<'_, '_>) -> PyResult<Py<PyAny>> {
         let Read { dict, present, .. } = read;
         let fields_set = self.fields_set(py, present)?;
         let cls = self.cls.bind(py);
@@ -728,18 +732,25 @@ fn field_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Field> {
     })
 }
 
-fn checks_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Checks> {
+fn checks_from_spec(spec: &Bound<'_, PyDict>, fields: &[Field]) -> PyResult<Checks> {
     let node_of_site = match spec.get_item("node_of_site")? {
         Some(map) if !map.is_none() => Some(map.extract::<HashMap<String, String>>()?),
         _ => None,
+    };
+    let index = |key: &str| -> PyResult<usize> {
+        let name: String = required(spec, key)?;
+        fields
+            .iter()
+            .position(|field| {
+                matches!(field.kind, Kind::Str { .. }) && field.name.to_string() == name
+            })
+            .ok_or_else(|| PyValueError::new_err(format!("{key}: no string field {name:?}")))
     };
     Ok(Checks {
         max_bytes: required(spec, "max_bytes")?,
         tolerance_us: required(spec, "tolerance_us")?,
         node_of_site,
-        participant: required::<Bound<'_, PyString>>(spec, "participant")?.unbind(),
-        site: required::<Bound<'_, PyString>>(spec, "site")?.unbind(),
-        node: required::<Bound<'_, PyString>>(spec, "node")?.unbind(),
+        ids: [index("participant")?, index("site")?, index("node")?],
         accepted: required::<Bound<'_, PyType>>(spec, "accepted")?.unbind(),
         topic: required::<Bound<'_, PyAny>>(spec, "topic")?.unbind(),
     })
@@ -811,14 +822,16 @@ impl Model {
                 }
             }
         }
-        let checks = checks.map(|spec| checks_from_spec(&spec)).transpose()?;
+        let checks = checks
+            .map(|spec| checks_from_spec(&spec, &fields))
+            .transpose()?;
         Ok(Model {
             cls: cls.unbind(),
             fields,
             after,
             template: template.unbind(),
             required,
-            fields_sets: Mutex::new(HashMap::new()),
+            fields_sets: Mutex::new(Vec::new()),
             checks,
         })
     }
