@@ -315,25 +315,7 @@ class Validator:
         accepted = contract.accept_message(value, key, origin, now)
         if accepted is not None:
             return accepted
-        limit = now + FUTURE_TOLERANCE
-        if value is None or len(value) > MAX_MESSAGE_BYTES:
-            return self._validate(contract, value, key, origin, limit, True)
-        # The steps of _validate, written out (the reference for the compiled checks).
-        event = contract.accept(value)
-        if event is None:
-            try:
-                event = contract.parse(value)
-            except ValidationError as exc:
-                return _rejection(exc, contract, value, origin)
-        fields = event.__dict__
-        if key != fields["participant_id"].encode():
-            return _key_mismatch(event, key, origin)
-        node_of_site = self._node_of_site
-        if node_of_site is not None and node_of_site.get(fields["site_id"]) != fields["node_id"]:
-            return self._unknown_site(event, origin)
-        if fields["occurred_at"] > limit:
-            return _future(event, limit, origin)
-        return Accepted(event, contract.topic, origin)
+        return self._validate(contract, value, key, origin, now + FUTURE_TOLERANCE, True)
 
     def validate_batch(
         self, messages: Iterable[Message], now: datetime | None = None
@@ -347,7 +329,6 @@ class Validator:
             now = self._clock()
         limit = now + FUTURE_TOLERANCE
         contracts = self._contracts
-        node_of_site = self._node_of_site
         outcomes: list[Outcome] = []
         append = outcomes.append
         for value, key, origin in messages:
@@ -356,31 +337,10 @@ class Validator:
                 append(_unknown_topic(origin))
                 continue
             accepted = contract.accept_message(value, key, origin, now)
-            if accepted is not None:
-                append(accepted)
-                continue
-            if value is None or len(value) > MAX_MESSAGE_BYTES:
+            if accepted is None:
                 append(self._validate(contract, value, key, origin, limit, True))
-                continue
-            event = contract.accept(value)
-            if event is None:
-                try:
-                    event = contract.parse(value)
-                except ValidationError as exc:
-                    append(_rejection(exc, contract, value, origin))
-                    continue
-            fields = event.__dict__
-            if key != fields["participant_id"].encode():
-                append(_key_mismatch(event, key, origin))
-            elif (
-                node_of_site is not None
-                and node_of_site.get(fields["site_id"]) != fields["node_id"]
-            ):
-                append(self._unknown_site(event, origin))
-            elif fields["occurred_at"] > limit:
-                append(_future(event, limit, origin))
             else:
-                append(Accepted(event, contract.topic, origin))
+                append(accepted)
         return outcomes
 
     def validate_record(self, value: bytes, now: datetime | None = None) -> Outcome:
@@ -422,7 +382,8 @@ class Validator:
         limit: datetime,
         check_key: bool,
     ) -> Outcome:
-        """Every check after the topic's, in SPEC §2's order (the reference for the copies)."""
+        """Every check after the topic's, in SPEC §2's order: the reference for the
+        compiled checks, and the path of every message they leave."""
         if value is None:
             return Rejected(
                 Reason.MALFORMED_JSON,

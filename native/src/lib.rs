@@ -483,6 +483,23 @@ fn utc_timestamp(py: Python<'_>, text: &str) -> Option<(Py<PyAny>, i64)> {
     Some((value.into_any().unbind(), utc * 1_000_000 + microsecond))
 }
 
+/// `cls.__new__(cls)` for a class whose `__new__` is `object.__new__`: an
+/// instance with nothing set, without running `__init__`.
+fn new_object<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let empty = PyTuple::empty(py);
+    let new = unsafe { (*cls.as_type_ptr()).tp_new }
+        .ok_or_else(|| PyValueError::new_err("a type without tp_new"))?;
+    // SAFETY: `cls` is a live type object and `empty` a tuple; tp_new returns a
+    // new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            new(cls.as_type_ptr(), empty.as_ptr(), std::ptr::null_mut()),
+        )
+    }
+}
+
 /// `object.__setattr__`: a frozen model's own `__setattr__` refuses.
 fn force_setattr(
     object: &Bound<'_, PyAny>,
@@ -634,19 +651,8 @@ impl Model {
     fn build(&self, py: Python<'_>, read: Read<'_, '_>) -> PyResult<Py<PyAny>> {
         let Read { dict, present, .. } = read;
         let fields_set = self.fields_set(py, present)?;
-        let cls = self.cls.bind(py);
-        let empty = PyTuple::empty(py);
-        // SAFETY: `cls` is a type object; tp_new is what `object.__new__(cls)` calls,
-        // and BaseModel defines no __new__ of its own.
-        let instance = unsafe {
-            let new = (*cls.as_type_ptr())
-                .tp_new
-                .ok_or_else(|| PyValueError::new_err("no tp_new"))?;
-            Bound::from_owned_ptr_or_err(
-                py,
-                new(cls.as_type_ptr(), empty.as_ptr(), std::ptr::null_mut()),
-            )?
-        };
+        // BaseModel defines no __new__ of its own.
+        let instance = new_object(self.cls.bind(py))?;
         let none = py.None().into_bound(py);
         force_setattr(&instance, pyo3::intern!(py, "__dict__"), dict.as_any())?;
         force_setattr(&instance, pyo3::intern!(py, "__pydantic_extra__"), &none)?;
@@ -763,18 +769,7 @@ fn new_accepted(
     event: Py<PyAny>,
     origin: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
-    let cls = checks.accepted.bind(py);
-    let empty = PyTuple::empty(py);
-    // SAFETY: as in `Model::build`: `object.__new__(cls)`.
-    let accepted = unsafe {
-        let new = (*cls.as_type_ptr())
-            .tp_new
-            .ok_or_else(|| PyValueError::new_err("no tp_new"))?;
-        Bound::from_owned_ptr_or_err(
-            py,
-            new(cls.as_type_ptr(), empty.as_ptr(), std::ptr::null_mut()),
-        )?
-    };
+    let accepted = new_object(checks.accepted.bind(py))?;
     force_setattr(&accepted, pyo3::intern!(py, "_event"), event.bind(py))?;
     force_setattr(
         &accepted,
