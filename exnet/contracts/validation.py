@@ -8,12 +8,13 @@ The two duplicate outcomes need state and belong to the stream processors.
 Nothing here does I/O or raises for bad input: every message gets an outcome.
 
 The accepting path is the hot one (about 95% of traffic): one pass of the
-compiled accepting path (:mod:`exnet.contracts.native`) over the bytes, which
-builds the same instance pydantic would, then three cheap comparisons. When it
-cannot vouch for a message, pydantic-core reads it (patterns, ranges, enums and
-the UTC conversion run there, without Python code; one Python call for the
-rules that span fields): the reference for every rejection. Rejections take
-their time to say exactly what is wrong, and name every failing field.
+compiled accepting path (:mod:`exnet.contracts.native`) over the bytes builds
+the same instance pydantic would and makes the key, site and time checks.
+Whatever it cannot vouch for goes through :meth:`Validator._validate`, the
+reference: pydantic-core reads the message (patterns, ranges, enums and the
+UTC conversion run there; one Python call for the rules that span fields),
+then the checks written in Python. Rejections take their time to say exactly
+what is wrong, and name every failing field.
 """
 
 from __future__ import annotations
