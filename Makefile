@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # The compiled accepting path (native/) is a Rust extension: maturin builds it
-# with cargo, from crates.io, pinned by native/Cargo.lock.
+# with cargo, from crates.io, pinned by native/Cargo.lock. rustup puts cargo in
+# ~/.cargo/bin, which a shell that did not source ~/.cargo/env lacks.
+export PATH := $(PATH):$(HOME)/.cargo/bin
 NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs native/exnet_native.pyi
 
 $(STAMP): pyproject.toml $(NATIVE_SOURCES)
