@@ -91,6 +91,24 @@ struct Checks {
     topic: Py<PyAny>,
 }
 
+impl Checks {
+    /// Whether a message whose event reads as `read` passes the checks after the
+    /// fields' (SPEC §2): its key is its participant_id, its site belongs to its
+    /// node in the registry, it is not from the future.
+    fn passes(&self, read: &Read<'_, '_>, key: &[u8], now_us: i64) -> Option<bool> {
+        let [participant, site, node] = read.ids;
+        if participant?.as_bytes() != key {
+            return Some(false);
+        }
+        if let Some(node_of_site) = &self.node_of_site {
+            if node_of_site.get(site?).map(String::as_str) != Some(node?) {
+                return Some(false);
+            }
+        }
+        Some(read.instant? <= now_us + self.tolerance_us)
+    }
+}
+
 /// What [`Model::read`] found in a message.
 struct Read<'py, 'a> {
     dict: Bound<'py, PyDict>,
@@ -210,6 +228,15 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// A string value whose first byte, not yet consumed, is `first`.
+    fn string_value(&mut self, first: u8) -> Option<&'a str> {
+        if first != b'"' {
+            return None;
+        }
+        self.at += 1;
+        self.string()
+    }
+
     fn digits(&mut self) -> usize {
         let start = self.at;
         while matches!(self.peek(), Some(b'0'..=b'9')) {
@@ -290,11 +317,7 @@ fn read_value<'a>(
             max_length,
             to_lower,
         } => {
-            if first != b'"' {
-                return None;
-            }
-            scanner.at += 1;
-            let text = scanner.string()?;
+            let text = scanner.string_value(first)?;
             if min_length.is_some() || max_length.is_some() {
                 let length = text.chars().count();
                 if min_length.is_some_and(|min| length < min)
@@ -314,11 +337,7 @@ fn read_value<'a>(
             }
         }
         Kind::Literal(choices) => {
-            if first != b'"' {
-                return None;
-            }
-            scanner.at += 1;
-            let text = scanner.string()?;
+            let text = scanner.string_value(first)?;
             choices
                 .iter()
                 .find(|(choice, _)| choice == text)
@@ -355,11 +374,7 @@ fn read_value<'a>(
             Some(value.into_pyobject(py).ok()?.to_owned().into_any().unbind())
         }
         Kind::UtcTimestamp { pattern } => {
-            if first != b'"' {
-                return None;
-            }
-            scanner.at += 1;
-            let text = scanner.string()?;
+            let text = scanner.string_value(first)?;
             if !pattern.is_match(text) {
                 return None;
             }
@@ -595,28 +610,6 @@ impl Model {
         })
     }
 
-    /// Whether a message whose event reads as `read` passes the checks after the
-    /// fields' (SPEC §2): its key is its participant_id, its site belongs to its
-    /// node in the registry, it is not from the future.
-    fn passes(
-        &self,
-        checks: &Checks,
-        read: &Read<'_, '_>,
-        key: &[u8],
-        now_us: i64,
-    ) -> Option<bool> {
-        let [participant, site, node] = read.ids;
-        if participant?.as_bytes() != key {
-            return Some(false);
-        }
-        if let Some(node_of_site) = &checks.node_of_site {
-            if node_of_site.get(site?).map(String::as_str) != Some(node?) {
-                return Some(false);
-            }
-        }
-        Some(read.instant? <= now_us + checks.tolerance_us)
-    }
-
     /// A new `__pydantic_fields_set__` for the fields present.
     fn fields_set<'py>(&self, py: Python<'py>, present: u64) -> PyResult<Bound<'py, PySet>> {
         let mut cache = self
@@ -850,7 +843,7 @@ impl Model {
         }
         let now_us = utc_micros(now)?;
         let read = self.read(py, value)?;
-        if !self.passes(checks, &read, key, now_us)? {
+        if !checks.passes(&read, key, now_us)? {
             return None;
         }
         let event = self.build(py, read).ok()?;
