@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,54 +72,57 @@ def _assert_exact(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
     assert arms == reference.arm_summary(accepted)  # whole minutes: float sums are exact
 
 
-def test_sigkill_at_random_points_loses_and_doubles_nothing(
-    pipeline: Pipeline, tmp_path: Path
+def _stop_at_random_points(
+    pipeline: Pipeline,
+    log: Path,
+    events: list[tuple[Any, dict[str, Any]]],
+    publish_seconds: float,
+    runs: int,
+    run_seconds: tuple[float, float],
+    stop: Callable[[subprocess.Popen[bytes]], None],
+    seed: int,
 ) -> None:
-    rng = random.Random(20261128)
-    events = participant_events(seed=7, participants=300)  # ~4,500 events
-    accepted = [event for _, event in events]
+    """Publish ``events`` in the background while `exnet up` runs ``runs`` times, each
+    stopped by ``stop`` after a random while; then drain and check the facts exact."""
+    rng = random.Random(seed)
     pipeline.init()
     feeder = threading.Thread(
-        target=_publish_slowly, args=(pipeline, events, random.Random(1), 25.0)
+        target=_publish_slowly, args=(pipeline, events, random.Random(seed + 1), publish_seconds)
     )
     feeder.start()
-    log = tmp_path / "up.log"
-    kills = 0
-    for _ in range(4):
+    for _ in range(runs):
         worker = pipeline.start(log=log)
-        time.sleep(rng.uniform(4.0, 9.0))
+        time.sleep(rng.uniform(*run_seconds))
         assert worker.poll() is None, f"worker died by itself:\n{log.read_text()[-3000:]}"
-        pipeline.kill(worker)  # SIGKILL, whatever it was doing
-        kills += 1
+        stop(worker)
     feeder.join()
-    assert kills == 4
     # Usually ~15 s; after a kill Faust sometimes resumes a partition at ~1 message/s
     # (see the drain log's "draining:" lines), so the bound is generous. Exactness holds.
     pipeline.drain(timeout=900)
-    _assert_exact(pipeline, accepted)
+    _assert_exact(pipeline, [event for _, event in events])
+
+
+def test_sigkill_at_random_points_loses_and_doubles_nothing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    events = participant_events(seed=7, participants=300)  # ~4,500 events
+    # SIGKILL, whatever the worker was doing.
+    _stop_at_random_points(
+        pipeline, tmp_path / "up.log", events, 25.0, 4, (4.0, 9.0), pipeline.kill, 20261128
+    )
 
 
 def test_sigterm_mid_stream_loses_nothing(pipeline: Pipeline, tmp_path: Path) -> None:
     """A graceful stop (a deploy, an operator) in the middle of batches commits only
     what was processed: batches cut short by the stop are read again on restart."""
-    rng = random.Random(20261129)
-    events = participant_events(seed=9, participants=200)  # ~3,000 events
-    accepted = [event for _, event in events]
-    pipeline.init()
-    feeder = threading.Thread(
-        target=_publish_slowly, args=(pipeline, events, random.Random(3), 15.0)
-    )
-    feeder.start()
     log = tmp_path / "up.log"
-    for _ in range(3):
-        worker = pipeline.start(log=log)
-        time.sleep(rng.uniform(4.0, 7.0))
-        assert worker.poll() is None, f"worker died by itself:\n{log.read_text()[-3000:]}"
+
+    def terminate(worker: subprocess.Popen[bytes]) -> None:
         os.killpg(worker.pid, signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, log.read_text()[-3000:]
-    feeder.join()
-    pipeline.drain(timeout=900)
-    _assert_exact(pipeline, accepted)
+
+    events = participant_events(seed=9, participants=200)  # ~3,000 events
+    _stop_at_random_points(pipeline, log, events, 15.0, 3, (4.0, 7.0), terminate, 20261129)
 
 
 def test_two_workers_share_the_stream_and_agree(pipeline: Pipeline, tmp_path: Path) -> None:
