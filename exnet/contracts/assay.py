@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints
 
-from exnet.contracts.envelope import EventBase, cross_field_error
+from exnet.contracts.envelope import EventBase, OneOfPer, Rule
 from exnet.contracts.units import ANALYTE_UNITS, Analyte, Unit, to_canonical
 
 __all__ = ["AssayV1"]
@@ -35,6 +35,7 @@ class AssayV1(EventBase):
     EVENT_TYPE: ClassVar[str] = "assay"
     SCHEMA: ClassVar[str] = "assay/1"
     RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"analyte", "unit"})
+    RULES: ClassVar[tuple[Rule, ...]] = (OneOfPer("unit", "analyte", ANALYTE_UNITS),)
 
     schema_: Literal["assay/1"] = Field(alias="schema")
     specimen_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{4,64}$")]
@@ -58,13 +59,6 @@ class AssayV1(EventBase):
             takes = " or ".join(map(repr, allowed))
             return [("unit", f"{analyte} takes {takes}, not {unit!r}")]
         return []
-
-    @model_validator(mode="after")
-    def _rules(self) -> Self:
-        fields = self.__dict__
-        if fields["unit"] not in ANALYTE_UNITS[fields["analyte"]]:
-            raise cross_field_error(self.rule_problems(fields))
-        return self
 
     def canonical(self) -> tuple[float, str]:
         """``(value_canonical, unit_canonical)``: the value in the analyte's canonical unit."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
-from exnet.contracts.envelope import EventBase, cross_field_error
+from exnet.contracts.envelope import AtMostPer, EventBase, Rule
 
 __all__ = ["INSTRUMENT_MAX", "REMISSION_MAX", "AssessmentV1", "Instrument"]
 
@@ -38,6 +38,7 @@ class AssessmentV1(EventBase):
     EVENT_TYPE: ClassVar[str] = "assessment"
     SCHEMA: ClassVar[str] = "assessment/1"
     RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"instrument", "score"})
+    RULES: ClassVar[tuple[Rule, ...]] = (AtMostPer("score", "instrument", INSTRUMENT_MAX),)
 
     schema_: Literal["assessment/1"] = Field(alias="schema")
     instrument: Instrument
@@ -53,10 +54,3 @@ class AssessmentV1(EventBase):
         if values["score"] > top:
             return [("score", f"{instrument} scores run 0..{top}")]
         return []
-
-    @model_validator(mode="after")
-    def _rules(self) -> Self:
-        fields = self.__dict__
-        if fields["score"] > INSTRUMENT_MAX[fields["instrument"]]:
-            raise cross_field_error(self.rule_problems(fields))
-        return self

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final, Literal, Self
+from typing import Any, ClassVar, Final, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
-from exnet.contracts.envelope import EventBase, cross_field_error
+from exnet.contracts.envelope import EventBase, NullUnless, RequiredWhen, Rule
 
 __all__ = ["EnrollmentV1"]
 
@@ -51,6 +51,11 @@ class EnrollmentV1(EventBase):
     EVENT_TYPE: ClassVar[str] = "enrollment"
     SCHEMA: ClassVar[str] = "enrollment/1"
     RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"status", "modality", "reason"})
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        RequiredWhen("modality", "status", _RANDOMIZED),
+        NullUnless("modality", "status", _RANDOMIZED),
+        NullUnless("reason", "status", _WITHDRAWN),
+    )
 
     schema_: Literal["enrollment/1"] = Field(alias="schema")
     status: EnrollmentStatus
@@ -76,13 +81,3 @@ class EnrollmentV1(EventBase):
         if status != _WITHDRAWN and values.get("reason") is not None:
             problems.append(("reason", f"must be null or absent unless status is {_WITHDRAWN!r}"))
         return problems
-
-    @model_validator(mode="after")
-    def _rules(self) -> Self:
-        fields = self.__dict__
-        status = fields["status"]
-        if (status == _RANDOMIZED) is (fields["modality"] is None) or (
-            status != _WITHDRAWN and fields["reason"] is not None
-        ):
-            raise cross_field_error(self.rule_problems(fields))
-        return self

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Final
+from typing import Annotated, Any, ClassVar, Final, Self
 
 from pydantic import (
     BaseModel,
@@ -13,6 +14,7 @@ from pydantic import (
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     StringConstraints,
+    model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
@@ -27,8 +29,13 @@ __all__ = [
     "OCCURRED_AT_PATTERN",
     "PARTICIPANT_ID_PATTERN",
     "SITE_ID_PATTERN",
+    "AtMostPer",
     "EventBase",
     "EventId",
+    "NullUnless",
+    "OneOfPer",
+    "RequiredWhen",
+    "Rule",
     "NodeId",
     "ParticipantId",
     "SiteId",
@@ -152,6 +159,65 @@ def cross_field_error(problems: list[tuple[str, str]]) -> PydanticCustomError:
     return PydanticCustomError(CROSS_FIELD_ERROR, summary, {"problems": problems})
 
 
+# --- the rules that span fields, as data ------------------------------------------------
+#
+# Each event type lists its rules in ``RULES``: the model checks them after its
+# fields (``EventBase._rules``), the compiled accepting path checks the same
+# data natively (``exnet.contracts.native``), and ``rule_problems`` words what
+# a failing one means. Field names are the models' attribute names.
+
+
+@dataclass(frozen=True, slots=True)
+class RequiredWhen:
+    """``field`` is set (not None) when ``when`` equals ``value``."""
+
+    field: str
+    when: str
+    value: str
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        return fields[self.when] != self.value or fields[self.field] is not None
+
+
+@dataclass(frozen=True, slots=True)
+class NullUnless:
+    """``field`` is None unless ``when`` equals ``value``."""
+
+    field: str
+    when: str
+    value: str
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        return fields[self.when] == self.value or fields[self.field] is None
+
+
+@dataclass(frozen=True, slots=True)
+class OneOfPer:
+    """``field`` is one of ``allowed[fields[by]]``."""
+
+    field: str
+    by: str
+    allowed: Mapping[str, Collection[str]]
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        return fields[self.field] in self.allowed[fields[self.by]]
+
+
+@dataclass(frozen=True, slots=True)
+class AtMostPer:
+    """``field`` is at most ``top[fields[by]]``."""
+
+    field: str
+    by: str
+    top: Mapping[str, int]
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        return bool(fields[self.field] <= self.top[fields[self.by]])
+
+
+Rule = RequiredWhen | NullUnless | OneOfPer | AtMostPer
+
+
 class EventBase(BaseModel):
     """Fields and rules shared by every event type.
 
@@ -160,12 +226,13 @@ class EventBase(BaseModel):
     free text can smuggle identifiers in), and so is a field under its Python
     name instead of its wire name (``schema_`` for ``schema``).
 
-    The rules that span fields live in each event type's :meth:`rule_problems`,
-    a pure function of the field values. The model runs them after its fields
-    validated (each type's ``_rules`` validator: a cheap test first, since it
-    runs for every event, then ``rule_problems`` for the messages); the
-    validator also runs them over a rejected message's readable fields, so
-    that a rejection names every failing path.
+    The rules that span fields are each event type's :attr:`RULES` (data, so
+    that the compiled accepting path checks the very same rules) and its
+    :meth:`rule_problems`, a pure function of the field values that words
+    what fails. The model tests ``RULES`` after its fields validated (a cheap
+    test, since it runs for every event) and calls ``rule_problems`` for the
+    messages; the validator also runs ``rule_problems`` over a rejected
+    message's readable fields, so that a rejection names every failing path.
     """
 
     model_config = ConfigDict(
@@ -186,6 +253,8 @@ class EventBase(BaseModel):
     SCHEMA: ClassVar[str]
     #: The fields :meth:`rule_problems` reads (by wire name).
     RULE_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    #: The rules that span fields, checked after the fields validated.
+    RULES: ClassVar[tuple[Rule, ...]] = ()
 
     event_id: EventId
     occurred_at: UtcTimestamp
@@ -200,6 +269,15 @@ class EventBase(BaseModel):
         ``values`` maps wire names to values; absent optional fields may be missing.
         """
         return []
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        """The quick test of :attr:`RULES`; :meth:`rule_problems` says what failed."""
+        fields = self.__dict__
+        for rule in self.RULES:
+            if not rule.holds(fields):
+                raise cross_field_error(self.rule_problems(fields))
+        return self
 
     def row_fields(self) -> dict[str, Any]:
         """The event's fields by their wire names (``schema`` included), Python values."""

@@ -6,9 +6,10 @@ it does per field, whatever the field (see ``docs/architecture.md``). About
 (a Rust extension in ``native/``, built by ``make install``): it reads the
 one JSON shape an event has (a flat object of plain strings, numbers,
 booleans and nulls), checks patterns with the regex crate (the engine
-pydantic-core itself uses), and builds the very instance pydantic would
-build. It never rejects: whenever it cannot vouch for a message (an escape in
-a string, a repeated key, anything out of the ordinary), it declines and
+pydantic-core itself uses), checks the model's ``RULES`` (the same data its
+Python test reads), and builds the very instance pydantic would build. It
+never rejects: whenever it cannot vouch for a message (an escape in a
+string, a repeated key, anything out of the ordinary), it declines and
 pydantic decides, so every rejection and its wording stay pydantic's.
 
 The native model is *derived* from the pydantic model's core schema here, not
@@ -24,12 +25,20 @@ random byte-level mutations.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
-from exnet.contracts.envelope import NATIVE_KIND, EventBase
+from exnet.contracts.envelope import (
+    NATIVE_KIND,
+    AtMostPer,
+    EventBase,
+    NullUnless,
+    OneOfPer,
+    RequiredWhen,
+    Rule,
+)
 
-__all__ = ["AVAILABLE", "NotCompilable", "compile_model", "field_specs"]
+__all__ = ["AVAILABLE", "CompiledModel", "NotCompilable", "compile_model", "field_specs", "router"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,14 @@ except ImportError:  # pragma: no cover  # `make install` builds it; the tests r
 #: Whether the extension is installed.
 AVAILABLE: Final = exnet_native is not None
 
+if TYPE_CHECKING:
+    CompiledModel: TypeAlias = exnet_native.Model
+else:
+    CompiledModel: TypeAlias = Any
+
+#: The models' Python test of their ``RULES``, which the native path replaces.
+_RULES_TEST: Final = EventBase.__pydantic_decorators__.model_validators["_rules"].func
+
 #: Keys of a field's schema node that need no handling (documentation, serialisation).
 _IGNORED: Final = frozenset({"type", "metadata", "serialization", "ref"})
 
@@ -51,29 +68,50 @@ class NotCompilable(Exception):
 
 def compile_model(
     model: type[EventBase], checks: Mapping[str, Any] | None = None
-) -> exnet_native.Model | None:
+) -> CompiledModel | None:
     """``model``'s native accepting path, or None when the extension is missing or
     cannot express the model. ``checks``: what ``accept_message`` checks after the
     fields (see the stub, ``native/exnet_native.pyi``)."""
     if exnet_native is None:
         return None
     try:
-        fields, after = field_specs(model)
+        fields, after, rules = field_specs(model)
     except NotCompilable as exc:
         log.warning("%s is validated by pydantic alone: %s", model.__name__, exc)
         return None
-    return exnet_native.Model(model, fields, after, dict(checks) if checks else None)
+    return exnet_native.Model(model, fields, after, dict(checks) if checks else None, rules)
 
 
-def field_specs(model: type[EventBase]) -> tuple[list[dict[str, Any]], list[Any]]:
-    """The native model's description: one dict per field, and the after-validators."""
+def router(
+    models: Mapping[str, CompiledModel],
+    fallback: Callable[..., Any],
+    clock: Callable[[], Any],
+) -> exnet_native.Router | None:
+    """One call per message over the topics' compiled paths (physical topic name ->
+    model); ``fallback(value, key, origin, now, event)`` decides every message
+    they do not accept. None when the extension is missing."""
+    if exnet_native is None:
+        return None
+    return exnet_native.Router(dict(models), fallback, clock)
+
+
+def field_specs(
+    model: type[EventBase],
+) -> tuple[list[dict[str, Any]], list[Any], list[dict[str, Any]]]:
+    """The native model's description: one dict per field, the after-validators
+    to call, and the rules that span fields (``model.RULES``, checked natively
+    in place of :meth:`EventBase._rules`, their Python test)."""
     schema: Mapping[str, Any] = model.__pydantic_core_schema__
     after: list[Any] = []
+    rules: list[dict[str, Any]] = []
     while schema["type"] == "function-after":
         function = schema["function"]
         if function["type"] != "no-info":
             raise NotCompilable("an after-validator that takes validation info")
-        after.append(function["function"])
+        if function["function"] is _RULES_TEST:
+            rules = [_rule(rule) for rule in model.RULES]
+        else:
+            after.append(function["function"])
         schema = schema["schema"]
     after.reverse()  # the innermost runs first
     _expect(schema, "model")
@@ -92,7 +130,21 @@ def field_specs(model: type[EventBase]) -> tuple[list[dict[str, Any]], list[Any]
     _expect(fields_schema, "model-fields")
     if fields_schema.get("computed_fields") or fields_schema.get("extras_schema"):
         raise NotCompilable("computed fields or an extras schema")
-    return [_field(name, field) for name, field in fields_schema["fields"].items()], after
+    fields = [_field(name, field) for name, field in fields_schema["fields"].items()]
+    return fields, after, rules
+
+
+def _rule(rule: Rule) -> dict[str, Any]:
+    match rule:
+        case RequiredWhen(field, when, value):
+            return {"kind": "required_when", "field": field, "when": when, "value": value}
+        case NullUnless(field, when, value):
+            return {"kind": "null_unless", "field": field, "when": when, "value": value}
+        case OneOfPer(field, by, allowed):
+            return {"kind": "one_of_per", "field": field, "by": by, "table": allowed}
+        case AtMostPer(field, by, top):
+            return {"kind": "at_most_per", "field": field, "by": by, "table": top}
+    raise NotCompilable(f"a rule of kind {type(rule).__name__}")
 
 
 def _field(name: str, field: Mapping[str, Any]) -> dict[str, Any]:

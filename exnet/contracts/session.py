@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
-from exnet.contracts.envelope import EventBase, cross_field_error
+from exnet.contracts.envelope import EventBase, RequiredWhen, Rule
 
 __all__ = ["SessionV1"]
 
@@ -36,6 +36,7 @@ class SessionV1(EventBase):
     EVENT_TYPE: ClassVar[str] = "session"
     SCHEMA: ClassVar[str] = "session/1"
     RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"status", "duration_min"})
+    RULES: ClassVar[tuple[Rule, ...]] = (RequiredWhen("duration_min", "status", _ATTENDED),)
 
     schema_: Literal["session/1"] = Field(alias="schema")
     session_number: Annotated[int, Field(ge=1, le=500)]
@@ -55,10 +56,3 @@ class SessionV1(EventBase):
         if values["status"] == _ATTENDED and values.get("duration_min") is None:
             return [("duration_min", f"required when status is {_ATTENDED!r}")]
         return []
-
-    @model_validator(mode="after")
-    def _rules(self) -> Self:
-        fields = self.__dict__
-        if fields["status"] == _ATTENDED and fields["duration_min"] is None:
-            raise cross_field_error(self.rule_problems(fields))
-        return self

@@ -8,24 +8,229 @@
 //!
 //! So this path may only ever *decline* too much, never accept too much: any
 //! doubt (an unknown or repeated key, an escape in a string, a nested value, a
-//! number out of i64, a value out of range, a date that does not exist, a parse
-//! error) returns `None`.
+//! number out of i64, a value out of range, a date that does not exist, a rule
+//! that does not hold, a parse error) returns `None`.
+//!
+//! A [`Router`] is what the stream workers call per message: the topic's model,
+//! then Python's steps (`fallback`) for whatever it does not accept.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{
-    PyDateAccess, PyDateTime, PyDict, PyFrozenSet, PySet, PyString, PyTimeAccess, PyTuple, PyType,
-    PyTzInfo, PyTzInfoAccess,
+    PyBytes, PyDateAccess, PyDateTime, PyDict, PyFrozenSet, PySet, PyString, PyTimeAccess, PyTuple,
+    PyType, PyTzInfo, PyTzInfoAccess,
 };
+use pyo3::{PyTraverseError, PyVisit};
 use regex::Regex;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// One step of a [`Matcher::Run`]: between `min` and `max` bytes of its class.
+struct Step {
+    /// `class[b]`: byte `b` belongs to the step's class (ASCII bytes only).
+    class: [bool; 256],
+    min: usize,
+    max: usize,
+}
+
+impl Step {
+    fn new(set: u128, min: usize, max: usize) -> Self {
+        let mut class = [false; 256];
+        for (byte, member) in class.iter_mut().enumerate().take(128) {
+            *member = set & (1u128 << byte) != 0;
+        }
+        Step { class, min, max }
+    }
+
+    fn set(&self) -> u128 {
+        (0..128)
+            .filter(|&byte| self.class[byte])
+            .fold(0, |set, byte| set | 1u128 << byte)
+    }
+}
+
+/// A string pattern, as pydantic-core's regex engine would match it.
+enum Matcher {
+    /// `^` a sequence of ASCII classes (or literal bytes), each repeated a
+    /// counted number of times, `$`; and where a step's count may vary, its
+    /// class is disjoint from whatever can follow it, so taking as many bytes
+    /// as the step allows is the only way to match (no backtracking). Most
+    /// identifier patterns have this form.
+    Run(Vec<Step>),
+    Regex(Regex),
+}
+
+impl Matcher {
+    fn new(pattern: &str) -> PyResult<Self> {
+        let regex = regex(pattern)?;
+        // The same parser as the regex crate's, with the same defaults.
+        let hir = regex_syntax::parse(pattern)
+            .map_err(|error| PyValueError::new_err(error.to_string()))?;
+        Ok(match run_steps(&hir) {
+            Some(steps) => Matcher::Run(steps),
+            None => Matcher::Regex(regex),
+        })
+    }
+
+    fn is_match(&self, text: &str) -> bool {
+        let steps = match self {
+            Matcher::Run(steps) => steps,
+            Matcher::Regex(regex) => return regex.is_match(text),
+        };
+        let mut rest = text.as_bytes();
+        for step in steps {
+            let most = rest.len().min(step.max);
+            let taken = rest[..most]
+                .iter()
+                .position(|&byte| !step.class[usize::from(byte)])
+                .unwrap_or(most);
+            if taken < step.min {
+                return false;
+            }
+            rest = &rest[taken..];
+        }
+        rest.is_empty()
+    }
+}
+
+/// The steps of a pattern of [`Matcher::Run`]'s form, or `None`.
+fn run_steps(hir: &regex_syntax::hir::Hir) -> Option<Vec<Step>> {
+    use regex_syntax::hir::{HirKind, Look};
+    let HirKind::Concat(parts) = hir.kind() else {
+        return None;
+    };
+    let (first, rest) = parts.split_first()?;
+    let (last, middle) = rest.split_last()?;
+    if *first.kind() != HirKind::Look(Look::Start) || *last.kind() != HirKind::Look(Look::End) {
+        return None;
+    }
+    let mut steps = Vec::new();
+    for part in middle {
+        match part.kind() {
+            HirKind::Literal(literal) => {
+                for &byte in literal.0.iter() {
+                    steps.push(Step::new(ascii_set(&[(byte, byte)])?, 1, 1));
+                }
+            }
+            HirKind::Class(_) => steps.push(Step::new(class_set(part)?, 1, 1)),
+            HirKind::Repetition(repetition) => steps.push(Step::new(
+                class_set(&repetition.sub)?,
+                usize::try_from(repetition.min).ok()?,
+                match repetition.max {
+                    Some(max) => usize::try_from(max).ok()?,
+                    None => usize::MAX,
+                },
+            )),
+            _ => return None,
+        }
+    }
+    // Where a step's count varies, nothing it takes may start what follows.
+    for (index, step) in steps.iter().enumerate() {
+        if step.min == step.max {
+            continue;
+        }
+        let mut follows = 0u128;
+        for next in &steps[index + 1..] {
+            follows |= next.set();
+            if next.min > 0 {
+                break;
+            }
+        }
+        if step.set() & follows != 0 {
+            return None;
+        }
+    }
+    Some(steps)
+}
+
+/// The ASCII bytes of a one-character class (or of one literal byte).
+fn class_set(hir: &regex_syntax::hir::Hir) -> Option<u128> {
+    use regex_syntax::hir::{Class, HirKind};
+    match hir.kind() {
+        HirKind::Class(Class::Unicode(class)) => {
+            let ranges: Vec<(u8, u8)> = class
+                .ranges()
+                .iter()
+                .map(|range| {
+                    Some((
+                        u8::try_from(range.start()).ok()?,
+                        u8::try_from(range.end()).ok()?,
+                    ))
+                })
+                .collect::<Option<_>>()?;
+            ascii_set(&ranges)
+        }
+        HirKind::Class(Class::Bytes(class)) => ascii_set(
+            &class
+                .ranges()
+                .iter()
+                .map(|range| (range.start(), range.end()))
+                .collect::<Vec<_>>(),
+        ),
+        HirKind::Literal(literal) if literal.0.len() == 1 => {
+            ascii_set(&[(literal.0[0], literal.0[0])])
+        }
+        _ => None,
+    }
+}
+
+/// The set of these byte ranges, when all of them are ASCII.
+fn ascii_set(ranges: &[(u8, u8)]) -> Option<u128> {
+    let mut set = 0u128;
+    for &(start, end) in ranges {
+        if end >= 128 {
+            return None;
+        }
+        for byte in start..=end {
+            set |= 1u128 << byte;
+        }
+    }
+    Some(set)
+}
+
+/// A field pattern as the compiled path matches it, for the tests to hold
+/// against the regex crate (pydantic-core's engine) and Python's `re`.
+#[pyclass(module = "exnet_native", frozen)]
+struct Pattern {
+    matcher: Matcher,
+    regex: Regex,
+}
+
+#[pymethods]
+impl Pattern {
+    #[new]
+    fn new(pattern: &str) -> PyResult<Self> {
+        Ok(Pattern {
+            matcher: Matcher::new(pattern)?,
+            regex: regex(pattern)?,
+        })
+    }
+
+    /// `"run"` or `"regex"`: how the compiled path matches this pattern.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.matcher {
+            Matcher::Run(_) => "run",
+            Matcher::Regex(_) => "regex",
+        }
+    }
+
+    /// Whether the compiled path finds `text` in the pattern's language.
+    fn is_match(&self, text: &str) -> bool {
+        self.matcher.is_match(text)
+    }
+
+    /// The regex crate's own answer.
+    fn regex_is_match(&self, text: &str) -> bool {
+        self.regex.is_match(text)
+    }
+}
+
 /// How one field's JSON value is read.
 enum Kind {
     Str {
-        pattern: Option<Regex>,
+        pattern: Option<Matcher>,
         min_length: Option<usize>,
         max_length: Option<usize>,
         to_lower: bool,
@@ -43,7 +248,7 @@ enum Kind {
     Bool,
     /// An ISO-8601 time with a UTC offset in `pattern`'s form, converted to UTC.
     UtcTimestamp {
-        pattern: Regex,
+        pattern: Matcher,
     },
 }
 
@@ -58,12 +263,68 @@ struct Field {
     default: Option<Py<PyAny>>,
 }
 
+/// One rule that spans fields (the model's `RULES`, see `exnet.contracts.envelope`),
+/// over the instance's `__dict__`.
+enum Rule {
+    /// `field` is set when `when` equals `value`.
+    RequiredWhen {
+        field: Py<PyString>,
+        when: Py<PyString>,
+        value: Py<PyAny>,
+    },
+    /// `field` is None unless `when` equals `value`.
+    NullUnless {
+        field: Py<PyString>,
+        when: Py<PyString>,
+        value: Py<PyAny>,
+    },
+    /// `field` is in `table[by]`.
+    OneOfPer {
+        field: Py<PyString>,
+        by: Py<PyString>,
+        table: Py<PyAny>,
+    },
+    /// `field` is at most `table[by]`.
+    AtMostPer {
+        field: Py<PyString>,
+        by: Py<PyString>,
+        table: Py<PyAny>,
+    },
+}
+
+impl Rule {
+    /// Whether the rule holds, as the Python `holds` answers; `None` (decline)
+    /// on anything unexpected, such as a key the table lacks.
+    fn holds(&self, fields: &Bound<'_, PyDict>) -> Option<bool> {
+        let py = fields.py();
+        let get = |name: &Py<PyString>| fields.get_item(name.bind(py)).ok().flatten();
+        match self {
+            Rule::RequiredWhen { field, when, value } => {
+                Some(!get(when)?.eq(value.bind(py)).ok()? || !get(field)?.is_none())
+            }
+            Rule::NullUnless { field, when, value } => {
+                Some(get(when)?.eq(value.bind(py)).ok()? || get(field)?.is_none())
+            }
+            Rule::OneOfPer { field, by, table } => {
+                let allowed = table.bind(py).get_item(get(by)?).ok()?;
+                allowed.contains(get(field)?).ok()
+            }
+            Rule::AtMostPer { field, by, table } => {
+                let top = table.bind(py).get_item(get(by)?).ok()?;
+                get(field)?.le(top).ok()
+            }
+        }
+    }
+}
+
 /// The accepting path for one model.
 #[pyclass(module = "exnet_native", frozen)]
 struct Model {
     cls: Py<PyType>,
     fields: Vec<Field>,
-    /// The model's after-validators, applied in order to the new instance.
+    /// The model's rules that span fields, checked before it is built.
+    rules: Vec<Rule>,
+    /// The model's other after-validators, applied in order to the new instance.
     after: Vec<Py<PyAny>>,
     /// Every field by name, in declaration order, with its default (None when
     /// required): copied for each message, then the values read replace them.
@@ -117,6 +378,17 @@ struct Read<'py, 'a> {
     instant: Option<i64>,
     /// The participant, site and node ids as read (for the checks).
     ids: [Option<&'a str>; 3],
+}
+
+/// What became of a message on the compiled path.
+enum Attempt {
+    /// Every check passed: `Accepted(event, topic, origin)`.
+    Accepted(Py<PyAny>),
+    /// The event (the very instance pydantic would build), but a later check
+    /// (key, site or time) failed or could not be made here.
+    Built(Py<PyAny>),
+    /// Left to pydantic: the fields could not be vouched for.
+    Declined,
 }
 
 /// Microseconds since the epoch of an aware `datetime` in UTC (`datetime.UTC`);
@@ -550,6 +822,43 @@ impl Model {
             .position(|field| field.alias.as_bytes() == key)
     }
 
+    /// [`Model::accept_message`]'s work, saying also whether the event was built.
+    fn attempt(
+        &self,
+        py: Python<'_>,
+        value: Option<&[u8]>,
+        key: Option<&[u8]>,
+        origin: &Bound<'_, PyAny>,
+        now: &Bound<'_, PyAny>,
+    ) -> Attempt {
+        let Some(checks) = self.checks.as_ref() else {
+            return Attempt::Declined;
+        };
+        let Some(value) = value.filter(|value| value.len() <= checks.max_bytes) else {
+            return Attempt::Declined;
+        };
+        let Some(read) = self.read(py, value) else {
+            return Attempt::Declined;
+        };
+        // No key, or a processing time not in UTC: the Python steps check.
+        let passes = key
+            .zip(utc_micros(now))
+            .and_then(|(key, now_us)| checks.passes(&read, key, now_us));
+        // The fields read and the rules hold (or the build fails and pydantic
+        // says why): a failed check is then named by the Python steps, which
+        // take this very instance rather than reading the message again.
+        let Ok(event) = self.build(py, read) else {
+            return Attempt::Declined;
+        };
+        if passes != Some(true) {
+            return Attempt::Built(event);
+        }
+        match new_accepted(py, checks, event, origin) {
+            Ok(accepted) => Attempt::Accepted(accepted),
+            Err(_) => Attempt::Declined,
+        }
+    }
+
     /// The instance's `__dict__` (declaration order, defaults filled), the fields
     /// present (as bits) and the timestamp's instant; `None` to decline.
     fn read<'py, 'a>(&self, py: Python<'py>, data: &'a [u8]) -> Option<Read<'py, 'a>> {
@@ -643,6 +952,14 @@ impl Model {
 
     fn build(&self, py: Python<'_>, read: Read<'_, '_>) -> PyResult<Py<PyAny>> {
         let Read { dict, present, .. } = read;
+        if !self
+            .rules
+            .iter()
+            .all(|rule| rule.holds(&dict) == Some(true))
+        {
+            // pydantic builds it again and its validator words the problem.
+            return Err(PyValueError::new_err("a rule does not hold"));
+        }
         let fields_set = self.fields_set(py, present)?;
         // BaseModel defines no __new__ of its own.
         let instance = new_object(self.cls.bind(py))?;
@@ -689,7 +1006,7 @@ fn field_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Field> {
     let kind = match kind_name.as_str() {
         "str" => Kind::Str {
             pattern: optional::<String>(spec, "pattern")?
-                .map(|p| regex(&p))
+                .map(|p| Matcher::new(&p))
                 .transpose()?,
             min_length: optional(spec, "min_length")?,
             max_length: optional(spec, "max_length")?,
@@ -713,7 +1030,7 @@ fn field_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Field> {
         },
         "bool" => Kind::Bool,
         "utc_timestamp" => Kind::UtcTimestamp {
-            pattern: regex(&required::<String>(spec, "pattern")?)?,
+            pattern: Matcher::new(&required::<String>(spec, "pattern")?)?,
         },
         other => {
             return Err(PyValueError::new_err(format!(
@@ -728,6 +1045,45 @@ fn field_from_spec(spec: &Bound<'_, PyDict>) -> PyResult<Field> {
         kind,
         nullable: optional(spec, "nullable")?.unwrap_or(false),
         default,
+    })
+}
+
+fn rule_from_spec(spec: &Bound<'_, PyDict>, fields: &[Field]) -> PyResult<Rule> {
+    let name = |key: &str| -> PyResult<Py<PyString>> {
+        let name: String = required(spec, key)?;
+        fields
+            .iter()
+            .find(|field| field.name.bind(spec.py()).to_str().ok() == Some(name.as_str()))
+            .map(|field| field.name.clone_ref(spec.py()))
+            .ok_or_else(|| PyValueError::new_err(format!("rule {key}: no field {name}")))
+    };
+    let kind: String = required(spec, "kind")?;
+    Ok(match kind.as_str() {
+        "required_when" => Rule::RequiredWhen {
+            field: name("field")?,
+            when: name("when")?,
+            value: required(spec, "value")?,
+        },
+        "null_unless" => Rule::NullUnless {
+            field: name("field")?,
+            when: name("when")?,
+            value: required(spec, "value")?,
+        },
+        "one_of_per" => Rule::OneOfPer {
+            field: name("field")?,
+            by: name("by")?,
+            table: required(spec, "table")?,
+        },
+        "at_most_per" => Rule::AtMostPer {
+            field: name("field")?,
+            by: name("by")?,
+            table: required(spec, "table")?,
+        },
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "unknown rule kind {other:?}"
+            )))
+        }
     })
 }
 
@@ -782,12 +1138,13 @@ impl Model {
     /// (a dict, or None), `participant`/`site`/`node` (field names), `accepted`
     /// (the class) and `topic`.
     #[new]
-    #[pyo3(signature = (cls, fields, after, checks=None))]
+    #[pyo3(signature = (cls, fields, after, checks=None, rules=Vec::new()))]
     fn new(
         cls: Bound<'_, PyType>,
         fields: Vec<Bound<'_, PyDict>>,
         after: Vec<Py<PyAny>>,
         checks: Option<Bound<'_, PyDict>>,
+        rules: Vec<Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
         let py = cls.py();
         let fields = fields
@@ -813,9 +1170,14 @@ impl Model {
         let checks = checks
             .map(|spec| checks_from_spec(&spec, &fields))
             .transpose()?;
+        let rules = rules
+            .iter()
+            .map(|spec| rule_from_spec(spec, &fields))
+            .collect::<PyResult<Vec<_>>>()?;
         Ok(Model {
             cls: cls.unbind(),
             fields,
+            rules,
             after,
             template: template.unbind(),
             required,
@@ -836,18 +1198,10 @@ impl Model {
         origin: &Bound<'_, PyAny>,
         now: &Bound<'_, PyAny>,
     ) -> Option<Py<PyAny>> {
-        let checks = self.checks.as_ref()?;
-        let (value, key) = (value?, key?);
-        if value.len() > checks.max_bytes {
-            return None;
+        match self.attempt(py, value, key, origin, now) {
+            Attempt::Accepted(accepted) => Some(accepted),
+            Attempt::Built(_) | Attempt::Declined => None,
         }
-        let now_us = utc_micros(now)?;
-        let read = self.read(py, value)?;
-        if !checks.passes(&read, key, now_us)? {
-            return None;
-        }
-        let event = self.build(py, read).ok()?;
-        new_accepted(py, checks, event, origin).ok()
     }
 
     /// The model instance pydantic would build from `data`, or `None` to leave it to pydantic.
@@ -859,8 +1213,100 @@ impl Model {
     }
 }
 
+/// One call per message for the stream workers: the topic's compiled path, and
+/// the Python steps for whatever it does not accept.
+///
+/// `Validator.validate_message` *is* this class's `validate_message` when the
+/// extension is in use, so an accepted message costs no Python frame at all.
+///
+/// Not frozen, so that the cyclic garbage collector can clear it: `fallback`
+/// is usually a bound method of the object that holds this router's method.
+#[pyclass(module = "exnet_native")]
+struct Router {
+    /// Physical topic name -> its [`Model`] (the topics with a compiled path).
+    models: Py<PyDict>,
+    /// `fallback(value, key, origin, now, event)`: the outcome of a message not
+    /// accepted here; `event` is the instance built here (a later check failed)
+    /// or `None` (left to pydantic). `None` once the collector cleared it.
+    fallback: Option<Py<PyAny>>,
+    /// `clock()`: processing time when the caller gives none.
+    clock: Py<PyAny>,
+}
+
+#[pymethods]
+impl Router {
+    #[new]
+    fn new(models: Bound<'_, PyDict>, fallback: Py<PyAny>, clock: Py<PyAny>) -> PyResult<Self> {
+        for (topic, model) in models.iter() {
+            if !topic.is_instance_of::<PyString>() || !model.is_instance_of::<Model>() {
+                return Err(PyValueError::new_err(
+                    "models maps topic names (str) to Model",
+                ));
+            }
+        }
+        Ok(Router {
+            models: models.copy()?.unbind(),
+            fallback: Some(fallback),
+            clock,
+        })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.models)?;
+        visit.call(&self.fallback)?;
+        visit.call(&self.clock)
+    }
+
+    fn __clear__(&mut self) {
+        self.fallback = None;
+    }
+
+    /// The outcome of one Kafka message read from `origin` (its `topic` names the
+    /// physical topic) at processing time `now` (default: the clock).
+    #[pyo3(signature = (value, key, origin, now=None))]
+    fn validate_message(
+        &self,
+        py: Python<'_>,
+        value: Bound<'_, PyAny>,
+        key: Bound<'_, PyAny>,
+        origin: Bound<'_, PyAny>,
+        now: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let now = match now {
+            Some(now) if !now.is_none() => now,
+            _ => self.clock.bind(py).call0()?,
+        };
+        let topic = origin.getattr(pyo3::intern!(py, "topic"))?;
+        let mut event = py.None();
+        if let Some(model) = self.models.bind(py).get_item(&topic)? {
+            // SAFETY: `new` admits only Model values, and the dict is our own copy.
+            let model = unsafe { model.cast_unchecked::<Model>() }.get();
+            // Anything but bytes (None, say) is left to the Python steps.
+            let value_bytes = value.cast::<PyBytes>().ok();
+            let key_bytes = key.cast::<PyBytes>().ok();
+            match model.attempt(
+                py,
+                value_bytes.map(PyBytesMethods::as_bytes),
+                key_bytes.map(PyBytesMethods::as_bytes),
+                &origin,
+                &now,
+            ) {
+                Attempt::Accepted(accepted) => return Ok(accepted),
+                Attempt::Built(built) => event = built,
+                Attempt::Declined => {}
+            }
+        }
+        match &self.fallback {
+            Some(fallback) => fallback.call1(py, (value, key, origin, now, event)),
+            None => Err(PyValueError::new_err("the router was cleared")),
+        }
+    }
+}
+
 #[pymodule]
 fn exnet_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Model>()?;
+    module.add_class::<Router>()?;
+    module.add_class::<Pattern>()?;
     Ok(())
 }

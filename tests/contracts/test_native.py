@@ -15,16 +15,21 @@ variants).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import logging
 import random
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Annotated, Any, ClassVar, Final, Literal
 
+import exnet_native
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from bench.validation import generate_messages
@@ -381,9 +386,15 @@ def test_the_compiled_checks_agree(
         assert (got.reason.value if isinstance(got, Rejected) else "accepted") == (
             "future_timestamp" if outcome == "future" else outcome
         )
-        answered = compiled._contracts[origin.topic].accept_message(value, key_used, origin, now)
+        answered = _compiled_path(compiled, origin).accept_message(value, key_used, origin, now)
         assert (answered is not None) == (outcome == "accepted" and now.tzinfo is UTC)
         assert compiled.validate_batch([(value, key_used, origin)], now) == [got]
+
+
+def _compiled_path(validator: Validator, origin: Origin) -> Any:
+    compiled = validator._contracts[origin.topic].compiled
+    assert compiled is not None
+    return compiled
 
 
 def test_without_a_registry_the_site_is_not_checked_natively_either() -> None:
@@ -400,8 +411,7 @@ def test_no_value_no_key_and_too_large_are_left_to_the_python_steps() -> None:
     value, key, origin = _message(Topic.SESSION)
     large = value[:-1] + b"," + b" " * 70_000 + b"}"
     for message in [(None, key), (value, None), (large, key)]:
-        contract = compiled._contracts[origin.topic]
-        assert contract.accept_message(*message, origin, NOW) is None
+        assert _compiled_path(compiled, origin).accept_message(*message, origin, NOW) is None
         assert compiled.validate_message(*message, origin, NOW) == reference.validate_message(
             *message, origin, NOW
         )
@@ -430,3 +440,84 @@ def test_byte_level_mutations_agree(model: type[EventBase]) -> None:
             cases.append(Case(model, bytes(mutated), may_decline=True))
     tally = _check(cases)
     assert tally.both > 100 and tally.rejected > 1_000, tally
+
+
+# --- field patterns ---------------------------------------------------------------------
+
+#: Every pattern a compiled model checks (occurred_at's has alternations: regex's).
+FIELD_PATTERNS: Final = sorted(
+    {
+        spec["pattern"]
+        for model in MODELS
+        for spec in field_specs(model)[0]
+        if spec.get("pattern") and spec["kind"] == "str"
+    }
+)
+#: Patterns that take the run matcher or fall back to regex at its edges.
+EDGE_PATTERNS: Final = [
+    (r"^a?b$", "run"),
+    (r"^[a-c]*-[a-c]{0,2}x?$", "run"),
+    (r"^$", "run"),
+    (r"(?i)^[a-f]{2,3}$", "run"),
+    (r"^a+a$", "regex"),  # the run could give back a byte: regex
+    (r"^[a-z]{1,3}[0-9a]{2}$", "regex"),
+    (r"^[a-z]{1,3}b?[a-c]$", "regex"),  # what can follow includes what b? skips to
+    (r"^\w+$", "regex"),  # not ASCII
+    (r"^[^-]{2}$", "regex"),
+    (r"^(ab)+$", "regex"),
+    (r"^x|y$", "regex"),
+    (r"(?m)^abc$", "regex"),
+    (r"^abc", "regex"),
+]
+
+
+def test_every_identifier_pattern_takes_the_run_matcher() -> None:
+    assert len(FIELD_PATTERNS) >= 5, FIELD_PATTERNS
+    assert {p: exnet_native.Pattern(p).kind for p in FIELD_PATTERNS} == dict.fromkeys(
+        FIELD_PATTERNS, "run"
+    )
+    assert [exnet_native.Pattern(p).kind for p, _ in EDGE_PATTERNS] == [
+        kind for _, kind in EDGE_PATTERNS
+    ]
+
+
+def _near(text: str, rng: random.Random) -> Iterator[str]:
+    """``text`` and strings one edit away from it, with characters from near and far."""
+    alphabet = "aAfFgGzZ09P-_ .é\n\x00"
+    yield text
+    for at in range(len(text) + 1):
+        yield text[:at] + rng.choice(alphabet) + text[at:]
+        if at < len(text):
+            yield text[:at] + text[at + 1 :]
+            yield text[:at] + rng.choice(alphabet) + text[at + 1 :]
+    yield text + "\n"
+    yield text * 2
+
+
+@pytest.mark.parametrize("pattern", FIELD_PATTERNS + [p for p, _ in EDGE_PATTERNS])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_patterns_match_as_the_regex_crate_does(pattern: str, data: st.DataObject) -> None:
+    """Strings in the pattern's language (drawn by hypothesis from the pattern) and
+    one edit away from it: the run matcher answers as pydantic-core's engine does."""
+    compiled = exnet_native.Pattern(pattern)
+    text = data.draw(
+        st.from_regex(pattern.replace("$", r"\Z"), alphabet=st.characters(codec="utf-8"))
+    )
+    rng = random.Random(text)
+    for candidate in _near(text, rng):
+        assert compiled.is_match(candidate) == compiled.regex_is_match(candidate), (
+            pattern,
+            candidate,
+        )
+
+
+def test_a_validator_is_collected_once_dropped() -> None:
+    """Its ``validate_message`` is the router's, whose fallback is the validator's
+    own method: a cycle through the extension that the collector must see."""
+    validator = Validator(REGISTRY)
+    assert type(validator.validate_message).__name__ == "builtin_function_or_method"
+    gone = weakref.ref(validator)
+    del validator
+    gc.collect()
+    assert gone() is None
