@@ -190,7 +190,7 @@ fn ascii_set(ranges: &[(u8, u8)]) -> Option<u128> {
 }
 
 /// A field pattern as the compiled path matches it, for the tests to hold
-/// against the regex crate (pydantic-core's engine) and Python's `re`.
+/// against the regex crate (pydantic-core's engine).
 #[pyclass(module = "exnet_native", frozen)]
 struct Pattern {
     matcher: Matcher,
