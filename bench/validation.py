@@ -10,9 +10,10 @@ process (pinned to one core when the OS lets it).
 
 Each figure is the whole load's time as the sum, over its slices of
 ``SLICE`` messages, of each slice's fastest of ``REPEATS`` timed runs, after
-one warm-up pass. Noise (other processes, a shared host's steal) only ever
-adds time, and it comes in bursts shorter than a pass over the whole load; a
-slice's fastest run is the one a burst missed. Every message still counts
+one warm-up pass; a slice's runs are a pass over the whole load apart. Noise
+(other processes, a shared host's steal) only ever adds time, and it comes in
+bursts shorter than a pass over the whole load; a slice's fastest run is the
+one a burst missed. Every message still counts
 once, so the mix of types and outcomes is the load's.
 """
 
@@ -218,18 +219,21 @@ def generate_messages(count: int, seed: int = 7) -> list[tuple[bytes, bytes, Ori
 
 
 def _timed(slices: list[_Slice], body: Callable[[_Slice], object]) -> float:
-    """Seconds for all slices: the sum of each slice's fastest of ``REPEATS`` runs."""
+    """Seconds for all slices: the sum of each slice's fastest of ``REPEATS`` runs.
+
+    The runs of a slice are a pass over the whole load apart, not back to back,
+    so that one burst of noise cannot spoil every run of a slice (and no run
+    finds its slice still in the cache from the run before).
+    """
     for piece in slices:  # warm-up: caches, branch predictors, lazily built validators
         body(piece)
-    total = 0.0
-    for piece in slices:
-        best = float("inf")
-        for _ in range(REPEATS):
+    best = [float("inf")] * len(slices)
+    for _ in range(REPEATS):
+        for index, piece in enumerate(slices):
             started = time.perf_counter()
             body(piece)
-            best = min(best, time.perf_counter() - started)
-        total += best
-    return total
+            best[index] = min(best[index], time.perf_counter() - started)
+    return sum(best)
 
 
 def _pin_to_one_core() -> tuple[str, set[int] | None]:
@@ -316,7 +320,7 @@ def _run(count: int, pinning: str, load: str) -> None:
 
     print(
         f"{count:,} messages of the four types, {total_bytes / count:.0f} bytes on average; "
-        f"{pinning}; each {SLICE:,}-message slice's fastest of {REPEATS} timed runs, "
+        f"{pinning}; each {SLICE:,}-message slice's fastest of {REPEATS} timed passes, "
         "summed, after a warm-up; the input is gc-frozen (a worker holds one batch, "
         "not the whole load)"
     )
