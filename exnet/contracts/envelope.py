@@ -168,24 +168,25 @@ def cross_field_error(problems: list[tuple[str, str]]) -> PydanticCustomError:
 
 
 @dataclass(frozen=True, slots=True)
-class RequiredWhen:
-    """``field`` is set (not None) when ``when`` equals ``value``."""
+class _OnValue:
+    """A rule on ``field`` that depends on whether ``when`` equals ``value``."""
 
     field: str
     when: str
     value: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequiredWhen(_OnValue):
+    """``field`` is set (not None) when ``when`` equals ``value``."""
 
     def holds(self, fields: Mapping[str, Any]) -> bool:
         return fields[self.when] != self.value or fields[self.field] is not None
 
 
 @dataclass(frozen=True, slots=True)
-class NullUnless:
+class NullUnless(_OnValue):
     """``field`` is None unless ``when`` equals ``value``."""
-
-    field: str
-    when: str
-    value: str
 
     def holds(self, fields: Mapping[str, Any]) -> bool:
         return fields[self.when] == self.value or fields[self.field] is None

@@ -266,29 +266,21 @@ struct Field {
 /// One rule that spans fields (the model's `RULES`, see `exnet.contracts.envelope`),
 /// over the instance's `__dict__`.
 enum Rule {
-    /// `field` is set when `when` equals `value`.
-    RequiredWhen {
+    /// `required`: `field` is set when `when` equals `value` (`RequiredWhen`);
+    /// else `field` is None unless `when` equals `value` (`NullUnless`).
+    OnValue {
         field: Py<PyString>,
         when: Py<PyString>,
         value: Py<PyAny>,
+        required: bool,
     },
-    /// `field` is None unless `when` equals `value`.
-    NullUnless {
-        field: Py<PyString>,
-        when: Py<PyString>,
-        value: Py<PyAny>,
-    },
-    /// `field` is in `table[by]`.
-    OneOfPer {
+    /// `at_most`: `field` is at most `table[by]` (`AtMostPer`); else `field`
+    /// is in `table[by]` (`OneOfPer`).
+    PerKey {
         field: Py<PyString>,
         by: Py<PyString>,
         table: Py<PyAny>,
-    },
-    /// `field` is at most `table[by]`.
-    AtMostPer {
-        field: Py<PyString>,
-        by: Py<PyString>,
-        table: Py<PyAny>,
+        at_most: bool,
     },
 }
 
@@ -299,19 +291,32 @@ impl Rule {
         let py = fields.py();
         let get = |name: &Py<PyString>| fields.get_item(name.bind(py)).ok().flatten();
         match self {
-            Rule::RequiredWhen { field, when, value } => {
-                Some(!get(when)?.eq(value.bind(py)).ok()? || !get(field)?.is_none())
+            Rule::OnValue {
+                field,
+                when,
+                value,
+                required,
+            } => {
+                let matches = get(when)?.eq(value.bind(py)).ok()?;
+                let set = !get(field)?.is_none();
+                Some(if *required {
+                    !matches || set
+                } else {
+                    matches || !set
+                })
             }
-            Rule::NullUnless { field, when, value } => {
-                Some(get(when)?.eq(value.bind(py)).ok()? || get(field)?.is_none())
-            }
-            Rule::OneOfPer { field, by, table } => {
-                let allowed = table.bind(py).get_item(get(by)?).ok()?;
-                allowed.contains(get(field)?).ok()
-            }
-            Rule::AtMostPer { field, by, table } => {
-                let top = table.bind(py).get_item(get(by)?).ok()?;
-                get(field)?.le(top).ok()
+            Rule::PerKey {
+                field,
+                by,
+                table,
+                at_most,
+            } => {
+                let entry = table.bind(py).get_item(get(by)?).ok()?;
+                if *at_most {
+                    get(field)?.le(entry).ok()
+                } else {
+                    entry.contains(get(field)?).ok()
+                }
             }
         }
     }
@@ -1059,25 +1064,17 @@ fn rule_from_spec(spec: &Bound<'_, PyDict>, fields: &[Field]) -> PyResult<Rule> 
     };
     let kind: String = required(spec, "kind")?;
     Ok(match kind.as_str() {
-        "required_when" => Rule::RequiredWhen {
+        "required_when" | "null_unless" => Rule::OnValue {
             field: name("field")?,
             when: name("when")?,
             value: required(spec, "value")?,
+            required: kind == "required_when",
         },
-        "null_unless" => Rule::NullUnless {
-            field: name("field")?,
-            when: name("when")?,
-            value: required(spec, "value")?,
-        },
-        "one_of_per" => Rule::OneOfPer {
+        "one_of_per" | "at_most_per" => Rule::PerKey {
             field: name("field")?,
             by: name("by")?,
             table: required(spec, "table")?,
-        },
-        "at_most_per" => Rule::AtMostPer {
-            field: name("field")?,
-            by: name("by")?,
-            table: required(spec, "table")?,
+            at_most: kind == "at_most_per",
         },
         other => {
             return Err(PyValueError::new_err(format!(
