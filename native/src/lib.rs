@@ -297,13 +297,11 @@ impl Rule {
                 value,
                 required,
             } => {
+                // RequiredWhen holds where `when` differs or `field` is set;
+                // NullUnless where `when` matches or `field` is None. The field
+                // is read only when the comparison leaves it to decide.
                 let matches = get(when)?.eq(value.bind(py)).ok()?;
-                let set = !get(field)?.is_none();
-                Some(if *required {
-                    !matches || set
-                } else {
-                    matches || !set
-                })
+                Some(matches != *required || get(field)?.is_none() != *required)
             }
             Rule::PerKey {
                 field,
