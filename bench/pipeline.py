@@ -28,10 +28,10 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from exnet.contracts.registry import load_registry
-from exnet.contracts.topics import INPUT_TOPICS, topic_name
-from exnet.producers import SimulationConfig, generate, simulate
+from contracts.registry import load_registry
+from contracts.topics import INPUT_TOPICS, topic_name
 from exnet.settings import Settings, load_settings
+from producers import SimulationConfig, generate, simulate
 
 EXNET = str(Path(sys.executable).with_name("exnet"))
 #: ~64 events per simulated participant.

@@ -29,9 +29,10 @@ import orjson
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from exnet.contracts import INPUT_TOPICS, Topic, load_registry, topic_name
-from exnet.producers import MessageKind, Publisher, SimulationConfig, generate, producer_config
-from exnet.settings import DEMO_REGISTRY, Settings, load_settings
+from contracts import INPUT_TOPICS, Topic, load_registry, topic_name
+from contracts.registry import DEMO_REGISTRY
+from exnet.settings import Settings, load_settings
+from producers import MessageKind, Publisher, SimulationConfig, generate, producer_config
 
 __all__ = ["run"]
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from exnet.contracts import (
+from contracts import (
     ANALYTE_UNITS,
     INSTRUMENT_MAX,
     Origin,
@@ -41,8 +41,8 @@ from exnet.contracts import (
     load_registry,
     topic_name,
 )
-from exnet.contracts.topics import INPUT_TOPICS, Topic
-from exnet.settings import DEMO_REGISTRY
+from contracts.registry import DEMO_REGISTRY
+from contracts.topics import INPUT_TOPICS, Topic
 
 __all__ = ["generate_messages", "run"]
 

@@ -10,11 +10,11 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from exnet.contracts.catalog import TOPICS
-from exnet.contracts.topics import topic_name
-from exnet.errors import UserError
+from contracts.catalog import TOPICS
+from contracts.errors import UserError
+from contracts.topics import topic_name
 from exnet.settings import Settings
-from exnet.streams.app import changelog_topic
+from streams.app import changelog_topic
 
 __all__ = ["admin_client", "ensure_topics", "topic_configs"]
 

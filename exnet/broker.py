@@ -2,13 +2,13 @@
 
 It runs real Apache Kafka, single node, KRaft combined mode (broker and
 controller in one JVM), on loopback only, from jars that Maven fetches from
-Maven Central as ``deploy/kafka/pom.xml`` pins them. CI and people start Kafka
+Maven Central as ``exnet/kafka/pom.xml`` (package data) pins them. CI and people start Kafka
 the same way, through this module.
 
 What callers may rely on:
 
 - :func:`start` returns only once the broker answers a metadata request, and
-  raises :class:`~exnet.errors.UserError` otherwise (missing ``java`` or
+  raises :class:`~contracts.errors.UserError` otherwise (missing ``java`` or
   ``mvn``, a port taken by another program, a broker that dies or stays silent;
   the message then carries the tail of the broker's log). Starting a running
   broker changes nothing.
@@ -19,8 +19,8 @@ What callers may rely on:
   KRaft metadata; kept across restarts), ``logs/`` (``server.log``,
   ``controller.log``, ``console.log`` for the JVM's own output),
   ``server.properties`` (regenerated at every start) and ``broker.pid``.
-  The jars live outside it, in ``deploy/kafka/lib/<hash of the pom>/``
-  (git-ignored), shared by every broker of the checkout and fetched once.
+  The jars live outside it, in ``~/.cache/exnet/kafka-jars/<hash of the pom>/``,
+  shared by every broker and checkout of the user and fetched once.
 - A pid file whose process is gone, or belongs to another program, is stale:
   :func:`status` reports the broker stopped and :func:`start` / :func:`stop`
   remove the file.
@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exnet.errors import UserError
+from contracts.errors import UserError
 
 if TYPE_CHECKING:
     from exnet.settings import Settings
@@ -74,12 +74,14 @@ __all__ = [
     "stop",
 ]
 
-#: Where the Maven project that pins the broker's jars, and its logging config, live.
-KAFKA_DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka"
-POM_FILE = KAFKA_DEPLOY_DIR / "pom.xml"
-LOG4J_CONFIG = KAFKA_DEPLOY_DIR / "log4j2.properties"
-#: Jar folders, one per pom content (git-ignored; survives ``make clean``).
-JAR_CACHE = KAFKA_DEPLOY_DIR / "lib"
+#: Where the Maven project that pins the broker's jars, and its logging config, live:
+#: package data, so that an installed wheel launches the same broker as a checkout.
+KAFKA_RESOURCES = Path(__file__).resolve().parent / "kafka"
+POM_FILE = KAFKA_RESOURCES / "pom.xml"
+LOG4J_CONFIG = KAFKA_RESOURCES / "log4j2.properties"
+#: Jar folders, one per pom content: a per-user cache (like Maven's own ``~/.m2``),
+#: outside the checkout and the installed package, shared by every checkout.
+JAR_CACHE = Path.home() / ".cache" / "exnet" / "kafka-jars"
 
 #: The launcher binds loopback only: a development broker has no authentication.
 HOST = "127.0.0.1"
@@ -353,7 +355,7 @@ def ensure_jars(jar_cache: Path = JAR_CACHE, *, on_step: OnStep | None = None) -
     """
     if not POM_FILE.is_file():
         raise UserError(
-            f"{POM_FILE} is missing: `exnet broker` runs from a checkout of the exnet repository"
+            f"{POM_FILE} is missing: reinstall exnet (the launcher's pom is package data)"
         )
     key = hashlib.sha256(POM_FILE.read_bytes()).hexdigest()[:16]
     lib_dir = jar_cache / key
@@ -414,7 +416,7 @@ def ensure_jars(jar_cache: Path = JAR_CACHE, *, on_step: OnStep | None = None) -
 
 
 def pinned_kafka_version() -> str:
-    """The Kafka version ``deploy/kafka/pom.xml`` pins (``unknown`` if it says none)."""
+    """The Kafka version ``exnet/kafka/pom.xml`` pins (``unknown`` if it says none)."""
     match = re.search(r"<kafka\.version>\s*([^<\s]+)\s*<", POM_FILE.read_text(encoding="utf-8"))
     return match.group(1) if match else "unknown"
 

@@ -16,11 +16,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from exnet.errors import UserError
-from exnet.producers import simulate
+from contracts.errors import UserError
+from contracts.views import SUMMARY_COLUMNS
 from exnet.settings import Settings, load_settings
-from exnet.sinks.query import run_query
-from exnet.sinks.views import SUMMARY_COLUMNS
+from producers import simulate
+from sinks.query import run_query
 
 #: A network of this size gives ~45k events and drains in about a minute here.
 DEMO_PARTICIPANTS = 600

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from exnet.contracts.reasons import Reason
-from exnet.contracts.topics import INPUT_TOPICS
+from contracts.reasons import Reason
+from contracts.topics import INPUT_TOPICS
 
 __all__ = ["EVENT_TYPES", "Metrics"]
 

@@ -19,11 +19,11 @@ from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
-from exnet.contracts.topics import INPUT_TOPICS, Topic, topic_name
+from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from exnet.metrics import Metrics
 from exnet.settings import Settings
-from exnet.sinks.consumer import sink_group
-from exnet.streams.app import streams_group
+from sinks.consumer import sink_group
+from streams.app import streams_group
 
 __all__ = ["LagMonitor", "PartitionLag", "PipelineProgress"]
 

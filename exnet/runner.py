@@ -21,19 +21,19 @@ from enum import StrEnum
 from types import FrameType
 from typing import Any, cast
 
+from contracts.registry import load_registry
+from contracts.topics import INPUT_TOPICS, topic_name
 from exnet.admin import ensure_topics
-from exnet.contracts.registry import load_registry
-from exnet.contracts.topics import INPUT_TOPICS, topic_name
 from exnet.httpserver import OpsServer
 from exnet.metrics import Metrics
 from exnet.monitor import LagMonitor
 from exnet.settings import Settings
-from exnet.sinks.client import connect
-from exnet.sinks.consumer import SINK_TABLES, SinkConsumer
-from exnet.sinks.errors import DatabaseLocked
-from exnet.sinks.migrate import apply_migrations, load_registry_tables
-from exnet.sinks.query import QueryEndpoint
-from exnet.sinks.writer import ClickHouseWriter
+from sinks.client import connect
+from sinks.consumer import SINK_TABLES, SinkConsumer
+from sinks.errors import DatabaseLocked
+from sinks.migrate import apply_migrations, load_registry_tables
+from sinks.query import QueryEndpoint
+from sinks.writer import ClickHouseWriter
 
 __all__ = ["InitReport", "Role", "initialize", "run_up"]
 
@@ -266,7 +266,7 @@ def _run_streams(
     """Run the Faust worker in this (main) thread until it stops; True if it stopped cleanly."""
     import faust
 
-    from exnet.streams.app import create_app
+    from streams.app import create_app
 
     if stop.event.is_set():
         return True

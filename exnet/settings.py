@@ -13,12 +13,10 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from exnet.errors import ConfigError
+from contracts.errors import ConfigError
+from contracts.registry import DEMO_REGISTRY
 
-__all__ = ["DEMO_REGISTRY", "Settings", "load_settings"]
-
-#: The demo network registry shipped with exnet (SPEC §3).
-DEMO_REGISTRY = Path(__file__).parent / "contracts" / "demo_registry.yaml"
+__all__ = ["Settings", "load_settings"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
@@ -66,9 +64,6 @@ class Settings(BaseSettings):
     #: must not pour every event into the dead-letter topic). 1.0 disables it.
     dlq_max_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
     dlq_window: Annotated[int, Field(ge=10)] = 2_000
-    #: Validate through the compiled accepting path (``exnet_native``), with pydantic
-    #: for whatever it declines. ``false``: pydantic alone (same outcomes, slower).
-    native_validation: bool = True
 
     # --- sink --------------------------------------------------------------
     sink_batch_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000

@@ -19,8 +19,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from contracts.errors import UserError
 from exnet import broker
-from exnet.errors import UserError
 from exnet.settings import Settings, load_settings
 
 if TYPE_CHECKING:

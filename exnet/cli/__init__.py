@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from typer._click.exceptions import ClickException as _ClickException  # typer's own click
 
-from exnet.errors import UserError
+from contracts.errors import UserError
 
 __all__ = ["app", "main"]
 

@@ -31,11 +31,16 @@ def register(app: typer.Typer) -> None:
         ],
     ) -> None:
         """Write <type>_v<major>.schema.json for every event version, and topics.json."""
-        from exnet.contracts.export import export_contracts
+        from contracts.export import export_contracts
         from exnet.settings import load_settings
 
         settings = load_settings()
-        written = export_contracts(directory, settings)
+        written = export_contracts(
+            directory,
+            topic_prefix=settings.topic_prefix,
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+        )
         out = Console(highlight=False, soft_wrap=True)
         for path in written:
             out.print(str(path))

@@ -88,7 +88,7 @@ def sql(
     ] = None,
 ) -> None:
     """Read-only SQL against the analytics database; works while `exnet up` runs."""
-    from exnet.sinks.query import run_query
+    from sinks.query import run_query
 
     settings = load_settings()
     text = sys.stdin.read() if query == "-" else query

@@ -31,10 +31,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from exnet.contracts import Rejected
-from exnet.errors import UserError
-from exnet.producers import FlushSummary, Publisher, PublishSummary, flush_spool, spool_of
+from contracts import Rejected
+from contracts.errors import UserError
 from exnet.settings import Settings, load_settings
+from producers import FlushSummary, Publisher, PublishSummary, flush_spool, spool_of
 
 __all__ = [
     "EXIT_INTERRUPTED",

@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from exnet.errors import UserError
-from exnet.producers import (
+from contracts.errors import UserError
+from exnet.settings import load_settings
+from producers import (
     DEFAULT_INVALID_KINDS,
     DEFAULT_PARTICIPANTS,
     DEFAULT_SEED,
@@ -21,7 +22,6 @@ from exnet.producers import (
     SimulationResult,
     simulate,
 )
-from exnet.settings import load_settings
 
 __all__ = ["register"]
 

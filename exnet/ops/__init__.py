@@ -1,6 +1,6 @@
 """Tools for operators and analysts: ``exnet status``, ``exnet rejects``, ``exnet report``.
 
-All of them read ClickHouse read-only through :func:`exnet.sinks.query.run_query`
+All of them read ClickHouse read-only through :func:`sinks.query.run_query`
 (so they work while ``exnet up`` holds the embedded database) and Kafka with
 plain metadata and offset requests (no group membership).
 """

@@ -1,6 +1,6 @@
 """Read-only queries of the operators' and analysts' tools, through :func:`run_query`.
 
-Every read goes through :func:`exnet.sinks.query.run_query`, so the tools work
+Every read goes through :func:`sinks.query.run_query`, so the tools work
 while ``exnet up`` holds the embedded database. Queries run on a session
 pinned ``readonly=1``, which forbids per-query ``SETTINGS``: values are
 therefore inlined as literals built here, never from unquoted input.
@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from exnet.errors import UserError
+from contracts.errors import UserError
 from exnet.settings import Settings
-from exnet.sinks.query import run_query
+from sinks.query import run_query
 
 __all__ = [
     "from_millis",

@@ -30,8 +30,8 @@ import orjson
 from rich.console import Group, RenderableType
 from rich.text import Text
 
-from exnet.contracts.reasons import Reason
-from exnet.errors import UserError
+from contracts.errors import UserError
+from contracts.reasons import Reason
 from exnet.ops._sql import from_millis, query_rows, quote_list, time_literal, to_int
 from exnet.settings import Settings
 

@@ -3,7 +3,7 @@
 What callers may rely on:
 
 - :func:`build_report` reads the analytics tables and views read-only (through
-  :func:`~exnet.sinks.query.run_query`, so it works while ``exnet up`` runs)
+  :func:`~sinks.query.run_query`, so it works while ``exnet up`` runs)
   and returns the whole page as a string; :func:`write_report` writes it.
 - The page needs nothing but itself: charts are inline SVG drawn here, the
   style and the small checking script are inline, and a Content-Security-Policy

@@ -33,7 +33,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from exnet.errors import ExnetError
+from contracts.errors import ExnetError
 from exnet.ops._sql import from_millis, query_rows, time_literal, to_int
 from exnet.settings import Settings
 
@@ -332,8 +332,8 @@ def collect_status(
 
 def _expected_topics(settings: Settings) -> list[tuple[str, str]]:
     """(logical, physical) of every topic ``exnet init`` creates."""
+    from contracts.topics import Topic, topic_name
     from exnet.admin import topic_configs
-    from exnet.contracts.topics import Topic, topic_name
 
     physical = list(topic_configs(settings))
     logical_of = {topic_name(t, settings.topic_prefix): t.value for t in Topic}

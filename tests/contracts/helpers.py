@@ -12,8 +12,8 @@ from typing import Any, Final
 
 import orjson
 
-import exnet.contracts
-from exnet.contracts import (
+import contracts
+from contracts import (
     Accepted,
     NetworkRegistry,
     Origin,
@@ -24,11 +24,11 @@ from exnet.contracts import (
     load_registry,
     topic_name,
 )
-from exnet.settings import DEMO_REGISTRY
+from contracts.registry import DEMO_REGISTRY
 
 #: Processing time of every test (the examples' README says so too).
 NOW: Final = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-EXAMPLES: Final = Path(exnet.contracts.__file__).parent / "examples"
+EXAMPLES: Final = Path(contracts.__file__).parent / "examples"
 REGISTRY: Final[NetworkRegistry] = load_registry(DEMO_REGISTRY)
 #: The validator's own reasons (``conflicting_duplicate`` needs state: not the validator's).
 VALIDATOR_REASONS: Final = frozenset(

@@ -12,8 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from exnet.cli import contracts as contracts_cli
-from exnet.contracts import (
+from contracts import (
     ANALYTE_UNITS,
     EVENT_MODELS,
     INSTRUMENT_MAX,
@@ -23,15 +22,16 @@ from exnet.contracts import (
     EventBase,
     Topic,
 )
-from exnet.contracts.catalog import TOPICS, topic_spec
-from exnet.contracts.export import (
+from contracts.catalog import TOPICS, topic_spec
+from contracts.errors import UserError
+from contracts.export import (
     JSON_SCHEMA_DIALECT,
     TOPICS_FILE,
     event_json_schema,
     export_contracts,
     schema_file_name,
 )
-from exnet.errors import UserError
+from exnet.cli import contracts as contracts_cli
 from exnet.settings import load_settings
 
 from .helpers import Example, event, load_examples, send
@@ -56,7 +56,7 @@ NOT_EXPRESSIBLE = {
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("contracts") / "out"
-    written = export_contracts(directory, load_settings(topic_prefix="lab7."))
+    written = export_contracts(directory, topic_prefix="lab7.")
     assert [path.name for path in written] == [
         "enrollment_v1.schema.json",
         "session_v1.schema.json",
@@ -154,7 +154,7 @@ def test_schema_and_validator_agree_on_scores(exported: Path, instrument: str, t
 
 
 def test_schema_and_validator_agree_on_status_rules(exported: Path) -> None:
-    from exnet.contracts import EnrollmentV1, SessionV1
+    from contracts import EnrollmentV1, SessionV1
 
     enrollment, session = _checker(exported, EnrollmentV1), _checker(exported, SessionV1)
     cases = [
@@ -219,7 +219,7 @@ def test_export_into_an_unwritable_place(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match="cannot write the contracts to"):
-        export_contracts(blocker / "out", load_settings())
+        export_contracts(blocker / "out")
 
 
 def test_cli_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from exnet.contracts import NetworkRegistry, load_registry
-from exnet.errors import ConfigError, UserError
-from exnet.settings import DEMO_REGISTRY
+from contracts import NetworkRegistry, load_registry
+from contracts.errors import ConfigError, UserError
+from contracts.registry import DEMO_REGISTRY
 
 
 def _write(tmp_path: Path, text: str) -> Path:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from pydantic import Field, ValidationError
 
-from exnet.contracts import (
+from contracts import (
     FUTURE_TOLERANCE,
     INSTRUMENT_MAX,
     MAX_MESSAGE_BYTES,
@@ -31,7 +31,7 @@ from exnet.contracts import (
     Topic,
     Validator,
 )
-from exnet.contracts.validation import _TopicContract
+from contracts.validation import _TopicContract
 
 from .helpers import (
     BASE,
@@ -1019,7 +1019,7 @@ class SessionV2(SessionV1):
 
 def test_two_versions_on_one_topic() -> None:
     validator = new_validator()
-    two = _TopicContract(Topic.SESSION, (SessionV1, SessionV2), use_native=True)
+    two = _TopicContract(Topic.SESSION, (SessionV1, SessionV2))
     validator._contracts["exnet.session"] = two
     v1, v2 = event(S), event(S, schema="session/2", venue="home")
     assert type(accepted(send_to(validator, v1)).event) is SessionV1

@@ -7,8 +7,8 @@ import typing
 
 import pytest
 
-from exnet.contracts import ANALYTE_UNITS, CANONICAL_UNIT, AssayV1, Topic, to_canonical
-from exnet.contracts.units import Analyte, Unit
+from contracts import ANALYTE_UNITS, CANONICAL_UNIT, AssayV1, Topic, to_canonical
+from contracts.units import Analyte, Unit
 
 from .helpers import accepted, event, rejected, send
 

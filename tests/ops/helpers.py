@@ -30,7 +30,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from exnet.contracts.topics import INPUT_TOPICS, Topic, topic_name
+from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from exnet.settings import Settings
 
 #: ``tests/conftest.py``'s ``settings_factory`` (typed here: mypy cannot import conftest).

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exnet.contracts.reasons import Reason
-from exnet.contracts.topics import Topic, topic_name
+from contracts.reasons import Reason
+from contracts.topics import Topic, topic_name
 from exnet.metrics import EVENT_TYPES
 from exnet.settings import Settings
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exnet.contracts.topics import topic_name
+from contracts.topics import topic_name
 from exnet.settings import Settings
 
 from .helpers import (

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from exnet.contracts.registry import load_registry
+from contracts.registry import load_registry
 from exnet.settings import Settings
-from exnet.sinks.client import connect
-from exnet.sinks.migrate import apply_migrations, load_registry_tables
-from exnet.sinks.rows import FACT_COLUMNS, FACT_TABLES, REJECTED_COLUMNS, REJECTED_TABLE
+from sinks.client import connect
+from sinks.migrate import apply_migrations, load_registry_tables
+from sinks.rows import FACT_COLUMNS, FACT_TABLES, REJECTED_COLUMNS, REJECTED_TABLE
 
 if TYPE_CHECKING:
     from tests.conftest import SettingsFactory

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
-from exnet.contracts.topics import Topic, topic_name
-from exnet.errors import UserError
+from contracts.errors import UserError
+from contracts.topics import Topic, topic_name
 from exnet.ops._sql import query_rows
 from exnet.ops.rejects import (
     WORKLIST_COLUMNS,

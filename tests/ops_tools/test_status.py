@@ -11,8 +11,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from rich.console import Console
 
+from contracts.topics import Topic, topic_name
 from exnet.admin import ensure_topics
-from exnet.contracts.topics import Topic, topic_name
 from exnet.ops.status import (
     BrokerState,
     ClickHouseState,

@@ -17,9 +17,9 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from exnet.contracts.topics import Topic, topic_name
+from contracts.topics import Topic, topic_name
 from exnet.settings import Settings
-from exnet.sinks.client import connect
+from sinks.client import connect
 
 __all__ = ["EXNET", "Pipeline"]
 

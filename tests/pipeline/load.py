@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from exnet.contracts.topics import Topic
+from contracts.topics import Topic
 from tests.pipeline.events import EventMaker
 
 __all__ = ["participant_events"]

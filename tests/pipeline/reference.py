@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any
 
-from exnet.contracts.assessment import REMISSION_MAX
+from contracts.assessment import REMISSION_MAX
 
 __all__ = ["arm_summary", "network_summary", "node_daily", "node_summary"]
 

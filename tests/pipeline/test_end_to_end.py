@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from exnet.contracts import headers as H
-from exnet.contracts.topics import Topic
-from exnet.contracts.validation import MAX_MESSAGE_BYTES
-from exnet.sinks.views import SUMMARY_COLUMNS
+from contracts import headers as H
+from contracts.topics import Topic
+from contracts.validation import MAX_MESSAGE_BYTES
+from contracts.views import SUMMARY_COLUMNS
 from tests.pipeline import reference
 from tests.pipeline.events import EventMaker
 from tests.pipeline.harness import Pipeline

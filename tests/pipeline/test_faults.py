@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
+from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS
 from exnet.monitor import PipelineProgress
-from exnet.sinks.views import ARM_COLUMNS, SUMMARY_COLUMNS
-from exnet.streams.app import streams_group
+from streams.app import streams_group
 from tests.pipeline import reference
 from tests.pipeline.harness import Pipeline
 from tests.pipeline.load import participant_events

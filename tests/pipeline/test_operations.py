@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exnet.contracts.topics import Topic
-from exnet.sinks.query import endpoint_file
+from contracts.topics import Topic
+from sinks.query import endpoint_file
 from tests.pipeline.events import EventMaker
 from tests.pipeline.harness import Pipeline
 

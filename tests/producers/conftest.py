@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exnet.contracts import INPUT_TOPICS, NetworkRegistry, load_registry, topic_name
-from exnet.producers import Simulation, SimulationConfig, generate
-from exnet.settings import DEMO_REGISTRY, Settings
+from contracts import INPUT_TOPICS, NetworkRegistry, load_registry, topic_name
+from contracts.registry import DEMO_REGISTRY
+from exnet.settings import Settings
+from producers import Simulation, SimulationConfig, generate
 
 from .helpers import PUB_PARTITIONS
 

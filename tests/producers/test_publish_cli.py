@@ -15,12 +15,12 @@ from typing import Any
 import orjson
 import pytest
 
+from contracts.errors import UserError
 from exnet.cli.publish import EXIT_INVALID, EXIT_OK, EXIT_SPOOLED, publish_files
-from exnet.errors import UserError
-from exnet.producers import Simulation, simulate, spool_of
-from exnet.producers import publisher as publisher_module
-from exnet.producers.spool import read_segment
 from exnet.settings import Settings
+from producers import Simulation, simulate, spool_of
+from producers import publisher as publisher_module
+from producers.spool import read_segment
 
 from .helpers import EXNET, pub_env, pub_exnet
 from .test_publisher import FakeProducer

@@ -16,11 +16,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from exnet.contracts import INPUT_TOPICS, Topic, topic_name
-from exnet.producers import MessageKind, Simulation, simulate
-from exnet.producers.publisher import COMMIT_EVENTS
-from exnet.producers.spool import read_segment
+from contracts import INPUT_TOPICS, Topic, topic_name
 from exnet.settings import Settings
+from producers import MessageKind, Simulation, simulate
+from producers.publisher import COMMIT_EVENTS
+from producers.spool import read_segment
 
 from .helpers import EXNET, PubRecord, pub_consume, pub_env, pub_exnet
 

@@ -9,11 +9,12 @@ import orjson
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from exnet.contracts import Accepted, Reason, Rejected, Topic, topic_name
-from exnet.producers import Publisher, Simulation, flush_spool, spool_of
-from exnet.producers import publisher as publisher_module
-from exnet.producers.publisher import COMMIT_EVENTS
-from exnet.settings import DEMO_REGISTRY, Settings
+from contracts import Accepted, Reason, Rejected, Topic, topic_name
+from contracts.registry import DEMO_REGISTRY
+from exnet.settings import Settings
+from producers import Publisher, Simulation, flush_spool, spool_of
+from producers import publisher as publisher_module
+from producers.publisher import COMMIT_EVENTS
 
 
 class FakeFuture:

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from exnet.contracts import (
+from contracts import (
     Accepted,
     AssayV1,
     AssessmentV1,
@@ -25,8 +25,9 @@ from exnet.contracts import (
     SessionV1,
     Validator,
 )
-from exnet.errors import UserError
-from exnet.producers import (
+from contracts.errors import UserError
+from exnet.settings import Settings
+from producers import (
     InvalidKind,
     MessageKind,
     Simulation,
@@ -34,8 +35,7 @@ from exnet.producers import (
     generate,
     simulate,
 )
-from exnet.producers.simulate import ASSESSMENT_WEEKS, STUDY_ANCHOR, STUDY_START
-from exnet.settings import Settings
+from producers.simulate import ASSESSMENT_WEEKS, STUDY_ANCHOR, STUDY_START
 
 from .helpers import pub_env, pub_exnet
 
@@ -82,9 +82,9 @@ def test_the_same_seed_gives_the_same_bytes_in_another_process(
     """No dependence on hash randomisation or the clock: a fresh interpreter agrees."""
     script = (
         "import hashlib\n"
-        "from exnet.contracts import load_registry\n"
-        "from exnet.producers import SimulationConfig, generate\n"
-        "from exnet.settings import DEMO_REGISTRY\n"
+        "from contracts import load_registry\n"
+        "from producers import SimulationConfig, generate\n"
+        "from contracts.registry import DEMO_REGISTRY\n"
         "sim = generate(load_registry(DEMO_REGISTRY), SimulationConfig(seed=11, participants=25,"
         " invalid_share=0.1, duplicate_share=0.1, conflict_share=0.05))\n"
         "digest = hashlib.sha256()\n"

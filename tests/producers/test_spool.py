@@ -13,10 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from exnet.errors import UserError
-from exnet.producers import Spool, SpooledEvent
-from exnet.producers.publisher import COMMIT_EVENTS
-from exnet.producers.spool import SegmentWriter, read_segment, seq_ranges
+from contracts.errors import UserError
+from producers import Spool, SpooledEvent
+from producers.publisher import COMMIT_EVENTS
+from producers.spool import SegmentWriter, read_segment, seq_ranges
 
 #: Longest wait for a child process to reach the state a test needs.
 CHILD_WAIT_S = 60.0
@@ -151,7 +151,7 @@ def test_two_flushers_never_hold_the_same_segment(tmp_path: Path) -> None:
                 f"""
                 import sys, time
                 from pathlib import Path
-                from exnet.producers import Spool
+                from producers import Spool
                 spool = Spool(Path({str(tmp_path)!r}))
                 with spool.claim(Path({str(path)!r})) as claimed:
                     assert claimed is not None
@@ -197,7 +197,7 @@ def test_kill_9_while_spooling_leaves_a_readable_prefix(tmp_path: Path) -> None:
         f"""
         import uuid
         from pathlib import Path
-        from exnet.producers import Publisher
+        from producers import Publisher
         from exnet.settings import Settings
         settings = Settings(var_dir=Path({str(tmp_path)!r}))
         template = (

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from exnet.contracts.registry import load_registry
-from exnet.settings import DEMO_REGISTRY, Settings
-from exnet.sinks.client import connect
-from exnet.sinks.consumer import SINK_TABLES
-from exnet.sinks.migrate import MIGRATIONS, apply_migrations, load_registry_tables
-from exnet.sinks.writer import ClickHouseWriter
+from contracts.registry import DEMO_REGISTRY, load_registry
+from exnet.settings import Settings
+from sinks.client import connect
+from sinks.consumer import SINK_TABLES
+from sinks.migrate import MIGRATIONS, apply_migrations, load_registry_tables
+from sinks.writer import ClickHouseWriter
 from tests.conftest import SettingsFactory
 
 pytestmark = pytest.mark.clickhouse

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import orjson
 
-from exnet.contracts import headers as H
-from exnet.contracts.validation import Origin
-from exnet.sinks.rows import FACT_COLUMNS, REJECTED_COLUMNS, fact_row, rejected_row
+from contracts import headers as H
+from contracts.validation import Origin
+from sinks.rows import FACT_COLUMNS, REJECTED_COLUMNS, fact_row, rejected_row
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 

@@ -1,12 +1,13 @@
-"""The dedup rule: new, replay, duplicate, conflict."""
+"""The dedup rule: new, replay, duplicate, conflict; and what the table remembers."""
 
 from __future__ import annotations
 
 import pytest
 
-from exnet.streams.dedup import Decision, Seen, decide
+from contracts import Origin
+from streams.dedup import Decision, Seen, decide, remember
 
-FIRST = Seen("f" * 32, "exnet.session", 2, 40)
+FIRST = Seen("f" * 32, Origin("exnet.session", 2, 40))
 
 
 def test_first_sight_is_new() -> None:
@@ -14,30 +15,41 @@ def test_first_sight_is_new() -> None:
 
 
 def test_the_same_source_message_again_is_a_replay_not_a_duplicate() -> None:
-    assert decide(FIRST, Seen("f" * 32, "exnet.session", 2, 40)) is Decision.REPLAY
+    assert decide(FIRST, Seen("f" * 32, Origin("exnet.session", 2, 40))) is Decision.REPLAY
 
 
 @pytest.mark.parametrize(
     "other",
     [
-        Seen("f" * 32, "exnet.session", 2, 41),
-        Seen("f" * 32, "exnet.session", 3, 40),
-        Seen("f" * 32, "exnet.assay", 2, 40),
+        Origin("exnet.session", 2, 41),
+        Origin("exnet.session", 3, 40),
+        Origin("exnet.assay", 2, 40),
     ],
 )
-def test_another_message_with_the_same_content_is_a_duplicate(other: Seen) -> None:
-    assert decide(FIRST, other) is Decision.DUPLICATE
+def test_another_message_with_the_same_content_is_a_duplicate(other: Origin) -> None:
+    assert decide(FIRST, Seen("f" * 32, other)) is Decision.DUPLICATE
 
 
 def test_another_message_with_other_content_is_a_conflict() -> None:
-    assert decide(FIRST, Seen("e" * 32, "exnet.session", 2, 99)) is Decision.CONFLICT
+    assert decide(FIRST, Seen("e" * 32, Origin("exnet.session", 2, 99))) is Decision.CONFLICT
 
 
-def test_a_replayed_conflict_stays_a_conflict() -> None:
-    # the table keeps the first accepted copy; a conflict never replaces it
-    assert decide(FIRST, Seen("e" * 32, "exnet.session", 2, 99)) is Decision.CONFLICT
+def test_only_the_first_accepted_copy_is_remembered() -> None:
+    table: dict[str, Seen] = {}
+    conflicting = Seen("e" * 32, Origin("exnet.session", 2, 99))
+    duplicate = Seen("f" * 32, Origin("exnet.assay", 0, 7))
+    assert remember(table, "id", FIRST) is Decision.NEW
+    # A conflict read again (a replay of its source message) stays a conflict: the
+    # table still holds the first copy, not the conflicting one.
+    assert remember(table, "id", conflicting) is Decision.CONFLICT
+    assert remember(table, "id", conflicting) is Decision.CONFLICT
+    assert remember(table, "id", duplicate) is Decision.DUPLICATE
+    assert remember(table, "id", duplicate) is Decision.DUPLICATE
+    assert table == {"id": FIRST}
+    # ... so the first copy's own replay is still told from the others.
+    assert remember(table, "id", FIRST) is Decision.REPLAY
 
 
 def test_seen_round_trips_through_its_table_encoding() -> None:
-    seen = Seen("0123456789abcdef" * 2, "pre.fix.exnet.session", 5, 123456789)
+    seen = Seen("0123456789abcdef" * 2, Origin("pre.fix.exnet.session", 5, 123456789))
     assert Seen.decode(seen.encode()) == seen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exnet.streams.guard import InvalidRatioExceeded, InvalidRatioGuard
+from streams.guard import InvalidRatioExceeded, InvalidRatioGuard
 
 
 def test_below_the_window_nothing_trips_even_if_all_are_rejected() -> None:

@@ -6,7 +6,7 @@ import faust
 import pytest
 from faust.transport.drivers import TRANSPORTS
 
-from exnet.streams.transport import SCHEME, Transport, first_unprocessed, register
+from streams.transport import SCHEME, Transport, first_unprocessed, register
 
 
 @pytest.mark.parametrize(
@@ -34,4 +34,4 @@ def test_the_scheme_selects_the_transport() -> None:
     assert TRANSPORTS.by_url(f"{SCHEME}://127.0.0.1:9092") is Transport
     app = faust.App("exnet-test-transport", broker=f"{SCHEME}://127.0.0.1:9092")
     assert type(app.transport) is Transport
-    assert type(app.consumer).__module__ == "exnet.streams.transport"
+    assert type(app.consumer).__module__ == "streams.transport"

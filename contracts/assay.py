@@ -1,0 +1,65 @@
+"""``assay/1``: one analyte measured in one specimen (SPEC §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+from pydantic import ConfigDict, Field, StringConstraints
+
+from contracts.envelope import EventBase, OneOfPer, Rule
+from contracts.units import ANALYTE_UNITS, Analyte, Unit, to_canonical
+
+__all__ = ["AssayV1"]
+
+SpecimenType = Literal["serum", "plasma", "whole_blood", "saliva", "urine", "pbmc", "muscle"]
+Timepoint = Literal["baseline", "acute_pre", "acute_post", "mid", "post", "follow_up"]
+
+#: The unit rule for JSON Schema readers, from the same table as ``rule_problems``.
+_JSON_SCHEMA_RULES: Final[dict[str, Any]] = {
+    "allOf": [
+        {
+            "if": {"properties": {"analyte": {"const": analyte}}, "required": ["analyte"]},
+            "then": {"properties": {"unit": {"enum": list(units)}}},
+        }
+        for analyte, units in ANALYTE_UNITS.items()
+    ]
+}
+
+
+class AssayV1(EventBase):
+    """A lab measured one analyte in one specimen."""
+
+    model_config = ConfigDict(json_schema_extra=_JSON_SCHEMA_RULES)
+
+    EVENT_TYPE: ClassVar[str] = "assay"
+    SCHEMA: ClassVar[str] = "assay/1"
+    RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"analyte", "unit"})
+    RULES: ClassVar[tuple[Rule, ...]] = (OneOfPer("unit", "analyte", ANALYTE_UNITS),)
+
+    schema_: Literal["assay/1"] = Field(alias="schema")
+    specimen_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{4,64}$")]
+    specimen_type: SpecimenType
+    timepoint: Timepoint
+    analyte: Analyte
+    #: In ``unit``; finite (the model forbids infinities and NaN).
+    value: Annotated[float, Field(ge=0)]
+    unit: Unit
+    lab_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{2,32}$")]
+    #: The lab's batch label; bounded so that no long free text rides along.
+    batch_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    below_lloq: bool = False
+
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+        analyte = values["analyte"]
+        allowed = ANALYTE_UNITS[analyte]
+        unit = values["unit"]
+        if unit not in allowed:
+            takes = " or ".join(map(repr, allowed))
+            return [("unit", f"{analyte} takes {takes}, not {unit!r}")]
+        return []
+
+    def canonical(self) -> tuple[float, str]:
+        """``(value_canonical, unit_canonical)``: the value in the analyte's canonical unit."""
+        return to_canonical(self.analyte, self.value, self.unit)

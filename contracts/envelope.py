@@ -1,0 +1,278 @@
+"""The envelope every event carries (SPEC §1), as the frozen base of every event model."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Final, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+
+__all__ = [
+    "CROSS_FIELD_ERROR",
+    "EVENT_ID_PATTERN",
+    "NODE_ID_PATTERN",
+    "OCCURRED_AT_ERROR",
+    "OCCURRED_AT_INVALID",
+    "OCCURRED_AT_PATTERN",
+    "PARTICIPANT_ID_PATTERN",
+    "SITE_ID_PATTERN",
+    "AtMostPer",
+    "EventBase",
+    "EventId",
+    "NullUnless",
+    "OneOfPer",
+    "RequiredWhen",
+    "Rule",
+    "NodeId",
+    "ParticipantId",
+    "SiteId",
+    "UtcTimestamp",
+    "cross_field_error",
+]
+
+NODE_ID_PATTERN: Final = r"^[A-Z][A-Z0-9]{1,15}$"
+SITE_ID_PATTERN: Final = r"^[A-Z][A-Z0-9]{1,15}-[A-Z0-9]{1,15}$"
+PARTICIPANT_ID_PATTERN: Final = r"^P-[0-9a-f]{10,64}$"
+#: A UUID in its standard 8-4-4-4-12 hex form, either case (stored lower-case).
+EVENT_ID_PATTERN: Final = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+#: ISO-8601 date and time with a UTC offset, ``Z`` or ``+hh:mm``/``-hh:mm`` (SPEC §1).
+#: Seconds and their fraction are optional, a space may stand for ``T`` (as RFC 3339
+#: allows). Naive times, bare dates, other offset forms and Unix timestamps are not
+#: accepted. Years run 1000..9998, so that every such time has a UTC equivalent
+#: (0001-01-01T00:30+01:00 and 9999-12-31T23:30-01:00 have none).
+OCCURRED_AT_PATTERN: Final = (
+    r"^(?:[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}"
+    r"[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+#: The error type of an ``occurred_at`` that is not in that form.
+OCCURRED_AT_ERROR: Final = "datetime_utc_offset"
+#: The error type of an ``occurred_at`` in that form that is no real time (February 30).
+OCCURRED_AT_INVALID: Final = "datetime_invalid"
+
+NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN)]
+SiteId = Annotated[str, StringConstraints(pattern=SITE_ID_PATTERN)]
+ParticipantId = Annotated[str, StringConstraints(pattern=PARTICIPANT_ID_PATTERN)]
+#: Lower-cased before the pattern runs, so ``ABC...`` and ``abc...`` are one identity.
+EventId = Annotated[str, StringConstraints(to_lower=True, pattern=EVENT_ID_PATTERN)]
+
+
+class _UtcTimestampSchema:
+    """``occurred_at``: checked, parsed and converted to UTC without running Python code.
+
+    From JSON: a string in :data:`OCCURRED_AT_PATTERN`'s form (pydantic-core's
+    regex), parsed by ``datetime.fromisoformat`` and converted by
+    ``datetime.astimezone(UTC)``, both C functions that pydantic-core calls
+    directly. (pydantic-core's own datetimes carry a tzinfo implemented in Rust
+    whose conversion to UTC costs more than the rest of the event's validation.)
+    From Python: an aware ``datetime`` that has a UTC equivalent, converted to UTC.
+    """
+
+    def __get_pydantic_core_schema__(
+        self, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        to_utc = core_schema.no_info_plain_validator_function(
+            operator.methodcaller("astimezone", UTC)
+        )
+        from_json = core_schema.chain_schema(
+            [
+                core_schema.custom_error_schema(
+                    core_schema.str_schema(pattern=OCCURRED_AT_PATTERN, strict=True),
+                    OCCURRED_AT_ERROR,
+                    custom_error_message=(
+                        "must be an ISO-8601 date and time with a UTC offset "
+                        "('Z' or '+hh:mm'), e.g. '2025-06-01T09:30:00+02:00'; "
+                        "naive times are invalid"
+                    ),
+                ),
+                core_schema.custom_error_schema(
+                    core_schema.no_info_plain_validator_function(datetime.fromisoformat),
+                    OCCURRED_AT_INVALID,
+                    custom_error_message=(
+                        "is not a real date and time (a month, day, hour, minute or second "
+                        "is out of range)"
+                    ),
+                ),
+                to_utc,
+            ]
+        )
+        from_python = core_schema.chain_schema(
+            [
+                core_schema.datetime_schema(
+                    strict=True, tz_constraint="aware", ge=_EARLIEST, le=_LATEST
+                ),
+                to_utc,
+            ]
+        )
+        return core_schema.json_or_python_schema(
+            from_json,
+            from_python,
+            serialization=core_schema.simple_ser_schema("datetime"),
+        )
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["format"] = "date-time"
+        return json_schema
+
+
+#: Python ``occurred_at`` values must have a UTC equivalent.
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
+_LATEST: Final = datetime.max.replace(tzinfo=UTC)
+
+#: An aware timestamp as SPEC §1 writes it; stored in UTC.
+UtcTimestamp = Annotated[datetime, _UtcTimestampSchema()]
+
+#: The error type of a rule that spans fields; its context names every failing path.
+CROSS_FIELD_ERROR: Final = "cross_field"
+
+
+def cross_field_error(problems: list[tuple[str, str]]) -> PydanticCustomError:
+    """One error for the rules spanning fields that failed, as (field path, message) pairs.
+
+    A model validator cannot set an error's location, so the paths travel in
+    the error's context and the validator expands them (``validation.py``).
+    """
+    summary = "; ".join(f"{path}: {message}" for path, message in problems)
+    return PydanticCustomError(CROSS_FIELD_ERROR, summary, {"problems": problems})
+
+
+# --- the rules that span fields, as data ------------------------------------------------
+#
+# Each event type lists its rules in ``RULES``: the model checks them after its
+# fields (``EventBase._rules``) and ``rule_problems`` words what a failing one
+# means. Field names are the models' attribute names.
+
+
+@dataclass(frozen=True, slots=True)
+class _OnValue:
+    """A rule on ``field`` that depends on whether ``when`` equals ``value``."""
+
+    field: str
+    when: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequiredWhen(_OnValue):
+    """``field`` is set (not None) when ``when`` equals ``value``."""
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        return fields[self.when] != self.value or fields[self.field] is not None
+
+
+@dataclass(frozen=True, slots=True)
+class NullUnless(_OnValue):
+    """``field`` is None unless ``when`` equals ``value``."""
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        return fields[self.when] == self.value or fields[self.field] is None
+
+
+@dataclass(frozen=True, slots=True)
+class OneOfPer:
+    """``field`` is one of ``allowed[fields[by]]``."""
+
+    field: str
+    by: str
+    allowed: Mapping[str, Collection[str]]
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        return fields[self.field] in self.allowed[fields[self.by]]
+
+
+@dataclass(frozen=True, slots=True)
+class AtMostPer:
+    """``field`` is at most ``top[fields[by]]``."""
+
+    field: str
+    by: str
+    top: Mapping[str, int]
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        return bool(fields[self.field] <= self.top[fields[self.by]])
+
+
+Rule = RequiredWhen | NullUnless | OneOfPer | AtMostPer
+
+
+class EventBase(BaseModel):
+    """Fields and rules shared by every event type.
+
+    Strict: a JSON string is not a number, ``5.0`` is not an int, ``1`` is not
+    a bool, a timestamp needs its UTC offset; unknown fields are invalid (no
+    free text can smuggle identifiers in), and so is a field under its Python
+    name instead of its wire name (``schema_`` for ``schema``).
+
+    The rules that span fields are each event type's :attr:`RULES` (data, so
+    that the compiled accepting path checks the very same rules) and its
+    :meth:`rule_problems`, a pure function of the field values that words
+    what fails. The model tests ``RULES`` after its fields validated (a cheap
+    test, since it runs for every event) and calls ``rule_problems`` for the
+    messages; the validator also runs ``rule_problems`` over a rejected
+    message's readable fields, so that a rejection names every failing path.
+    """
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        validate_by_alias=True,
+        validate_by_name=False,
+        allow_inf_nan=False,
+        serialize_by_alias=True,
+        # Our strings are mostly unique (ids, timestamps): caching them costs more than it saves.
+        cache_strings=False,
+    )
+
+    #: ``enrollment`` etc.; set by each event type.
+    EVENT_TYPE: ClassVar[str]
+    #: ``enrollment/1`` etc.; set by each event type.
+    SCHEMA: ClassVar[str]
+    #: The fields :meth:`rule_problems` reads (by wire name).
+    RULE_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    #: The rules that span fields, checked after the fields validated.
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+
+    event_id: EventId
+    occurred_at: UtcTimestamp
+    node_id: NodeId
+    site_id: SiteId
+    participant_id: ParticipantId
+
+    @classmethod
+    def rule_problems(cls, values: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """The cross-field rules that ``values`` (valid field values) break, as (path, message).
+
+        ``values`` maps wire names to values; absent optional fields may be missing.
+        """
+        return []
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        """The quick test of :attr:`RULES`; :meth:`rule_problems` says what failed."""
+        fields = self.__dict__
+        for rule in self.RULES:
+            if not rule.holds(fields):
+                raise cross_field_error(self.rule_problems(fields))
+        return self
+
+    def row_fields(self) -> dict[str, Any]:
+        """The event's fields by their wire names (``schema`` included), Python values."""
+        return self.model_dump(by_alias=True)

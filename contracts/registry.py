@@ -1,0 +1,120 @@
+"""The network registry: which nodes exist and which sites sit under each (SPEC §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from contracts.envelope import NodeId, SiteId
+from contracts.errors import ConfigError
+
+__all__ = ["DEMO_REGISTRY", "NetworkRegistry", "Node", "Site", "load_registry"]
+
+#: The demo network registry shipped with exnet (SPEC §3).
+DEMO_REGISTRY = Path(__file__).parent / "demo_registry.yaml"
+
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class Site(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: SiteId
+    name: _Name
+
+
+class Node(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: NodeId
+    name: _Name
+    sites: tuple[Site, ...] = ()
+
+
+class _RegistryFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    nodes: tuple[Node, ...]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> _RegistryFile:
+        first_seen: dict[str, str] = {}  # id -> where it first appears
+        problems: list[str] = []
+        for n, node in enumerate(self.nodes):
+            places = [(node.id, f"nodes.{n}.id")]
+            places += [(site.id, f"nodes.{n}.sites.{m}.id") for m, site in enumerate(node.sites)]
+            for identity, place in places:
+                if identity in first_seen:
+                    problems.append(
+                        f"{place}: {identity!r} is listed twice (first at {first_seen[identity]})"
+                    )
+                else:
+                    first_seen[identity] = place
+        if problems:
+            raise PydanticCustomError("duplicate_id", "; ".join(problems))
+        return self
+
+
+class NetworkRegistry:
+    """Registered nodes and sites, with constant-time look-ups. Immutable."""
+
+    __slots__ = ("_node_ids", "_node_of_site", "nodes")
+
+    def __init__(self, nodes: tuple[Node, ...]) -> None:
+        self.nodes = nodes
+        self._node_ids = frozenset(node.id for node in nodes)
+        self._node_of_site = {site.id: node.id for node in nodes for site in node.sites}
+
+    @property
+    def node_of_site(self) -> Mapping[str, str]:
+        """site_id -> the node_id it is registered under (read-only)."""
+        return MappingProxyType(self._node_of_site)
+
+    def site_problem(self, node_id: str, site_id: str) -> tuple[str, str] | None:
+        """None when ``site_id`` is registered under ``node_id``, else (field path, message)."""
+        if node_id not in self._node_ids:
+            return "node_id", f"node {node_id!r} is not registered"
+        registered_under = self._node_of_site.get(site_id)
+        if registered_under is None:
+            return "site_id", f"site {site_id!r} is not registered"
+        if registered_under != node_id:
+            return (
+                "site_id",
+                f"site {site_id!r} is registered under node {registered_under!r}, not {node_id!r}",
+            )
+        return None
+
+    def sites(self) -> list[tuple[str, Site]]:
+        """Every (node_id, site) pair, in file order."""
+        return [(node.id, site) for node in self.nodes for site in node.sites]
+
+
+def load_registry(path: Path) -> NetworkRegistry:
+    """Read and check a registry file; any problem is a :class:`ConfigError` naming it."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the network registry {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"the network registry {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        found = "nothing" if raw is None else f"a YAML {type(raw).__name__}"
+        raise ConfigError(
+            f"the network registry {path} is invalid: it must be a mapping with a "
+            f"'nodes' list (SPEC §3), not {found}"
+        )
+    try:
+        parsed = _RegistryFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
+            for err in exc.errors()
+        )
+        raise ConfigError(f"the network registry {path} is invalid: {problems}") from None
+    return NetworkRegistry(parsed.nodes)

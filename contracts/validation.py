@@ -1,0 +1,472 @@
+"""The pure validation stage: raw message bytes in, an accepted event or a rejection out.
+
+Everything a message can be rejected for without state is decided here, in
+SPEC §2's order: ``too_large``, ``malformed_json``, ``unknown_schema``,
+``invalid_field``, ``key_mismatch``, ``unknown_site``, ``future_timestamp``.
+The two duplicate outcomes need state and belong to the stream processors.
+
+Nothing here does I/O or raises for bad input: every message gets an outcome.
+
+pydantic is the one validator: pydantic-core reads the message (patterns,
+ranges, enums and the UTC conversion run there; one Python call for the rules
+that span fields), then the key, site and time checks run in Python.
+Rejections take their time to say exactly what is wrong, and name every
+failing field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final, Union
+
+import orjson
+import pydantic_core
+from pydantic import Field, TypeAdapter, ValidationError
+
+from contracts.assay import AssayV1
+from contracts.assessment import AssessmentV1
+from contracts.enrollment import EnrollmentV1
+from contracts.envelope import CROSS_FIELD_ERROR, EVENT_ID_PATTERN, EventBase
+from contracts.reasons import Reason
+from contracts.registry import NetworkRegistry
+from contracts.session import SessionV1
+from contracts.topics import INPUT_TOPICS, Topic, topic_name
+
+__all__ = [
+    "EVENT_MODELS",
+    "FUTURE_TOLERANCE",
+    "MAX_MESSAGE_BYTES",
+    "SCHEMAS",
+    "Accepted",
+    "FieldIssue",
+    "Message",
+    "Origin",
+    "Outcome",
+    "Rejected",
+    "Validator",
+]
+
+#: Larger messages are rejected unread (SPEC §1: "larger than 64 KiB"; 65536 bytes pass).
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+#: How far ``occurred_at`` may lie ahead of processing time, for clock skew (SPEC §1).
+FUTURE_TOLERANCE: Final = timedelta(minutes=5)
+
+_EVENT_ID: Final = re.compile(EVENT_ID_PATTERN)
+
+#: Every version of each input topic's events, oldest first.
+EVENT_MODELS: Final[dict[Topic, tuple[type[EventBase], ...]]] = {
+    Topic.ENROLLMENT: (EnrollmentV1,),
+    Topic.SESSION: (SessionV1,),
+    Topic.ASSAY: (AssayV1,),
+    Topic.ASSESSMENT: (AssessmentV1,),
+}
+#: ``schema`` value -> (topic, model).
+SCHEMAS: Final[dict[str, tuple[Topic, type[EventBase]]]] = {
+    model.SCHEMA: (topic, model) for topic, models in EVENT_MODELS.items() for model in models
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message was read: physical topic, partition, offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+#: One Kafka message as the validator takes it: (value, key, origin).
+Message = tuple[bytes | None, bytes | None, Origin]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldIssue:
+    """One failing rule: the field path (empty for the whole message) and why."""
+
+    path: str
+    message: str
+    type: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "type": self.type, "message": self.message}
+
+
+class Accepted:
+    """A message that passed every stateless check. Immutable.
+
+    (A hand-written class rather than a frozen dataclass: it is built for
+    every accepted event, and a frozen dataclass's ``__init__`` costs twice as
+    much as the rest of this stage's own work per event.)
+    """
+
+    __slots__ = ("_event", "_origin", "_topic")
+    __match_args__ = ("event", "topic", "origin")
+
+    def __init__(self, event: EventBase, topic: Topic, origin: Origin | None) -> None:
+        self._event = event
+        self._topic = topic
+        self._origin = origin
+
+    @property
+    def event(self) -> EventBase:
+        return self._event
+
+    @property
+    def topic(self) -> Topic:
+        return self._topic
+
+    @property
+    def origin(self) -> Origin | None:
+        return self._origin
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Accepted):
+            return NotImplemented
+        return (self._event, self._topic, self._origin) == (
+            other._event,
+            other._topic,
+            other._origin,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._event, self._topic, self._origin))
+
+    def __repr__(self) -> str:
+        return f"Accepted(event={self._event!r}, topic={self._topic!r}, origin={self._origin!r})"
+
+    @property
+    def event_type(self) -> str:
+        return self.event.EVENT_TYPE
+
+    @property
+    def event_id(self) -> str:
+        return self.event.event_id
+
+    def canonical_json(self) -> bytes:
+        """The validated event as JSON: UTC times, defaults filled in, fixed key order.
+
+        Two messages carry the same event exactly when these bytes are equal,
+        however the sites formatted or ordered them.
+        """
+        return self.event.__pydantic_serializer__.to_json(self.event, by_alias=True)
+
+    def fingerprint(self) -> str:
+        """A 128-bit digest of :meth:`canonical_json`: the event's content identity."""
+        return hashlib.blake2b(self.canonical_json(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message that failed a check: the reason code and every failing field path."""
+
+    reason: Reason
+    issues: tuple[FieldIssue, ...]
+    origin: Origin | None
+    #: The message's event_id when it could be read, for the analysts' look-ups.
+    event_id: str | None = None
+
+    @property
+    def message(self) -> str:
+        """One line for people: ``path: message; path: message``."""
+        return "; ".join(
+            f"{issue.path}: {issue.message}" if issue.path else issue.message
+            for issue in self.issues
+        )
+
+    def detail(self) -> dict[str, Any]:
+        """The ``exnet-detail`` header and ``rejected_events.detail`` content."""
+        return {
+            "reason": self.reason.value,
+            "message": self.message,
+            "errors": [issue.as_dict() for issue in self.issues],
+        }
+
+    def detail_json(self) -> str:
+        return orjson.dumps(self.detail()).decode()
+
+
+Outcome = Accepted | Rejected
+
+
+class _TopicContract:
+    """How to read one input topic: its versions, behind one JSON parser.
+
+    With several versions side by side, ``schema`` is the tag of a union that
+    pydantic-core dispatches on; its errors' paths then start with the tag.
+    """
+
+    def __init__(self, topic: Topic, models: tuple[type[EventBase], ...]) -> None:
+        self.topic = topic
+        self.models = models
+        self.schemas = tuple(model.SCHEMA for model in models)
+        self.model_of = {model.SCHEMA: model for model in models}
+        self.tagged = len(models) > 1
+        #: pydantic's JSON reader for the topic's versions; raises ValidationError.
+        self.parse: Callable[[bytes], EventBase]
+        if self.tagged:
+            union: Any = Annotated[Union[models], Field(discriminator="schema_")]  # noqa: UP007  # a runtime tuple of types
+            self.parse = TypeAdapter[EventBase](union).validator.validate_json
+        else:
+            self.parse = models[0].__pydantic_validator__.validate_json
+
+
+class Validator:
+    """Validates messages against the contracts and, when given, the network registry.
+
+    Thread-safe and reusable; build one per process. ``clock`` gives processing
+    time for the ``future_timestamp`` check; a caller that handles a batch
+    passes ``now`` once (:meth:`validate_batch` does).
+    """
+
+    def __init__(
+        self,
+        registry: NetworkRegistry | None,
+        topic_prefix: str = "",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._registry = registry
+        self._node_of_site = dict(registry.node_of_site) if registry is not None else None
+        self._clock = clock
+        self._contracts: dict[str, _TopicContract] = {
+            topic_name(topic, topic_prefix): _TopicContract(topic, EVENT_MODELS[topic])
+            for topic in INPUT_TOPICS
+        }
+        self._by_topic = {contract.topic: contract for contract in self._contracts.values()}
+
+    def validate_message(
+        self,
+        value: bytes | None,
+        key: bytes | None,
+        origin: Origin,
+        now: datetime | None = None,
+    ) -> Outcome:
+        """Check one Kafka message read from ``origin`` (a physical topic name);
+        ``now`` is processing time (aware), by default the validator's clock."""
+        contract = self._contracts.get(origin.topic)
+        if contract is None:
+            return _unknown_topic(origin)
+        if now is None:
+            now = self._clock()
+        return self._validate(contract, value, key, origin, now + FUTURE_TOLERANCE, True)
+
+    def validate_batch(
+        self, messages: Iterable[Message], now: datetime | None = None
+    ) -> list[Outcome]:
+        """:attr:`validate_message` for each message, in order, at one processing time."""
+        if now is None:
+            now = self._clock()
+        check = self.validate_message
+        return [check(value, key, origin, now) for value, key, origin in messages]
+
+    def validate_record(self, value: bytes, now: datetime | None = None) -> Outcome:
+        """Check one event before it is published: its ``schema`` picks the topic.
+
+        The key is not checked (the publisher sets it from ``participant_id``).
+        """
+        if len(value) > MAX_MESSAGE_BYTES:
+            return _too_large(value, None)
+        document = _document(value)
+        if isinstance(document, FieldIssue):
+            return Rejected(Reason.MALFORMED_JSON, (document,), None)
+        if not isinstance(document, dict):
+            return Rejected(Reason.MALFORMED_JSON, (_NOT_AN_OBJECT,), None)
+        schema = document.get("schema")
+        known = SCHEMAS.get(schema) if isinstance(schema, str) else None
+        if known is None:
+            expected = " or ".join(map(repr, SCHEMAS))
+            message = (
+                f"missing; an exnet event carries {expected}"
+                if "schema" not in document
+                else f"{schema!r} is not a known schema ({expected})"
+            )
+            return Rejected(
+                Reason.UNKNOWN_SCHEMA,
+                (FieldIssue("schema", message, "unknown_schema"),),
+                None,
+                _readable_event_id(document),
+            )
+        limit = (self._clock() if now is None else now) + FUTURE_TOLERANCE
+        return self._validate(self._by_topic[known[0]], value, None, None, limit, False)
+
+    def _validate(
+        self,
+        contract: _TopicContract,
+        value: bytes | None,
+        key: bytes | None,
+        origin: Origin | None,
+        limit: datetime,
+        check_key: bool,
+    ) -> Outcome:
+        """Every check after the topic's, in SPEC §2's order."""
+        if value is None:
+            return Rejected(
+                Reason.MALFORMED_JSON,
+                (FieldIssue("", "the message has no value (a tombstone)", "no_value"),),
+                origin,
+            )
+        if len(value) > MAX_MESSAGE_BYTES:
+            return _too_large(value, origin)
+        try:
+            event = contract.parse(value)
+        except ValidationError as exc:
+            return _rejection(exc, contract, value, origin)
+        return self._after_fields(contract, event, key, origin, limit, check_key)
+
+    def _after_fields(
+        self,
+        contract: _TopicContract,
+        event: EventBase,
+        key: bytes | None,
+        origin: Origin | None,
+        limit: datetime,
+        check_key: bool,
+    ) -> Outcome:
+        """The checks after the fields': key, site, time (SPEC §2's order)."""
+        fields = event.__dict__
+        if check_key and key != fields["participant_id"].encode():
+            return _key_mismatch(event, key, origin)
+        node_of_site = self._node_of_site
+        if node_of_site is not None and node_of_site.get(fields["site_id"]) != fields["node_id"]:
+            return self._unknown_site(event, origin)
+        if fields["occurred_at"] > limit:
+            return _future(event, limit, origin)
+        return Accepted(event, contract.topic, origin)
+
+    def _unknown_site(self, event: EventBase, origin: Origin | None) -> Rejected:
+        assert self._registry is not None  # noqa: S101  # only called with a registry
+        problem = self._registry.site_problem(event.node_id, event.site_id)
+        assert problem is not None  # noqa: S101  # the look-up above found a mismatch
+        issue = FieldIssue(problem[0], problem[1], "unknown_site")
+        return Rejected(Reason.UNKNOWN_SITE, (issue,), origin, event.event_id)
+
+
+# --- rejections: off the hot path ----------------------------------------------------
+
+_NOT_AN_OBJECT: Final = FieldIssue("", "not a JSON object", "not_an_object")
+
+
+def _unknown_topic(origin: Origin) -> Rejected:
+    issue = FieldIssue("", f"topic {origin.topic!r} carries no exnet events", "topic")
+    return Rejected(Reason.UNKNOWN_SCHEMA, (issue,), origin)
+
+
+def _too_large(value: bytes, origin: Origin | None) -> Rejected:
+    issue = FieldIssue(
+        "", f"{len(value)} bytes is over the limit of {MAX_MESSAGE_BYTES} bytes", "too_large"
+    )
+    return Rejected(Reason.TOO_LARGE, (issue,), origin)
+
+
+def _key_mismatch(event: EventBase, key: bytes | None, origin: Origin | None) -> Rejected:
+    shown = "missing" if key is None else repr(key.decode("utf-8", "replace"))
+    issue = FieldIssue(
+        "participant_id",
+        f"the message key ({shown}) must be the event's participant_id {event.participant_id!r}",
+        "key_mismatch",
+    )
+    return Rejected(Reason.KEY_MISMATCH, (issue,), origin, event.event_id)
+
+
+def _future(event: EventBase, limit: datetime, origin: Origin | None) -> Rejected:
+    processing_time = limit - FUTURE_TOLERANCE
+    issue = FieldIssue(
+        "occurred_at",
+        f"{event.occurred_at.isoformat()} is more than "
+        f"{FUTURE_TOLERANCE.total_seconds() / 60:g} minutes after processing time "
+        f"{processing_time.isoformat(timespec='seconds')}",
+        "future_timestamp",
+    )
+    return Rejected(Reason.FUTURE_TIMESTAMP, (issue,), origin, event.event_id)
+
+
+def _not_json(why: str) -> FieldIssue:
+    return FieldIssue("", f"not UTF-8 JSON: {why}", "json_invalid")
+
+
+def _strict_json(value: bytes) -> Any:
+    """The document, read as the validator reads it but refusing NaN and Infinity.
+
+    pydantic-core's parser takes ``NaN``/``Infinity`` (no event field accepts
+    them, so such a message never passes); RFC 8259 has no such tokens, so they
+    make a message ``malformed_json``. Returns a :class:`FieldIssue` when not JSON.
+    """
+    try:
+        return pydantic_core.from_json(value, allow_inf_nan=False, cache_strings=False)
+    except ValueError as exc:
+        try:
+            pydantic_core.from_json(value, allow_inf_nan=True, cache_strings=False)
+        except ValueError:
+            return _not_json(str(exc))
+        return _not_json(f"NaN and Infinity are not JSON numbers ({exc})")
+
+
+def _document(value: bytes) -> Any:
+    """:func:`_strict_json`, by orjson when it can (several times faster; same result)."""
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return _strict_json(value)  # NaN, Infinity, or numbers beyond a double (1e400)
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _rejection(
+    exc: ValidationError, contract: _TopicContract, value: bytes, origin: Origin | None
+) -> Rejected:
+    """Name the first failing check of SPEC §2 from the parser's errors."""
+    errors = exc.errors(include_url=False, include_input=False)
+    for err in errors:
+        if err["type"] == "json_invalid":
+            return Rejected(Reason.MALFORMED_JSON, (_not_json(err["msg"]),), origin)
+    document = _document(value)
+    if isinstance(document, FieldIssue):
+        return Rejected(Reason.MALFORMED_JSON, (document,), origin)
+    if not isinstance(document, dict):
+        return Rejected(Reason.MALFORMED_JSON, (_NOT_AN_OBJECT,), origin)
+
+    event_id = _readable_event_id(document)
+    schema = document.get("schema")
+    model = contract.model_of.get(schema) if isinstance(schema, str) else None
+    if model is None:
+        expected = " or ".join(map(repr, contract.schemas))
+        if "schema" not in document:
+            message = f"missing; this topic carries {expected}"
+        else:
+            message = f"{schema!r} is not this topic's schema ({expected})"
+        issue = FieldIssue("schema", message, "unknown_schema")
+        return Rejected(Reason.UNKNOWN_SCHEMA, (issue,), origin, event_id)
+
+    issues: list[FieldIssue] = []
+    failing: set[str] = set()
+    rules_ran = False
+    for err in errors:
+        loc = err["loc"][1:] if contract.tagged else err["loc"]
+        if err["type"] == CROSS_FIELD_ERROR:
+            rules_ran = True
+            problems = err.get("ctx", {}).get("problems", [])
+            issues.extend(FieldIssue(path, msg, CROSS_FIELD_ERROR) for path, msg in problems)
+        else:
+            issues.append(FieldIssue(_path(loc), err["msg"], err["type"]))
+            if loc:
+                failing.add(str(loc[0]))
+    if not rules_ran and not failing & model.RULE_FIELDS:
+        # The model stops before its cross-field rules when a field fails; run
+        # them here over the readable fields so that the detail names every path.
+        issues.extend(
+            FieldIssue(path, msg, CROSS_FIELD_ERROR) for path, msg in model.rule_problems(document)
+        )
+    return Rejected(Reason.INVALID_FIELD, tuple(issues), origin, event_id)
+
+
+def _readable_event_id(document: dict[str, Any]) -> str | None:
+    """The message's event_id when it is a well-formed UUID (lower-cased, as stored)."""
+    candidate = document.get("event_id")
+    if isinstance(candidate, str) and _EVENT_ID.match(candidate):
+        return candidate.lower()
+    return None

@@ -1,0 +1,49 @@
+"""The sites' side of exnet: publish validated events durably, or simulate a network."""
+
+from producers.publisher import (
+    FlushSummary,
+    Publisher,
+    PublishSummary,
+    connect_producer,
+    flush_spool,
+    producer_config,
+    spool_of,
+)
+from producers.simulate import (
+    DEFAULT_INVALID_KINDS,
+    DEFAULT_PARTICIPANTS,
+    DEFAULT_SEED,
+    InvalidKind,
+    MessageKind,
+    SimMessage,
+    Simulation,
+    SimulationConfig,
+    SimulationResult,
+    generate,
+    simulate,
+)
+from producers.spool import Spool, SpooledEvent, SpoolStatus
+
+__all__ = [
+    "DEFAULT_INVALID_KINDS",
+    "DEFAULT_PARTICIPANTS",
+    "DEFAULT_SEED",
+    "FlushSummary",
+    "InvalidKind",
+    "MessageKind",
+    "PublishSummary",
+    "Publisher",
+    "SimMessage",
+    "Simulation",
+    "SimulationConfig",
+    "SimulationResult",
+    "Spool",
+    "SpoolStatus",
+    "SpooledEvent",
+    "connect_producer",
+    "flush_spool",
+    "generate",
+    "producer_config",
+    "simulate",
+    "spool_of",
+]

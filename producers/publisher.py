@@ -1,0 +1,633 @@
+"""The site's publisher: validate each event, spool it, send it to Kafka.
+
+What callers may assume (the delivery guarantee):
+
+- :meth:`Publisher.publish` validates the event against the contracts and
+  returns the outcome. A rejected event is never sent and never spooled.
+- An accepted event is first buffered in memory, then written to the spool
+  (``<var_dir>/spool``, fsynced) *before* it is handed to Kafka, in groups of
+  :data:`COMMIT_EVENTS` events or :data:`COMMIT_BYTES` bytes. From that moment
+  it is durable: it is acknowledged by Kafka or waits in the spool, whatever
+  happens to the process (``kill -9`` included).
+- :meth:`Publisher.flush` and :meth:`Publisher.close` commit the buffer and
+  wait (at most about :data:`DELIVERY_TIMEOUT_MS`) for Kafka's
+  acknowledgements. After ``close`` every accepted event is either
+  acknowledged (``sent``) or in the spool (``spooled``); none is in between.
+  Events buffered but not yet committed when the process dies are lost like
+  any unsent work: ``close`` (or leaving the ``with`` block) is the commit point.
+- Spooled events are sent by :func:`flush_spool` (``exnet spool flush``, and
+  the start of every ``exnet publish``), each once; a segment is locked while
+  one process sends it. An event is sent twice only when Kafka stored it but
+  the spool never recorded the acknowledgement (the process died, or the
+  acknowledgement timed out, in between); downstream deduplication by
+  ``event_id`` drops such copies. Spooled events go to the physical topic
+  they were meant for when spooled (the topic prefix of that run).
+- A broker that cannot be reached is noticed within seconds
+  (:data:`CONNECT_TIMEOUT_MS`, :data:`DELIVERY_TIMEOUT_MS`): from then on the
+  publisher only spools, for the rest of its life, and never blocks for minutes.
+
+Messages go out with the original bytes as value (nothing is re-serialised),
+the ``participant_id`` as key, to the physical topic of the event's type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Protocol, Self
+
+import orjson
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
+
+from contracts import (
+    INPUT_TOPICS,
+    Reason,
+    Rejected,
+    Topic,
+    Validator,
+    load_registry,
+    topic_name,
+)
+from contracts.errors import ConfigError
+from contracts.validation import Outcome
+from exnet.settings import Settings
+from producers.spool import (
+    ClaimedSegment,
+    SegmentWriter,
+    Spool,
+    SpooledEvent,
+    seq_ranges,
+)
+
+__all__ = [
+    "COMMIT_BYTES",
+    "COMMIT_EVENTS",
+    "CONNECT_TIMEOUT_MS",
+    "DELIVERY_TIMEOUT_MS",
+    "FlushSummary",
+    "PublishSummary",
+    "Publisher",
+    "connect_producer",
+    "flush_spool",
+    "producer_config",
+    "spool_of",
+]
+
+log = logging.getLogger(__name__)
+
+# --- producer settings (shared by the publisher, the simulator and the bench) ----
+#: How long to try reaching a broker at start: a site's run learns within seconds
+#: that Kafka is down, and spools.
+CONNECT_TIMEOUT_MS: Final = 5_000
+#: One produce request's wait for the broker's answer before it is retried.
+REQUEST_TIMEOUT_MS: Final = 5_000
+#: The longest an event waits for acknowledgement (retries included) before it
+#: counts as not delivered and stays spooled. Must exceed linger + request timeout.
+DELIVERY_TIMEOUT_MS: Final = 15_000
+#: The longest ``send`` blocks for a topic's metadata (an unknown topic, a lost broker).
+MAX_BLOCK_MS: Final = 5_000
+#: Batching: wait up to this long for a batch to fill; bounds the latency added.
+LINGER_MS: Final = 20
+#: Batching: bytes per partition batch (about 800 events of ~300 bytes).
+BATCH_BYTES: Final = 256 * 1024
+#: Compression: none. kafka-python compresses gzip at level 9 in Python's
+#: sender thread: measured on this 2-core host, +20% CPU per event and ~25%
+#: lower publish throughput, for loopback traffic that gains nothing from it.
+#: lz4/zstd would need ``cramjam`` in the aiokafka (Faust) consumers, which the
+#: project does not install. A topic's ``compression.type`` can still
+#: compress at rest, broker-side.
+COMPRESSION: Final[str | None] = None
+#: Longest wait in flush/close for outstanding acknowledgements (delivery timeout
+#: plus slack), so a dead broker never holds a run for minutes.
+FLUSH_TIMEOUT_S: Final = DELIVERY_TIMEOUT_MS / 1000 + 5
+
+# --- spool commit groups ---------------------------------------------------
+#: Events written (and fsynced) to the spool together before they are sent:
+#: one fsync (1-4 ms here) per group keeps the journal's cost a few per cent,
+#: and sending a group sorted by partition fills fewer, fuller batches. A
+#: process killed at the wrong moment resends at most the groups in flight.
+COMMIT_EVENTS: Final = 2_000
+#: ... or fewer events when they reach this many bytes.
+COMMIT_BYTES: Final = 1024 * 1024
+#: Groups awaiting acknowledgement before ``publish`` waits for the oldest
+#: (bounds memory when the broker slows down or vanishes mid-run).
+MAX_INFLIGHT_GROUPS: Final = 50
+#: How long ``exnet spool flush`` waits for a flush already running elsewhere.
+FLUSH_LOCK_WAIT_S: Final = 600.0
+#: Keys whose partition hash is remembered before the memo starts over (bounds memory).
+_KEY_HASH_CACHE: Final = 100_000
+#: A live publisher's segment is retired (a new one started) past this size, so
+#: a long-running site process never grows one file without bound.
+SEGMENT_ROTATE_BYTES: Final = 64 * 1024 * 1024
+
+
+def producer_config(settings: Settings, client_id: str = "exnet-publisher") -> dict[str, Any]:
+    """kafka-python ``KafkaProducer`` settings: durable (acks=all, idempotent), batched."""
+    return {
+        "bootstrap_servers": [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()],
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": LINGER_MS,
+        "batch_size": BATCH_BYTES,
+        "compression_type": COMPRESSION,
+        "bootstrap_timeout_ms": CONNECT_TIMEOUT_MS,
+        "request_timeout_ms": REQUEST_TIMEOUT_MS,
+        "delivery_timeout_ms": DELIVERY_TIMEOUT_MS,
+        "max_block_ms": MAX_BLOCK_MS,
+        "reconnect_backoff_max_ms": 1_000,
+    }
+
+
+def connect_producer(
+    settings: Settings, client_id: str = "exnet-publisher"
+) -> KafkaProducer | None:
+    """A connected producer, or None when no broker answers within seconds."""
+    try:
+        return KafkaProducer(**producer_config(settings, client_id))
+    except KafkaError as exc:
+        log.info("Kafka at %s is unreachable: %s", settings.kafka_bootstrap, exc)
+        return None
+    except ValueError as exc:  # a malformed bootstrap address
+        raise ConfigError(f"EXNET_KAFKA_BOOTSTRAP {settings.kafka_bootstrap!r}: {exc}") from None
+
+
+def spool_of(settings: Settings) -> Spool:
+    """The spool directory of these settings: ``<var_dir>/spool``."""
+    return Spool(settings.var_dir / "spool")
+
+
+# --- delivery: hand spooled events to Kafka, record acknowledgements ------------
+
+
+class _AckTarget(Protocol):
+    """Where a group's result goes: the segment that holds its events."""
+
+    def settled(self, acked: list[tuple[int, int]], failed: int) -> None: ...
+
+
+@dataclass(slots=True)
+class _Group:
+    target: _AckTarget
+    first_seq: int
+    count: int
+    #: One future per event, None for an event never handed to Kafka.
+    futures: list[Any]
+
+    def done(self) -> bool:
+        return all(future is None or future.is_done for future in self.futures)
+
+
+class _Delivery:
+    """Sends groups of spooled events and reports each group's outcome to its segment.
+
+    Goes offline for good at the first failure: the remaining events are only
+    spooled, so a dead broker costs one timeout, not one per event.
+    """
+
+    def __init__(self, producer: KafkaProducer | None) -> None:
+        self.producer = producer
+        self.online = producer is not None
+        self.problem: str | None = None if producer is not None else "Kafka is unreachable"
+        self.sent = 0
+        self.failed = 0
+        self._groups: deque[_Group] = deque()
+        #: murmur2 of each key seen (a participant sends many events; the hash
+        #: is pure Python).
+        self._key_hashes: dict[bytes, int] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return sum(group.count for group in self._groups)
+
+    def _go_offline(self, problem: str) -> None:
+        if self.online:
+            log.warning("Kafka stopped acknowledging (%s): the rest goes to the spool", problem)
+            self.online = False
+            self.problem = problem
+
+    def send(self, target: _AckTarget, first_seq: int, events: Sequence[SpooledEvent]) -> None:
+        """Hand ``events`` (already durable in ``target``) to Kafka, or leave them spooled.
+
+        The events go out grouped by partition, by a stable sort: each
+        partition keeps its order, so a participant's events of one type reach
+        Kafka in the order given (Kafka orders nothing across topics). One
+        batch per partition fills at a time, which spares kafka-python most
+        of its wake-ups and makes fewer, fuller batches.
+        Partitions are the default partitioner's (murmur2 of the key), so a
+        key lands where any Kafka client would put it.
+        """
+        futures: list[Any] = [None] * len(events)
+        if self.online and self.producer is not None:
+            try:
+                self._send_by_partition(events, futures)
+            except KafkaError as exc:
+                self._go_offline(f"{type(exc).__name__}: {exc}")
+        self._groups.append(_Group(target, first_seq, len(events), futures))
+        self.settle()
+        if len(self._groups) > MAX_INFLIGHT_GROUPS:
+            self._wait_oldest()
+
+    def _send_by_partition(self, events: Sequence[SpooledEvent], futures: list[Any]) -> None:
+        producer = self.producer
+        assert producer is not None  # noqa: S101  (checked by the caller)
+        partitions: dict[str, list[int]] = {}
+        hashes = self._key_hashes
+        if len(hashes) > _KEY_HASH_CACHE:
+            hashes.clear()
+        placed: list[tuple[str, int]] = []
+        for topic, key, _value in events:
+            candidates = partitions.get(topic)
+            if candidates is None:  # known metadata: a dict look-up; else waits max_block_ms
+                candidates = partitions[topic] = sorted(producer.partitions_for(topic))
+            hashed = hashes.get(key)
+            if hashed is None:
+                hashed = hashes[key] = murmur2(key) & 0x7FFFFFFF
+            placed.append((topic, candidates[hashed % len(candidates)]))
+        send = producer.send
+        for index in sorted(range(len(events)), key=placed.__getitem__):
+            topic, key, value = events[index]
+            futures[index] = send(topic, value=value, key=key, partition=placed[index][1])
+
+    def _wait_oldest(self) -> None:
+        oldest = self._groups[0]
+        for future in oldest.futures:
+            if future is not None and not future.is_done:
+                # A failure (or the wait's own timeout) is read in settle().
+                with contextlib.suppress(KafkaError):
+                    future.get(timeout=FLUSH_TIMEOUT_S)
+        self.settle()
+
+    def settle(self) -> None:
+        """Record the outcome of every finished group, oldest first."""
+        groups = self._groups
+        while groups and groups[0].done():
+            group = groups.popleft()
+            first = group.first_seq
+            acked = [
+                first + i
+                for i, f in enumerate(group.futures)
+                if f is not None and f.exception is None
+            ]
+            failed = group.count - len(acked)
+            if failed:
+                problem = next((f.exception for f in group.futures if f and f.exception), None)
+                self._go_offline(f"{type(problem).__name__}: {problem}" if problem else "not sent")
+            self.sent += len(acked)
+            self.failed += failed
+            group.target.settled(seq_ranges(acked), failed)
+
+    def drain(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Wait (bounded) for every outstanding acknowledgement."""
+        if self.producer is not None and self._groups:
+            try:
+                self.producer.flush(timeout=timeout_s)
+            except KafkaError as exc:
+                self._go_offline(f"{type(exc).__name__}: {exc}")
+        self.settle()
+
+    def close(self) -> None:
+        """Drain, then close the producer; what is still unacknowledged stays spooled."""
+        self.drain()
+        if self.producer is not None:
+            # Timeout 0 aborts what the flush above could not deliver: those
+            # futures fail, and their events are counted as spooled below.
+            self.producer.close(timeout=0 if self._groups else 5)
+            self.producer = None
+        self.online = False
+        self.settle()
+        for group in self._groups:  # never completed (should not happen after close)
+            group.target.settled([], group.count)
+            self.failed += group.count
+        self._groups.clear()
+
+
+# --- the publisher's own segments ---------------------------------------------
+
+
+class _LiveSegment:
+    """A segment this publisher writes: numbering, and when it may be deleted."""
+
+    def __init__(self, writer: SegmentWriter) -> None:
+        self.writer = writer
+        self.next_seq = 0
+        self.groups_out = 0
+        self.unacked = 0
+        self.acked = 0
+        self.failed = 0
+        self.retired = False
+
+    def settled(self, acked: list[tuple[int, int]], failed: int) -> None:
+        self.writer.append_acks(acked)
+        count = sum(last - first + 1 for first, last in acked)
+        self.acked += count
+        self.failed += failed
+        self.unacked -= count
+        self.groups_out -= 1
+        if self.retired and self.groups_out == 0:
+            self.finish()
+
+    def finish(self) -> None:
+        """Delete the segment when every event was acknowledged, else leave it spooled."""
+        if not self.writer.closed:
+            self.writer.close(delete=self.unacked == 0)
+
+
+@dataclass(frozen=True, slots=True)
+class FlushSummary:
+    """What one pass over the spool did."""
+
+    sent: int = 0
+    #: Events still waiting in the spool (Kafka down, or a segment in use).
+    remaining: int = 0
+    segments_done: int = 0
+    #: Segments another process holds (a running publisher or flusher).
+    segments_busy: int = 0
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishSummary:
+    """A publisher's counts; after ``close`` ``accepted == sent + spooled``."""
+
+    accepted: int = 0
+    invalid: int = 0
+    sent: int = 0
+    spooled: int = 0
+    #: Accepted events not settled yet (buffered or awaiting acknowledgement).
+    pending: int = 0
+    invalid_by_reason: dict[Reason, int] = field(default_factory=dict)
+    resent: FlushSummary = field(default_factory=FlushSummary)
+    problem: str | None = None
+
+
+class _ClaimTarget:
+    """Routes a resent group's acknowledgements into the claimed segment."""
+
+    def __init__(self, claimed: ClaimedSegment) -> None:
+        self._claimed = claimed
+        self.acked = 0
+
+    def settled(self, acked: list[tuple[int, int]], failed: int) -> None:
+        self._claimed.acknowledge(acked)
+        self.acked += sum(last - first + 1 for first, last in acked)
+
+
+def _flush_segments(spool: Spool, delivery: _Delivery, wait_s: float) -> FlushSummary:
+    with spool.flushing(wait_s) as holding:
+        if not holding:
+            remaining = spool.status().pending
+            problem = "another process is flushing the spool"
+            return FlushSummary(remaining=remaining, problem=problem if remaining else None)
+        return _flush_locked(spool, delivery)
+
+
+def _flush_locked(spool: Spool, delivery: _Delivery) -> FlushSummary:
+    sent = done = busy = 0
+    for path in spool.segment_paths():
+        if not delivery.online:
+            break
+        with spool.claim(path) as claimed:
+            if claimed is None:
+                busy += 1
+                continue
+            pending = claimed.contents.pending()
+            target = _ClaimTarget(claimed)
+            for start in range(0, len(pending), COMMIT_EVENTS):
+                group = pending[start : start + COMMIT_EVENTS]
+                # A segment's pending events are numbered, not necessarily
+                # contiguous: send runs of consecutive numbers as groups.
+                for first, run in _consecutive_runs(group):
+                    delivery.send(target, first, run)
+            delivery.drain()
+            sent += target.acked
+            if claimed.contents.pending_count == 0:
+                done += 1
+    remaining = spool.status().pending
+    return FlushSummary(
+        sent=sent,
+        remaining=remaining,
+        segments_done=done,
+        segments_busy=busy,
+        problem=delivery.problem if remaining else None,
+    )
+
+
+def _consecutive_runs(
+    numbered: Sequence[tuple[int, SpooledEvent]],
+) -> Iterable[tuple[int, list[SpooledEvent]]]:
+    run: list[SpooledEvent] = []
+    first = previous = -2
+    for seq, event in numbered:
+        if seq != previous + 1 and run:
+            yield first, run
+            run = []
+        if not run:
+            first = seq
+        run.append(event)
+        previous = seq
+    if run:
+        yield first, run
+
+
+def flush_spool(settings: Settings, producer: KafkaProducer | None = None) -> FlushSummary:
+    """Send every spooled event that no other process holds, oldest segment first.
+
+    One flusher runs at a time (a lock file; a second waits up to
+    :data:`FLUSH_LOCK_WAIT_S`, then finds the work done). Each event Kafka
+    acknowledges is recorded in its segment at once, and a segment is deleted
+    when all of its events are acknowledged; so an interrupted flush resumes
+    where it stopped. Returns what remains.
+    """
+    spool = spool_of(settings)
+    if not spool.segment_paths():
+        return FlushSummary()
+    own = producer is None
+    if producer is None:
+        producer = connect_producer(settings, "exnet-spool-flush")
+    delivery = _Delivery(producer)
+    try:
+        return _flush_segments(spool, delivery, FLUSH_LOCK_WAIT_S)
+    finally:
+        if own:
+            delivery.close()
+
+
+class Publisher:
+    """Validates events and delivers them to Kafka through the durable spool.
+
+    Use it as a context manager (or call :meth:`close`); see the module
+    docstring for what it guarantees. Not thread-safe: one thread publishes.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        validator: Validator | None = None,
+        *,
+        connect: bool = True,
+    ) -> None:
+        """``connect=False`` never contacts Kafka: every accepted event is spooled."""
+        self._settings = settings
+        if validator is None:
+            registry = load_registry(settings.registry) if settings.registry is not None else None
+            validator = Validator(registry, settings.topic_prefix)
+        self._validator = validator
+        self._spool = spool_of(settings)
+        self._topics: dict[Topic, str] = {
+            topic: topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS
+        }
+        self._connect = connect
+        self._delivery: _Delivery | None = None
+        self._segment: _LiveSegment | None = None
+        self._segments: list[_LiveSegment] = []
+        self._buffer: list[SpooledEvent] = []
+        self._buffer_bytes = 0
+        self._accepted = 0
+        self._invalid: Counter[Reason] = Counter()
+        self._resent = FlushSummary()
+        self._closed = False
+
+    # -- life cycle ---------------------------------------------------------
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _start(self) -> _Delivery:
+        """Connect to Kafka, once, when there is something to send."""
+        if self._delivery is None:
+            if self._closed:
+                raise ValueError("the publisher is closed")
+            producer = connect_producer(self._settings) if self._connect else None
+            self._delivery = _Delivery(producer)
+            if not self._connect:
+                self._delivery.problem = "not connecting to Kafka (spool only)"
+            elif producer is None:
+                self._delivery.problem = f"Kafka at {self._settings.kafka_bootstrap} is unreachable"
+        return self._delivery
+
+    @property
+    def online(self) -> bool:
+        """Whether events are still being handed to Kafka (False once it failed)."""
+        return self._start().online
+
+    def resend_spool(self) -> FlushSummary:
+        """Send what earlier runs left in the spool, through this publisher's producer.
+
+        Call it before publishing (``exnet publish`` does), so older events go first.
+        """
+        if not self._spool.segment_paths():
+            return self._resent
+        delivery = self._start()
+        if delivery.online:
+            # Not waiting: if another process flushes, it sends these anyway.
+            self._resent = _flush_segments(self._spool, delivery, wait_s=0)
+        else:
+            remaining = self._spool.status().pending
+            self._resent = FlushSummary(remaining=remaining, problem=delivery.problem)
+        return self._resent
+
+    # -- publishing ----------------------------------------------------------
+    def publish(self, value: bytes | dict[str, Any]) -> Outcome:
+        """Validate one event and, when it is valid, queue it for delivery.
+
+        ``value`` is the message as sent (bytes are sent as they are; a dict
+        is serialised once with orjson). Returns the validation outcome;
+        a :class:`~contracts.Rejected` event is dropped here.
+        """
+        if self._closed:
+            raise ValueError("the publisher is closed")
+        if not isinstance(value, bytes):
+            value = orjson.dumps(value)
+        outcome = self._validator.validate_record(value)
+        if isinstance(outcome, Rejected):
+            self._invalid[outcome.reason] += 1
+            return outcome
+        self._accepted += 1
+        self._buffer.append(
+            SpooledEvent(self._topics[outcome.topic], outcome.event.participant_id.encode(), value)
+        )
+        self._buffer_bytes += len(value)
+        if len(self._buffer) >= COMMIT_EVENTS or self._buffer_bytes >= COMMIT_BYTES:
+            self._commit()
+        return outcome
+
+    def _live_segment(self) -> _LiveSegment:
+        segment = self._segment
+        if segment is None or segment.writer.size >= SEGMENT_ROTATE_BYTES:
+            if segment is not None:
+                segment.retired = True
+                if segment.groups_out == 0:
+                    segment.finish()
+            segment = _LiveSegment(self._spool.create_writer())
+            self._segment = segment
+            self._segments.append(segment)
+        return segment
+
+    def _commit(self) -> None:
+        """Write the buffer to the spool (durably), then hand it to Kafka."""
+        if not self._buffer:
+            return
+        delivery = self._start()
+        events = self._buffer
+        segment = self._live_segment()
+        first = segment.next_seq
+        # Counted before the write: whatever happens next, a segment that may
+        # hold these events is not deleted until they are acknowledged.
+        segment.next_seq += len(events)
+        segment.unacked += len(events)
+        segment.writer.append_events(first, events)  # write-ahead: durable before sending
+        self._buffer, self._buffer_bytes = [], 0  # only now: a failed write keeps them
+        segment.groups_out += 1
+        delivery.send(segment, first, events)
+
+    def flush(self) -> PublishSummary:
+        """Commit buffered events and wait (bounded) for Kafka's acknowledgements."""
+        self._commit()
+        if self._delivery is not None:
+            self._delivery.drain()
+        return self.summary()
+
+    def close(self) -> PublishSummary:
+        """Flush, stop the producer, and leave what Kafka did not acknowledge spooled."""
+        if self._closed:
+            return self.summary()
+        try:
+            self._commit()
+        finally:
+            self._closed = True
+            if self._delivery is not None:
+                self._delivery.close()
+            for segment in self._segments:
+                segment.retired = True
+                segment.finish()
+        return self.summary()
+
+    def summary(self) -> PublishSummary:
+        """The counts so far (final after :meth:`close`)."""
+        sent = sum(segment.acked for segment in self._segments)
+        spooled = sum(segment.failed for segment in self._segments)
+        delivery = self._delivery
+        return PublishSummary(
+            accepted=self._accepted,
+            invalid=sum(self._invalid.values()),
+            sent=sent,
+            spooled=spooled,
+            pending=self._accepted - sent - spooled,
+            invalid_by_reason=dict(self._invalid),
+            resent=self._resent,
+            problem=delivery.problem if delivery is not None and spooled else None,
+        )

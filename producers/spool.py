@@ -1,0 +1,522 @@
+"""The publisher's durable local spool: a write-ahead journal of events for Kafka.
+
+Every event a :class:`~producers.publisher.Publisher` accepts is appended
+here, and the append is fsynced, *before* the event is handed to the Kafka
+producer. When Kafka acknowledges it, an acknowledgement record is appended.
+So at any instant, even after ``kill -9`` or a power cut, an accepted event is
+either acknowledged by Kafka or in the spool (or both, for the moment between
+Kafka's acknowledgement and its record here: that window is the only source of
+duplicates, which downstream deduplication removes by ``event_id``).
+
+Layout: one *segment* file per publisher (``<var_dir>/spool/seg-*.spool``),
+appended to by exactly one process, which holds an exclusive ``flock`` on it
+for as long as it writes. A segment whose events are all acknowledged is
+deleted by its owner. A segment left behind, unlocked, holds events Kafka never
+acknowledged: those are the *spooled* events that ``exnet spool flush`` (or the
+next ``exnet publish``) sends. A flusher takes the same exclusive lock before it
+reads a segment, so a flusher never touches a segment a running publisher
+still owns; and a flusher holds ``flush.lock`` for its whole pass, so two
+flushers never run at once (each segment is sent once, oldest first).
+
+File format (little-endian), a sequence of records, each
+``kind:u8 length:u32 crc32:u32 payload[length]``:
+
+- ``H`` header, first record: JSON ``{"format": 1, "created_at", "pid", "host"}``;
+- ``E`` events: ``first_seq:u64 count:u32`` then per event
+  ``topic_len:u8 key_len:u16 value_len:u32 topic key value``; the events are
+  numbered ``first_seq``, ``first_seq + 1``... within the segment;
+- ``A`` acknowledgements: pairs ``first:u64 last:u64`` of inclusive sequence ranges.
+
+A record torn by a crash can only be the last one; readers ignore it (its
+events were never handed to Kafka, because sending waits for the fsync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, NamedTuple
+from uuid import uuid4
+
+import orjson
+
+from contracts.errors import UserError
+
+__all__ = [
+    "SEGMENT_GLOB",
+    "ClaimedSegment",
+    "SegmentContents",
+    "SegmentWriter",
+    "Spool",
+    "SpoolStatus",
+    "SpooledEvent",
+    "read_segment",
+    "seq_ranges",
+]
+
+log = logging.getLogger(__name__)
+
+#: Version of the file format above; readers refuse other versions.
+FORMAT_VERSION: Final = 1
+#: Finished segments; temporary names (being created) start with ``.tmp-`` instead.
+SEGMENT_GLOB: Final = "seg-*.spool"
+#: The file whose lock a flusher holds for a whole pass (never deleted).
+FLUSH_LOCK_NAME: Final = "flush.lock"
+
+_RECORD = struct.Struct("<cII")  # kind, payload length, crc32 of payload
+_BATCH = struct.Struct("<QI")  # first sequence number, event count
+_EVENT = struct.Struct("<BHI")  # topic, key and value lengths
+_RANGE = struct.Struct("<QQ")  # first and last sequence number, inclusive
+_HEADER, _EVENTS, _ACKS = b"H", b"E", b"A"
+
+#: A topic name is at most 249 bytes in Kafka; a key here is a participant_id.
+_MAX_TOPIC_BYTES: Final = 255
+_MAX_KEY_BYTES: Final = 0xFFFF
+#: A flusher that finds a segment locked retries this often, this long apart:
+#: ``exnet spool status`` holds a shared lock for a few microseconds while it
+#: reads, which must not make a concurrent flush skip the segment.
+_LOCK_RETRIES: Final = 5
+_LOCK_RETRY_S: Final = 0.05
+
+
+class SpooledEvent(NamedTuple):
+    """One Kafka message as the publisher would send it: physical topic, key, value."""
+
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Inclusive ``(first, last)`` ranges covering ``seqs`` (ascending input)."""
+    ranges: list[tuple[int, int]] = []
+    for seq in seqs:
+        if ranges and ranges[-1][1] == seq - 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
+
+
+def _record(kind: bytes, payload: bytes) -> bytes:
+    return _RECORD.pack(kind, len(payload), zlib.crc32(payload)) + payload
+
+
+def _encode_events(first_seq: int, events: Sequence[SpooledEvent]) -> bytes:
+    parts = [_BATCH.pack(first_seq, len(events))]
+    append = parts.append
+    pack = _EVENT.pack
+    for topic, key, value in events:
+        topic_bytes = topic.encode()
+        if len(topic_bytes) > _MAX_TOPIC_BYTES or len(key) > _MAX_KEY_BYTES:
+            raise ValueError(f"topic or key too long for the spool: {topic!r}")
+        append(pack(len(topic_bytes), len(key), len(value)))
+        append(topic_bytes)
+        append(key)
+        append(value)
+    return _record(_EVENTS, b"".join(parts))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a created, renamed or deleted directory entry durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """An open segment that this process alone appends to, under an exclusive lock.
+
+    Not thread-safe: one writer per publisher, used from one thread.
+    """
+
+    def __init__(self, path: Path, fd: int, size: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        #: Bytes in the file (valid records only).
+        self.size = size
+
+    @classmethod
+    def create(cls, directory: Path) -> SegmentWriter:
+        """A new, empty segment, locked, durable in ``directory`` when this returns.
+
+        It is written under a temporary name and renamed once locked, so a
+        flusher never sees (and never deletes) a segment that nobody locks yet.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        name = f"seg-{stamp}-{os.getpid()}-{uuid4().hex[:8]}.spool"
+        temporary = directory / f".tmp-{name}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            header = orjson.dumps(
+                {
+                    "format": FORMAT_VERSION,
+                    "created_at": datetime.now(UTC).isoformat(),
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                }
+            )
+            data = _record(_HEADER, header)
+            _write_all(fd, data)
+            os.fdatasync(fd)
+            final = directory / name
+            os.rename(temporary, final)
+            _fsync_dir(directory)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        return cls(final, fd, len(data))
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def _require_fd(self) -> int:
+        if self._fd is None:
+            raise ValueError(f"spool segment {self.path} is closed")
+        return self._fd
+
+    def append_events(self, first_seq: int, events: Sequence[SpooledEvent]) -> None:
+        """Append events numbered from ``first_seq``; durable (fsynced) when this returns."""
+        if not events:
+            return
+        fd = self._require_fd()
+        data = _encode_events(first_seq, events)
+        _write_all(fd, data)
+        os.fdatasync(fd)
+        self.size += len(data)
+
+    def append_acks(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Record that Kafka acknowledged these events.
+
+        Not fsynced: after a process crash the page cache still holds it; after a
+        power cut a lost acknowledgement only means those events are sent again
+        (a duplicate, which downstream deduplication drops).
+        """
+        if not ranges:
+            return
+        fd = self._require_fd()
+        data = _record(_ACKS, b"".join(_RANGE.pack(first, last) for first, last in ranges))
+        _write_all(fd, data)
+        self.size += len(data)
+
+    def sync(self) -> None:
+        os.fdatasync(self._require_fd())
+
+    def close(self, *, delete: bool) -> None:
+        """Release the segment: delete it (every event acknowledged) or leave it spooled.
+
+        A segment left behind is fsynced first, so what it says survives a crash.
+        """
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if delete:
+                self.path.unlink(missing_ok=True)
+                _fsync_dir(self.path.parent)
+            else:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)  # releases the lock, after the unlink: no one reads a dead segment
+
+
+@dataclass(slots=True)
+class SegmentContents:
+    """What a segment says: its events, which were acknowledged, what was unreadable."""
+
+    header: dict[str, object]
+    events: dict[int, SpooledEvent] = field(default_factory=dict)
+    acked: set[int] = field(default_factory=set)
+    #: Bytes at the end that did not form a whole, intact record (a torn write).
+    torn_bytes: int = 0
+    #: Bytes of intact records (where the next record starts).
+    valid_bytes: int = 0
+
+    def pending(self) -> list[tuple[int, SpooledEvent]]:
+        """Events Kafka has not acknowledged, in the order they were spooled."""
+        return [(seq, event) for seq, event in sorted(self.events.items()) if seq not in self.acked]
+
+    @property
+    def pending_count(self) -> int:
+        return sum(1 for seq in self.events if seq not in self.acked)
+
+
+def _decode_events(payload: bytes, into: dict[int, SpooledEvent]) -> None:
+    first_seq, count = _BATCH.unpack_from(payload, 0)
+    offset = _BATCH.size
+    unpack = _EVENT.unpack_from
+    for index in range(count):
+        topic_len, key_len, value_len = unpack(payload, offset)
+        offset += _EVENT.size
+        topic = payload[offset : offset + topic_len].decode()
+        offset += topic_len
+        key = payload[offset : offset + key_len]
+        offset += key_len
+        value = payload[offset : offset + value_len]
+        offset += value_len
+        into[first_seq + index] = SpooledEvent(topic, key, value)
+
+
+def _decode_acks(payload: bytes, into: set[int]) -> None:
+    for first, last in _RANGE.iter_unpack(payload):
+        into.update(range(first, last + 1))
+
+
+def read_segment(data: bytes, path: Path) -> SegmentContents:
+    """Decode a segment's bytes; a torn last record is skipped, not an error.
+
+    Raises :class:`UserError` when the file is not a spool segment at all or a
+    record in the middle is corrupt (a disk problem a person must look at).
+    """
+    offset = 0
+    contents: SegmentContents | None = None
+    while offset < len(data):
+        if offset + _RECORD.size > len(data):
+            break  # torn header of the last record
+        kind, length, crc = _RECORD.unpack_from(data, offset)
+        start = offset + _RECORD.size
+        end = start + length
+        if end > len(data):
+            break  # torn payload of the last record
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            if end == len(data):
+                break  # the last record, torn (its bytes were not all written)
+            raise UserError(f"spool segment {path} is corrupt at byte {offset}: inspect it")
+        if contents is None:
+            if kind != _HEADER:
+                raise UserError(f"{path} is not an exnet spool segment")
+            header = orjson.loads(payload)
+            if header.get("format") != FORMAT_VERSION:
+                raise UserError(f"spool segment {path} has unknown format {header.get('format')}")
+            contents = SegmentContents(header)
+        elif kind == _EVENTS:
+            _decode_events(payload, contents.events)
+        elif kind == _ACKS:
+            _decode_acks(payload, contents.acked)
+        else:
+            raise UserError(f"spool segment {path} has an unknown record kind {kind!r}")
+        offset = end
+    if contents is None:
+        # Creation itself was torn (header never fully written): an empty segment.
+        contents = SegmentContents({"format": FORMAT_VERSION})
+    contents.valid_bytes = offset
+    contents.torn_bytes = len(data) - offset
+    return contents
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks = []
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ClaimedSegment:
+    """A spooled segment this process has locked to send: read it, acknowledge, release."""
+
+    def __init__(self, path: Path, fd: int, contents: SegmentContents) -> None:
+        self.path = path
+        self.contents = contents
+        if contents.torn_bytes:
+            # Cut the torn tail so that acknowledgements append after intact records.
+            os.ftruncate(fd, contents.valid_bytes)
+        self.writer = SegmentWriter(path, fd, contents.valid_bytes)
+
+    def acknowledge(self, ranges: Sequence[tuple[int, int]]) -> None:
+        self.writer.append_acks(ranges)
+        for first, last in ranges:
+            self.contents.acked.update(range(first, last + 1))
+
+    def release(self) -> None:
+        """Delete the segment if every event is acknowledged, else keep it spooled."""
+        self.writer.close(delete=self.contents.pending_count == 0)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStatus:
+    path: Path
+    created_at: str | None
+    events: int
+    pending: int
+    size: int
+    in_use: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStatus:
+    """What waits in the spool, for ``exnet spool status``."""
+
+    directory: Path
+    segments: tuple[SegmentStatus, ...]
+
+    @property
+    def pending(self) -> int:
+        """Events waiting to be sent (in segments no running publisher owns)."""
+        return sum(seg.pending for seg in self.segments if not seg.in_use)
+
+    @property
+    def in_flight(self) -> int:
+        """Unacknowledged events in segments a running publisher still owns."""
+        return sum(seg.pending for seg in self.segments if seg.in_use)
+
+    @property
+    def waiting_segments(self) -> int:
+        return sum(1 for seg in self.segments if not seg.in_use and seg.pending)
+
+    @property
+    def size(self) -> int:
+        return sum(seg.size for seg in self.segments)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not deleted or replaced)."""
+    try:
+        on_disk = path.stat()
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _try_lock(fd: int, operation: int, retries: int) -> bool:
+    for attempt in range(retries):
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if attempt + 1 < retries:
+                time.sleep(_LOCK_RETRY_S)
+            continue
+        return True
+    return False
+
+
+class Spool:
+    """The spool directory: where segments are created, inspected and claimed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def segment_paths(self) -> list[Path]:
+        """Every finished segment, oldest first (names start with their creation time)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob(SEGMENT_GLOB))
+
+    def create_writer(self) -> SegmentWriter:
+        try:
+            return SegmentWriter.create(self.directory)
+        except OSError as exc:
+            raise UserError(f"cannot write the spool in {self.directory}: {exc}") from None
+
+    def status(self) -> SpoolStatus:
+        """Count the spooled events, without sending anything.
+
+        Reads each segment under a shared lock held for the read only; a
+        segment exclusively locked by a running publisher is read without a
+        lock (appends only ever add whole records after the ones read) and
+        reported as in use.
+        """
+        segments = []
+        for path in self.segment_paths():
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # deleted meanwhile: its events were all acknowledged
+            try:
+                in_use = not _try_lock(fd, fcntl.LOCK_SH, retries=1)
+                data = _read_fd(fd)
+            finally:
+                os.close(fd)
+            contents = read_segment(data, path)
+            created = contents.header.get("created_at")
+            segments.append(
+                SegmentStatus(
+                    path=path,
+                    created_at=created if isinstance(created, str) else None,
+                    events=len(contents.events),
+                    pending=contents.pending_count,
+                    size=len(data),
+                    in_use=in_use,
+                )
+            )
+        return SpoolStatus(self.directory, tuple(segments))
+
+    @contextlib.contextmanager
+    def flushing(self, wait_s: float) -> Iterator[bool]:
+        """Hold the spool's flush lock: one flusher at a time, oldest segment first.
+
+        Yields False when another process still holds it after ``wait_s``
+        seconds (0: do not wait). Segments stay individually locked as well,
+        so a running publisher's own segment is never sent by a flusher.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / FLUSH_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(_LOCK_RETRY_S)
+                    continue
+                break
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextlib.contextmanager
+    def claim(self, path: Path) -> Iterator[ClaimedSegment | None]:
+        """Lock one segment for sending; None when another process holds it or it is gone.
+
+        The caller sends ``contents.pending()``, calls :meth:`ClaimedSegment.acknowledge`
+        for what Kafka acknowledged; on exit the segment is deleted when nothing
+        is pending any more, else left (with its acknowledgements) for later.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        except FileNotFoundError:
+            yield None
+            return
+        if not _try_lock(fd, fcntl.LOCK_EX, retries=_LOCK_RETRIES) or not _same_file(fd, path):
+            os.close(fd)
+            yield None
+            return
+        try:
+            contents = read_segment(_read_fd(fd), path)
+            claimed = ClaimedSegment(path, fd, contents)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            yield claimed
+        finally:
+            claimed.release()

@@ -1,0 +1,86 @@
+"""Opening ClickHouse: embedded chDB (``chdb:///path``) or a server (``http(s)://``), one path."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from exnet.settings import Settings
+from sinks.errors import ClickHouseUnavailable, DatabaseLocked
+
+__all__ = ["INSERT_SETTINGS", "Client", "connect"]
+
+log = logging.getLogger(__name__)
+
+#: Pinned on every insert: synchronous (chDB's build defaults to async_insert=1,
+#: which would acknowledge before the rows are durable) and deduplicated by token.
+INSERT_SETTINGS: dict[str, Any] = {
+    "async_insert": 0,
+    "insert_deduplicate": 1,
+}
+
+
+def connect(settings: Settings, *, readonly: bool = False, create_database: bool = False) -> Client:
+    """A client for the analytics database.
+
+    ``readonly`` pins ``readonly=1`` on this client's own session (per client
+    handle in chDB, per connection on a server), so analysts' SQL can never
+    write. With the embedded default a second process cannot open the same
+    path: that is :class:`DatabaseLocked`.
+    """
+    dsn = settings.clickhouse_dsn
+    database = settings.clickhouse_database
+    try:
+        if dsn.startswith("chdb:"):
+            path = dsn.removeprefix("chdb://")
+            _ensure_parent(path)
+            client = clickhouse_connect.get_client(dsn=dsn)
+        else:
+            client = _server_client(dsn)
+    except ClickHouseError as exc:
+        if dsn.startswith("chdb:"):
+            raise DatabaseLocked(
+                f"the embedded database {dsn.removeprefix('chdb://')} is held by another "
+                "process (chDB lets one process own it): query it with `exnet sql`, which "
+                "goes through the process that owns it"
+            ) from exc
+        raise ClickHouseUnavailable(f"cannot reach ClickHouse at {_redacted(dsn)}: {exc}") from exc
+    if create_database:
+        client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    if readonly:
+        # SET on this client's own session; it outlives the call on purpose.
+        client.command("SET readonly = 1")
+    client.database = database
+    return client
+
+
+def _ensure_parent(path: str) -> None:
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _server_client(dsn: str) -> Client:
+    parts = urlsplit(dsn)
+    return clickhouse_connect.get_client(
+        host=parts.hostname or "localhost",
+        port=parts.port or (8443 if parts.scheme == "https" else 8123),
+        username=parts.username or "default",
+        password=parts.password or "",
+        secure=parts.scheme == "https",
+        # Retries are ours (tenacity, in the sink); a server answers promptly or is down.
+        connect_timeout=10,
+        send_receive_timeout=300,
+    )
+
+
+def _redacted(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    if parts.password:
+        return dsn.replace(f":{parts.password}@", ":***@")
+    return dsn

@@ -1,0 +1,273 @@
+"""The sink: accepted events and rejections from Kafka, in batches, into ClickHouse.
+
+A plain kafka-python consumer with manual commits (not Faust) so that the one
+guarantee that matters is explicit: an offset is committed only after
+ClickHouse acknowledged every row before it.
+
+    poll -> rows (pure, ``rows.py``) -> batch (size and time bounds)
+         -> write each table (token = group:table:partition ranges; retried with backoff)
+         -> commit offsets
+
+Crash anywhere: the uncommitted messages are read again and written again;
+ReplacingMergeTree keyed on ``event_id`` (facts) or on the source offset
+(rejections) keeps one row of each, and an identical replayed batch is
+dropped by its insert deduplication token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka import KafkaConsumer
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_exponential,
+)
+
+from contracts.errors import ExnetError
+from contracts.topics import Topic, topic_name
+from contracts.wire import unpack_accepted
+from exnet.metrics import Metrics
+from exnet.settings import Settings
+from sinks.errors import ClickHouseUnavailable
+from sinks.rows import (
+    FACT_COLUMNS,
+    FACT_TABLES,
+    REJECTED_COLUMNS,
+    REJECTED_TABLE,
+    fact_row,
+    rejected_row,
+)
+from sinks.writer import BatchWriter
+
+__all__ = ["SINK_TABLES", "SinkConsumer", "SinkStopped", "sink_group"]
+
+log = logging.getLogger(__name__)
+
+#: Every table the sink writes, with its insert columns.
+SINK_TABLES: dict[str, Sequence[str]] = {
+    **{FACT_TABLES[t]: columns for t, columns in FACT_COLUMNS.items()},
+    REJECTED_TABLE: REJECTED_COLUMNS,
+}
+#: Longest wait between ClickHouse retries, seconds.
+MAX_BACKOFF_S = 30.0
+#: Group session of the sink (ms): how long a dead sink holds its partitions.
+SESSION_TIMEOUT_MS = 10_000
+HEARTBEAT_MS = 1_000
+#: How long one poll waits for messages, ms: bounds the reaction to a stop request.
+POLL_TIMEOUT_MS = 100
+
+
+def sink_group(settings: Settings) -> str:
+    return f"{settings.topic_prefix}{settings.consumer_group}-sink"
+
+
+class SinkStopped(ExnetError):
+    """Asked to stop while ClickHouse was failing: the batch stays uncommitted in Kafka."""
+
+
+@dataclass
+class _Batch:
+    rows: dict[str, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
+    #: partition -> (first offset, last offset) in this batch.
+    ranges: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
+    #: source Kafka timestamps (ms) of the accepted events, for the latency histogram.
+    source_ms: list[int] = field(default_factory=list)
+    size: int = 0
+    started: float = 0.0
+
+    def add(self, table: str, row: list[Any], tp: TopicPartition, offset: int) -> None:
+        if self.size == 0:
+            self.started = time.monotonic()
+        self.rows[table].append(row)
+        first, _ = self.ranges.get(tp, (offset, offset))
+        self.ranges[tp] = (first, offset)
+        self.size += 1
+
+    def token(self, group: str, table: str) -> str:
+        spans = ",".join(
+            f"{tp.topic}/{tp.partition}/{first}-{last}"
+            for tp, (first, last) in sorted(self.ranges.items())
+        )
+        return f"{group}:{table}:{spans}"
+
+
+class SinkConsumer:
+    """Consumes ``exnet.accepted`` and ``exnet.deadletter`` and writes them in batches.
+
+    Run it in its own thread (:meth:`run`); :meth:`stop` asks it to flush what
+    it consumed, commit, and return.
+    """
+
+    def __init__(self, settings: Settings, writer: BatchWriter, metrics: Metrics) -> None:
+        self._settings = settings
+        self._writer = writer
+        self._metrics = metrics
+        self._group = sink_group(settings)
+        self._accepted = topic_name(Topic.ACCEPTED, settings.topic_prefix)
+        self._deadletter = topic_name(Topic.DEADLETTER, settings.topic_prefix)
+        self._stop = threading.Event()
+        self._batch = _Batch()
+        self._consumer: KafkaConsumer | None = None
+        self.flushed = threading.Event()  # set after each successful commit (tests, drain)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> None:
+        """Consume until stopped; flush and commit before returning."""
+        consumer = KafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap.split(","),
+            group_id=self._group,
+            client_id=f"{self._group}-{threading.get_ident()}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._settings.sink_batch_rows,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            # A sink killed with -9 holds its partitions until its session expires;
+            # kafka-python's 45 s default also outlasts its own 30 s JoinGroup timeout.
+            session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=HEARTBEAT_MS,
+        )
+        self._consumer = consumer
+        consumer.subscribe([self._accepted, self._deadletter], listener=_FlushOnRevoke(self))
+        max_rows = self._settings.sink_batch_rows
+        max_age = self._settings.sink_batch_seconds
+        try:
+            while not self._stop.is_set():
+                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max_rows)
+                for tp, records in polled.items():
+                    self._add(tp, records)
+                batch = self._batch
+                if batch.size and (
+                    batch.size >= max_rows or time.monotonic() - batch.started >= max_age
+                ):
+                    self.flush()
+            self.flush()
+        finally:
+            consumer.close(autocommit=False)
+            self._consumer = None
+
+    def _add(self, tp: TopicPartition, records: Iterable[Any]) -> None:
+        ingested_at = datetime.now(UTC)
+        batch = self._batch
+        for record in records:
+            headers = dict(record.headers or ())
+            if tp.topic == self._deadletter:
+                batch.add(
+                    REJECTED_TABLE,
+                    rejected_row(record.value, headers, ingested_at),
+                    tp,
+                    record.offset,
+                )
+                continue
+            for accepted in unpack_accepted(record.value):
+                event_type = accepted.event_type
+                row = fact_row(event_type, accepted.event, accepted.source, ingested_at)
+                batch.add(FACT_TABLES[event_type], row, tp, record.offset)
+                if accepted.timestamp_ms:
+                    batch.source_ms.append(accepted.timestamp_ms)
+
+    def flush(self) -> None:
+        """Write the batch to ClickHouse (retrying), then commit its offsets."""
+        batch = self._batch
+        if not batch.ranges:
+            return
+        started = time.perf_counter()
+        for table, rows in batch.rows.items():
+            self._write_with_retries(table, rows, batch.token(self._group, table))
+        written = time.time()
+        self._commit({tp: last + 1 for tp, (_, last) in batch.ranges.items()})
+        for table, rows in batch.rows.items():
+            self._metrics.sink_rows_written.labels(table=table).inc(len(rows))
+        for source_ms in batch.source_ms:
+            self._metrics.end_to_end_seconds.observe(max(0.0, written - source_ms / 1000))
+        self._metrics.sink_batch_rows.observe(batch.size)
+        self._metrics.sink_batch_seconds.observe(time.perf_counter() - started)
+        self._metrics.sink_last_write.set(written)
+        self._batch = _Batch()
+        self.flushed.set()
+
+    def rewind(self) -> None:
+        """Drop the unwritten batch and seek back, so that its messages are read again."""
+        consumer = self._consumer
+        assigned = consumer.assignment() if consumer is not None else set()
+        for tp, (first, _) in self._batch.ranges.items():
+            if consumer is not None and tp in assigned:
+                consumer.seek(tp, first)
+        self._batch = _Batch()
+
+    def _write_with_retries(self, table: str, rows: list[list[Any]], token: str) -> None:
+        def log_retry(state: RetryCallState) -> None:
+            self._metrics.sink_write_errors.labels(table=table).inc()
+            outcome = state.outcome
+            error = outcome.exception() if outcome is not None else None
+            log.warning(
+                "ClickHouse write to %s failed (attempt %d), retrying: %s",
+                table,
+                state.attempt_number,
+                error,
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(ClickHouseUnavailable),
+            wait=wait_exponential(multiplier=0.2, max=MAX_BACKOFF_S),
+            stop=stop_when_event_set(self._stop),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        try:
+            retrying(self._writer.write, table, SINK_TABLES[table], rows, token)
+        except ClickHouseUnavailable as exc:
+            raise SinkStopped(
+                f"stopped while ClickHouse kept failing; {len(rows)} rows of {table} stay "
+                f"uncommitted in Kafka and will be written on the next start: {exc}"
+            ) from exc
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        consumer = self._consumer
+        assert consumer is not None  # noqa: S101  # only called while running
+        try:
+            consumer.commit(
+                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in offsets.items()}
+            )
+        except (CommitFailedError, KafkaError) as exc:
+            # The rows are written; after the rebalance they are read and written
+            # again, and the tables keep one row per key.
+            log.warning("offset commit failed after a successful write (will replay): %s", exc)
+
+
+class _FlushOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped library base
+    """Before partitions move to another sink, write and commit what was read from them."""
+
+    def __init__(self, sink: SinkConsumer) -> None:
+        self._sink = sink
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        if revoked:
+            try:
+                self._sink.flush()
+            except SinkStopped:
+                log.warning("could not flush before a rebalance; the batch will be replayed")
+                self._sink.rewind()
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("sink assigned %d partitions", len(assigned))

@@ -1,0 +1,156 @@
+"""Analysts' read-only SQL, also while ``exnet up`` holds the embedded database.
+
+chDB lets one process own its path, so the process that writes it also answers
+``exnet sql``: a loopback-only HTTP endpoint, guarded by a random token in a
+file only the owner can read (``<var_dir>/run/sql-endpoint.json``). Queries run
+on a separate client whose session is pinned ``readonly=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import urllib.error
+import urllib.request
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+from contracts.errors import UserError
+from exnet.settings import Settings
+from sinks.client import connect
+
+__all__ = ["QueryEndpoint", "endpoint_file", "run_query"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a query through the endpoint may take before the caller gives up.
+QUERY_TIMEOUT_S = 300
+
+
+def endpoint_file(settings: Settings) -> Path:
+    return settings.var_dir / "run" / "sql-endpoint.json"
+
+
+class QueryEndpoint:
+    """Serves read-only queries on 127.0.0.1 for the process that owns the database."""
+
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self._settings = settings
+        self._client = client
+        self._lock = threading.Lock()  # one query at a time on the read-only session
+        self._token = secrets.token_hex(16)
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> None:
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802  # http.server's naming
+                if self.headers.get("X-Exnet-Token") != endpoint._token:
+                    self._reply(HTTPStatus.FORBIDDEN, b"bad token")
+                    return
+                length = int(self.headers.get("Content-Length", "0"))
+                request = json.loads(self.rfile.read(length))
+                try:
+                    body = endpoint.query(str(request["query"]), str(request["format"]))
+                except Exception as exc:  # the analyst's SQL error, sent back as text
+                    self._reply(HTTPStatus.BAD_REQUEST, str(exc).encode())
+                    return
+                self._reply(HTTPStatus.OK, body)
+
+            def _reply(self, status: HTTPStatus, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                log.debug("sql endpoint: " + format, *args)
+
+        server = ThreadingHTTPServer(("127.0.0.1", self._settings.sql_port), Handler)
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="exnet-sql", daemon=True).start()
+        path = endpoint_file(self._settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(
+                {"pid": os.getpid(), "port": server.server_address[1], "token": self._token},
+                handle,
+            )
+        temporary.replace(path)
+
+    def query(self, sql: str, fmt: str) -> bytes:
+        with self._lock:
+            result: bytes = self._client.raw_query(sql, fmt=fmt)
+            return result
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        path = endpoint_file(self._settings)
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_query(settings: Settings, sql: str, fmt: str) -> bytes:
+    """Run ``sql`` read-only: through the owning process's endpoint, or directly."""
+    path = endpoint_file(settings)
+    if settings.embedded_clickhouse and path.exists():
+        try:
+            endpoint = json.loads(path.read_text())
+        except (OSError, ValueError):
+            endpoint = None
+        if endpoint is not None and _alive(int(endpoint["pid"])):
+            return _query_endpoint(endpoint, sql, fmt)
+    client = connect(settings, readonly=True)
+    try:
+        try:
+            result: bytes = client.raw_query(sql, fmt=fmt)
+        except Exception as exc:
+            raise UserError(f"query failed: {exc}") from None
+        return result
+    finally:
+        client.close()
+
+
+def _query_endpoint(endpoint: dict[str, Any], sql: str, fmt: str) -> bytes:
+    request = urllib.request.Request(  # noqa: S310  # loopback URL we built ourselves
+        f"http://127.0.0.1:{int(endpoint['port'])}/",
+        data=json.dumps({"query": sql, "format": fmt}).encode(),
+        headers={"X-Exnet-Token": str(endpoint["token"]), "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=QUERY_TIMEOUT_S) as response:  # noqa: S310
+            body: bytes = response.read()
+            return body
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"query failed: {exc.read().decode('utf-8', 'replace')}") from None
+    except urllib.error.URLError as exc:
+        raise UserError(
+            f"the exnet process that owns the database (pid {endpoint['pid']}) did not answer: "
+            f"{exc.reason}"
+        ) from None

@@ -1,0 +1,147 @@
+"""The pure stage of the sink: a message of the accepted or dead-letter topic -> a table row.
+
+The column tuples here are the insert column lists; ``tests/sinks`` checks
+them against the migrated tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import orjson
+
+from contracts import headers as H
+from contracts.units import to_canonical
+from contracts.validation import Origin
+from contracts.wire import source_origin
+
+__all__ = [
+    "FACT_COLUMNS",
+    "FACT_TABLES",
+    "REJECTED_COLUMNS",
+    "REJECTED_TABLE",
+    "Headers",
+    "fact_row",
+    "rejected_row",
+]
+
+Headers = Mapping[str, bytes]
+
+_ENVELOPE = ("event_id", "schema", "occurred_at", "node_id", "site_id", "participant_id")
+_LINEAGE = ("source_topic", "source_partition", "source_offset", "ingested_at")
+
+#: event type -> fact table.
+FACT_TABLES: Final[dict[str, str]] = {
+    "enrollment": "enrollment_events",
+    "session": "session_events",
+    "assay": "assay_events",
+    "assessment": "assessment_events",
+}
+
+#: event type -> the event fields that become columns, in insert order.
+_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "enrollment": (*_ENVELOPE, "status", "modality", "adjunct", "age_band", "sex", "reason"),
+    "session": (
+        *_ENVELOPE,
+        "session_number",
+        "status",
+        "modality",
+        "supervised",
+        "duration_min",
+        "mean_hr_pct_max",
+        "rpe",
+        "adverse_event",
+    ),
+    "assay": (
+        *_ENVELOPE,
+        "specimen_id",
+        "specimen_type",
+        "timepoint",
+        "analyte",
+        "value",
+        "unit",
+        "lab_id",
+        "batch_id",
+        "below_lloq",
+    ),
+    "assessment": (*_ENVELOPE, "instrument", "score", "week"),
+}
+
+#: event type -> insert column list of its fact table.
+FACT_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    event_type: (
+        *fields,
+        *(("value_canonical", "unit_canonical") if event_type == "assay" else ()),
+        *_LINEAGE,
+    )
+    for event_type, fields in _FIELDS.items()
+}
+
+REJECTED_TABLE: Final = "rejected_events"
+REJECTED_COLUMNS: Final = (
+    "reason",
+    "detail",
+    "message",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "event_id",
+    "node_id",
+    "site_id",
+    "payload",
+    "rejected_at",
+    "ingested_at",
+)
+
+
+def fact_row(
+    event_type: str, event: Mapping[str, Any], source: Origin, ingested_at: datetime
+) -> list[Any]:
+    """The fact-table row of one accepted event (its canonical fields, as the stream wrote them)."""
+    row: list[Any] = [event.get(field) for field in _FIELDS[event_type]]
+    row[2] = datetime.fromisoformat(event["occurred_at"])
+    if event_type == "assay":
+        row.extend(to_canonical(event["analyte"], event["value"], event["unit"]))
+    row.extend((source.topic, source.partition, source.offset, ingested_at))
+    return row
+
+
+def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -> list[Any]:
+    """The ``rejected_events`` row of one dead-letter message (original bytes + headers)."""
+    detail_json = headers.get(H.DETAIL, b"{}")
+    detail = _loads_object(detail_json)
+    payload = value or b""
+    document = _loads_object(payload)
+    source = source_origin(headers)
+    event_id = headers.get(H.EVENT_ID)
+    return [
+        headers[H.REASON].decode(),
+        detail_json.decode("utf-8", "replace"),
+        str(detail.get("message", "")),
+        source.topic,
+        source.partition,
+        source.offset,
+        event_id.decode() if event_id else None,
+        _short_string(document.get("node_id")),
+        _short_string(document.get("site_id")),
+        payload,
+        datetime.fromisoformat(headers[H.REJECTED_AT].decode()),
+        ingested_at,
+    ]
+
+
+def _loads_object(data: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _short_string(value: object, limit: int = 64) -> str | None:
+    """A readable identifier from a rejected payload, or None (never free text)."""
+    if isinstance(value, str) and 0 < len(value) <= limit:
+        return value
+    return None
