@@ -9,18 +9,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-# The compiled accepting path (native/) is a Rust extension: maturin builds it
-# with cargo, from crates.io, pinned by native/Cargo.lock. rustup puts cargo in
-# ~/.cargo/bin, which a shell that did not source ~/.cargo/env lacks.
-export PATH := $(PATH):$(HOME)/.cargo/bin
-NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs native/exnet_native.pyi
-
-$(STAMP): pyproject.toml $(NATIVE_SOURCES)
-	@command -v cargo >/dev/null 2>&1 || { \
-	  echo "exnet's native validator needs Rust's cargo: install it with rustup (https://rustup.rs)" >&2; exit 1; }
+# Everything, platform and development tools included (`pip install .` alone is the
+# sites' light side; see README). No compiler is needed.
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet ./native
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -53,6 +46,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: install broker-start
 	$(BIN)/python -m bench
