@@ -1,4 +1,4 @@
-"""exnet's contracts with the sites: events, topics, reasons, registry, validation."""
+"""exnet's contracts with the sites: events, topics, reasons, registry, validation, views."""
 
 from contracts.assay import AssayV1
 from contracts.assessment import INSTRUMENT_MAX, REMISSION_MAX, AssessmentV1
@@ -22,6 +22,7 @@ from contracts.validation import (
     Rejected,
     Validator,
 )
+from contracts.views import Views, compute_views
 
 __all__ = [
     "ANALYTE_UNITS",
@@ -51,6 +52,8 @@ __all__ = [
     "Topic",
     "TopicSpec",
     "Validator",
+    "Views",
+    "compute_views",
     "load_registry",
     "to_canonical",
     "topic_name",

@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 from contracts.envelope import EventBase, OneOfPer, Rule
 from contracts.units import ANALYTE_UNITS, Analyte, Unit, to_canonical
 
-__all__ = ["AssayV1"]
+__all__ = ["AssayV1", "SpecimenType", "Timepoint"]
 
 SpecimenType = Literal["serum", "plasma", "whole_blood", "saliva", "urine", "pbmc", "muscle"]
 Timepoint = Literal["baseline", "acute_pre", "acute_post", "mid", "post", "follow_up"]

@@ -9,7 +9,15 @@ from pydantic import ConfigDict, Field
 
 from contracts.envelope import EventBase, NullUnless, RequiredWhen, Rule
 
-__all__ = ["EnrollmentV1"]
+__all__ = [
+    "Adjunct",
+    "AgeBand",
+    "Arm",
+    "EnrollmentStatus",
+    "EnrollmentV1",
+    "Sex",
+    "WithdrawalReason",
+]
 
 EnrollmentStatus = Literal["screened", "consented", "randomized", "withdrawn", "completed"]
 Arm = Literal["aerobic", "resistance", "combined", "control"]

@@ -9,7 +9,13 @@ from pydantic import ConfigDict, Field
 
 from contracts.envelope import EventBase, RequiredWhen, Rule
 
-__all__ = ["SessionV1"]
+__all__ = ["AdverseEvent", "SessionModality", "SessionStatus", "SessionV1"]
+
+SessionStatus = Literal["attended", "missed", "cancelled"]
+#: What a session trains (the control arm has no sessions).
+SessionModality = Literal["aerobic", "resistance", "combined"]
+#: The severity of an adverse event during a session.
+AdverseEvent = Literal["mild", "moderate", "severe", "serious"]
 
 #: The status that needs a ``duration_min``.
 _ATTENDED: Final = "attended"
@@ -40,8 +46,8 @@ class SessionV1(EventBase):
 
     schema_: Literal["session/1"] = Field(alias="schema")
     session_number: Annotated[int, Field(ge=1, le=500)]
-    status: Literal["attended", "missed", "cancelled"]
-    modality: Literal["aerobic", "resistance", "combined"]
+    status: SessionStatus
+    modality: SessionModality
     supervised: bool
     #: Minutes; required when attended.
     duration_min: Annotated[float, Field(ge=0, le=300)] | None = None
@@ -49,7 +55,7 @@ class SessionV1(EventBase):
     mean_hr_pct_max: Annotated[float, Field(ge=30, le=100)] | None = None
     #: Borg rating of perceived exertion.
     rpe: Annotated[int, Field(ge=6, le=20)] | None = None
-    adverse_event: Literal["mild", "moderate", "severe", "serious"] | None = None
+    adverse_event: AdverseEvent | None = None
 
     @classmethod
     def rule_problems(cls, values: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.errors import UserError
-from contracts.views import SUMMARY_COLUMNS
+from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS
 from exnet.settings import Settings, load_settings
 from producers import simulate
 from sinks.query import run_query
@@ -103,15 +103,7 @@ def main() -> None:
         _table(
             "arm_summary (network)",
             arms,
-            [
-                "modality",
-                "adjunct",
-                "randomized",
-                "sessions_attended",
-                "exercise_minutes",
-                "responders",
-                "remitters",
-            ],
+            ["modality", "adjunct", *ARM_COLUMNS],
         )
     )
     rejects = _rows(
@@ -121,11 +113,12 @@ def main() -> None:
     )
     console.print(_table("rejected_events", rejects, ["reason", "messages"]))
 
+    expected = result.views.network_summary
     mismatches = [
         name
         for name in summary
-        if abs(float(network[name]) - float(result.network[name]))
-        > 1e-6 * max(1.0, abs(float(result.network[name])))
+        if abs(float(network[name]) - float(expected[name]))
+        > 1e-6 * max(1.0, abs(float(expected[name])))
     ]
     if mismatches:
         raise UserError(f"network_summary differs from the simulation in {mismatches}")

@@ -15,7 +15,8 @@ exact duplicates (byte-identical or reformatted) and conflicting duplicates
 (same ``event_id``, other content), always after their original in the same
 partition. :class:`SimulationResult` states what the pipeline must make of
 them: accepted events per type, duplicates, rejections per reason, and the
-figures the analytics views must show.
+figures the analytics views must show (computed by the views' one oracle,
+:func:`contracts.views.compute_views`, from the events it generated).
 
 :func:`simulate` writes the messages to a JSON Lines file or publishes them
 with a plain Kafka producer: invalid messages must reach Kafka, so this
@@ -31,11 +32,11 @@ import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 import orjson
 from kafka import KafkaProducer
@@ -45,15 +46,19 @@ from contracts import (
     ANALYTE_UNITS,
     CANONICAL_UNIT,
     INSTRUMENT_MAX,
-    REMISSION_MAX,
+    MAX_MESSAGE_BYTES,
+    SCHEMAS,
+    EventBase,
     NetworkRegistry,
     Reason,
     Topic,
     load_registry,
     topic_name,
 )
+from contracts.enrollment import Adjunct, AgeBand, Arm, Sex, WithdrawalReason
 from contracts.errors import RecoverableError, UserError
-from contracts.views import SUMMARY_COLUMNS
+from contracts.session import AdverseEvent
+from contracts.views import Views, compute_views
 from exnet.settings import Settings
 from producers.publisher import FLUSH_TIMEOUT_S, producer_config
 
@@ -61,9 +66,9 @@ __all__ = [
     "DEFAULT_INVALID_KINDS",
     "DEFAULT_PARTICIPANTS",
     "DEFAULT_SEED",
+    "INVALID_KINDS",
     "STUDY_ANCHOR",
     "STUDY_START",
-    "InvalidKind",
     "MessageKind",
     "SimMessage",
     "Simulation",
@@ -93,29 +98,16 @@ ASSESSMENT_WEEKS: Final = (0, 4, 8, 12)
 _FAR_FUTURE: Final = datetime(2099, 1, 1, 9, 0, tzinfo=UTC)
 
 
-class InvalidKind(StrEnum):
-    """Kinds of deliberately invalid messages; each is rejected with one reason."""
-
-    MALFORMED_JSON = "malformed_json"
-    UNKNOWN_SCHEMA = "unknown_schema"
-    INVALID_FIELD = "invalid_field"
-    KEY_MISMATCH = "key_mismatch"
-    UNKNOWN_SITE = "unknown_site"
-    FUTURE_TIMESTAMP = "future_timestamp"
-    TOO_LARGE = "too_large"
-
-    @property
-    def reason(self) -> Reason:
-        return Reason(self.value)
-
+# A kind of deliberately invalid message is the reason it must be rejected with:
+# a :class:`~contracts.Reason`. :data:`INVALID_KINDS` lists those it can make.
 
 #: Included unless asked otherwise; future timestamps and oversized messages are opt-in.
-DEFAULT_INVALID_KINDS: Final = (
-    InvalidKind.MALFORMED_JSON,
-    InvalidKind.UNKNOWN_SCHEMA,
-    InvalidKind.INVALID_FIELD,
-    InvalidKind.KEY_MISMATCH,
-    InvalidKind.UNKNOWN_SITE,
+DEFAULT_INVALID_KINDS: Final[tuple[Reason, ...]] = (
+    Reason.MALFORMED_JSON,
+    Reason.UNKNOWN_SCHEMA,
+    Reason.INVALID_FIELD,
+    Reason.KEY_MISMATCH,
+    Reason.UNKNOWN_SITE,
 )
 
 
@@ -148,7 +140,8 @@ class SimulationConfig:
     duplicate_share: float = 0.0
     #: Same event_id with other content, as a share of the events.
     conflict_share: float = 0.0
-    invalid_kinds: tuple[InvalidKind, ...] = DEFAULT_INVALID_KINDS
+    #: The reasons the invalid messages must be rejected with (of :data:`INVALID_KINDS`).
+    invalid_kinds: tuple[Reason, ...] = DEFAULT_INVALID_KINDS
     #: Messages will be written without keys (a file): no ``key_mismatch`` cases.
     keyless: bool = False
 
@@ -159,17 +152,20 @@ class SimulationConfig:
             share = getattr(self, name)
             if not 0.0 <= share <= 1.0:
                 raise UserError(f"{name.replace('_', '-')} must lie between 0 and 1, not {share}")
+        unknown = [str(kind) for kind in self.invalid_kinds if kind not in INVALID_KINDS]
+        if unknown:
+            raise UserError(
+                f"cannot make invalid messages of kind {', '.join(unknown)} "
+                f"(only {', '.join(INVALID_KINDS)})"
+            )
         if self.invalid_share > 0 and not self.usable_invalid_kinds:
             raise UserError("no kind of invalid message is left to generate")
 
     @property
-    def usable_invalid_kinds(self) -> tuple[InvalidKind, ...]:
+    def usable_invalid_kinds(self) -> tuple[Reason, ...]:
         if self.keyless:
-            return tuple(k for k in self.invalid_kinds if k is not InvalidKind.KEY_MISMATCH)
+            return tuple(k for k in self.invalid_kinds if k is not Reason.KEY_MISMATCH)
         return self.invalid_kinds
-
-
-_COUNT_FIELDS: Final = SUMMARY_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -179,9 +175,8 @@ class SimulationResult:
     ``events`` (per event type) is the number of accepted rows expected in the
     fact tables; ``duplicates`` the messages dropped as exact duplicates;
     ``rejected`` the messages rejected, per reason (conflicting duplicates
-    included). ``network``/``nodes`` hold the expected ``network_summary`` and
-    ``node_summary`` figures, ``arms`` the network-scope ``arm_summary`` ones
-    keyed ``"modality/adjunct"``.
+    included). ``views`` holds the figures every analytics view must show
+    (``node_summary`` with a row per registered node).
     """
 
     seed: int
@@ -192,9 +187,7 @@ class SimulationResult:
     events: dict[str, int]
     duplicates: dict[str, int]
     rejected: dict[str, int]
-    network: dict[str, float]
-    nodes: dict[str, dict[str, float]]
-    arms: dict[str, dict[str, float]]
+    views: Views
     keyless: bool = False
     #: Physical topics, when published; the file, when written.
     destination: str = ""
@@ -212,6 +205,13 @@ class SimulationResult:
         return sum(self.rejected.values())
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the views as ``network``, ``nodes`` and ``arms`` (network scope,
+        keyed ``"modality/adjunct"``)."""
+        arms = {
+            f"{key.modality}/{key.adjunct}": figures
+            for key, figures in self.views.arm_summary.items()
+            if key.scope == "network"
+        }
         return {
             "seed": self.seed,
             "participants": self.participants,
@@ -221,9 +221,9 @@ class SimulationResult:
             "events": self.events,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
-            "network": self.network,
-            "nodes": self.nodes,
-            "arms": self.arms,
+            "network": self.views.network_summary,
+            "nodes": self.views.node_summary,
+            "arms": dict(sorted(arms.items())),
             "keyless": self.keyless,
             "destination": self.destination,
         }
@@ -241,19 +241,40 @@ class Simulation:
 #: Fixed UTC offsets (hours) the nodes' sites report in; 0 is written ``Z``.
 _NODE_OFFSETS: Final = (1, -5, 0, 9, -3, 2, -8, 10)
 
-_ARMS: Final = ("aerobic", "resistance", "combined", "control")
-_ADJUNCTS: Final = ("psychotherapy", "pharmacotherapy", "nutrition_counseling", "brain_stimulation")
-_AGE_BANDS: Final = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
-_AGE_WEIGHTS: Final = (14, 24, 22, 18, 14, 8)
-_WITHDRAWAL_REASONS: Final = (
-    "lost_to_follow_up",
-    "participant_choice",
-    "investigator_decision",
-    "other",
+#: Values are the contracts' (their enums, in their order); these tables only weigh them.
+_ARMS: Final[tuple[Arm, ...]] = get_args(Arm)
+_NO_ADJUNCT: Final[Adjunct] = "none"
+#: Some exercise-arm participants get an adjunct on top.
+_ADJUNCTS: Final[tuple[Adjunct, ...]] = tuple(a for a in get_args(Adjunct) if a != _NO_ADJUNCT)
+_AGE_BANDS: Final[tuple[AgeBand, ...]] = get_args(AgeBand)
+_AGE_WEIGHTS: Final[dict[AgeBand, int]] = {
+    "18-24": 14,
+    "25-34": 24,
+    "35-44": 22,
+    "45-54": 18,
+    "55-64": 14,
+    "65+": 8,
+}
+_SEXES: Final[tuple[Sex, ...]] = get_args(Sex)
+_SEX_WEIGHTS: Final[dict[Sex, int]] = {"female": 62, "male": 36, "intersex": 1, "unknown": 1}
+_AE_WITHDRAWAL: Final[WithdrawalReason] = "adverse_event"
+#: Withdrawals for other reasons than an adverse event (those follow a severe one).
+_WITHDRAWAL_REASONS: Final[tuple[WithdrawalReason, ...]] = tuple(
+    r for r in get_args(WithdrawalReason) if r != _AE_WITHDRAWAL
 )
-_WITHDRAWAL_WEIGHTS: Final = (40, 38, 10, 12)
-_AE_SEVERITY: Final = ("mild", "moderate", "severe", "serious")
-_AE_WEIGHTS: Final = (70, 22, 6, 2)
+_WITHDRAWAL_WEIGHTS: Final[dict[WithdrawalReason, int]] = {
+    "lost_to_follow_up": 40,
+    "participant_choice": 38,
+    "investigator_decision": 10,
+    "other": 12,
+}
+_AE_SEVERITY: Final[tuple[AdverseEvent, ...]] = get_args(AdverseEvent)
+_AE_WEIGHTS: Final[dict[AdverseEvent, int]] = {
+    "mild": 70,
+    "moderate": 22,
+    "severe": 6,
+    "serious": 2,
+}
 
 #: Mean share of the baseline score lost by week 12, per arm (plus an adjunct bonus).
 _IMPROVEMENT: Final = {"aerobic": 0.46, "resistance": 0.42, "combined": 0.50, "control": 0.20}
@@ -349,27 +370,6 @@ class _Event:
         return str(self.fields["participant_id"])
 
 
-@dataclass(slots=True)
-class _Tally:
-    counts: Counter[str] = field(default_factory=Counter)
-    minutes: float = 0.0
-    statuses: dict[str, set[str]] = field(default_factory=dict)
-    specimens: set[str] = field(default_factory=set)
-
-    def figures(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for name in _COUNT_FIELDS:
-            if name in ("screened", "consented", "randomized", "withdrawn", "completed"):
-                out[name] = len(self.statuses.get(name, ()))
-            elif name == "exercise_minutes":
-                out[name] = round(self.minutes, 3)
-            elif name == "specimens":
-                out[name] = len(self.specimens)
-            else:
-                out[name] = self.counts[name]
-        return out
-
-
 class _Generator:
     def __init__(self, registry: NetworkRegistry, config: SimulationConfig) -> None:
         self.config = config
@@ -444,8 +444,8 @@ class _Generator:
         site = rng.choices(self.sites, weights=[s.weight for s in self.sites])[0]
         pid = self.unique(lambda: f"P-{rng.getrandbits(48):012x}")
         self.participant_ids.append(pid)
-        age_band = rng.choices(_AGE_BANDS, weights=_AGE_WEIGHTS)[0]
-        sex = rng.choices(("female", "male", "intersex", "unknown"), weights=(62, 36, 1, 1))[0]
+        age_band = rng.choices(_AGE_BANDS, weights=[_AGE_WEIGHTS[b] for b in _AGE_BANDS])[0]
+        sex = rng.choices(_SEXES, weights=[_SEX_WEIGHTS[s] for s in _SEXES])[0]
         window = (STUDY_ANCHOR - _ENROLMENT_TAIL - STUDY_START).days
         day = STUDY_START + timedelta(days=rng.randrange(window))
         demo = {"age_band": age_band, "sex": sex}
@@ -473,7 +473,7 @@ class _Generator:
             return  # consented, never randomized
         day += timedelta(days=rng.randint(1, 9))
         arm = rng.choice(_ARMS)
-        adjunct = "none"
+        adjunct = _NO_ADJUNCT
         if arm != "control" and rng.random() < 0.22:
             adjunct = rng.choice(_ADJUNCTS)
         randomized_at = self.local_day_time(day, site, 9, 12)
@@ -513,12 +513,13 @@ class _Generator:
                     if severity in ("severe", "serious") and rng.random() < 0.5:
                         withdrawn_at, reason = (
                             at + timedelta(days=rng.randint(1, 3)),
-                            "adverse_event",
+                            _AE_WITHDRAWAL,
                         )
                         break
             if withdrawn_at is None and week == withdraw_week:
                 withdrawn_at = self.local_day_time(week_day + timedelta(days=6), site, 9, 17)
-                reason = rng.choices(_WITHDRAWAL_REASONS, weights=_WITHDRAWAL_WEIGHTS)[0]
+                weights = [_WITHDRAWAL_WEIGHTS[r] for r in _WITHDRAWAL_REASONS]
+                reason = rng.choices(_WITHDRAWAL_REASONS, weights=weights)[0]
             if withdrawn_at is not None:
                 break
             if week in ASSESSMENT_WEEKS:
@@ -616,7 +617,8 @@ class _Generator:
                 fields["mean_hr_pct_max"] = round(_clip(rng.gauss(h_mean, h_sd), h_lo, h_hi), 1)
             fields["rpe"] = int(_clip(round(rng.gauss(r_mean, r_sd)), 6, 20))
             if rng.random() < 0.012:
-                severity = rng.choices(_AE_SEVERITY, weights=_AE_WEIGHTS)[0]
+                weights = [_AE_WEIGHTS[s] for s in _AE_SEVERITY]
+                severity = rng.choices(_AE_SEVERITY, weights=weights)[0]
                 fields["adverse_event"] = severity
             if number in _ACUTE_SESSIONS:
                 self.acute_specimens(site, pid, at, float(fields["duration_min"]))
@@ -811,7 +813,7 @@ class _Messages:
             )
             self.add(self.later_position(index), message)
 
-    def invalid(self, count: int, kinds: Sequence[InvalidKind]) -> None:
+    def invalid(self, count: int, kinds: Sequence[Reason]) -> None:
         rng = self.rng
         for number in range(count):
             kind = kinds[number % len(kinds)]
@@ -819,8 +821,8 @@ class _Messages:
             event, _value = self.originals[index]
             fields = dict(event.fields)
             fields["event_id"] = _uuid(rng)
-            topic, key, value = _make_invalid(kind, fields, event, self.gen, rng)
-            message = SimMessage(topic, key, value, MessageKind.INVALID, kind.reason)
+            key, value = _INVALID_MAKERS[kind](fields, event, self.gen)
+            message = SimMessage(event.topic, key, value, MessageKind.INVALID, kind)
             self.add(rng.uniform(0, len(self.originals)), message)
 
     def ordered(self) -> list[SimMessage]:
@@ -867,142 +869,115 @@ def _unregistered_site(gen: _Generator, event: _Event, rng: random.Random) -> tu
     return other, event.site.site_id
 
 
-def _make_invalid(
-    kind: InvalidKind, fields: dict[str, Any], event: _Event, gen: _Generator, rng: random.Random
-) -> tuple[Topic, bytes | None, bytes]:
-    topic = event.topic
-    key = event.participant.encode()
+# --- invalid messages, one maker per reason ----------------------------------------
+#
+# Each takes a valid event's fields (with a fresh event_id), the event and the
+# generator, and returns the message's key and value, which the validator must
+# reject with that reason.
+
+_Invalid = tuple[bytes | None, bytes]
+
+
+def _as_site(doc: dict[str, Any], event: _Event, rng: random.Random) -> bytes:
+    """``doc`` rendered as the event's site would, now and then loosely."""
     site = event.site
+    return _render(doc, rng, site.offset, site.millis, loose=rng.random() < 0.3)
 
-    def render(doc: dict[str, Any]) -> bytes:
-        return _render(doc, rng, site.offset, site.millis, loose=rng.random() < 0.3)
 
-    if kind is InvalidKind.MALFORMED_JSON:
-        value = render(fields)
-        variant = rng.randrange(4)
-        if variant == 0:  # cut short, as by a crashed writer
-            value = value[: max(1, len(value) // 2)]
-        elif variant == 1:  # an array, not an object
-            value = b"[" + value + b"]"
-        elif variant == 2:  # not UTF-8 (a Latin-1 byte inside a string)
-            value = value.replace(b'"schema"', b'"sch\xe9ma"', 1)
-        else:  # Python's repr instead of JSON
-            value = repr({k: str(v) for k, v in fields.items()}).encode()
-        return topic, key, value
-    if kind is InvalidKind.UNKNOWN_SCHEMA:
-        doc = dict(fields)
-        if rng.random() < 0.5:
-            doc["schema"] = f"{topic.event_type}/9"
+def _too_large(fields: dict[str, Any], event: _Event, gen: _Generator) -> _Invalid:
+    """A well-formed event padded with whitespace past the limit."""
+    value = _as_site(fields, event, gen.rng)
+    return event.participant.encode(), value[:-1] + b" " * MAX_MESSAGE_BYTES + b"}"
+
+
+def _malformed_json(fields: dict[str, Any], event: _Event, gen: _Generator) -> _Invalid:
+    rng = gen.rng
+    value = _as_site(fields, event, rng)
+    variant = rng.randrange(4)
+    if variant == 0:  # cut short, as by a crashed writer
+        value = value[: max(1, len(value) // 2)]
+    elif variant == 1:  # an array, not an object
+        value = b"[" + value + b"]"
+    elif variant == 2:  # not UTF-8 (a Latin-1 byte inside a string)
+        value = value.replace(b'"schema"', b'"sch\xe9ma"', 1)
+    else:  # Python's repr instead of JSON
+        value = repr({k: str(v) for k, v in fields.items()}).encode()
+    return event.participant.encode(), value
+
+
+def _unknown_schema(fields: dict[str, Any], event: _Event, gen: _Generator) -> _Invalid:
+    doc = dict(fields)
+    if gen.rng.random() < 0.5:
+        doc["schema"] = f"{event.topic.event_type}/9"
+    else:
+        del doc["schema"]
+    return event.participant.encode(), _as_site(doc, event, gen.rng)
+
+
+def _invalid_field(fields: dict[str, Any], event: _Event, gen: _Generator) -> _Invalid:
+    rng = gen.rng
+    key = event.participant.encode()
+    doc = dict(fields)
+    variant = rng.randrange(4)
+    if variant == 0:  # free text that could carry identifiers
+        doc["patient_name"] = "Jane Doe"
+    elif variant == 1:  # a naive timestamp (no UTC offset)
+        local = doc["occurred_at"].astimezone(event.site.offset).replace(tzinfo=None)
+        doc["occurred_at"] = local.isoformat(timespec="seconds")
+    elif variant == 2:  # a value out of range, per type
+        schema = doc["schema"]
+        if schema == "session/1":
+            doc["rpe"] = 25
+        elif schema == "assay/1":
+            doc["unit"] = next(
+                u for u in ("mg/L", "ug/dL", "pg/mL") if u not in ANALYTE_UNITS[doc["analyte"]]
+            )
+        elif schema == "assessment/1":
+            doc["score"] = INSTRUMENT_MAX[doc["instrument"]] + 5
         else:
-            del doc["schema"]
-        return topic, key, render(doc)
-    if kind is InvalidKind.INVALID_FIELD:
-        doc = dict(fields)
-        variant = rng.randrange(4)
-        if variant == 0:  # free text that could carry identifiers
-            doc["patient_name"] = "Jane Doe"
-        elif variant == 1:  # a naive timestamp (no UTC offset)
-            local = doc["occurred_at"].astimezone(site.offset).replace(tzinfo=None)
-            doc["occurred_at"] = local.isoformat(timespec="seconds")
-        elif variant == 2:  # a value out of range, per type
-            schema = doc["schema"]
-            if schema == "session/1":
-                doc["rpe"] = 25
-            elif schema == "assay/1":
-                doc["unit"] = next(
-                    u for u in ("mg/L", "ug/dL", "pg/mL") if u not in ANALYTE_UNITS[doc["analyte"]]
-                )
-            elif schema == "assessment/1":
-                doc["score"] = INSTRUMENT_MAX[doc["instrument"]] + 5
-            else:
-                doc["status"] = "enrolled"
-        else:  # a record number instead of the pseudonym
-            doc["participant_id"] = f"MRN-{rng.randrange(10**6, 10**7)}"
-            key = str(doc["participant_id"]).encode()
-        return topic, key, render(doc)
-    if kind is InvalidKind.KEY_MISMATCH:
-        wrong = rng.choice(gen.participant_ids)
-        if wrong == event.participant:  # a lone participant: borrow a pseudonym
-            wrong = "P-000000000000" if wrong != "P-000000000000" else "P-111111111111"
-        return topic, wrong.encode(), render(fields)
-    if kind is InvalidKind.UNKNOWN_SITE:
-        node_id, site_id = _unregistered_site(gen, event, rng)
-        return topic, key, render(fields | {"node_id": node_id, "site_id": site_id})
-    if kind is InvalidKind.FUTURE_TIMESTAMP:
-        return topic, key, render(fields | {"occurred_at": _FAR_FUTURE})
-    # TOO_LARGE: a well-formed event padded with whitespace past the limit.
-    value = render(fields)
-    return topic, key, value[:-1] + b" " * (64 * 1024) + b"}"
+            doc["status"] = "enrolled"
+    else:  # a record number instead of the pseudonym
+        doc["participant_id"] = f"MRN-{rng.randrange(10**6, 10**7)}"
+        key = str(doc["participant_id"]).encode()
+    return key, _as_site(doc, event, rng)
 
 
-def _tally(
-    events: Sequence[_Event],
-) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    network = _Tally()
-    nodes: dict[str, _Tally] = {}
-    arm_of: dict[str, str] = {}
-    scores: dict[str, dict[str, dict[int, int]]] = {}
-    for event in events:
-        f = event.fields
-        node = nodes.setdefault(str(f["node_id"]), _Tally())
-        pid = str(f["participant_id"])
-        for tally in (network, node):
-            if event.topic is Topic.ENROLLMENT:
-                tally.statuses.setdefault(str(f["status"]), set()).add(pid)
-            elif event.topic is Topic.SESSION:
-                tally.counts[f"sessions_{f['status']}"] += 1
-                if f["status"] == "attended":
-                    tally.minutes += float(f["duration_min"])
-                if f.get("adverse_event"):
-                    tally.counts["adverse_events"] += 1
-            elif event.topic is Topic.ASSAY:
-                tally.counts["assays"] += 1
-                tally.specimens.add(str(f["specimen_id"]))
-            else:
-                tally.counts["assessments"] += 1
-        if event.topic is Topic.ENROLLMENT and f["status"] == "randomized":
-            arm_of[pid] = f"{f['modality']}/{f['adjunct']}"
-        if event.topic is Topic.ASSESSMENT:
-            per = scores.setdefault(pid, {}).setdefault(str(f["instrument"]), {})
-            per[int(f["week"])] = int(f["score"])
+def _key_mismatch(fields: dict[str, Any], event: _Event, gen: _Generator) -> _Invalid:
+    wrong = gen.rng.choice(gen.participant_ids)
+    if wrong == event.participant:  # a lone participant: borrow a pseudonym
+        wrong = "P-000000000000" if wrong != "P-000000000000" else "P-111111111111"
+    return wrong.encode(), _as_site(fields, event, gen.rng)
 
-    arms: dict[str, dict[str, float]] = {}
-    minutes: dict[str, float] = {}
-    attended: Counter[str] = Counter()
-    for event in events:
-        f = event.fields
-        if event.topic is Topic.SESSION and f["status"] == "attended":
-            pid = str(f["participant_id"])
-            attended[pid] += 1
-            minutes[pid] = minutes.get(pid, 0.0) + float(f["duration_min"])
-    for pid, arm in sorted(arm_of.items()):
-        row = arms.setdefault(
-            arm,
-            {
-                "randomized": 0,
-                "sessions_attended": 0,
-                "exercise_minutes": 0.0,
-                "responders": 0,
-                "remitters": 0,
-            },
-        )
-        row["randomized"] += 1
-        row["sessions_attended"] += attended[pid]
-        row["exercise_minutes"] = round(row["exercise_minutes"] + minutes.get(pid, 0.0), 3)
-        responded = remitted = False
-        for instrument, by_week in scores.get(pid, {}).items():
-            later = [score for week, score in by_week.items() if week > 0]
-            if 0 in by_week and any(score * 2 <= by_week[0] for score in later):
-                responded = True
-            if any(score <= REMISSION_MAX[instrument] for score in later):
-                remitted = True
-        row["responders"] += responded
-        row["remitters"] += remitted
-    return (
-        network.figures(),
-        {node_id: tally.figures() for node_id, tally in sorted(nodes.items())},
-        dict(sorted(arms.items())),
-    )
+
+def _unknown_site(fields: dict[str, Any], event: _Event, gen: _Generator) -> _Invalid:
+    node_id, site_id = _unregistered_site(gen, event, gen.rng)
+    doc = fields | {"node_id": node_id, "site_id": site_id}
+    return event.participant.encode(), _as_site(doc, event, gen.rng)
+
+
+def _future_timestamp(fields: dict[str, Any], event: _Event, gen: _Generator) -> _Invalid:
+    doc = fields | {"occurred_at": _FAR_FUTURE}
+    return event.participant.encode(), _as_site(doc, event, gen.rng)
+
+
+#: reason -> how to make a message rejected with it. (``conflicting_duplicate``
+#: needs an accepted original: ``conflict_share`` makes those.)
+_INVALID_MAKERS: Final[dict[Reason, Callable[[dict[str, Any], _Event, _Generator], _Invalid]]] = {
+    Reason.TOO_LARGE: _too_large,
+    Reason.MALFORMED_JSON: _malformed_json,
+    Reason.UNKNOWN_SCHEMA: _unknown_schema,
+    Reason.INVALID_FIELD: _invalid_field,
+    Reason.KEY_MISMATCH: _key_mismatch,
+    Reason.UNKNOWN_SITE: _unknown_site,
+    Reason.FUTURE_TIMESTAMP: _future_timestamp,
+}
+#: The kinds of invalid message the simulator makes, in the order checks run.
+INVALID_KINDS: Final[tuple[Reason, ...]] = tuple(r for r in Reason if r in _INVALID_MAKERS)
+
+
+def _accepted_events(events: Sequence[_Event]) -> list[EventBase]:
+    """The generated events as the contracts' models: what the pipeline accepts."""
+    return [SCHEMAS[str(e.fields["schema"])][1].model_validate(e.fields) for e in events]
 
 
 def generate(registry: NetworkRegistry, config: SimulationConfig) -> Simulation:
@@ -1035,7 +1010,7 @@ def generate(registry: NetworkRegistry, config: SimulationConfig) -> Simulation:
             duplicates[str(message.topic.event_type)] += 1
         elif message.expected is not None:
             rejected[message.expected.value] += 1
-    network, nodes, arms = _tally(gen.events)
+    views = compute_views(_accepted_events(gen.events), (node.id for node in registry.nodes))
     result = SimulationResult(
         seed=config.seed,
         participants=config.participants,
@@ -1044,9 +1019,7 @@ def generate(registry: NetworkRegistry, config: SimulationConfig) -> Simulation:
         events=dict(sorted(events.items())),
         duplicates=dict(sorted(duplicates.items())),
         rejected=dict(sorted(rejected.items())),
-        network=network,
-        nodes=nodes,
-        arms=arms,
+        views=views,
         keyless=config.keyless,
     )
     return Simulation(ordered, result)
@@ -1060,7 +1033,7 @@ def simulate(
     invalid_share: float = 0.0,
     duplicate_share: float = 0.0,
     conflict_share: float = 0.0,
-    invalid_kinds: Sequence[InvalidKind] | None = None,
+    invalid_kinds: Sequence[Reason] | None = None,
     out: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:

@@ -13,8 +13,9 @@ from typing import Any, Final
 import orjson
 
 from contracts import headers as H
+from contracts.envelope import EventBase
 from contracts.units import to_canonical
-from contracts.validation import Origin
+from contracts.validation import EVENT_MODELS, Origin
 from contracts.wire import source_origin
 
 __all__ = [
@@ -29,54 +30,48 @@ __all__ = [
 
 Headers = Mapping[str, bytes]
 
-_ENVELOPE = ("event_id", "schema", "occurred_at", "node_id", "site_id", "participant_id")
 _LINEAGE = ("source_topic", "source_partition", "source_offset", "ingested_at")
+#: Lead every fact row, as in the migrations: the row's identity and its contract version.
+_LEADING = ("event_id", "schema")
+#: Columns the sink adds to an event type's fields: ``assay`` values in the canonical unit.
+_DERIVED: Final[dict[str, tuple[str, ...]]] = {"assay": ("value_canonical", "unit_canonical")}
+
+
+def _event_fields(models: tuple[type[EventBase], ...]) -> tuple[str, ...]:
+    """The wire names of the fields of every version of one event type, oldest first.
+
+    ``event_id`` and ``schema`` lead; then the envelope's other fields and the
+    type's own, in the models' order (a later version's new fields last).
+    """
+    names = dict.fromkeys(_LEADING)
+    for model in models:
+        names |= dict.fromkeys(info.alias or name for name, info in model.model_fields.items())
+    return tuple(names)
+
 
 #: event type -> fact table.
 FACT_TABLES: Final[dict[str, str]] = {
-    "enrollment": "enrollment_events",
-    "session": "session_events",
-    "assay": "assay_events",
-    "assessment": "assessment_events",
+    models[0].EVENT_TYPE: f"{models[0].EVENT_TYPE}_events" for models in EVENT_MODELS.values()
 }
 
 #: event type -> the event fields that become columns, in insert order.
 _FIELDS: Final[dict[str, tuple[str, ...]]] = {
-    "enrollment": (*_ENVELOPE, "status", "modality", "adjunct", "age_band", "sex", "reason"),
-    "session": (
-        *_ENVELOPE,
-        "session_number",
-        "status",
-        "modality",
-        "supervised",
-        "duration_min",
-        "mean_hr_pct_max",
-        "rpe",
-        "adverse_event",
-    ),
-    "assay": (
-        *_ENVELOPE,
-        "specimen_id",
-        "specimen_type",
-        "timepoint",
-        "analyte",
-        "value",
-        "unit",
-        "lab_id",
-        "batch_id",
-        "below_lloq",
-    ),
-    "assessment": (*_ENVELOPE, "instrument", "score", "week"),
+    models[0].EVENT_TYPE: _event_fields(models) for models in EVENT_MODELS.values()
 }
 
 #: event type -> insert column list of its fact table.
 FACT_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     event_type: (
         *fields,
-        *(("value_canonical", "unit_canonical") if event_type == "assay" else ()),
+        *_DERIVED.get(event_type, ()),
         *_LINEAGE,
     )
     for event_type, fields in _FIELDS.items()
+}
+
+#: event type -> where ``occurred_at`` sits in its row (ISO text in the event, a datetime here).
+_OCCURRED_AT: Final = {
+    event_type: fields.index("occurred_at") for event_type, fields in _FIELDS.items()
 }
 
 REJECTED_TABLE: Final = "rejected_events"
@@ -101,7 +96,7 @@ def fact_row(
 ) -> list[Any]:
     """The fact-table row of one accepted event (its canonical fields, as the stream wrote them)."""
     row: list[Any] = [event.get(field) for field in _FIELDS[event_type]]
-    row[2] = datetime.fromisoformat(event["occurred_at"])
+    row[_OCCURRED_AT[event_type]] = datetime.fromisoformat(event["occurred_at"])
     if event_type == "assay":
         row.extend(to_canonical(event["analyte"], event["value"], event["unit"]))
     row.extend((source.topic, source.partition, source.offset, ingested_at))

@@ -12,13 +12,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from contracts import Reason
 from contracts.errors import UserError
 from exnet.settings import load_settings
 from producers import (
     DEFAULT_INVALID_KINDS,
     DEFAULT_PARTICIPANTS,
     DEFAULT_SEED,
-    InvalidKind,
+    INVALID_KINDS,
     SimulationResult,
     simulate,
 )
@@ -36,24 +37,26 @@ About 64 events a participant: --participants 1500 makes ~100k events.
 Published messages bypass the publisher's validation on purpose: the invalid
 ones (--invalid-share) must reach Kafka for the stream workers to reject. With
 --out FILE the values are written as JSON Lines instead (no keys, hence no
-key_mismatch cases). Default invalid kinds: {", ".join(DEFAULT_INVALID_KINDS)};
-opt-in: future_timestamp, too_large.
+key_mismatch cases). An invalid kind is the reason code its messages must be
+rejected with. Default invalid kinds: {", ".join(DEFAULT_INVALID_KINDS)};
+opt-in: {", ".join(kind for kind in INVALID_KINDS if kind not in DEFAULT_INVALID_KINDS)}.
 """
 
 
-def _parse_kinds(text: str | None) -> tuple[InvalidKind, ...] | None:
+def _parse_kinds(text: str | None) -> tuple[Reason, ...] | None:
+    """``--invalid-kinds``: comma-separated reason codes the simulator can provoke."""
     if text is None:
         return None
+    by_name = {kind.value: kind for kind in INVALID_KINDS}
     kinds = []
     for part in text.split(","):
         name = part.strip()
         if not name:
             continue
-        try:
-            kinds.append(InvalidKind(name))
-        except ValueError:
-            allowed = ", ".join(kind.value for kind in InvalidKind)
-            raise UserError(f"--invalid-kinds: {name!r} is not one of: {allowed}") from None
+        if name not in by_name:
+            allowed = ", ".join(by_name)
+            raise UserError(f"--invalid-kinds: {name!r} is not one of: {allowed}")
+        kinds.append(by_name[name])
     return tuple(kinds)
 
 

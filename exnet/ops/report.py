@@ -32,8 +32,11 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any, Final
+from typing import Any, Final, get_args
 
+from contracts.enrollment import Adjunct, EnrollmentStatus
+from contracts.enrollment import Arm as Modality
+from contracts.units import Analyte
 from exnet.ops._sql import from_millis, query_rows, to_float, to_int
 from exnet.ops.status import clickhouse_url
 from exnet.ops.svg import Chart, hbar_chart, line_chart
@@ -54,25 +57,17 @@ __all__ = [
 
 #: z for a two-sided 95% interval.
 Z95: Final = 1.959963984540054
-MODALITY_ORDER: Final = ("aerobic", "resistance", "combined", "control")
-ADJUNCT_ORDER: Final = (
-    "none",
-    "psychotherapy",
-    "pharmacotherapy",
-    "nutrition_counseling",
-    "brain_stimulation",
+#: Arms, adjuncts and analytes are shown in the contracts' order.
+MODALITY_ORDER: Final[tuple[str, ...]] = get_args(Modality)
+ADJUNCT_ORDER: Final[tuple[str, ...]] = get_args(Adjunct)
+ANALYTE_ORDER: Final[tuple[str, ...]] = get_args(Analyte)
+#: The enrollment statuses as a funnel: the contract's order, with withdrawal (a
+#: leak from the funnel, not a stage of it) last.
+FUNNEL_STAGES: Final[tuple[str, ...]] = tuple(
+    sorted(get_args(EnrollmentStatus), key=lambda status: status == "withdrawn")
 )
-ANALYTE_ORDER: Final = (
-    "BDNF",
-    "cortisol",
-    "IL6",
-    "TNFA",
-    "CRP",
-    "serotonin",
-    "norepinephrine",
-    "kynurenine",
-)
-FUNNEL_STAGES: Final = ("screened", "consented", "randomized", "completed", "withdrawn")
+_SCREENED: Final = FUNNEL_STAGES.index("screened")
+_RANDOMIZED: Final = FUNNEL_STAGES.index("randomized")
 #: Data tables longer than this start folded (the chart shows the shape).
 _FOLD_ROWS: Final = 16
 
@@ -419,7 +414,9 @@ def _funnel(data: ReportData) -> Section:
                 f.node_id,
                 f.name,
                 *(_count(c) for c in f.counts),
-                _pct1(100 * f.counts[2] / f.counts[0]) if f.counts[0] else "–",
+                _pct1(100 * f.counts[_RANDOMIZED] / f.counts[_SCREENED])
+                if f.counts[_SCREENED]
+                else "–",
             ]
             for f in data.funnel
         ),

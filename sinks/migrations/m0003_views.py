@@ -3,15 +3,18 @@
 They read the fact tables with FINAL, so they are exact whatever the arrival
 order across topics, however often a message was delivered, and however many
 workers wrote: the only state they depend on is the facts themselves.
+
+The figures' column names come from :mod:`contracts.views`, their one home;
+changing them there changes this migration's checksum (``exnet init`` warns),
+and calls for a new migration rather than an edit of this one.
 """
 
 from __future__ import annotations
 
 from contracts.assessment import REMISSION_MAX
+from contracts.views import DAILY_COLUMNS, STATUS_COLUMNS, SUMMARY_COLUMNS
 
 __all__ = ["statements"]
-
-_STATUSES = ("screened", "consented", "randomized", "withdrawn", "completed")
 
 
 def _remission_threshold() -> str:
@@ -28,9 +31,9 @@ def _facts_by(database: str, key: str) -> str:
     group = f"GROUP BY {key}" if key else ""
     select_key = f"{key}, " if key else ""
     enrollment = ", ".join(
-        f"uniqExactIf(participant_id, status = '{status}') AS {status}" for status in _STATUSES
+        f"uniqExactIf(participant_id, status = '{status}') AS {status}" for status in STATUS_COLUMNS
     )
-    zero_enrollment = ", ".join(f"toUInt64(0) AS {status}" for status in _STATUSES)
+    zero_enrollment = ", ".join(f"toUInt64(0) AS {status}" for status in STATUS_COLUMNS)
     zero_sessions = (
         "toUInt64(0) AS sessions_attended, toUInt64(0) AS sessions_missed, "
         "toUInt64(0) AS sessions_cancelled, toFloat64(0) AS exercise_minutes, "
@@ -61,22 +64,9 @@ def _facts_by(database: str, key: str) -> str:
     FROM {database}.assessment_events FINAL {group}"""
 
 
-_SUMMARY_COLUMNS = (
-    *_STATUSES,
-    "sessions_attended",
-    "sessions_missed",
-    "sessions_cancelled",
-    "exercise_minutes",
-    "adverse_events",
-    "specimens",
-    "assays",
-    "assessments",
-)
-
-
 def statements(database: str) -> list[str]:
-    summed = ",\n        ".join(f"sum({column}) AS {column}" for column in _SUMMARY_COLUMNS)
-    per_node = ",\n    ".join(f"ifNull(f.{column}, 0) AS {column}" for column in _SUMMARY_COLUMNS)
+    summed = ",\n        ".join(f"sum({column}) AS {column}" for column in SUMMARY_COLUMNS)
+    per_node = ",\n    ".join(f"ifNull(f.{column}, 0) AS {column}" for column in SUMMARY_COLUMNS)
     return [
         # --- per-node and network-wide summaries ---------------------------
         f"""
@@ -197,19 +187,7 @@ GROUP BY modality, adjunct
         f"""
 CREATE OR REPLACE VIEW {database}.node_daily AS
 SELECT node_id, day,
-    {
-            ", ".join(
-                f"sum({c}) AS {c}"
-                for c in (
-                    "sessions_attended",
-                    "sessions_missed",
-                    "sessions_cancelled",
-                    "exercise_minutes",
-                    "adverse_events",
-                    *_STATUSES,
-                )
-            )
-        },
+    {", ".join(f"sum({c}) AS {c}" for c in DAILY_COLUMNS)},
     max(updated_at) AS updated_at
 FROM (
     SELECT toString(node_id) AS node_id, toDate(occurred_at, 'UTC') AS day,
@@ -218,14 +196,14 @@ FROM (
         countIf(status = 'cancelled') AS sessions_cancelled,
         toFloat64(ifNull(sumIf(duration_min, status = 'attended'), 0)) AS exercise_minutes,
         countIf(adverse_event IS NOT NULL) AS adverse_events,
-        {", ".join(f"toUInt64(0) AS {s}" for s in _STATUSES)},
+        {", ".join(f"toUInt64(0) AS {s}" for s in STATUS_COLUMNS)},
         max(ingested_at) AS updated_at
     FROM {database}.session_events FINAL
     GROUP BY node_id, day
     UNION ALL
     SELECT toString(node_id) AS node_id, toDate(occurred_at, 'UTC') AS day,
         toUInt64(0), toUInt64(0), toUInt64(0), toFloat64(0), toUInt64(0),
-        {", ".join(f"countIf(status = '{s}') AS {s}" for s in _STATUSES)},
+        {", ".join(f"countIf(status = '{s}') AS {s}" for s in STATUS_COLUMNS)},
         max(ingested_at) AS updated_at
     FROM {database}.enrollment_events FINAL
     GROUP BY node_id, day

@@ -7,7 +7,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-__all__ = ["EventMaker"]
+import orjson
+
+from contracts import SCHEMAS, EventBase
+
+__all__ = ["EventMaker", "as_event"]
 
 #: Far enough in the past that nothing is a future_timestamp.
 STUDY_START = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -117,3 +121,9 @@ class EventMaker:
             "score": score,
             "week": week,
         }
+
+
+def as_event(document: dict[str, Any]) -> EventBase:
+    """A valid event's JSON document as the platform accepts it: its contract's model."""
+    _topic, model = SCHEMAS[document["schema"]]
+    return model.model_validate_json(orjson.dumps(document))

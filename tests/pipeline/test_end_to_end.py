@@ -13,9 +13,8 @@ import pytest
 from contracts import headers as H
 from contracts.topics import Topic
 from contracts.validation import MAX_MESSAGE_BYTES
-from contracts.views import SUMMARY_COLUMNS
-from tests.pipeline import reference
-from tests.pipeline.events import EventMaker
+from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS, compute_views
+from tests.pipeline.events import EventMaker, as_event
 from tests.pipeline.harness import Pipeline
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -209,32 +208,25 @@ def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None
 
 def _check_views(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
     summary_columns = SUMMARY_COLUMNS
+    expected = compute_views([as_event(event) for event in accepted], NODES)
     nodes = {row["node_id"]: row for row in pipeline.rows("SELECT * FROM node_summary")}
     assert set(nodes) == set(NODES)
-    expected_nodes = reference.node_summary(accepted, NODES)
     for node in NODES:
-        assert {c: nodes[node][c] for c in summary_columns} == expected_nodes[node], node
+        assert {c: nodes[node][c] for c in summary_columns} == expected.node_summary[node], node
     (network,) = pipeline.rows("SELECT * FROM network_summary")
-    assert {c: network[c] for c in summary_columns} == reference.network_summary(accepted)
-    # Hand-checked figures, so the reference itself is held to account.
+    assert {c: network[c] for c in summary_columns} == expected.network_summary
+    # Hand-checked figures, so the oracle itself is held to account.
     assert network["randomized"] == 3 and network["sessions_attended"] == 3
     assert network["exercise_minutes"] == 45.0 + 30.0 + 35.5
     assert nodes["N02"]["withdrawn"] == 1 and nodes["N03"]["specimens"] == 2
 
     arms = {
         (row["scope"], row["node_id"], row["modality"], row["adjunct"]): {
-            c: row[c]
-            for c in (
-                "randomized",
-                "sessions_attended",
-                "exercise_minutes",
-                "responders",
-                "remitters",
-            )
+            c: row[c] for c in ARM_COLUMNS
         }
         for row in pipeline.rows("SELECT * FROM arm_summary")
     }
-    assert arms == reference.arm_summary(accepted)
+    assert arms == expected.arm_summary
     assert arms[("network", "", "aerobic", "none")] == {
         "randomized": 1,
         "sessions_attended": 2,
@@ -251,4 +243,4 @@ def _check_views(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
         }
         for row in pipeline.rows("SELECT * FROM node_daily")
     }
-    assert daily == reference.node_daily(accepted)
+    assert daily == expected.node_daily

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient
 
-from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS
+from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS, compute_views
 from exnet.monitor import PipelineProgress
 from streams.app import streams_group
-from tests.pipeline import reference
+from tests.pipeline.events import as_event
 from tests.pipeline.harness import Pipeline
 from tests.pipeline.load import participant_events
 from tests.pipeline.test_end_to_end import NODES
@@ -62,14 +62,14 @@ def _assert_exact(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
         row["node_id"]: {c: row[c] for c in SUMMARY}
         for row in pipeline.rows("SELECT * FROM node_summary")
     }
-    want = reference.node_summary(accepted, NODES)
+    want = compute_views([as_event(event) for event in accepted], NODES)
     for node in NODES:
-        assert nodes[node] == pytest.approx(want[node]), node
+        assert nodes[node] == pytest.approx(want.node_summary[node]), node
     arms = {
         (r["scope"], r["node_id"], r["modality"], r["adjunct"]): {c: r[c] for c in ARM}
         for r in pipeline.rows("SELECT * FROM arm_summary")
     }
-    assert arms == reference.arm_summary(accepted)  # whole minutes: float sums are exact
+    assert arms == want.arm_summary  # whole minutes: float sums are exact
 
 
 def _stop_at_random_points(

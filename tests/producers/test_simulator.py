@@ -26,9 +26,11 @@ from contracts import (
     Validator,
 )
 from contracts.errors import UserError
+from contracts.views import compute_views
 from exnet.settings import Settings
 from producers import (
-    InvalidKind,
+    DEFAULT_INVALID_KINDS,
+    INVALID_KINDS,
     MessageKind,
     Simulation,
     SimulationConfig,
@@ -128,7 +130,7 @@ def test_invalid_messages_are_rejected_for_the_intended_reason(
         assert isinstance(outcome, Rejected), message.value
         assert outcome.reason is message.expected, (message.value, outcome)
         seen[outcome.reason] += 1
-    assert set(seen) == {kind.reason for kind in SimulationConfig().invalid_kinds}
+    assert set(seen) == set(SimulationConfig().invalid_kinds)
     assert {r.value: n for r, n in seen.items()} == {
         reason: count
         for reason, count in pub_simulation.result.rejected.items()
@@ -136,8 +138,16 @@ def test_invalid_messages_are_rejected_for_the_intended_reason(
     }
 
 
+def test_every_reason_but_a_conflict_can_be_made_on_purpose() -> None:
+    """The invalid kinds are the contracts' reasons: no second list to fall behind."""
+    assert set(INVALID_KINDS) == set(Reason) - {Reason.CONFLICTING_DUPLICATE}
+    assert set(DEFAULT_INVALID_KINDS) < set(INVALID_KINDS)
+    with pytest.raises(UserError, match="conflicting_duplicate"):
+        SimulationConfig(invalid_kinds=(Reason.CONFLICTING_DUPLICATE,))
+
+
 def test_opt_in_kinds_are_rejected_too(pub_registry: NetworkRegistry) -> None:
-    kinds = (InvalidKind.FUTURE_TIMESTAMP, InvalidKind.TOO_LARGE)
+    kinds = (Reason.FUTURE_TIMESTAMP, Reason.TOO_LARGE)
     simulation = generate(
         pub_registry,
         SimulationConfig(seed=5, participants=10, invalid_share=0.05, invalid_kinds=kinds),
@@ -201,13 +211,23 @@ def test_the_result_counts_what_was_generated(pub_simulation: Simulation) -> Non
     by_type = Counter(str(m.topic.event_type) for m in messages if m.kind is MessageKind.EVENT)
     assert result.events == dict(by_type)
     assert result.rejected_total == sum(m.expected is not None for m in messages)
-    network = result.network
+    network = result.views.network_summary
     assert network["assays"] == result.events["assay"]
     assert network["assessments"] == result.events["assessment"]
     sessions = network["sessions_attended"] + network["sessions_missed"]
     assert sessions + network["sessions_cancelled"] == result.events["session"]
-    assert sum(node["assays"] for node in result.nodes.values()) == network["assays"]
-    assert set(result.nodes) <= {"N01", "N02", "N03"}
+    nodes = result.views.node_summary
+    assert sum(node["assays"] for node in nodes.values()) == network["assays"]
+    assert set(nodes) == {"N01", "N02", "N03"}  # a row per registered node
+
+
+def test_the_expected_views_are_those_of_the_accepted_messages(
+    pub_registry: NetworkRegistry, pub_simulation: Simulation
+) -> None:
+    """What the simulator promises is the oracle's figures of what the validator accepts."""
+    accepted = _accept(Validator(pub_registry), pub_simulation)
+    nodes = [node.id for node in pub_registry.nodes]
+    assert compute_views((a.event for a in accepted), nodes) == pub_simulation.result.views
 
 
 def test_keys_are_participant_ids_except_for_key_mismatches(pub_simulation: Simulation) -> None:
@@ -360,7 +380,24 @@ def test_bad_shares_are_refused() -> None:
     with pytest.raises(UserError, match="between 0 and 1"):
         SimulationConfig(invalid_share=1.5)
     with pytest.raises(UserError, match="no kind"):
-        SimulationConfig(invalid_share=0.1, invalid_kinds=(InvalidKind.KEY_MISMATCH,), keyless=True)
+        SimulationConfig(invalid_share=0.1, invalid_kinds=(Reason.KEY_MISMATCH,), keyless=True)
+
+
+def test_the_cli_takes_reason_codes_as_invalid_kinds(
+    pub_settings: Settings, tmp_path: Path
+) -> None:
+    out = tmp_path / "sim.jsonl"
+    env = pub_env(pub_settings)
+    kinds = "too_large,future_timestamp"
+    args = ("--participants", "5", "--invalid-share", "0.2", "--invalid-kinds", kinds)
+    result = pub_exnet("simulate", *args, "--out", str(out), "--json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert set(orjson.loads(result.stdout)["rejected"]) == {"too_large", "future_timestamp"}
+    refused = pub_exnet(
+        "simulate", "--invalid-kinds", "conflicting_duplicate", env=env, cwd=tmp_path
+    )
+    assert refused.returncode == 2
+    assert b"not one of: too_large, malformed_json" in refused.stderr
 
 
 def test_simulate_without_a_broker_is_a_clear_error(pub_settings: Settings, tmp_path: Path) -> None:
