@@ -2,20 +2,39 @@
 
 Each job lives in a module of its own that exposes ``register(app)``; this
 module only assembles them and turns expected failures into a clear message.
+
+``pip install exnet`` is the sites' side: ``publish``, ``spool``, ``simulate``
+and ``contracts export`` import nothing of the ``platform`` extra (pyproject),
+the other commands do, when they run. Without the extra such a command says
+which extra to install and exits 2 (:func:`main`); ``exnet --help`` lists every
+command.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Final
 
 import typer
 from rich.console import Console
 from typer._click.exceptions import ClickException as _ClickException  # typer's own click
+from typer.core import TyperGroup
 
 from contracts.errors import UserError
 
-__all__ = ["app", "main"]
+__all__ = ["PLATFORM_INSTALL", "PLATFORM_MODULES", "app", "main"]
+
+#: How to install what the platform's commands need.
+PLATFORM_INSTALL: Final = 'pip install "exnet[platform]"'
+#: Import names of the ``platform`` extra's distributions (pyproject), and of
+#: ``mode`` (faust-streaming's, imported by ``streams``): a command that cannot
+#: import one of them needs the extra.
+PLATFORM_MODULES: Final = frozenset(
+    {"faust", "mode", "aiokafka", "clickhouse_connect", "chdb", "prometheus_client", "tenacity"}
+)
+#: Exit status of a usage error (as a UserError's).
+_EXIT_USAGE: Final = 2
 
 app = typer.Typer(
     name="exnet",
@@ -28,11 +47,31 @@ app = typer.Typer(
 
 def _register_all() -> None:
     # Imported here, not at module import, so that `exnet --help` stays fast
-    # and no job's dependencies load for another job.
+    # and no job's dependencies load for another job. Each command module
+    # imports the platform extra inside its commands, never as it loads.
     from exnet.cli import broker, contracts, ops, pipeline, publish, simulate
 
     for module in (broker, contracts, pipeline, publish, simulate, ops):
         module.register(app)
+
+
+def _needs_platform(exc: ModuleNotFoundError) -> bool:
+    """Whether ``exc`` is about a module that only the platform extra installs."""
+    return exc.name is not None and exc.name.split(".", 1)[0] in PLATFORM_MODULES
+
+
+def _command_path(args: list[str]) -> str:
+    """``exnet`` and the (sub-)command that ``args`` name, e.g. ``exnet broker start``."""
+    words = ["exnet"]
+    group: object = typer.main.get_command(app)
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        if not isinstance(group, TyperGroup) or arg not in group.commands:
+            break
+        words.append(arg)
+        group = group.commands[arg]
+    return " ".join(words)
 
 
 def main() -> None:
@@ -41,14 +80,22 @@ def main() -> None:
         level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    _register_all()
     try:
+        _register_all()
         # Without standalone mode click returns (not raises) a command's exit code.
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {_plain(str(exc))}", highlight=False)
-        sys.exit(2)
+        _error(str(exc))
+        sys.exit(_EXIT_USAGE)
+    except ModuleNotFoundError as exc:
+        if not _needs_platform(exc):
+            raise
+        _error(
+            f"`{_command_path(sys.argv[1:])}` needs the platform extra: {PLATFORM_INSTALL} "
+            f"(no module named {exc.name!r})"
+        )
+        sys.exit(_EXIT_USAGE)
     except typer.Abort:
         Console(stderr=True).print("aborted")
         sys.exit(130)
@@ -57,6 +104,12 @@ def main() -> None:
     except _ClickException as exc:  # usage errors: bad option values, unknown commands
         exc.show()
         sys.exit(exc.exit_code)
+
+
+def _error(text: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold red]error:[/] {_plain(text)}", highlight=False
+    )
 
 
 def _plain(text: str) -> str:

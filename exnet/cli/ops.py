@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from exnet.ops.status import DEFAULT_MAX_REJECT_SHARE, DEFAULT_STALE_HOURS, JSON_KEYS_HELP
+from exnet.ops import DEFAULT_MAX_REJECT_SHARE, DEFAULT_STALE_HOURS, JSON_KEYS_HELP
 from exnet.settings import load_settings
 
 __all__ = ["register"]

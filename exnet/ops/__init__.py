@@ -2,34 +2,31 @@
 
 All of them read ClickHouse read-only through :func:`sinks.query.run_query`
 (so they work while ``exnet up`` holds the embedded database) and Kafka with
-plain metadata and offset requests (no group membership).
+plain metadata and offset requests (no group membership). Each tool is a
+module of its own (``status``, ``rejects``, ``report``); this package holds only
+the defaults the command line shows, so that ``exnet --help`` loads without
+the platform extra.
 """
 
-from exnet.ops.rejects import (
-    RejectFilter,
-    RejectsResult,
-    find_rejects,
-    parse_moment,
-    rejects_as_dict,
-    render_rejects,
-    write_worklist,
-)
-from exnet.ops.report import build_report, collect_report, render_report, write_report
-from exnet.ops.status import StatusReport, collect_status, render_status
+from typing import Final
 
-__all__ = [
-    "RejectFilter",
-    "RejectsResult",
-    "StatusReport",
-    "build_report",
-    "collect_report",
-    "collect_status",
-    "find_rejects",
-    "parse_moment",
-    "render_rejects",
-    "render_report",
-    "render_status",
-    "rejects_as_dict",
-    "write_report",
-    "write_worklist",
-]
+__all__ = ["DEFAULT_MAX_REJECT_SHARE", "DEFAULT_STALE_HOURS", "JSON_KEYS_HELP"]
+
+#: Hours without a received event after which a site counts as stale.
+DEFAULT_STALE_HOURS: Final = 24.0
+#: Share of rejected messages (of accepted + rejected, last day) above which
+#: something upstream is wrong: a site's tool or a contract change, not a typo.
+DEFAULT_MAX_REJECT_SHARE: Final = 0.05
+JSON_KEYS_HELP: Final = """\
+The --json document (stable keys):
+generated_at (ISO UTC), healthy (bool), problems [{kind, message}] with kind one of
+broker_unreachable, topics_missing, lag_unavailable, clickhouse_unreachable,
+stale_sites, high_reject_share;
+broker {bootstrap, reachable, error, topics [{topic, name, exists, partitions}]};
+lag {available, error, total, stages [{stage, group, total,
+partitions [{topic, partition, committed, end, lag}]}]};
+clickhouse {reachable, error, database, url};
+sites {stale_hours, stale, rows [{node_id, site_id, name, registered,
+last_occurred_at, last_ingested_at, events_last_day, events_total, stale}]};
+rejects {window_hours, rejected, accepted, share, max_share, by_reason {reason: count}};
+throughput {tables [{table, rows_5m, rows_1h}]}."""

@@ -17,7 +17,7 @@ What callers may rely on:
 - Lag is shown, never judged: one reading cannot tell a shrinking lag from a
   stuck one (the ``exnet_consumer_lag`` gauge over time can).
 - :meth:`StatusReport.as_dict` is the ``--json`` document; its keys are stable
-  (see :data:`JSON_KEYS_HELP`).
+  (see :data:`exnet.ops.JSON_KEYS_HELP`).
 """
 
 from __future__ import annotations
@@ -34,13 +34,11 @@ from rich.table import Table
 from rich.text import Text
 
 from contracts.errors import ExnetError
+from exnet.ops import DEFAULT_MAX_REJECT_SHARE, DEFAULT_STALE_HOURS
 from exnet.ops._sql import from_millis, query_rows, time_literal, to_int
 from exnet.settings import Settings
 
 __all__ = [
-    "DEFAULT_MAX_REJECT_SHARE",
-    "DEFAULT_STALE_HOURS",
-    "JSON_KEYS_HELP",
     "BrokerState",
     "ClickHouseState",
     "LagState",
@@ -57,11 +55,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Hours without a received event after which a site counts as stale.
-DEFAULT_STALE_HOURS: Final = 24.0
-#: Share of rejected messages (of accepted + rejected, last day) above which
-#: something upstream is wrong: a site's tool or a contract change, not a typo.
-DEFAULT_MAX_REJECT_SHARE: Final = 0.05
 #: The "last day" window of counts and rejections.
 DAY: Final = timedelta(days=1)
 #: Sink throughput windows: (JSON key, length).
@@ -79,20 +72,6 @@ SINK_TABLES: Final = (
     "rejected_events",
 )
 _FACT_TABLES: Final = SINK_TABLES[:4]
-
-JSON_KEYS_HELP: Final = """\
-The --json document (stable keys):
-generated_at (ISO UTC), healthy (bool), problems [{kind, message}] with kind one of
-broker_unreachable, topics_missing, lag_unavailable, clickhouse_unreachable,
-stale_sites, high_reject_share;
-broker {bootstrap, reachable, error, topics [{topic, name, exists, partitions}]};
-lag {available, error, total, stages [{stage, group, total,
-partitions [{topic, partition, committed, end, lag}]}]};
-clickhouse {reachable, error, database, url};
-sites {stale_hours, stale, rows [{node_id, site_id, name, registered,
-last_occurred_at, last_ingested_at, events_last_day, events_total, stale}]};
-rejects {window_hours, rejected, accepted, share, max_share, by_reason {reason: count}};
-throughput {tables [{table, rows_5m, rows_1h}]}."""
 
 
 # --- the collected state ----------------------------------------------------
@@ -213,7 +192,7 @@ class StatusReport:
         return not self.problems
 
     def as_dict(self) -> dict[str, Any]:
-        """The ``--json`` document (keys in :data:`JSON_KEYS_HELP`)."""
+        """The ``--json`` document (keys in :data:`exnet.ops.JSON_KEYS_HELP`)."""
         ch = self.clickhouse
         return {
             "generated_at": _iso(self.generated_at),
