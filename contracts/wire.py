@@ -1,23 +1,31 @@
-"""Pure builders and readers of the messages the stream stages produce (no I/O).
+"""The messages the stages exchange through Kafka: builders and readers, no I/O.
 
-The internal topics (``exnet.validated``, ``exnet.accepted``) carry *packed*
-messages: one Kafka message holds the records of one stage batch bound for
-one partition. Faust spends far more on each message it consumes (tasks, flow
-control, acks) than the stages spend on an event, so packing the internal
-hops leaves that cost on the site-facing input alone. Every record carries its
-site origin (topic, partition, offset, Kafka timestamp) all the way to the
-sink, so that every row and every rejection names the original message.
+Every stage imports this module and none owns it (like the event contracts).
+One Kafka message per event on every topic:
 
-The dead-letter topic is not packed: one message per rejected original, with
-its bytes and SPEC §2's headers.
+``exnet.validated`` (stage 1 -> stage 2), keyed by ``event_id`` so that every
+copy of an event meets in one partition:
+    value: the event's canonical JSON (UTC times, defaults filled in, fixed order);
+    headers: its type, content fingerprint, origin (the site's topic,
+    partition, offset, Kafka timestamp) and the site's original bytes (needed
+    if it proves a conflicting duplicate).
+
+``exnet.accepted`` (stage 2 -> sinks and aggregation), keyed by ``participant_id``
+so that all of a participant's events meet in one partition:
+    value: the canonical JSON; headers: type and origin.
+
+``exnet.deadletter``: the site's original bytes with SPEC §2's headers.
+
+Every record carries its site origin all the way to the sink, so that every
+row and every rejection names the original message.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import orjson
 
@@ -27,26 +35,35 @@ from contracts.topics import Topic
 from contracts.validation import Accepted, FieldIssue, Origin, Rejected
 
 __all__ = [
-    "PACKED_FORMAT",
-    "AcceptedRecord",
+    "Headers",
     "OutMessage",
-    "ValidatedRecord",
+    "Outgoing",
+    "Received",
+    "accepted_message",
     "conflict_message",
     "deadletter_message",
-    "pack_accepted",
-    "pack_validated",
-    "packed_headers",
+    "read_accepted",
+    "read_validated",
     "source_origin",
-    "unpack_accepted",
-    "unpack_validated",
-    "validated_record",
+    "validated_message",
+    "validated_partition",
 ]
 
-HeaderList = list[tuple[str, bytes]]
+#: Kafka headers as a list of (name, value) pairs, as clients take and give them.
+Headers = Sequence[tuple[str, bytes]]
+#: A message ready to produce: (physical topic, partition or None to let Kafka's
+#: default partitioner hash the key, key, value, headers).
+Outgoing = tuple[str, int | None, bytes | None, bytes, list[tuple[str, bytes]]]
 
-#: Header value naming the packing of an internal message (``exnet-format``).
-PACKED_FORMAT = b"packed/1"
-FORMAT_HEADER = "exnet-format"
+
+def validated_partition(event_id: bytes, partitions: int) -> int:
+    """The partition of ``exnet.validated`` (and of the dedup table) for an event_id.
+
+    CRC-32 (in C) rather than Kafka's murmur2 (pure Python in the clients): only
+    exnet's stages read this topic, and what matters is that every worker maps
+    an event_id to the same partition.
+    """
+    return zlib.crc32(event_id) % partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,120 +73,27 @@ class OutMessage:
     topic: Topic
     key: bytes | None
     value: bytes
-    headers: HeaderList
+    headers: list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
-class ValidatedRecord:
-    """Stage 1 -> 2: a validated event with what deduplication needs."""
+class Received:
+    """A validated or accepted event as the next stage reads it."""
 
     event_id: str
     event_type: str
-    fingerprint: str
-    source: Origin
+    #: The canonical JSON of the event.
+    event: bytes
+    #: The site's message it came from, and that message's Kafka timestamp (ms).
+    origin: Origin
     timestamp_ms: int | None
-    #: The canonical JSON of the event (UTC times, defaults filled in).
-    event: str
-    #: The site's original message (needed if it proves a conflicting duplicate).
-    original: str
+    #: Content digest of the canonical event (``exnet.validated`` only).
+    fingerprint: str = ""
+    #: The site's original bytes (``exnet.validated`` only).
+    original: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
-class AcceptedRecord:
-    """Stage 2 -> sink: a deduplicated event and its origin."""
-
-    event_type: str
-    source: Origin
-    timestamp_ms: int | None
-    event: dict[str, Any]
-
-
-def validated_record(
-    accepted: Accepted, original: bytes, timestamp_ms: int | None
-) -> ValidatedRecord:
-    origin = accepted.origin
-    assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
-    canonical = accepted.canonical_json()
-    return ValidatedRecord(
-        accepted.event_id,
-        accepted.event_type,
-        accepted.fingerprint(),
-        origin,
-        timestamp_ms,
-        canonical.decode(),
-        # It parsed as JSON, so it is UTF-8.
-        original.decode(),
-    )
-
-
-def _origin_fields(origin: Origin) -> list[Any]:
-    return [origin.topic, origin.partition, origin.offset]
-
-
-def pack_validated(records: Sequence[ValidatedRecord]) -> bytes:
-    return orjson.dumps(
-        [
-            [
-                r.event_id,
-                r.event_type,
-                r.fingerprint,
-                *_origin_fields(r.source),
-                r.timestamp_ms,
-                r.event,
-                r.original,
-            ]
-            for r in records
-        ]
-    )
-
-
-def unpack_validated(value: bytes) -> list[ValidatedRecord]:
-    return [
-        ValidatedRecord(
-            event_id,
-            event_type,
-            fingerprint,
-            Origin(topic, partition, offset),
-            timestamp_ms,
-            event,
-            original,
-        )
-        for (
-            event_id,
-            event_type,
-            fingerprint,
-            topic,
-            partition,
-            offset,
-            timestamp_ms,
-            event,
-            original,
-        ) in orjson.loads(value)
-    ]
-
-
-def pack_accepted(records: Sequence[ValidatedRecord]) -> bytes:
-    """The sink's input: the canonical events embedded as JSON (parsed once, by the sink)."""
-    return orjson.dumps(
-        [
-            [r.event_type, *_origin_fields(r.source), r.timestamp_ms, orjson.Fragment(r.event)]
-            for r in records
-        ]
-    )
-
-
-def unpack_accepted(value: bytes) -> list[AcceptedRecord]:
-    return [
-        AcceptedRecord(event_type, Origin(topic, partition, offset), timestamp_ms, event)
-        for event_type, topic, partition, offset, timestamp_ms, event in orjson.loads(value)
-    ]
-
-
-def packed_headers() -> HeaderList:
-    return [(FORMAT_HEADER, PACKED_FORMAT)]
-
-
-def _source_headers(origin: Origin, timestamp_ms: int | None) -> HeaderList:
+def _origin_headers(origin: Origin, timestamp_ms: int | None) -> list[tuple[str, bytes]]:
     headers = [
         (H.SOURCE_TOPIC, origin.topic.encode()),
         (H.SOURCE_PARTITION, str(origin.partition).encode()),
@@ -181,11 +105,70 @@ def _source_headers(origin: Origin, timestamp_ms: int | None) -> HeaderList:
 
 
 def source_origin(headers: Mapping[str, bytes]) -> Origin:
-    """The site's original message that a dead-letter message's headers name."""
+    """The site's original message that a message's origin headers name."""
     return Origin(
         headers[H.SOURCE_TOPIC].decode(),
         int(headers[H.SOURCE_PARTITION]),
         int(headers[H.SOURCE_OFFSET]),
+    )
+
+
+def _timestamp(headers: Mapping[str, bytes]) -> int | None:
+    value = headers.get(H.SOURCE_TIMESTAMP)
+    return int(value) if value else None
+
+
+def validated_message(
+    accepted: Accepted, original: bytes, timestamp_ms: int | None
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Stage 1 -> 2: (key, value, headers) of an event that passed validation."""
+    origin = accepted.origin
+    assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
+    canonical = accepted.canonical_json()
+    headers = [
+        (H.EVENT_TYPE, accepted.event_type.encode()),
+        (H.FINGERPRINT, accepted.fingerprint().encode()),
+        *_origin_headers(origin, timestamp_ms),
+        (H.ORIGINAL, original),
+    ]
+    return accepted.event_id.encode(), canonical, headers
+
+
+def read_validated(key: bytes, value: bytes, headers: Headers) -> Received:
+    """The record of :func:`validated_message` as stage 2 reads it."""
+    named = dict(headers)
+    return Received(
+        key.decode(),
+        named[H.EVENT_TYPE].decode(),
+        value,
+        source_origin(named),
+        _timestamp(named),
+        named[H.FINGERPRINT].decode(),
+        named[H.ORIGINAL],
+    )
+
+
+def accepted_message(
+    record: Received, participant_id: str
+) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Stage 2 -> sinks: (key, value, headers) of a deduplicated event."""
+    headers = [
+        (H.EVENT_TYPE, record.event_type.encode()),
+        (H.EVENT_ID, record.event_id.encode()),
+        *_origin_headers(record.origin, record.timestamp_ms),
+    ]
+    return participant_id.encode(), record.event, headers
+
+
+def read_accepted(value: bytes, headers: Headers) -> Received:
+    """The record of :func:`accepted_message` as a sink reads it."""
+    named = dict(headers)
+    return Received(
+        named[H.EVENT_ID].decode(),
+        named[H.EVENT_TYPE].decode(),
+        value,
+        source_origin(named),
+        _timestamp(named),
     )
 
 
@@ -202,7 +185,7 @@ def deadletter_message(
     headers = [
         (H.REASON, rejected.reason.value.encode()),
         (H.DETAIL, rejected.detail_json().encode()),
-        *_source_headers(origin, timestamp_ms),
+        *_origin_headers(origin, timestamp_ms),
         (H.REJECTED_AT, rejected_at.isoformat().encode()),
     ]
     if rejected.event_id is not None:
@@ -210,7 +193,7 @@ def deadletter_message(
     return OutMessage(Topic.DEADLETTER, key, original or b"", headers)
 
 
-def conflict_message(record: ValidatedRecord, first: Origin, rejected_at: datetime) -> OutMessage:
+def conflict_message(record: Received, first: Origin, rejected_at: datetime) -> OutMessage:
     """Stage 2 -> dead letter: same event_id as an accepted event, other content."""
     issue = FieldIssue(
         "event_id",
@@ -219,8 +202,8 @@ def conflict_message(record: ValidatedRecord, first: Origin, rejected_at: dateti
         "send a new event_id",
         "conflicting_duplicate",
     )
-    rejected = Rejected(Reason.CONFLICTING_DUPLICATE, (issue,), record.source, record.event_id)
+    rejected = Rejected(Reason.CONFLICTING_DUPLICATE, (issue,), record.origin, record.event_id)
     participant = orjson.loads(record.event).get("participant_id", "")
     return deadletter_message(
-        rejected, record.original.encode(), participant.encode(), rejected_at, record.timestamp_ms
+        rejected, record.original, participant.encode(), rejected_at, record.timestamp_ms
     )

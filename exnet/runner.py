@@ -35,7 +35,7 @@ from sinks.migrate import apply_migrations, load_registry_tables
 from sinks.query import QueryEndpoint
 from sinks.writer import ClickHouseWriter
 
-__all__ = ["InitReport", "Role", "initialize", "run_up"]
+__all__ = ["EXIT_BUG", "EXIT_INVALID_RATIO", "InitReport", "Role", "initialize", "run_up"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ DRAIN_CHECK_S = 0.5
 LAG_CHECK_S = 5.0
 #: Seconds between the stream worker's checks for a stop requested by another thread.
 STOP_CHECK_S = 0.25
+#: Exit status of ``exnet up`` when a stream agent failed (a bug; EX_SOFTWARE).
+EXIT_BUG = 70
+#: Exit status when the invalid-ratio guard stopped the worker (EX_CONFIG).
+EXIT_INVALID_RATIO = 78
 
 
 class Role(StrEnum):
@@ -239,11 +243,11 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
         sink_role.start()
     monitor.start()
 
-    stream_failed = False
+    stream_status = 0
     try:
         if runs_streams:
             metrics.role.labels(role="stream").set(1)
-            stream_failed = not _run_streams(settings, metrics, stop, consuming)
+            stream_status = _run_streams(settings, metrics, stop, consuming)
         else:
             while not stop.event.wait(1.0):
                 pass
@@ -255,22 +259,29 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
             sink_role.stop()
             sink_role.join()
         ops.stop()
+    if stream_status:
+        return stream_status
     if sink_role is not None and sink_role.error is not None:
         return 1
-    return 1 if stream_failed else 0
+    return 0
 
 
 def _run_streams(
     settings: Settings, metrics: Metrics, stop: _StopFlag, consuming: threading.Event
-) -> bool:
-    """Run the Faust worker in this (main) thread until it stops; True if it stopped cleanly."""
+) -> int:
+    """Run the Faust worker in this (main) thread until it stops; its exit status.
+
+    0: stopped cleanly; :data:`EXIT_INVALID_RATIO`: the invalid-ratio guard
+    stopped it; :data:`EXIT_BUG`: an agent failed; 1: Faust itself crashed.
+    """
     import faust
 
-    from streams.app import create_app
+    from streams import InvalidRatioExceeded, WorkerFailed, create_app
 
     if stop.event.is_set():
-        return True
-    app = create_app(settings, metrics)
+        return 0
+    failures: list[WorkerFailed] = []
+    app = create_app(settings, metrics, on_failure=failures.append)
 
     async def forward_stop() -> None:
         # Runs inside the worker, whose loop now owns SIGTERM: re-raise a stop that
@@ -294,8 +305,14 @@ def _run_streams(
         redirect_stdouts=False,
         override_logging=False,
     )
+    clean = True
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return exc.code in (0, None) and worker.crash_reason is None
-    return worker.crash_reason is None
+        clean = exc.code in (0, None)
+    if failures:
+        if isinstance(failures[0].cause, InvalidRatioExceeded):
+            log.critical("stopped without committing the batch: %s", failures[0].cause)
+            return EXIT_INVALID_RATIO
+        return EXIT_BUG
+    return 0 if clean and worker.crash_reason is None else 1

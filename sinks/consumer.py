@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
@@ -39,7 +40,7 @@ from tenacity import (
 
 from contracts.errors import ExnetError
 from contracts.topics import Topic, topic_name
-from contracts.wire import unpack_accepted
+from contracts.wire import read_accepted
 from exnet.metrics import Metrics
 from exnet.settings import Settings
 from sinks.errors import ClickHouseUnavailable
@@ -69,6 +70,10 @@ SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 1_000
 #: How long one poll waits for messages, ms: bounds the reaction to a stop request.
 POLL_TIMEOUT_MS = 100
+#: How often the sink refreshes topic metadata, ms: a topic created after it
+#: subscribed (``exnet init`` racing ``exnet up``) is assigned within this time
+#: (kafka-python's default is five minutes).
+METADATA_MAX_AGE_MS = 2_000
 
 
 def sink_group(settings: Settings) -> str:
@@ -146,6 +151,7 @@ class SinkConsumer:
             # kafka-python's 45 s default also outlasts its own 30 s JoinGroup timeout.
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_MS,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         self._consumer = consumer
         consumer.subscribe([self._accepted, self._deadletter], listener=_FlushOnRevoke(self))
@@ -170,21 +176,21 @@ class SinkConsumer:
         ingested_at = datetime.now(UTC)
         batch = self._batch
         for record in records:
-            headers = dict(record.headers or ())
             if tp.topic == self._deadletter:
                 batch.add(
                     REJECTED_TABLE,
-                    rejected_row(record.value, headers, ingested_at),
+                    rejected_row(record.value, dict(record.headers or ()), ingested_at),
                     tp,
                     record.offset,
                 )
                 continue
-            for accepted in unpack_accepted(record.value):
-                event_type = accepted.event_type
-                row = fact_row(event_type, accepted.event, accepted.source, ingested_at)
-                batch.add(FACT_TABLES[event_type], row, tp, record.offset)
-                if accepted.timestamp_ms:
-                    batch.source_ms.append(accepted.timestamp_ms)
+            accepted = read_accepted(record.value, record.headers)
+            event_type = accepted.event_type
+            event = orjson.loads(accepted.event)
+            row = fact_row(event_type, event, accepted.origin, ingested_at)
+            batch.add(FACT_TABLES[event_type], row, tp, record.offset)
+            if accepted.timestamp_ms:
+                batch.source_ms.append(accepted.timestamp_ms)
 
     def flush(self) -> None:
         """Write the batch to ClickHouse (retrying), then commit its offsets."""

@@ -5,7 +5,7 @@ decides which processes run it. Pure stages (:mod:`streams.dedup`,
 :mod:`streams.guard`) test without a broker.
 """
 
-from streams.app import DEDUP_TABLE, changelog_topic, create_app, streams_group
+from streams.app import DEDUP_TABLE, WorkerFailed, changelog_topic, create_app, streams_group
 from streams.dedup import Decision, Seen, decide, remember
 from streams.guard import InvalidRatioExceeded, InvalidRatioGuard
 
@@ -15,6 +15,7 @@ __all__ = [
     "InvalidRatioExceeded",
     "InvalidRatioGuard",
     "Seen",
+    "WorkerFailed",
     "changelog_topic",
     "create_app",
     "decide",

@@ -1,60 +1,51 @@
-"""The Faust application: built by :func:`create_app`, agents registered explicitly.
+"""The Faust application: built by :func:`create_app`, agents registered explicitly, in flow order.
 
-Two stages, each a Faust agent over batches (``take_events``):
+Two stages, each a Faust agent that reads *batches* (one message per fetched
+partition batch, :mod:`streams.transport`):
 
-1. ``validate`` reads the four input topics (keyed by participant_id), runs
-   every message through the contracts' :class:`~contracts.Validator`
-   and sends the event, re-keyed by ``event_id``, to ``exnet.validated`` — or
-   the original bytes to ``exnet.deadletter``.
-2. ``deduplicate`` reads ``exnet.validated``; all copies of an event_id meet
-   in one partition, where a table remembers each accepted event's content
-   digest and origin. New events and replays go on to ``exnet.accepted``;
+1. ``validate`` reads the four input topics (keyed by participant_id) and runs
+   every message through :class:`~streams.validate.ValidateStage`: valid events
+   go to ``exnet.validated`` keyed by ``event_id``, rejections (original bytes)
+   to ``exnet.deadletter``.
+2. ``deduplicate`` reads ``exnet.validated``; every copy of an event_id meets in
+   one partition, where the ``dedup`` table remembers each accepted event's
+   content digest and origin (:class:`~streams.dedup.DeduplicateStage`). New
+   events and replays go on to ``exnet.accepted`` keyed by participant_id;
    exact duplicates are counted and dropped; conflicting ones are rejected.
 
-Offsets: Faust commits an input offset only after the batch was processed and
-the producer flushed (Faust flushes before every commit), so everything a batch
-produced is in Kafka before its input is committed: at-least-once, made exact
-downstream by the dedup table's replay rule and the sink's idempotent writes.
-The app's transport (``streams/transport.py``) keeps Faust from committing past
-a message it skipped during a rebalance on a partition with nothing committed.
+Offsets: an agent marks a batch done only after Kafka acknowledged everything
+it produced, table changelog records included; the transport commits only done
+batches. So a crash anywhere replays unfinished batches: at-least-once, made
+exact downstream by the dedup table's replay rule and idempotent writes.
+
+An exception in an agent is a bug: its crashing supervisor stops the worker,
+and the failing batch, never done, is not committed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import faust
-import orjson
 from faust.transport.drivers import TRANSPORTS
+from mode import CrashingSupervisor
 
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
-from contracts.validation import Accepted, Origin, Validator
-from contracts.wire import (
-    OutMessage,
-    ValidatedRecord,
-    conflict_message,
-    deadletter_message,
-    pack_accepted,
-    pack_validated,
-    packed_headers,
-    unpack_validated,
-    validated_record,
-)
+from contracts.validation import Validator
+from contracts.wire import read_validated
 from exnet.metrics import Metrics
 from exnet.settings import Settings
-from streams.dedup import Decision, Seen, decide
-from streams.fatal import EXIT_INVALID_RATIO, die
-from streams.guard import InvalidRatioExceeded, InvalidRatioGuard
-from streams.sender import BatchSender, Outgoing
-from streams.transport import SCHEME, register
+from streams.dedup import Deduplicated, DeduplicateStage
+from streams.guard import InvalidRatioGuard
+from streams.transport import SCHEME, BatchMessage, BatchTable, Producer, register
+from streams.validate import Validated, ValidateStage
 
-__all__ = ["DEDUP_TABLE", "create_app", "streams_group"]
+__all__ = ["DEDUP_TABLE", "WorkerFailed", "changelog_topic", "create_app", "streams_group"]
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +53,21 @@ log = logging.getLogger(__name__)
 DEDUP_TABLE = "dedup"
 #: Seconds between Faust's offset commits: bounds replay after a crash and drain latency.
 COMMIT_INTERVAL_S = 1.0
-#: Bytes of records per packed internal message (well under the topics' 2 MiB message limit
-#: and the producer's batch size).
-PACK_MAX_BYTES = 256 * 1024
-#: Bytes a record adds to a packed message beyond its event and original (ids, origin).
-PACK_OVERHEAD_BYTES = 160
 #: Bytes per producer batch (per partition): large batches amortise each round trip.
-PRODUCER_BATCH_BYTES = 512 * 1024
+PRODUCER_BATCH_BYTES = 1024 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_S = 1.0
+#: Batches Faust may buffer per partition: each is already up to a fetch's worth.
+BATCHES_BUFFERED = 4
+
+
+class WorkerFailed(Exception):
+    """An agent failed; the worker stopped without committing the failing batch."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def streams_group(settings: Settings) -> str:
@@ -83,15 +79,23 @@ def changelog_topic(settings: Settings) -> str:
     return f"{streams_group(settings)}-{DEDUP_TABLE}-changelog"
 
 
-def create_app(settings: Settings, metrics: Metrics) -> faust.App:
-    """Build the stream processors' Faust app from ``settings`` (nothing global)."""
+def create_app(
+    settings: Settings,
+    metrics: Metrics,
+    on_failure: Callable[[WorkerFailed], None] = lambda failure: None,
+) -> faust.App:
+    """Build the stream processors' Faust app from ``settings`` (nothing global).
+
+    ``on_failure`` hears of an agent's failure before the worker crashes.
+    """
     names = {topic: topic_name(topic, settings.topic_prefix) for topic in Topic}
     register(TRANSPORTS)
     app = faust.App(
         streams_group(settings),
-        # Our transport: Faust's aiokafka one, safe on partitions with no committed offset.
+        # Our transport: batches in, batches out (streams/transport.py).
         broker=[f"{SCHEME}://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         store="memory://",
+        Table=BatchTable,
         datadir=str(settings.var_dir / "faust"),  # not the working directory
         autodiscover=False,
         web_enabled=False,
@@ -103,11 +107,9 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         table_standby_replicas=0,  # recovery from the changelog is fast; spare the CPU
         producer_acks=-1,
         producer_linger_ms=5,
-        # Packed internal messages are up to PACK_MAX_BYTES; aiokafka's 16 KiB default
-        # batch could not hold one.
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         producer_max_request_size=4 * PRODUCER_BATCH_BYTES,
-        stream_buffer_maxsize=4 * settings.stream_batch_max,
+        stream_buffer_maxsize=BATCHES_BUFFERED,
         broker_max_poll_records=settings.stream_batch_max,
         processing_guarantee="at_least_once",
         # Bytes in, bytes out everywhere: table recovery decodes the changelog with
@@ -119,189 +121,104 @@ def create_app(settings: Settings, metrics: Metrics) -> faust.App:
         broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=HEARTBEAT_S,
     )
-    validator = Validator(
-        load_registry(settings.registry_path),
-        settings.topic_prefix,
-    )
+
+    validator = Validator(load_registry(settings.registry_path), settings.topic_prefix)
     guard = InvalidRatioGuard(settings.dlq_max_ratio, settings.dlq_window)
-    inputs = app.topic(
-        *(names[topic] for topic in INPUT_TOPICS), key_serializer="raw", value_serializer="raw"
-    )
-    validated = app.topic(names[Topic.VALIDATED], key_serializer="raw", value_serializer="raw")
+    inputs = app.topic(*(names[topic] for topic in INPUT_TOPICS))
+    validated = app.topic(names[Topic.VALIDATED])
     seen = app.Table(
         DEDUP_TABLE,
         default=None,
         partitions=settings.partitions,
-        # Named and typed explicitly: Faust would derive JSON codecs from `bytes`.
         changelog_topic=app.topic(
-            changelog_topic(settings),
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.partitions,
-            compacting=True,
+            changelog_topic(settings), partitions=settings.partitions, compacting=True
         ),
     )
-    changelog = changelog_topic(settings)
-    batch_max, batch_s = settings.stream_batch_max, settings.stream_batch_seconds
-    site_last_event: dict[tuple[str, str], float] = {}  # the gauge's values, to keep the newest
-
-    sender: BatchSender | None = None
-
-    def producer() -> BatchSender:
-        # The transport's aiokafka producer directly: no Faust serialisation, no
-        # attachments; Faust flushes it before committing the input offsets.
-        nonlocal sender
-        if sender is None:
-            # Faust's own aiokafka producer (its transport keeps it private).
-            sender = BatchSender(cast(Any, app.producer)._ensure_producer())  # noqa: SLF001
-        return sender
-
-    async def send(messages: list[OutMessage], more: Sequence[Outgoing] = ()) -> None:
-        await producer().send_all(
-            [*((names[m.topic], None, m.key, m.value, m.headers) for m in messages), *more]
-        )
-
-    async def validate_batch(events: Sequence[Any]) -> None:
-        started = time.perf_counter()
-        now = datetime.now(UTC)
-        received: Counter[str] = Counter()
-        rejected: Counter[str] = Counter()
-        dead_letters: list[OutMessage] = []
-        # Every copy of an event_id goes to one partition of exnet.validated.
-        by_partition: dict[int, list[ValidatedRecord]] = defaultdict(list)
-        validated_topic = names[Topic.VALIDATED]
-        for event in events:
-            message = event.message
-            received[message.topic] += 1
-            origin = Origin(message.topic, message.partition, message.offset)
-            outcome = validator.validate_message(message.value, message.key, origin, now)
-            timestamp_ms = _timestamp_ms(message.timestamp)
-            if isinstance(outcome, Accepted):
-                record = validated_record(outcome, message.value, timestamp_ms)
-                partition = await producer().partition_for(validated_topic, record.event_id)
-                by_partition[partition].append(record)
-            else:
-                rejected[outcome.reason.value] += 1
-                dead_letters.append(
-                    deadletter_message(outcome, message.value, message.key, now, timestamp_ms)
-                )
-        guard.observe(len(events), sum(rejected.values()))
-        await send(dead_letters, _packed(validated_topic, by_partition, pack_validated))
-        for topic, count in received.items():
-            metrics.events_received.labels(topic=topic).inc(count)
-        for reason, count in rejected.items():
-            metrics.events_rejected.labels(reason=reason).inc(count)
-        metrics.stream_batch_seconds.labels(stage="validate").observe(time.perf_counter() - started)
-
-    async def deduplicate_batch(events: Sequence[Any]) -> None:
-        started = time.perf_counter()
-        now = datetime.now(UTC)
-        accepted: Counter[str] = Counter()
-        duplicates: Counter[str] = Counter()
-        per_site: Counter[tuple[str, str]] = Counter()
-        newest: dict[tuple[str, str], float] = {}
-        conflicts: list[OutMessage] = []
-        table_writes: list[Outgoing] = []
-        onward: dict[int, list[ValidatedRecord]] = defaultdict(list)
-        for event in events:
-            message = event.message
-            for record in unpack_validated(message.value):
-                key = record.event_id.encode()
-                incoming = Seen(record.fingerprint, record.source)
-                prior_value = seen.data.get(key)
-                prior = Seen.decode(prior_value) if prior_value is not None else None
-                decision = decide(prior, incoming)
-                if decision is Decision.NEW:
-                    encoded = incoming.encode()
-                    # Into the store, and into the changelog partition of *this* message
-                    # (Faust's `table[key] = ...` would use the batch's last event and
-                    # its send_soon buffer, which stalls all input while it drains).
-                    seen.data[key] = encoded
-                    table_writes.append((changelog, message.partition, key, encoded, []))
-                if decision in (Decision.NEW, Decision.REPLAY):
-                    accepted[record.event_type] += 1
-                    onward[message.partition].append(record)
-                    site, occurred = _site_and_time(record.event)
-                    per_site[site] += 1
-                    if occurred > newest.get(site, 0.0):
-                        newest[site] = occurred
-                elif decision is Decision.DUPLICATE:
-                    duplicates[record.event_type] += 1
-                else:
-                    assert prior is not None  # noqa: S101  # a conflict has a prior by definition
-                    conflicts.append(conflict_message(record, prior.origin, now))
-        await send(
-            conflicts,
-            [*table_writes, *_packed(names[Topic.ACCEPTED], onward, pack_accepted)],
-        )
-        for event_type, count in accepted.items():
-            metrics.events_accepted.labels(type=event_type).inc(count)
-        for event_type, count in duplicates.items():
-            metrics.events_duplicate.labels(type=event_type).inc(count)
-        if conflicts:
-            metrics.events_rejected.labels(reason="conflicting_duplicate").inc(len(conflicts))
-        wall = time.time()
-        for (node_id, site_id), count in per_site.items():
-            metrics.site_events_accepted.labels(node_id=node_id, site_id=site_id).inc(count)
-            metrics.site_last_received.labels(node_id=node_id, site_id=site_id).set(wall)
-        for site, occurred in newest.items():
-            if occurred > site_last_event.get(site, 0.0):
-                site_last_event[site] = occurred
-                metrics.site_last_event.labels(node_id=site[0], site_id=site[1]).set(occurred)
-        metrics.stream_batch_seconds.labels(stage="deduplicate").observe(
-            time.perf_counter() - started
-        )
+    deduplicate = DeduplicateStage(names[Topic.ACCEPTED], names[Topic.DEADLETTER])
 
     async def validate_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch_max, batch_s):
-            try:
-                await validate_batch(events)
-            except InvalidRatioExceeded as exc:
-                die(exc, EXIT_INVALID_RATIO)
-            except Exception as exc:  # a bug: stop before the batch is acknowledged
-                die(exc)
+        try:
+            await _validate(stream)
+        except Exception as exc:
+            on_failure(WorkerFailed(exc))
+            raise
 
     async def deduplicate_agent(stream: Any) -> None:
-        async for events in stream.take_events(batch_max, batch_s):
-            try:
-                await deduplicate_batch(events)
-            except Exception as exc:  # a bug: stop before the batch is acknowledged
-                die(exc)
+        try:
+            await _deduplicate(stream)
+        except Exception as exc:
+            on_failure(WorkerFailed(exc))
+            raise
 
-    app.agent(inputs, name="validate")(validate_agent)
-    app.agent(validated, name="deduplicate")(deduplicate_agent)
+    async def _validate(stream: Any) -> None:
+        producer = cast(Producer, app.producer)
+        stage = ValidateStage(
+            validator,
+            names[Topic.VALIDATED],
+            names[Topic.DEADLETTER],
+            await producer.partitions(names[Topic.VALIDATED]),
+        )
+        async for event in stream.noack().events():
+            batch = cast(BatchMessage, event.message)
+            started = time.perf_counter()
+            result = stage(batch.topic, batch.partition, batch.records, datetime.now(UTC))
+            guard.observe(result.received, sum(result.rejected.values()))
+            await producer.deliver(result.outgoing)
+            await _done(stream, event)
+            _count_validated(metrics, batch.topic, result, time.perf_counter() - started)
+
+    async def _deduplicate(stream: Any) -> None:
+        producer = cast(Producer, app.producer)
+        site_last_event: dict[tuple[str, str], float] = {}  # the gauge's values, to keep the newest
+        async for event in stream.noack().events():
+            batch = cast(BatchMessage, event.message)
+            started = time.perf_counter()
+            records = [read_validated(r.key, r.value, r.headers) for r in batch.records]
+            result = deduplicate(records, seen, datetime.now(UTC))
+            await producer.deliver([*result.outgoing, *batch.changelog])
+            await _done(stream, event)
+            _count_deduplicated(metrics, result, site_last_event, time.perf_counter() - started)
+
+    # An agent that raises is a bug: crash the worker (never restart the agent
+    # past the failing batch, which is not done and so not committed).
+    app.agent(inputs, name="validate", supervisor_strategy=CrashingSupervisor)(validate_agent)
+    app.agent(validated, name="deduplicate", supervisor_strategy=CrashingSupervisor)(
+        deduplicate_agent
+    )
     return app
 
 
-def _packed(
-    topic: str,
-    by_partition: dict[int, list[ValidatedRecord]],
-    pack: Callable[[Sequence[ValidatedRecord]], bytes],
-) -> list[Outgoing]:
-    """Packed messages for ``topic``: each partition's records, in order, in bounded chunks."""
-    messages: list[Outgoing] = []
-    for partition, records in by_partition.items():
-        chunk: list[ValidatedRecord] = []
-        size = 0
-        for record in records:
-            chunk.append(record)
-            size += len(record.event) + len(record.original) + PACK_OVERHEAD_BYTES
-            if size >= PACK_MAX_BYTES:
-                messages.append((topic, partition, None, pack(chunk), packed_headers()))
-                chunk, size = [], 0
-        if chunk:
-            messages.append((topic, partition, None, pack(chunk), packed_headers()))
-    return messages
+async def _done(stream: Any, event: Any) -> None:
+    """The batch's output is in Kafka: its offsets may be committed."""
+    cast(BatchMessage, event.message).done = True
+    await stream.ack(event)
 
 
-def _site_and_time(canonical: str) -> tuple[tuple[str, str], float]:
-    """(node_id, site_id) and occurred_at (unix seconds) of an accepted event's canonical JSON."""
-    event = orjson.loads(canonical)
-    return (event["node_id"], event["site_id"]), datetime.fromisoformat(
-        event["occurred_at"]
-    ).timestamp()
+def _count_validated(metrics: Metrics, topic: str, result: Validated, seconds: float) -> None:
+    metrics.events_received.labels(topic=topic).inc(result.received)
+    for reason, count in result.rejected.items():
+        metrics.events_rejected.labels(reason=reason).inc(count)
+    metrics.stream_batch_seconds.labels(stage="validate").observe(seconds)
 
 
-def _timestamp_ms(timestamp: float | None) -> int | None:
-    """Faust gives the Kafka timestamp in seconds (float); headers carry milliseconds."""
-    return round(timestamp * 1000) if timestamp else None
+def _count_deduplicated(
+    metrics: Metrics,
+    result: Deduplicated,
+    site_last_event: dict[tuple[str, str], float],
+    seconds: float,
+) -> None:
+    for event_type, count in result.accepted.items():
+        metrics.events_accepted.labels(type=event_type).inc(count)
+    for event_type, count in result.duplicates.items():
+        metrics.events_duplicate.labels(type=event_type).inc(count)
+    if result.conflicts:
+        metrics.events_rejected.labels(reason="conflicting_duplicate").inc(result.conflicts)
+    wall = time.time()
+    for (node_id, site_id), count in result.per_site.items():
+        metrics.site_events_accepted.labels(node_id=node_id, site_id=site_id).inc(count)
+        metrics.site_last_received.labels(node_id=node_id, site_id=site_id).set(wall)
+    for site, occurred in result.newest.items():
+        if occurred > site_last_event.get(site, 0.0):
+            site_last_event[site] = occurred
+            metrics.site_last_event.labels(node_id=site[0], site_id=site[1]).set(occurred)
+    metrics.stream_batch_seconds.labels(stage="deduplicate").observe(seconds)

@@ -9,13 +9,18 @@ must flow on again: its first pass may not have reached the sink) from a
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 
-from contracts import Origin
+import orjson
 
-__all__ = ["Decision", "Seen", "decide", "remember"]
+from contracts import Origin
+from contracts.wire import Outgoing, Received, accepted_message, conflict_message
+
+__all__ = ["Decision", "DeduplicateStage", "Deduplicated", "Seen", "decide", "remember"]
 
 
 class Decision(Enum):
@@ -53,14 +58,75 @@ def decide(prior: Seen | None, incoming: Seen) -> Decision:
     return Decision.CONFLICT
 
 
-def remember(table: MutableMapping[str, Seen], event_id: str, incoming: Seen) -> Decision:
-    """:func:`decide`, and remember ``incoming`` when it is new.
+def remember(
+    table: MutableMapping[bytes, bytes], event_id: bytes, incoming: Seen
+) -> tuple[Decision, Seen | None]:
+    """:func:`decide` against ``table`` (event_id -> :meth:`Seen.encode`), and
+    remember ``incoming`` when it is new; returns the decision and the prior copy.
 
     Only the first accepted copy is ever remembered: a duplicate or a conflict
     never replaces it, so the same conflicting message read again is again a
     conflict, and a replay of the first copy is still told from other copies.
     """
-    decision = decide(table.get(event_id), incoming)
+    stored = table.get(event_id)
+    prior = Seen.decode(stored) if stored is not None else None
+    decision = decide(prior, incoming)
     if decision is Decision.NEW:
-        table[event_id] = incoming
-    return decision
+        table[event_id] = incoming.encode()
+    return decision, prior
+
+
+# --- the stage over a batch ------------------------------------------------------------
+
+
+@dataclass
+class Deduplicated:
+    """What one batch of validated events produced, and its counts for the metrics."""
+
+    outgoing: list[Outgoing] = field(default_factory=list)
+    #: event type -> events passed on (new, and replays of the first copy).
+    accepted: Counter[str] = field(default_factory=Counter)
+    #: event type -> exact duplicates dropped.
+    duplicates: Counter[str] = field(default_factory=Counter)
+    conflicts: int = 0
+    #: (node_id, site_id) -> accepted events, and the newest occurred_at (Unix s).
+    per_site: Counter[tuple[str, str]] = field(default_factory=Counter)
+    newest: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeduplicateStage:
+    """Deduplicates batches of one partition of ``exnet.validated`` against its table."""
+
+    accepted_topic: str
+    deadletter_topic: str
+
+    def __call__(
+        self, records: Sequence[Received], table: MutableMapping[bytes, bytes], now: datetime
+    ) -> Deduplicated:
+        """``table``: event_id -> :meth:`Seen.encode` of its first accepted copy; written
+        for new events only (see :func:`remember`)."""
+        result = Deduplicated()
+        out = result.outgoing
+        for record in records:
+            incoming = Seen(record.fingerprint, record.origin)
+            decision, prior = remember(table, record.event_id.encode(), incoming)
+            if decision is Decision.DUPLICATE:
+                result.duplicates[record.event_type] += 1
+                continue
+            if decision is Decision.CONFLICT:
+                assert prior is not None  # noqa: S101  # a conflict has a prior by definition
+                dead = conflict_message(record, prior.origin, now)
+                out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers))
+                result.conflicts += 1
+                continue
+            event = orjson.loads(record.event)
+            key_out, value, headers = accepted_message(record, event["participant_id"])
+            out.append((self.accepted_topic, None, key_out, value, headers))
+            result.accepted[record.event_type] += 1
+            site = (event["node_id"], event["site_id"])
+            result.per_site[site] += 1
+            occurred = datetime.fromisoformat(event["occurred_at"]).timestamp()
+            if occurred > result.newest.get(site, 0.0):
+                result.newest[site] = occurred
+        return result

@@ -1,32 +1,36 @@
-"""Faust's aiokafka transport, made safe for partitions that have no committed offset yet.
+"""Where exnet bends Faust, and why: one fetched partition batch is one message.
 
-faust-streaming 0.15 can commit past a message it never processed, and so
-lose it, on a partition whose group has committed nothing yet (or offset 0):
+Faust pays about 200 µs for every message it consumes (tasks and an
+``asyncio.wait`` per message in ``Consumer._drain_messages``, flow control, a
+conductor lock, sensors, acknowledgement bookkeeping): twenty times what
+validating an event costs. No supported hook hands an agent a fetched batch,
+so this transport (selected by the broker URL scheme ``exnet-kafka://``) does:
 
-1. During a rebalance the streams skip the messages they receive while flow
-   is suspended (table recovery); ``Consumer.perform_seek`` then rewinds every
-   partition to its committed offset so that they are read again. aiokafka's
-   ``seek_to_committed`` does not move a partition that has no committed
-   offset, so there the skipped messages are never read again.
-2. ``Consumer._new_offset`` then commits the first run of acknowledged offsets
-   it holds. Its check for a hole *before* that run is skipped when nothing
-   was committed (and lets a hole of one offset through when something was).
+* **Batches in.** :meth:`Consumer.getmany` yields, for each partition of a
+  stream's topic in a fetch, one :class:`BatchMessage` holding every record
+  fetched for it. Faust's per-message machinery then runs once per batch.
+  Changelog topics (table recovery) still go record by record.
+* **Offsets.** A partition's batches form a chain in fetch order, restarted at
+  every seek (rebalance). An agent marks a batch *done* once Kafka has
+  acknowledged everything the batch produced, its table writes included
+  (:meth:`Producer.deliver`); the consumer commits the end of the longest done
+  prefix of each chain, never past a batch that is not done. Faust also
+  acknowledges batches it skips during a rebalance; those are not done, so
+  their offsets are not committed, and the seek that follows every
+  rebalance reads them again. Partitions with no committed offset are sought
+  to their beginning at every seek (aiokafka's ``seek_to_committed`` leaves
+  them where they were, past any message skipped during the rebalance).
+* **Batches out.** :meth:`Producer.deliver` hands each partition's messages to
+  aiokafka as one record batch (``send`` costs tens of microseconds a
+  message) and returns once all are acknowledged.
+* **Table writes.** :class:`BatchTable` is a Faust table whose ``table[key] =
+  value`` queues the changelog record on the current batch instead of
+  Faust's per-record ``send_soon`` buffer (about 100 µs a record, and input
+  stalls while it drains); the agent delivers them with the batch's outputs.
 
-Seen here as one missing event in about one of five runs of two workers that
-start while sites publish (the first events of a partition, at offset 0).
-
-So this transport's consumer (a) after every seek to committed offsets also
-seeks the partitions with no committed offset to their beginning, which is
-what ``auto_offset_reset=earliest`` means for them; and (b) commits nothing
-for a partition while its lowest acknowledged offset lies beyond the first
-offset not yet known to be processed: the highest of the committed offset and
-the last offset ``_new_offset`` gave out (it forgets the offsets it gives out,
-whether or not their commit then lands), or, with neither, the partition's
-beginning. :func:`first_unprocessed` decides; it is unit-tested, and the
-pipeline's fault tests check the whole under rebalances. A hold that lasts
-(Faust can drop a message read again after a seek, when records fetched
-before it arrive after it) reads the partition again from the held offset:
-the stages treat what they read twice as replays.
+Everything else is Faust's: agents, tables and their recovery from the
+changelog, consumer groups and rebalancing, commits every
+``broker_commit_interval``.
 """
 
 from __future__ import annotations
@@ -34,99 +38,330 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Mapping
-from typing import Any
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, cast
 
+import faust
+from aiokafka.partitioner import murmur2
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 from mode.utils.imports import FactoryMapping
 
-__all__ = ["SCHEME", "Consumer", "Transport", "first_unprocessed", "register"]
+from contracts.wire import Outgoing
+
+__all__ = [
+    "SCHEME",
+    "BatchMessage",
+    "BatchTable",
+    "Consumer",
+    "Producer",
+    "Transport",
+    "commit_end",
+    "current_batch",
+    "register",
+]
 
 log = logging.getLogger(__name__)
 
 #: The broker URL scheme that selects this transport: ``exnet-kafka://host:port``.
 SCHEME = "exnet-kafka"
-#: Seconds a partition's commits may be held before it is read again from the hole.
-HOLD_REWIND_S = 5.0
+#: Seconds a partition's commits may wait on a batch an agent took but did not finish
+#: before it is logged (and again every as many seconds).
+STUCK_WARNING_S = 30.0
+#: Seconds after which a batch fetched but not taken by a stream is read again. A batch
+#: waits in a stream's buffer for a few batches' processing at most (well under a second).
+LOST_AFTER_S = 10.0
 
 
-def first_unprocessed(
-    committed: int | None, given_out: int | None, beginning: int | None
-) -> int | None:
-    """The lowest offset of a partition not known to be processed, or None if unknown.
+class BatchMessage(ConsumerMessage):
+    """Every record fetched for one partition in one fetch, handed to an agent as one message.
 
-    ``committed``: Faust's committed offset (None or 0 when nothing was committed);
-    ``given_out``: the last offset ``_new_offset`` returned since the last seek;
-    ``beginning``: the partition's first offset, looked up when nothing was committed.
+    ``offset`` is the last record's, so that Faust's own bookkeeping (read
+    offsets, lag) sees the batch where it ends. The agent reads ``records``
+    (aiokafka ``ConsumerRecord``: ``offset``, ``timestamp`` in ms, ``key``,
+    ``value``, ``headers``), delivers what they produced and sets ``done``.
     """
-    known = [offset for offset in (committed, given_out) if offset]
-    return max(known) if known else beginning
+
+    __slots__ = ("changelog", "done", "fetched_at", "first_offset", "records", "warnings")
+
+    def __init__(self, tp: TP, records: Sequence[Any], generation_id: int) -> None:
+        last = records[-1]
+        super().__init__(
+            tp.topic,
+            tp.partition,
+            last.offset,
+            cast(float, last.timestamp / 1000 if last.timestamp is not None else None),
+            last.timestamp_type,
+            None,
+            None,
+            b"",
+            None,
+            0,
+            0,
+            tp,
+            generation_id=generation_id,
+        )
+        self.records: Sequence[Any] = records
+        self.first_offset: int = records[0].offset
+        #: Table writes of this batch: (changelog topic, partition, key, value).
+        self.changelog: list[Outgoing] = []
+        self.done = False
+        self.fetched_at = time.monotonic()
+        #: How often a wait for this batch was logged.
+        self.warnings = 0
+
+
+def current_batch() -> BatchMessage:
+    """The batch the calling agent is processing (Faust's current event's message)."""
+    event = faust.current_event()
+    message = event.message if event is not None else None
+    if not isinstance(message, BatchMessage):
+        raise RuntimeError("not inside an agent that reads batches from the exnet transport")
+    return message
+
+
+def commit_end(chain: deque[Any]) -> int | None:
+    """The offset to commit for a partition: one past the longest done prefix of its
+    chain of batches (fetch order), which it removes; None when the first is not done."""
+    end: int | None = None
+    while chain and chain[0].done:
+        end = chain.popleft().offset + 1
+    return end
 
 
 class Consumer(faust_aiokafka.Consumer):
-    """The aiokafka consumer with the two fixes above."""
+    """Faust's aiokafka consumer, delivering partition batches and committing done ones."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Each assigned partition's beginning, for those with no committed offset.
-        self._beginnings: dict[TP, int] = {}
-        #: The last offset `_new_offset` gave out per partition, since the last seek.
-        self._given_out: dict[TP, int] = {}
-        #: (partition, held offset) -> when the hold began or the last rewind was asked.
-        self._holding: dict[tuple[TP, int], float] = {}
-        self._rewinds: set[asyncio.Task[None]] = set()
+        #: Per partition: the batches delivered since the last seek, oldest first.
+        self._chains: dict[TP, deque[BatchMessage]] = defaultdict(deque)
+        #: Per partition: the offset the next delivered record must have (the seek
+        #: position, then one past the last record delivered).
+        self._next: dict[TP, int] = {}
+        #: Per partition: a first offset past ``_next`` that was read again to tell
+        #: a stale fetch from offsets Kafka skips (transaction markers, compaction).
+        self._skips: dict[TP, int] = {}
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        await self._read_lost_again()
+        records, active_partitions = await self._wait_next_records(timeout)
+        generation_id = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return
+        if not self.flow_active:
+            # As Faust does: records fetched while flow is suspended are dropped,
+            # and the seek back to the committed offsets reads them again.
+            await self.perform_seek()
+            return
+        for tp, fetched in records.items():
+            if not fetched:
+                continue
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                break  # a rebalance began: its seek reads the rest again
+            if not (
+                active_partitions is None
+                or tp in active_partitions
+                or tp in self._buffered_partitions
+            ):
+                continue
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            if self._is_changelog_tp(tp):
+                for record in fetched:
+                    yield tp, self._to_message(tp, record)
+                continue
+            fresh = await self._in_sequence(tp, fetched)
+            if fresh:
+                batch = BatchMessage(tp, fresh, generation_id)
+                self._chains[tp].append(batch)
+                yield tp, batch
+
+    async def _in_sequence(self, tp: TP, fetched: Sequence[Any]) -> Sequence[Any]:
+        """The records of ``fetched`` that continue ``tp``'s sequence since the last seek.
+
+        A fetch that was answered before a seek can reach this loop after it
+        (fetching runs on the consumer's own thread): its records start past
+        the position sought, and delivering them would let a commit jump the
+        records in between. Such a batch is dropped and the partition read
+        again from where its sequence stands; if the records then start at the
+        same offset, Kafka skipped the offsets in between (transaction markers,
+        compaction) and they are delivered.
+        """
+        expected = self._next.get(tp)
+        if expected is not None:
+            if fetched[-1].offset < expected:
+                return ()  # delivered already since the last seek
+            first = fetched[0].offset
+            if first < expected:
+                fetched = [record for record in fetched if record.offset >= expected]
+            elif first > expected and self._skips.get(tp) != first:
+                self._skips[tp] = first
+                log.info("%s: fetched from %d where %d was due; reading again", tp, first, expected)
+                await self.seek(tp, expected)
+                return ()
+        self._skips.pop(tp, None)
+        self._next[tp] = fetched[-1].offset + 1
+        return fetched
+
+    async def _read_lost_again(self) -> None:
+        """Seek back to a batch that was fetched but that no stream took.
+
+        A stream marks a message ``tracked`` when it takes it from its buffer
+        for its agent. Faust drops messages on the way in places meant to be
+        followed by a rebalance's seek: its fetch loop cancels a hand-over
+        when flow is suspended (``wait_first(callback, suspend_flow.wait())``),
+        a rebalance clears the streams' buffers, and a stream skips (and
+        acknowledges, untracked) a message of an older generation or read
+        while flow control is off. A batch so dropped with no seek after it
+        would hold its partition's commits, and its records, forever: after
+        :data:`LOST_AFTER_S` untaken, it is read again (a batch taken late is
+        then processed twice: a replay).
+        """
+        if not (self.flow_active and self.app.flow_control.is_active()):
+            return
+        now = time.monotonic()
+        for tp, chain in self._chains.items():
+            head = chain[0] if chain else None
+            if head is None or head.done or head.tracked or now - head.fetched_at < LOST_AFTER_S:
+                continue
+            log.warning(
+                "%s: offsets %d-%d were fetched but no stream took them; reading them again",
+                tp,
+                head.first_offset,
+                head.offset,
+            )
+            chain.clear()
+            self._next[tp] = head.first_offset
+            await self.seek(tp, head.first_offset)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        acking = self.app.topics.acks_enabled_for
-        uncommitted = [
-            tp
-            for tp in self.assignment()
-            if acking(tp.topic) and not self._committed_offset.get(tp)
-        ]
-        self._beginnings = {}
-        self._given_out = {}  # everything after the committed offsets is read again
-        self._holding = {}
-        if not uncommitted:
-            return
-        beginnings: Mapping[TP, int] = await self.earliest_offsets(*uncommitted)
-        await self.seek_wait(beginnings)  # also resets Faust's read offsets
-        self._beginnings = dict(beginnings)
+        self._chains.clear()  # everything after the committed offsets is read again
+        self._skips.clear()
+        assigned = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)]
+        committed = {tp: self._committed_offset[tp] for tp in assigned}
+        self._next = {tp: offset for tp, offset in committed.items() if offset}
+        uncommitted = [tp for tp, offset in committed.items() if not offset]
+        if uncommitted:
+            beginnings: Mapping[TP, int] = await self.earliest_offsets(*uncommitted)
+            await self.seek_wait(beginnings)  # also resets Faust's read offsets
+            self._next.update(beginnings)
+
+    def on_buffer_full(self, tp: TP) -> None:
+        # Faust takes a partition whose stream buffer is under pressure out of the
+        # fetch set, and only a pressure-drop callback of mode's queue puts it back:
+        # one more way for a partition to sit unfetched. A full buffer already
+        # blocks the fetch loop (the conductor awaits the put), which bounds
+        # memory: no partition is ever taken out.
+        return
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        return
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # A batch spans many offsets by design; the chains below decide what is
+        # committed, so Faust's gap tree would only grow.
+        if self._is_changelog_tp(tp):
+            await super()._add_gap(tp, offset_from, offset_to)
 
     def _new_offset(self, tp: TP) -> int | None:
-        acked: Collection[int] = self._acked[tp]
-        if acked:
-            first = first_unprocessed(
-                self._committed_offset[tp], self._given_out.get(tp), self._beginnings.get(tp)
+        if self._is_changelog_tp(tp):
+            offset: int | None = super()._new_offset(tp)
+            return offset
+        self._acked[tp].clear()  # Faust's per-message record; the chain is ours
+        self._acked_index[tp].clear()
+        chain = self._chains.get(tp)
+        if not chain:
+            return None
+        end = commit_end(chain)
+        head = chain[0] if chain else None
+        waited = time.monotonic() - head.fetched_at if head is not None else 0.0
+        if head is not None and waited > STUCK_WARNING_S * (head.warnings + 1):
+            head.warnings += 1
+            log.warning(
+                "%s: offsets %d-%d taken but not done for %.0f s; commits wait for them",
+                tp,
+                head.first_offset,
+                head.offset,
+                waited,
             )
-            if (
-                first is not None
-                and min(acked) > first
-                and not self._gap[tp].overlaps_point(first)  # a hole Faust knows of
-            ):
-                self._hold(tp, first)
-                return None
-        offset: int | None = super()._new_offset(tp)
-        if offset is not None:
-            self._given_out[tp] = offset
-        return offset
+        return end
 
-    def _hold(self, tp: TP, first: int) -> None:
-        now = time.monotonic()
-        since = self._holding.setdefault((tp, first), now)
-        if since == now:
-            log.info("holding %s's commits until offset %d is processed", tp, first)
-        elif now - since >= HOLD_REWIND_S:
-            self._holding[(tp, first)] = now
-            log.warning("offset %d of %s was skipped: reading from it again", first, tp)
-            task = asyncio.ensure_future(self.seek(tp, first))
-            self._rewinds.add(task)
-            task.add_done_callback(self._rewinds.discard)
+
+class Producer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer, with one call that delivers a batch's messages."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._partition_counts: dict[str, int] = {}
+
+    async def _partitions(self, topic: str) -> int:
+        count = self._partition_counts.get(topic)
+        if count is None:
+            count = len(await self._ensure_producer().partitions_for(topic))
+            self._partition_counts[topic] = count
+        return count
+
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (looked up once)."""
+        return await self._partitions(topic)
+
+    async def deliver(self, messages: Iterable[Outgoing]) -> None:
+        """Send ``messages`` and return once Kafka acknowledged every one (acks=all).
+
+        Each partition's messages go as record batches, in order. A message
+        with no partition goes where Kafka's default partitioner puts its key.
+        Raises what the producer raises: the caller's batch is then not done.
+        """
+        groups: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
+        for message in messages:
+            topic, partition, key, _, _ = message
+            if partition is None:
+                count = await self._partitions(topic)
+                partition = (murmur2(key or b"") & 0x7FFFFFFF) % count
+            groups[(topic, partition)].append(message)
+        producer = self._ensure_producer()
+        pending: list[asyncio.Future[Any]] = []
+        for (topic, partition), group in groups.items():
+            batch = producer.create_batch()
+            for _, _, key, value, headers in group:
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                        raise ValueError(
+                            f"a {len(value)}-byte message for {topic} exceeds the producer's "
+                            "batch size"
+                        )
+            pending.append(await producer.send_batch(batch, topic, partition=partition))
+        if pending:
+            await asyncio.gather(*pending)
+
+
+class BatchTable(faust.Table[Any, Any]):
+    """A Faust table whose writes are delivered with the batch that made them.
+
+    Reads, recovery from the changelog and standby handling are Faust's. A
+    write goes into the store and onto :func:`current_batch`'s changelog list
+    (same partition as the batch: the table's keys are co-partitioned with
+    the agent's input), which the agent delivers with its outputs.
+    """
+
+    def on_key_set(self, key: Any, value: Any) -> None:
+        batch = current_batch()
+        batch.changelog.append(
+            (self.changelog_topic.get_topic_name(), batch.partition, key, value, [])
+        )
+
+    def on_key_del(self, key: Any) -> None:
+        raise NotImplementedError("exnet's tables only grow")
 
 
 class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
+    Producer = Producer
 
 
 def register(transports: FactoryMapping[Any]) -> None:

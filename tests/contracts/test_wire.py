@@ -12,13 +12,13 @@ from contracts.registry import DEMO_REGISTRY, load_registry
 from contracts.topics import Topic
 from contracts.validation import Accepted, Origin, Rejected, Validator
 from contracts.wire import (
+    accepted_message,
     conflict_message,
     deadletter_message,
-    pack_accepted,
-    pack_validated,
-    unpack_accepted,
-    unpack_validated,
-    validated_record,
+    read_accepted,
+    read_validated,
+    validated_message,
+    validated_partition,
 )
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -44,26 +44,43 @@ def _accepted() -> tuple[Accepted, bytes]:
     return outcome, raw
 
 
-def test_validated_records_carry_the_normalised_event_its_origin_and_the_original() -> None:
+def test_validated_messages_carry_the_normalised_event_its_origin_and_the_original() -> None:
     accepted, raw = _accepted()
-    record = validated_record(accepted, raw, 1_700_000_000_000)
+    key, value, headers = validated_message(accepted, raw, 1_700_000_000_000)
+    assert key == b"a6e2f0c4-1111-4222-8333-444455556666"  # every copy meets in one partition
+    record = read_validated(key, value, headers)
     assert record.event_id == "a6e2f0c4-1111-4222-8333-444455556666"
     assert orjson.loads(record.event)["occurred_at"] == "2026-05-01T08:00:00Z"
-    assert record.source == Origin("exnet.assessment", 3, 77)
-    assert record.original == raw.decode() and record.event_type == "assessment"
+    assert record.event == accepted.canonical_json()
+    assert record.origin == Origin("exnet.assessment", 3, 77)
+    assert record.timestamp_ms == 1_700_000_000_000
+    assert record.original == raw and record.event_type == "assessment"
     assert record.fingerprint == accepted.fingerprint()
-    # packed for the internal hop and unpacked unchanged, in order
-    other = validated_record(accepted, raw.replace(b"12", b"12 "), None)
-    assert unpack_validated(pack_validated([record, other])) == [record, other]
 
 
-def test_accepted_records_reach_the_sink_as_parsed_events_with_their_origin() -> None:
+def test_a_message_without_a_kafka_timestamp_reads_back_without_one() -> None:
     accepted, raw = _accepted()
-    record = validated_record(accepted, raw, 1_700_000_000_000)
-    (onward,) = unpack_accepted(pack_accepted([record]))
-    assert onward.event == orjson.loads(record.event)
-    assert onward.source == record.source and onward.timestamp_ms == 1_700_000_000_000
-    assert onward.event_type == "assessment"
+    record = read_validated(*validated_message(accepted, raw, None))
+    assert record.timestamp_ms is None
+
+
+def test_accepted_messages_are_keyed_by_participant_and_keep_their_origin() -> None:
+    accepted, raw = _accepted()
+    record = read_validated(*validated_message(accepted, raw, 1_700_000_000_000))
+    key, value, headers = accepted_message(record, "P-0123456789")
+    assert key == b"P-0123456789"  # all of a participant's events meet in one partition
+    onward = read_accepted(value, headers)
+    assert orjson.loads(onward.event) == orjson.loads(record.event)
+    assert onward.origin == record.origin and onward.timestamp_ms == 1_700_000_000_000
+    assert onward.event_type == "assessment" and onward.event_id == record.event_id
+
+
+def test_validated_partition_is_stable_and_spread() -> None:
+    ids = [f"{n:08x}-1111-4222-8333-444455556666".encode() for n in range(600)]
+    partitions = [validated_partition(event_id, 6) for event_id in ids]
+    assert partitions == [validated_partition(event_id, 6) for event_id in ids]
+    assert set(partitions) == set(range(6))
+    assert max(partitions.count(p) for p in range(6)) < 2 * 600 / 6
 
 
 def test_deadletter_message_has_the_spec_headers_and_original_bytes() -> None:
@@ -83,7 +100,7 @@ def test_deadletter_message_has_the_spec_headers_and_original_bytes() -> None:
 
 def test_conflict_message_points_at_the_first_accepted_copy() -> None:
     accepted, raw = _accepted()
-    record = validated_record(accepted, raw, None)
+    record = read_validated(*validated_message(accepted, raw, None))
     message = conflict_message(record, Origin("exnet.assessment", 0, 1), NOW)
     headers = dict(message.headers)
     detail = json.loads(headers[H.DETAIL])

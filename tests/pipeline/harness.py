@@ -132,6 +132,7 @@ class Pipeline:
             done = self.run("up", "--drain", timeout=timeout, env=env)
         except subprocess.TimeoutExpired as exc:
             log = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else ""
+            (self.settings.var_dir / "drain.log").write_text(log)  # kept for post-mortems
             raise AssertionError(
                 f"`exnet up --drain` did not finish in {timeout} s:\n{log[-8000:]}"
             ) from None

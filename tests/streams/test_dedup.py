@@ -35,19 +35,19 @@ def test_another_message_with_other_content_is_a_conflict() -> None:
 
 
 def test_only_the_first_accepted_copy_is_remembered() -> None:
-    table: dict[str, Seen] = {}
+    table: dict[bytes, bytes] = {}
     conflicting = Seen("e" * 32, Origin("exnet.session", 2, 99))
     duplicate = Seen("f" * 32, Origin("exnet.assay", 0, 7))
-    assert remember(table, "id", FIRST) is Decision.NEW
+    assert remember(table, b"id", FIRST) == (Decision.NEW, None)
     # A conflict read again (a replay of its source message) stays a conflict: the
     # table still holds the first copy, not the conflicting one.
-    assert remember(table, "id", conflicting) is Decision.CONFLICT
-    assert remember(table, "id", conflicting) is Decision.CONFLICT
-    assert remember(table, "id", duplicate) is Decision.DUPLICATE
-    assert remember(table, "id", duplicate) is Decision.DUPLICATE
-    assert table == {"id": FIRST}
+    assert remember(table, b"id", conflicting) == (Decision.CONFLICT, FIRST)
+    assert remember(table, b"id", conflicting) == (Decision.CONFLICT, FIRST)
+    assert remember(table, b"id", duplicate) == (Decision.DUPLICATE, FIRST)
+    assert remember(table, b"id", duplicate) == (Decision.DUPLICATE, FIRST)
+    assert table == {b"id": FIRST.encode()}
     # ... so the first copy's own replay is still told from the others.
-    assert remember(table, "id", FIRST) is Decision.REPLAY
+    assert remember(table, b"id", FIRST) == (Decision.REPLAY, FIRST)
 
 
 def test_seen_round_trips_through_its_table_encoding() -> None:

@@ -1,31 +1,46 @@
-"""The stream transport's commit rule: never commit past an offset not processed."""
+"""The stream transport: which offsets it commits, and that the app selects it."""
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
 import faust
-import pytest
 from faust.transport.drivers import TRANSPORTS
+from faust.types import TP
 
-from streams.transport import SCHEME, Transport, first_unprocessed, register
+from streams.transport import SCHEME, Transport, commit_end, register
 
 
-@pytest.mark.parametrize(
-    ("committed", "given_out", "beginning", "first"),
-    [
-        (None, None, 0, 0),  # nothing committed: the partition's beginning
-        (None, None, 40, 40),  # ... which retention may have moved
-        (0, None, 0, 0),  # Faust reads a committed 0 as "nothing"
-        (12, None, None, 12),  # the committed offset
-        (12, 30, None, 30),  # an offset given out for a commit that did not land yet
-        (None, 30, 0, 30),
-        (30, 12, None, 30),  # a commit from before a seek never goes back
-        (None, None, None, None),  # unknown: Faust's own rule applies
-    ],
-)
-def test_first_unprocessed(
-    committed: int | None, given_out: int | None, beginning: int | None, first: int | None
-) -> None:
-    assert first_unprocessed(committed, given_out, beginning) == first
+@dataclass
+class _Batch:
+    first_offset: int
+    offset: int
+    done: bool = False
+
+
+def test_nothing_is_committed_before_the_first_batch_is_done() -> None:
+    chain = deque([_Batch(0, 9), _Batch(10, 19, done=True)])
+    assert commit_end(chain) is None
+    assert len(chain) == 2  # nothing forgotten
+
+
+def test_the_end_of_the_done_prefix_is_committed() -> None:
+    chain = deque([_Batch(0, 9, True), _Batch(10, 19, True), _Batch(20, 29), _Batch(30, 39, True)])
+    assert commit_end(chain) == 20
+    # the batch not done blocks what follows it, however many are done
+    assert commit_end(chain) is None
+    chain[0].done = True
+    assert commit_end(chain) == 40
+    assert not chain
+
+
+def test_batches_need_not_be_contiguous_in_offsets() -> None:
+    # Kafka's offsets may skip (transaction markers, compaction): fetch order is the chain.
+    chain = deque([_Batch(0, 9, True), _Batch(15, 19, True)])
+    assert commit_end(chain) == 20
 
 
 def test_the_scheme_selects_the_transport() -> None:
@@ -35,3 +50,70 @@ def test_the_scheme_selects_the_transport() -> None:
     app = faust.App("exnet-test-transport", broker=f"{SCHEME}://127.0.0.1:9092")
     assert type(app.transport) is Transport
     assert type(app.consumer).__module__ == "streams.transport"
+    assert type(app.producer).__module__ == "streams.transport"
+
+
+@dataclass
+class _Record:
+    offset: int
+
+
+class _Consumer:
+    """The transport's consumer with its seeks recorded instead of sent to Kafka."""
+
+    def __init__(self) -> None:
+        app = faust.App(f"exnet-test-{id(self)}", broker=f"{SCHEME}://127.0.0.1:9092")
+        register(TRANSPORTS)
+        consumer: Any = app.consumer
+        self.seeks: list[tuple[Any, int]] = []
+
+        async def seek(tp: Any, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+        consumer.seek = seek
+        self.consumer = consumer
+
+    def fetch(self, tp: Any, *offsets: int) -> list[int]:
+        fresh = asyncio.run(self.consumer._in_sequence(tp, [_Record(o) for o in offsets]))
+        return [record.offset for record in fresh]
+
+
+TP0 = TP("exnet.session", 0)
+
+
+def test_a_fetch_from_before_a_seek_is_not_delivered_after_it() -> None:
+    # Sought to 100; a fetch answered before the seek arrives with 150-152: delivering
+    # it would let a commit jump 100-149. It is dropped and 100 read again.
+    harness = _Consumer()
+    harness.consumer._next[TP0] = 100
+    assert harness.fetch(TP0, 150, 151, 152) == []
+    assert harness.seeks == [(TP0, 100)]
+    assert harness.fetch(TP0, 100, 101) == [100, 101]
+    assert harness.consumer._next[TP0] == 102
+
+
+def test_offsets_kafka_skips_are_delivered_once_read_again() -> None:
+    # Transaction markers or compaction: reading again from 100 gives 150 again.
+    harness = _Consumer()
+    harness.consumer._next[TP0] = 100
+    assert harness.fetch(TP0, 150, 151) == []
+    assert harness.fetch(TP0, 150, 151) == [150, 151]
+    assert harness.seeks == [(TP0, 100)]
+    assert harness.consumer._next[TP0] == 152
+
+
+def test_records_delivered_since_the_seek_are_not_delivered_twice() -> None:
+    harness = _Consumer()
+    harness.consumer._next[TP0] = 100
+    assert harness.fetch(TP0, 95, 96, 99) == []
+    assert harness.fetch(TP0, 98, 99, 100, 101) == [100, 101]
+    assert harness.seeks == []
+
+
+def test_no_partition_is_taken_out_of_the_fetch_set_under_buffer_pressure() -> None:
+    # Faust's way (out until a pressure-drop callback puts it back) can leave a
+    # partition unfetched; a full buffer blocks the fetch loop instead.
+    consumer: Any = _Consumer().consumer
+    consumer._set_active_tps({TP0})
+    consumer.on_buffer_full(TP0)
+    assert TP0 in consumer._get_active_partitions()

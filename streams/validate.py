@@ -1,0 +1,64 @@
+"""Stage 1, validate: one batch of a site topic's messages -> validated events and rejections.
+
+Pure (no I/O): the agent hands it the records Kafka gave and produces what it
+returns. Every message gets exactly one outcome (SPEC §2): a validated event
+for ``exnet.validated``, keyed and partitioned by ``event_id`` so that every
+copy of an event meets in one partition of stage 2, or its original bytes on
+``exnet.deadletter`` with the reason.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from contracts import Accepted, Origin, Validator
+from contracts.wire import Outgoing, deadletter_message, validated_message, validated_partition
+
+__all__ = ["ValidateStage", "Validated"]
+
+
+@dataclass
+class Validated:
+    """What one batch produced, and its counts for the metrics."""
+
+    outgoing: list[Outgoing] = field(default_factory=list)
+    received: int = 0
+    #: reason -> rejected messages.
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class ValidateStage:
+    """Validates batches against the contracts and the registry (one per worker)."""
+
+    validator: Validator
+    #: Physical names of the output topics.
+    validated_topic: str
+    deadletter_topic: str
+    #: Partitions of ``exnet.validated`` (every worker must agree on them).
+    validated_partitions: int
+
+    def __call__(
+        self, topic: str, partition: int, records: Sequence[Any], now: datetime
+    ) -> Validated:
+        """``records``: Kafka records (``offset``, ``timestamp`` ms, ``key``, ``value``)
+        read from ``topic``/``partition``; ``now``: processing time (aware)."""
+        result = Validated(received=len(records))
+        validate = self.validator.validate_message
+        out = result.outgoing
+        for record in records:
+            value = record.value
+            outcome = validate(value, record.key, Origin(topic, partition, record.offset), now)
+            if isinstance(outcome, Accepted):
+                key, canonical, headers = validated_message(outcome, value, record.timestamp)
+                partition_out = validated_partition(key, self.validated_partitions)
+                out.append((self.validated_topic, partition_out, key, canonical, headers))
+            else:
+                result.rejected[outcome.reason.value] += 1
+                dead = deadletter_message(outcome, value, record.key, now, record.timestamp)
+                out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers))
+        return result
