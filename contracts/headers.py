@@ -12,6 +12,7 @@ __all__ = [
     "ORIGINAL",
     "REASON",
     "REJECTED_AT",
+    "SOURCE",
     "SOURCE_OFFSET",
     "SOURCE_PARTITION",
     "SOURCE_TIMESTAMP",
@@ -33,6 +34,9 @@ REJECTED_AT: Final = "exnet-rejected-at"
 EVENT_ID: Final = "exnet-event-id"
 #: enrollment, session, assay or assessment (internal topics).
 EVENT_TYPE: Final = "exnet-type"
+#: ``<topic> <partition> <offset>`` of the site's original message, in one header
+#: (internal topic exnet.validated).
+SOURCE: Final = "exnet-source"
 #: Content digest of the validated event (internal topic exnet.validated).
 FINGERPRINT: Final = "exnet-fingerprint"
 #: The site's original bytes (internal topic exnet.validated; needed if it proves a conflict).

@@ -1,18 +1,23 @@
 """The messages the stages exchange through Kafka: builders and readers, no I/O.
 
 Every stage imports this module and none owns it (like the event contracts).
-One Kafka message per event on every topic:
+One Kafka message per event on every topic; each carries the Kafka timestamp
+of the site's original message (publish time, for the latency figures) in its
+value or headers, never as its own timestamp (an old one would expose it to
+early deletion by time-based retention):
 
-``exnet.validated`` (stage 1 -> stage 2), keyed by ``event_id`` so that every
-copy of an event meets in one partition:
+``exnet.validated`` (validate -> deduplicate), keyed by ``event_id`` and
+partitioned by :func:`validated_partition`, so that every copy of an event
+meets in one partition:
     value: the event's canonical JSON (UTC times, defaults filled in, fixed order);
-    headers: its type, content fingerprint, origin (the site's topic,
-    partition, offset, Kafka timestamp) and the site's original bytes (needed
-    if it proves a conflicting duplicate).
+    headers: its content fingerprint, its origin (``<topic> <partition> <offset>
+    <timestamp>`` of the site's message; ``None`` for no timestamp) and the site's
+    original bytes (needed if it proves a conflicting duplicate).
 
-``exnet.accepted`` (stage 2 -> sinks and aggregation), keyed by ``participant_id``
-so that all of a participant's events meet in one partition:
-    value: the canonical JSON; headers: type and origin.
+``exnet.accepted`` (deduplicate -> sinks), keyed by ``participant_id`` so that
+all of a participant's events meet in one partition:
+    value: ``{"source": [topic, partition, offset, timestamp], "event": <canonical JSON>}``.
+    No headers: the sinks read it with one JSON parse.
 
 ``exnet.deadletter``: the site's original bytes with SPEC §2's headers.
 
@@ -26,6 +31,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import orjson
 
@@ -52,8 +58,9 @@ __all__ = [
 #: Kafka headers as a list of (name, value) pairs, as clients take and give them.
 Headers = Sequence[tuple[str, bytes]]
 #: A message ready to produce: (physical topic, partition or None to let Kafka's
-#: default partitioner hash the key, key, value, headers).
-Outgoing = tuple[str, int | None, bytes | None, bytes, list[tuple[str, bytes]]]
+#: default partitioner hash the key, key, value, headers, timestamp in ms or None
+#: for now).
+Outgoing = tuple[str, int | None, bytes | None, bytes, list[tuple[str, bytes]], int | None]
 
 
 def validated_partition(event_id: bytes, partitions: int) -> int:
@@ -82,14 +89,15 @@ class Received:
 
     event_id: str
     event_type: str
-    #: The canonical JSON of the event.
-    event: bytes
+    #: The event's fields, as its canonical JSON gives them.
+    fields: dict[str, Any]
     #: The site's message it came from, and that message's Kafka timestamp (ms).
     origin: Origin
     timestamp_ms: int | None
-    #: Content digest of the canonical event (``exnet.validated`` only).
+    #: The canonical JSON, content digest and the site's original bytes
+    #: (``exnet.validated`` only).
+    canonical: bytes = b""
     fingerprint: str = ""
-    #: The site's original bytes (``exnet.validated`` only).
     original: bytes = b""
 
 
@@ -105,7 +113,7 @@ def _origin_headers(origin: Origin, timestamp_ms: int | None) -> list[tuple[str,
 
 
 def source_origin(headers: Mapping[str, bytes]) -> Origin:
-    """The site's original message that a message's origin headers name."""
+    """The site's original message that a dead-letter message's headers name."""
     return Origin(
         headers[H.SOURCE_TOPIC].decode(),
         int(headers[H.SOURCE_PARTITION]),
@@ -113,62 +121,62 @@ def source_origin(headers: Mapping[str, bytes]) -> Origin:
     )
 
 
-def _timestamp(headers: Mapping[str, bytes]) -> int | None:
-    value = headers.get(H.SOURCE_TIMESTAMP)
-    return int(value) if value else None
-
-
 def validated_message(
     accepted: Accepted, original: bytes, timestamp_ms: int | None
 ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """Stage 1 -> 2: (key, value, headers) of an event that passed validation."""
+    """Validate -> deduplicate: (key, value, headers) of an event that passed validation;
+    its partition is :func:`validated_partition` of the key."""
     origin = accepted.origin
     assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
-    canonical = accepted.canonical_json()
     headers = [
-        (H.EVENT_TYPE, accepted.event_type.encode()),
         (H.FINGERPRINT, accepted.fingerprint().encode()),
-        *_origin_headers(origin, timestamp_ms),
+        (H.SOURCE, f"{origin.topic} {origin.partition} {origin.offset} {timestamp_ms}".encode()),
         (H.ORIGINAL, original),
     ]
-    return accepted.event_id.encode(), canonical, headers
+    return accepted.event_id.encode(), accepted.canonical_json(), headers
 
 
 def read_validated(key: bytes, value: bytes, headers: Headers) -> Received:
-    """The record of :func:`validated_message` as stage 2 reads it."""
+    """The message of :func:`validated_message` as deduplicate reads it."""
     named = dict(headers)
+    topic, partition, offset, timestamp = named[H.SOURCE].decode().split(" ")
+    fields = orjson.loads(value)
     return Received(
         key.decode(),
-        named[H.EVENT_TYPE].decode(),
+        fields["schema"].partition("/")[0],
+        fields,
+        Origin(topic, int(partition), int(offset)),
+        None if timestamp == "None" else int(timestamp),
         value,
-        source_origin(named),
-        _timestamp(named),
         named[H.FINGERPRINT].decode(),
         named[H.ORIGINAL],
     )
 
 
-def accepted_message(
-    record: Received, participant_id: str
-) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    """Stage 2 -> sinks: (key, value, headers) of a deduplicated event."""
-    headers = [
-        (H.EVENT_TYPE, record.event_type.encode()),
-        (H.EVENT_ID, record.event_id.encode()),
-        *_origin_headers(record.origin, record.timestamp_ms),
-    ]
-    return participant_id.encode(), record.event, headers
+def accepted_message(record: Received) -> tuple[bytes, bytes]:
+    """Deduplicate -> sinks: (key, value) of a deduplicated event; its partition is
+    Kafka's default for the key (participant_id)."""
+    origin = record.origin
+    value = orjson.dumps(
+        {
+            "source": (origin.topic, origin.partition, origin.offset, record.timestamp_ms),
+            "event": orjson.Fragment(record.canonical),
+        }
+    )
+    return record.fields["participant_id"].encode(), value
 
 
-def read_accepted(value: bytes, headers: Headers) -> Received:
-    """The record of :func:`accepted_message` as a sink reads it."""
-    named = dict(headers)
+def read_accepted(value: bytes) -> Received:
+    """The message of :func:`accepted_message` as a sink reads it."""
+    document = orjson.loads(value)
+    fields = document["event"]
+    topic, partition, offset, timestamp_ms = document["source"]
     return Received(
-        named[H.EVENT_ID].decode(),
-        named[H.EVENT_TYPE].decode(),
-        value,
-        source_origin(named),
-        _timestamp(named),
+        fields["event_id"],
+        fields["schema"].partition("/")[0],
+        fields,
+        Origin(topic, partition, offset),
+        timestamp_ms,
     )
 
 
@@ -203,7 +211,7 @@ def conflict_message(record: Received, first: Origin, rejected_at: datetime) -> 
         "conflicting_duplicate",
     )
     rejected = Rejected(Reason.CONFLICTING_DUPLICATE, (issue,), record.origin, record.event_id)
-    participant = orjson.loads(record.event).get("participant_id", "")
+    participant = str(record.fields.get("participant_id", ""))
     return deadletter_message(
         rejected, record.original, participant.encode(), rejected_at, record.timestamp_ms
     )

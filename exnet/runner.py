@@ -310,6 +310,11 @@ def _run_streams(
         worker.execute_from_commandline()
     except SystemExit as exc:
         clean = exc.code in (0, None)
+    except (Exception, asyncio.CancelledError) as exc:
+        # mode re-raises the worker's crash reason once the loop is shut down (an
+        # agent's error, or the cancellation of another agent it took down).
+        log.debug("the stream worker crashed: %r", exc)
+        clean = False
     if failures:
         if isinstance(failures[0].cause, InvalidRatioExceeded):
             log.critical("stopped without committing the batch: %s", failures[0].cause)

@@ -57,8 +57,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # --- stream workers ----------------------------------------------------
-    stream_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2_000
-    stream_batch_seconds: Annotated[float, Field(gt=0, le=60)] = 0.2
+    #: Records a stream worker fetches at most at once (over all its partitions); each
+    #: partition's share reaches its agent as one batch.
+    stream_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     #: Stop a worker whose share of rejected messages over the last
     #: ``dlq_window`` messages exceeds this ratio (a misconfigured deployment
     #: must not pour every event into the dead-letter topic). 1.0 disables it.

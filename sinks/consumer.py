@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
@@ -184,10 +183,9 @@ class SinkConsumer:
                     record.offset,
                 )
                 continue
-            accepted = read_accepted(record.value, record.headers)
+            accepted = read_accepted(record.value)
             event_type = accepted.event_type
-            event = orjson.loads(accepted.event)
-            row = fact_row(event_type, event, accepted.origin, ingested_at)
+            row = fact_row(event_type, accepted.fields, accepted.origin, ingested_at)
             batch.add(FACT_TABLES[event_type], row, tp, record.offset)
             if accepted.timestamp_ms:
                 batch.source_ms.append(accepted.timestamp_ms)

@@ -13,9 +13,9 @@ partition batch, :mod:`streams.transport`):
    events and replays go on to ``exnet.accepted`` keyed by participant_id;
    exact duplicates are counted and dropped; conflicting ones are rejected.
 
-Offsets: an agent marks a batch done only after Kafka acknowledged everything
-it produced, table changelog records included; the transport commits only done
-batches. So a crash anywhere replays unfinished batches: at-least-once, made
+Offsets: a batch is done only once Kafka acknowledged everything it produced,
+table changelog records included (the agent goes on meanwhile); the transport
+commits only done batches. So a crash anywhere replays unfinished batches: at-least-once, made
 exact downstream by the dedup table's replay rule and idempotent writes.
 
 An exception in an agent is a bug: its crashing supervisor stops the worker,
@@ -24,6 +24,7 @@ and the failing batch, never done, is not committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -136,6 +137,23 @@ def create_app(
     )
     deduplicate = DeduplicateStage(names[Topic.ACCEPTED], names[Topic.DEADLETTER])
 
+    def settle(batch: BatchMessage, delivered: asyncio.Future[Any]) -> None:
+        """The batch is done (its offsets may be committed) once Kafka has all it produced;
+        a failed delivery stops the worker, the batch not done."""
+
+        def on_delivered(future: asyncio.Future[Any]) -> None:
+            error = future.exception() if not future.cancelled() else asyncio.CancelledError()
+            if error is None:
+                batch.done = True
+                return
+            log.critical("delivering the output of %s failed: %r", batch, error)
+            on_failure(WorkerFailed(error))
+            crashing = asyncio.ensure_future(app.crash(error))
+            _background.add(crashing)
+            crashing.add_done_callback(_background.discard)
+
+        delivered.add_done_callback(on_delivered)
+
     async def validate_agent(stream: Any) -> None:
         try:
             await _validate(stream)
@@ -163,8 +181,8 @@ def create_app(
             started = time.perf_counter()
             result = stage(batch.topic, batch.partition, batch.records, datetime.now(UTC))
             guard.observe(result.received, sum(result.rejected.values()))
-            await producer.deliver(result.outgoing)
-            await _done(stream, event)
+            settle(batch, await producer.deliver(result.outgoing))
+            await stream.ack(event)
             _count_validated(metrics, batch.topic, result, time.perf_counter() - started)
 
     async def _deduplicate(stream: Any) -> None:
@@ -175,8 +193,8 @@ def create_app(
             started = time.perf_counter()
             records = [read_validated(r.key, r.value, r.headers) for r in batch.records]
             result = deduplicate(records, seen, datetime.now(UTC))
-            await producer.deliver([*result.outgoing, *batch.changelog])
-            await _done(stream, event)
+            settle(batch, await producer.deliver([*result.outgoing, *batch.changelog]))
+            await stream.ack(event)
             _count_deduplicated(metrics, result, site_last_event, time.perf_counter() - started)
 
     # An agent that raises is a bug: crash the worker (never restart the agent
@@ -188,10 +206,8 @@ def create_app(
     return app
 
 
-async def _done(stream: Any, event: Any) -> None:
-    """The batch's output is in Kafka: its offsets may be committed."""
-    cast(BatchMessage, event.message).done = True
-    await stream.ack(event)
+#: Tasks started from callbacks, kept referenced until they finish.
+_background: set[asyncio.Future[Any]] = set()
 
 
 def _count_validated(metrics: Metrics, topic: str, result: Validated, seconds: float) -> None:

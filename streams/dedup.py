@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 
-import orjson
-
 from contracts import Origin
 from contracts.wire import Outgoing, Received, accepted_message, conflict_message
 
@@ -117,13 +115,13 @@ class DeduplicateStage:
             if decision is Decision.CONFLICT:
                 assert prior is not None  # noqa: S101  # a conflict has a prior by definition
                 dead = conflict_message(record, prior.origin, now)
-                out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers))
+                out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers, None))
                 result.conflicts += 1
                 continue
-            event = orjson.loads(record.event)
-            key_out, value, headers = accepted_message(record, event["participant_id"])
-            out.append((self.accepted_topic, None, key_out, value, headers))
+            key, value = accepted_message(record)
+            out.append((self.accepted_topic, None, key, value, [], None))
             result.accepted[record.event_type] += 1
+            event = record.fields
             site = (event["node_id"], event["site_id"])
             result.per_site[site] += 1
             occurred = datetime.fromisoformat(event["occurred_at"]).timestamp()

@@ -22,11 +22,13 @@ so this transport (selected by the broker URL scheme ``exnet-kafka://``) does:
   them where they were, past any message skipped during the rebalance).
 * **Batches out.** :meth:`Producer.deliver` hands each partition's messages to
   aiokafka as one record batch (``send`` costs tens of microseconds a
-  message) and returns once all are acknowledged.
+  message); its future completes once all are acknowledged, and only then
+  is the batch done, while the agent goes on with the next one.
 * **Table writes.** :class:`BatchTable` is a Faust table whose ``table[key] =
   value`` queues the changelog record on the current batch instead of
   Faust's per-record ``send_soon`` buffer (about 100 µs a record, and input
   stalls while it drains); the agent delivers them with the batch's outputs.
+  Its ``get`` reads the store directly.
 
 Everything else is Faust's: agents, tables and their recovery from the
 changelog, consumer groups and rebalancing, commits every
@@ -308,16 +310,19 @@ class Producer(faust_aiokafka.Producer):
         """How many partitions ``topic`` has (looked up once)."""
         return await self._partitions(topic)
 
-    async def deliver(self, messages: Iterable[Outgoing]) -> None:
-        """Send ``messages`` and return once Kafka acknowledged every one (acks=all).
+    async def deliver(self, messages: Iterable[Outgoing]) -> asyncio.Future[Any]:
+        """Hand ``messages`` to Kafka; the returned future completes once Kafka
+        acknowledged every one (acks=all), or fails with the producer's error.
 
-        Each partition's messages go as record batches, in order. A message
-        with no partition goes where Kafka's default partitioner puts its key.
-        Raises what the producer raises: the caller's batch is then not done.
+        Each partition's messages go as record batches, in order, behind those
+        handed over before. A message with no partition goes where Kafka's
+        default partitioner puts its key. Returns once the messages are queued
+        (waiting only when the producer's buffer is full), so that the caller
+        can go on while they travel.
         """
         groups: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
         for message in messages:
-            topic, partition, key, _, _ = message
+            topic, partition, key, _, _, _ = message
             if partition is None:
                 count = await self._partitions(topic)
                 partition = (murmur2(key or b"") & 0x7FFFFFFF) % count
@@ -326,18 +331,20 @@ class Producer(faust_aiokafka.Producer):
         pending: list[asyncio.Future[Any]] = []
         for (topic, partition), group in groups.items():
             batch = producer.create_batch()
-            for _, _, key, value, headers in group:
-                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            for _, _, key, value, headers, timestamp in group:
+                if batch.append(timestamp=timestamp, key=key, value=value, headers=headers) is None:
                     pending.append(await producer.send_batch(batch, topic, partition=partition))
                     batch = producer.create_batch()
-                    if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    if (
+                        batch.append(timestamp=timestamp, key=key, value=value, headers=headers)
+                        is None
+                    ):
                         raise ValueError(
                             f"a {len(value)}-byte message for {topic} exceeds the producer's "
                             "batch size"
                         )
             pending.append(await producer.send_batch(batch, topic, partition=partition))
-        if pending:
-            await asyncio.gather(*pending)
+        return asyncio.gather(*pending)
 
 
 class BatchTable(faust.Table[Any, Any]):
@@ -349,10 +356,17 @@ class BatchTable(faust.Table[Any, Any]):
     the agent's input), which the agent delivers with its outputs.
     """
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        # Straight from the store, without an exception: Faust's (and its store's)
+        # Mapping.get raise and catch a KeyError through several layers for every
+        # missing key (most keys, for dedup), which cost more than the stage itself.
+        store = self.data
+        return store[key] if key in store else default  # noqa: SIM401  # see above
+
     def on_key_set(self, key: Any, value: Any) -> None:
         batch = current_batch()
         batch.changelog.append(
-            (self.changelog_topic.get_topic_name(), batch.partition, key, value, [])
+            (self.changelog_topic.get_topic_name(), batch.partition, key, value, [], None)
         )
 
     def on_key_del(self, key: Any) -> None:

@@ -56,9 +56,9 @@ class ValidateStage:
             if isinstance(outcome, Accepted):
                 key, canonical, headers = validated_message(outcome, value, record.timestamp)
                 partition_out = validated_partition(key, self.validated_partitions)
-                out.append((self.validated_topic, partition_out, key, canonical, headers))
+                out.append((self.validated_topic, partition_out, key, canonical, headers, None))
             else:
                 result.rejected[outcome.reason.value] += 1
                 dead = deadletter_message(outcome, value, record.key, now, record.timestamp)
-                out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers))
+                out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers, None))
         return result

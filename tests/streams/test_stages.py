@@ -45,7 +45,7 @@ def test_validate_sends_valid_events_by_event_id_and_rejections_to_the_dead_lett
     stage = ValidateStage(Validator(load_registry(DEMO_REGISTRY)), "v", "dl", 6)
     result = stage("exnet.assessment", 3, [good, bad], NOW)
     assert result.received == 2 and dict(result.rejected) == {"invalid_field": 1}
-    (topic, partition, key, value, headers), dead = result.outgoing
+    (topic, partition, key, value, headers, _), dead = result.outgoing
     assert (topic, key) == ("v", b"a6e2f0c4-1111-4222-8333-444455556666")
     assert key is not None
     assert partition == validated_partition(key, 6)
@@ -62,7 +62,7 @@ def _validated(offset: int, event: dict[str, object], topic: str = "exnet.assess
     stage = ValidateStage(Validator(load_registry(DEMO_REGISTRY)), "v", "dl", 6)
     raw = orjson.dumps(event)
     result = stage(topic, 0, [_Record(offset, str(event["participant_id"]).encode(), raw)], NOW)
-    (_, _, key, value, headers) = result.outgoing[0]
+    (_, _, key, value, headers, _) = result.outgoing[0]
     assert key is not None
     return read_validated(key, value, headers)
 
