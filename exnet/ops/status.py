@@ -37,6 +37,7 @@ from contracts.errors import ExnetError
 from exnet.ops import DEFAULT_MAX_REJECT_SHARE, DEFAULT_STALE_HOURS
 from exnet.ops._sql import from_millis, query_rows, time_literal, to_int
 from exnet.settings import Settings
+from sinks.rows import FACT_TABLES, REJECTED_TABLE
 
 __all__ = [
     "BrokerState",
@@ -64,14 +65,8 @@ BROKER_TIMEOUT_S: Final = 3.0
 #: The stages of PipelineProgress, in flow order.
 STAGE_NAMES: Final = ("validate", "deduplicate", "sink")
 #: Fact tables and the rejections table, as the sink writes them.
-SINK_TABLES: Final = (
-    "enrollment_events",
-    "session_events",
-    "assay_events",
-    "assessment_events",
-    "rejected_events",
-)
-_FACT_TABLES: Final = SINK_TABLES[:4]
+_FACT_TABLES: Final = tuple(FACT_TABLES.values())
+SINK_TABLES: Final = (*_FACT_TABLES, REJECTED_TABLE)
 
 
 # --- the collected state ----------------------------------------------------

@@ -42,7 +42,7 @@ from tests.producers.helpers import PUB_PARTITIONS, pub_consume
 if TYPE_CHECKING:
     from tests.conftest import TopicFactory
 
-REPO: Final = Path(__file__).resolve().parent.parent
+REPO: Final = Path(__file__).resolve().parents[2]
 EXAMPLES: Final = REPO / "contracts" / "examples"
 #: Platform commands (with arguments) that a site's install refuses.
 PLATFORM_COMMANDS: Final = (

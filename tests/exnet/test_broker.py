@@ -26,7 +26,7 @@ from exnet.settings import Settings, load_settings
 if TYPE_CHECKING:
     from tests.conftest import TopicFactory
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXNET = Path(sys.executable).with_name("exnet")
 #: Seconds for start() on a running broker: one metadata request (~0.1 s); a
 #: JVM start takes 7 s or more.
