@@ -219,24 +219,32 @@ def test_site_install_brings_nothing_of_the_platform(site_venv: Path) -> None:
     _check_installed_in(site_venv)
 
 
+def _site_deployment(
+    kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
+) -> tuple[str, list[str], dict[str, str]]:
+    """A unique topic prefix with the four input topics, and a site's environment for it."""
+    prefix = f"t{uuid4().hex[:8]}."
+    topics = [topic_name(topic, prefix) for topic in INPUT_TOPICS]
+    for topic in topics:
+        topic_factory(topic, partitions=PUB_PARTITIONS)
+    env = _env(
+        EXNET_KAFKA_BOOTSTRAP=kafka_bootstrap,
+        EXNET_TOPIC_PREFIX=prefix,
+        EXNET_VAR_DIR=str(tmp_path / "var"),
+    )
+    return prefix, topics, env
+
+
 @pytest.mark.slow
 @pytest.mark.kafka
 def test_site_install_publishes_valid_lines_and_reports_invalid_ones(
     site_venv: Path, kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
-    prefix = f"t{uuid4().hex[:8]}."
-    topics = [topic_name(topic, prefix) for topic in INPUT_TOPICS]
-    for topic in topics:
-        topic_factory(topic, partitions=PUB_PARTITIONS)
+    prefix, topics, env = _site_deployment(kafka_bootstrap, topic_factory, tmp_path)
     valid = json.loads((EXAMPLES / "enrollment_v1/valid/completed.json").read_text())
     example = json.loads((EXAMPLES / "enrollment_v1/invalid/age_band_unknown.json").read_text())
     (events := tmp_path / "events.jsonl").write_bytes(
         _compact(valid) + b"\n" + _compact(example["payload"]) + b"\n"
-    )
-    env = _env(
-        EXNET_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        EXNET_TOPIC_PREFIX=prefix,
-        EXNET_VAR_DIR=str(tmp_path / "var"),
     )
 
     done = _run([_bin(site_venv, "exnet"), "publish", events.name], cwd=tmp_path, env=env)
@@ -262,15 +270,7 @@ def test_site_install_publishes_valid_lines_and_reports_invalid_ones(
 def test_site_install_simulates_to_kafka(
     site_venv: Path, kafka_bootstrap: str, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
-    prefix = f"t{uuid4().hex[:8]}."
-    topics = [topic_name(topic, prefix) for topic in INPUT_TOPICS]
-    for topic in topics:
-        topic_factory(topic, partitions=PUB_PARTITIONS)
-    env = _env(
-        EXNET_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        EXNET_TOPIC_PREFIX=prefix,
-        EXNET_VAR_DIR=str(tmp_path / "var"),
-    )
+    prefix, topics, env = _site_deployment(kafka_bootstrap, topic_factory, tmp_path)
 
     out = _ok(
         _run(
