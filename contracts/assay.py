@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from contracts.envelope import EventBase, OneOfPer, Rule
+from contracts.envelope import EventBase, OneOfPer, PlainZero, Rule
 from contracts.units import ANALYTE_UNITS, Analyte, Unit, to_canonical
 
 __all__ = ["AssayV1", "SpecimenType", "Timepoint"]
@@ -43,7 +43,7 @@ class AssayV1(EventBase):
     timepoint: Timepoint
     analyte: Analyte
     #: In ``unit``; finite (the model forbids infinities and NaN).
-    value: Annotated[float, Field(ge=0)]
+    value: Annotated[float, Field(ge=0), PlainZero]
     unit: Unit
     lab_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{2,32}$")]
     #: The lab's batch label; bounded so that no long free text rides along.

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     GetCoreSchemaHandler,
@@ -32,6 +33,7 @@ __all__ = [
     "EventBase",
     "EventId",
     "NullUnless",
+    "PlainZero",
     "OneOfPer",
     "RequiredWhen",
     "Rule",
@@ -43,6 +45,15 @@ __all__ = [
 ]
 
 NODE_ID_PATTERN: Final = r"^[A-Z][A-Z0-9]{1,15}$"
+
+
+def _plain_zero(value: float) -> float:
+    return value + 0.0  # -0.0 + 0.0 is 0.0; every other number is unchanged
+
+
+#: For a number field that may be zero: ``-0`` and ``0`` are one number (SPEC §2: the
+#: spelling of a number does not matter), stored, and fingerprinted, as ``0``.
+PlainZero: Final = AfterValidator(_plain_zero)
 SITE_ID_PATTERN: Final = r"^[A-Z][A-Z0-9]{1,15}-[A-Z0-9]{1,15}$"
 PARTICIPANT_ID_PATTERN: Final = r"^P-[0-9a-f]{10,64}$"
 #: A UUID in its standard 8-4-4-4-12 hex form, either case (stored lower-case).

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field
 
-from contracts.envelope import EventBase, RequiredWhen, Rule
+from contracts.envelope import EventBase, PlainZero, RequiredWhen, Rule
 
 __all__ = ["AdverseEvent", "SessionModality", "SessionStatus", "SessionV1"]
 
@@ -50,7 +50,7 @@ class SessionV1(EventBase):
     modality: SessionModality
     supervised: bool
     #: Minutes; required when attended.
-    duration_min: Annotated[float, Field(ge=0, le=300)] | None = None
+    duration_min: Annotated[float, Field(ge=0, le=300), PlainZero] | None = None
     #: Mean heart rate, % of age-predicted maximum.
     mean_hr_pct_max: Annotated[float, Field(ge=30, le=100)] | None = None
     #: Borg rating of perceived exertion.

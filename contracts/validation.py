@@ -467,6 +467,7 @@ def _rejection(
 def _readable_event_id(document: dict[str, Any]) -> str | None:
     """The message's event_id when it is a well-formed UUID (lower-cased, as stored)."""
     candidate = document.get("event_id")
-    if isinstance(candidate, str) and _EVENT_ID.match(candidate):
+    # fullmatch: Python's `$` also matches before a final newline.
+    if isinstance(candidate, str) and _EVENT_ID.fullmatch(candidate):
         return candidate.lower()
     return None

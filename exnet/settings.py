@@ -73,14 +73,14 @@ class Settings(BaseSettings):
     @field_validator("topic_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if not _TOPIC_PREFIX.match(value):
+        if not _TOPIC_PREFIX.fullmatch(value):  # `$` alone would take a final newline
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
         return value
 
     @field_validator("clickhouse_database", "consumer_group")
     @classmethod
     def _check_identifier(cls, value: str) -> str:
-        if not _IDENTIFIER.match(value):
+        if not _IDENTIFIER.fullmatch(value):  # `$` alone would take a final newline
             raise ValueError("must be a plain identifier (letters, digits, '_')")
         return value
 
