@@ -59,7 +59,8 @@ PRODUCER_BATCH_BYTES = 1024 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_S = 1.0
-#: Batches Faust may buffer per partition: each is already up to a fetch's worth.
+#: Batches a stream may hold in its buffer (all its partitions together): each is a
+#: partition's share of a fetch already, and a full buffer holds the fetch loop back.
 BATCHES_BUFFERED = 4
 
 

@@ -11,15 +11,17 @@ so this transport (selected by the broker URL scheme ``exnet-kafka://``) does:
   fetched for it. Faust's per-message machinery then runs once per batch.
   Changelog topics (table recovery) still go record by record.
 * **Offsets.** A partition's batches form a chain in fetch order, restarted at
-  every seek (rebalance). An agent marks a batch *done* once Kafka has
-  acknowledged everything the batch produced, its table writes included
-  (:meth:`Producer.deliver`); the consumer commits the end of the longest done
-  prefix of each chain, never past a batch that is not done. Faust also
-  acknowledges batches it skips during a rebalance; those are not done, so
-  their offsets are not committed, and the seek that follows every
-  rebalance reads them again. Partitions with no committed offset are sought
-  to their beginning at every seek (aiokafka's ``seek_to_committed`` leaves
-  them where they were, past any message skipped during the rebalance).
+  every seek (rebalance). A batch is *done* once Kafka has acknowledged
+  everything it produced, its table writes included (:meth:`Producer.deliver`);
+  the consumer commits the end of the longest done prefix of each chain,
+  never past a batch that is not done. A fetch answered before a seek is not
+  delivered after it (:meth:`Consumer._in_sequence`), and a batch Faust drops
+  on the way (it relies on a rebalance's seek to read such messages again)
+  is read again when no seek follows (:meth:`Consumer._read_lost_again`).
+  Partitions with no committed offset are sought to their beginning at every
+  seek (aiokafka's ``seek_to_committed`` leaves them where they were, past
+  any message skipped during the rebalance). docs/architecture.md gives each
+  piece's reason.
 * **Batches out.** :meth:`Producer.deliver` hands each partition's messages to
   aiokafka as one record batch (``send`` costs tens of microseconds a
   message); its future completes once all are acknowledged, and only then
