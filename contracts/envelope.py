@@ -60,7 +60,8 @@ PARTICIPANT_ID_PATTERN: Final = r"^P-[0-9a-f]{10,64}$"
 EVENT_ID_PATTERN: Final = (
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
-#: ISO-8601 date and time with a UTC offset, ``Z`` or ``+hh:mm``/``-hh:mm`` (SPEC §1).
+#: ISO-8601 date and time with a UTC offset, ``Z`` or ``+hh:mm``/``-hh:mm`` between
+#: ``-12:00`` and ``+14:00``, the offsets in use on Earth (SPEC §1).
 #: Seconds and their fraction are optional, a space may stand for ``T`` (as RFC 3339
 #: allows). Naive times, bare dates, other offset forms and Unix timestamps are not
 #: accepted. Years run 1000..9998, so that every such time has a UTC equivalent
@@ -68,7 +69,7 @@ EVENT_ID_PATTERN: Final = (
 OCCURRED_AT_PATTERN: Final = (
     r"^(?:[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}"
     r"[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
-    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
+    r"(?:Z|\+(?:0[0-9]|1[0-3]):[0-5][0-9]|\+14:00|-(?:0[0-9]|1[01]):[0-5][0-9]|-12:00)$"
 )
 #: The error type of an ``occurred_at`` that is not in that form.
 OCCURRED_AT_ERROR: Final = "datetime_utc_offset"
@@ -106,8 +107,8 @@ class _UtcTimestampSchema:
                     OCCURRED_AT_ERROR,
                     custom_error_message=(
                         "must be an ISO-8601 date and time with a UTC offset "
-                        "('Z' or '+hh:mm'), e.g. '2025-06-01T09:30:00+02:00'; "
-                        "naive times are invalid"
+                        "('Z' or '+hh:mm', from -12:00 to +14:00), e.g. "
+                        "'2025-06-01T09:30:00+02:00'; naive times are invalid"
                     ),
                 ),
                 core_schema.custom_error_schema(

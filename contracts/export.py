@@ -48,7 +48,8 @@ def event_json_schema(model: type[EventBase]) -> dict[str, Any]:
         "$comment": (
             f"Generated from contracts.{model.__name__} by `exnet contracts export`; "
             "do not edit. The message key is the event's participant_id; node_id and "
-            "site_id must be registered; occurred_at may lie at most 5 minutes ahead."
+            "site_id must be registered; occurred_at may lie at most 5 minutes ahead and "
+            "not before the registry's earliest_date (default 2000-01-01)."
         ),
         **schema,
         "title": model.SCHEMA,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated
+from typing import Annotated, Final
 
 import yaml
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
@@ -14,8 +15,17 @@ from pydantic_core import PydanticCustomError
 from contracts.envelope import NodeId, SiteId
 from contracts.errors import ConfigError
 
-__all__ = ["DEMO_REGISTRY", "NetworkRegistry", "Node", "Site", "load_registry"]
+__all__ = [
+    "DEFAULT_EARLIEST_DATE",
+    "DEMO_REGISTRY",
+    "NetworkRegistry",
+    "Node",
+    "Site",
+    "load_registry",
+]
 
+#: The day before which no event can have happened, unless the registry says (SPEC §1, §3).
+DEFAULT_EARLIEST_DATE: Final = date(2000, 1, 1)
 #: The demo network registry shipped with exnet (SPEC §3).
 DEMO_REGISTRY = Path(__file__).parent / "demo_registry.yaml"
 
@@ -40,6 +50,8 @@ class Node(BaseModel):
 class _RegistryFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    #: No event of this network happened before this day (UTC; SPEC §3).
+    earliest_date: date = DEFAULT_EARLIEST_DATE
     nodes: tuple[Node, ...]
 
     @model_validator(mode="after")
@@ -64,10 +76,13 @@ class _RegistryFile(BaseModel):
 class NetworkRegistry:
     """Registered nodes and sites, with constant-time look-ups. Immutable."""
 
-    __slots__ = ("_node_ids", "_node_of_site", "nodes")
+    __slots__ = ("_node_ids", "_node_of_site", "earliest_date", "nodes")
 
-    def __init__(self, nodes: tuple[Node, ...]) -> None:
+    def __init__(
+        self, nodes: tuple[Node, ...], earliest_date: date = DEFAULT_EARLIEST_DATE
+    ) -> None:
         self.nodes = nodes
+        self.earliest_date = earliest_date
         self._node_ids = frozenset(node.id for node in nodes)
         self._node_of_site = {site.id: node.id for node in nodes for site in node.sites}
 
@@ -117,4 +132,4 @@ def load_registry(path: Path) -> NetworkRegistry:
             for err in exc.errors()
         )
         raise ConfigError(f"the network registry {path} is invalid: {problems}") from None
-    return NetworkRegistry(parsed.nodes)
+    return NetworkRegistry(parsed.nodes, parsed.earliest_date)

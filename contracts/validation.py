@@ -32,7 +32,7 @@ from contracts.assessment import AssessmentV1
 from contracts.enrollment import EnrollmentV1
 from contracts.envelope import CROSS_FIELD_ERROR, EVENT_ID_PATTERN, EventBase
 from contracts.reasons import Reason
-from contracts.registry import NetworkRegistry
+from contracts.registry import DEFAULT_EARLIEST_DATE, NetworkRegistry
 from contracts.session import SessionV1
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
 
@@ -231,6 +231,9 @@ class Validator:
         self._registry = registry
         self._node_of_site = dict(registry.node_of_site) if registry is not None else None
         self._clock = clock
+        earliest = registry.earliest_date if registry is not None else DEFAULT_EARLIEST_DATE
+        #: No event happened before this instant (the registry's earliest_date, UTC).
+        self._earliest = datetime(earliest.year, earliest.month, earliest.day, tzinfo=UTC)
         self._contracts: dict[str, _TopicContract] = {
             topic_name(topic, topic_prefix): _TopicContract(topic, EVENT_MODELS[topic])
             for topic in INPUT_TOPICS
@@ -313,7 +316,7 @@ class Validator:
         try:
             event = contract.parse(value)
         except ValidationError as exc:
-            return _rejection(exc, contract, value, origin)
+            return _rejection(exc, contract, value, origin, self._earliest)
         return self._after_fields(contract, event, key, origin, limit, check_key)
 
     def _after_fields(
@@ -327,6 +330,9 @@ class Validator:
     ) -> Outcome:
         """The checks after the fields': key, site, time (SPEC §2's order)."""
         fields = event.__dict__
+        if fields["occurred_at"] < self._earliest:
+            issue = _before_earliest(fields["occurred_at"], self._earliest)
+            return Rejected(Reason.INVALID_FIELD, (issue,), origin, event.event_id)
         if check_key and key != fields["participant_id"].encode():
             return _key_mismatch(event, key, origin)
         node_of_site = self._node_of_site
@@ -416,8 +422,35 @@ def _path(loc: Sequence[int | str]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _before_earliest(occurred_at: datetime, earliest: datetime) -> FieldIssue:
+    return FieldIssue(
+        "occurred_at",
+        f"{occurred_at.isoformat()} is before {earliest.date().isoformat()}, the earliest "
+        "date of this network's events (a typo in the year?)",
+        "before_earliest_date",
+    )
+
+
+def _too_early(document: dict[str, Any], earliest: datetime) -> FieldIssue | None:
+    """The issue of a readable ``occurred_at`` before ``earliest``, when other fields failed."""
+    text = document.get("occurred_at")
+    if not isinstance(text, str):
+        return None
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if instant.tzinfo is None or instant >= earliest:
+        return None
+    return _before_earliest(instant.astimezone(UTC), earliest)
+
+
 def _rejection(
-    exc: ValidationError, contract: _TopicContract, value: bytes, origin: Origin | None
+    exc: ValidationError,
+    contract: _TopicContract,
+    value: bytes,
+    origin: Origin | None,
+    earliest: datetime,
 ) -> Rejected:
     """Name the first failing check of SPEC §2 from the parser's errors."""
     errors = exc.errors(include_url=False, include_input=False)
@@ -455,6 +488,8 @@ def _rejection(
             issues.append(FieldIssue(_path(loc), err["msg"], err["type"]))
             if loc:
                 failing.add(str(loc[0]))
+    if "occurred_at" not in failing and (too_early := _too_early(document, earliest)):
+        issues.append(too_early)
     if not rules_ran and not failing & model.RULE_FIELDS:
         # The model stops before its cross-field rules when a field fails; run
         # them here over the readable fields so that the detail names every path.

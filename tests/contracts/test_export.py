@@ -50,6 +50,9 @@ NOT_EXPRESSIBLE = {
     "assay_v1/invalid/value_infinite.json",
     # February 30 fits the pattern; "format" is an annotation unless a checker is enabled.
     "session_v1/invalid/occurred_at_february_30.json",
+    # The earliest date is the registry's (SPEC §3), listed beside the schemas.
+    "session_v1/invalid/occurred_at_year_1025.json",
+    "session_v1/invalid/occurred_at_before_earliest_date.json",
 }
 
 

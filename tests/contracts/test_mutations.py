@@ -180,9 +180,10 @@ _OTHER_ISO: Final = re.compile(
     r"\d{4}-?\d{2}-?\d{2}[Tt ]\d{2}:?\d{2}(?::?\d{2}(?:[.,]\d+)?)?(?:Z|z|[+-]\d{2}:\d{2})",
     re.ASCII,
 )
-#: Offsets and instants the SPEC's newer rules bound (-12:00..+14:00, from 2000-01-01).
+#: The offsets SPEC §1 allows (-12:00..+14:00), and the demo registry's earliest date
+#: (the default, 2000-01-01, UTC): no event happened before it.
 _OFFSETS: Final = (timedelta(hours=-12), timedelta(hours=14))
-_EARLIEST: Final = datetime(2000, 1, 2, tzinfo=UTC)  # a day's margin for local dates
+_EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def occurred_at(value: Any) -> tuple[Verdict, datetime | None]:
@@ -204,7 +205,9 @@ def occurred_at(value: Any) -> tuple[Verdict, datetime | None]:
         instant = local.astimezone(UTC)
     except OverflowError:  # no UTC equivalent
         return UNSURE, None
-    if not _OFFSETS[0] <= offset <= _OFFSETS[1] or instant < _EARLIEST or local.year > 9998:
+    if not _OFFSETS[0] <= offset <= _OFFSETS[1] or instant < _EARLIEST:
+        return False, None
+    if local.year > 9998:
         return UNSURE, instant
     return True, instant
 
@@ -523,11 +526,9 @@ def check_sound(outcome: Outcome, origin: Origin, key: bytes | None) -> None:
     assert isinstance(outcome, Accepted), f"neither accepted nor rejected: {outcome!r}"
     assert outcome.origin is origin
     assert outcome.topic is TOPIC_OF[origin.topic]
-    if outcome.event.occurred_at < _EARLIEST:
-        # 1000-01-01T00:30+01:00 is accepted, but its canonical 0999-12-31T23:30:00Z is
-        # not (years 1000..9998 only). The SPEC's earliest_date rule (2000-01-01), newer
-        # than this validator, rejects both; until then such times do not round-trip.
-        return
+    # (Every accepted time is from the earliest date on, so its canonical form, in UTC,
+    # is a valid time too.)
+    assert outcome.event.occurred_at >= _EARLIEST, outcome
     canonical = outcome.canonical_json()
     again = VALIDATOR.validate_message(canonical, key, origin, NOW)
     assert isinstance(again, Accepted), (canonical, again)
@@ -815,8 +816,10 @@ def test_field_mutations_meet_the_spec(topic: Topic) -> None:
         for value in field_mutations(topic, base, rng):
             check(topic, value, key_of(value, base), tally)
             count += 1
-    # Both sides of the rules are hit, and the oracle speaks for nearly all of them.
-    assert tally.outcomes["accepted"] > 300, tally
+    # Both sides of the rules are hit (each topic's mutations are accepted some 250 to
+    # 400 times; SPEC §1's time bounds reject a few that were once accepted), and the
+    # oracle speaks for nearly all of them.
+    assert tally.outcomes["accepted"] > 250, tally
     assert tally.outcomes["invalid_field"] > 2_000, tally
     assert tally.unsure < count // 5, (count, tally)
 

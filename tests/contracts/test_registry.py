@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
-from contracts import NetworkRegistry, load_registry
+from contracts import Accepted, NetworkRegistry, Origin, Rejected, Validator, load_registry
 from contracts.errors import ConfigError, UserError
 from contracts.registry import DEMO_REGISTRY
 
@@ -153,3 +155,55 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_config_error_is_a_user_error() -> None:
     assert issubclass(ConfigError, UserError)  # the CLI prints it without a traceback
+
+
+_ONE_SITE = """\
+nodes:
+  - id: N01
+    name: Example Academic Medical Center
+    sites:
+      - {id: N01-S01, name: Downtown Clinic}
+"""
+
+
+def _session(occurred_at: str, **changes: object) -> bytes:
+    return orjson.dumps(
+        {
+            "schema": "session/1",
+            "event_id": "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f",
+            "occurred_at": occurred_at,
+            "node_id": "N01",
+            "site_id": "N01-S01",
+            "participant_id": "P-0123456789",
+            "session_number": 1,
+            "status": "missed",
+            "modality": "aerobic",
+            "supervised": True,
+            **changes,
+        }
+    )
+
+
+def test_the_earliest_date_defaults_to_2000_and_a_registry_may_set_it(tmp_path: Path) -> None:
+    assert load_registry(_write(tmp_path, _ONE_SITE)).earliest_date == date(2000, 1, 1)
+    later = load_registry(_write(tmp_path, "earliest_date: 2024-06-01\n" + _ONE_SITE))
+    assert later.earliest_date == date(2024, 6, 1)
+    validator = Validator(later, clock=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    origin = Origin("exnet.session", 0, 0)
+    key = b"P-0123456789"
+    assert isinstance(
+        validator.validate_message(_session("2024-06-01T00:00:00Z"), key, origin), Accepted
+    )
+    early = validator.validate_message(_session("2024-05-31T23:59:59Z"), key, origin)
+    assert isinstance(early, Rejected) and early.reason.value == "invalid_field"
+    assert [issue.path for issue in early.issues] == ["occurred_at"]
+    assert "before 2024-06-01" in early.issues[0].message
+    # With another field failing too, the detail still names every failing path.
+    both = validator.validate_message(_session("2024-05-31T08:00:00Z", rpe=99), key, origin)
+    assert isinstance(both, Rejected) and both.reason.value == "invalid_field"
+    assert sorted(issue.path for issue in both.issues) == ["occurred_at", "rpe"]
+
+
+def test_an_earliest_date_that_is_no_date_is_a_clear_error(tmp_path: Path) -> None:
+    message = _error(tmp_path, "earliest_date: soon\n" + _ONE_SITE)
+    assert "earliest_date" in message
