@@ -47,7 +47,8 @@ class AssayV1(EventBase):
     unit: Unit
     lab_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{2,32}$")]
     #: The lab's batch label; bounded so that no long free text rides along.
-    batch_id: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    #: A lab's batch label, never free text (SPEC §1).
+    batch_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")] | None = None
     below_lloq: bool = False
 
     @classmethod

@@ -40,9 +40,31 @@ def schema_file_name(model: type[EventBase]) -> str:
     return f"{event_type}_v{major}.schema.json"
 
 
+def _anchored_at_the_end(node: Any) -> Any:
+    """``node`` with every ``pattern`` that ends in ``$`` also refusing a final newline.
+
+    ``$`` means the end of the value to ECMA-262 (JSON Schema's regular
+    expressions, ajv) and to the platform, but Python's ``re`` (the
+    ``jsonschema`` package) also lets it match before a final newline;
+    ``(?!\n)`` makes both read the pattern as the platform does.
+    """
+    if isinstance(node, dict):
+        return {
+            key: (
+                value + "(?!\\n)"
+                if key == "pattern" and isinstance(value, str) and value.endswith("$")
+                else _anchored_at_the_end(value)
+            )
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_anchored_at_the_end(item) for item in node]
+    return node
+
+
 def event_json_schema(model: type[EventBase]) -> dict[str, Any]:
     """The JSON Schema of one event version, as sites validate their messages with it."""
-    schema = model.model_json_schema(by_alias=True, mode="validation")
+    schema = _anchored_at_the_end(model.model_json_schema(by_alias=True, mode="validation"))
     return {
         "$schema": JSON_SCHEMA_DIALECT,
         "$comment": (
