@@ -12,6 +12,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
     StringConstraints,
@@ -34,6 +35,7 @@ __all__ = [
     "EventId",
     "NullUnless",
     "PlainZero",
+    "SPECIAL_UUIDS",
     "OneOfPer",
     "RequiredWhen",
     "Rule",
@@ -79,8 +81,36 @@ OCCURRED_AT_INVALID: Final = "datetime_invalid"
 NodeId = Annotated[str, StringConstraints(pattern=NODE_ID_PATTERN)]
 SiteId = Annotated[str, StringConstraints(pattern=SITE_ID_PATTERN)]
 ParticipantId = Annotated[str, StringConstraints(pattern=PARTICIPANT_ID_PATTERN)]
+#: The nil and the max UUID (RFC 9562): what a failed generator writes, never an identity.
+SPECIAL_UUIDS: Final = frozenset(
+    {"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
+)
+
+
+def _not_special(value: str) -> str:
+    if value in SPECIAL_UUIDS:
+        raise PydanticCustomError(
+            "special_uuid",
+            "{value} is the nil or the max UUID, which a failed generator writes: "
+            "give the event a UUID of its own",
+            {"value": value},
+        )
+    return value
+
+
 #: Lower-cased before the pattern runs, so ``ABC...`` and ``abc...`` are one identity.
-EventId = Annotated[str, StringConstraints(to_lower=True, pattern=EVENT_ID_PATTERN)]
+EventId = Annotated[
+    str,
+    StringConstraints(to_lower=True, pattern=EVENT_ID_PATTERN),
+    AfterValidator(_not_special),
+    Field(
+        json_schema_extra={
+            "not": {
+                "pattern": "^(0{8}-0{4}-0{4}-0{4}-0{12}|[fF]{8}-[fF]{4}-[fF]{4}-[fF]{4}-[fF]{12})$"
+            }
+        }
+    ),
+]
 
 
 class _UtcTimestampSchema:

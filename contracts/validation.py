@@ -30,7 +30,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from contracts.assay import AssayV1
 from contracts.assessment import AssessmentV1
 from contracts.enrollment import EnrollmentV1
-from contracts.envelope import CROSS_FIELD_ERROR, EVENT_ID_PATTERN, EventBase
+from contracts.envelope import CROSS_FIELD_ERROR, EVENT_ID_PATTERN, SPECIAL_UUIDS, EventBase
 from contracts.reasons import Reason
 from contracts.registry import DEFAULT_EARLIEST_DATE, NetworkRegistry
 from contracts.session import SessionV1
@@ -504,5 +504,6 @@ def _readable_event_id(document: dict[str, Any]) -> str | None:
     candidate = document.get("event_id")
     # fullmatch: Python's `$` also matches before a final newline.
     if isinstance(candidate, str) and _EVENT_ID.fullmatch(candidate):
-        return candidate.lower()
+        lowered = candidate.lower()
+        return None if lowered in SPECIAL_UUIDS else lowered
     return None
