@@ -490,13 +490,33 @@ def _rejection(
                 failing.add(str(loc[0]))
     if "occurred_at" not in failing and (too_early := _too_early(document, earliest)):
         issues.append(too_early)
-    if not rules_ran and not failing & model.RULE_FIELDS:
-        # The model stops before its cross-field rules when a field fails; run
-        # them here over the readable fields so that the detail names every path.
-        issues.extend(
-            FieldIssue(path, msg, CROSS_FIELD_ERROR) for path, msg in model.rule_problems(document)
-        )
+    if not rules_ran:
+        issues.extend(_rules_beside(model, document, failing))
     return Rejected(Reason.INVALID_FIELD, tuple(issues), origin, event_id)
+
+
+def _rules_beside(
+    model: type[EventBase], document: dict[str, Any], failing: set[str]
+) -> list[FieldIssue]:
+    """The cross-field rules broken by the fields that did not fail themselves.
+
+    The model stops before its rules when a field fails, so they run here over
+    the valid fields alone (a failed field counts as absent), so that the
+    detail names every failing path: a ``reason`` given while ``screened`` is
+    named beside an unknown ``modality``. A rule whose deciding field failed
+    or is missing (``status``, ``analyte``, ``unit``) cannot be judged and says
+    nothing; a field already named is not named twice.
+    """
+    readable = {name: value for name, value in document.items() if name not in failing}
+    try:
+        problems = model.rule_problems(readable)
+    except KeyError:  # a field a rule depends on failed or is missing
+        return []
+    return [
+        FieldIssue(path, message, CROSS_FIELD_ERROR)
+        for path, message in problems
+        if path not in failing
+    ]
 
 
 def _readable_event_id(document: dict[str, Any]) -> str | None:
