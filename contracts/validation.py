@@ -17,6 +17,7 @@ failing field.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -276,7 +277,7 @@ class Validator:
         if isinstance(document, FieldIssue):
             return Rejected(Reason.MALFORMED_JSON, (document,), None)
         if not isinstance(document, dict):
-            return Rejected(Reason.MALFORMED_JSON, (_NOT_AN_OBJECT,), None)
+            return Rejected(Reason.MALFORMED_JSON, (_not_an_object(document),), None)
         schema = document.get("schema")
         known = SCHEMAS.get(schema) if isinstance(schema, str) else None
         if known is None:
@@ -317,6 +318,13 @@ class Validator:
             event = contract.parse(value)
         except ValidationError as exc:
             return _rejection(exc, contract, value, origin, self._earliest)
+        # pydantic keeps the last of repeated member names. An accepted event's values
+        # hold no quotes (patterns and enums), so each member name is one `"...":`
+        # in the text: more of them than fields set means a name came twice.
+        if len(_MEMBER.findall(value)) != len(event.__pydantic_fields_set__):
+            repeated = _repeated_name(value)
+            if repeated is not None:
+                return Rejected(Reason.MALFORMED_JSON, (repeated,), origin, event.event_id)
         return self._after_fields(contract, event, key, origin, limit, check_key)
 
     def _after_fields(
@@ -352,7 +360,14 @@ class Validator:
 
 # --- rejections: off the hot path ----------------------------------------------------
 
-_NOT_AN_OBJECT: Final = FieldIssue("", "not a JSON object", "not_an_object")
+
+def _not_an_object(document: Any) -> FieldIssue:
+    kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(document), "number"
+    )
+    return FieldIssue(
+        "", f"a JSON {kind}, not an object: one event is one JSON object", "not_an_object"
+    )
 
 
 def _unknown_topic(origin: Origin) -> Rejected:
@@ -389,8 +404,22 @@ def _future(event: EventBase, limit: datetime, origin: Origin | None) -> Rejecte
     return Rejected(Reason.FUTURE_TIMESTAMP, (issue,), origin, event.event_id)
 
 
-def _not_json(why: str) -> FieldIssue:
-    return FieldIssue("", f"not UTF-8 JSON: {why}", "json_invalid")
+def _not_json(why: str, kind: str = "json_invalid") -> FieldIssue:
+    return FieldIssue("", why, kind)
+
+
+#: What a message may not start with (RFC 7493 2.1, I-JSON: no byte-order mark).
+_BOM: Final = b"\xef\xbb\xbf"
+#: Arrays and objects within one another that pydantic-core reads (it refuses deeper).
+_NESTING_LIMIT: Final = 200
+_TOO_DEEP: Final = FieldIssue(
+    "",
+    f"nested too deeply to be an event (over {_NESTING_LIMIT} arrays or objects within "
+    "one another)",
+    "too_deep",
+)
+#: A member name in a JSON text: a string followed by a colon.
+_MEMBER: Final = re.compile(rb'"[ \t\r\n]*:')
 
 
 def _strict_json(value: bytes) -> Any:
@@ -406,16 +435,97 @@ def _strict_json(value: bytes) -> Any:
         try:
             pydantic_core.from_json(value, allow_inf_nan=True, cache_strings=False)
         except ValueError:
-            return _not_json(str(exc))
-        return _not_json(f"NaN and Infinity are not JSON numbers ({exc})")
+            return _not_json(f"not JSON: {exc}")
+        return _not_json(f"NaN and Infinity are not JSON numbers ({exc})", "not_a_number")
 
 
 def _document(value: bytes) -> Any:
-    """:func:`_strict_json`, by orjson when it can (several times faster; same result)."""
+    """The message's JSON document, or the :class:`FieldIssue` that says why it is not
+    I-JSON (RFC 7493): a byte-order mark, bytes that are not UTF-8, a lone surrogate,
+    data after the document, NaN or Infinity, or any other break of JSON's grammar.
+    (A repeated member name: :func:`_repeated_name`.)"""
+    if value.startswith(_BOM):
+        return _not_json(
+            "starts with a byte-order mark (U+FEFF), which I-JSON forbids: "
+            "save the file as UTF-8 without BOM",
+            "byte_order_mark",
+        )
     try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return _strict_json(value)  # NaN, Infinity, or numbers beyond a double (1e400)
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    else:
+        # pydantic-core (the stream's reader) stops at a nesting depth orjson allows;
+        # only a text with that many brackets can reach it.
+        if value.count(b"[") + value.count(b"{") > _NESTING_LIMIT:
+            try:
+                pydantic_core.from_json(value)
+            except ValueError as exc:
+                if "recursion" in str(exc):
+                    return _TOO_DEEP
+        return document
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _not_json(
+            f"not UTF-8: byte {exc.start} ({value[exc.start]:#04x}) starts no UTF-8 character",
+            "not_utf8",
+        )
+    if "surrogate" in error.msg:
+        return _not_json(
+            f"a string holds a lone surrogate (line {error.lineno} column {error.colno}), "
+            "which I-JSON forbids",
+            "lone_surrogate",
+        )
+    if "after document" in error.msg:
+        return _not_json(
+            f"data after the JSON document (line {error.lineno} column {error.colno}): "
+            "one JSON object per message",
+            "trailing_data",
+        )
+    return _strict_json(value)  # NaN, Infinity, numbers beyond a double (1e400), grammar
+
+
+class _RepeatedName(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _RepeatedName(name)
+            seen.add(name)
+    return document
+
+
+def _repeated_name(value: bytes) -> FieldIssue | None:
+    """The issue of a member name that appears twice in one object, if one does.
+
+    Parsers disagree on which copy wins (pydantic and orjson keep the last), so
+    I-JSON (RFC 7493 2.3) forbids it; the detail names the member.
+    """
+    try:
+        json.loads(value, object_pairs_hook=_unique_members)
+    except _RepeatedName as exc:
+        return _not_json(
+            f"the member name {exc.name!r} appears more than once in one object; I-JSON "
+            "forbids it, as readers disagree on which value counts",
+            "repeated_name",
+        )
+    except ValueError:  # not JSON: the other checks say why
+        return None
+    return None
+
+
+def _too_deep(errors: list[Any]) -> FieldIssue | None:
+    for err in errors:
+        if err["type"] == "json_invalid":
+            return _TOO_DEEP if "recursion" in err["msg"] else _not_json(f"not JSON: {err['msg']}")
+    return None
 
 
 def _path(loc: Sequence[int | str]) -> str:
@@ -454,14 +564,14 @@ def _rejection(
 ) -> Rejected:
     """Name the first failing check of SPEC §2 from the parser's errors."""
     errors = exc.errors(include_url=False, include_input=False)
-    for err in errors:
-        if err["type"] == "json_invalid":
-            return Rejected(Reason.MALFORMED_JSON, (_not_json(err["msg"]),), origin)
     document = _document(value)
+    if not isinstance(document, FieldIssue):
+        unreadable = _repeated_name(value) or _too_deep(errors)
+        document = unreadable if unreadable is not None else document
     if isinstance(document, FieldIssue):
         return Rejected(Reason.MALFORMED_JSON, (document,), origin)
     if not isinstance(document, dict):
-        return Rejected(Reason.MALFORMED_JSON, (_NOT_AN_OBJECT,), origin)
+        return Rejected(Reason.MALFORMED_JSON, (_not_an_object(document),), origin)
 
     event_id = _readable_event_id(document)
     schema = document.get("schema")

@@ -710,34 +710,87 @@ def test_64_kib_is_the_largest_message() -> None:
 
 
 @pytest.mark.parametrize(
-    "value",
+    ("value", "kind", "says"),
     [
-        b"",
-        b" ",
-        b"{",
-        b'{"schema": "session/1",}',
-        b"{'schema': 'session/1'}",
-        b'{"schema": "session/1"} {}',
-        b"\xef\xbb\xbf" + orjson.dumps(BASE[S]),  # a byte-order mark
-        orjson.dumps(BASE[S]).replace(b"combined", b"comb\xffned"),  # not UTF-8
-        orjson.dumps(BASE[S]).replace(b"combined", b"comb\\ud800ned"),  # a lone surrogate
-        orjson.dumps(BASE[S]).replace(b'"rpe":13', b'"rpe":013'),
-        orjson.dumps(BASE[S]).replace(b'"rpe":13', b'"rpe":NaN'),
-        "\u00e9".encode("latin-1"),  # a lone Latin-1 byte
+        (b"", "json_invalid", "not JSON: "),
+        (b" ", "json_invalid", "not JSON: "),
+        (b"{", "json_invalid", "not JSON: "),
+        (b'{"schema": "session/1",}', "json_invalid", "not JSON: "),
+        (b"{'schema': 'session/1'}", "json_invalid", "not JSON: "),
+        (b'{"schema": "session/1"} {}', "trailing_data", "data after the JSON document"),
+        (
+            b"\xef\xbb\xbf" + orjson.dumps(BASE[S]),
+            "byte_order_mark",
+            "starts with a byte-order mark",
+        ),
+        (
+            orjson.dumps(BASE[S]).replace(b"combined", b"comb\xffned"),
+            "not_utf8",
+            "not UTF-8: byte ",
+        ),
+        (
+            orjson.dumps(BASE[S]).replace(b"combined", b"comb\\ud800ned"),
+            "lone_surrogate",
+            "a string holds a lone surrogate",
+        ),
+        (orjson.dumps(BASE[S]).replace(b'"rpe":13', b'"rpe":013'), "json_invalid", "not JSON: "),
+        (
+            orjson.dumps(BASE[S]).replace(b'"rpe":13', b'"rpe":NaN'),
+            "not_a_number",
+            "NaN and Infinity are not JSON numbers",
+        ),
+        ("\u00e9".encode("latin-1"), "not_utf8", "not UTF-8: byte 0 (0xe9)"),
+        (b"[" * 300 + b"]" * 300, "too_deep", "nested too deeply"),
     ],
 )
-def test_not_utf8_json_is_malformed(value: bytes) -> None:
+def test_malformed_json_says_what_is_wrong(value: bytes, kind: str, says: str) -> None:
     outcome = rejected(send(value), "malformed_json", "")
-    assert outcome.message.startswith("not UTF-8 JSON: ")
+    assert outcome.message.startswith(says), outcome.message
+    assert [issue.type for issue in outcome.issues] == [kind]
     assert outcome.event_id is None
-    rejected(new_validator().validate_record(value, NOW), "malformed_json", "")
+    record = rejected(new_validator().validate_record(value, NOW), "malformed_json", "")
+    assert record.message.startswith(says), record.message
 
 
-@pytest.mark.parametrize("value", [b"[]", b"null", b"1", b'"session/1"', b"true", b"[{}]"])
-def test_json_that_is_not_an_object_is_malformed(value: bytes) -> None:
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        (b"[]", "array"),
+        (b"null", "null"),
+        (b"1", "number"),
+        (b'"session/1"', "string"),
+        (b"true", "boolean"),
+        (b"[{}]", "array"),
+    ],
+)
+def test_json_that_is_not_an_object_is_malformed(value: bytes, kind: str) -> None:
     outcome = rejected(send(value), "malformed_json", "")
-    assert outcome.message == "not a JSON object"
+    assert outcome.message == f"a JSON {kind}, not an object: one event is one JSON object"
     rejected(new_validator().validate_record(value, NOW), "malformed_json", "")
+
+
+@pytest.mark.parametrize(
+    ("topic", "name"), [(topic, name) for topic, event in BASE.items() for name in event]
+)
+def test_a_repeated_member_name_is_malformed_and_named(topic: Topic, name: str) -> None:
+    # I-JSON: readers disagree on which copy counts (pydantic keeps the last, others the
+    # first), so whichever copy comes last, the message is malformed_json.
+    body = orjson.dumps(BASE[topic])
+    again = b"," + orjson.dumps({name: BASE[topic][name]})[1:-1] + b"}"
+    for value in (body[:-1] + again, body[:-1] + again.replace(b":", b" : ", 1)):
+        outcome = rejected(send(value, topic), "malformed_json", "")
+        assert [issue.type for issue in outcome.issues] == ["repeated_name"], outcome
+        assert repr(name) in outcome.message, outcome.message
+        record = rejected(new_validator().validate_record(value, NOW), "malformed_json", "")
+        assert repr(name) in record.message
+
+
+def test_a_repeated_score_is_malformed_whichever_value_comes_last() -> None:
+    # The issue's case: "score": 99 and later "score": 5 was accepted with 5.
+    body = orjson.dumps({**BASE[Topic.ASSESSMENT], "score": 99})
+    value = body[:-1] + b',"score":5}'
+    outcome = rejected(send(value, Topic.ASSESSMENT), "malformed_json", "")
+    assert "'score' appears more than once" in outcome.message
 
 
 def test_a_tombstone_is_malformed() -> None:

@@ -78,10 +78,11 @@ def test_invalid_lines_are_reported_by_line_and_field_path(
     reported = {tuple(line.split(": ", 3)[:3]) for line in lines}
     assert (f"{path}:3", "invalid_field", "rpe") in reported
     assert (f"{path}:3", "invalid_field", "patient_name") in reported
-    assert any(
-        re.match(rf"{re.escape(str(path))}:4: malformed_json: not UTF-8 JSON", x) for x in lines
+    assert any(re.match(rf"{re.escape(str(path))}:4: malformed_json: not JSON: ", x) for x in lines)
+    assert (
+        f"{path}:7: malformed_json: a JSON array, not an object: one event is one JSON object"
+        in lines
     )
-    assert f"{path}:7: malformed_json: not a JSON object" in lines
     assert len(lines) == 4  # one line per failing field path, nothing else
 
     assert out.strip() == "read 5, sent 2, invalid 3, spooled 0, skipped blank 2"

@@ -106,7 +106,7 @@ def test_publish_reports_invalid_lines_and_sends_only_the_valid_ones(
     assert [line.split(": ")[:3] for line in errors] == [
         [f"{path}:2", "invalid_field", "occurred_at"],
         [f"{path}:2", "invalid_field", "rpe"],
-        [f"{path}:5", "malformed_json", "not UTF-8 JSON"],
+        [f"{path}:5", "malformed_json", "not JSON"],
         [f"{path}:7", "unknown_schema", "schema"],
     ]
     assert result.stdout.decode().strip() == (

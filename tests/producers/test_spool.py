@@ -207,7 +207,7 @@ def test_kill_9_while_spooling_leaves_a_readable_prefix(tmp_path: Path) -> None:
         )
         with Publisher(settings, connect=False) as publisher:
             for i in range(10**9):
-                value = template.format(uuid.UUID(int=i), i).encode()
+                value = template.format(uuid.UUID(int=i + 1), i).encode()  # not the nil UUID
                 publisher.publish(value)
         """
     )
