@@ -77,6 +77,8 @@ STUCK_WARNING_S = 30.0
 #: Seconds after which a batch fetched but not taken by a stream is read again. A batch
 #: waits in a stream's buffer for a few batches' processing at most (well under a second).
 LOST_AFTER_S = 10.0
+#: Seconds between checks that no partition's fetch position ran past what was delivered.
+POSITION_CHECK_S = 2.0
 
 
 class BatchMessage(ConsumerMessage):
@@ -148,6 +150,7 @@ class Consumer(faust_aiokafka.Consumer):
         #: Per partition: a first offset past ``_next`` that was read again to tell
         #: a stale fetch from offsets Kafka skips (transaction markers, compaction).
         self._skips: dict[TP, int] = {}
+        self._positions_checked = 0.0
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         await self._read_lost_again()
@@ -226,6 +229,9 @@ class Consumer(faust_aiokafka.Consumer):
         if not (self.flow_active and self.app.flow_control.is_active()):
             return
         now = time.monotonic()
+        if now - self._positions_checked >= POSITION_CHECK_S:
+            self._positions_checked = now
+            await self._read_skipped_again()
         for tp, chain in self._chains.items():
             head = chain[0] if chain else None
             if head is None or head.done or head.tracked or now - head.fetched_at < LOST_AFTER_S:
@@ -239,6 +245,32 @@ class Consumer(faust_aiokafka.Consumer):
             chain.clear()
             self._next[tp] = head.first_offset
             await self.seek(tp, head.first_offset)
+
+    async def _read_skipped_again(self) -> None:
+        """Seek back a partition whose fetch position ran past what was delivered.
+
+        Between two fetch rounds every record fetched was either delivered (and
+        ``_next`` moved past it) or dropped on purpose with a seek; a position
+        beyond ``_next`` means records were taken from the client and dropped
+        without one (Faust's loop skips records of a partition that left its
+        active set meanwhile). With no new record after them, nothing else would
+        ever reveal the gap (seen: a drain waiting on two partitions for good).
+        """
+        for tp in [tp for tp in self.assignment() if tp in self._next]:
+            try:
+                position = await self.position(tp)
+            except Exception as exc:  # a partition revoked meanwhile: its seek comes
+                log.debug("no position for %s: %r", tp, exc)
+                continue
+            expected = self._next.get(tp)
+            if position is not None and expected is not None and position > expected:
+                log.warning(
+                    "%s: offsets %d-%d were fetched but not delivered; reading them again",
+                    tp,
+                    expected,
+                    position - 1,
+                )
+                await self.seek(tp, expected)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
