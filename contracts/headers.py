@@ -7,7 +7,6 @@ from typing import Final
 __all__ = [
     "DETAIL",
     "EVENT_ID",
-    "EVENT_TYPE",
     "FINGERPRINT",
     "ORIGINAL",
     "REASON",
@@ -32,8 +31,6 @@ SOURCE_TIMESTAMP: Final = "exnet-source-timestamp"
 REJECTED_AT: Final = "exnet-rejected-at"
 #: The message's event_id, when it could be read.
 EVENT_ID: Final = "exnet-event-id"
-#: enrollment, session, assay or assessment (internal topics).
-EVENT_TYPE: Final = "exnet-type"
 #: ``<topic> <partition> <offset>`` of the site's original message, in one header
 #: (internal topic exnet.validated).
 SOURCE: Final = "exnet-source"

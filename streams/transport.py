@@ -333,16 +333,13 @@ class Producer(faust_aiokafka.Producer):
         super().__init__(*args, **kwargs)
         self._partition_counts: dict[str, int] = {}
 
-    async def _partitions(self, topic: str) -> int:
+    async def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (looked up once)."""
         count = self._partition_counts.get(topic)
         if count is None:
             count = len(await self._ensure_producer().partitions_for(topic))
             self._partition_counts[topic] = count
         return count
-
-    async def partitions(self, topic: str) -> int:
-        """How many partitions ``topic`` has (looked up once)."""
-        return await self._partitions(topic)
 
     async def deliver(self, messages: Iterable[Outgoing]) -> asyncio.Future[Any]:
         """Hand ``messages`` to Kafka; the returned future completes once Kafka
@@ -358,7 +355,7 @@ class Producer(faust_aiokafka.Producer):
         for message in messages:
             topic, partition, key, _, _, _ = message
             if partition is None:
-                count = await self._partitions(topic)
+                count = await self.partitions(topic)
                 partition = (murmur2(key or b"") & 0x7FFFFFFF) % count
             groups[(topic, partition)].append(message)
         producer = self._ensure_producer()
