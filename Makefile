@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXNET := $(BIN)/exnet
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps test lint bench demo broker-start broker-stop clean
+.PHONY: install system-deps ajv test lint bench demo broker-start broker-stop clean
 
 install: $(STAMP)
 
@@ -33,13 +33,21 @@ system-deps:
 	  fi; \
 	fi
 
+# ajv (npm), as a site's pre-check would run the exported JSON Schemas; the lock file
+# pins it. Needs Node.js and npm.
+AJV := tests/contracts/ajv
+ajv: $(AJV)/node_modules/.package-lock.json
+
+$(AJV)/node_modules/.package-lock.json: $(AJV)/package-lock.json
+	npm ci --prefix $(AJV) --no-audit --no-fund --loglevel=error
+
 broker-start: install
 	$(EXNET) broker start
 
 broker-stop: install
 	$(EXNET) broker stop
 
-test: install system-deps broker-start
+test: install system-deps ajv broker-start
 	$(BIN)/pytest
 
 lint: install
@@ -56,4 +64,4 @@ demo: install broker-start
 
 clean:
 	-$(EXNET) broker stop
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache $(AJV)/node_modules

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field
 
-from contracts.envelope import AtMostPer, EventBase, Rule
+from contracts.envelope import AtMostPer, EventBase, Rule, WholeNumber
 
 __all__ = ["INSTRUMENT_MAX", "REMISSION_MAX", "AssessmentV1", "Instrument"]
 
@@ -23,7 +23,7 @@ _JSON_SCHEMA_RULES: Final[dict[str, Any]] = {
     "allOf": [
         {
             "if": {"properties": {"instrument": {"const": instrument}}, "required": ["instrument"]},
-            "then": {"properties": {"score": {"maximum": top}}},
+            "then": {"properties": {"score": {"type": "integer", "maximum": top}}},
         }
         for instrument, top in INSTRUMENT_MAX.items()
     ]
@@ -43,9 +43,9 @@ class AssessmentV1(EventBase):
     schema_: Literal["assessment/1"] = Field(alias="schema")
     instrument: Instrument
     #: 0 up to the instrument's maximum (:data:`INSTRUMENT_MAX`).
-    score: Annotated[int, Field(ge=0)]
+    score: Annotated[int, WholeNumber(ge=0)]
     #: Weeks since baseline (week 0).
-    week: Annotated[int, Field(ge=0, le=104)]
+    week: Annotated[int, WholeNumber(ge=0, le=104)]
 
     @classmethod
     def rule_problems(cls, values: Mapping[str, Any]) -> list[tuple[str, str]]:

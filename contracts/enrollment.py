@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, get_args
 
 from pydantic import ConfigDict, Field
 
@@ -35,18 +35,30 @@ _RANDOMIZED: Final = "randomized"
 #: The only status that may carry a withdrawal ``reason``.
 _WITHDRAWN: Final = "withdrawn"
 
+
+def _when_status(statuses: list[str], then: dict[str, Any]) -> dict[str, Any]:
+    """``then`` applies when ``status`` is one of ``statuses`` (an invalid or missing
+    status decides nothing: its own error is the one to name, as the platform does)."""
+    condition = {"properties": {"status": {"enum": statuses}}, "required": ["status"]}
+    return {"if": condition, "then": then}
+
+
+_STATUSES: Final = list(get_args(EnrollmentStatus))
 #: The cross-field rules for JSON Schema readers (the same rules as ``rule_problems``).
 _JSON_SCHEMA_RULES: Final[dict[str, Any]] = {
     "allOf": [
-        {
-            "if": {"properties": {"status": {"const": _RANDOMIZED}}, "required": ["status"]},
-            "then": {"required": ["modality"], "properties": {"modality": {"type": "string"}}},
-            "else": {"properties": {"modality": {"type": "null"}}},
-        },
-        {
-            "if": {"properties": {"status": {"not": {"const": _WITHDRAWN}}}},
-            "then": {"properties": {"reason": {"type": "null"}}},
-        },
+        _when_status(
+            [_RANDOMIZED],
+            {"required": ["modality"], "properties": {"modality": {"type": "string"}}},
+        ),
+        _when_status(
+            [s for s in _STATUSES if s != _RANDOMIZED],
+            {"properties": {"modality": {"type": "null"}}},
+        ),
+        _when_status(
+            [s for s in _STATUSES if s != _WITHDRAWN],
+            {"properties": {"reason": {"type": "null"}}},
+        ),
     ]
 }
 

@@ -26,6 +26,7 @@ __all__ = [
     "EVENT_ID_PATTERN",
     "NODE_ID_PATTERN",
     "OCCURRED_AT_ERROR",
+    "OCCURRED_AT_EXACT_PATTERN",
     "OCCURRED_AT_INVALID",
     "OCCURRED_AT_PATTERN",
     "PARTICIPANT_ID_PATTERN",
@@ -43,6 +44,7 @@ __all__ = [
     "ParticipantId",
     "SiteId",
     "UtcTimestamp",
+    "WholeNumber",
     "cross_field_error",
 ]
 
@@ -71,6 +73,21 @@ EVENT_ID_PATTERN: Final = (
 OCCURRED_AT_PATTERN: Final = (
     r"^(?:[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}"
     r"[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
+    r"(?:Z|\+(?:0[0-9]|1[0-3]):[0-5][0-9]|\+14:00|-(?:0[0-9]|1[01]):[0-5][0-9]|-12:00)$"
+)
+_LEAP_YEAR: Final = r"(?:[1-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[13579][26]|[2468][048])00)"
+_YEAR: Final = r"(?:[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+#: :data:`OCCURRED_AT_PATTERN` narrowed to real dates and times (no February 30, no
+#: leap second), as one regular expression: what the exported JSON Schemas give sites'
+#: validators, which have no calendar (JSON Schema's ``format: date-time`` wants seconds
+#: and takes ``23:59:60``, so the export does not use it). The platform reaches the same
+#: verdict with the shorter pattern and ``datetime.fromisoformat``, which words a
+#: February 30 as such.
+OCCURRED_AT_EXACT_PATTERN: Final = (
+    rf"^(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+    rf"|{_LEAP_YEAR}-02-29)"
+    r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,9})?)?"
     r"(?:Z|\+(?:0[0-9]|1[0-3]):[0-5][0-9]|\+14:00|-(?:0[0-9]|1[01]):[0-5][0-9]|-12:00)$"
 )
 #: The error type of an ``occurred_at`` that is not in that form.
@@ -169,9 +186,14 @@ class _UtcTimestampSchema:
     def __get_pydantic_json_schema__(
         self, schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        json_schema = handler(schema)
-        json_schema["format"] = "date-time"
-        return json_schema
+        return {
+            "type": "string",
+            "pattern": OCCURRED_AT_EXACT_PATTERN,
+            "description": (
+                "ISO-8601 date and time with a UTC offset ('Z' or '+hh:mm', -12:00 to "
+                "+14:00), seconds optional, e.g. '2025-06-01T09:30:00+02:00'"
+            ),
+        }
 
 
 #: Python ``occurred_at`` values must have a UTC equivalent.
@@ -180,6 +202,54 @@ _LATEST: Final = datetime.max.replace(tzinfo=UTC)
 
 #: An aware timestamp as SPEC §1 writes it; stored in UTC.
 UtcTimestamp = Annotated[datetime, _UtcTimestampSchema()]
+
+
+def _whole(value: float) -> int:
+    if not value.is_integer():
+        raise ValueError("not whole")
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class WholeNumber:
+    """An ``int`` field as SPEC §1 and JSON Schema's ``integer`` read one, from ``ge`` to ``le``.
+
+    Any JSON number whose value is whole: ``12``, ``12.0`` and ``1.2e1`` are the
+    integer 12 (tools such as pandas write whole numbers with a fraction);
+    ``12.5``, strings and booleans are not integers. An ``int`` passes without
+    running Python code; only a whole number spelt with a fraction is converted
+    by a Python call. The bounds are checked on the integer, with pydantic's
+    own error types (``greater_than_equal``, ``less_than_equal``).
+    """
+
+    ge: int
+    le: int | None = None
+
+    def __get_pydantic_core_schema__(
+        self, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        integer = core_schema.union_schema(
+            [
+                core_schema.int_schema(strict=True),
+                core_schema.chain_schema(
+                    [
+                        core_schema.float_schema(strict=True, allow_inf_nan=False),
+                        core_schema.no_info_plain_validator_function(_whole),
+                    ]
+                ),
+            ],
+            mode="left_to_right",
+            custom_error_type="int_type",  # "Input should be a valid integer"
+        )
+        bounded = core_schema.int_schema(strict=True, ge=self.ge, le=self.le)
+        return core_schema.chain_schema([integer, bounded])
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        bounds = {"minimum": self.ge} | ({} if self.le is None else {"maximum": self.le})
+        return {"type": "integer", **bounds}
+
 
 #: The error type of a rule that spans fields; its context names every failing path.
 CROSS_FIELD_ERROR: Final = "cross_field"

@@ -21,6 +21,7 @@ from contracts.validation import EVENT_MODELS, MAX_MESSAGE_BYTES, SCHEMAS
 
 __all__ = [
     "JSON_SCHEMA_DIALECT",
+    "OUT_OF_JSON_SCHEMA",
     "TOPICS_FILE",
     "event_json_schema",
     "export_contracts",
@@ -30,6 +31,19 @@ __all__ = [
 
 #: The JSON Schema dialect pydantic generates.
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
+#: What the platform checks that JSON Schema cannot express (SPEC §1), listed in
+#: ``topics.json`` beside the schemas: a site's validator that accepts a message has
+#: not checked these.
+OUT_OF_JSON_SCHEMA: Final = [
+    f"a message is at most {MAX_MESSAGE_BYTES // 1024} KiB ({MAX_MESSAGE_BYTES} bytes)",
+    "the message is I-JSON (RFC 7493): no repeated member names, no lone surrogates, no "
+    "byte-order mark, nothing after the object",
+    "the message key is the event's participant_id, as UTF-8 bytes",
+    "node_id and site_id are registered, and the site is under that node",
+    "occurred_at is not before the registry's earliest_date (default 2000-01-01)",
+    "occurred_at is at most 5 minutes after the platform's processing time",
+    "an event_id already accepted with other content is a conflicting_duplicate",
+]
 #: The topic registry's file name in the export directory.
 TOPICS_FILE: Final = "topics.json"
 
@@ -87,6 +101,7 @@ def topic_registry(
     return {
         "topic_prefix": topic_prefix,
         "max_message_bytes": MAX_MESSAGE_BYTES,
+        "not_in_json_schema": OUT_OF_JSON_SCHEMA,
         "topics": [
             {
                 "name": topic_name(spec.topic, topic_prefix),

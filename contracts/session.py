@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field
 
-from contracts.envelope import EventBase, PlainZero, RequiredWhen, Rule
+from contracts.envelope import EventBase, PlainZero, RequiredWhen, Rule, WholeNumber
 
 __all__ = ["AdverseEvent", "SessionModality", "SessionStatus", "SessionV1"]
 
@@ -45,7 +45,7 @@ class SessionV1(EventBase):
     RULES: ClassVar[tuple[Rule, ...]] = (RequiredWhen("duration_min", "status", _ATTENDED),)
 
     schema_: Literal["session/1"] = Field(alias="schema")
-    session_number: Annotated[int, Field(ge=1, le=500)]
+    session_number: Annotated[int, WholeNumber(ge=1, le=500)]
     status: SessionStatus
     modality: SessionModality
     supervised: bool
@@ -54,7 +54,7 @@ class SessionV1(EventBase):
     #: Mean heart rate, % of age-predicted maximum.
     mean_hr_pct_max: Annotated[float, Field(ge=30, le=100)] | None = None
     #: Borg rating of perceived exertion.
-    rpe: Annotated[int, Field(ge=6, le=20)] | None = None
+    rpe: Annotated[int, WholeNumber(ge=6, le=20)] | None = None
     adverse_event: AdverseEvent | None = None
 
     @classmethod

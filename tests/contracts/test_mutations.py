@@ -19,11 +19,11 @@ Properties every message must have, whatever the oracle says:
 - two accepted messages whose stored values are the same have one fingerprint
   (formatting, key order, time-zone and number spelling do not matter).
 
-Where today's code and the SPEC may part (rules the SPEC added that the
-validator does not enforce yet: repeated member names, whole-number floats as
-ints), the oracle says :data:`UNSURE` and only the
-properties above are checked; the last property compares stored values by their exact
-spelling (so ``-0.0`` must be stored as ``0.0``: SPEC §2, one number).
+Where the SPEC leaves a verdict open to this oracle (times with no UTC
+equivalent, other ISO-8601 shapes, integers of thousands of digits), it says
+:data:`UNSURE` and only the properties above are checked; the last property
+compares stored values by their exact spelling (so ``-0.0`` must be stored as
+``0.0``: SPEC §2, one number).
 Hypothesis covers the open-ended spaces with a fixed, derandomized profile
 (:data:`FIXED`), so that every run draws the same inputs.
 """
@@ -118,8 +118,8 @@ def _integer(lo: int, hi: float, *, nullable: bool = False) -> FieldCheck:
         if isinstance(value, int):
             return lo <= value <= hi
         if isinstance(value, float) and value.is_integer():
-            # A whole number with a fraction (12.0): the SPEC's newer rule says an int.
-            return UNSURE if lo <= value <= hi else False
+            # A whole number with a fraction (12.0): SPEC §1, the integer 12.
+            return lo <= value <= hi
         return False
 
     return check
@@ -243,6 +243,11 @@ def _optional(check: FieldCheck, store: Callable[[Any], Any] = lambda v: v) -> F
     return FieldRule(check, required=False, store=store)
 
 
+def _as_int(value: Any) -> Any:
+    """An integer field's stored value: ``12.0`` is stored as ``12``."""
+    return value if value is None else int(value)
+
+
 def _as_float(value: Any) -> Any:
     # SPEC §2: the spelling of a number does not matter; -0 and 0 are one number.
     return None if value is None else float(value) + 0.0
@@ -321,13 +326,13 @@ CONTRACTS: Final[dict[Topic, Contract]] = {
         "session/1",
         {
             **ENVELOPE,
-            "session_number": FieldRule(_integer(1, 500)),
+            "session_number": FieldRule(_integer(1, 500), store=_as_int),
             "status": FieldRule(_enum("attended", "missed", "cancelled")),
             "modality": FieldRule(_enum("aerobic", "resistance", "combined")),
             "supervised": FieldRule(_boolean),
             "duration_min": _optional(_number(0, 300, nullable=True), _as_float),
             "mean_hr_pct_max": _optional(_number(30, 100, nullable=True), _as_float),
-            "rpe": _optional(_integer(6, 20, nullable=True)),
+            "rpe": _optional(_integer(6, 20, nullable=True), store=_as_int),
             "adverse_event": _optional(
                 _enum("mild", "moderate", "severe", "serious", nullable=True)
             ),
@@ -368,8 +373,8 @@ CONTRACTS: Final[dict[Topic, Contract]] = {
             **ENVELOPE,
             "instrument": FieldRule(_enum(*SCORE_TOP)),
             # Its top is the instrument's: a rule over two fields.
-            "score": FieldRule(_integer(0, math.inf)),
-            "week": FieldRule(_integer(0, 104)),
+            "score": FieldRule(_integer(0, math.inf), store=_as_int),
+            "week": FieldRule(_integer(0, 104), store=_as_int),
         },
         {},
         (
@@ -437,8 +442,8 @@ def read_json(value: bytes) -> Expected | dict[str, Any]:
         return Expected(UNSURE)
     if _has_lone_surrogate(document):
         return _MALFORMED
-    if repeated:  # I-JSON's rule, newer than today's validator
-        return Expected(UNSURE)
+    if repeated:  # I-JSON (RFC 7493): a repeated member name
+        return _MALFORMED
     if not isinstance(document, dict):
         return _MALFORMED
     return document

@@ -421,7 +421,7 @@ def test_a_cross_field_rule_over_a_failing_field_is_not_guessed() -> None:
     rejected(send(event(S, status="late", duration_min=DROP)), "invalid_field", "status")
     rejected(send(event(A, analyte="IL-6"), A), "invalid_field", "analyte")
     rejected(send(event(M, instrument="PHQ-9", score=40), M), "invalid_field", "instrument")
-    rejected(send(event(M, score=28.0), M), "invalid_field", "score")
+    rejected(send(event(M, score=28.5), M), "invalid_field", "score")
 
 
 # --- numbers ---------------------------------------------------------------------------
@@ -457,7 +457,17 @@ BOOLS = [(S, "supervised"), (A, "below_lloq")]
 @pytest.mark.parametrize(("topic", "field", "value"), INTS, ids=[f for _, f, _ in INTS])
 def test_ints_are_ints(topic: Topic, field: str, value: int) -> None:
     accepted(send(event(topic, **{field: value}), topic))
-    for wrong in (float(value), value + 0.5, str(value), True, None if field != "rpe" else "x"):
+    # SPEC §1: any JSON number whose value is whole is the integer, however spelt.
+    for spelling in (f"{value}.0", f"{value}.000", f"{value / 10}e1", f"{value * 10}E-1"):
+        document = event(topic, **{field: 999_999})
+        message = orjson.dumps(document).replace(b"999999", spelling.encode())
+        stored = getattr(accepted(send(message, topic)).event, field)
+        assert stored == value and type(stored) is int, spelling
+        assert (
+            accepted(send(message, topic)).fingerprint()
+            == accepted(send(event(topic, **{field: value}), topic)).fingerprint()
+        )
+    for wrong in (value + 0.5, value + 1e-9, str(value), True, None if field != "rpe" else "x"):
         rejected(send(event(topic, **{field: wrong}), topic), "invalid_field", field)
 
 
@@ -568,7 +578,8 @@ def test_schema_missing_unknown_or_of_another_topic(topic: Topic) -> None:
 
 def test_schema_under_its_python_name_is_not_the_schema() -> None:
     message = event(S, schema=DROP, schema_="session/1")
-    rejected(send(message), "unknown_schema", "schema")
+    # The first failing check names the reason; the detail names every failing path.
+    rejected(send(message), "unknown_schema", "schema", "schema_")
     with pytest.raises(ValidationError):
         SessionV1.model_validate_json(orjson.dumps(message))
 
@@ -816,7 +827,7 @@ ORDER = [
     ("too large + malformed", b"{" + b" " * 65536, None, "too_large", [""]),
     ("malformed + unknown schema", b'{"schema": "x/1",', None, "malformed_json", [""]),
     ("unknown schema + invalid field", event(S, schema="session/2", rpe=99), None,
-     "unknown_schema", ["schema"]),
+     "unknown_schema", ["schema", "rpe"]),
     ("unknown schema + key", event(S, schema=DROP), K, "unknown_schema", ["schema"]),
     ("invalid field + key", event(S, rpe=99), K, "invalid_field", ["rpe"]),
     ("invalid field + unknown site", event(S, rpe=99, site_id=GONE), None,
@@ -933,7 +944,20 @@ def test_validate_record_names_the_known_schemas() -> None:
         "unknown_schema",
         "schema",
     )
-    assert outcome.message == f"schema: 'session/2' is not a known schema ({known})"
+    # A known event type's unknown version: judged as that type's topic judges it.
+    assert outcome.message == "schema: 'session/2' is not this topic's schema ('session/1')"
+    outcome = rejected(
+        validator.validate_record(orjson.dumps(event(S, schema="session/2", rpe=3)), NOW),
+        "unknown_schema",
+        "schema",
+        "rpe",
+    )
+    outcome = rejected(
+        validator.validate_record(orjson.dumps(event(S, schema="visit/1")), NOW),
+        "unknown_schema",
+        "schema",
+    )
+    assert outcome.message == f"schema: 'visit/1' is not a known schema ({known})"
     # Another topic's schema sends it there: then its fields do not fit.
     outcome = rejected(
         validator.validate_record(orjson.dumps(event(M, schema="session/1")), NOW),
