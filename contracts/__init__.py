@@ -21,6 +21,7 @@ from contracts.validation import (
     Outcome,
     Rejected,
     Validator,
+    site_named_in,
 )
 from contracts.views import Views, compute_views
 
@@ -55,6 +56,7 @@ __all__ = [
     "Views",
     "compute_views",
     "load_registry",
+    "site_named_in",
     "to_canonical",
     "topic_name",
 ]

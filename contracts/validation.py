@@ -31,7 +31,13 @@ from pydantic import Field, TypeAdapter, ValidationError
 from contracts.assay import AssayV1
 from contracts.assessment import AssessmentV1
 from contracts.enrollment import EnrollmentV1
-from contracts.envelope import CROSS_FIELD_ERROR, EVENT_ID_PATTERN, SPECIAL_UUIDS, EventBase
+from contracts.envelope import (
+    CROSS_FIELD_ERROR,
+    EVENT_ID_PATTERN,
+    SITE_ID_PATTERN,
+    SPECIAL_UUIDS,
+    EventBase,
+)
 from contracts.reasons import Reason
 from contracts.registry import DEFAULT_EARLIEST_DATE, NetworkRegistry
 from contracts.session import SessionV1
@@ -49,6 +55,7 @@ __all__ = [
     "Outcome",
     "Rejected",
     "Validator",
+    "site_named_in",
 ]
 
 #: Larger messages are rejected unread (SPEC §1: "larger than 64 KiB"; 65536 bytes pass).
@@ -196,6 +203,25 @@ class Rejected:
 
 
 Outcome = Accepted | Rejected
+
+#: ``"site_id": "N01-S02"`` in a message's bytes, JSON's or Python's quotes.
+_SITE_NAMED: Final = re.compile(
+    rb"""["']site_id["'][ \t\r\n]*:[ \t\r\n]*["'](%s)["']""" % SITE_ID_PATTERN.strip("^$").encode()
+)
+
+
+def site_named_in(value: bytes | None) -> str | None:
+    """The ``site_id`` a message names, whatever else is wrong with it, or None.
+
+    Read from the bytes (their first 64 KiB), so that a rejection is attributed
+    to the site that sent it even when the message is not JSON (an object in an
+    array, Python-style quotes): the first ``site_id`` member whose value has a
+    site id's form, registered or not.
+    """
+    if not value:
+        return None
+    found = _SITE_NAMED.search(value, 0, MAX_MESSAGE_BYTES)
+    return found.group(1).decode() if found is not None else None
 
 
 class _TopicContract:

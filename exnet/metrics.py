@@ -134,6 +134,21 @@ class Metrics:
             ["node_id", "site_id"],
             registry=r,
         )
+        #: counter: messages read that name the site, by node and site ("" when the
+        #: site they name is not registered, or they name none).
+        self.site_events_received = Counter(
+            "exnet_site_events_received",
+            "Messages read, by the node and site they name",
+            ["node_id", "site_id"],
+            registry=r,
+        )
+        #: counter: rejected messages, by the node and site they name and reason code.
+        self.site_events_rejected = Counter(
+            "exnet_site_events_rejected",
+            "Messages rejected, by the node and site they name and reason code",
+            ["node_id", "site_id", "reason"],
+            registry=r,
+        )
         #: gauge: when exnet last received an accepted event of the site (unix seconds).
         self.site_last_received = Gauge(
             "exnet_site_last_received_timestamp_seconds",

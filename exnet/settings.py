@@ -61,8 +61,10 @@ class Settings(BaseSettings):
     #: partition's share reaches its agent as one batch.
     stream_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     #: Stop a worker whose share of rejected messages over the last
-    #: ``dlq_window`` messages exceeds this ratio (a misconfigured deployment
-    #: must not pour every event into the dead-letter topic). 1.0 disables it.
+    #: ``dlq_window`` messages exceeds this ratio, when the rejections are
+    #: spread over most sites (a misconfigured deployment must not pour every
+    #: event into the dead-letter topic; one site's bad data must not stop the
+    #: others: ``streams.guard``). 1.0 disables it.
     dlq_max_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
     dlq_window: Annotated[int, Field(ge=10)] = 2_000
 

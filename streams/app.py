@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -124,8 +124,14 @@ def create_app(
         broker_heartbeat_interval=HEARTBEAT_S,
     )
 
-    validator = Validator(load_registry(settings.registry_path), settings.topic_prefix)
-    guard = InvalidRatioGuard(settings.dlq_max_ratio, settings.dlq_window)
+    registry = load_registry(settings.registry_path)
+    validator = Validator(registry, settings.topic_prefix)
+    guard = InvalidRatioGuard(
+        settings.dlq_max_ratio, settings.dlq_window, sites_required=min(2, len(registry.sites()))
+    )
+    #: The metrics' labels of a site a message names: its node and itself when
+    #: registered, else empty (unbounded names must not become label values).
+    site_labels = {site.id: (node_id, site.id) for node_id, site in registry.sites()}
     inputs = app.topic(*(names[topic] for topic in INPUT_TOPICS))
     validated = app.topic(names[Topic.VALIDATED])
     seen = app.Table(
@@ -181,10 +187,12 @@ def create_app(
             batch = cast(BatchMessage, event.message)
             started = time.perf_counter()
             result = stage(batch.topic, batch.partition, batch.records, datetime.now(UTC))
-            guard.observe(result.received, sum(result.rejected.values()))
+            guard.observe(result.by_site())
             settle(batch, await producer.deliver(result.outgoing))
             await stream.ack(event)
-            _count_validated(metrics, batch.topic, result, time.perf_counter() - started)
+            _count_validated(
+                metrics, batch.topic, result, site_labels, time.perf_counter() - started
+            )
 
     async def _deduplicate(stream: Any) -> None:
         producer = cast(Producer, app.producer)
@@ -211,10 +219,24 @@ def create_app(
 _background: set[asyncio.Future[Any]] = set()
 
 
-def _count_validated(metrics: Metrics, topic: str, result: Validated, seconds: float) -> None:
+def _count_validated(
+    metrics: Metrics,
+    topic: str,
+    result: Validated,
+    site_labels: Mapping[str, tuple[str, str]],
+    seconds: float,
+) -> None:
     metrics.events_received.labels(topic=topic).inc(result.received)
     for reason, count in result.rejected.items():
         metrics.events_rejected.labels(reason=reason).inc(count)
+    for site, (received, _) in result.by_site().items():
+        node_id, site_id = site_labels.get(site or "", ("", ""))
+        metrics.site_events_received.labels(node_id=node_id, site_id=site_id).inc(received)
+    for (site, reason), count in result.rejected_by_site.items():
+        node_id, site_id = site_labels.get(site or "", ("", ""))
+        metrics.site_events_rejected.labels(node_id=node_id, site_id=site_id, reason=reason).inc(
+            count
+        )
     metrics.stream_batch_seconds.labels(stage="validate").observe(seconds)
 
 

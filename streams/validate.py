@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from contracts import Accepted, Origin, Validator
+from contracts import Accepted, Origin, Validator, site_named_in
 from contracts.wire import Outgoing, deadletter_message, validated_message, validated_partition
 
 __all__ = ["ValidateStage", "Validated"]
@@ -23,12 +23,26 @@ __all__ = ["ValidateStage", "Validated"]
 
 @dataclass
 class Validated:
-    """What one batch produced, and its counts for the metrics."""
+    """What one batch produced, and its counts for the metrics and the guard."""
 
     outgoing: list[Outgoing] = field(default_factory=list)
     received: int = 0
     #: reason -> rejected messages.
     rejected: Counter[str] = field(default_factory=Counter)
+    #: site the message names (None: none) -> accepted messages.
+    accepted_by_site: Counter[str | None] = field(default_factory=Counter)
+    #: (site the message names, reason) -> rejected messages.
+    rejected_by_site: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+
+    def by_site(self) -> dict[str | None, tuple[int, int]]:
+        """site -> (received, rejected): what the invalid-ratio guard watches."""
+        rejected: Counter[str | None] = Counter()
+        for (site, _), count in self.rejected_by_site.items():
+            rejected[site] += count
+        return {
+            site: (self.accepted_by_site[site] + rejected[site], rejected[site])
+            for site in self.accepted_by_site.keys() | rejected.keys()
+        }
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class ValidateStage:
         result = Validated(received=len(records))
         validate = self.validator.validate_message
         out = result.outgoing
+        accepted_by_site = result.accepted_by_site
         for record in records:
             value = record.value
             outcome = validate(value, record.key, Origin(topic, partition, record.offset), now)
@@ -57,8 +72,10 @@ class ValidateStage:
                 key, canonical, headers = validated_message(outcome, value, record.timestamp)
                 partition_out = validated_partition(key, self.validated_partitions)
                 out.append((self.validated_topic, partition_out, key, canonical, headers, None))
+                accepted_by_site[outcome.event.site_id] += 1
             else:
                 result.rejected[outcome.reason.value] += 1
+                result.rejected_by_site[site_named_in(value), outcome.reason.value] += 1
                 dead = deadletter_message(outcome, value, record.key, now, record.timestamp)
                 out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers, None))
         return result
