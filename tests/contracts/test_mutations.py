@@ -408,6 +408,19 @@ def _refuse(token: str) -> Any:
     raise _NotJson(token)
 
 
+#: Arrays and objects within one another that a message may hold (docs/sites.md:
+#: "nesting hundreds of levels deep" is malformed_json).
+NESTING_LIMIT: Final = 200
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     if isinstance(value, str):
         return any("\ud800" <= char <= "\udfff" for char in value)
@@ -440,7 +453,7 @@ def read_json(value: bytes) -> Expected | dict[str, Any]:
         return _MALFORMED
     except (ValueError, RecursionError):  # an integer of thousands of digits, deep nesting
         return Expected(UNSURE)
-    if _has_lone_surrogate(document):
+    if _has_lone_surrogate(document) or _depth(document) > NESTING_LIMIT:
         return _MALFORMED
     if repeated:  # I-JSON (RFC 7493): a repeated member name
         return _MALFORMED

@@ -209,3 +209,62 @@ def test_sigterm_stops_reading_and_spools_what_was_read(
     assert summary is not None, out
     assert int(summary[1]) == int(summary[2]) == len(spooled)
     assert spooled == lines[: len(spooled)]
+
+
+def test_each_bad_input_kind_is_reported_on_its_line(
+    pub_settings: Settings,
+    producer: FakeProducer,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The bad-input issue's cases, one per line, as a site's file would carry them."""
+    from tests.contracts.helpers import BASE, Topic
+
+    enrollment, session = BASE[Topic.ENROLLMENT], BASE[Topic.SESSION]
+    assay, assessment = BASE[Topic.ASSAY], BASE[Topic.ASSESSMENT]
+
+    def line(document: dict[str, Any], **fields: Any) -> bytes:
+        return orjson.dumps(document | fields)
+
+    whole = line(session, event_id="5e18c77a-3795-45f9-aabc-d745f4421ddc")
+    lines = [
+        b"\xef\xbb\xbf" + line(session),  # 1: a byte-order mark (8)
+        line(enrollment, status="screened", modality="walking", reason="other"),  # 2 (1)
+        line(assessment, score=99)[:-1] + b',"score":5}',  # 3: a repeated name (3)
+        line(assay, batch_id="Smith, Ann DOB 1979-03-02 MRN 00412345"),  # 4 (4)
+        line(assay, batch_id="B2025\u0000014"),  # 5 (4)
+        line(session, occurred_at="1025-05-12T07:45:00Z"),  # 6 (5)
+        line(session, event_id="00000000-0000-0000-0000-000000000000"),  # 7 (6)
+        line(session, event_id=session["event_id"] + "\n"),  # 8 (7)
+        line(session, rpe=[[[[[[1]]]]]])[:-1].replace(b"[1]", b"[" * 300 + b"]" * 300),  # 9
+        whole.replace(b'"session_number":7', b'"session_number":12.0'),  # 10: valid (9)
+        line(session, occurred_at="2016-12-31T23:59:60Z"),  # 11 (9)
+        line(enrollment, status="enrolled"),  # 12 (9)
+        line(session, rpe=99),  # 13 (10)
+    ]
+    lines[8] += b"}"
+    path = pub_write_lines(lines)
+    status = publish_files(pub_settings, [str(path)], show_progress=False)
+    out, err = capsys.readouterr()
+    assert status == EXIT_INVALID
+    expected = [
+        (1, "malformed_json: starts with a byte-order mark (U+FEFF), which I-JSON forbids"),
+        (2, "invalid_field: modality: Input should be 'aerobic', 'resistance', 'combined'"),
+        (2, "invalid_field: reason: must be null or absent unless status is 'withdrawn'"),
+        (3, "malformed_json: the member name 'score' appears more than once in one object"),
+        (4, "invalid_field: batch_id: String should match pattern"),
+        (5, "invalid_field: batch_id: String should match pattern"),
+        (6, "invalid_field: occurred_at: 1025-05-12T07:45:00+00:00 is before 2000-01-01"),
+        (7, "invalid_field: event_id: 00000000-0000-0000-0000-000000000000 is the nil or"),
+        (8, "invalid_field: event_id: String should match pattern"),
+        (9, "malformed_json: nested too deeply to be an event (over 200 arrays or objects"),
+        (11, "invalid_field: occurred_at: is not a real date and time"),
+        (12, "invalid_field: status: Input should be 'screened', 'consented', 'randomized'"),
+        (13, "invalid_field: rpe: Input should be less than or equal to 20"),
+    ]
+    reported = err.splitlines()
+    assert len(reported) == len(expected), err
+    for got, (number, start) in zip(reported, expected, strict=True):
+        assert got.startswith(f"{path}:{number}: {start}"), got
+    assert out.strip() == "read 13, sent 1, invalid 12, spooled 0, skipped blank 0"
+    assert producer.values() == [lines[9]]
