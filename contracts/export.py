@@ -93,10 +93,11 @@ def event_json_schema(model: type[EventBase]) -> dict[str, Any]:
 
 
 def topic_registry(
-    *, topic_prefix: str, partitions: int, replication_factor: int
+    *, topic_prefix: str, partitions: int, replication_factor: int | None
 ) -> dict[str, Any]:
     """The topic registry with a deployment's physical names and partitioning
-    (``EXNET_TOPIC_PREFIX``, ``EXNET_PARTITIONS``, ``EXNET_REPLICATION_FACTOR``)."""
+    (``EXNET_TOPIC_PREFIX``, ``EXNET_PARTITIONS``, ``EXNET_REPLICATION_FACTOR``; a
+    replication factor of None, written as null, is the cluster's brokers up to 3)."""
     files = {model.SCHEMA: schema_file_name(model) for _, model in SCHEMAS.values()}
     return {
         "topic_prefix": topic_prefix,
@@ -125,7 +126,11 @@ def _write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def export_contracts(
-    directory: Path, *, topic_prefix: str = "", partitions: int = 6, replication_factor: int = 1
+    directory: Path,
+    *,
+    topic_prefix: str = "",
+    partitions: int = 6,
+    replication_factor: int | None = None,
 ) -> list[Path]:
     """Write every event version's JSON Schema and ``topics.json`` into ``directory``.
 

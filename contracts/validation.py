@@ -620,9 +620,14 @@ def _rejection(
             message = f"{schema!r} is not this topic's schema ({expected})"
         issue = FieldIssue("schema", message, "unknown_schema")
         # A topic of one version judged every field by it, as a JSON Schema validator
-        # given the topic's schema does: the other failing fields are named beside.
-        # (Several versions' union stops at the tag: nothing else to name.)
-        beside = [] if contract.tagged else _field_issues(errors, tagged=False)[0]
+        # given the topic's schema does: the other failing fields are named beside,
+        # unless the message is another topic's event (its fields are not wrong, its
+        # topic is). (Several versions' union stops at the tag: nothing else to name.)
+        elsewhere = isinstance(schema, str) and _TYPES.get(schema.partition("/")[0]) not in (
+            None,
+            contract.topic,
+        )
+        beside = [] if contract.tagged or elsewhere else _field_issues(errors, tagged=False)[0]
         others = (i for i in beside if i.path != "schema")
         return Rejected(Reason.UNKNOWN_SCHEMA, (issue, *others), origin, event_id)
 

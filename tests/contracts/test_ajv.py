@@ -116,6 +116,15 @@ def platform_verdict(case: Case) -> tuple[str, Verdict | None]:
     return reason, Verdict(False, tuple(sorted(paths)))
 
 
+def _another_topics_event(case: Case) -> bool:
+    """Whether the message names another known event type's schema than its topic's."""
+    document = json.loads(case.text)
+    schema = document.get("schema") if isinstance(document, dict) else None
+    own = EVENT_MODELS[case.topic][0].EVENT_TYPE
+    types = {model.EVENT_TYPE for models in EVENT_MODELS.values() for model in models}
+    return isinstance(schema, str) and schema.partition("/")[0] in types - {own}
+
+
 def cases() -> Iterator[Case]:
     """Every example, and each topic's field mutations and message variants."""
     for example in load_examples():
@@ -164,6 +173,11 @@ def test_ajv_reaches_the_platforms_verdict_on_every_field_rule(schemas: Path) ->
             continue
         if platform is None:
             tally["out of reach"] += 1  # I-JSON rules JSON.parse reads past, or the size
+            continue
+        if _another_topics_event(case) and platform.paths == ("schema",) and "schema" in ajv.paths:
+            # Another topic's event (assay/1 on exnet.session): the platform names its
+            # schema only; a site's tool applies the schema the event names, not the topic's.
+            tally["another topic's event"] += 1
             continue
         if ajv != platform:
             disagreements.append(f"{case.text}\n    ajv: {ajv}\n    exnet ({outcome}): {platform}")
