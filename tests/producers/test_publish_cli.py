@@ -218,7 +218,8 @@ def test_each_bad_input_kind_is_reported_on_its_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The bad-input issue's cases, one per line, as a site's file would carry them."""
-    from tests.contracts.helpers import BASE, Topic
+    from contracts import Topic
+    from tests.contracts.helpers import BASE
 
     enrollment, session = BASE[Topic.ENROLLMENT], BASE[Topic.SESSION]
     assay, assessment = BASE[Topic.ASSAY], BASE[Topic.ASSESSMENT]
