@@ -16,7 +16,7 @@ from contracts.topics import topic_name
 from exnet.settings import Settings
 from streams.app import changelog_topic
 
-__all__ = ["admin_client", "ensure_topics", "topic_configs"]
+__all__ = ["admin_client", "ensure_topics", "replication_factor", "topic_configs"]
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,38 @@ def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
         admin.close()
 
 
+def replication_factor(settings: Settings, admin: KafkaAdminClient | None = None) -> int:
+    """``EXNET_REPLICATION_FACTOR``, or else the cluster's brokers up to 3."""
+    if settings.replication_factor is not None:
+        return settings.replication_factor
+    if admin is None:
+        with admin_client(settings) as own:
+            return replication_factor(settings, own)
+    try:
+        brokers = len(admin.describe_cluster()["brokers"])
+    except KafkaError as exc:
+        raise UserError(f"could not count the Kafka cluster's brokers: {exc}") from exc
+    return max(1, min(3, brokers))
+
+
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the topics that are missing; return the names created. Idempotent."""
+    """Create the topics that are missing; return the names created. Idempotent.
+
+    Replicated as :func:`replication_factor` says, with ``min.insync.replicas``
+    of 2 when there are 2 replicas or more: with ``acks=all`` a write then
+    survives the loss of any one broker.
+    """
     wanted = topic_configs(settings)
     with admin_client(settings) as admin:
+        replicas = replication_factor(settings, admin)
+        in_sync = {"min.insync.replicas": str(min(2, replicas))}
         existing = set(admin.list_topics())
         missing = [
             NewTopic(
                 name,
                 num_partitions=settings.partitions,
-                replication_factor=settings.replication_factor,
-                topic_configs=config,
+                replication_factor=replicas,
+                topic_configs={**config, **in_sync},
             )
             for name, config in wanted.items()
             if name not in existing

@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import base64
 import collections
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CONTROLLER_PORT",
+    "Cluster",
     "DEFAULT_PORT",
     "HOST",
     "BrokerConfig",
@@ -66,12 +69,15 @@ __all__ = [
     "StartResult",
     "StopResult",
     "broker_answers",
+    "cluster_status",
     "ensure_jars",
     "pinned_kafka_version",
     "server_properties",
     "start",
+    "start_cluster",
     "status",
     "stop",
+    "stop_cluster",
 ]
 
 #: Where the Maven project that pins the broker's jars, and its logging config, live:
@@ -141,6 +147,13 @@ class BrokerConfig:
     port: int = DEFAULT_PORT
     controller_port: int = DEFAULT_CONTROLLER_PORT
     jar_cache: Path = JAR_CACHE
+    #: KRaft node id; every node of a cluster has its own.
+    node_id: int = 1
+    #: The cluster's controller quorum, (node id, controller port) each; empty: this
+    #: node alone.
+    quorum: tuple[tuple[int, int], ...] = ()
+    #: Replicas of Kafka's internal topics (the consumer offsets): the cluster's size, up to 3.
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         for port in (self.port, self.controller_port):
@@ -422,7 +435,7 @@ def pinned_kafka_version() -> str:
 
 
 def server_properties(config: BrokerConfig) -> str:
-    """The broker's ``server.properties``: one KRaft node on loopback.
+    """The broker's ``server.properties``: one KRaft node (broker and controller) on loopback.
 
     Internal topics get one replica (there is one broker) and few partitions
     (each partition costs start-up time on 2 cores); consumer groups form
@@ -430,10 +443,13 @@ def server_properties(config: BrokerConfig) -> str:
     ``exnet init`` or tests), never by a typo in a producer.
     """
     port, controller = config.port, config.controller_port
+    quorum = config.quorum or ((config.node_id, controller),)
+    voters = ",".join(f"{node}@{HOST}:{voter_port}" for node, voter_port in quorum)
+    replicas, in_sync = str(config.replicas), str(min(2, config.replicas))
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{HOST}:{controller}",
+        "node.id": str(config.node_id),
+        "controller.quorum.voters": voters,
         "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
         "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -442,15 +458,15 @@ def server_properties(config: BrokerConfig) -> str:
         "log.dirs": str(config.data_dir.resolve()),
         "auto.create.topics.enable": "false",
         "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": replicas,
+        "min.insync.replicas": in_sync,
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "5",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": in_sync,
         "transaction.state.log.num.partitions": "5",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": in_sync,
         "share.coordinator.state.topic.num.partitions": "5",
         "group.initial.rebalance.delay.ms": "0",
     }
@@ -459,6 +475,184 @@ def server_properties(config: BrokerConfig) -> str:
         *(f"{key}={value}" for key, value in settings.items()),
     ]
     return "\n".join(lines) + "\n"
+
+
+# --- clusters ------------------------------------------------------------------
+
+#: Records a cluster's size and id under its home (a single broker has none).
+CLUSTER_FILE = "cluster.json"
+#: The most nodes the launcher runs on one machine.
+MAX_NODES = 9
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The local brokers under one home: a single broker (in ``home`` itself, as
+    before clusters) or ``nodes`` KRaft nodes, each broker and controller in one JVM,
+    node ``i`` under ``home/<i>`` with its broker on ``port + 2(i-1)`` and its
+    controller on the odd port above (9092/9093, 9094/9095, 9096/9097).
+    """
+
+    home: Path
+    port: int = DEFAULT_PORT
+    nodes: int = 1
+    jar_cache: Path = JAR_CACHE
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise UserError(f"--nodes must be 1 to {MAX_NODES}, not {self.nodes}")
+        if self.port + 2 * self.nodes > 65536:
+            raise UserError(f"{self.nodes} nodes from port {self.port} run past port 65535")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, nodes: int | None = None) -> Cluster:
+        """The cluster ``settings.kafka_bootstrap`` names (its first address is node 1's
+        broker), under ``<var_dir>/kafka``; ``nodes``: None for the size it was started
+        with (1 if never)."""
+        bootstrap = settings.kafka_bootstrap.strip()
+        servers = _split_bootstrap(bootstrap)
+        if not servers or any(host not in (HOST, "localhost") for host, _ in servers):
+            raise UserError(
+                f"EXNET_KAFKA_BOOTSTRAP is {bootstrap!r}, but `exnet broker` runs only local "
+                f"brokers on {HOST}: unset EXNET_KAFKA_BOOTSTRAP (or set it to "
+                f"{HOST}:<port>) to use the local ones, or manage that cluster yourself"
+            )
+        home = settings.var_dir / "kafka"
+        recorded = _recorded_nodes(home)
+        if nodes is None:
+            nodes = recorded or 1
+        elif recorded is not None and recorded != nodes:
+            raise UserError(
+                f"{home} holds a {recorded}-node cluster: start it as it is (no --nodes), or "
+                f"stop it and remove {home} to start {nodes} nodes afresh"
+            )
+        elif recorded is None and nodes > 1 and (home / "data" / "meta.properties").exists():
+            raise UserError(
+                f"{home} holds a single broker's data: stop it and remove {home} to start "
+                f"{nodes} nodes afresh"
+            )
+        return cls(home=home, port=servers[0][1], nodes=nodes)
+
+    @property
+    def members(self) -> list[BrokerConfig]:
+        """One :class:`BrokerConfig` per node, node 1 first."""
+        if self.nodes == 1:
+            return [BrokerConfig(self.home, self.port, self.port + 1, self.jar_cache)]
+        ports = [(node, self.port + 2 * (node - 1)) for node in range(1, self.nodes + 1)]
+        quorum = tuple((node, port + 1) for node, port in ports)
+        return [
+            BrokerConfig(
+                self.home / str(node),
+                port,
+                port + 1,
+                self.jar_cache,
+                node_id=node,
+                quorum=quorum,
+                replicas=min(3, self.nodes),
+            )
+            for node, port in ports
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every broker's address, for ``EXNET_KAFKA_BOOTSTRAP``."""
+        return ",".join(member.bootstrap for member in self.members)
+
+
+def start_cluster(
+    cluster: Cluster, *, timeout_s: float = START_TIMEOUT_S, on_step: OnStep | None = None
+) -> list[StartResult]:
+    """Start every node of ``cluster`` that is not running, and return once all answer.
+
+    The nodes start together (a KRaft quorum needs most of its voters to elect a
+    leader); nodes already running are left alone, so this also restarts the
+    one that was killed. A node that fails to answer in ``timeout_s`` fails the
+    start: the nodes this call started are stopped and a :class:`UserError`
+    carries the tail of the failing node's log.
+    """
+    if cluster.nodes == 1:
+        return [start(cluster.members[0], timeout_s=timeout_s, on_step=on_step)]
+    started_at = time.monotonic()
+    step = on_step or _ignore
+    cluster_id = _cluster_id(cluster)
+    java = _find_java()
+    lib_dir = ensure_jars(cluster.jar_cache, on_step=step)
+    spawned: list[tuple[BrokerConfig, subprocess.Popen[bytes]]] = []
+    running: list[tuple[BrokerConfig, int]] = []
+    try:
+        for config in cluster.members:
+            config.home.mkdir(parents=True, exist_ok=True)
+            with _launcher_lock(config):
+                pid = _running_pid(config)
+                if pid is not None:
+                    running.append((config, pid))
+                    continue
+                _remove_stale_pid_file(config)
+                _check_ports_free(config)
+                config.data_dir.mkdir(parents=True, exist_ok=True)
+                config.logs_dir.mkdir(parents=True, exist_ok=True)
+                config.properties_file.write_text(server_properties(config), encoding="utf-8")
+                _format_storage(config, java, lib_dir, step, cluster_id)
+                step(f"starting Kafka node {config.node_id} on {config.bootstrap}")
+                process = _spawn(config, java, lib_dir)
+                _write_pid_file(config, process.pid)
+                spawned.append((config, process))
+        deadline = time.monotonic() + timeout_s
+        for config, process in spawned:
+            _wait_until_answering(config, process.pid, process, deadline)
+        for config, pid in running:
+            _wait_until_answering(config, pid, None, deadline)
+    except BaseException:
+        for config, process in spawned:
+            _terminate(process.pid, STOP_TIMEOUT_S)
+            _remove_pid_file(config)
+        raise
+    seconds = time.monotonic() - started_at
+    results = {c.node_id: StartResult(p.pid, False, seconds) for c, p in spawned}
+    results |= {c.node_id: StartResult(pid, True, seconds) for c, pid in running}
+    return [results[config.node_id] for config in cluster.members]
+
+
+def stop_cluster(cluster: Cluster, *, timeout_s: float = STOP_TIMEOUT_S) -> list[StopResult]:
+    """Stop every node of ``cluster`` at once (SIGTERM, then SIGKILL after ``timeout_s``).
+
+    All together: a node stopped after most of the others waits in vain for a
+    controller quorum to acknowledge its shutdown.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=cluster.nodes) as pool:
+        return list(pool.map(lambda config: stop(config, timeout_s=timeout_s), cluster.members))
+
+
+def cluster_status(cluster: Cluster) -> list[BrokerStatus]:
+    """Each node's :func:`status`, node 1 first."""
+    return [status(config) for config in cluster.members]
+
+
+def _recorded_nodes(home: Path) -> int | None:
+    try:
+        recorded = json.loads((home / CLUSTER_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {home / CLUSTER_FILE}: {exc}") from None
+    return int(recorded["nodes"])
+
+
+def _cluster_id(cluster: Cluster) -> str:
+    """The cluster's KRaft id, made and recorded (with its size) at the first start."""
+    path = cluster.home / CLUSTER_FILE
+    cluster.home.mkdir(parents=True, exist_ok=True)
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8"))["cluster_id"])
+    except FileNotFoundError:
+        pass
+    cluster_id = _new_cluster_id()
+    partial = path.with_suffix(".partial")
+    partial.write_text(
+        json.dumps({"nodes": cluster.nodes, "cluster_id": cluster_id}) + "\n", encoding="utf-8"
+    )
+    partial.replace(path)
+    return cluster_id
 
 
 # --- processes ------------------------------------------------------------------
@@ -489,8 +683,11 @@ def _spawn(config: BrokerConfig, java: str, lib_dir: Path) -> subprocess.Popen[b
         )
 
 
-def _format_storage(config: BrokerConfig, java: str, lib_dir: Path, step: OnStep) -> None:
-    """Format the KRaft log dir with a new cluster id, unless it was formatted before."""
+def _format_storage(
+    config: BrokerConfig, java: str, lib_dir: Path, step: OnStep, cluster_id: str | None = None
+) -> None:
+    """Format the KRaft log dir with ``cluster_id`` (a new one by default), unless it
+    was formatted before."""
     if (config.data_dir / "meta.properties").is_file():
         return
     step(f"formatting Kafka storage in {config.data_dir}")
@@ -504,7 +701,7 @@ def _format_storage(config: BrokerConfig, java: str, lib_dir: Path, step: OnStep
         _STORAGE_TOOL,
         "format",
         "--cluster-id",
-        _new_cluster_id(),
+        cluster_id or _new_cluster_id(),
         "--config",
         str(config.properties_file.resolve()),
         "--ignore-formatted",

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
-from exnet.admin import ensure_topics
+from exnet.admin import ensure_topics, replication_factor
 from exnet.httpserver import OpsServer
 from exnet.metrics import Metrics
 from exnet.monitor import LagMonitor
@@ -281,6 +281,8 @@ def _run_streams(
     if stop.event.is_set():
         return 0
     failures: list[WorkerFailed] = []
+    # Faust creates its own internal topics: replicated as `exnet init`'s.
+    settings = settings.model_copy(update={"replication_factor": replication_factor(settings)})
     app = create_app(settings, metrics, on_failure=failures.append)
 
     async def forward_stop() -> None:

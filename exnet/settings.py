@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_prefix: str = ""
     partitions: Annotated[int, Field(ge=1, le=1000)] = 6
-    replication_factor: Annotated[int, Field(ge=1, le=10)] = 1
+    #: Replicas of each topic ``exnet init`` creates; None: the cluster's brokers, up
+    #: to 3 (``min.insync.replicas`` is then 2 where there are 2 or more).
+    replication_factor: Annotated[int, Field(ge=1, le=10)] | None = None
     consumer_group: str = "exnet"
 
     # --- data ------------------------------------------------------------

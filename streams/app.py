@@ -102,7 +102,7 @@ def create_app(
         autodiscover=False,
         web_enabled=False,
         topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
+        topic_replication_factor=settings.replication_factor or 1,
         topic_allow_declare=True,  # the dedup changelog; `exnet init` creates the rest
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=COMMIT_INTERVAL_S,

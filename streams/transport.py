@@ -333,6 +333,11 @@ class Producer(faust_aiokafka.Producer):
         super().__init__(*args, **kwargs)
         self._partition_counts: dict[str, int] = {}
 
+    def _settings_extra(self) -> Mapping[str, Any]:
+        # Idempotent as well as acks=all (Faust sets both only inside transactions): a
+        # retried send after a broker fails over is not written twice.
+        return {"acks": "all", "enable_idempotence": True}
+
     async def partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has (looked up once)."""
         count = self._partition_counts.get(topic)

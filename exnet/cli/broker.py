@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -20,31 +21,53 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
     broker_app = typer.Typer(
         name="broker",
-        help="The local Apache Kafka broker (KRaft, one node on 127.0.0.1, data under var/kafka).",
+        help=(
+            "The local Apache Kafka brokers (KRaft on 127.0.0.1: one node, or a cluster "
+            "with --nodes; data under var/kafka)."
+        ),
         no_args_is_help=True,
     )
 
     @broker_app.command("start")
     def start_command(
+        nodes: Annotated[
+            int | None,
+            typer.Option(
+                help="KRaft nodes to run (3: a cluster on 127.0.0.1:9092, :9094, :9096, "
+                "controllers on the odd ports above; data under var/kafka/<node>). "
+                "Default: as the brokers under var/kafka were first started (1 if never).",
+                min=1,
+                max=broker.MAX_NODES,
+            ),
+        ] = None,
         timeout: Annotated[
-            float, typer.Option(help="Seconds to wait for the broker to answer.", min=1)
+            float, typer.Option(help="Seconds to wait for the brokers to answer.", min=1)
         ] = broker.START_TIMEOUT_S,
     ) -> None:
-        """Start the broker (fetching its jars on first use); return once it answers."""
-        config = _config()
+        """Start the brokers that are down (fetching the jars on first use); return once
+        every one answers."""
+        cluster = _cluster(nodes)
         err = Console(stderr=True, highlight=False, soft_wrap=True)
-        result = broker.start(config, timeout_s=timeout, on_step=err.print)
+        results = broker.start_cluster(cluster, timeout_s=timeout, on_step=err.print)
         out = Console(highlight=False, soft_wrap=True)
-        if result.already_running:
-            out.print(
-                f"Kafka broker already running (pid {result.pid}) on {config.bootstrap}; "
-                "nothing to do"
-            )
-        else:
-            out.print(
-                f"Kafka broker started (pid {result.pid}) on {config.bootstrap} "
-                f"in {result.seconds:.1f} s; logs in {config.logs_dir}"
-            )
+        if cluster.nodes == 1:
+            [result], [config] = results, cluster.members
+            if result.already_running:
+                out.print(
+                    f"Kafka broker already running (pid {result.pid}) on {config.bootstrap}; "
+                    "nothing to do"
+                )
+            else:
+                out.print(
+                    f"Kafka broker started (pid {result.pid}) on {config.bootstrap} "
+                    f"in {result.seconds:.1f} s; logs in {config.logs_dir}"
+                )
+            return
+        for config, result in zip(cluster.members, results, strict=True):
+            what = "already running" if result.already_running else "started"
+            out.print(f"node {config.node_id}  {config.bootstrap}  pid {result.pid}  {what}")
+        out.print(f"Kafka cluster of {cluster.nodes} nodes answering in {results[0].seconds:.1f} s")
+        out.print(f"EXNET_KAFKA_BOOTSTRAP={cluster.bootstrap}")
 
     @broker_app.command("stop")
     def stop_command(
@@ -52,38 +75,73 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.", min=0)
         ] = broker.STOP_TIMEOUT_S,
     ) -> None:
-        """Stop the broker cleanly (SIGTERM; SIGKILL if it does not exit in time)."""
-        config = _config()
-        result = broker.stop(config, timeout_s=timeout)
+        """Stop the brokers cleanly (SIGTERM; SIGKILL if one does not exit in time)."""
+        cluster = _cluster(None)
         out = Console(highlight=False, soft_wrap=True)
-        if result.pid is None:
-            stale = f" (removed stale pid file of {result.stale_pid})" if result.stale_pid else ""
-            out.print(f"Kafka broker not running{stale}; nothing to do")
-        elif result.killed:
-            out.print(f"Kafka broker (pid {result.pid}) did not stop in {timeout:g} s; killed it")
-        else:
-            out.print(f"Kafka broker (pid {result.pid}) stopped")
+        for config, result in zip(
+            cluster.members, broker.stop_cluster(cluster, timeout_s=timeout), strict=True
+        ):
+            name = "Kafka broker" if cluster.nodes == 1 else f"Kafka node {config.node_id}"
+            if result.pid is None:
+                stale = (
+                    f" (removed stale pid file of {result.stale_pid})" if result.stale_pid else ""
+                )
+                out.print(f"{name} not running{stale}; nothing to do")
+            elif result.killed:
+                out.print(f"{name} (pid {result.pid}) did not stop in {timeout:g} s; killed it")
+            else:
+                out.print(f"{name} (pid {result.pid}) stopped")
 
     @broker_app.command("status")
-    def status_command() -> None:
-        """Print whether the broker runs; exit 0 when running, 3 when stopped."""
-        config = _config()
-        found = broker.status(config)
+    def status_command(
+        as_json: Annotated[
+            bool, typer.Option("--json", help="One JSON object: every node's state.")
+        ] = False,
+    ) -> None:
+        """Print each broker's state; exit 0 when all run, 3 when any is stopped."""
+        cluster = _cluster(None)
+        found = broker.cluster_status(cluster)
         out = Console(highlight=False, soft_wrap=True)
-        if found.running:
-            answering = "answering" if found.answering else "not answering yet"
-            out.print(f"running  pid {found.pid}  bootstrap {found.bootstrap}  ({answering})")
-            return
-        stale = f"  (stale pid file names {found.stale_pid})" if found.stale_pid else ""
-        out.print(f"stopped  bootstrap {found.bootstrap}{stale}")
-        # SystemExit, not typer.Exit: in non-standalone mode click returns the
-        # code of a typer.Exit instead of exiting with it.
-        raise SystemExit(STATUS_STOPPED_EXIT)
+        if as_json:
+            nodes = [
+                {
+                    "node": config.node_id,
+                    "port": config.port,
+                    "controller_port": config.controller_port,
+                    "pid": state.pid,
+                    "state": _state(state),
+                    "home": str(config.home),
+                }
+                for config, state in zip(cluster.members, found, strict=True)
+            ]
+            print(json.dumps({"bootstrap": cluster.bootstrap, "nodes": nodes}))
+        else:
+            for config, state in zip(cluster.members, found, strict=True):
+                node = "" if cluster.nodes == 1 else f"node {config.node_id}  "
+                if state.running:
+                    answering = "answering" if state.answering else "not answering yet"
+                    out.print(
+                        f"{node}running  pid {state.pid}  bootstrap {state.bootstrap}  "
+                        f"({answering})"
+                    )
+                else:
+                    stale = f"  (stale pid file names {state.stale_pid})" if state.stale_pid else ""
+                    out.print(f"{node}stopped  bootstrap {state.bootstrap}{stale}")
+        if not all(state.running for state in found):
+            # SystemExit, not typer.Exit: in non-standalone mode click returns the
+            # code of a typer.Exit instead of exiting with it.
+            raise SystemExit(STATUS_STOPPED_EXIT)
 
     app.add_typer(broker_app, name="broker")
 
 
-def _config() -> broker.BrokerConfig:
+def _cluster(nodes: int | None) -> broker.Cluster:
     from exnet.settings import load_settings  # here: pydantic takes ~0.2 s to import
 
-    return broker.BrokerConfig.from_settings(load_settings())
+    return broker.Cluster.from_settings(load_settings(), nodes)
+
+
+def _state(state: broker.BrokerStatus) -> str:
+    if not state.running:
+        return "stopped"
+    return "running" if state.answering else "starting"

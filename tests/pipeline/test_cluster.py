@@ -1,0 +1,174 @@
+"""A three-broker Kafka cluster (``exnet broker start --nodes 3``): one broker killed with
+-9 while sites publish and ``exnet up`` runs loses and doubles nothing; started again,
+the broker rejoins and catches up."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient
+
+from contracts.topics import Topic, topic_name
+from tests.conftest import SettingsFactory
+from tests.pipeline.harness import EXNET, Pipeline
+from tests.pipeline.load import participant_events
+from tests.pipeline.test_faults import _assert_exact, _publish_slowly
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
+
+NODES = 3
+#: Seconds for the killed broker, started again, to be back in every partition's ISR.
+REJOIN_TIMEOUT_S = 120.0
+
+
+def _free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(20_000, 60_000, 2)
+        if all(_free(port) for port in range(base, base + count)):
+            return base
+    raise AssertionError("no run of free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class LocalCluster:
+    """``exnet broker`` on a cluster of its own (its own var dir and ports)."""
+
+    def __init__(self, var_dir: Path) -> None:
+        self.port = _free_ports(2 * NODES)
+        self.env = {
+            **os.environ,
+            "EXNET_VAR_DIR": str(var_dir),
+            "EXNET_KAFKA_BOOTSTRAP": f"127.0.0.1:{self.port}",
+        }
+
+    def broker(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [EXNET, "broker", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def status(self) -> dict[str, Any]:
+        answer: dict[str, Any] = json.loads(self.broker("status", "--json").stdout)
+        return answer
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path)
+    started = local.broker("start", "--nodes", str(NODES))
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        yield local
+    finally:
+        local.broker("stop")
+
+
+def test_the_cluster_starts_reports_and_restarts_whichever_node_is_down(
+    cluster: LocalCluster,
+) -> None:
+    bootstrap = ",".join(f"127.0.0.1:{cluster.port + 2 * n}" for n in range(NODES))
+    status = cluster.status()
+    assert status["bootstrap"] == bootstrap
+    assert [(n["node"], n["port"], n["controller_port"], n["state"]) for n in status["nodes"]] == [
+        (n + 1, cluster.port + 2 * n, cluster.port + 2 * n + 1, "running") for n in range(NODES)
+    ]
+    killed = status["nodes"][2]["pid"]
+    os.kill(killed, signal.SIGKILL)
+    down = cluster.broker("status")
+    assert down.returncode == 3
+    assert "node 3  stopped" in down.stdout and "node 1  running" in down.stdout
+    again = cluster.broker("start")
+    assert again.returncode == 0, again.stderr
+    assert "node 1" in again.stdout and "already running" in again.stdout
+    assert f"EXNET_KAFKA_BOOTSTRAP={bootstrap}" in again.stdout
+    assert [n["state"] for n in cluster.status()["nodes"]] == ["running"] * NODES
+    refused = cluster.broker("start", "--nodes", "1")
+    assert refused.returncode == 2 and "holds a 3-node cluster" in refused.stderr
+
+
+def _wait_in_sync(bootstrap: str, topics: list[str]) -> None:
+    """Until every partition of ``topics`` has all its replicas in sync."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        deadline = time.monotonic() + REJOIN_TIMEOUT_S
+        while True:
+            partitions = [p for t in admin.describe_topics(topics) for p in t["partitions"]]
+            lagging = [p for p in partitions if len(p["isr_nodes"]) < NODES]
+            if not lagging:
+                return
+            assert time.monotonic() < deadline, f"replicas still out of sync: {lagging}"
+            time.sleep(1)
+    finally:
+        admin.close()
+
+
+def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(
+    cluster: LocalCluster, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    bootstrap = cluster.status()["bootstrap"]
+    pipeline = Pipeline(settings_factory(kafka_bootstrap=bootstrap, partitions=3))
+    try:
+        pipeline.init()
+        names = [topic_name(topic, pipeline.settings.topic_prefix) for topic in Topic]
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+        described = admin.describe_topics([pipeline.topic(Topic.SESSION)])
+        admin.close()
+        assert {len(p["replica_nodes"]) for p in described[0]["partitions"]} == {3}
+
+        events = participant_events(seed=13, participants=1_100)  # ~10,500 events
+        assert len(events) >= 10_000
+        log = tmp_path / "up.log"
+        worker = pipeline.start(log=log)
+        feeder = threading.Thread(
+            target=_publish_slowly, args=(pipeline, events, random.Random(5), 30.0)
+        )
+        feeder.start()
+        time.sleep(12)
+        victim = cluster.status()["nodes"][1]  # node 2, whatever it leads
+        os.kill(victim["pid"], signal.SIGKILL)
+        feeder.join()
+        assert worker.poll() is None, f"exnet up died with a broker:\n{log.read_text()[-3000:]}"
+        os.killpg(worker.pid, signal.SIGTERM)
+        assert worker.wait(timeout=120) == 0, log.read_text()[-3000:]
+        pipeline.drain(timeout=240)
+        _assert_exact(pipeline, [event for _, event in events])
+
+        again = cluster.broker("start")
+        assert again.returncode == 0, again.stderr
+        assert f"pid {victim['pid']}" not in again.stdout
+        _wait_in_sync(bootstrap, [n for n in names if n in _existing(bootstrap)])
+    finally:
+        pipeline.close()
+
+
+def _existing(bootstrap: str) -> set[str]:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+    try:
+        return set(admin.list_topics())
+    finally:
+        admin.close()
