@@ -32,7 +32,7 @@ def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
 def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap.split(","),
+            **settings.kafka_client_config(),
             client_id="exnet-admin",
             request_timeout_ms=30_000,
         )

@@ -52,9 +52,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from contracts.errors import UserError
+from exnet import broker_security
 
 if TYPE_CHECKING:
     from exnet.settings import Settings
@@ -154,6 +155,14 @@ class BrokerConfig:
     quorum: tuple[tuple[int, int], ...] = ()
     #: Replicas of Kafka's internal topics (the consumer offsets): the cluster's size, up to 3.
     replicas: int = 1
+    #: The secrets of a SASL_SSL node (:mod:`exnet.broker_security`); None: plaintext.
+    secrets: Path | None = None
+
+    def connection(self) -> dict[str, Any] | None:
+        """kafka-python settings for this launcher to log in (None: plaintext)."""
+        if self.secrets is None:
+            return None
+        return broker_security.Secrets(self.secrets).connection(self.bootstrap)
 
     def __post_init__(self) -> None:
         for port in (self.port, self.controller_port):
@@ -279,7 +288,7 @@ def start(
         lib_dir = ensure_jars(config.jar_cache, on_step=step)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         config.logs_dir.mkdir(parents=True, exist_ok=True)
-        config.properties_file.write_text(server_properties(config), encoding="utf-8")
+        _write_properties(config)
         _format_storage(config, java, lib_dir, step)
         step(f"starting Kafka on {config.bootstrap} (logs in {config.logs_dir})")
         process = _spawn(config, java, lib_dir)
@@ -320,15 +329,19 @@ def status(config: BrokerConfig) -> BrokerStatus:
         running=pid is not None,
         pid=pid,
         bootstrap=config.bootstrap,
-        answering=pid is not None and broker_answers(config.bootstrap),
+        answering=pid is not None
+        and broker_answers(config.bootstrap, connection=config.connection()),
         stale_pid=recorded if pid is None else None,
         home=config.home,
     )
 
 
-def broker_answers(bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+def broker_answers(
+    bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S, connection: dict[str, Any] | None = None
+) -> bool:
     """Whether a broker at ``bootstrap`` (``host:port[,host:port...]``) answers a
-    metadata request within about ``timeout_s`` seconds.
+    metadata request within about ``timeout_s`` seconds (``connection``: the
+    kafka-python security settings, for a broker that wants a login).
 
     An open port alone is not enough: a broker accepts connections a moment
     before it can serve requests. A closed port is detected without kafka-python,
@@ -344,7 +357,7 @@ def broker_answers(bootstrap: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     timeout_ms = max(1, int(timeout_s * 1000))
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
+            **{**(connection or {}), "bootstrap_servers": bootstrap},
             client_id="exnet-broker-probe",
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
@@ -470,6 +483,9 @@ def server_properties(config: BrokerConfig) -> str:
         "share.coordinator.state.topic.num.partitions": "5",
         "group.initial.rebalance.delay.ms": "0",
     }
+    if config.secrets is not None:
+        found = broker_security.Secrets(config.secrets)
+        settings |= broker_security.security_properties(found, port, controller)
     lines = [
         "# Written by exnet/broker.py at every `exnet broker start`; edits are overwritten.",
         *(f"{key}={value}" for key, value in settings.items()),
@@ -491,24 +507,34 @@ class Cluster:
     before clusters) or ``nodes`` KRaft nodes, each broker and controller in one JVM,
     node ``i`` under ``home/<i>`` with its broker on ``port + 2(i-1)`` and its
     controller on the odd port above (9092/9093, 9094/9095, 9096/9097).
+    ``security``: ``plaintext``, or ``sasl_ssl`` (:mod:`exnet.broker_security`,
+    secrets under ``home/secrets``).
     """
 
     home: Path
     port: int = DEFAULT_PORT
     nodes: int = 1
     jar_cache: Path = JAR_CACHE
+    security: str = "plaintext"
 
     def __post_init__(self) -> None:
+        if self.security not in broker_security.SECURITY_MODES:
+            raise UserError(
+                f"--security must be one of {', '.join(broker_security.SECURITY_MODES)}, "
+                f"not {self.security!r}"
+            )
         if not 1 <= self.nodes <= MAX_NODES:
             raise UserError(f"--nodes must be 1 to {MAX_NODES}, not {self.nodes}")
         if self.port + 2 * self.nodes > 65536:
             raise UserError(f"{self.nodes} nodes from port {self.port} run past port 65535")
 
     @classmethod
-    def from_settings(cls, settings: Settings, nodes: int | None = None) -> Cluster:
+    def from_settings(
+        cls, settings: Settings, nodes: int | None = None, security: str | None = None
+    ) -> Cluster:
         """The cluster ``settings.kafka_bootstrap`` names (its first address is node 1's
-        broker), under ``<var_dir>/kafka``; ``nodes``: None for the size it was started
-        with (1 if never)."""
+        broker), under ``<var_dir>/kafka``; ``nodes`` and ``security``: None for what
+        it was started with (1 node, plaintext if never)."""
         bootstrap = settings.kafka_bootstrap.strip()
         servers = _split_bootstrap(bootstrap)
         if not servers or any(host not in (HOST, "localhost") for host, _ in servers):
@@ -518,7 +544,19 @@ class Cluster:
                 f"{HOST}:<port>) to use the local ones, or manage that cluster yourself"
             )
         home = settings.var_dir / "kafka"
-        recorded = _recorded_nodes(home)
+        recorded, recorded_security = _recorded(home)
+        if security is None:
+            security = recorded_security or "plaintext"
+        elif recorded_security is not None and recorded_security != security:
+            raise UserError(
+                f"{home} holds a {recorded_security} cluster: start it as it is (no "
+                f"--security), or stop it and remove {home} to start it {security}"
+            )
+        elif recorded_security is None and security != "plaintext" and (home / "data").exists():
+            raise UserError(
+                f"{home} holds a plaintext broker's data: stop it and remove {home} to "
+                f"start it {security}"
+            )
         if nodes is None:
             nodes = recorded or 1
         elif recorded is not None and recorded != nodes:
@@ -531,13 +569,22 @@ class Cluster:
                 f"{home} holds a single broker's data: stop it and remove {home} to start "
                 f"{nodes} nodes afresh"
             )
-        return cls(home=home, port=servers[0][1], nodes=nodes)
+        return cls(home=home, port=servers[0][1], nodes=nodes, security=security)
+
+    @property
+    def secrets(self) -> Path | None:
+        """Where a SASL_SSL cluster's keys, passwords and env files live."""
+        return self.home / "secrets" if self.security == "sasl_ssl" else None
 
     @property
     def members(self) -> list[BrokerConfig]:
         """One :class:`BrokerConfig` per node, node 1 first."""
         if self.nodes == 1:
-            return [BrokerConfig(self.home, self.port, self.port + 1, self.jar_cache)]
+            return [
+                BrokerConfig(
+                    self.home, self.port, self.port + 1, self.jar_cache, secrets=self.secrets
+                )
+            ]
         ports = [(node, self.port + 2 * (node - 1)) for node in range(1, self.nodes + 1)]
         quorum = tuple((node, port + 1) for node, port in ports)
         return [
@@ -549,6 +596,7 @@ class Cluster:
                 node_id=node,
                 quorum=quorum,
                 replicas=min(3, self.nodes),
+                secrets=self.secrets,
             )
             for node, port in ports
         ]
@@ -560,7 +608,12 @@ class Cluster:
 
 
 def start_cluster(
-    cluster: Cluster, *, timeout_s: float = START_TIMEOUT_S, on_step: OnStep | None = None
+    cluster: Cluster,
+    *,
+    timeout_s: float = START_TIMEOUT_S,
+    on_step: OnStep | None = None,
+    sites: Iterable[str] = (),
+    topic_prefix: str = "",
 ) -> list[StartResult]:
     """Start every node of ``cluster`` that is not running, and return once all answer.
 
@@ -568,13 +621,17 @@ def start_cluster(
     leader); nodes already running are left alone, so this also restarts the
     one that was killed. A node that fails to answer in ``timeout_s`` fails the
     start: the nodes this call started are stopped and a :class:`UserError`
-    carries the tail of the failing node's log.
+    carries the tail of the failing node's log. A SASL_SSL cluster's principals
+    (``sites``: the registered site ids; ``topic_prefix``: the deployment's) get
+    their logins, ACLs and env files once it answers.
     """
-    if cluster.nodes == 1:
+    if cluster.nodes == 1 and cluster.security == "plaintext":
         return [start(cluster.members[0], timeout_s=timeout_s, on_step=on_step)]
     started_at = time.monotonic()
     step = on_step or _ignore
     cluster_id = _cluster_id(cluster)
+    if cluster.secrets is not None:
+        broker_security.ensure_secrets(cluster.secrets, step)
     java = _find_java()
     lib_dir = ensure_jars(cluster.jar_cache, on_step=step)
     spawned: list[tuple[BrokerConfig, subprocess.Popen[bytes]]] = []
@@ -591,7 +648,7 @@ def start_cluster(
                 _check_ports_free(config)
                 config.data_dir.mkdir(parents=True, exist_ok=True)
                 config.logs_dir.mkdir(parents=True, exist_ok=True)
-                config.properties_file.write_text(server_properties(config), encoding="utf-8")
+                _write_properties(config)
                 _format_storage(config, java, lib_dir, step, cluster_id)
                 step(f"starting Kafka node {config.node_id} on {config.bootstrap}")
                 process = _spawn(config, java, lib_dir)
@@ -607,6 +664,10 @@ def start_cluster(
             _terminate(process.pid, STOP_TIMEOUT_S)
             _remove_pid_file(config)
         raise
+    if cluster.secrets is not None:
+        found = broker_security.Secrets(cluster.secrets)
+        principals = broker_security.sync_principals(found, cluster.bootstrap, sites, topic_prefix)
+        step(f"logins, ACLs and env files of {len(principals)} principals in {cluster.secrets}")
     seconds = time.monotonic() - started_at
     results = {c.node_id: StartResult(p.pid, False, seconds) for c, p in spawned}
     results |= {c.node_id: StartResult(pid, True, seconds) for c, pid in running}
@@ -628,14 +689,15 @@ def cluster_status(cluster: Cluster) -> list[BrokerStatus]:
     return [status(config) for config in cluster.members]
 
 
-def _recorded_nodes(home: Path) -> int | None:
+def _recorded(home: Path) -> tuple[int | None, str | None]:
+    """The size and security a cluster under ``home`` was first started with."""
     try:
         recorded = json.loads((home / CLUSTER_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {home / CLUSTER_FILE}: {exc}") from None
-    return int(recorded["nodes"])
+    return int(recorded["nodes"]), str(recorded.get("security", "plaintext"))
 
 
 def _cluster_id(cluster: Cluster) -> str:
@@ -649,7 +711,9 @@ def _cluster_id(cluster: Cluster) -> str:
     cluster_id = _new_cluster_id()
     partial = path.with_suffix(".partial")
     partial.write_text(
-        json.dumps({"nodes": cluster.nodes, "cluster_id": cluster_id}) + "\n", encoding="utf-8"
+        json.dumps({"nodes": cluster.nodes, "security": cluster.security, "cluster_id": cluster_id})
+        + "\n",
+        encoding="utf-8",
     )
     partial.replace(path)
     return cluster_id
@@ -706,6 +770,8 @@ def _format_storage(
         str(config.properties_file.resolve()),
         "--ignore-formatted",
     ]
+    if config.secrets is not None:
+        command += broker_security.format_arguments(broker_security.Secrets(config.secrets))
     try:
         done = subprocess.run(  # noqa: S603  # our own fixed command line
             command, capture_output=True, text=True, timeout=FORMAT_TIMEOUT_S, check=False
@@ -742,7 +808,7 @@ def _wait_until_answering(
             raise UserError(
                 f"the Kafka broker (pid {pid}) exited while starting; {_log_tail(config)}"
             )
-        if broker_answers(config.bootstrap):
+        if broker_answers(config.bootstrap, connection=config.connection()):
             return
         if time.monotonic() >= deadline:
             raise UserError(
@@ -833,6 +899,14 @@ def _running_pid(config: BrokerConfig) -> int | None:
 
 
 # --- files ------------------------------------------------------------------------
+
+
+def _write_properties(config: BrokerConfig) -> None:
+    """``server.properties``, readable by its owner only (a secured node's holds passwords)."""
+    config.properties_file.unlink(missing_ok=True)
+    descriptor = os.open(config.properties_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(server_properties(config))
 
 
 def _read_pid_file(config: BrokerConfig) -> int | None:

@@ -168,6 +168,18 @@ class Metrics:
         # -- the process
         #: gauge: 1 for each role this process runs (stream, sink).
         self.role = Gauge("exnet_process_role", "Roles this process runs", ["role"], registry=r)
+        #: counter: attempts to log in to Kafka that it refused (login or TLS certificate).
+        self.kafka_login_refused = Counter(
+            "exnet_kafka_login_refused",
+            "Connections to Kafka refused (wrong login or untrusted certificate); retried",
+            registry=r,
+        )
+        #: gauge: 1 while the process waits for Kafka to accept its login.
+        self.kafka_login_waiting = Gauge(
+            "exnet_kafka_login_waiting",
+            "1 while Kafka refuses this process's login and it retries with backoff",
+            registry=r,
+        )
         #: gauge: 1 while the process consumes and writes (readiness).
         self.ready = Gauge(
             "exnet_ready", "1 while the process is consuming and writing", registry=r

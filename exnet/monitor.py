@@ -55,10 +55,10 @@ class PipelineProgress:
             (streams_group(settings), [name(Topic.VALIDATED)]),
             (sink_group(settings), [name(Topic.ACCEPTED), name(Topic.DEADLETTER)]),
         ]
-        bootstrap = settings.kafka_bootstrap.split(",")
-        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="exnet-monitor")
+        connection = settings.kafka_client_config()
+        self._admin = KafkaAdminClient(**connection, client_id="exnet-monitor")
         self._offsets = KafkaConsumer(
-            bootstrap_servers=bootstrap, client_id="exnet-monitor", enable_auto_commit=False
+            **connection, client_id="exnet-monitor", enable_auto_commit=False
         )
 
     def close(self) -> None:

@@ -209,16 +209,9 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
     """Run until SIGTERM/SIGINT (or, with ``drain``, until every input is written); exit status."""
     stop = _StopFlag()
     stop.install()
-    initialize(settings, clickhouse=False)  # topics; the writer migrates ClickHouse
     metrics = Metrics()
-    metrics.preset(topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS)
-
     sink_role: _SinkRole | None = None
-    if role in (Role.AUTO, Role.SINK):
-        standby = role is Role.AUTO and settings.embedded_clickhouse
-        sink_role = _SinkRole(settings, metrics, standby=standby, on_error=stop.request)
     runs_streams = role in (Role.AUTO, Role.STREAM)
-
     consuming = threading.Event()  # the stream workers hold partitions
 
     def ready() -> bool:
@@ -231,6 +224,17 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
 
     ops = OpsServer(settings.metrics_host, settings.metrics_port, metrics, ready)
     ops.start()
+    try:
+        if not _logged_in(settings, metrics, stop):
+            return 0  # stopped while Kafka refused the login: nothing was consumed
+        initialize(settings, clickhouse=False)  # topics; the writer migrates ClickHouse
+    except BaseException:
+        ops.stop()
+        raise
+    metrics.preset(topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS)
+    if role in (Role.AUTO, Role.SINK):
+        standby = role is Role.AUTO and settings.embedded_clickhouse
+        sink_role = _SinkRole(settings, metrics, standby=standby, on_error=stop.request)
     progress = _DrainProgress() if drain and sys.stderr.isatty() else None
     monitor = LagMonitor(
         settings,
@@ -264,6 +268,57 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
     if sink_role is not None and sink_role.error is not None:
         return 1
     return 0
+
+
+#: Seconds between logins Kafka refused: doubling from 1 up to this.
+LOGIN_RETRY_MAX_S = 60.0
+#: Milliseconds one login attempt may take.
+LOGIN_TIMEOUT_MS = 5_000
+
+
+def _logged_in(settings: Settings, metrics: Metrics, stop: _StopFlag) -> bool:
+    """Wait, retrying with backoff, while Kafka refuses this process's login or TLS
+    certificate (an operator may fix the principal meanwhile: nothing is consumed
+    or committed). False if stopped meanwhile. A broker that does not answer at
+    all is an error at once (the `init` that follows says so)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+    from tenacity import Retrying, retry_if_result, stop_never, wait_exponential
+
+    from exnet.settings import KafkaRefusals
+
+    def refused() -> str | None:
+        with KafkaRefusals(settings) as refusals:
+            try:
+                KafkaAdminClient(
+                    **settings.kafka_client_config(),
+                    client_id="exnet-login",
+                    bootstrap_timeout_ms=LOGIN_TIMEOUT_MS,
+                    request_timeout_ms=LOGIN_TIMEOUT_MS,
+                ).close()
+            except KafkaError:
+                return refusals.reason()
+        return None
+
+    def waiting(state: Any) -> None:
+        metrics.kafka_login_refused.inc()
+        metrics.kafka_login_waiting.set(1)
+        log.error(
+            "%s; retrying in %.0f s (nothing is consumed or committed meanwhile)",
+            state.outcome.result(),
+            state.next_action.sleep,
+        )
+
+    retrying = Retrying(
+        retry=retry_if_result(lambda reason: reason is not None and not stop.event.is_set()),
+        wait=wait_exponential(multiplier=1, max=LOGIN_RETRY_MAX_S),
+        stop=stop_never,
+        sleep=lambda seconds: None if stop.event.wait(seconds) else None,  # a stop cuts it short
+        before_sleep=waiting,
+    )
+    retrying(refused)
+    metrics.kafka_login_waiting.set(0)
+    return not stop.event.is_set()
 
 
 def _run_streams(

@@ -1,14 +1,17 @@
 """The one settings object of an exnet process, read from ``EXNET_*`` variables.
 
 It is resolved once, in the CLI, and passed down; nothing below the CLI reads
-``os.environ``.
+``os.environ``. The Kafka password is a ``SecretStr``: it is never logged or printed.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import ssl
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.errors import ConfigError
 from contracts.registry import DEMO_REGISTRY
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["KafkaRefusals", "Settings", "load_settings"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
@@ -35,6 +38,14 @@ class Settings(BaseSettings):
     #: to 3 (``min.insync.replicas`` is then 2 where there are 2 or more).
     replication_factor: Annotated[int, Field(ge=1, le=10)] | None = None
     consumer_group: str = "exnet"
+    #: How every Kafka client connects (SPEC §5): ``PLAINTEXT`` (the local
+    #: development broker) or ``SASL_SSL`` (TLS, a SCRAM login as ``kafka_username``).
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    kafka_username: str | None = None
+    kafka_password: SecretStr | None = None
+    #: The CA certificate (PEM) that signed the brokers' certificates; None: the system's.
+    kafka_ca_file: Path | None = None
 
     # --- data ------------------------------------------------------------
     #: Network registry (SPEC §3). None: the demo registry; the publisher then
@@ -104,15 +115,111 @@ class Settings(BaseSettings):
     def embedded_clickhouse(self) -> bool:
         return self.clickhouse_dsn.startswith("chdb:")
 
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of a ``SASL_SSL`` connection (None for ``PLAINTEXT``): the
+        brokers' certificates checked against ``kafka_ca_file``, hostnames too."""
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return None
+        cafile = str(self.kafka_ca_file) if self.kafka_ca_file is not None else None
+        try:
+            return ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"EXNET_KAFKA_CA_FILE: cannot read {cafile}: {exc}") from None
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """The connection settings of a kafka-python client (producer, consumer, admin):
+        bootstrap servers and, for ``SASL_SSL``, the login and the TLS context.
+
+        Raises :class:`ConfigError` when ``SASL_SSL`` lacks a username or password.
+        """
+        config: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.kafka_bootstrap.split(",") if s.strip()],
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol == "PLAINTEXT":
+            return config
+        if self.kafka_username is None or self.kafka_password is None:
+            raise ConfigError(
+                "EXNET_KAFKA_SECURITY_PROTOCOL is SASL_SSL: set EXNET_KAFKA_USERNAME and "
+                "EXNET_KAFKA_PASSWORD (a site's env file from the operator has them)"
+            )
+        return config | {
+            "sasl_mechanism": self.kafka_sasl_mechanism,
+            "sasl_plain_username": self.kafka_username,
+            "sasl_plain_password": self.kafka_password.get_secret_value(),
+            "ssl_context": self.kafka_ssl_context(),
+        }
+
     def as_dict(self) -> dict[str, Any]:
         """Every setting, secrets redacted: safe to log or print."""
         return self.model_dump(mode="json")
 
 
+class KafkaRefusals(logging.Handler):
+    """Collects why Kafka refused a connection, from kafka-python's own log records.
+
+    kafka-python reports a failed login or TLS handshake only in its log and then
+    gives up with "Unable to bootstrap", as if no broker were there. Attached to
+    the ``kafka`` logger around a connection attempt (``with KafkaRefusals(settings)
+    as refusals:``), :meth:`reason` turns what it saw into one line for people,
+    or None when nothing was refused. No secret is in those records.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(level=logging.DEBUG)
+        self._settings = settings
+        self._seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._seen.append(record.getMessage())
+
+    def __enter__(self) -> KafkaRefusals:
+        # kafka-python's records go here alone meanwhile (the CLI may have silenced them).
+        kafka = logging.getLogger("kafka")
+        self._saved = (kafka.level, kafka.propagate)
+        kafka.setLevel(logging.WARNING)
+        kafka.propagate = False
+        kafka.addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        kafka = logging.getLogger("kafka")
+        kafka.removeHandler(self)
+        kafka.setLevel(self._saved[0])
+        kafka.propagate = self._saved[1]
+
+    def reason(self) -> str | None:
+        """What Kafka refused, in one line, or None."""
+        seen = " ".join(self._seen)
+        who = self._settings.kafka_username
+        if "SaslAuthenticationFailed" in seen or "Authentication failed" in seen:
+            return (
+                f"Kafka refused the login of {who!r} ({self._settings.kafka_sasl_mechanism}): "
+                "wrong username or password (EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD)"
+            )
+        if "CERTIFICATE_VERIFY_FAILED" in seen or "certificate verify failed" in seen:
+            detail = re.search(r"certificate verify failed: ([^(\])]+)", seen)
+            why = detail.group(1).strip() if detail else "not trusted"
+            return (
+                f"the brokers' TLS certificate is refused ({why}): it is not signed by the CA "
+                f"in EXNET_KAFKA_CA_FILE ({self._settings.kafka_ca_file}), or has expired"
+            )
+        if "TopicAuthorizationFailed" in seen or "ClusterAuthorizationFailed" in seen:
+            return f"Kafka does not allow {who!r} this operation (its ACLs)"
+        return None
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings from the environment; a bad value is a :class:`ConfigError`."""
+    """Read the settings from the environment; a bad value is a :class:`ConfigError`.
+
+    ``EXNET_ENV_FILE`` names a file of ``EXNET_*=value`` lines (such as a site's
+    ``var/kafka/secrets/site-<SITE_ID>.env``) read beneath the environment's own.
+    """
+    env_file = os.environ.get("EXNET_ENV_FILE")
+    if env_file and not Path(env_file).is_file():
+        raise ConfigError(f"EXNET_ENV_FILE: {env_file} is not a readable file")
     try:
-        return Settings(**overrides)
+        return Settings(_env_file=env_file or None, **overrides)
     except ValidationError as exc:
         problems = "; ".join(
             f"EXNET_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"

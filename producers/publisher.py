@@ -56,7 +56,7 @@ from contracts import (
 )
 from contracts.errors import ConfigError
 from contracts.validation import Outcome
-from exnet.settings import Settings
+from exnet.settings import KafkaRefusals, Settings
 from producers.spool import (
     ClaimedSegment,
     SegmentWriter,
@@ -130,7 +130,7 @@ SEGMENT_ROTATE_BYTES: Final = 64 * 1024 * 1024
 def producer_config(settings: Settings, client_id: str = "exnet-publisher") -> dict[str, Any]:
     """kafka-python ``KafkaProducer`` settings: durable (acks=all, idempotent), batched."""
     return {
-        "bootstrap_servers": [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()],
+        **settings.kafka_client_config(),
         "client_id": client_id,
         "acks": "all",
         "enable_idempotence": True,
@@ -146,16 +146,25 @@ def producer_config(settings: Settings, client_id: str = "exnet-publisher") -> d
 
 
 def connect_producer(
-    settings: Settings, client_id: str = "exnet-publisher"
+    settings: Settings, client_id: str = "exnet-publisher", why: list[str] | None = None
 ) -> KafkaProducer | None:
-    """A connected producer, or None when no broker answers within seconds."""
-    try:
-        return KafkaProducer(**producer_config(settings, client_id))
-    except KafkaError as exc:
-        log.info("Kafka at %s is unreachable: %s", settings.kafka_bootstrap, exc)
-        return None
-    except ValueError as exc:  # a malformed bootstrap address
-        raise ConfigError(f"EXNET_KAFKA_BOOTSTRAP {settings.kafka_bootstrap!r}: {exc}") from None
+    """A connected producer, or None when no broker answers within seconds; then
+    ``why`` (when given) receives one line saying why (a refused login or TLS
+    certificate, or Kafka unreachable)."""
+    with KafkaRefusals(settings) as refusals:
+        try:
+            return KafkaProducer(**producer_config(settings, client_id))
+        except KafkaError as exc:
+            refused = refusals.reason()
+            reason = refused or f"Kafka at {settings.kafka_bootstrap} is unreachable"
+            log.info("%s (%s)", reason, exc)
+        except ValueError as exc:  # a malformed bootstrap address
+            raise ConfigError(
+                f"EXNET_KAFKA_BOOTSTRAP {settings.kafka_bootstrap!r}: {exc}"
+            ) from None
+    if why is not None:
+        why.append(reason)
+    return None
 
 
 def spool_of(settings: Settings) -> Spool:
@@ -449,9 +458,12 @@ def flush_spool(settings: Settings, producer: KafkaProducer | None = None) -> Fl
     if not spool.segment_paths():
         return FlushSummary()
     own = producer is None
+    why: list[str] = []
     if producer is None:
-        producer = connect_producer(settings, "exnet-spool-flush")
+        producer = connect_producer(settings, "exnet-spool-flush", why)
     delivery = _Delivery(producer)
+    if why:
+        delivery.problem = why[0]
     try:
         return _flush_segments(spool, delivery, FLUSH_LOCK_WAIT_S)
     finally:
@@ -511,12 +523,13 @@ class Publisher:
         if self._delivery is None:
             if self._closed:
                 raise ValueError("the publisher is closed")
-            producer = connect_producer(self._settings) if self._connect else None
+            why: list[str] = []
+            producer = connect_producer(self._settings, why=why) if self._connect else None
             self._delivery = _Delivery(producer)
             if not self._connect:
                 self._delivery.problem = "not connecting to Kafka (spool only)"
             elif producer is None:
-                self._delivery.problem = f"Kafka at {self._settings.kafka_bootstrap} is unreachable"
+                self._delivery.problem = why[0] if why else "Kafka is unreachable"
         return self._delivery
 
     @property

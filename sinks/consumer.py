@@ -138,7 +138,7 @@ class SinkConsumer:
     def run(self) -> None:
         """Consume until stopped; flush and commit before returning."""
         consumer = KafkaConsumer(
-            bootstrap_servers=self._settings.kafka_bootstrap.split(","),
+            **self._settings.kafka_client_config(),
             group_id=self._group,
             client_id=f"{self._group}-{threading.get_ident()}",
             enable_auto_commit=False,

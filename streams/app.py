@@ -96,6 +96,7 @@ def create_app(
         streams_group(settings),
         # Our transport: batches in, batches out (streams/transport.py).
         broker=[f"{SCHEME}://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
         store="memory://",
         Table=BatchTable,
         datadir=str(settings.var_dir / "faust"),  # not the working directory
@@ -213,6 +214,19 @@ def create_app(
         deduplicate_agent
     )
     return app
+
+
+def _credentials(settings: Settings) -> faust.SASLCredentials | None:
+    """The SCRAM login over TLS of a ``SASL_SSL`` deployment (SPEC §5); None for plaintext."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    connection = settings.kafka_client_config()  # checks the username and password are set
+    return faust.SASLCredentials(
+        username=connection["sasl_plain_username"],
+        password=connection["sasl_plain_password"],
+        ssl_context=connection["ssl_context"],
+        mechanism=settings.kafka_sasl_mechanism,
+    )
 
 
 #: Tasks started from callbacks, kept referenced until they finish.

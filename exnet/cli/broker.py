@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from exnet import broker
+from contracts.errors import UserError
+from exnet import broker, broker_security
+
+if TYPE_CHECKING:
+    from exnet.settings import Settings
 
 __all__ = ["STATUS_STOPPED_EXIT", "register"]
 
@@ -40,15 +44,31 @@ def register(app: typer.Typer) -> None:
                 max=broker.MAX_NODES,
             ),
         ] = None,
+        security: Annotated[
+            str | None,
+            typer.Option(
+                help="sasl_ssl: TLS and SCRAM-SHA-512 logins only, with ACLs; a login "
+                "and env file per principal in var/kafka/secrets (exnet, analyst, "
+                "site-<SITE_ID> per registered site). Default: as first started "
+                "(plaintext if never).",
+            ),
+        ] = None,
         timeout: Annotated[
             float, typer.Option(help="Seconds to wait for the brokers to answer.", min=1)
         ] = broker.START_TIMEOUT_S,
     ) -> None:
         """Start the brokers that are down (fetching the jars on first use); return once
         every one answers."""
-        cluster = _cluster(nodes)
+        settings = _settings()
+        cluster = broker.Cluster.from_settings(settings, nodes, security)
         err = Console(stderr=True, highlight=False, soft_wrap=True)
-        results = broker.start_cluster(cluster, timeout_s=timeout, on_step=err.print)
+        results = broker.start_cluster(
+            cluster,
+            timeout_s=timeout,
+            on_step=err.print,
+            sites=_sites(settings),
+            topic_prefix=settings.topic_prefix,
+        )
         out = Console(highlight=False, soft_wrap=True)
         if cluster.nodes == 1:
             [result], [config] = results, cluster.members
@@ -68,6 +88,26 @@ def register(app: typer.Typer) -> None:
             out.print(f"node {config.node_id}  {config.bootstrap}  pid {result.pid}  {what}")
         out.print(f"Kafka cluster of {cluster.nodes} nodes answering in {results[0].seconds:.1f} s")
         out.print(f"EXNET_KAFKA_BOOTSTRAP={cluster.bootstrap}")
+        if cluster.secrets is not None:
+            out.print(f"logins: EXNET_ENV_FILE={cluster.secrets}/<principal>.env")
+
+    @broker_app.command("sync-principals")
+    def sync_principals_command() -> None:
+        """Give every site of the registry (EXNET_REGISTRY) its login, ACLs and env file
+        on a running SASL_SSL cluster (sites added since it started)."""
+        settings = _settings()
+        cluster = broker.Cluster.from_settings(settings)
+        if cluster.secrets is None:
+            raise UserError("the local brokers run plaintext: there are no principals to sync")
+        principals = broker_security.sync_principals(
+            broker_security.Secrets(cluster.secrets),
+            cluster.bootstrap,
+            _sites(settings),
+            settings.topic_prefix,
+        )
+        out = Console(highlight=False, soft_wrap=True)
+        out.print(f"{len(principals)} principals: {', '.join(principals)}")
+        out.print(f"env files in {cluster.secrets}")
 
     @broker_app.command("stop")
     def stop_command(
@@ -135,10 +175,20 @@ def register(app: typer.Typer) -> None:
     app.add_typer(broker_app, name="broker")
 
 
-def _cluster(nodes: int | None) -> broker.Cluster:
+def _settings() -> Settings:
     from exnet.settings import load_settings  # here: pydantic takes ~0.2 s to import
 
-    return broker.Cluster.from_settings(load_settings(), nodes)
+    return load_settings()
+
+
+def _cluster(nodes: int | None) -> broker.Cluster:
+    return broker.Cluster.from_settings(_settings(), nodes)
+
+
+def _sites(settings: Settings) -> list[str]:
+    from contracts.registry import load_registry
+
+    return [site.id for _, site in load_registry(settings.registry_path).sites()]
 
 
 def _state(state: broker.BrokerStatus) -> str:

@@ -322,14 +322,19 @@ def collect_broker(settings: Settings) -> BrokerState:
     from kafka.errors import KafkaError
 
     from exnet.broker import broker_answers
+    from exnet.settings import KafkaRefusals
 
     bootstrap = settings.kafka_bootstrap
-    if not broker_answers(bootstrap, timeout_s=BROKER_TIMEOUT_S):
-        return BrokerState(bootstrap, False, f"no Kafka broker answers at {bootstrap}")
+    connection = settings.kafka_client_config()
+    with KafkaRefusals(settings) as refusals:
+        answers = broker_answers(bootstrap, timeout_s=BROKER_TIMEOUT_S, connection=connection)
+    if not answers:
+        why = refusals.reason() or f"no Kafka broker answers at {bootstrap}"
+        return BrokerState(bootstrap, False, why)
     timeout_ms = int(BROKER_TIMEOUT_S * 1000)
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
+            **connection,
             client_id="exnet-status",
             enable_auto_commit=False,
             request_timeout_ms=max(timeout_ms, 5_000),

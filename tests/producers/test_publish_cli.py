@@ -30,7 +30,7 @@ from .test_publisher import FakeProducer
 def producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
     fake = FakeProducer()
 
-    def connect(settings: Settings, client_id: str = "") -> Any:
+    def connect(settings: Settings, client_id: str = "", why: Any = None) -> Any:
         return fake
 
     monkeypatch.setattr(publisher_module, "connect_producer", connect)

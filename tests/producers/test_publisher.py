@@ -89,7 +89,7 @@ def fake_connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeProducer | No
     """Make ``connect_producer`` hand out the given fake (None: Kafka unreachable)."""
 
     def use(producer: FakeProducer | None) -> None:
-        def connect(settings: Settings, client_id: str = "") -> Any:
+        def connect(settings: Settings, client_id: str = "", why: Any = None) -> Any:
             return producer
 
         monkeypatch.setattr(publisher_module, "connect_producer", connect)
