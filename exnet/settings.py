@@ -206,6 +206,18 @@ class KafkaRefusals(logging.Handler):
             )
         if "TopicAuthorizationFailed" in seen or "ClusterAuthorizationFailed" in seen:
             return f"Kafka does not allow {who!r} this operation (its ACLs)"
+        if (
+            self._settings.kafka_security_protocol == "SASL_SSL"
+            and "SSLTransport" in seen
+            and "disconnected" in seen
+        ):
+            # The TLS handshake passed, then the broker hung up before the login's answer
+            # arrived (it closes a failed login's connection at once): still a refused login.
+            return (
+                f"Kafka refused the login of {who!r} ({self._settings.kafka_sasl_mechanism}): "
+                "it closed the connection during the login, which it does for a wrong "
+                "username or password (EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD)"
+            )
         return None
 
 

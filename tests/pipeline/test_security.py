@@ -1,0 +1,121 @@
+"""Brokers with TLS, SCRAM-SHA-512 logins and ACLs (``exnet broker start --security
+sasl_ssl``): each site publishes as itself through ``exnet publish``, the pipeline logs in
+as ``exnet`` and ends exact; a site may write its input topics and nothing else; a wrong
+password is one clear line and the events wait in the spool; no secret reaches a log."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+from kafka.errors import TopicAuthorizationFailedError
+
+from contracts.topics import Topic
+from exnet.settings import Settings
+from tests.conftest import SettingsFactory
+from tests.pipeline.harness import EXNET, Pipeline
+from tests.pipeline.load import participant_events
+from tests.pipeline.test_cluster import _free_ports
+from tests.pipeline.test_faults import _assert_exact
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
+
+
+def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EXNET, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
+    settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    port = _free_ports(2)
+    settings = settings_factory(kafka_bootstrap=f"127.0.0.1:{port}", partitions=3)
+    base = {
+        **os.environ,
+        "EXNET_VAR_DIR": str(settings.var_dir),
+        "EXNET_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "EXNET_TOPIC_PREFIX": settings.topic_prefix,
+        "EXNET_PARTITIONS": "3",
+        "EXNET_METRICS_PORT": "0",
+    }
+    outputs: list[str] = []
+
+    def run(env_file: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
+        env = dict(base)
+        if env_file is not None:
+            env.pop("EXNET_KAFKA_BOOTSTRAP")  # the env file says where, with the login
+            env["EXNET_ENV_FILE"] = str(env_file)
+        done = _run(env, *args)
+        outputs.extend([done.stdout, done.stderr])
+        return done
+
+    started = run(None, "broker", "start", "--security", "sasl_ssl")
+    secrets = settings.var_dir / "kafka" / "secrets"
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        # Keys and logins stay in the secrets folder, readable by their owner only.
+        assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in secrets.iterdir())
+        passwords = json.loads((secrets / "passwords.json").read_text())
+        assert {"exnet", "analyst", "site-N01-S01", "site-N03-S03"} <= set(passwords)
+        platform = secrets / "exnet.env"
+        assert run(platform, "init").returncode == 0
+
+        # Each site publishes its own events as itself.
+        events = participant_events(seed=17, participants=120)
+        by_site: dict[str, list[bytes]] = defaultdict(list)
+        for _, event in events:
+            by_site[event["site_id"]].append(orjson.dumps(event))
+        for site, lines in sorted(by_site.items()):
+            path = tmp_path / f"{site}.jsonl"
+            path.write_bytes(b"\n".join(lines) + b"\n")
+            done = run(secrets / f"site-{site}.env", "publish", str(path))
+            assert done.returncode == 0, done.stderr[-2000:]
+
+        # A wrong password: one clear line, the events wait in the spool.
+        wrong = tmp_path / "wrong.env"
+        site_env = (secrets / "site-N01-S01.env").read_text()
+        wrong.write_text(site_env.replace(passwords["site-N01-S01"], "not-the-password"))
+        extra = [e for _, e in participant_events(seed=18, participants=3)]
+        extra = [{**e, "node_id": "N01", "site_id": "N01-S01"} for e in extra]
+        late = tmp_path / "late.jsonl"
+        late.write_bytes(b"\n".join(orjson.dumps(e) for e in extra) + b"\n")
+        refused = run(wrong, "publish", str(late))
+        assert refused.returncode == 3, refused.stderr
+        assert "Kafka refused the login of 'site-N01-S01' (SCRAM-SHA-512)" in refused.stderr
+        assert f"spooled {len(extra)}" in refused.stdout
+        flushed = run(secrets / "site-N01-S01.env", "spool", "flush")
+        assert flushed.returncode == 0 and f"sent {len(extra)}" in flushed.stdout, flushed
+
+        # A site may not write exnet's own topics.
+        site = Settings(  # type: ignore[call-arg]  # pydantic-settings' own argument
+            _env_file=str(secrets / "site-N01-S01.env"), kafka_bootstrap=settings.kafka_bootstrap
+        )
+        producer = KafkaProducer(**site.kafka_client_config(), max_block_ms=10_000)
+        try:
+            accepted = f"{settings.topic_prefix}exnet.accepted"
+            with pytest.raises(TopicAuthorizationFailedError, match=accepted):
+                producer.send(accepted, b"{}", key=b"P-0000000000").get(timeout=30)
+        finally:
+            producer.close()
+
+        # The pipeline logs in as exnet and ends exact.
+        drained = run(platform, "up", "--drain")
+        assert drained.returncode == 0, drained.stderr[-3000:]
+        pipeline = Pipeline(settings)
+        _assert_exact(pipeline, [event for _, event in events] + extra)
+    finally:
+        run(None, "broker", "stop")
+    logs = [p.read_text(errors="replace") for p in (settings.var_dir / "kafka").rglob("*.log")]
+    for secret in passwords.values():
+        assert not any(secret in text for text in [*outputs, *logs])
+    assert Topic.ACCEPTED  # the topic named above is the platform's own
