@@ -97,10 +97,10 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
         assert flushed.returncode == 0 and f"sent {len(extra)}" in flushed.stdout, flushed
 
         # A site may not write exnet's own topics.
-        site = Settings(  # type: ignore[call-arg]  # pydantic-settings' own argument
+        as_site = Settings(
             _env_file=str(secrets / "site-N01-S01.env"), kafka_bootstrap=settings.kafka_bootstrap
         )
-        producer = KafkaProducer(**site.kafka_client_config(), max_block_ms=10_000)
+        producer = KafkaProducer(**as_site.kafka_client_config(), max_block_ms=10_000)
         try:
             accepted = f"{settings.topic_prefix}exnet.accepted"
             with pytest.raises(TopicAuthorizationFailedError, match=accepted):
