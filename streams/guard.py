@@ -41,6 +41,9 @@ SiteCounts = Mapping[str | None, tuple[int, int]]
 MEMORY_S = 600.0
 #: Seconds between warnings about one failing site.
 WARN_EVERY_S = 60.0
+#: Rejections of one site in the window before it is warned about (a stray bad
+#: message is the rejection's business, not an operator's).
+WARN_AT_LEAST = 20
 
 
 class InvalidRatioExceeded(ExnetError):
@@ -126,6 +129,8 @@ class InvalidRatioGuard:
 
     def _warn(self, failing: list[str], now: float) -> None:
         for site in failing:
+            if self._rejected[site] < WARN_AT_LEAST:
+                continue
             if now - self._warned_at.get(site, -WARN_EVERY_S) >= WARN_EVERY_S:
                 self._warned_at[site] = now
                 log.warning(
