@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
+import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import TopicAuthorizationFailedError
 
+from contracts.registry import DEMO_REGISTRY
 from contracts.topics import Topic
 from exnet.settings import Settings
 from tests.conftest import SettingsFactory
@@ -32,6 +36,14 @@ def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Co
     return subprocess.run(
         [EXNET, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def _metrics(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:  # noqa: S310
+            return str(answer.read().decode())
+    except OSError:
+        return ""
 
 
 def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
@@ -107,6 +119,53 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
                 producer.send(accepted, b"{}", key=b"P-0000000000").get(timeout=30)
         finally:
             producer.close()
+
+        # exnet up with a wrong password waits, retrying, and says so; it consumes nothing.
+        wrong_platform = tmp_path / "exnet-wrong.env"
+        wrong_platform.write_text(
+            platform.read_text().replace(passwords["exnet"], "not-the-password")
+        )
+        metrics_port = _free_ports(1)
+        waiting = subprocess.Popen(
+            [EXNET, "up"],
+            env={
+                **{k: v for k, v in base.items() if k != "EXNET_KAFKA_BOOTSTRAP"},
+                "EXNET_ENV_FILE": str(wrong_platform),
+                "EXNET_METRICS_PORT": str(metrics_port),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "exnet_kafka_login_waiting 1.0" not in _metrics(metrics_port):
+                assert waiting.poll() is None and time.monotonic() < deadline
+                time.sleep(0.5)
+            assert "exnet_kafka_login_refused_total" in _metrics(metrics_port)
+        finally:
+            os.killpg(waiting.pid, signal.SIGTERM)
+            waited_out, _ = waiting.communicate(timeout=60)
+        outputs.append(waited_out)
+        assert waiting.returncode == 0, waited_out[-3000:]
+        assert "Kafka refused the login of 'exnet' (SCRAM-SHA-512)" in waited_out
+        assert "retrying in" in waited_out and "nothing is consumed or committed" in waited_out
+
+        # A site registered later gets its login from sync-principals.
+        registry = tmp_path / "registry.yaml"
+        registry.write_text(
+            DEMO_REGISTRY.read_text().replace(
+                "      - {id: N01-S03, name: Lakeside Wellness Centre}",
+                "      - {id: N01-S03, name: Lakeside Wellness Centre}\n"
+                "      - {id: N01-S09, name: Quarry Road Clinic}",
+            )
+        )
+        base["EXNET_REGISTRY"] = str(registry)
+        synced = run(None, "broker", "sync-principals")
+        assert synced.returncode == 0, synced.stderr
+        assert "site-N01-S09" in synced.stdout and (secrets / "site-N01-S09.env").is_file()
+        passwords = json.loads((secrets / "passwords.json").read_text())
 
         # The pipeline logs in as exnet and ends exact.
         drained = run(platform, "up", "--drain")
