@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import urllib.error
@@ -115,8 +116,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: A query's own output format: ``FORMAT <name>`` at its end (before an optional ``;``).
+_OWN_FORMAT = re.compile(r"\s+FORMAT\s+([A-Za-z][A-Za-z0-9]*)\s*;?\s*$", re.IGNORECASE)
+
+
+def own_format(sql: str) -> tuple[str, str | None]:
+    """``sql`` without its own trailing ``FORMAT`` clause and ``;``, and that format (or None).
+
+    ClickHouse clients append the output format to the query; a query that names
+    its own would then carry two and fail with a syntax error the user never typed.
+    """
+    found = _OWN_FORMAT.search(sql)
+    if found is not None:
+        return sql[: found.start()], found.group(1)
+    return sql.rstrip().removesuffix(";").rstrip(), None
+
+
 def run_query(settings: Settings, sql: str, fmt: str) -> bytes:
-    """Run ``sql`` read-only: through the owning process's endpoint, or directly."""
+    """Run ``sql`` read-only: through the owning process's endpoint, or directly.
+
+    The query's own ``FORMAT`` clause wins over ``fmt``; errors quote the query as
+    it was written.
+    """
+    sql, named = own_format(sql)
+    fmt = named or fmt
+    try:
+        return _run_query(settings, sql, fmt)
+    except UserError as exc:
+        raise UserError(str(exc).replace(f"\n FORMAT {fmt}", "")) from None
+
+
+def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
     path = endpoint_file(settings)
     if settings.embedded_clickhouse and path.exists():
         try:

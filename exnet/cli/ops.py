@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from contracts.registry import load_registry
 from exnet.ops import DEFAULT_MAX_REJECT_SHARE, DEFAULT_STALE_HOURS, JSON_KEYS_HELP
 from exnet.settings import load_settings
 
@@ -146,6 +147,7 @@ def rejects(
         until=parse_moment(until) if until else None,
         limit=limit if limit is not None or as_csv or as_json else DEFAULT_TERMINAL_LIMIT,
     )
+    query.check_names(load_registry(settings.registry_path), str(settings.registry_path))
     result = find_rejects(settings, query)
     if not (as_csv or as_json):
         Console(highlight=False).print(render_rejects(result))

@@ -20,6 +20,7 @@ What callers may rely on:
 from __future__ import annotations
 
 import csv
+import difflib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from rich.text import Text
 
 from contracts.errors import UserError
 from contracts.reasons import Reason
+from contracts.registry import NetworkRegistry
 from exnet.ops._sql import from_millis, query_rows, quote_list, time_literal, to_int
 from exnet.settings import Settings
 
@@ -116,6 +118,25 @@ class RejectFilter:
             )
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be at least 1")
+
+    def check_names(self, registry: NetworkRegistry, source: str) -> None:
+        """Raise :class:`UserError` for a ``--node`` or ``--site`` not in ``registry``
+        (read from ``source``), suggesting the closest registered names: a typo must
+        not look like a site with nothing to fix."""
+        registered = {
+            "node": sorted({node.id for node in registry.nodes}),
+            "site": sorted(registry.node_of_site),
+        }
+        for kind, names in (("node", self.nodes), ("site", self.sites)):
+            for name in names:
+                if name in registered[kind]:
+                    continue
+                close = difflib.get_close_matches(name, registered[kind], n=3, cutoff=0.6)
+                hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                raise UserError(
+                    f"{kind} {name!r} is not in the network registry ({source}){hint} "
+                    f"Registered: {', '.join(registered[kind])}"
+                )
 
     def where(self) -> str:
         clauses = ["1"]

@@ -37,6 +37,14 @@ def test_sql_works_while_up_holds_the_embedded_database(pipeline: Pipeline, tmp_
             "sql", "SELECT node_id FROM nodes FINAL ORDER BY node_id", "--format", "CSV"
         )
         assert csv.stdout == '"N01"\n"N02"\n"N03"\n'
+        # The query's own FORMAT wins; an error quotes the query as written.
+        own = pipeline.run(
+            "sql", "SELECT node_id FROM nodes FINAL ORDER BY node_id LIMIT 1 FORMAT JSONEachRow;"
+        )
+        assert own.returncode == 0 and own.stdout == '{"node_id":"N01"}\n', own.stderr
+        typo = pipeline.run("sql", "SELEC node_id FROM nodes FORMAT JSONEachRow")
+        assert typo.returncode == 2 and "Syntax error" in typo.stderr
+        assert "FORMAT" not in typo.stderr
         refused = pipeline.run(
             "sql", "INSERT INTO nodes (node_id, name, loaded_at) VALUES ('N99', 'x', now())"
         )

@@ -232,3 +232,22 @@ def test_a_corrected_record_with_a_new_event_id_is_accepted(
     finally:
         prefix = settings.topic_prefix
         kafka_admin.delete_topics([t for t in kafka_admin.list_topics() if t.startswith(prefix)])
+
+
+def test_a_site_or_node_not_in_the_registry_is_a_usage_error_with_a_suggestion() -> None:
+    from contracts import load_registry
+    from contracts.errors import UserError
+    from contracts.registry import DEMO_REGISTRY
+    from exnet.ops.rejects import RejectFilter
+
+    registry = load_registry(DEMO_REGISTRY)
+    RejectFilter(nodes=("N01",), sites=("N01-S01", "N03-S03")).check_names(registry, "demo")
+    with pytest.raises(
+        UserError,
+        match=r"site 'N01-S09' is not in the network registry \(demo\); did you mean N01-S03",
+    ):
+        RejectFilter(sites=("N01-S09",)).check_names(registry, "demo")
+    with pytest.raises(
+        UserError, match=r"node 'N1' is not in the network registry .*N01, N02, N03"
+    ):
+        RejectFilter(nodes=("N1",)).check_names(registry, "demo")
