@@ -6,6 +6,7 @@ them against the migrated tables.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -13,9 +14,9 @@ from typing import Any, Final
 import orjson
 
 from contracts import headers as H
-from contracts.envelope import EventBase
+from contracts.envelope import NODE_ID_PATTERN, EventBase
 from contracts.units import to_canonical
-from contracts.validation import EVENT_MODELS, Origin
+from contracts.validation import EVENT_MODELS, Origin, site_named_in
 from contracts.wire import source_origin
 
 __all__ = [
@@ -103,6 +104,9 @@ def fact_row(
     return row
 
 
+_NODE_ID = re.compile(NODE_ID_PATTERN)
+
+
 def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -> list[Any]:
     """The ``rejected_events`` row of one dead-letter message (original bytes + headers)."""
     detail_json = headers.get(H.DETAIL, b"{}")
@@ -111,6 +115,12 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
     document = _loads_object(payload)
     source = source_origin(headers)
     event_id = headers.get(H.EVENT_ID)
+    # The site the bytes name, even when they are no JSON object (an object in an
+    # array, Python-style quotes): the coordinators' work lists go by site.
+    site_id = site_named_in(payload)
+    node_id = document.get("node_id")
+    if not (isinstance(node_id, str) and _NODE_ID.fullmatch(node_id)):
+        node_id = site_id.split("-")[0] if site_id is not None else None
     return [
         headers[H.REASON].decode(),
         detail_json.decode("utf-8", "replace"),
@@ -119,8 +129,8 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
         source.partition,
         source.offset,
         event_id.decode() if event_id else None,
-        _short_string(document.get("node_id")),
-        _short_string(document.get("site_id")),
+        node_id,
+        site_id,
         payload,
         datetime.fromisoformat(headers[H.REJECTED_AT].decode()),
         ingested_at,
@@ -133,10 +143,3 @@ def _loads_object(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return document if isinstance(document, dict) else {}
-
-
-def _short_string(value: object, limit: int = 64) -> str | None:
-    """A readable identifier from a rejected payload, or None (never free text)."""
-    if isinstance(value, str) and 0 < len(value) <= limit:
-        return value
-    return None

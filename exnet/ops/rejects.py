@@ -256,7 +256,10 @@ def render_rejects(result: RejectsResult) -> RenderableType:
             "  ",
             (m.reason, "bold red"),
             "  ",
-            (f"{m.node_id or '?'} / {m.site_id or '?'}", "bold"),
+            (
+                f"{m.node_id or '?'} / {m.site_id}" if m.site_id else "(the message names no site)",
+                "bold",
+            ),
         )
         where = Text(
             f"  event_id {m.event_id or '?'}, "

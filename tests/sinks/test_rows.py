@@ -60,3 +60,24 @@ def test_rejected_row_keeps_the_bytes_and_reads_site_ids_only_when_they_look_lik
     assert row["node_id"] == "N09" and row["site_id"] is None  # no free text smuggled in
     garbage = rejected_row(b"\xff\xfe", headers, NOW)
     assert dict(zip(REJECTED_COLUMNS, garbage, strict=True))["payload"] == b"\xff\xfe"
+
+
+def test_a_rejection_goes_to_the_site_its_bytes_name_even_when_they_are_not_json() -> None:
+    headers = {
+        H.REASON: b"malformed_json",
+        H.SOURCE_TOPIC: b"exnet.session",
+        H.SOURCE_PARTITION: b"0",
+        H.SOURCE_OFFSET: b"3",
+        H.REJECTED_AT: b"2026-06-01T00:00:00+00:00",
+        H.DETAIL: b'{"reason":"malformed_json","message":"x","errors":[]}',
+    }
+
+    def sites(payload: bytes) -> tuple[str | None, str | None]:
+        row = dict(zip(REJECTED_COLUMNS, rejected_row(payload, headers, NOW), strict=True))
+        return row["node_id"], row["site_id"]
+
+    assert sites(b'[{"node_id": "N02", "site_id": "N02-S01", "rpe": 9}]') == ("N02", "N02-S01")
+    assert sites(b"{'schema': 'session/1', 'site_id': 'N03-S02'}") == ("N03", "N03-S02")
+    assert sites(b'{"site_id": "N01-S02", "node_id": "N09"') == ("N01", "N01-S02")
+    assert sites(b'{"site_id": "Jane Doe"}') == (None, None)
+    assert sites(b"not json at all") == (None, None)
