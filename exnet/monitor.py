@@ -65,6 +65,15 @@ class PipelineProgress:
         self._admin.close()
         self._offsets.close()
 
+    def members(self, group: str) -> list[str]:
+        """The live members of consumer ``group``, as ``client_id@host`` (empty: nobody
+        consumes: no such process runs)."""
+        described = self._admin.describe_groups([group]).get(group, {})
+        return sorted(
+            f"{member.get('client_id', '?')}@{str(member.get('client_host', '?')).lstrip('/')}"
+            for member in described.get("members", [])
+        )
+
     def stage_lag(self, group: str, topics: list[str]) -> list[PartitionLag]:
         partitions = [
             TopicPartition(topic, p)

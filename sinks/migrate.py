@@ -21,6 +21,7 @@ MIGRATIONS: tuple[str, ...] = (
     "m0001_fact_tables",
     "m0002_rejected_and_registry",
     "m0003_views",
+    "m0004_rejected_redacted",
 )
 
 

@@ -6,6 +6,7 @@ them against the migrated tables.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -87,8 +88,23 @@ REJECTED_COLUMNS: Final = (
     "node_id",
     "site_id",
     "payload",
+    "payload_sha256",
     "rejected_at",
     "ingested_at",
+)
+#: What stands for a value that may identify a person (SPEC §4).
+REDACTED: Final = "<redacted>"
+#: Fields whose values are identifiers: a value that failed its pattern may be a name,
+#: a record number or a date of birth.
+_IDENTIFIER_FIELDS: Final = frozenset(
+    {"event_id", "participant_id", "node_id", "site_id", "specimen_id", "lab_id", "batch_id"}
+)
+#: Every field some event version has (by wire name).
+_KNOWN_FIELDS: Final = frozenset(
+    field.alias or name
+    for models in EVENT_MODELS.values()
+    for model in models
+    for name, field in model.model_fields.items()
 )
 
 
@@ -131,10 +147,40 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
         event_id.decode() if event_id else None,
         node_id,
         site_id,
-        payload,
+        redacted_payload(payload, detail),
+        hashlib.sha256(payload).hexdigest(),
         datetime.fromisoformat(headers[H.REJECTED_AT].decode()),
         ingested_at,
     ]
+
+
+def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
+    """``payload`` as analysts may read it: the values of unknown fields, and of
+    identifier fields that failed their rules, replaced by :data:`REDACTED`.
+
+    A payload that is not one JSON object cannot be told apart into fields: it is
+    stored as the JSON string ``"<redacted>"`` (the original stays on the
+    dead-letter topic: ``exnet rejects --original``).
+    """
+    try:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        document = None
+    if not isinstance(document, dict):
+        return orjson.dumps(REDACTED)
+    errors = detail.get("errors")
+    failing = {
+        str(error.get("path", "")).split(".")[0]
+        for error in (errors if isinstance(errors, list) else ())
+        if isinstance(error, dict)
+    }
+    redacted = {
+        key: REDACTED
+        if key not in _KNOWN_FIELDS or (key in _IDENTIFIER_FIELDS and key in failing)
+        else value
+        for key, value in document.items()
+    }
+    return orjson.dumps(redacted)
 
 
 def _loads_object(data: bytes) -> dict[str, Any]:

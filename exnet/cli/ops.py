@@ -114,6 +114,15 @@ def rejects(
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Write one JSON document.")] = False,
+    original: Annotated[
+        bool,
+        typer.Option(
+            "--original",
+            help="Show each message's original bytes, read from the dead-letter topic with "
+            "this process's Kafka login (analysts' tables keep them redacted). Needs --site: "
+            "a coordinator sees their own site's originals only.",
+        ),
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Write the CSV or JSON to this file instead of stdout."),
@@ -131,6 +140,7 @@ def rejects(
         parse_moment,
         rejects_as_dict,
         render_rejects,
+        with_originals,
         write_worklist,
     )
 
@@ -148,7 +158,11 @@ def rejects(
         limit=limit if limit is not None or as_csv or as_json else DEFAULT_TERMINAL_LIMIT,
     )
     query.check_names(load_registry(settings.registry_path), str(settings.registry_path))
+    if original and not site:
+        raise typer.BadParameter("--original needs --site: one site's originals at a time")
     result = find_rejects(settings, query)
+    if original:
+        result = with_originals(settings, result)
     if not (as_csv or as_json):
         Console(highlight=False).print(render_rejects(result))
         return

@@ -12,7 +12,9 @@ What callers may rely on:
   row's one-line ``message``.
 - :func:`write_worklist` writes the per-site work list as CSV: one row per
   failing field (:data:`WORKLIST_COLUMNS`), sorted by site, then time, then
-  source position, with the original payload (invalid UTF-8 replaced by U+FFFD).
+  source position, with the payload as analysts may read it (identifiers
+  redacted, SPEC §4) or, with :func:`with_originals`, the original bytes read
+  from the dead-letter topic (invalid UTF-8 replaced by U+FFFD).
 - To fix a rejected event, a site publishes the corrected record again with a
   new ``event_id``: it is validated and accepted like any new event.
 """
@@ -22,8 +24,9 @@ from __future__ import annotations
 import csv
 import difflib
 import re
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TextIO
 
@@ -200,6 +203,73 @@ def find_rejects(settings: Settings, query: RejectFilter) -> RejectsResult:
     return RejectsResult(query, matched, tuple(_message(row) for row in rows))
 
 
+#: Characters of a payload the terminal listing shows (CSV and JSON carry it whole).
+PAYLOAD_SHOWN: Final = 240
+#: Seconds ``--original`` may take to read the dead-letter topic to its end.
+ORIGINALS_TIMEOUT_S: Final = 120.0
+
+
+def with_originals(settings: Settings, result: RejectsResult) -> RejectsResult:
+    """``result`` with each message's original bytes, read from ``exnet.deadletter``
+    (the only place they are kept; analysts' tables hold them redacted).
+
+    Reads the topic from its beginning to its current end with ``settings``'
+    Kafka login (the platform's; a site's may not read topics). A message no
+    longer on the topic (past its retention) keeps its redacted payload and
+    says so. Raises :class:`UserError` when Kafka cannot be read.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    from contracts.topics import Topic, topic_name
+    from contracts.wire import source_origin
+    from exnet.settings import KafkaRefusals
+
+    wanted = {(m.source_topic, m.source_partition, m.source_offset) for m in result.messages}
+    found: dict[tuple[str, int, int], bytes] = {}
+    topic = topic_name(Topic.DEADLETTER, settings.topic_prefix)
+    with KafkaRefusals(settings) as refusals:
+        try:
+            consumer = KafkaConsumer(
+                **settings.kafka_client_config(),
+                client_id="exnet-rejects",
+                enable_auto_commit=False,
+            )
+        except KafkaError as exc:
+            raise UserError(f"cannot read {topic}: {refusals.reason() or exc}") from None
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        deadline = time.monotonic() + ORIGINALS_TIMEOUT_S
+        while wanted - found.keys() and any(consumer.position(tp) < ends[tp] for tp in partitions):
+            if time.monotonic() > deadline:
+                raise UserError(f"reading {topic} took over {ORIGINALS_TIMEOUT_S:.0f} s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    headers = dict(record.headers or ())
+                    try:
+                        origin = source_origin(headers)
+                    except (KeyError, ValueError):
+                        continue
+                    position = (origin.topic, origin.partition, origin.offset)
+                    if position in wanted:
+                        found[position] = record.value or b""
+    except KafkaError as exc:
+        raise UserError(f"cannot read {topic}: {exc}") from None
+    finally:
+        consumer.close()
+    gone = "(no longer on the dead-letter topic: past its retention) "
+    messages = tuple(
+        replace(m, payload=found[key].decode("utf-8", "replace"))
+        if (key := (m.source_topic, m.source_partition, m.source_offset)) in found
+        else replace(m, payload=gone + m.payload)
+        for m in result.messages
+    )
+    return replace(result, messages=messages)
+
+
 def _message(row: dict[str, Any]) -> RejectedMessage:
     message = str(row["message"])
     return RejectedMessage(
@@ -274,6 +344,8 @@ def render_rejects(result: RejectsResult) -> RenderableType:
                 line.append(": ")
             line.append(issue.message)
             blocks.append(line)
+        shown = m.payload if len(m.payload) <= PAYLOAD_SHOWN else m.payload[:PAYLOAD_SHOWN] + "…"
+        blocks.append(Text(f"  sent: {shown}", style="dim"))
     blocks.append(Text(""))
     blocks.append(
         Text(

@@ -109,6 +109,8 @@ class StageLag:
     stage: str
     group: str
     partitions: tuple[PartitionLagRow, ...]
+    #: The group's live members (``client_id@host``): the processes doing this stage.
+    members: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -215,6 +217,7 @@ class StatusReport:
                     {
                         "stage": s.stage,
                         "group": s.group,
+                        "members": list(s.members),
                         "total": s.total,
                         "partitions": [
                             {
@@ -382,6 +385,7 @@ def collect_lag(settings: Settings, broker: BrokerState) -> LagState:
                         PartitionLagRow(r.topic, r.partition, r.committed, r.end, r.lag)
                         for r in rows
                     ),
+                    tuple(progress.members(group)),
                 )
             )
     except KafkaError as exc:
@@ -522,6 +526,17 @@ def find_problems(
             )
         elif not lag.available:
             problems.append(Problem("lag_unavailable", lag.error or "cannot read consumer lag"))
+        else:
+            for stage in lag.stages:
+                if not stage.members and stage.stage != "deduplicate":  # one group with validate
+                    problems.append(
+                        Problem(
+                            "no_workers",
+                            f"nothing runs the {stage.stage} stage: consumer group "
+                            f"{stage.group} has no members (start `exnet up`; "
+                            f"{stage.total} messages wait)",
+                        )
+                    )
     if not clickhouse.reachable:
         problems.append(
             Problem(
@@ -559,7 +574,20 @@ def find_problems(
 def _when(moment: datetime | None, now: datetime) -> Text:
     if moment is None:
         return Text("never", style="dim")
-    return Text(f"{moment.astimezone(UTC):%m-%d %H:%M} ({_age(now - moment)} ago)")
+    return Text(f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} ({_age(now - moment)} ago)")
+
+
+#: A site whose newest event occurred longer ago than this says so (it may send only
+#: backfills, or have stopped recording).
+OLD_EVENTS: Final = timedelta(days=30)
+
+
+def _site_state(site: SiteState, now: datetime) -> Text:
+    if site.stale:
+        return Text("STALE", style="bold red")
+    if site.last_occurred_at is None or now - site.last_occurred_at > OLD_EVENTS:
+        return Text("no new events", style="yellow")
+    return Text("ok", style="green")
 
 
 def _age(delta: timedelta) -> str:
@@ -644,8 +672,13 @@ def _lag_part(report: StatusReport) -> RenderableType:
     for stage in lag.stages:
         lagging = [p for p in stage.partitions if p.lag > 0]
         style = "bold yellow" if stage.total else "green"
+        running = (
+            Text(f"{len(stage.members)} running", style="green")
+            if stage.members
+            else Text("NOT RUNNING", style="bold red")
+        )
         table.add_row(
-            Text(stage.stage, style="bold"),
+            Text.assemble((stage.stage, "bold"), " ", running),
             Text(f"{len(stage.partitions)} partitions, {len(lagging)} lagging", style="dim"),
             "",
             "",
@@ -693,7 +726,7 @@ def _clickhouse_parts(report: StatusReport, now: datetime) -> list[RenderableTyp
         sites.add_row(
             s.node_id,
             Text(site_label, style=style),
-            Text("STALE", style="bold red") if s.stale else Text("ok", style="green"),
+            _site_state(s, now),
             _when(s.last_occurred_at, now),
             _when(s.last_ingested_at, now),
             str(s.events_last_day),

@@ -3,6 +3,7 @@ every message ends accepted, duplicate or rejected, and every view is exact."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -109,7 +110,8 @@ def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
     pipeline.send(Topic.SESSION, too_large, key=A)
     pipeline.send(Topic.SESSION, b'{"schema": "session/1", "event_id": ', key=A)
     pipeline.send(Topic.ASSAY, make.session(A, "N01-S01", 10))  # session on the assay topic
-    pipeline.send(Topic.SESSION, {**make.session(A, "N01-S01", 11), "rpe": 25, "status": "sleepy"})
+    bad_fields = {"rpe": 25, "status": "sleepy", "patient_name": "Jane Doe"}
+    pipeline.send(Topic.SESSION, {**make.session(A, "N01-S01", 11), **bad_fields})
     pipeline.send(Topic.SESSION, make.session(A, "N01-S01", 12), key="P-ffffffffff")
     pipeline.send(Topic.SESSION, make.session(A, "N02-S09", 13))
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -121,7 +123,7 @@ def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
         "too_large": {""},
         "malformed_json": {""},
         "unknown_schema": {"schema"},
-        "invalid_field": {"rpe", "status"},
+        "invalid_field": {"rpe", "status", "patient_name"},
         "key_mismatch": {"participant_id"},
         "unknown_site": {"site_id"},
         "future_timestamp": {"occurred_at"},
@@ -131,6 +133,7 @@ def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
     _check_rejections(pipeline, expected_rejections)
     _check_deadletter(pipeline, expected_rejections)
     _check_views(pipeline, accepted)
+    _check_no_identifier_reaches_analysts(pipeline)
 
     # A second drain over the same topics changes nothing.
     pipeline.drain()
@@ -177,11 +180,25 @@ def _check_rejections(pipeline: Pipeline, expected: dict[str, set[str]]) -> None
         detail = json.loads(row["detail"])
         assert detail["reason"] == row["reason"]
         assert {error["path"] for error in detail["errors"]} == expected[row["reason"]]
-        # The payload is the original message, and its origin points back at it.
-        assert (row["source_topic"], row["payload"]) in sent or (
-            row["source_topic"],
-            row["payload"].encode(),
-        ) in sent
+        # The digest is the original message's, whose origin points back at it.
+        digests = {(t, hashlib.sha256(raw).hexdigest()) for t, raw in sent}
+        assert (row["source_topic"], row["payload_sha256"]) in digests
+
+
+def _check_no_identifier_reaches_analysts(pipeline: Pipeline) -> None:
+    """SPEC §4: the name an unknown field carried is on the dead-letter topic only."""
+    assert pipeline.scalar("SELECT count() FROM rejected_events WHERE payload LIKE '%Jane%'") == 0
+    row = pipeline.rows("SELECT payload FROM rejected_events FINAL WHERE reason = 'invalid_field'")
+    document = json.loads(row[0]["payload"])
+    assert document["patient_name"] == "<redacted>" and document["rpe"] == 25
+    worklist = pipeline.run("rejects", "--site", "N01-S01", "--csv")
+    assert worklist.returncode == 0 and "patient_name" in worklist.stdout
+    assert "Jane" not in worklist.stdout
+    originals = pipeline.run(
+        "rejects", "--site", "N01-S01", "--reason", "invalid_field", "--original", "--json"
+    )
+    assert originals.returncode == 0, originals.stderr
+    assert json.loads(originals.stdout)["rejects"][0]["payload"].count("Jane Doe") == 1
 
 
 def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None:

@@ -7,6 +7,7 @@ participants) whose every figure the tests know by heart; see the comments of
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -306,6 +307,7 @@ def seed(settings: Settings, now: datetime) -> Seeded:
                 r.node_id,
                 r.site_id,
                 r.payload,
+                hashlib.sha256(r.payload).hexdigest(),
                 now - r.ago,
                 now - r.ago,
             ]

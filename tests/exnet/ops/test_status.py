@@ -8,7 +8,7 @@ from io import StringIO
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from rich.console import Console
 
 from contracts.topics import Topic, topic_name
@@ -26,6 +26,8 @@ from exnet.ops.status import (
     find_problems,
     render_status,
 )
+from sinks.consumer import sink_group
+from streams.app import streams_group
 
 from .conftest import SITE_NODE, Seeded
 from .helpers import ops_cli
@@ -128,11 +130,33 @@ def test_lag_per_stage_and_a_healthy_exit(seeded: Seeded, kafka_admin: KafkaAdmi
         text = _text(report)
         assert "validate" in text and session_topic in text
 
-        # lag alone is no problem: with lenient thresholds the network is healthy
-        result = ops_cli(settings, "status", "--stale-hours", "1000", "--max-reject-share", "0.5")
-        assert result.exit_code == 0, result.output
-        assert "HEALTHY" in result.stdout
-        assert "total 3" in result.stdout
+        # With nothing running, the stages say so and the network is not healthy.
+        lenient = ("status", "--stale-hours", "1000", "--max-reject-share", "0.5")
+        result = ops_cli(settings, *lenient)
+        assert result.exit_code == 1, result.output
+        assert "no_workers: nothing runs the validate stage" in result.stdout
+        assert "nothing runs the sink stage" in result.stdout
+        assert "NOT RUNNING" in result.stdout
+
+        # Members of the stream and sink groups (the workers' consumer groups) are the
+        # processes at work: lag alone is then no problem, and the network is healthy.
+        members = [
+            KafkaConsumer(session_topic, bootstrap_servers=settings.kafka_bootstrap, group_id=g)
+            for g in (streams_group(settings), sink_group(settings))
+        ]
+        try:
+            for member in members:
+                while not member.assignment():
+                    member.poll(timeout_ms=500)
+            result = ops_cli(settings, *lenient)
+            assert result.exit_code == 0, result.output
+            assert "HEALTHY" in result.stdout
+            assert "total 3" in result.stdout and "1 running" in result.stdout
+            stages = {s["stage"]: s for s in collect_status(settings).as_dict()["lag"]["stages"]}
+            assert len(stages["validate"]["members"]) == len(stages["sink"]["members"]) == 1
+        finally:
+            for member in members:
+                member.close()
     finally:
         prefix = settings.topic_prefix
         kafka_admin.delete_topics([t for t in kafka_admin.list_topics() if t.startswith(prefix)])
@@ -173,7 +197,10 @@ def test_problems_and_json_keys_from_a_built_report() -> None:
         (TableThroughput("session_events", 1, 2),),
     )
     broker = BrokerState("b:9092", True, None, ())
-    lag = LagState(True, None, (StageLag("validate", "g", (PartitionLagRow("t", 0, 1, 4, 3),)),))
+    running = ("exnet-streams-1@127.0.0.1",)
+    lag = LagState(
+        True, None, (StageLag("validate", "g", (PartitionLagRow("t", 0, 1, 4, 3),), running),)
+    )
     problems = find_problems(broker, lag, clickhouse, 24.0, 0.05)
     assert [p.kind for p in problems] == ["stale_sites"]  # 5 / 100 is not above 5%
     assert [p.kind for p in find_problems(broker, lag, clickhouse, 24.0, 0.04)] == [
