@@ -39,6 +39,7 @@ from contracts.reasons import Reason
 from contracts.registry import NetworkRegistry
 from exnet.ops._sql import from_millis, query_rows, quote_list, time_literal, to_int
 from exnet.settings import Settings
+from sinks.rows import REDACTED
 
 __all__ = [
     "WORKLIST_COLUMNS",
@@ -60,10 +61,15 @@ DEFAULT_TERMINAL_LIMIT: Final = 100
 WORKLIST_COLUMNS: Final = (
     "site_id",
     "node_id",
-    "rejected_at",
+    "participant_id",
+    "event_type",
+    "occurred_at",
     "event_id",
+    "rejected_at",
     "reason",
     "field_path",
+    "value",
+    "what_to_do",
     "error_type",
     "message",
     "source_topic",
@@ -98,6 +104,36 @@ class RejectedMessage:
     source_partition: int
     source_offset: int
     payload: str
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """The payload's fields as sent (identifiers redacted), or {} when it is no object."""
+        try:
+            document = orjson.loads(self.payload)
+        except orjson.JSONDecodeError:
+            return {}
+        return document if isinstance(document, dict) else {}
+
+    def field(self, name: str) -> str:
+        """A field of the payload as text ("" when absent or not a readable string)."""
+        value = self.document.get(name)
+        return value if isinstance(value, str) and value != REDACTED else ""
+
+    @property
+    def event_type(self) -> str:
+        """``session`` from the payload's schema, else from the topic it was read from."""
+        schema = self.field("schema")
+        if "/" in schema:
+            return schema.split("/")[0]
+        return self.source_topic.rsplit("exnet.", 1)[-1]
+
+    def value_at(self, path: str) -> str:
+        """The value the message sent at ``path``, as JSON ("" when absent)."""
+        document = self.document
+        name = path.split(".")[0]
+        if not path or name not in document:
+            return ""
+        return orjson.dumps(document[name]).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +236,68 @@ def find_rejects(settings: Settings, query: RejectFilter) -> RejectsResult:
         f"toValidUTF8(payload) AS payload FROM {db}.rejected_events FINAL WHERE {where} "
         f"ORDER BY rejected_at DESC, source_topic, source_partition, source_offset{limit}",
     )
-    return RejectsResult(query, matched, tuple(_message(row) for row in rows))
+    messages = tuple(_message(row) for row in rows)
+    return RejectsResult(query, matched, _explain_conflicts(settings, messages))
+
+
+def _explain_conflicts(
+    settings: Settings, messages: tuple[RejectedMessage, ...]
+) -> tuple[RejectedMessage, ...]:
+    """Conflicting duplicates say which fields differ from the event the platform holds
+    (``value``: 482.3 accepted, 516.1 sent), read from its fact table."""
+    conflicts = [m for m in messages if m.reason == "conflicting_duplicate" and m.event_id]
+    if not conflicts:
+        return messages
+    db = settings.clickhouse_database
+    accepted: dict[str, dict[str, Any]] = {}
+    for event_type in sorted({m.event_type for m in conflicts}):
+        ids = quote_list(sorted({str(m.event_id) for m in conflicts if m.event_type == event_type}))
+        if event_type not in ("enrollment", "session", "assay", "assessment"):
+            continue
+        for row in query_rows(
+            settings,
+            f"SELECT * FROM {db}.{event_type}_events FINAL WHERE event_id IN {ids}",  # noqa: S608  # fixed names, quoted values
+        ):
+            accepted[str(row["event_id"])] = row
+    explained = []
+    for m in messages:
+        held = accepted.get(str(m.event_id)) if m in conflicts else None
+        if held is None:
+            explained.append(m)
+            continue
+        differences = [
+            f"{name} {_shown(held[name])} accepted, {_shown(sent)} sent"
+            for name, sent in m.document.items()
+            if name in held and name != "event_id" and not _same(held[name], sent)
+        ]
+        if differences:
+            text = f"event {m.event_id} was already accepted with other content: " + "; ".join(
+                differences
+            )
+            issues = tuple(replace(i, message=text) for i in m.issues)
+            m = replace(m, issues=issues, message=f"event_id: {text}")
+        explained.append(m)
+    return tuple(explained)
+
+
+def _same(held: Any, sent: Any) -> bool:
+    if isinstance(held, datetime) and isinstance(sent, str):
+        try:
+            instant = datetime.fromisoformat(sent.replace(" ", "T"))
+        except ValueError:
+            return False
+        stored = held if held.tzinfo else held.replace(tzinfo=UTC)
+        return instant.tzinfo is not None and instant == stored
+    if isinstance(held, int | float) and isinstance(sent, int | float):
+        return float(held) == float(sent)
+    return bool(held == sent)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, datetime):
+        stored = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return stored.isoformat().replace("+00:00", "Z")
+    return orjson.dumps(value).decode() if value is not None else "null"
 
 
 #: Characters of a payload the terminal listing shows (CSV and JSON carry it whole).
@@ -331,18 +428,27 @@ def render_rejects(result: RejectsResult) -> RenderableType:
                 "bold",
             ),
         )
+        what = ", ".join(
+            part
+            for part in (
+                f"{m.event_type} event",
+                m.field("participant_id") and f"participant {m.field('participant_id')}",
+                m.field("occurred_at") and f"occurred {m.field('occurred_at')}",
+                f"event_id {m.event_id or '?'}",
+            )
+            if part
+        )
         where = Text(
-            f"  event_id {m.event_id or '?'}, "
-            f"source {m.source_topic}[{m.source_partition}]@{m.source_offset}",
+            f"  {what}; source {m.source_topic}[{m.source_partition}]@{m.source_offset}",
             style="dim",
         )
         blocks.extend((head, where))
         for issue in m.issues:
             line = Text("  - ")
-            if issue.path:
-                line.append(issue.path, style="bold")
-                line.append(": ")
-            line.append(issue.message)
+            line.append(what_to_do(m, issue))
+            sent = m.value_at(issue.path)
+            if sent:
+                line.append(f" (sent {sent})", style="dim")
             blocks.append(line)
         shown = m.payload if len(m.payload) <= PAYLOAD_SHOWN else m.payload[:PAYLOAD_SHOWN] + "…"
         blocks.append(Text(f"  sent: {shown}", style="dim"))
@@ -368,10 +474,20 @@ def rejects_as_dict(result: RejectsResult) -> dict[str, Any]:
                 "reason": m.reason,
                 "node_id": m.node_id,
                 "site_id": m.site_id,
+                "participant_id": m.field("participant_id") or None,
+                "event_type": m.event_type,
+                "occurred_at": m.field("occurred_at") or None,
                 "event_id": m.event_id,
                 "message": m.message,
                 "errors": [
-                    {"path": i.path, "type": i.type, "message": i.message} for i in m.issues
+                    {
+                        "path": i.path,
+                        "type": i.type,
+                        "message": i.message,
+                        "value": m.value_at(i.path) or None,
+                        "what_to_do": what_to_do(m, i),
+                    }
+                    for i in m.issues
                 ],
                 "source_topic": m.source_topic,
                 "source_partition": m.source_partition,
@@ -384,26 +500,31 @@ def rejects_as_dict(result: RejectsResult) -> dict[str, Any]:
 
 
 def worklist_rows(messages: Sequence[RejectedMessage]) -> list[dict[str, str | int]]:
-    """One row per failing field, sorted by site, time, source position and field."""
-    ordered = sorted(
+    """One row per failing field, by site, then newest first (as the terminal lists them)."""
+    newest_first = sorted(
         messages,
         key=lambda m: (
-            m.site_id or "",
-            m.node_id or "",
             m.rejected_at or datetime.min.replace(tzinfo=UTC),
             m.source_topic,
             m.source_partition,
             m.source_offset,
         ),
+        reverse=True,
     )
+    ordered = sorted(newest_first, key=lambda m: (m.site_id or "", m.node_id or ""))
     return [
         {
             "site_id": m.site_id or "",
             "node_id": m.node_id or "",
-            "rejected_at": _iso(m.rejected_at),
+            "participant_id": m.field("participant_id"),
+            "event_type": m.event_type,
+            "occurred_at": m.field("occurred_at"),
             "event_id": m.event_id or "",
+            "rejected_at": _iso(m.rejected_at),
             "reason": m.reason,
             "field_path": issue.path,
+            "value": m.value_at(issue.path),
+            "what_to_do": what_to_do(m, issue),
             "error_type": issue.type,
             "message": issue.message,
             "source_topic": m.source_topic,
@@ -414,6 +535,48 @@ def worklist_rows(messages: Sequence[RejectedMessage]) -> list[dict[str, str | i
         for m in ordered
         for issue in m.issues
     ]
+
+
+#: Each identifier field's form, in words.
+_FORMS: Final = {
+    "event_id": "a UUID such as 3f2504e0-4f89-41d3-9a0c-0305e82c3301 (a new one per event)",
+    "participant_id": "the participant's pseudonym: P- and 10 to 64 lower-case hex digits, "
+    "never a name or record number",
+    "node_id": "the node's registered id, such as N01",
+    "site_id": "the site's registered id, such as N01-S02",
+    "specimen_id": "the specimen's label: 4 to 64 letters, digits or '-'",
+    "lab_id": "the lab's id: 2 to 32 letters, digits or '-'",
+    "batch_id": "the lab's batch label: 1 to 64 letters, digits, '.', '_' or '-', no free text",
+    "occurred_at": "a date and time with its UTC offset, such as 2025-06-01T09:30:00+02:00",
+}
+
+
+def what_to_do(message: RejectedMessage, issue: Issue) -> str:
+    """One sentence a site coordinator can act on, for one failing field of ``message``."""
+    path, kind, reason = issue.path, issue.type, message.reason
+    if reason == "conflicting_duplicate":
+        return (
+            f"{issue.message}; if the new values are a correction, send the corrected "
+            "event with a new event_id"
+        )
+    if reason in ("too_large", "malformed_json"):
+        return f"fix the export that wrote this message: {issue.message}"
+    if reason == "unknown_schema":
+        return f"set schema to the event's type and version: {issue.message}"
+    if reason == "key_mismatch":
+        return "publish with `exnet publish`, which keys each event by its participant_id"
+    if reason == "unknown_site":
+        return f"{issue.message}: correct node_id/site_id, or ask the operators to register it"
+    if reason == "future_timestamp":
+        return f"{issue.message}: check the clock and time zone of the computer that wrote it"
+    if kind == "extra_forbidden":
+        return f"remove {path}: {message.event_type} events have no such field"
+    if kind == "missing":
+        required = issue.message in ("", "Field required")
+        return f"add {path}: it is required" if required else f"add {path} ({issue.message})"
+    if path in _FORMS and kind in ("string_pattern_mismatch", "datetime_utc_offset"):
+        return f"{path} must be {_FORMS[path]}"
+    return f"{path}: {issue.message}" if path else issue.message
 
 
 def write_worklist(messages: Sequence[RejectedMessage], out: TextIO) -> int:

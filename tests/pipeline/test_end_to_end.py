@@ -3,7 +3,9 @@ every message ends accepted, duplicate or rejected, and every view is exact."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -199,6 +201,18 @@ def _check_no_identifier_reaches_analysts(pipeline: Pipeline) -> None:
     )
     assert originals.returncode == 0, originals.stderr
     assert json.loads(originals.stdout)["rejects"][0]["payload"].count("Jane Doe") == 1
+    # The work list says who, what, when, the value sent, and what to do.
+    rows = list(csv.DictReader(io.StringIO(worklist.stdout)))
+    rpe = next(r for r in rows if r["field_path"] == "rpe")
+    assert (rpe["participant_id"], rpe["event_type"], rpe["value"]) == (A, "session", "25")
+    assert (
+        rpe["occurred_at"] and rpe["what_to_do"] == "rpe: Input should be less than or equal to 20"
+    )
+    name = next(r for r in rows if r["field_path"] == "patient_name")
+    assert name["value"] == '"<redacted>"'
+    assert name["what_to_do"] == "remove patient_name: session events have no such field"
+    conflict = next(r for r in rows if r["reason"] == "conflicting_duplicate")
+    assert "duration_min" in conflict["message"] and "accepted, 31.0 sent" in conflict["message"]
 
 
 def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None:

@@ -79,9 +79,9 @@ def test_filters_and_text_output(seeded: Seeded) -> None:
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert "2 rejected message(s) match" in text
-    assert "session_number: Input should be less than or equal to 500" in text
-    assert "duration_min: required when status is attended" in text
-    assert "site_id: site 'N01-S09' is not registered" in text
+    assert "session_number: Input should be less than or equal to 500 (sent 900)" in text
+    assert "add duration_min (required when status is attended)" in text
+    assert "site 'N01-S09' is not registered: correct node_id/site_id" in text
     assert "exnet.session[0]@5" in text and "exnet.enrollment[1]@7" in text
     assert "6d1f8f4e-0000-4000-8000-000000000002" in text
     assert "N02-S01" not in text
@@ -132,7 +132,14 @@ def test_csv_work_list_and_json(seeded: Seeded, tmp_path: Path) -> None:
     assert (document["matched"], document["shown"]) == (1, 1)
     (reject,) = document["rejects"]
     assert reject["errors"] == [
-        {"path": "site_id", "type": "unknown_site", "message": "site 'N01-S09' is not registered"}
+        {
+            "path": "site_id",
+            "type": "unknown_site",
+            "message": "site 'N01-S09' is not registered",
+            "value": '"N01-S09"',
+            "what_to_do": "site 'N01-S09' is not registered: correct node_id/site_id, "
+            "or ask the operators to register it",
+        }
     ]
     assert (reject["node_id"], reject["site_id"]) == ("N01", "N01-S09")
 
