@@ -57,6 +57,29 @@ __all__ = [
 
 #: z for a two-sided 95% interval.
 Z95: Final = 1.959963984540054
+#: Student's t, two-sided 95% (the 0.975 quantile), by degrees of freedom 1..30; past 30 the
+#: listed points, then z. (Published values, to 3 decimals: no statistics library needed
+#: for one column of a table.)
+_T975: Final = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+_T975_BEYOND: Final = ((40, 2.021), (60, 2.000), (120, 1.980))
+#: Arms with fewer participants than this are flagged: their intervals are wide.
+SMALL_N: Final = 10
+
+
+def t975(degrees: int) -> float:
+    """The two-sided 95% critical value of Student's t with ``degrees`` of freedom (>= 1)."""
+    if degrees <= len(_T975):
+        return _T975[degrees - 1]
+    for upto, value in _T975_BEYOND:
+        if degrees <= upto:
+            return value
+    return Z95
+
+
 #: Arms, adjuncts and analytes are shown in the contracts' order.
 MODALITY_ORDER: Final[tuple[str, ...]] = get_args(Modality)
 ADJUNCT_ORDER: Final[tuple[str, ...]] = get_args(Adjunct)
@@ -144,6 +167,9 @@ class ChangeSummary:
     mean: float
     median: float
     ci: tuple[float, float] | None
+    #: Geometric-mean ratio post / baseline, and its 95% interval.
+    gmr: float | None = None
+    gmr_ci: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +190,14 @@ class ReportData:
     #: (analyte, specimen_type) -> canonical unit, and -> arm -> change summary
     units: dict[tuple[str, str], str] = field(default_factory=dict)
     changes: dict[tuple[str, str], dict[Arm, ChangeSummary]] = field(default_factory=dict)
+    #: arm -> adverse-event severity -> sessions with one
+    adverse: dict[Arm, dict[str, int]] = field(default_factory=dict)
+    #: (withdrawal reason, arm or None when never randomized) -> participants
+    withdrawals: dict[tuple[str, Arm | None], int] = field(default_factory=dict)
+    #: one row per site: site_id, node_id, name and the counts of SITE_COLUMNS
+    site_rows: tuple[dict[str, Any], ...] = ()
+    #: The data cut-off: the newest occurred_at of any accepted event.
+    cutoff: datetime | None = None
 
     @property
     def arm_keys(self) -> list[Arm]:
@@ -219,7 +253,97 @@ def collect_report(settings: Settings, now: datetime | None = None) -> ReportDat
         arms=_arms(settings),
         sessions=_sessions(settings),
         **_changes(settings),
+        **_safety(settings),
+        site_rows=_site_rows(settings),
+        cutoff=_cutoff(settings),
     )
+
+
+#: The per-site table's counts, in order.
+SITE_COLUMNS: Final = (
+    "screened",
+    "randomized",
+    "withdrawn",
+    "sessions_attended",
+    "adverse_events",
+    "assays",
+    "assessments",
+)
+
+
+def _safety(settings: Settings) -> dict[str, Any]:
+    db = settings.clickhouse_database
+    adverse: dict[Arm, dict[str, int]] = defaultdict(dict)
+    for r in query_rows(
+        settings,
+        f"""SELECT a.modality AS modality, a.adjunct AS adjunct,
+            toString(s.adverse_event) AS severity, count() AS sessions
+        FROM {db}.session_events AS s FINAL
+        INNER JOIN {db}.participant_arms AS a ON a.participant_id = s.participant_id
+        WHERE s.adverse_event IS NOT NULL
+        GROUP BY modality, adjunct, severity""",  # noqa: S608  # validated names, quoted values
+    ):
+        adverse[_arm(r)][str(r["severity"])] = to_int(r["sessions"])
+    withdrawals: dict[tuple[str, Arm | None], int] = {}
+    for r in query_rows(
+        settings,
+        f"""SELECT ifNull(toString(w.reason), 'not given') AS reason,
+            a.participant_id != '' AS randomized, a.modality AS modality, a.adjunct AS adjunct,
+            uniqExact(w.participant_id) AS participants
+        FROM (
+            SELECT participant_id, argMax(reason, occurred_at) AS reason
+            FROM {db}.enrollment_events FINAL WHERE status = 'withdrawn' GROUP BY participant_id
+        ) AS w
+        LEFT JOIN {db}.participant_arms AS a ON a.participant_id = w.participant_id
+        GROUP BY reason, randomized, modality, adjunct""",  # noqa: S608  # validated names, quoted values
+    ):
+        arm = _arm(r) if r["randomized"] else None
+        withdrawals[(str(r["reason"]), arm)] = to_int(r["participants"])
+    return {"adverse": dict(adverse), "withdrawals": withdrawals}
+
+
+def _site_rows(settings: Settings) -> tuple[dict[str, Any], ...]:
+    db = settings.clickhouse_database
+    return tuple(
+        query_rows(
+            settings,
+            f"""SELECT r.site_id AS site_id, r.node_id AS node_id, r.name AS name,
+                ifNull(e.screened, 0) AS screened, ifNull(e.randomized, 0) AS randomized,
+                ifNull(e.withdrawn, 0) AS withdrawn,
+                ifNull(s.sessions_attended, 0) AS sessions_attended,
+                ifNull(s.adverse_events, 0) AS adverse_events,
+                ifNull(y.assays, 0) AS assays, ifNull(m.assessments, 0) AS assessments
+            FROM (SELECT site_id, argMax(node_id, loaded_at) AS node_id,
+                    argMax(name, loaded_at) AS name FROM {db}.sites GROUP BY site_id) AS r
+            LEFT JOIN (SELECT site_id,
+                    uniqExactIf(participant_id, status = 'screened') AS screened,
+                    uniqExactIf(participant_id, status = 'randomized') AS randomized,
+                    uniqExactIf(participant_id, status = 'withdrawn') AS withdrawn
+                FROM {db}.enrollment_events FINAL GROUP BY site_id) AS e ON e.site_id = r.site_id
+            LEFT JOIN (SELECT site_id, countIf(status = 'attended') AS sessions_attended,
+                    countIf(adverse_event IS NOT NULL) AS adverse_events
+                FROM {db}.session_events FINAL GROUP BY site_id) AS s ON s.site_id = r.site_id
+            LEFT JOIN (SELECT site_id, count() AS assays FROM {db}.assay_events FINAL
+                GROUP BY site_id) AS y ON y.site_id = r.site_id
+            LEFT JOIN (SELECT site_id, count() AS assessments FROM {db}.assessment_events FINAL
+                GROUP BY site_id) AS m ON m.site_id = r.site_id
+            ORDER BY r.node_id, r.site_id""",  # noqa: S608  # validated names, quoted values
+        )
+    )
+
+
+def _cutoff(settings: Settings) -> datetime | None:
+    db = settings.clickhouse_database
+    union = " UNION ALL ".join(
+        f"SELECT max(occurred_at) AS at FROM {db}.{table}"  # noqa: S608  # validated names
+        for table in ("enrollment_events", "session_events", "assay_events", "assessment_events")
+    )
+    rows = query_rows(
+        settings,
+        f"SELECT toUnixTimestamp64Milli(max(at)) AS ms, countIf(at > toDateTime64(0, 3)) AS n "  # noqa: S608  # validated names
+        f"FROM ({union})",
+    )
+    return from_millis(rows[0]["ms"]) if rows and to_int(rows[0]["n"]) else None
 
 
 def _arm(row: Mapping[str, Any]) -> Arm:
@@ -291,7 +415,8 @@ def _changes(settings: Settings) -> dict[str, Any]:
     rows = query_rows(
         settings,
         f"""SELECT a.modality AS modality, a.adjunct AS adjunct, p.analyte AS analyte,
-            p.specimen_type AS specimen_type, p.unit AS unit, p.post - p.baseline AS change
+            p.specimen_type AS specimen_type, p.unit AS unit, p.post - p.baseline AS change,
+            if(p.baseline > 0 AND p.post > 0, p.post / p.baseline, NULL) AS ratio
         FROM (
             SELECT participant_id, toString(analyte) AS analyte,
                 toString(specimen_type) AS specimen_type,
@@ -299,7 +424,7 @@ def _changes(settings: Settings) -> dict[str, Any]:
                 avgIf(value_canonical, timepoint = 'baseline') AS baseline,
                 avgIf(value_canonical, timepoint = 'post') AS post
             FROM {db}.assay_events FINAL
-            WHERE timepoint IN ('baseline', 'post')
+            WHERE timepoint IN ('baseline', 'post') AND NOT below_lloq
             GROUP BY participant_id, analyte, specimen_type
             HAVING countIf(timepoint = 'baseline') > 0 AND countIf(timepoint = 'post') > 0
         ) AS p
@@ -307,25 +432,44 @@ def _changes(settings: Settings) -> dict[str, Any]:
     )
     units: dict[tuple[str, str], str] = {}
     values: dict[tuple[str, str], dict[Arm, list[float]]] = defaultdict(lambda: defaultdict(list))
+    ratios: dict[tuple[str, str], dict[Arm, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         key = (str(r["analyte"]), str(r["specimen_type"]))
         units[key] = str(r["unit"])
         values[key][_arm(r)].append(to_float(r["change"]))
+        if r["ratio"] is not None:
+            ratios[key][_arm(r)].append(to_float(r["ratio"]))
     changes = {
-        key: {arm: summarise(v) for arm, v in per_arm.items()} for key, per_arm in values.items()
+        key: {arm: summarise(v, ratios[key][arm]) for arm, v in per_arm.items()}
+        for key, per_arm in values.items()
     }
     return {"units": units, "changes": changes}
 
 
-def summarise(values: Sequence[float]) -> ChangeSummary:
-    """n, mean, median and the normal-approximation 95% interval of the mean (n >= 2)."""
+def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """The 95% t-interval of the mean of ``values`` (None below 2 values)."""
     n = len(values)
+    if n < 2:
+        return None
     mean = statistics.fmean(values)
-    ci = None
-    if n >= 2:
-        half = Z95 * statistics.stdev(values) / math.sqrt(n)
-        ci = (mean - half, mean + half)
-    return ChangeSummary(n, mean, statistics.median(values), ci)
+    half = t975(n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return (mean - half, mean + half)
+
+
+def summarise(values: Sequence[float], ratios: Sequence[float] = ()) -> ChangeSummary:
+    """n, mean, median and the 95% t-interval of the mean change (n >= 2); and the
+    geometric-mean ratio post / baseline with its 95% interval (from ``ratios``, the
+    participants' positive ratios, averaged on the log scale)."""
+    logs = [math.log(r) for r in ratios if r > 0]
+    log_ci = mean_interval(logs)
+    return ChangeSummary(
+        len(values),
+        statistics.fmean(values),
+        statistics.median(values),
+        mean_interval(values),
+        math.exp(statistics.fmean(logs)) if logs else None,
+        (math.exp(log_ci[0]), math.exp(log_ci[1])) if log_ci else None,
+    )
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -600,18 +744,16 @@ def _biomarkers(data: ReportData) -> Section:
         unit = data.units.get(key, "")
         per_arm = data.changes[key]
         arms = sorted(per_arm, key=_arm_order)
-        labels = [arm_label(a) for a in arms]
+        label = {a: _with_n(arm_label(a), per_arm[a].n) for a in arms}
         charts.append(
             hbar_chart(
                 f"biomarker-{analyte}-{specimen}",
                 f"{analyte} ({specimen}), post − baseline",
-                labels,
+                [label[a] for a in arms],
                 ["mean change"],
-                {(arm_label(a), "mean change"): per_arm[a].mean for a in arms},
+                {(label[a], "mean change"): per_arm[a].mean for a in arms},
                 intervals={
-                    (arm_label(a), "mean change"): ci
-                    for a in arms
-                    if (ci := per_arm[a].ci) is not None
+                    (label[a], "mean change"): ci for a in arms if (ci := per_arm[a].ci) is not None
                 },
                 value_format=_signed,
                 axis_label=f"mean change, {unit} (95% CI)",
@@ -626,14 +768,25 @@ def _biomarkers(data: ReportData) -> Section:
                     specimen,
                     unit,
                     arm_label(arm),
-                    _count(s.n),
+                    _count(s.n) + (" (small)" if s.n < SMALL_N else ""),
                     _signed(s.mean),
                     _signed(s.median),
                     f"{_signed(s.ci[0])} to {_signed(s.ci[1])}" if s.ci else "–",
+                    _ratio(s.gmr, s.gmr_ci),
                 ]
             )
     table = _table(
-        ["analyte", "specimen", "unit", "arm", "n", "mean change", "median change", "95% CI"],
+        [
+            "analyte",
+            "specimen",
+            "unit",
+            "arm",
+            "n",
+            "mean change",
+            "median change",
+            "95% CI (t)",
+            "geometric-mean ratio (95% CI)",
+        ],
         rows,
         numeric_from=4,
     )
@@ -642,25 +795,38 @@ def _biomarkers(data: ReportData) -> Section:
         "Biomarker change from baseline to post",
         "For each participant, analyte and specimen type with both a <code>baseline</code> and a "
         "<code>post</code> measurement: post − baseline of <code>value_canonical</code> (the "
-        "analyte's canonical unit; replicate measurements at one timepoint averaged; values "
-        "below the LLOQ used as reported), summarised by the participant's arm. Bars: mean; "
-        "whiskers: 95% normal-approximation interval of the mean.",
+        "analyte's canonical unit; replicate measurements at one timepoint averaged; "
+        "measurements below the LLOQ left out, as in <code>docs/analytics.md</code>), "
+        "summarised by the participant's arm. Bars: mean, n beside each arm; whiskers: 95% "
+        "Student-t interval of the mean. The geometric-mean ratio (post ÷ baseline averaged "
+        f"on the log scale) is the typical relative change. Arms under {SMALL_N} "
+        "participants are marked <em>small</em>: read their intervals with care.",
         tuple(charts),
         table,
         grid=True,
     )
 
 
+def _with_n(label: str, n: int) -> str:
+    return f"{label} (n={n}{', small' if n < SMALL_N else ''})"
+
+
+def _ratio(gmr: float | None, ci: tuple[float, float] | None) -> str:
+    if gmr is None:
+        return "–"
+    return f"{gmr:.2f} ({ci[0]:.2f}–{ci[1]:.2f})" if ci else f"{gmr:.2f}"
+
+
 def _outcomes(data: ReportData) -> Section:
     arms = sorted(data.arms, key=_arm_order)
-    labels = {arm: arm_label(arm) for arm in arms}
+    labels = {arm: _with_n(arm_label(arm), data.arms[arm].randomized) for arm in arms}
     series = ("response", "remission")
     values: dict[tuple[str, str], float] = {}
     intervals: dict[tuple[str, str], tuple[float, float]] = {}
     rows = []
     for arm in arms:
         o = data.arms[arm]
-        cells = [labels[arm], _count(o.randomized), _count(o.evaluable)]
+        cells = [arm_label(arm), _count(o.randomized), _count(o.evaluable)]
         for name, count in zip(series, (o.responders, o.remitters), strict=True):
             ci = wilson_interval(count, o.randomized)
             cells.append(_count(count))
@@ -708,6 +874,77 @@ def _outcomes(data: ReportData) -> Section:
     )
 
 
+#: Adverse-event severities, mildest first (the contracts' order).
+SEVERITIES: Final[tuple[str, ...]] = ("mild", "moderate", "severe", "serious")
+
+
+def _safety_section(data: ReportData) -> Section:
+    arms = sorted(set(data.adverse) | set(data.arms), key=_arm_order)
+    adverse_rows = []
+    for arm in arms:
+        counts = data.adverse.get(arm, {})
+        attended = data.sessions[arm].attended if arm in data.sessions else 0
+        total = sum(counts.values())
+        adverse_rows.append(
+            [
+                arm_label(arm),
+                _count(attended),
+                *(_count(counts.get(severity, 0)) for severity in SEVERITIES),
+                _count(total),
+                _pct1(100 * total / attended) if attended else "–",
+            ]
+        )
+    adverse = _table(
+        ["arm", "sessions attended", *SEVERITIES, "all", "per attended session"], adverse_rows
+    )
+    reasons = sorted({reason for reason, _ in data.withdrawals})
+    rows_of: list[Arm | None] = [*arms, None]
+    withdrawal_rows = [
+        [
+            arm_label(arm) if arm is not None else "not randomized",
+            *(_count(data.withdrawals.get((reason, arm), 0)) for reason in reasons),
+            _count(sum(n for (_, a), n in data.withdrawals.items() if a == arm)),
+        ]
+        for arm in rows_of
+    ]
+    withdrawals = _table(["arm", *(r.replace("_", " ") for r in reasons), "all"], withdrawal_rows)
+    return Section(
+        "safety",
+        "Safety: adverse events and withdrawals",
+        "Adverse events: sessions that recorded one, by the participant's arm and the "
+        "severity recorded (<code>session_events.adverse_event</code>). Withdrawals: "
+        "participants with a <code>withdrawn</code> enrollment event, by their latest "
+        "withdrawal reason and arm (<em>not randomized</em>: withdrawn before randomization).",
+        (),
+        f"<h3>Adverse events</h3>{adverse}<h3>Withdrawals</h3>{withdrawals}",
+    )
+
+
+def _sites_section(data: ReportData) -> Section:
+    rows = [
+        [
+            str(r["node_id"]),
+            str(r["site_id"]),
+            str(r["name"]),
+            *(_count(to_float(r[column])) for column in SITE_COLUMNS),
+        ]
+        for r in data.site_rows
+    ]
+    return Section(
+        "sites",
+        "By site",
+        "Every registered site with the counts of <code>node_summary</code> for its own "
+        "events: distinct participants per enrollment status, attended sessions, sessions "
+        "with an adverse event, assays and assessments.",
+        (),
+        _table(
+            ["node", "site", "name", *(c.replace("_", " ") for c in SITE_COLUMNS)],
+            rows,
+            numeric_from=3,
+        ),
+    )
+
+
 _DEFINITIONS: Final = """
 <dl>
 <dt>Node, site</dt><dd>An academic medical centre of the network, and one of its clinical
@@ -720,7 +957,11 @@ status.</dd>
 randomized to the arm.</dd>
 <dt>Exercise minutes</dt><dd>Sum of <code>duration_min</code> of attended sessions.</dd>
 <dt>Biomarker change</dt><dd>Post minus baseline, per participant, analyte and specimen type, in
-the analyte's canonical unit (<code>value_canonical</code>).</dd>
+the analyte's canonical unit (<code>value_canonical</code>), measurements below the LLOQ left out;
+the geometric-mean ratio is post ÷ baseline averaged on the log scale. Intervals of means: 95%
+Student t.</dd>
+<dt>Data cut-off</dt><dd>The newest <code>occurred_at</code> of any accepted event: what the
+report can know of, whenever it was generated.</dd>
 <dt>Response</dt><dd>A score at a later week (week &gt; 0) at most half of the participant's
 baseline (week 0) score on the same instrument.</dd>
 <dt>Remission</dt><dd>A score at a later week of PHQ-9 &lt; 5, HAM-D17 ≤ 7, MADRS ≤ 10 or
@@ -743,6 +984,8 @@ def render_report(data: ReportData) -> str:
         _adherence(data),
         _biomarkers(data),
         _outcomes(data),
+        _safety_section(data),
+        _sites_section(data),
     ]
     totals = data.totals
     figures = [
@@ -777,6 +1020,7 @@ def render_report(data: ReportData) -> str:
         generated_at=escape(f"{data.generated_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"),
         database=escape(f"{data.database} at {data.url}"),
         updated_at=escape(updated),
+        cutoff=escape(f"{data.cutoff:%Y-%m-%d %H:%M} UTC" if data.cutoff else "no events yet"),
         header_totals=header_totals,
         toc=toc,
         sections="".join(s.html() for s in sections),

@@ -134,7 +134,8 @@ def hbar_chart(
     """
     bar_h = 14 if stacked or len(series) == 1 else 11
     group_h = bar_h * (1 if stacked else len(series)) + 10
-    label_w = min(260.0, max(60.0, max((len(r) for r in rows), default=4) * _CHAR_W + 14))
+    # Labels up to ~45 characters ("resistance + pharmacotherapy (n=9, small)") fit whole.
+    label_w = min(340.0, max(60.0, max((len(r) for r in rows), default=4) * _CHAR_W + 14))
     value_w = 70.0
     plot_x = label_w
     plot_w = width - label_w - value_w - _PAD
@@ -253,6 +254,10 @@ def hbar_chart(
     return _svg(chart_id, title, width, height, marks, out)
 
 
+#: Pixels kept right of a line chart's plot for its last x label (about half a date label).
+_LAST_LABEL_ROOM = 28.0
+
+
 def line_chart(
     chart_id: str,
     title: str,
@@ -268,7 +273,8 @@ def line_chart(
     names = list(series)
     legend_svg, legend_h = _legend(names, 60, 28) if len(names) > 1 else ("", 0.0)
     top = 28.0 + legend_h + 8
-    plot_x, plot_w = 60.0, width - 60.0 - 2 * _PAD
+    # Room on the right for half of the last x label, which is centred on the last point.
+    plot_x, plot_w = 60.0, width - 60.0 - 2 * _PAD - _LAST_LABEL_ROOM
     bottom = height - 48.0
     plot_h = bottom - top
     hi = max((v for values in series.values() for v in values), default=0.0)
@@ -296,8 +302,11 @@ def line_chart(
     )
     every = max(1, math.ceil(count / 12))
     labelled = set(range(0, count, every))
-    if count and (count - 1) - max(labelled) >= every / 2:
-        labelled.add(count - 1)  # the last x, unless it would crowd its neighbour
+    if count and count - 1 not in labelled:
+        # The last x (the newest week) is always labelled; a label too close before it yields.
+        if (count - 1) - max(labelled) < every:
+            labelled.discard(max(labelled))
+        labelled.add(count - 1)
     for index, label in enumerate(x_labels):
         if index in labelled:
             out.append(

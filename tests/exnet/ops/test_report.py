@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from exnet.ops.report import collect_report, render_report, wilson_interval, write_report
+from exnet.ops.report import (
+    collect_report,
+    render_report,
+    summarise,
+    t975,
+    wilson_interval,
+    write_report,
+)
 
 from .conftest import EXPECTED_ARMS, EXPECTED_FUNNEL, Seeded
 from .helpers import ops_cli
@@ -41,6 +48,22 @@ def test_wilson_interval() -> None:
     low, high = wilson_interval(0, 1) or (0.0, 0.0)
     assert (low, round(high, 4)) == (0.0, 0.7935)
     assert wilson_interval(0, 0) is None
+
+
+def test_intervals_of_small_samples_are_students_t() -> None:
+    """n = 2 gets t with one degree of freedom (12.706), not z (1.96): a wide interval."""
+    assert t975(1) == 12.706 and t975(29) == 2.045 and t975(1000) == pytest.approx(1.96, abs=1e-3)
+    two = summarise([-20.0, 0.0])
+    assert two.ci == pytest.approx((-10 - 12.706 * 10, -10 + 12.706 * 10))
+    three = summarise([1.0, 2.0, 3.0], ratios=[2.0, 0.5, 1.0])
+    low, high = three.ci or (0.0, 0.0)
+    assert (round(low, 3), round(high, 3)) == (
+        round(2 - 4.303 / 3**0.5, 3),
+        round(2 + 4.303 / 3**0.5, 3),
+    )
+    assert three.gmr == pytest.approx(1.0)  # 2 × 0.5 × 1: the typical participant did not change
+    assert three.gmr_ci is not None and three.gmr_ci[0] < 1 < three.gmr_ci[1]
+    assert summarise([5.0]).ci is None and summarise([5.0], [0.0]).gmr is None
 
 
 class _Marks(HTMLParser):
@@ -159,6 +182,12 @@ def test_report_from_known_data_renders_offline(seeded: Seeded, tmp_path: Path) 
     assert 'http-equiv="Content-Security-Policy" content="default-src \'none\'' in html
     assert "Denominator: every participant randomized to the arm" in html
     assert "66.7% (20.8–93.9)" in html  # aerobic response 2/3 with its Wilson interval
+    # what a steering committee looks for: n on the charts, small arms flagged, safety,
+    # every site, and the data cut-off
+    assert "aerobic (n=3, small)" in html
+    assert "Safety: adverse events and withdrawals" in html and "<h3>Withdrawals</h3>" in html
+    assert "By site" in html and all(site in html for site in ("N01-S01", "N02-S01"))
+    assert data.cutoff is not None and f"Data cut-off: {data.cutoff:%Y-%m-%d %H:%M} UTC" in html
 
     # the command writes it and says where
     out = tmp_path / "out" / "report.html"
