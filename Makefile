@@ -39,6 +39,7 @@ AJV := tests/contracts/ajv
 ajv: $(AJV)/node_modules/.package-lock.json
 
 $(AJV)/node_modules/.package-lock.json: $(AJV)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "the tests need Node.js and npm (apt-get install nodejs npm)" >&2; exit 1; }
 	npm ci --prefix $(AJV) --no-audit --no-fund --loglevel=error
 
 broker-start: install
