@@ -34,6 +34,7 @@ from contracts.enrollment import EnrollmentV1
 from contracts.envelope import (
     CROSS_FIELD_ERROR,
     EVENT_ID_PATTERN,
+    PARTICIPANT_ID_PATTERN,
     SITE_ID_PATTERN,
     SPECIAL_UUIDS,
     EventBase,
@@ -64,6 +65,7 @@ MAX_MESSAGE_BYTES: Final = 64 * 1024
 FUTURE_TOLERANCE: Final = timedelta(minutes=5)
 
 _EVENT_ID: Final = re.compile(EVENT_ID_PATTERN)
+_PARTICIPANT_ID: Final = re.compile(PARTICIPANT_ID_PATTERN)
 
 #: Every version of each input topic's events, oldest first.
 EVENT_MODELS: Final[dict[Topic, tuple[type[EventBase], ...]]] = {
@@ -419,7 +421,14 @@ def _too_large(value: bytes, origin: Origin | None) -> Rejected:
 
 
 def _key_mismatch(event: EventBase, key: bytes | None, origin: Origin | None) -> Rejected:
-    shown = "missing" if key is None else repr(key.decode("utf-8", "replace"))
+    text = key.decode("utf-8", "replace") if key is not None else None
+    if text is None:
+        shown = "missing"
+    elif _PARTICIPANT_ID.fullmatch(text):
+        shown = repr(text)
+    else:  # a key that is no pseudonym may be a name: the detail reaches analysts
+        shown = f"{len(key or b'')} bytes, not a pseudonym, not shown"
+
     issue = FieldIssue(
         "participant_id",
         f"the message key ({shown}) must be the event's participant_id {event.participant_id!r}",

@@ -128,6 +128,8 @@ class InvalidRatioGuard:
                 del self._received[site], self._rejected[site]
 
     def _warn(self, failing: list[str], now: float) -> None:
+        if len(self._warned_at) > 1_000:  # unregistered site ids are unbounded: forget old ones
+            self._warned_at = {s: t for s, t in self._warned_at.items() if now - t < WARN_EVERY_S}
         for site in failing:
             if self._rejected[site] < WARN_AT_LEAST:
                 continue

@@ -610,11 +610,13 @@ def test_topic_prefix_names_the_physical_topics() -> None:
     ("key", "shown"),
     [
         (None, "missing"),
-        (b"", "''"),
+        (b"", "0 bytes, not a pseudonym, not shown"),
         (b"P-ffffffffff", "'P-ffffffffff'"),
-        (PARTICIPANT.upper().encode(), repr(PARTICIPANT.upper())),
-        (PARTICIPANT.encode() + b" ", repr(PARTICIPANT + " ")),
-        (b"\xff\xfe", repr("\ufffd\ufffd")),
+        # A key that is no pseudonym may be a name: the detail reaches analysts.
+        (PARTICIPANT.upper().encode(), "14 bytes, not a pseudonym, not shown"),
+        (PARTICIPANT.encode() + b" ", "15 bytes, not a pseudonym, not shown"),
+        (b"Jane Doe", "8 bytes, not a pseudonym, not shown"),
+        (b"\xff\xfe", "2 bytes, not a pseudonym, not shown"),
     ],
 )
 def test_key_must_be_the_participant_id(key: bytes | None, shown: str) -> None:
