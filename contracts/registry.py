@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
@@ -9,9 +10,18 @@ from types import MappingProxyType
 from typing import Annotated, Final
 
 import yaml
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from contracts.assessment import Instrument
 from contracts.envelope import NodeId, SiteId
 from contracts.errors import ConfigError
 
@@ -20,6 +30,7 @@ __all__ = [
     "DEMO_REGISTRY",
     "NetworkRegistry",
     "Node",
+    "PrimaryEndpoint",
     "Site",
     "load_registry",
 ]
@@ -32,11 +43,39 @@ DEMO_REGISTRY = Path(__file__).parent / "demo_registry.yaml"
 _Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 
 
+def _iana_zone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise PydanticCustomError(
+            "unknown_time_zone",
+            "'{name}' is not an IANA time zone (such as America/Chicago or Europe/Berlin)",
+            {"name": name},
+        ) from None
+    return name
+
+
+#: An IANA time zone name, checked against the system's zone database.
+TimeZone = Annotated[str, AfterValidator(_iana_zone)]
+
+
 class Site(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: SiteId
     name: _Name
+    #: The site's IANA time zone: where its local dates fall (SPEC §3). None: unknown.
+    timezone: TimeZone | None = None
+
+
+class PrimaryEndpoint(BaseModel):
+    """The protocol's primary endpoint: response and remission on this instrument at this
+    week (SPEC §3). Without one, any instrument at any later week counts (SPEC §1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instrument: Instrument
+    week: Annotated[int, Field(ge=1, le=104)]
 
 
 class Node(BaseModel):
@@ -52,6 +91,7 @@ class _RegistryFile(BaseModel):
 
     #: No event of this network happened before this day (UTC; SPEC §3).
     earliest_date: date = DEFAULT_EARLIEST_DATE
+    primary_endpoint: PrimaryEndpoint | None = None
     nodes: tuple[Node, ...]
 
     @model_validator(mode="after")
@@ -76,13 +116,17 @@ class _RegistryFile(BaseModel):
 class NetworkRegistry:
     """Registered nodes and sites, with constant-time look-ups. Immutable."""
 
-    __slots__ = ("_node_ids", "_node_of_site", "earliest_date", "nodes")
+    __slots__ = ("_node_ids", "_node_of_site", "earliest_date", "nodes", "primary_endpoint")
 
     def __init__(
-        self, nodes: tuple[Node, ...], earliest_date: date = DEFAULT_EARLIEST_DATE
+        self,
+        nodes: tuple[Node, ...],
+        earliest_date: date = DEFAULT_EARLIEST_DATE,
+        primary_endpoint: PrimaryEndpoint | None = None,
     ) -> None:
         self.nodes = nodes
         self.earliest_date = earliest_date
+        self.primary_endpoint = primary_endpoint
         self._node_ids = frozenset(node.id for node in nodes)
         self._node_of_site = {site.id: node.id for node in nodes for site in node.sites}
 
@@ -132,4 +176,4 @@ def load_registry(path: Path) -> NetworkRegistry:
             for err in exc.errors()
         )
         raise ConfigError(f"the network registry {path} is invalid: {problems}") from None
-    return NetworkRegistry(parsed.nodes, parsed.earliest_date)
+    return NetworkRegistry(parsed.nodes, parsed.earliest_date, parsed.primary_endpoint)

@@ -50,19 +50,43 @@ def test_demo_registry_loads() -> None:
 
 
 def test_the_spec_example_loads(tmp_path: Path) -> None:
+    """SPEC §3's example, every key of it: the earliest date, the primary endpoint, a
+    site's IANA time zone."""
     registry = load_registry(
         _write(
             tmp_path,
+            "earliest_date: 2000-01-01\n"
+            "primary_endpoint: {instrument: HAMD17, week: 12}\n"
             "nodes:\n"
             "  - id: N01\n"
             "    name: Example Academic Medical Center\n"
             "    sites:\n"
-            "      - {id: N01-S01, name: Downtown Clinic}\n",
+            "      - {id: N01-S01, name: Downtown Clinic, timezone: America/Chicago}\n",
         )
     )
-    assert [(node_id, site.id, site.name) for node_id, site in registry.sites()] == [
-        ("N01", "N01-S01", "Downtown Clinic")
+    assert [(node_id, s.id, s.name, s.timezone) for node_id, s in registry.sites()] == [
+        ("N01", "N01-S01", "Downtown Clinic", "America/Chicago")
     ]
+    assert registry.primary_endpoint is not None
+    assert (registry.primary_endpoint.instrument, registry.primary_endpoint.week) == ("HAMD17", 12)
+
+
+def test_time_zones_and_endpoints_are_checked(tmp_path: Path) -> None:
+    site = "nodes:\n  - id: N01\n    name: A\n    sites:\n      - {id: N01-S01, name: x, %s}\n"
+    message = _error(tmp_path, site % "timezone: America/Chicgo")
+    assert message.endswith(
+        "nodes.0.sites.0.timezone: 'America/Chicgo' is not an IANA time zone "
+        "(such as America/Chicago or Europe/Berlin)"
+    )
+    nodes = "nodes:\n  - {id: N01, name: A}\n"
+    message = _error(tmp_path, "primary_endpoint: {instrument: HAMD-17, week: 12}\n" + nodes)
+    assert (
+        "primary_endpoint.instrument: Input should be 'PHQ9', 'HAMD17', 'MADRS' or 'BDI2'"
+        in message
+    )
+    message = _error(tmp_path, "primary_endpoint: {instrument: HAMD17, week: 0}\n" + nodes)
+    assert "primary_endpoint.week: Input should be greater than or equal to 1" in message
+    assert load_registry(_write(tmp_path, nodes)).primary_endpoint is None
 
 
 def test_a_node_without_sites_is_allowed(tmp_path: Path) -> None:
