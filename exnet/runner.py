@@ -225,12 +225,15 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
     ops = OpsServer(settings.metrics_host, settings.metrics_port, metrics, ready)
     ops.start()
     try:
-        if not _logged_in(settings, metrics, stop):
-            return 0  # stopped while Kafka refused the login: nothing was consumed
-        initialize(settings, clickhouse=False)  # topics; the writer migrates ClickHouse
+        logged_in = _logged_in(settings, metrics, stop)
+        if logged_in:
+            initialize(settings, clickhouse=False)  # topics; the writer migrates ClickHouse
     except BaseException:
         ops.stop()
         raise
+    if not logged_in:
+        ops.stop()
+        return 0  # stopped while Kafka refused the login: nothing was consumed
     metrics.preset(topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS)
     if role in (Role.AUTO, Role.SINK):
         standby = role is Role.AUTO and settings.embedded_clickhouse
@@ -286,6 +289,9 @@ def _logged_in(settings: Settings, metrics: Metrics, stop: _StopFlag) -> bool:
     from tenacity import Retrying, retry_if_result, stop_never, wait_exponential
 
     from exnet.settings import KafkaRefusals
+
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return True  # no login to refuse
 
     def refused() -> str | None:
         with KafkaRefusals(settings) as refusals:
