@@ -122,6 +122,29 @@ def _throughput(base: Settings, participants: int) -> None:
             f"  of which start-up (first log line -> the sink holds ClickHouse): {startup:.1f} s;"
             f" after it: {steady:,.0f} msgs/s (ratio {steady / bare_rate:.2f})"
         )
+    # The same load through two processes, the sink in its own (its own GIL and core):
+    # what moving it out of `exnet up` would gain (the stream-path issue's next step).
+    split = base.model_copy(update={"topic_prefix": f"split{uuid.uuid4().hex[:6]}."})
+    subprocess.run([EXNET, "init"], env=_env(split), check=True, capture_output=True)
+    simulate(split, participants=participants, seed=7, duplicate_share=0.01, invalid_share=0.005)
+    started = time.perf_counter()
+    roles = [
+        subprocess.Popen(
+            [EXNET, "up", "--drain", "--role", role],
+            env=_env(split),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for role in ("sink", "stream")
+    ]
+    if any(process.wait() != 0 for process in roles):
+        raise SystemExit("exnet up --drain --role sink|stream failed")
+    split_rate = count / (time.perf_counter() - started)
+    print(
+        f"{'the same as two processes (--role stream, sink)':<44} {count:>9,} msgs "
+        f"{count / split_rate:8.1f} s {split_rate:>10,.0f} msgs/s "
+        f"(ratio {split_rate / bare_rate:.2f})"
+    )
 
 
 def _drain(settings: Settings) -> tuple[str, int]:
