@@ -171,24 +171,6 @@ class BrokerConfig:
         if self.port == self.controller_port:
             raise UserError(f"the broker and its controller both want port {self.port}")
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BrokerConfig:
-        """The broker that ``settings.kafka_bootstrap`` names, under ``<var_dir>/kafka``.
-
-        The bootstrap must be one ``127.0.0.1:<port>`` (or ``localhost:<port>``);
-        the controller takes the next port (9093 for the default 9092).
-        """
-        bootstrap = settings.kafka_bootstrap.strip()
-        host, _, port_text = bootstrap.rpartition(":")
-        if host not in (HOST, "localhost") or not port_text.isdigit():
-            raise UserError(
-                f"EXNET_KAFKA_BOOTSTRAP is {bootstrap!r}, but `exnet broker` runs only a "
-                f"local broker on {HOST}: unset EXNET_KAFKA_BOOTSTRAP (or set it to "
-                f"{HOST}:<port>) to use the local one, or manage that cluster yourself"
-            )
-        port = int(port_text)
-        return cls(home=settings.var_dir / "kafka", port=port, controller_port=port + 1)
-
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
@@ -539,9 +521,9 @@ class Cluster:
         servers = _split_bootstrap(bootstrap)
         if not servers or any(host not in (HOST, "localhost") for host, _ in servers):
             raise UserError(
-                f"EXNET_KAFKA_BOOTSTRAP is {bootstrap!r}, but `exnet broker` runs only local "
-                f"brokers on {HOST}: unset EXNET_KAFKA_BOOTSTRAP (or set it to "
-                f"{HOST}:<port>) to use the local ones, or manage that cluster yourself"
+                f"EXNET_KAFKA_BOOTSTRAP is {bootstrap!r}, but `exnet broker` runs only a "
+                f"local broker or cluster on {HOST}: unset EXNET_KAFKA_BOOTSTRAP (or set it "
+                f"to {HOST}:<port>) to use the local one, or manage that cluster yourself"
             )
         home = settings.var_dir / "kafka"
         recorded, recorded_security = _recorded(home)

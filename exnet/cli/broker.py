@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         ] = broker.STOP_TIMEOUT_S,
     ) -> None:
         """Stop the brokers cleanly (SIGTERM; SIGKILL if one does not exit in time)."""
-        cluster = _cluster(None)
+        cluster = _cluster()
         out = Console(highlight=False, soft_wrap=True)
         for config, result in zip(
             cluster.members, broker.stop_cluster(cluster, timeout_s=timeout), strict=True
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Print each broker's state; exit 0 when all run, 3 when any is stopped."""
-        cluster = _cluster(None)
+        cluster = _cluster()
         found = broker.cluster_status(cluster)
         out = Console(highlight=False, soft_wrap=True)
         if as_json:
@@ -181,8 +181,9 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _cluster(nodes: int | None) -> broker.Cluster:
-    return broker.Cluster.from_settings(_settings(), nodes)
+def _cluster() -> broker.Cluster:
+    """The local brokers as they were first started (1 node, plaintext if never)."""
+    return broker.Cluster.from_settings(_settings())
 
 
 def _sites(settings: Settings) -> list[str]:

@@ -103,7 +103,7 @@ def test_server_properties_make_one_loopback_kraft_node(tmp_path: Path) -> None:
 def test_config_from_settings_uses_var_dir_and_the_next_port(tmp_path: Path) -> None:
     settings = Settings(var_dir=tmp_path, kafka_bootstrap="localhost:29092")
 
-    config = broker.BrokerConfig.from_settings(settings)
+    [config] = broker.Cluster.from_settings(settings).members
 
     assert config.home == tmp_path / "kafka"
     assert (config.port, config.controller_port) == (29092, 29093)
@@ -114,7 +114,7 @@ def test_config_from_settings_refuses_a_remote_bootstrap(tmp_path: Path) -> None
     settings = Settings(var_dir=tmp_path, kafka_bootstrap="kafka-1.example.org:9092")
 
     with pytest.raises(UserError, match="only a local broker"):
-        broker.BrokerConfig.from_settings(settings)
+        broker.Cluster.from_settings(settings)
 
 
 def test_a_stale_pid_file_means_stopped_and_is_removed(tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_start_on_a_running_broker_is_a_fast_noop() -> None:
     pid_before = _exnet("broker", "status").stdout.split()[2]
 
     done = _exnet("broker", "start")
-    result = broker.start(broker.BrokerConfig.from_settings(load_settings()))
+    result = broker.start(broker.Cluster.from_settings(load_settings()).members[0])
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "already running" in done.stdout
