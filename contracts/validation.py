@@ -421,14 +421,12 @@ def _too_large(value: bytes, origin: Origin | None) -> Rejected:
 
 
 def _key_mismatch(event: EventBase, key: bytes | None, origin: Origin | None) -> Rejected:
-    text = key.decode("utf-8", "replace") if key is not None else None
-    if text is None:
+    if key is None:
         shown = "missing"
-    elif _PARTICIPANT_ID.fullmatch(text):
+    elif _PARTICIPANT_ID.fullmatch(text := key.decode("utf-8", "replace")):
         shown = repr(text)
     else:  # a key that is no pseudonym may be a name: the detail reaches analysts
-        shown = f"{len(key or b'')} bytes, not a pseudonym, not shown"
-
+        shown = f"{len(key)} bytes, not a pseudonym, not shown"
     issue = FieldIssue(
         "participant_id",
         f"the message key ({shown}) must be the event's participant_id {event.participant_id!r}",

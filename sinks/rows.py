@@ -100,12 +100,7 @@ _IDENTIFIER_FIELDS: Final = frozenset(
     {"event_id", "participant_id", "node_id", "site_id", "specimen_id", "lab_id", "batch_id"}
 )
 #: Every field some event version has (by wire name).
-_KNOWN_FIELDS: Final = frozenset(
-    field.alias or name
-    for models in EVENT_MODELS.values()
-    for model in models
-    for name, field in model.model_fields.items()
-)
+_KNOWN_FIELDS: Final = frozenset(name for fields in _FIELDS.values() for name in fields)
 
 
 def fact_row(

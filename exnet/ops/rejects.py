@@ -39,7 +39,7 @@ from contracts.reasons import Reason
 from contracts.registry import NetworkRegistry
 from exnet.ops._sql import from_millis, query_rows, quote_list, time_literal, to_int
 from exnet.settings import Settings
-from sinks.rows import REDACTED
+from sinks.rows import FACT_TABLES, REDACTED
 
 __all__ = [
     "WORKLIST_COLUMNS",
@@ -250,13 +250,11 @@ def _explain_conflicts(
         return messages
     db = settings.clickhouse_database
     accepted: dict[str, dict[str, Any]] = {}
-    for event_type in sorted({m.event_type for m in conflicts}):
+    for event_type in sorted({m.event_type for m in conflicts} & FACT_TABLES.keys()):
         ids = quote_list(sorted({str(m.event_id) for m in conflicts if m.event_type == event_type}))
-        if event_type not in ("enrollment", "session", "assay", "assessment"):
-            continue
         for row in query_rows(
             settings,
-            f"SELECT * FROM {db}.{event_type}_events FINAL WHERE event_id IN {ids}",  # noqa: S608  # fixed names, quoted values
+            f"SELECT * FROM {db}.{FACT_TABLES[event_type]} FINAL WHERE event_id IN {ids}",  # noqa: S608  # fixed names, quoted values
         ):
             accepted[str(row["event_id"])] = row
     explained = []

@@ -36,11 +36,13 @@ from typing import Any, Final, get_args
 
 from contracts.enrollment import Adjunct, EnrollmentStatus
 from contracts.enrollment import Arm as Modality
+from contracts.session import AdverseEvent
 from contracts.units import Analyte
 from exnet.ops._sql import from_millis, query_rows, to_float, to_int
 from exnet.ops.status import clickhouse_url
 from exnet.ops.svg import Chart, hbar_chart, line_chart
 from exnet.settings import Settings
+from sinks.rows import FACT_TABLES
 
 __all__ = [
     "ADJUNCT_ORDER",
@@ -336,7 +338,7 @@ def _cutoff(settings: Settings) -> datetime | None:
     db = settings.clickhouse_database
     union = " UNION ALL ".join(
         f"SELECT max(occurred_at) AS at FROM {db}.{table}"  # noqa: S608  # validated names
-        for table in ("enrollment_events", "session_events", "assay_events", "assessment_events")
+        for table in FACT_TABLES.values()
     )
     rows = query_rows(
         settings,
@@ -875,7 +877,7 @@ def _outcomes(data: ReportData) -> Section:
 
 
 #: Adverse-event severities, mildest first (the contracts' order).
-SEVERITIES: Final[tuple[str, ...]] = ("mild", "moderate", "severe", "serious")
+SEVERITIES: Final[tuple[str, ...]] = get_args(AdverseEvent)
 
 
 def _safety_section(data: ReportData) -> Section:
