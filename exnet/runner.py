@@ -227,6 +227,10 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
     try:
         logged_in = _logged_in(settings, metrics, stop)
         if logged_in:
+            # Counted once: `init`'s topics and Faust's internal ones get the same replicas.
+            settings = settings.model_copy(
+                update={"replication_factor": replication_factor(settings)}
+            )
             initialize(settings, clickhouse=False)  # topics; the writer migrates ClickHouse
     except BaseException:
         ops.stop()
@@ -342,8 +346,6 @@ def _run_streams(
     if stop.event.is_set():
         return 0
     failures: list[WorkerFailed] = []
-    # Faust creates its own internal topics: replicated as `exnet init`'s.
-    settings = settings.model_copy(update={"replication_factor": replication_factor(settings)})
     app = create_app(settings, metrics, on_failure=failures.append)
 
     async def forward_stop() -> None:

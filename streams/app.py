@@ -42,7 +42,7 @@ from contracts.wire import read_validated
 from exnet.metrics import Metrics
 from exnet.settings import Settings
 from streams.dedup import Deduplicated, DeduplicateStage
-from streams.guard import InvalidRatioGuard
+from streams.guard import InvalidRatioGuard, SiteCounts
 from streams.transport import SCHEME, BatchMessage, BatchTable, Producer, register
 from streams.validate import Validated, ValidateStage
 
@@ -188,11 +188,12 @@ def create_app(
             batch = cast(BatchMessage, event.message)
             started = time.perf_counter()
             result = stage(batch.topic, batch.partition, batch.records, datetime.now(UTC))
-            guard.observe(result.by_site())
+            by_site = result.by_site()
+            guard.observe(by_site)
             settle(batch, await producer.deliver(result.outgoing))
             await stream.ack(event)
             _count_validated(
-                metrics, batch.topic, result, site_labels, time.perf_counter() - started
+                metrics, batch.topic, result, by_site, site_labels, time.perf_counter() - started
             )
 
     async def _deduplicate(stream: Any) -> None:
@@ -237,13 +238,14 @@ def _count_validated(
     metrics: Metrics,
     topic: str,
     result: Validated,
+    by_site: SiteCounts,
     site_labels: Mapping[str, tuple[str, str]],
     seconds: float,
 ) -> None:
     metrics.events_received.labels(topic=topic).inc(result.received)
     for reason, count in result.rejected.items():
         metrics.events_rejected.labels(reason=reason).inc(count)
-    for site, (received, _) in result.by_site().items():
+    for site, (received, _) in by_site.items():
         node_id, site_id = site_labels.get(site or "", ("", ""))
         metrics.site_events_received.labels(node_id=node_id, site_id=site_id).inc(received)
     for (site, reason), count in result.rejected_by_site.items():
