@@ -7,11 +7,10 @@ from typing import Final
 __all__ = [
     "DETAIL",
     "EVENT_ID",
-    "FINGERPRINT",
     "ORIGINAL",
     "REASON",
     "REJECTED_AT",
-    "SOURCE",
+    "ROUTE",
     "SOURCE_OFFSET",
     "SOURCE_PARTITION",
     "SOURCE_TIMESTAMP",
@@ -31,10 +30,8 @@ SOURCE_TIMESTAMP: Final = "exnet-source-timestamp"
 REJECTED_AT: Final = "exnet-rejected-at"
 #: The message's event_id, when it could be read.
 EVENT_ID: Final = "exnet-event-id"
-#: ``<topic> <partition> <offset>`` of the site's original message, in one header
-#: (internal topic exnet.validated).
-SOURCE: Final = "exnet-source"
-#: Content digest of the validated event (internal topic exnet.validated).
-FINGERPRINT: Final = "exnet-fingerprint"
+#: What the stages after validation need of an event, in one header (internal topics
+#: exnet.validated and exnet.accepted): ``contracts.wire.Route``.
+ROUTE: Final = "exnet-route"
 #: The site's original bytes (internal topic exnet.validated; needed if it proves a conflict).
 ORIGINAL: Final = "exnet-original"

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Union
+from typing import Annotated, Any, Final, NamedTuple, Union
 
 import orjson
 import pydantic_core
@@ -85,9 +85,12 @@ _TYPES: Final[dict[str, Topic]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a message was read: physical topic, partition, offset."""
+class Origin(NamedTuple):
+    """Where a message was read: physical topic, partition, offset.
+
+    A named tuple, not a frozen dataclass: one is built for every message, and
+    a tuple costs a third as much.
+    """
 
     topic: str
     partition: int
@@ -169,9 +172,11 @@ class Accepted:
         """
         return self.event.__pydantic_serializer__.to_json(self.event, by_alias=True)
 
-    def fingerprint(self) -> str:
-        """A 128-bit digest of :meth:`canonical_json`: the event's content identity."""
-        return hashlib.blake2b(self.canonical_json(), digest_size=16).hexdigest()
+    def fingerprint(self, canonical: bytes | None = None) -> str:
+        """A 128-bit digest of :meth:`canonical_json` (pass it when you have it): the
+        event's content identity."""
+        data = self.canonical_json() if canonical is None else canonical
+        return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

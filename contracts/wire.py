@@ -1,28 +1,27 @@
 """The messages the stages exchange through Kafka: builders and readers, no I/O.
 
 Every stage imports this module and none owns it (like the event contracts).
-One Kafka message per event on every topic; each carries the Kafka timestamp
-of the site's original message (publish time, for the latency figures) in its
-value or headers, never as its own timestamp (an old one would expose it to
-early deletion by time-based retention):
+One Kafka message per event on every topic. The event travels as its fact row:
+validate writes, once, the JSON that the sink hands ClickHouse unchanged
+(``JSONEachRow``), so no later stage parses or re-serialises it. What the
+later stages need to know of an event travels beside it in one header, the
+*route*. The Kafka timestamp of the site's original message (publish time,
+for the latency figures) rides in the route, never as the message's own
+timestamp (an old one would expose it to early deletion by time-based
+retention).
 
 ``exnet.validated`` (validate -> deduplicate), keyed by ``event_id`` and
 partitioned by :func:`validated_partition`, so that every copy of an event
 meets in one partition:
-    value: the event's canonical JSON (UTC times, defaults filled in, fixed order);
-    headers: its content fingerprint, its origin (``<topic> <partition> <offset>
-    <timestamp>`` of the site's message; ``None`` for no timestamp) and the site's
-    original bytes (needed if it proves a conflicting duplicate).
+    value: :func:`fact_json` (the canonical event, its lineage, canonical units);
+    headers: ``exnet-route`` (:class:`Route`) and ``exnet-original`` (the site's
+    original bytes, needed if it proves a conflicting duplicate).
 
 ``exnet.accepted`` (deduplicate -> sinks), keyed by ``participant_id`` so that
 all of a participant's events meet in one partition:
-    value: ``{"source": [topic, partition, offset, timestamp], "event": <canonical JSON>}``.
-    No headers: the sinks read it with one JSON parse.
+    value: the same bytes; headers: the same ``exnet-route``.
 
 ``exnet.deadletter``: the site's original bytes with SPEC §2's headers.
-
-Every record carries its site origin all the way to the sink, so that every
-row and every rejection names the original message.
 """
 
 from __future__ import annotations
@@ -31,13 +30,14 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from contracts import headers as H
 from contracts.reasons import Reason
 from contracts.topics import Topic
+from contracts.units import to_canonical
 from contracts.validation import Accepted, FieldIssue, Origin, Rejected
 
 __all__ = [
@@ -48,7 +48,9 @@ __all__ = [
     "accepted_message",
     "conflict_message",
     "deadletter_message",
-    "read_accepted",
+    "Route",
+    "fact_json",
+    "read_route",
     "read_validated",
     "source_origin",
     "validated_message",
@@ -83,21 +85,62 @@ class OutMessage:
     headers: list[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A validated or accepted event as the next stage reads it."""
+class Route(NamedTuple):
+    """What the stages after validation know of an event without parsing it.
 
-    event_id: str
+    Encoded as one header (``exnet-route``): its fields, space-separated, in
+    this order (none of them can hold a space: patterns and topic names). A
+    named tuple: one is read for every event, twice.
+    """
+
+    #: :meth:`~contracts.validation.Accepted.fingerprint` of the event: its content identity.
+    fingerprint: str
     event_type: str
-    #: The event's fields, as its canonical JSON gives them.
-    fields: dict[str, Any]
+    participant_id: str
+    node_id: str
+    site_id: str
+    #: ``occurred_at``, Unix seconds.
+    occurred_s: float
     #: The site's message it came from, and that message's Kafka timestamp (ms).
     origin: Origin
     timestamp_ms: int | None
-    #: The canonical JSON, content digest and the site's original bytes
-    #: (``exnet.validated`` only).
-    canonical: bytes = b""
-    fingerprint: str = ""
+
+    def encode(self) -> bytes:
+        origin = self.origin
+        return (
+            f"{self.fingerprint} {self.event_type} {self.participant_id} {self.node_id} "
+            f"{self.site_id} {self.occurred_s!r} {origin.topic} {origin.partition} "
+            f"{origin.offset} {self.timestamp_ms}"
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Route:
+        fingerprint, event_type, participant, node, site, occurred, topic, partition, offset, ts = (
+            data.decode().split(" ")
+        )
+        return cls(
+            fingerprint,
+            event_type,
+            participant,
+            node,
+            site,
+            float(occurred),
+            Origin(topic, int(partition), int(offset)),
+            None if ts == "None" else int(ts),
+        )
+
+
+@dataclass(slots=True)
+class Received:
+    """A message of ``exnet.validated`` or ``exnet.accepted`` as the next stage reads it."""
+
+    event_id: str
+    route: Route
+    #: The route header as read (passed on unchanged).
+    route_header: bytes
+    #: :func:`fact_json` of the event.
+    value: bytes
+    #: The site's original bytes (``exnet.validated`` only).
     original: bytes = b""
 
 
@@ -121,6 +164,29 @@ def source_origin(headers: Mapping[str, bytes]) -> Origin:
     )
 
 
+def fact_json(accepted: Accepted, canonical: bytes) -> bytes:
+    """The event's fact-table row as one JSON object, ``ingested_at`` aside (the sink's).
+
+    ``canonical``: :meth:`~contracts.validation.Accepted.canonical_json` of
+    ``accepted``; then, for assays, the value in the analyte's canonical unit
+    (``value_canonical``, ``unit_canonical``), and the lineage of the site's
+    message (``source_topic``, ``source_partition``, ``source_offset``). The
+    keys are the fact table's columns (SPEC §4).
+    """
+    origin = accepted.origin
+    assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
+    lineage: dict[str, Any] = {}
+    if accepted.event_type == "assay":
+        event = accepted.event.__dict__
+        value, unit = to_canonical(event["analyte"], event["value"], event["unit"])
+        lineage["value_canonical"] = value
+        lineage["unit_canonical"] = unit
+    lineage["source_topic"] = origin.topic
+    lineage["source_partition"] = origin.partition
+    lineage["source_offset"] = origin.offset
+    return canonical[:-1] + b"," + orjson.dumps(lineage)[1:]
+
+
 def validated_message(
     accepted: Accepted, original: bytes, timestamp_ms: int | None
 ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
@@ -128,56 +194,49 @@ def validated_message(
     its partition is :func:`validated_partition` of the key."""
     origin = accepted.origin
     assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
-    headers = [
-        (H.FINGERPRINT, accepted.fingerprint().encode()),
-        (H.SOURCE, f"{origin.topic} {origin.partition} {origin.offset} {timestamp_ms}".encode()),
-        (H.ORIGINAL, original),
-    ]
-    return accepted.event_id.encode(), accepted.canonical_json(), headers
+    canonical = accepted.canonical_json()
+    event = accepted.event
+    route = Route(
+        accepted.fingerprint(canonical),
+        event.EVENT_TYPE,
+        event.participant_id,
+        event.node_id,
+        event.site_id,
+        event.occurred_at.timestamp(),
+        origin,
+        timestamp_ms,
+    )
+    headers = [(H.ROUTE, route.encode()), (H.ORIGINAL, original)]
+    return event.event_id.encode(), fact_json(accepted, canonical), headers
 
 
 def read_validated(key: bytes, value: bytes, headers: Headers) -> Received:
     """The message of :func:`validated_message` as deduplicate reads it."""
-    named = dict(headers)
-    topic, partition, offset, timestamp = named[H.SOURCE].decode().split(" ")
-    fields = orjson.loads(value)
-    return Received(
-        key.decode(),
-        fields["schema"].partition("/")[0],
-        fields,
-        Origin(topic, int(partition), int(offset)),
-        None if timestamp == "None" else int(timestamp),
-        value,
-        named[H.FINGERPRINT].decode(),
-        named[H.ORIGINAL],
+    route = original = b""
+    for name, header in headers:
+        if name == H.ROUTE:
+            route = header
+        elif name == H.ORIGINAL:
+            original = header
+    return Received(key.decode(), Route.decode(route), route, value, original)
+
+
+def accepted_message(record: Received) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Deduplicate -> sinks: (key, value, headers) of a deduplicated event; its
+    partition is Kafka's default for the key (participant_id)."""
+    return (
+        record.route.participant_id.encode(),
+        record.value,
+        [(H.ROUTE, record.route_header)],
     )
 
 
-def accepted_message(record: Received) -> tuple[bytes, bytes]:
-    """Deduplicate -> sinks: (key, value) of a deduplicated event; its partition is
-    Kafka's default for the key (participant_id)."""
-    origin = record.origin
-    value = orjson.dumps(
-        {
-            "source": (origin.topic, origin.partition, origin.offset, record.timestamp_ms),
-            "event": orjson.Fragment(record.canonical),
-        }
-    )
-    return record.fields["participant_id"].encode(), value
-
-
-def read_accepted(value: bytes) -> Received:
-    """The message of :func:`accepted_message` as a sink reads it."""
-    document = orjson.loads(value)
-    fields = document["event"]
-    topic, partition, offset, timestamp_ms = document["source"]
-    return Received(
-        fields["event_id"],
-        fields["schema"].partition("/")[0],
-        fields,
-        Origin(topic, partition, offset),
-        timestamp_ms,
-    )
+def read_route(headers: Headers) -> Route:
+    """The route of an ``exnet.accepted`` message (a sink needs its type and timestamp)."""
+    for name, header in headers:
+        if name == H.ROUTE:
+            return Route.decode(header)
+    raise ValueError(f"an exnet.accepted message without its {H.ROUTE} header")
 
 
 def deadletter_message(
@@ -210,8 +269,8 @@ def conflict_message(record: Received, first: Origin, rejected_at: datetime) -> 
         "send a new event_id",
         "conflicting_duplicate",
     )
-    rejected = Rejected(Reason.CONFLICTING_DUPLICATE, (issue,), record.origin, record.event_id)
-    participant = str(record.fields.get("participant_id", ""))
+    route = record.route
+    rejected = Rejected(Reason.CONFLICTING_DUPLICATE, (issue,), route.origin, record.event_id)
     return deadletter_message(
-        rejected, record.original, participant.encode(), rejected_at, record.timestamp_ms
+        rejected, record.original, route.participant_id.encode(), rejected_at, route.timestamp_ms
     )

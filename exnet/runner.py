@@ -29,7 +29,7 @@ from exnet.metrics import Metrics
 from exnet.monitor import LagMonitor
 from exnet.settings import Settings
 from sinks.client import connect
-from sinks.consumer import SINK_TABLES, SinkConsumer
+from sinks.consumer import ROW_TABLES, SinkConsumer
 from sinks.errors import DatabaseLocked
 from sinks.migrate import apply_migrations, load_registry_tables
 from sinks.query import QueryEndpoint
@@ -135,7 +135,7 @@ class _SinkRole(threading.Thread):
             apply_migrations(client, database)
             load_registry_tables(client, database, load_registry(settings.registry_path))
             writer = ClickHouseWriter(client, database)
-            writer.setup(dict(SINK_TABLES))
+            writer.setup(ROW_TABLES)
             if settings.embedded_clickhouse:
                 read_client = connect(settings, readonly=True)
                 endpoint = QueryEndpoint(settings, read_client)

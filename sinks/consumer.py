@@ -20,9 +20,10 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from kafka import KafkaConsumer
@@ -39,7 +40,7 @@ from tenacity import (
 
 from contracts.errors import ExnetError
 from contracts.topics import Topic, topic_name
-from contracts.wire import read_accepted
+from contracts.wire import read_route
 from exnet.metrics import Metrics
 from exnet.settings import Settings
 from sinks.errors import ClickHouseUnavailable
@@ -48,12 +49,11 @@ from sinks.rows import (
     FACT_TABLES,
     REJECTED_COLUMNS,
     REJECTED_TABLE,
-    fact_row,
     rejected_row,
 )
 from sinks.writer import BatchWriter
 
-__all__ = ["SINK_TABLES", "SinkConsumer", "SinkStopped", "sink_group"]
+__all__ = ["ROW_TABLES", "SINK_TABLES", "SinkConsumer", "SinkStopped", "sink_group"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ SINK_TABLES: dict[str, Sequence[str]] = {
     **{FACT_TABLES[t]: columns for t, columns in FACT_COLUMNS.items()},
     REJECTED_TABLE: REJECTED_COLUMNS,
 }
+#: The tables written as rows of values (:meth:`BatchWriter.write`); the fact tables
+#: take the accepted messages' JSON (:meth:`BatchWriter.write_json`).
+ROW_TABLES: dict[str, Sequence[str]] = {REJECTED_TABLE: REJECTED_COLUMNS}
 #: Longest wait between ClickHouse retries, seconds.
 MAX_BACKOFF_S = 30.0
 #: Group session of the sink (ms): how long a dead sink holds its partitions.
@@ -85,7 +88,10 @@ class SinkStopped(ExnetError):
 
 @dataclass
 class _Batch:
+    #: Rejections: table -> rows of values.
     rows: dict[str, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
+    #: Facts: table -> rows as JSON objects (the accepted messages' values).
+    json_rows: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     #: partition -> (first offset, last offset) in this batch.
     ranges: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     #: source Kafka timestamps (ms) of the accepted events, for the latency histogram.
@@ -93,10 +99,13 @@ class _Batch:
     size: int = 0
     started: float = 0.0
 
-    def add(self, table: str, row: list[Any], tp: TopicPartition, offset: int) -> None:
+    def add(self, table: str, row: list[Any] | bytes, tp: TopicPartition, offset: int) -> None:
         if self.size == 0:
             self.started = time.monotonic()
-        self.rows[table].append(row)
+        if isinstance(row, bytes):
+            self.json_rows[table].append(row)
+        else:
+            self.rows[table].append(row)
         first, _ = self.ranges.get(tp, (offset, offset))
         self.ranges[tp] = (first, offset)
         self.size += 1
@@ -183,12 +192,10 @@ class SinkConsumer:
                     record.offset,
                 )
                 continue
-            accepted = read_accepted(record.value)
-            event_type = accepted.event_type
-            row = fact_row(event_type, accepted.fields, accepted.origin, ingested_at)
-            batch.add(FACT_TABLES[event_type], row, tp, record.offset)
-            if accepted.timestamp_ms:
-                batch.source_ms.append(accepted.timestamp_ms)
+            route = read_route(record.headers)
+            batch.add(FACT_TABLES[route.event_type], record.value, tp, record.offset)
+            if route.timestamp_ms:
+                batch.source_ms.append(route.timestamp_ms)
 
     def flush(self) -> None:
         """Write the batch to ClickHouse (retrying), then commit its offsets."""
@@ -196,12 +203,20 @@ class SinkConsumer:
         if not batch.ranges:
             return
         started = time.perf_counter()
+        for table, json_rows in batch.json_rows.items():
+            token = batch.token(self._group, table)
+            self._write_with_retries(
+                table, partial(self._writer.write_json, table, json_rows, token)
+            )
         for table, rows in batch.rows.items():
-            self._write_with_retries(table, rows, batch.token(self._group, table))
+            token = batch.token(self._group, table)
+            write = partial(self._writer.write, table, SINK_TABLES[table], rows, token)
+            self._write_with_retries(table, write)
         written = time.time()
         self._commit({tp: last + 1 for tp, (_, last) in batch.ranges.items()})
-        for table, rows in batch.rows.items():
-            self._metrics.sink_rows_written.labels(table=table).inc(len(rows))
+        for tables in (batch.json_rows, batch.rows):
+            for table, written_rows in tables.items():
+                self._metrics.sink_rows_written.labels(table=table).inc(len(written_rows))
         for source_ms in batch.source_ms:
             self._metrics.end_to_end_seconds.observe(max(0.0, written - source_ms / 1000))
         self._metrics.sink_batch_rows.observe(batch.size)
@@ -219,7 +234,7 @@ class SinkConsumer:
                 consumer.seek(tp, first)
         self._batch = _Batch()
 
-    def _write_with_retries(self, table: str, rows: list[list[Any]], token: str) -> None:
+    def _write_with_retries(self, table: str, write: Callable[[], None]) -> None:
         def log_retry(state: RetryCallState) -> None:
             self._metrics.sink_write_errors.labels(table=table).inc()
             outcome = state.outcome
@@ -239,10 +254,10 @@ class SinkConsumer:
             reraise=True,
         )
         try:
-            retrying(self._writer.write, table, SINK_TABLES[table], rows, token)
+            retrying(write)
         except ClickHouseUnavailable as exc:
             raise SinkStopped(
-                f"stopped while ClickHouse kept failing; {len(rows)} rows of {table} stay "
+                f"stopped while ClickHouse kept failing; the rows of {table} stay "
                 f"uncommitted in Kafka and will be written on the next start: {exc}"
             ) from exc
 

@@ -1,7 +1,9 @@
-"""The pure stage of the sink: a message of the accepted or dead-letter topic -> a table row.
+"""The sink's tables and their columns, and the one row it builds itself: a rejection.
 
-The column tuples here are the insert column lists; ``tests/sinks`` checks
-them against the migrated tables.
+Facts need no building: an accepted message's value is its fact row as JSON
+(``contracts.wire.fact_json``, keyed by :data:`FACT_COLUMNS`), which the
+writer hands to ClickHouse as it is. ``tests/sinks`` checks the column
+tuples here against the migrated tables.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import orjson
 
 from contracts import headers as H
 from contracts.envelope import NODE_ID_PATTERN, EventBase
-from contracts.units import to_canonical
-from contracts.validation import EVENT_MODELS, Origin, site_named_in
+from contracts.validation import EVENT_MODELS, site_named_in
 from contracts.wire import source_origin
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "REJECTED_COLUMNS",
     "REJECTED_TABLE",
     "Headers",
-    "fact_row",
     "rejected_row",
 ]
 
@@ -71,11 +71,6 @@ FACT_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     for event_type, fields in _FIELDS.items()
 }
 
-#: event type -> where ``occurred_at`` sits in its row (ISO text in the event, a datetime here).
-_OCCURRED_AT: Final = {
-    event_type: fields.index("occurred_at") for event_type, fields in _FIELDS.items()
-}
-
 REJECTED_TABLE: Final = "rejected_events"
 REJECTED_COLUMNS: Final = (
     "reason",
@@ -101,18 +96,6 @@ _IDENTIFIER_FIELDS: Final = frozenset(
 )
 #: Every field some event version has (by wire name).
 _KNOWN_FIELDS: Final = frozenset(name for fields in _FIELDS.values() for name in fields)
-
-
-def fact_row(
-    event_type: str, event: Mapping[str, Any], source: Origin, ingested_at: datetime
-) -> list[Any]:
-    """The fact-table row of one accepted event (its canonical fields, as the stream wrote them)."""
-    row: list[Any] = [event.get(field) for field in _FIELDS[event_type]]
-    row[_OCCURRED_AT[event_type]] = datetime.fromisoformat(event["occurred_at"])
-    if event_type == "assay":
-        row.extend(to_canonical(event["analyte"], event["value"], event["unit"]))
-    row.extend((source.topic, source.partition, source.offset, ingested_at))
-    return row
 
 
 _NODE_ID = re.compile(NODE_ID_PATTERN)

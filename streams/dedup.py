@@ -14,6 +14,7 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
+from typing import NamedTuple
 
 from contracts import Origin
 from contracts.wire import Outgoing, Received, accepted_message, conflict_message
@@ -28,8 +29,7 @@ class Decision(Enum):
     CONFLICT = "conflict"  # another message, other content: reject (conflicting_duplicate)
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):
     """What is remembered of an accepted event (the dedup table's value)."""
 
     fingerprint: str
@@ -107,10 +107,11 @@ class DeduplicateStage:
         result = Deduplicated()
         out = result.outgoing
         for record in records:
-            incoming = Seen(record.fingerprint, record.origin)
+            route = record.route
+            incoming = Seen(route.fingerprint, route.origin)
             decision, prior = remember(table, record.event_id.encode(), incoming)
             if decision is Decision.DUPLICATE:
-                result.duplicates[record.event_type] += 1
+                result.duplicates[route.event_type] += 1
                 continue
             if decision is Decision.CONFLICT:
                 assert prior is not None  # noqa: S101  # a conflict has a prior by definition
@@ -118,13 +119,11 @@ class DeduplicateStage:
                 out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers, None))
                 result.conflicts += 1
                 continue
-            key, value = accepted_message(record)
-            out.append((self.accepted_topic, None, key, value, [], None))
-            result.accepted[record.event_type] += 1
-            event = record.fields
-            site = (event["node_id"], event["site_id"])
+            key, value, headers = accepted_message(record)
+            out.append((self.accepted_topic, None, key, value, headers, None))
+            result.accepted[route.event_type] += 1
+            site = (route.node_id, route.site_id)
             result.per_site[site] += 1
-            occurred = datetime.fromisoformat(event["occurred_at"]).timestamp()
-            if occurred > result.newest.get(site, 0.0):
-                result.newest[site] = occurred
+            if route.occurred_s > result.newest.get(site, 0.0):
+                result.newest[site] = route.occurred_s
         return result

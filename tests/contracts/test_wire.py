@@ -12,14 +12,16 @@ from contracts.registry import DEMO_REGISTRY, load_registry
 from contracts.topics import Topic
 from contracts.validation import Accepted, Origin, Rejected, Validator
 from contracts.wire import (
+    Route,
     accepted_message,
     conflict_message,
     deadletter_message,
-    read_accepted,
+    read_route,
     read_validated,
     validated_message,
     validated_partition,
 )
+from sinks.rows import FACT_COLUMNS
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 EVENT = {
@@ -44,35 +46,73 @@ def _accepted() -> tuple[Accepted, bytes]:
     return outcome, raw
 
 
-def test_validated_messages_carry_the_normalised_event_its_origin_and_the_original() -> None:
+def test_validated_messages_carry_the_fact_row_its_route_and_the_original() -> None:
     accepted, raw = _accepted()
     key, value, headers = validated_message(accepted, raw, 1_700_000_000_000)
     assert key == b"a6e2f0c4-1111-4222-8333-444455556666"  # every copy meets in one partition
     record = read_validated(key, value, headers)
     assert record.event_id == "a6e2f0c4-1111-4222-8333-444455556666"
-    assert record.fields["occurred_at"] == "2026-05-01T08:00:00Z"
-    assert record.canonical == value == accepted.canonical_json()
-    assert record.origin == Origin("exnet.assessment", 3, 77)
-    assert record.timestamp_ms == 1_700_000_000_000
-    assert record.original == raw and record.event_type == "assessment"
-    assert record.fingerprint == accepted.fingerprint()
+    row = orjson.loads(value)
+    assert row["occurred_at"] == "2026-05-01T08:00:00Z"  # the canonical event, in UTC
+    assert (row["source_topic"], row["source_partition"], row["source_offset"]) == (
+        "exnet.assessment",
+        3,
+        77,
+    )
+    assert value.startswith(accepted.canonical_json()[:-1])
+    assert record.route == Route(
+        accepted.fingerprint(),
+        "assessment",
+        "P-0123456789",
+        "N01",
+        "N01-S01",
+        datetime(2026, 5, 1, 8, tzinfo=UTC).timestamp(),
+        Origin("exnet.assessment", 3, 77),
+        1_700_000_000_000,
+    )
+    assert record.original == raw
+
+
+def test_the_fact_row_has_every_column_of_its_table_but_ingested_at() -> None:
+    raw = orjson.dumps(
+        {
+            **{k: v for k, v in EVENT.items() if k not in ("instrument", "score", "week")},
+            "schema": "assay/1",
+            "specimen_id": "SP-1",
+            "specimen_type": "serum",
+            "timepoint": "baseline",
+            "analyte": "cortisol",
+            "value": 2.0,
+            "unit": "ug/dL",
+            "lab_id": "L1",
+            "below_lloq": False,
+        }
+    )
+    assay = Validator(None).validate_message(raw, b"P-0123456789", Origin("exnet.assay", 1, 9), NOW)
+    assert isinstance(assay, Accepted)
+    accepted, _ = _accepted()
+    for outcome, event_type in ((assay, "assay"), (accepted, "assessment")):
+        _, value, _ = validated_message(outcome, raw, None)
+        row = orjson.loads(value)
+        assert sorted(row) == sorted(c for c in FACT_COLUMNS[event_type] if c != "ingested_at")
+    row = orjson.loads(validated_message(assay, raw, None)[1])
+    assert row["value_canonical"] == 2.0 * 27.59 and row["unit_canonical"] == "nmol/L"
 
 
 def test_a_message_without_a_kafka_timestamp_reads_back_without_one() -> None:
     accepted, raw = _accepted()
     record = read_validated(*validated_message(accepted, raw, None))
-    assert record.timestamp_ms is None
+    assert record.route.timestamp_ms is None
 
 
-def test_accepted_messages_are_keyed_by_participant_and_keep_their_origin() -> None:
+def test_accepted_messages_are_keyed_by_participant_and_pass_the_row_and_route_on() -> None:
     accepted, raw = _accepted()
     record = read_validated(*validated_message(accepted, raw, 1_700_000_000_000))
-    key, value = accepted_message(record)
+    key, value, headers = accepted_message(record)
     assert key == b"P-0123456789"  # all of a participant's events meet in one partition
-    onward = read_accepted(value)
-    assert onward.fields == record.fields
-    assert onward.origin == record.origin and onward.timestamp_ms == 1_700_000_000_000
-    assert onward.event_type == "assessment" and onward.event_id == record.event_id
+    assert value is record.value  # passed on, not parsed
+    assert read_route(headers) == record.route
+    assert headers == [(H.ROUTE, record.route_header)]  # no copy of the original onward
 
 
 def test_validated_partition_is_stable_and_spread() -> None:

@@ -8,41 +8,9 @@ from datetime import UTC, datetime
 import orjson
 
 from contracts import headers as H
-from contracts.validation import Origin
-from sinks.rows import FACT_COLUMNS, REJECTED_COLUMNS, fact_row, rejected_row
+from sinks.rows import REJECTED_COLUMNS, rejected_row
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-
-
-def test_assay_row_adds_the_canonical_value_and_lineage() -> None:
-    event = {
-        "event_id": "e1",
-        "occurred_at": "2026-05-01T08:00:00.250000Z",
-        "node_id": "N01",
-        "site_id": "N01-S01",
-        "participant_id": "P-0123456789",
-        "schema": "assay/1",
-        "specimen_id": "SP-1",
-        "specimen_type": "serum",
-        "timepoint": "baseline",
-        "analyte": "cortisol",
-        "value": 2.0,
-        "unit": "ug/dL",
-        "lab_id": "L1",
-        "batch_id": None,
-        "below_lloq": False,
-    }
-    row = dict(
-        zip(
-            FACT_COLUMNS["assay"],
-            fact_row("assay", event, Origin("t", 1, 9), NOW),
-            strict=True,
-        )
-    )
-    assert row["occurred_at"] == datetime(2026, 5, 1, 8, 0, 0, 250000, tzinfo=UTC)
-    assert row["value_canonical"] == 2.0 * 27.59 and row["unit_canonical"] == "nmol/L"
-    assert (row["source_topic"], row["source_partition"], row["source_offset"]) == ("t", 1, 9)
-    assert row["ingested_at"] == NOW
 
 
 def test_rejected_row_keeps_the_bytes_and_reads_site_ids_only_when_they_look_like_ids() -> None:

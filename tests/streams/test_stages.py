@@ -50,8 +50,8 @@ def test_validate_sends_valid_events_by_event_id_and_rejections_to_the_dead_lett
     assert key is not None
     assert partition == validated_partition(key, 6)
     record = read_validated(key, value, headers)
-    assert record.origin == Origin("exnet.assessment", 3, 10)
-    assert record.original == good.value and record.timestamp_ms == good.timestamp
+    assert record.route.origin == Origin("exnet.assessment", 3, 10)
+    assert record.original == good.value and record.route.timestamp_ms == good.timestamp
     assert dead[0] == "dl" and dead[1] is None  # Kafka's partitioner, keyed by the site's key
     assert dead[2] == b"P-0123456789" and dead[3] == bad.value
     named = dict(dead[4])
