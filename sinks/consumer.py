@@ -76,6 +76,9 @@ POLL_TIMEOUT_MS = 100
 #: subscribed (``exnet init`` racing ``exnet up``) is assigned within this time
 #: (kafka-python's default is five minutes).
 METADATA_MAX_AGE_MS = 2_000
+#: How long the broker may hold a fetch with nothing new, ms (kafka-python's default,
+#: 500, is half the latency budget; the stream workers use the same).
+FETCH_MAX_WAIT_MS = 50
 
 
 def sink_group(settings: Settings) -> str:
@@ -160,6 +163,7 @@ class SinkConsumer:
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_MS,
             metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
         self._consumer = consumer
         consumer.subscribe([self._accepted, self._deadletter], listener=_FlushOnRevoke(self))

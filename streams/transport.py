@@ -80,6 +80,10 @@ STUCK_WARNING_S = 30.0
 LOST_AFTER_S = 10.0
 #: Seconds between checks that no partition's fetch position ran past what was delivered.
 POSITION_CHECK_S = 2.0
+#: Milliseconds the broker may hold a fetch while it has nothing new for it.
+FETCH_MAX_WAIT_MS = 50
+#: Seconds a stopping producer waits for its open batches to be taken by aiokafka.
+HAND_OVER_ON_STOP_S = 10.0
 
 
 class BatchMessage(ConsumerMessage):
@@ -138,8 +142,46 @@ def commit_end(chain: deque[Any]) -> int | None:
     return end
 
 
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's thread running the aiokafka consumer, with a short fetch wait."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust fixes the broker's fetch wait at 1.5 s (no setting reaches it), and
+        # aiokafka keeps one fetch in flight per broker: measured at a steady 5,000
+        # events/s, records waited a median 0.82 s (p99 2.1 s) to be handed to the
+        # validate agent with it, 0.12 s (p99 0.28 s) with FETCH_MAX_WAIT_MS. The
+        # attribute is the one aiokafka's constructor keeps the argument in, read
+        # when the consumer starts.
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001  # see above
+        return consumer
+
+    async def positions(self, partitions: Sequence[TP]) -> dict[TP, int | None]:
+        """The fetch positions of ``partitions`` (None: not assigned any more), in one
+        call to the consumer's thread (a call per partition held the fetch loop for
+        a few hundred milliseconds: the latency's p99)."""
+        result: dict[TP, int | None] = await self.call_thread(self._positions, partitions)
+        return result
+
+    async def _positions(self, partitions: Sequence[TP]) -> dict[TP, int | None]:
+        consumer = self._ensure_consumer()
+        positions: dict[TP, int | None] = {}
+        for tp in partitions:
+            try:
+                positions[tp] = await consumer.position(tp)
+            except Exception as exc:  # revoked meanwhile: its seek comes
+                log.debug("no position for %s: %r", tp, exc)
+                positions[tp] = None
+        return positions
+
+
 class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, delivering partition batches and committing done ones."""
+
+    _thread: ConsumerThread
+
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -257,12 +299,9 @@ class Consumer(faust_aiokafka.Consumer):
         active set meanwhile). With no new record after them, nothing else would
         ever reveal the gap (seen: a drain waiting on two partitions for good).
         """
-        for tp in [tp for tp in self.assignment() if tp in self._next]:
-            try:
-                position = await self.position(tp)
-            except Exception as exc:  # a partition revoked meanwhile: its seek comes
-                log.debug("no position for %s: %r", tp, exc)
-                continue
+        checked = [tp for tp in self.assignment() if tp in self._next]
+        positions = await self._thread.positions(checked) if checked else {}
+        for tp, position in positions.items():
             expected = self._next.get(tp)
             if position is not None and expected is not None and position > expected:
                 log.warning(
@@ -327,12 +366,28 @@ class Consumer(faust_aiokafka.Consumer):
         return end
 
 
+class _OpenBatch:
+    """Messages for one partition not yet handed to aiokafka, and their acknowledgement."""
+
+    __slots__ = ("acked", "builder", "handed")
+
+    def __init__(self, builder: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.builder = builder
+        #: Completes once Kafka acknowledged the batch (or fails with the producer's error).
+        self.acked: asyncio.Future[Any] = loop.create_future()
+        #: Set once aiokafka took the batch: nothing more may be appended to it.
+        self.handed = asyncio.Event()
+
+
 class Producer(faust_aiokafka.Producer):
     """Faust's aiokafka producer, with one call that delivers a batch's messages."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._partition_counts: dict[str, int] = {}
+        #: Per (topic, partition): the batch taking messages until aiokafka takes it.
+        self._open: dict[tuple[str, int], _OpenBatch] = {}
+        self._handing: set[asyncio.Future[Any]] = set()
 
     def _settings_extra(self) -> Mapping[str, Any]:
         # Idempotent as well as acks=all (Faust sets both only inside transactions): a
@@ -351,11 +406,16 @@ class Producer(faust_aiokafka.Producer):
         """Hand ``messages`` to Kafka; the returned future completes once Kafka
         acknowledged every one (acks=all), or fails with the producer's error.
 
-        Each partition's messages go as record batches, in order, behind those
-        handed over before. A message with no partition goes where Kafka's
-        default partitioner puts its key. Returns once the messages are queued
-        (waiting only when the producer's buffer is full), so that the caller
-        can go on while they travel.
+        Each partition's messages are appended, in order, to that partition's
+        open record batch, which aiokafka takes as soon as it has sent the
+        partition's previous one. aiokafka queues one batch per partition and
+        sends one request per broker at a time: handing it each agent batch's
+        messages and waiting for it to take them (as ``send_batch`` does) would
+        hold the agent for a produce round trip per batch, which at a few
+        thousand events a second (small batches) was most of the pipeline's
+        latency. A message with no partition goes where Kafka's default
+        partitioner puts its key. Returns once the messages are appended
+        (waiting only when a partition's open batch is full).
         """
         groups: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
         for message in messages:
@@ -363,24 +423,83 @@ class Producer(faust_aiokafka.Producer):
             if partition is None:
                 partition = default_partition(key or b"", await self.partitions(topic))
             groups[(topic, partition)].append(message)
-        producer = self._ensure_producer()
         pending: list[asyncio.Future[Any]] = []
         for (topic, partition), group in groups.items():
-            batch = producer.create_batch()
-            for _, _, key, value, headers, timestamp in group:
-                if batch.append(timestamp=timestamp, key=key, value=value, headers=headers) is None:
-                    pending.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    if (
-                        batch.append(timestamp=timestamp, key=key, value=value, headers=headers)
-                        is None
-                    ):
-                        raise ValueError(
-                            f"a {len(value)}-byte message for {topic} exceeds the producer's "
-                            "batch size"
-                        )
-            pending.append(await producer.send_batch(batch, topic, partition=partition))
+            await self._append(topic, partition, group, pending)
         return asyncio.gather(*pending)
+
+    async def _append(
+        self, topic: str, partition: int, group: list[Outgoing], pending: list[asyncio.Future[Any]]
+    ) -> None:
+        """Append ``group`` to the partition's open batches; their futures go to ``pending``."""
+        batch = self._open.get((topic, partition))
+        for _, _, key, value, headers, timestamp in group:
+            while True:
+                if batch is None:
+                    batch = self._open_batch(topic, partition)
+                appended = batch.builder.append(
+                    timestamp=timestamp, key=key, value=value, headers=headers
+                )
+                if appended is not None:
+                    break
+                if batch.builder.record_count() == 0:
+                    raise ValueError(
+                        f"a {len(value)}-byte message for {topic} exceeds the producer's batch size"
+                    )
+                pending.append(batch.acked)  # full: wait until aiokafka takes it
+                await batch.handed.wait()
+                batch = self._open.get((topic, partition))
+        if batch is not None:
+            pending.append(batch.acked)
+
+    def _open_batch(self, topic: str, partition: int) -> _OpenBatch:
+        producer = self._ensure_producer()
+        batch = _OpenBatch(producer.create_batch(), asyncio.get_running_loop())
+        self._open[(topic, partition)] = batch
+        task = asyncio.ensure_future(self._hand_over(topic, partition, batch))
+        self._handing.add(task)
+        task.add_done_callback(self._handing.discard)
+        return batch
+
+    async def _hand_over(self, topic: str, partition: int, batch: _OpenBatch) -> None:
+        """Give ``batch`` to aiokafka once it sent the partition's previous batch."""
+        try:
+            acked = await self._ensure_producer().send_batch(
+                batch.builder, topic, partition=partition
+            )
+        except asyncio.CancelledError:
+            self._close(topic, partition, batch)
+            batch.acked.cancel()
+            raise
+        except Exception as exc:  # the producer's error is the delivery's
+            self._close(topic, partition, batch)
+            batch.acked.set_exception(exc)
+            return
+        self._close(topic, partition, batch)  # before anything else can append to it
+        acked.add_done_callback(lambda future: _copy_outcome(future, batch.acked))
+
+    def _close(self, topic: str, partition: int, batch: _OpenBatch) -> None:
+        if self._open.get((topic, partition)) is batch:
+            del self._open[(topic, partition)]
+        batch.handed.set()
+
+    async def on_stop(self) -> None:
+        # Batches appended but not yet taken by aiokafka: hand them over, so that
+        # stopping aiokafka flushes them with the rest.
+        if self._handing:
+            await asyncio.wait(set(self._handing), timeout=HAND_OVER_ON_STOP_S)
+        await super().on_stop()
+
+
+def _copy_outcome(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 @functools.lru_cache(maxsize=65_536)
