@@ -156,8 +156,10 @@ class SinkConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._settings.sink_batch_rows,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
+            # What one fetch may bring (decoded records stay in memory until polled):
+            # 64 MB fetches lifted the peak resident set of `exnet up` by ~100 MB.
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
             # A sink killed with -9 holds its partitions until its session expires;
             # kafka-python's 45 s default also outlasts its own 30 s JoinGroup timeout.
             session_timeout_ms=SESSION_TIMEOUT_MS,
