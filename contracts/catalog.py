@@ -72,26 +72,27 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
         topic=Topic.VALIDATED,
         owner="exnet stream workers (validate stage)",
         schemas=_ALL_SCHEMAS,
-        key="none; partition = CRC-32 of event_id (every copy of an event meets the dedup "
-        "state in one partition)",
+        key="event_id; partition = CRC-32 of event_id (every copy of an event meets the "
+        "dedup state in one partition)",
         config=_VALIDATED_CONFIG,
         description=(
-            "Internal: packed messages (header exnet-format: packed/1), each holding a "
-            "stage batch's validated events for one partition: event_id, type, content "
-            "fingerprint, source topic/partition/offset, canonical JSON (UTC times, defaults "
-            "filled in) and the original bytes; read by the dedup stage."
+            "Internal: one message per validated event. Value: its fact-table row as JSON "
+            "(canonical event, canonical assay units, source topic/partition/offset); "
+            "headers exnet-route (content digest, type, participant, node, site, "
+            "occurred_at, origin, publish time) and exnet-original (the site's bytes); "
+            "read by the dedup stage."
         ),
     ),
     TopicSpec(
         topic=Topic.ACCEPTED,
         owner="exnet stream workers (dedup stage)",
         schemas=_ALL_SCHEMAS,
-        key="none (packed, in the partition of the dedup stage's input)",
+        key="participant_id (all of a participant's events in one partition)",
         config=_ACCEPTED_CONFIG,
         description=(
-            "Internal: packed messages of deduplicated events (each once per event_id), "
-            "with their type, source topic/partition/offset and canonical JSON; read by the "
-            "ClickHouse sink."
+            "Internal: one message per deduplicated event (once per event_id, again after "
+            "a replay): the fact-table row as JSON and the exnet-route header, as "
+            "exnet.validated carried them; read by the ClickHouse sink (JSONEachRow)."
         ),
     ),
     TopicSpec(

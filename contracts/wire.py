@@ -26,6 +26,7 @@ all of a participant's events meet in one partition:
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,10 @@ class OutMessage:
     headers: list[tuple[str, bytes]]
 
 
+#: Space-separated parts of an encoded :class:`Route` (its origin counts three).
+_ROUTE_PARTS = 10
+
+
 class Route(NamedTuple):
     """What the stages after validation know of an event without parsing it.
 
@@ -115,8 +120,15 @@ class Route(NamedTuple):
 
     @classmethod
     def decode(cls, data: bytes) -> Route:
+        """Raises ValueError for anything :meth:`encode` did not write."""
+        fields = data.decode().split(" ")
+        if len(fields) != _ROUTE_PARTS:
+            raise ValueError(
+                f"not an {H.ROUTE} header: {data[:80]!r}; messages of an earlier exnet on "
+                "the internal topics? drain the pipeline (exnet up --drain) before upgrading"
+            )
         fingerprint, event_type, participant, node, site, occurred, topic, partition, offset, ts = (
-            data.decode().split(" ")
+            fields
         )
         return cls(
             fingerprint,
@@ -179,7 +191,9 @@ def fact_json(accepted: Accepted, canonical: bytes) -> bytes:
     if accepted.event_type == "assay":
         event = accepted.event.__dict__
         value, unit = to_canonical(event["analyte"], event["value"], event["unit"])
-        lineage["value_canonical"] = value
+        # A huge value times its unit's factor overflows to infinity, which JSON cannot
+        # write (orjson would write null, stored as 0): ClickHouse reads the string.
+        lineage["value_canonical"] = value if math.isfinite(value) else "inf"
         lineage["unit_canonical"] = unit
     lineage["source_topic"] = origin.topic
     lineage["source_partition"] = origin.partition

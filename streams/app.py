@@ -150,9 +150,13 @@ def create_app(
         a failed delivery stops the worker, the batch not done."""
 
         def on_delivered(future: asyncio.Future[Any]) -> None:
+            # Cancelled (directly, or one of the gathered acknowledgements): the worker
+            # is stopping; the batch stays not done and is read again next time.
             if future.cancelled():
-                return  # stopping: the batch stays not done, and is read again next time
+                return
             error = future.exception()
+            if isinstance(error, asyncio.CancelledError):
+                return
             if error is None:
                 batch.done = True
                 return

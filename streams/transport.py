@@ -488,6 +488,9 @@ class Producer(faust_aiokafka.Producer):
         # stopping aiokafka flushes them with the rest.
         if self._handing:
             await asyncio.wait(set(self._handing), timeout=HAND_OVER_ON_STOP_S)
+        if self._open:
+            # Never acknowledged, so their batches were not committed: read again next time.
+            log.warning("stopping with %d record batches not handed to Kafka", len(self._open))
         await super().on_stop()
 
 

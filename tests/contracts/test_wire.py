@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 
 from contracts import headers as H
 from contracts.registry import DEMO_REGISTRY, load_registry
@@ -148,3 +149,10 @@ def test_conflict_message_points_at_the_first_accepted_copy() -> None:
     assert detail["reason"] == "conflicting_duplicate"
     assert "partition 0 offset 1" in detail["errors"][0]["message"]
     assert headers[H.SOURCE_OFFSET] == b"77"  # the conflicting message's own origin
+
+
+def test_a_route_header_of_another_format_names_the_upgrade() -> None:
+    with pytest.raises(ValueError, match="exnet up --drain"):
+        Route.decode(b"")
+    with pytest.raises(ValueError, match="drain the pipeline"):
+        Route.decode(b"abc 3 exnet.session")

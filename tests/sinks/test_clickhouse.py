@@ -100,3 +100,47 @@ def test_views_of_an_empty_network_count_zero_never_null(client: Any) -> None:
     assert network.result_rows == [(0, 0, 0)]
     assert client.query("SELECT count() FROM arm_summary").result_rows == [(0,)]
     assert client.query("SELECT count() FROM node_daily").result_rows == [(0,)]
+
+
+PRECISE = 5.91153435001304e-06
+
+
+def _assay_json(value: float, unit: str) -> bytes:
+    from contracts.validation import Accepted, Origin, Validator
+    from contracts.wire import validated_message
+
+    raw = (
+        '{"schema":"assay/1","event_id":"9a4b5c6d-7e8f-4091-9253-1a2b3c4d5e6f",'
+        '"occurred_at":"2025-03-17T07:12:00.250001+02:00","node_id":"N01","site_id":"N01-S01",'
+        '"participant_id":"P-3f9c2a7b1e","specimen_id":"SP-1","specimen_type":"serum",'
+        f'"timepoint":"baseline","analyte":"IL6","value":{value!r},"unit":"{unit}",'
+        '"lab_id":"L1","below_lloq":false}'
+    ).encode()
+    outcome = Validator(load_registry(DEMO_REGISTRY)).validate_message(
+        raw, b"P-3f9c2a7b1e", Origin("exnet.assay", 2, 7), datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    assert isinstance(outcome, Accepted), outcome
+    return validated_message(outcome, raw, None)[1]
+
+
+def test_json_rows_keep_every_value_as_the_stream_wrote_it(client: Any) -> None:
+    writer = ClickHouseWriter(client, client.database)
+    # ClickHouse's fast float parser reads 5.91153435001304e-6 one bit off (as it does
+    # about one in sixteen random doubles); and 1e306 ng/mL is more picograms than a
+    # double holds.
+    writer.write_json("assay_events", [_assay_json(PRECISE, "pg/mL")], token="j:1")
+    writer.write_json(
+        "assay_events",
+        [_assay_json(1e306, "ng/mL").replace(b"9a4b5c6d", b"0a4b5c6d")],
+        token="j:2",
+    )
+    rows = client.query(
+        "SELECT event_id, occurred_at, value, value_canonical, unit_canonical, source_topic, "
+        "source_partition, source_offset, ingested_at > now64() - 60 "
+        "FROM assay_events ORDER BY event_id"
+    ).result_rows
+    overflow, precise = rows
+    assert precise[2] == precise[3] == PRECISE
+    assert precise[1] == datetime(2025, 3, 17, 5, 12, 0, 250001)  # UTC, to the microsecond
+    assert precise[4:] == ("pg/mL", "exnet.assay", 2, 7, True)
+    assert overflow[2] == 1e306 and overflow[3] == float("inf")  # not 0
