@@ -104,15 +104,16 @@ class RejectedMessage:
     source_partition: int
     source_offset: int
     payload: str
+    #: The payload's fields as sent (identifiers redacted), or {} when it is no object:
+    #: parsed once (every column of a work-list row reads it), again on ``replace``.
+    document: dict[str, Any] = field(init=False, repr=False, compare=False)
 
-    @property
-    def document(self) -> dict[str, Any]:
-        """The payload's fields as sent (identifiers redacted), or {} when it is no object."""
+    def __post_init__(self) -> None:
         try:
             document = orjson.loads(self.payload)
         except orjson.JSONDecodeError:
-            return {}
-        return document if isinstance(document, dict) else {}
+            document = {}
+        object.__setattr__(self, "document", document if isinstance(document, dict) else {})
 
     def field(self, name: str) -> str:
         """A field of the payload as text ("" when absent or not a readable string)."""
@@ -245,7 +246,7 @@ def _explain_conflicts(
 ) -> tuple[RejectedMessage, ...]:
     """Conflicting duplicates say which fields differ from the event the platform holds
     (``value``: 482.3 accepted, 516.1 sent), read from its fact table."""
-    conflicts = [m for m in messages if m.reason == "conflicting_duplicate" and m.event_id]
+    conflicts = [m for m in messages if _is_conflict(m)]
     if not conflicts:
         return messages
     db = settings.clickhouse_database
@@ -259,7 +260,7 @@ def _explain_conflicts(
             accepted[str(row["event_id"])] = row
     explained = []
     for m in messages:
-        held = accepted.get(str(m.event_id)) if m in conflicts else None
+        held = accepted.get(str(m.event_id)) if _is_conflict(m) else None
         if held is None:
             explained.append(m)
             continue
@@ -276,6 +277,10 @@ def _explain_conflicts(
             m = replace(m, issues=issues, message=f"event_id: {text}")
         explained.append(m)
     return tuple(explained)
+
+
+def _is_conflict(message: RejectedMessage) -> bool:
+    return message.reason == "conflicting_duplicate" and bool(message.event_id)
 
 
 def _same(held: Any, sent: Any) -> bool:

@@ -374,8 +374,11 @@ def collect_lag(settings: Settings, broker: BrokerState) -> LagState:
         return LagState(False, f"cannot read consumer offsets: {exc}")
     try:
         stages = []
+        members: dict[str, tuple[str, ...]] = {}  # validate and deduplicate share a group
         for index, (group, topics) in enumerate(progress.stages):
             rows = progress.stage_lag(group, topics)
+            if group not in members:
+                members[group] = tuple(progress.members(group))
             name = STAGE_NAMES[index] if index < len(STAGE_NAMES) else f"stage {index + 1}"
             stages.append(
                 StageLag(
@@ -385,7 +388,7 @@ def collect_lag(settings: Settings, broker: BrokerState) -> LagState:
                         PartitionLagRow(r.topic, r.partition, r.committed, r.end, r.lag)
                         for r in rows
                     ),
-                    tuple(progress.members(group)),
+                    members[group],
                 )
             )
     except KafkaError as exc:
@@ -527,8 +530,10 @@ def find_problems(
         elif not lag.available:
             problems.append(Problem("lag_unavailable", lag.error or "cannot read consumer lag"))
         else:
+            reported: set[str] = set()  # once per group: validate and deduplicate share one
             for stage in lag.stages:
-                if not stage.members and stage.stage != "deduplicate":  # one group with validate
+                if not stage.members and stage.group not in reported:
+                    reported.add(stage.group)
                     problems.append(
                         Problem(
                             "no_workers",
