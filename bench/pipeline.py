@@ -88,6 +88,14 @@ def _bare_loop(settings: Settings) -> tuple[int, float]:
     return count, elapsed
 
 
+BARE_LABEL = "bare kafka-python consume + json parse"
+
+
+def _print_rate(label: str, count: int, seconds: float, note: str = "") -> None:
+    """One figure line: what ran, over how many messages, in how long, at what rate."""
+    print(f"{label:<44} {count:>9,} msgs {seconds:8.1f} s {count / seconds:>10,.0f} msgs/s{note}")
+
+
 def _throughput(base: Settings, participants: int) -> None:
     settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}."})
     subprocess.run([EXNET, "init"], env=_env(settings), check=True, capture_output=True)
@@ -104,14 +112,8 @@ def _throughput(base: Settings, participants: int) -> None:
     stderr, peak_rss = _drain(settings)
     exnet_s = time.perf_counter() - started
     bare_rate, exnet_rate = count / bare_s, count / exnet_s
-    print(
-        f"{'bare kafka-python consume + json parse':<44} {count:>9,} msgs "
-        f"{bare_s:8.1f} s {bare_rate:>10,.0f} msgs/s"
-    )
-    print(
-        f"{'exnet up --drain (validate, dedup, write)':<44} {count:>9,} msgs "
-        f"{exnet_s:8.1f} s {exnet_rate:>10,.0f} msgs/s"
-    )
+    _print_rate(BARE_LABEL, count, bare_s)
+    _print_rate("exnet up --drain (validate, dedup, write)", count, exnet_s)
     print(
         f"ratio exnet / bare: {exnet_rate / bare_rate:.2f}  (target >= 0.25, aim 0.5); "
         f"peak RSS of exnet up: {peak_rss / 2**20:,.0f} MiB"
@@ -140,11 +142,12 @@ def _throughput(base: Settings, participants: int) -> None:
     ]
     if any(process.wait() != 0 for process in roles):
         raise SystemExit("exnet up --drain --role sink|stream failed")
-    split_rate = count / (time.perf_counter() - started)
-    print(
-        f"{'the same as two processes (--role stream, sink)':<44} {count:>9,} msgs "
-        f"{count / split_rate:8.1f} s {split_rate:>10,.0f} msgs/s "
-        f"(ratio {split_rate / bare_rate:.2f})"
+    split_s = time.perf_counter() - started
+    _print_rate(
+        "the same as two processes (--role stream, sink)",
+        count,
+        split_s,
+        f" (ratio {count / split_s / bare_rate:.2f})",
     )
 
 
@@ -188,13 +191,9 @@ def _memory(base: Settings, participants: int) -> None:
     _, peak_rss = _drain(settings)
     seconds = time.perf_counter() - started
     bare_rate, exnet_rate = count / bare_s, result.messages / seconds
-    print(
-        f"{'bare kafka-python consume + json parse':<44} {count:>9,} msgs "
-        f"{bare_s:8.1f} s {bare_rate:>10,.0f} msgs/s"
-    )
-    print(
-        f"{'exnet up --drain':<44} {result.messages:>9,} msgs "
-        f"{seconds:8.1f} s {exnet_rate:>10,.0f} msgs/s (ratio {exnet_rate / bare_rate:.2f})"
+    _print_rate(BARE_LABEL, count, bare_s)
+    _print_rate(
+        "exnet up --drain", result.messages, seconds, f" (ratio {exnet_rate / bare_rate:.2f})"
     )
     print(f"peak RSS of exnet up: {peak_rss / 2**20:,.0f} MiB (target < 1024 MiB)")
 
