@@ -43,6 +43,12 @@ _ACCEPTED_CONFIG: Final = (
     ("max.message.bytes", str(_MIB)),
 )
 
+#: The views' rows: compacted, the latest row per key is all a reader needs.
+_VIEWS_CONFIG: Final = (
+    ("cleanup.policy", "compact"),
+    ("max.message.bytes", str(_MIB)),
+)
+
 _ALL_SCHEMAS: Final = tuple(model.SCHEMA for models in EVENT_MODELS.values() for model in models)
 
 
@@ -94,6 +100,35 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
             "a replay): the fact-table row as JSON and the exnet-route header, as "
             "exnet.validated carried them; read by the ClickHouse sink (JSONEachRow)."
         ),
+    ),
+    TopicSpec(
+        topic=Topic.CONTRIBUTIONS,
+        owner="exnet stream workers (aggregate stage)",
+        schemas=(),
+        key="participant_id",
+        config=_ACCEPTED_CONFIG,
+        description=(
+            "Internal: a participant's whole contribution to the views (JSON, with a "
+            "version that grows with the participant's events), sent whenever it changes; "
+            "read by the rollup stage, which keeps the latest per participant. One "
+            "partition, so that one rollup sees the whole network."
+        ),
+        compatibility="none",
+        partitions=1,
+    ),
+    TopicSpec(
+        topic=Topic.VIEWS,
+        owner="exnet stream workers (rollup stage)",
+        schemas=(),
+        key="the view table and the row's key, '|'-separated (e.g. node_summary|N01)",
+        config=_VIEWS_CONFIG,
+        description=(
+            f"The stream-written views' rows: one JSON object per row, every column of "
+            f"the table named by the {H.TABLE} header (version and is_deleted included); "
+            "read by the ClickHouse sink into node_summary, network_summary, arm_summary "
+            "and node_daily (ReplacingMergeTree: the highest version of a key wins)."
+        ),
+        compatibility="none",
     ),
     TopicSpec(
         topic=Topic.DEADLETTER,

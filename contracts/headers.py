@@ -15,6 +15,7 @@ __all__ = [
     "SOURCE_PARTITION",
     "SOURCE_TIMESTAMP",
     "SOURCE_TOPIC",
+    "TABLE",
 ]
 
 # -- on every dead-letter message (SPEC §2)
@@ -35,3 +36,5 @@ EVENT_ID: Final = "exnet-event-id"
 ROUTE: Final = "exnet-route"
 #: The site's original bytes (internal topic exnet.validated; needed if it proves a conflict).
 ORIGINAL: Final = "exnet-original"
+#: The ClickHouse view table a message of exnet.views is a row of.
+TABLE: Final = "exnet-table"

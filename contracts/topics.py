@@ -19,8 +19,15 @@ class Topic(StrEnum):
     DEADLETTER = "exnet.deadletter"
     #: Internal: validated events re-keyed by ``event_id`` for deduplication.
     VALIDATED = "exnet.validated"
-    #: Internal: deduplicated, accepted events, read by the ClickHouse sink.
+    #: Internal: deduplicated, accepted events, read by the ClickHouse sink and the
+    #: aggregate stage.
     ACCEPTED = "exnet.accepted"
+    #: Internal: each participant's whole, versioned contribution to the views (one
+    #: partition: the rollup sees every participant).
+    CONTRIBUTIONS = "exnet.contributions"
+    #: The stream-written views' rows (compacted; key = table and row key), read by the
+    #: ClickHouse sink into the SPEC §4 view tables.
+    VIEWS = "exnet.views"
 
     @property
     def event_type(self) -> str | None:
@@ -64,6 +71,8 @@ class TopicSpec:
     #: How a new schema version may differ from the previous one: ``backward``
     #: (consumers of the new version read every older one), or ``none``.
     compatibility: str = "backward"
+    #: Partitions, when the topic needs a fixed number (None: ``EXNET_PARTITIONS``).
+    partitions: int | None = None
 
 
 def topic_name(topic: Topic, prefix: str) -> str:

@@ -25,9 +25,12 @@ from contracts.session import SessionStatus, SessionV1
 __all__ = [
     "ARM_COLUMNS",
     "DAILY_COLUMNS",
+    "MINUTES_COLUMNS",
     "SESSION_COLUMNS",
     "STATUS_COLUMNS",
     "SUMMARY_COLUMNS",
+    "VIEW_FIGURES",
+    "VIEW_KEYS",
     "ArmKey",
     "DailyKey",
     "Figures",
@@ -68,6 +71,26 @@ DAILY_COLUMNS: Final[tuple[str, ...]] = (
     "adverse_events",
     *STATUS_COLUMNS,
 )
+
+#: The stream-written view tables (SPEC §4) -> their key columns, in order. Besides
+#: the key and figures, every table has ``updated_at`` (when the rollup computed the
+#: row), ``version`` (ReplacingMergeTree's: the highest wins) and ``is_deleted``.
+VIEW_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "node_summary": ("node_id",),
+    "network_summary": (),
+    "arm_summary": ("scope", "node_id", "modality", "adjunct"),
+    "node_daily": ("node_id", "day"),
+}
+#: The stream-written view tables -> their figures' columns, in order (``node_summary``
+#: also has ``node_name`` after its key).
+VIEW_FIGURES: Final[dict[str, tuple[str, ...]]] = {
+    "node_summary": SUMMARY_COLUMNS,
+    "network_summary": SUMMARY_COLUMNS,
+    "arm_summary": ARM_COLUMNS,
+    "node_daily": DAILY_COLUMNS,
+}
+#: The columns that hold minutes (Float64); every other figure is a count (UInt64).
+MINUTES_COLUMNS: Final = frozenset({"exercise_minutes"})
 
 #: One row's figures, by column name: counts (int) and minutes (float).
 Figures = dict[str, float]

@@ -14,18 +14,33 @@ from contracts.catalog import TOPICS
 from contracts.errors import UserError
 from contracts.topics import topic_name
 from exnet.settings import Settings
-from streams.app import changelog_topic
+from streams.app import changelog_topics
 
-__all__ = ["admin_client", "ensure_topics", "replication_factor", "topic_configs"]
+__all__ = ["admin_client", "ensure_topics", "replication_factor", "topic_configs", "topic_partitions"]
 
 log = logging.getLogger(__name__)
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
-    """Every topic exnet needs (physical name -> config), the dedup changelog included."""
+    """Every topic exnet needs (physical name -> config), the tables' changelogs included."""
     configs = {topic_name(spec.topic, settings.topic_prefix): dict(spec.config) for spec in TOPICS}
-    configs[changelog_topic(settings)] = {"cleanup.policy": "compact"}
+    for changelog in changelog_topics(settings):
+        configs[changelog] = {"cleanup.policy": "compact"}
     return configs
+
+
+def topic_partitions(settings: Settings) -> dict[str, int]:
+    """Every topic exnet needs (physical name -> partitions): ``EXNET_PARTITIONS`` unless
+    the catalog fixes a number (a table's changelog has its input's partitions)."""
+    fixed = {
+        topic_name(spec.topic, settings.topic_prefix): spec.partitions
+        for spec in TOPICS
+        if spec.partitions is not None
+    }
+    partitions = {name: fixed.get(name, settings.partitions) for name in topic_configs(settings)}
+    for changelog, source in changelog_topics(settings).items():
+        partitions[changelog] = partitions[topic_name(source, settings.topic_prefix)]
+    return partitions
 
 
 @contextmanager
@@ -69,6 +84,7 @@ def ensure_topics(settings: Settings) -> list[str]:
     survives the loss of any one broker.
     """
     wanted = topic_configs(settings)
+    partitions = topic_partitions(settings)
     with admin_client(settings) as admin:
         replicas = replication_factor(settings, admin)
         in_sync = {"min.insync.replicas": str(min(2, replicas))}
@@ -76,7 +92,7 @@ def ensure_topics(settings: Settings) -> list[str]:
         missing = [
             NewTopic(
                 name,
-                num_partitions=settings.partitions,
+                num_partitions=partitions[name],
                 replication_factor=replicas,
                 topic_configs={**config, **in_sync},
             )
