@@ -16,7 +16,13 @@ from contracts.topics import topic_name
 from exnet.settings import Settings
 from streams.app import changelog_topics
 
-__all__ = ["admin_client", "ensure_topics", "replication_factor", "topic_configs", "topic_partitions"]
+__all__ = [
+    "admin_client",
+    "ensure_topics",
+    "replication_factor",
+    "topic_configs",
+    "topic_partitions",
+]
 
 log = logging.getLogger(__name__)
 
