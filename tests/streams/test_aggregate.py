@@ -1,0 +1,337 @@
+"""The aggregation stages alone: aggregate (per participant) then rollup (per view row).
+
+Whatever the arrival order, however often a message is read again, however
+contributions are repeated or come late, and with the state split over
+several workers, the rows the rollup sends must be the oracle's figures
+(:func:`contracts.views.compute_views`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from contracts import EventBase, Origin
+from contracts.registry import DEMO_REGISTRY, load_registry
+from contracts.topics import Topic, topic_name
+from contracts.validation import Accepted, Validator
+from contracts.views import ArmKey, DailyKey, Views, compute_views
+from contracts.wire import validated_message
+from producers.simulate import MessageKind, SimulationConfig, generate
+from streams.aggregate import AggregateStage, Participant, contribution
+from streams.rollup import LiveViews, RollupStage
+from tests.contracts.test_views import NODES, Make
+
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+NAMES = {node: f"Node {node}" for node in NODES}
+
+
+def record(event: EventBase, offset: int = 0) -> Any:
+    """The event as the aggregate stage reads it from ``exnet.accepted``."""
+    topic = Topic.for_event_type(event.EVENT_TYPE)
+    accepted = Accepted(event, topic, Origin(topic_name(topic, ""), 0, offset))
+    _, value, headers = validated_message(accepted, b"", None)
+    return SimpleNamespace(key=event.participant_id.encode(), value=value, headers=headers)
+
+
+class Pipeline:
+    """Both stages over in-memory tables; the view rows as ReplacingMergeTree keeps them."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self.aggregate = AggregateStage("c")
+        self.participants: list[dict[bytes, bytes]] = [{} for _ in range(workers)]
+        self.live = LiveViews()
+        self.rollup = RollupStage("v", NAMES, self.live)
+        self.contributions_table: dict[bytes, bytes] = {}
+        self.generation = 1
+        #: Every contribution sent, in order (the contributions partition).
+        self.log: list[Any] = []
+        self.applied = 0
+        #: (table, key bytes) -> the row with the highest version.
+        self.rows: dict[tuple[str, bytes], dict[str, Any]] = {}
+
+    def worker_of(self, rec: Any) -> int:
+        return hash(rec.key) % len(self.participants)
+
+    def accept(self, batch: Sequence[Any]) -> list[Any]:
+        """One batch of accepted events per worker's share; the contributions sent."""
+        sent = []
+        for worker, table in enumerate(self.participants):
+            mine = [r for r in batch if self.worker_of(r) == worker]
+            if mine:
+                for _, _, key, value, _, _ in self.aggregate(mine, table).outgoing:
+                    sent.append(SimpleNamespace(key=key, value=value))
+        self.log.extend(sent)
+        return sent
+
+    def roll(self, contributions: Sequence[Any]) -> None:
+        self.applied += len(contributions)
+        out = self.rollup(
+            contributions, self.contributions_table, self.generation, len(self.log), NOW
+        )
+        for _, _, key, value, headers, _ in out.outgoing:
+            table = dict(headers)["exnet-table"].decode()
+            row = orjson.loads(value)
+            assert key is not None
+            held = self.rows.get((table, key))
+            if held is None or row["version"] >= held["version"]:
+                self.rows[(table, key)] = row
+
+    def views(self) -> Views:
+        """The tables as read with FINAL, in the oracle's shape."""
+        live = [(t, row) for (t, _), row in self.rows.items() if not row["is_deleted"]]
+
+        def figures(row: dict[str, Any], skip: Iterable[str]) -> dict[str, Any]:
+            drop = {"updated_at", "version", "is_deleted", *skip}
+            return {k: v for k, v in row.items() if k not in drop}
+
+        network = [row for t, row in live if t == "network_summary"]
+        return Views(
+            node_summary={
+                row["node_id"]: figures(row, ("node_id", "node_name"))
+                for t, row in live
+                if t == "node_summary"
+            },
+            network_summary=figures(network[0], ()) if network else {},
+            arm_summary={
+                ArmKey(row["scope"], row["node_id"], row["modality"], row["adjunct"]): figures(
+                    row, ("scope", "node_id", "modality", "adjunct")
+                )
+                for t, row in sorted(live, key=lambda item: str(item[1]))
+                if t == "arm_summary"
+            },
+            node_daily={
+                DailyKey(row["node_id"], date.fromisoformat(row["day"])): figures(
+                    row, ("node_id", "day")
+                )
+                for t, row in live
+                if t == "node_daily"
+            },
+        )
+
+
+def assert_same(got: Views, want: Views) -> None:
+    """Equal figures; minutes to 1e-9 (each participant's minutes are a float sum)."""
+
+    def same(a: dict[str, Any], b: dict[str, Any], where: object) -> None:
+        assert a.keys() == b.keys(), where
+        for column in a:
+            if isinstance(b[column], float):
+                assert math.isclose(a[column], b[column], rel_tol=1e-12, abs_tol=1e-9), (
+                    where,
+                    column,
+                    a[column],
+                    b[column],
+                )
+            else:
+                assert a[column] == b[column], (where, column, a[column], b[column])
+
+    assert got.node_summary.keys() == want.node_summary.keys()
+    for node in want.node_summary:
+        same(got.node_summary[node], want.node_summary[node], node)
+    same(got.network_summary, want.network_summary, "network")
+    assert sorted(got.arm_summary) == sorted(want.arm_summary)
+    for arm in want.arm_summary:
+        same(got.arm_summary[arm], want.arm_summary[arm], arm)
+    assert sorted(got.node_daily) == sorted(want.node_daily)
+    for day in want.node_daily:
+        same(got.node_daily[day], want.node_daily[day], day)
+
+
+def run(events: Sequence[EventBase], batches: Iterable[Sequence[int]], workers: int = 1) -> Views:
+    """Feed ``events`` in the given batches (indexes into ``events``), each batch's
+    contributions straight to the rollup."""
+    pipeline = Pipeline(workers)
+    records = [record(event, offset) for offset, event in enumerate(events)]
+    for batch in batches:
+        pipeline.roll(pipeline.accept([records[i] for i in batch]))
+    return pipeline.views()
+
+
+# --- arrival orders, by hand ------------------------------------------------------------
+
+
+def test_a_session_before_its_randomization_counts_in_the_arm() -> None:
+    make = Make()
+    session = make.session("P-00000000aa", "N01-S01", "attended", day=3, minutes=40.0)
+    randomized = make.enrollment("P-00000000aa", "N01-S01", "randomized", day=1, modality="aerobic")
+    events = [session, randomized]
+    got = run(events, [[0], [1]])
+    assert_same(got, compute_views(events, NODES))
+    (arm,) = [f for k, f in got.arm_summary.items() if k.scope == "network"]
+    assert arm["sessions_attended"] == 1 and arm["exercise_minutes"] == 40.0
+
+
+def test_a_baseline_rated_after_the_follow_up_still_makes_a_responder() -> None:
+    make = Make()
+    who = "P-00000000aa"
+    events = [
+        make.enrollment(who, "N01-S01", "randomized", day=0, modality="aerobic"),
+        make.assessment(who, "N01-S01", "HAMD17", 8, week=8),
+        make.assessment(who, "N01-S01", "HAMD17", 20, week=0),
+    ]
+    for order in ([[0], [1], [2]], [[2, 1, 0]], [[1], [0, 2]]):
+        got = run(events, order)
+        assert_same(got, compute_views(events, NODES))
+        (arm,) = [f for k, f in got.arm_summary.items() if k.scope == "network"]
+        assert arm["responders"] == 1
+
+
+def test_a_second_randomization_moves_the_participant_and_empties_the_old_arm() -> None:
+    make = Make()
+    who = "P-00000000aa"
+    events = [
+        make.enrollment(who, "N01-S01", "randomized", day=0, modality="aerobic"),
+        make.session(who, "N01-S01", "attended", day=2, minutes=30.0),
+        make.enrollment(who, "N02-S01", "randomized", day=5, modality="resistance"),
+    ]
+    pipeline = Pipeline()
+    records = [record(event, offset) for offset, event in enumerate(events)]
+    pipeline.roll(pipeline.accept(records[:2]))
+    assert {k.modality for k in pipeline.views().arm_summary} == {"aerobic"}
+    pipeline.roll(pipeline.accept(records[2:]))
+    got = pipeline.views()
+    assert_same(got, compute_views(events, NODES))
+    assert {k.modality for k in got.arm_summary} == {"resistance"}
+    # The old arm's rows were sent deleted (ReplacingMergeTree's is_deleted).
+    deleted = [row for (t, _), row in pipeline.rows.items() if row["is_deleted"]]
+    assert {row["modality"] for row in deleted} == {"aerobic"} and len(deleted) == 2
+    # ... and the randomization made a week earlier loses to the later one, whatever the order.
+    assert_same(run(events, [[2], [0, 1]]), compute_views(events, NODES))
+
+
+def test_an_event_read_twice_counts_once() -> None:
+    make = Make()
+    who = "P-00000000aa"
+    events = [
+        make.enrollment(who, "N01-S01", "randomized", day=0, modality="aerobic"),
+        make.session(who, "N01-S01", "attended", day=2, minutes=30.0),
+        make.assay(who, "N01-S01", "SP-0001"),
+    ]
+    got = run(events, [[0, 1], [1, 2], [0, 1, 2], [2]])
+    assert_same(got, compute_views(events, NODES))
+    assert got.network_summary["sessions_attended"] == 1
+
+
+def test_a_repeated_or_late_contribution_changes_nothing() -> None:
+    make = Make()
+    who = "P-00000000aa"
+    pipeline = Pipeline()
+    events = [
+        make.enrollment(who, "N01-S01", "randomized", day=0, modality="aerobic"),
+        make.session(who, "N01-S01", "attended", day=2, minutes=30.0),
+    ]
+    records = [record(event, offset) for offset, event in enumerate(events)]
+    first = pipeline.accept(records[:1])
+    second = pipeline.accept(records[1:])
+    pipeline.roll(second)
+    pipeline.roll(second)  # repeated
+    pipeline.roll(first)  # late: version 1 after version 2
+    assert_same(pipeline.views(), compute_views(events, NODES))
+
+
+def test_the_contribution_is_the_participants_whole_share() -> None:
+    make = Make()
+    who = "P-00000000aa"
+    events = [
+        make.enrollment(who, "N01-S01", "randomized", day=0, modality="aerobic"),
+        make.session(who, "N01-S01", "attended", day=2, minutes=30.5),
+        make.session(who, "N01-S01", "missed", day=4),
+        make.assay(who, "N01-S01", "SP-0001"),
+        make.assay(who, "N01-S01", "SP-0001", analyte="IL6"),
+    ]
+    table: dict[bytes, bytes] = {}
+    AggregateStage("c")([record(event) for event in events], table)
+    share = contribution(who, Participant.decode(table[who.encode()]))
+    assert share["version"] == 5
+    node = share["nodes"]["N01"]
+    assert node["reached"] == ["randomized"]
+    assert (node["sessions_attended"], node["sessions_missed"]) == (1, 1)
+    assert node["exercise_minutes"] == 30.5
+    assert (node["specimens"], node["assays"]) == (["SP-0001"], 2)
+    assert share["arm"]["modality"] == "aerobic" and share["arm"]["sessions_attended"] == 1
+
+
+# --- many participants, any order -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def simulated() -> list[EventBase]:
+    registry = load_registry(DEMO_REGISTRY)
+    simulation = generate(registry, SimulationConfig(seed=11, participants=60))
+    validator = Validator(registry)
+    events = []
+    for offset, message in enumerate(simulation.messages):
+        if message.kind is MessageKind.EVENT:
+            outcome = validator.validate_message(
+                message.value, message.key, Origin(message.topic.value, 0, offset)
+            )
+            assert isinstance(outcome, Accepted)
+            events.append(outcome.event)
+    return events
+
+
+def _batches(count: int, rng: random.Random, replays: float = 0.0) -> list[list[int]]:
+    """Every index in a shuffled order, in batches of 1-80; some batches read twice,
+    some with part of an earlier batch again."""
+    order = list(range(count))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    while order:
+        size = rng.randint(1, 80)
+        batch, order = order[:size], order[size:]
+        batches.append(batch)
+        if batches and rng.random() < replays:
+            batches.append(list(rng.choice(batches)))
+    return batches
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_any_order_and_batching_gives_the_oracles_figures(
+    simulated: list[EventBase], seed: int
+) -> None:
+    rng = random.Random(seed)
+    want = compute_views(simulated, NODES)
+    assert_same(run(simulated, _batches(len(simulated), rng, replays=0.2)), want)
+
+
+def test_several_workers_and_contributions_repeated_late_and_after_a_restart(
+    simulated: list[EventBase],
+) -> None:
+    rng = random.Random(7)
+    pipeline = Pipeline(workers=3)
+    records = [record(event, offset) for offset, event in enumerate(simulated)]
+    pending: list[Any] = []
+    for batch in _batches(len(records), rng, replays=0.1):
+        pending.extend(pipeline.accept([records[i] for i in batch]))
+        if rng.random() < 0.5:
+            rng.shuffle(pending)  # contributions of one participant out of order
+            pipeline.roll(pending)
+            pending = []
+        if rng.random() < 0.1:
+            # A crash of the rollup: the table survives (its changelog), the totals are
+            # rebuilt in the next generation, and an earlier run of contributions is
+            # read again.
+            pipeline.generation += 1
+            start = rng.randrange(len(pipeline.log))
+            pipeline.roll(pipeline.log[start:])
+    pipeline.roll(pending)
+    assert_same(pipeline.views(), compute_views(simulated, NODES))
+
+
+def test_live_views_hold_the_rows_sent(simulated: list[EventBase]) -> None:
+    pipeline = Pipeline()
+    pipeline.roll(pipeline.accept([record(e, i) for i, e in enumerate(simulated)]))
+    nodes = pipeline.live.rows("node_summary")
+    assert nodes is not None
+    sent = [row for (t, _), row in sorted(pipeline.rows.items()) if t == "node_summary"]
+    assert nodes == sent
+    assert [row["node_id"] for row in nodes] == sorted(NODES)
+    assert LiveViews().rows("node_summary") is None
