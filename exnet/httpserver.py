@@ -1,4 +1,12 @@
-"""Every long-running exnet process serves ``/metrics``, ``/healthz`` and ``/readyz``."""
+"""Every long-running exnet process serves ``/metrics``, ``/healthz``, ``/readyz`` and ``/views/``.
+
+``/views/<table>`` (``node_summary``, ``network_summary``, ``arm_summary``,
+``node_daily``): the rows this process's rollup stage last computed, as a JSON
+array (the same objects it sends to ``exnet.views`` and the sink writes to the
+table of that name, deleted rows left out), sorted by key. 503 with
+``{"error": ...}`` from a process whose workers do not hold the rollup (one
+worker in the group does) or before its first batch.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from contracts.views import VIEW_KEYS
 from exnet.metrics import Metrics
+from streams.rollup import LiveViews
 
 __all__ = ["OpsServer"]
 
@@ -19,13 +30,21 @@ log = logging.getLogger(__name__)
 
 
 class OpsServer:
-    """The operations endpoint: metrics, liveness, readiness."""
+    """The operations endpoint: metrics, liveness, readiness, live views."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        views: LiveViews | None = None,
+    ) -> None:
         self._host = host
         self._port = port
         self._metrics = metrics
         self._ready = ready
+        self._views = views
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -50,8 +69,12 @@ class OpsServer:
                         HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
                         b"ready\n" if ready else b"not ready\n",
                     )
+                elif path.startswith("/views"):
+                    self._reply(*ops._view(path.removeprefix("/views").strip("/")))
                 else:
-                    self._reply(HTTPStatus.NOT_FOUND, b"try /metrics, /healthz or /readyz\n")
+                    self._reply(
+                        HTTPStatus.NOT_FOUND, b"try /metrics, /healthz, /readyz or /views/\n"
+                    )
 
             def _reply(
                 self,
@@ -82,7 +105,23 @@ class OpsServer:
             )
         self._server = server
         threading.Thread(target=server.serve_forever, name="exnet-ops", daemon=True).start()
-        log.info("serving /metrics, /healthz, /readyz on %s:%d", self._host, self.port)
+        log.info("serving /metrics, /healthz, /readyz, /views/ on %s:%d", self._host, self.port)
+
+    def _view(self, table: str) -> tuple[HTTPStatus, bytes, str]:
+        """The reply to ``/views/<table>``: status, JSON body, content type."""
+        kind = "application/json"
+        if table not in VIEW_KEYS:
+            known = {"views": [f"/views/{name}" for name in VIEW_KEYS]}
+            status = HTTPStatus.OK if not table else HTTPStatus.NOT_FOUND
+            return status, orjson.dumps(known), kind
+        rows = self._views.rows(table) if self._views is not None else None
+        if rows is None:
+            error = (
+                "this process holds no rollup: another exnet worker's does (the one "
+                "assigned the contributions partition), or it has not computed a batch yet"
+            )
+            return HTTPStatus.SERVICE_UNAVAILABLE, orjson.dumps({"error": error}), kind
+        return HTTPStatus.OK, orjson.dumps(rows), kind
 
     def stop(self) -> None:
         if self._server is not None:

@@ -54,6 +54,9 @@ class PipelineProgress:
             (streams_group(settings), [name(t) for t in INPUT_TOPICS]),
             (streams_group(settings), [name(Topic.VALIDATED)]),
             (sink_group(settings), [name(Topic.ACCEPTED), name(Topic.DEADLETTER)]),
+            (streams_group(settings), [name(Topic.ACCEPTED)]),
+            (streams_group(settings), [name(Topic.CONTRIBUTIONS)]),
+            (sink_group(settings), [name(Topic.VIEWS)]),
         ]
         connection = settings.kafka_client_config()
         self._admin = KafkaAdminClient(**connection, client_id="exnet-monitor")

@@ -124,8 +124,9 @@ def _add_session(figures: dict[str, Any], fact: Fact) -> None:
 
 
 def _summed(figures: dict[str, Any]) -> dict[str, Any]:
+    """The figures with the minutes summed, zeros left out (a missing figure is 0)."""
     figures["exercise_minutes"] = math.fsum(figures["exercise_minutes"])
-    return figures
+    return {column: value for column, value in figures.items() if value}
 
 
 def contribution(participant_id: str, participant: Participant) -> dict[str, Any]:
@@ -134,11 +135,12 @@ def contribution(participant_id: str, participant: Participant) -> dict[str, Any
         {"participant_id": str, "version": int (events counted),
          "nodes": {node_id: {"reached": [status, ...], sessions_* ..., "exercise_minutes",
                              "adverse_events", "specimens": [specimen_id, ...],
-                             "assays", "assessments"}},
+                             "assays", "assessments"}},  # zeros and empty lists left out
          "arm": None | {"node_id", "modality", "adjunct", "sessions_attended",
                         "exercise_minutes", "responder": bool, "remitter": bool},
          "daily": {"<node_id>|<YYYY-MM-DD>": {sessions_* ..., "exercise_minutes",
                                             "adverse_events", <status>: count ...}}}
+                                            # zeros left out
 
     Counts are ints, minutes floats (each a :func:`math.fsum`). Pure.
     """
@@ -220,11 +222,13 @@ def contribution(participant_id: str, participant: Participant) -> dict[str, Any
         "participant_id": participant_id,
         "version": len(participant.facts),
         "nodes": {
-            node_id: {
-                **_summed(figures),
-                "reached": sorted(figures["reached"]),
-                "specimens": sorted(figures["specimens"]),
-            }
+            node_id: _summed(
+                {
+                    **figures,
+                    "reached": sorted(figures["reached"]),
+                    "specimens": sorted(figures["specimens"]),
+                }
+            )
             for node_id, figures in nodes.items()
         },
         "arm": arm,

@@ -1,6 +1,6 @@
 """The Faust application: built by :func:`create_app`, agents registered explicitly, in flow order.
 
-Two stages, each a Faust agent that reads *batches* (one message per fetched
+Four stages, each a Faust agent that reads *batches* (one message per fetched
 partition batch, :mod:`streams.transport`):
 
 1. ``validate`` reads the four input topics (keyed by participant_id) and runs
@@ -12,6 +12,13 @@ partition batch, :mod:`streams.transport`):
    content digest and origin (:class:`~streams.dedup.DeduplicateStage`). New
    events and replays go on to ``exnet.accepted`` keyed by participant_id;
    exact duplicates are counted and dropped; conflicting ones are rejected.
+3. ``aggregate`` reads ``exnet.accepted``; the ``participants`` table keeps each
+   participant's events as the views see them, and every participant a batch
+   names gets their whole, versioned contribution to the views sent to the one
+   partition of ``exnet.contributions`` (:class:`~streams.aggregate.AggregateStage`).
+4. ``rollup`` reads ``exnet.contributions``; the ``contributions`` table keeps
+   each participant's latest, and the rows of the views they change go to
+   ``exnet.views`` (:class:`~streams.rollup.RollupStage`), which the sink writes.
 
 Offsets: a batch is done only once Kafka acknowledged everything it produced,
 table changelog records included (the agent goes on meanwhile); the transport
@@ -41,8 +48,10 @@ from contracts.validation import Validator
 from contracts.wire import read_validated
 from exnet.metrics import Metrics
 from exnet.settings import Settings
+from streams.aggregate import AggregateStage
 from streams.dedup import Deduplicated, DeduplicateStage
 from streams.guard import InvalidRatioGuard, SiteCounts
+from streams.rollup import LiveViews, RollupStage
 from streams.transport import SCHEME, BatchMessage, BatchTable, Producer, register
 from streams.validate import Validated, ValidateStage
 
@@ -110,10 +119,12 @@ def create_app(
     settings: Settings,
     metrics: Metrics,
     on_failure: Callable[[WorkerFailed], None] = lambda failure: None,
+    live: LiveViews | None = None,
 ) -> faust.App:
     """Build the stream processors' Faust app from ``settings`` (nothing global).
 
-    ``on_failure`` hears of an agent's failure before the worker crashes.
+    ``on_failure`` hears of an agent's failure before the worker crashes;
+    ``live`` gets the views' rows whenever this worker's rollup computes them.
     """
     names = {topic: topic_name(topic, settings.topic_prefix) for topic in Topic}
     register(TRANSPORTS)
@@ -169,6 +180,36 @@ def create_app(
         ),
     )
     deduplicate = DeduplicateStage(names[Topic.ACCEPTED], names[Topic.DEADLETTER])
+    accepted = app.topic(names[Topic.ACCEPTED])
+    participants = app.Table(
+        PARTICIPANTS_TABLE,
+        default=None,
+        partitions=settings.partitions,
+        changelog_topic=app.topic(
+            changelog_topic(settings, PARTICIPANTS_TABLE),
+            partitions=settings.partitions,
+            compacting=True,
+        ),
+    )
+    aggregate = AggregateStage(names[Topic.CONTRIBUTIONS])
+    contributions = app.topic(names[Topic.CONTRIBUTIONS], partitions=1)
+    latest = app.Table(
+        CONTRIBUTIONS_TABLE,
+        default=None,
+        partitions=1,
+        changelog_topic=app.topic(
+            changelog_topic(settings, CONTRIBUTIONS_TABLE), partitions=1, compacting=True
+        ),
+    )
+    rollup = RollupStage(names[Topic.VIEWS], {node.id: node.name for node in registry.nodes}, live)
+    if live is not None:
+
+        def forget_views(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+            # Another worker's rollup holds the views now: serve none rather than stale ones.
+            if not any(tp.topic == names[Topic.CONTRIBUTIONS] for tp in assigned):
+                live.clear()
+
+        cast(Any, app.on_partitions_assigned).connect(forget_views)
 
     def settle(batch: BatchMessage, delivered: asyncio.Future[Any]) -> None:
         """The batch is done (its offsets may be committed) once Kafka has all it produced;
@@ -239,12 +280,55 @@ def create_app(
             await stream.ack(event)
             _count_deduplicated(metrics, result, site_last_event, time.perf_counter() - started)
 
+    async def aggregate_agent(stream: Any) -> None:
+        try:
+            await _aggregate(stream)
+        except Exception as exc:
+            on_failure(WorkerFailed(exc))
+            raise
+
+    async def rollup_agent(stream: Any) -> None:
+        try:
+            await _rollup(stream)
+        except Exception as exc:
+            on_failure(WorkerFailed(exc))
+            raise
+
+    async def _aggregate(stream: Any) -> None:
+        producer = cast(Producer, app.producer)
+        async for event in stream.noack().events():
+            batch = cast(BatchMessage, event.message)
+            started = time.perf_counter()
+            result = aggregate(batch.records, participants)
+            settle(batch, await producer.deliver([*result.outgoing, *batch.changelog]))
+            await stream.ack(event)
+            metrics.stream_batch_seconds.labels(stage="aggregate").observe(
+                time.perf_counter() - started
+            )
+
+    async def _rollup(stream: Any) -> None:
+        producer = cast(Producer, app.producer)
+        async for event in stream.noack().events():
+            batch = cast(BatchMessage, event.message)
+            started = time.perf_counter()
+            # The rows' version: the batch's end offset in the one contributions partition.
+            result = rollup(
+                batch.records, latest, batch.generation_id or 0, batch.offset + 1, datetime.now(UTC)
+            )
+            settle(batch, await producer.deliver([*result.outgoing, *batch.changelog]))
+            await stream.ack(event)
+            metrics.stream_batch_seconds.labels(stage="rollup").observe(
+                time.perf_counter() - started
+            )
+
     # An agent that raises is a bug: crash the worker (never restart the agent
     # past the failing batch, which is not done and so not committed).
     app.agent(inputs, name="validate", supervisor_strategy=CrashingSupervisor)(validate_agent)
     app.agent(validated, name="deduplicate", supervisor_strategy=CrashingSupervisor)(
         deduplicate_agent
     )
+    app.agent(accepted, name="aggregate", supervisor_strategy=CrashingSupervisor)(aggregate_agent)
+    app.agent(contributions, name="rollup", supervisor_strategy=CrashingSupervisor)(rollup_agent)
     return app
 
 

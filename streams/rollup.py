@@ -76,20 +76,23 @@ def pieces(share: Mapping[str, Any]) -> Iterator[tuple[ViewKey, dict[str, Any], 
     network_reached: set[str] = set()
     network_specimens: set[str] = set()
     for node_id, node in share["nodes"].items():
-        figures: dict[str, Any] = dict.fromkeys(node["reached"], 1)
+        reached = node.get("reached", ())
+        specimens = node.get("specimens", ())
+        figures: dict[str, Any] = dict.fromkeys(reached, 1)
         for column in _COUNTED:
-            figures[column] = node[column]
-            network[column] += node[column]
-        figures["exercise_minutes"] = node["exercise_minutes"]
-        network["exercise_minutes"].append(node["exercise_minutes"])
-        figures["specimens"] = 0  # counted distinct from the specimen_ids
-        figures["assays"] = node["assays"]
-        figures["assessments"] = node["assessments"]
-        network["assays"] += node["assays"]
-        network["assessments"] += node["assessments"]
-        network_reached.update(node["reached"])
-        network_specimens.update(node["specimens"])
-        yield (NODE_SUMMARY, node_id), figures, node["specimens"]
+            value = node.get(column, 0)
+            figures[column] = value
+            network[column] += value
+        minutes = node.get("exercise_minutes", 0.0)
+        figures["exercise_minutes"] = minutes
+        network["exercise_minutes"].append(minutes)
+        figures["assays"] = node.get("assays", 0)  # specimens: counted distinct from their ids
+        figures["assessments"] = node.get("assessments", 0)
+        network["assays"] += figures["assays"]
+        network["assessments"] += figures["assessments"]
+        network_reached.update(reached)
+        network_specimens.update(specimens)
+        yield (NODE_SUMMARY, node_id), figures, specimens
     if share["nodes"]:
         network.update(dict.fromkeys(network_reached, 1))
         minutes = network.pop("exercise_minutes")
@@ -120,6 +123,10 @@ _FIGURES: Final[dict[str, tuple[str, ...]]] = {
 }
 
 
+def _by_key(share: Mapping[str, Any]) -> dict[ViewKey, tuple[dict[str, Any], Iterable[str]]]:
+    return {key: (figures, specimens) for key, figures, specimens in pieces(share)}
+
+
 @dataclass(slots=True)
 class Totals:
     """The sum of every participant's pieces, row by row; exact."""
@@ -129,29 +136,48 @@ class Totals:
     #: row key -> specimen_id -> how many pieces name it.
     specimens: dict[ViewKey, Counter[str]] = field(default_factory=dict)
 
-    def add(self, share: Mapping[str, Any], sign: int = 1) -> set[ViewKey]:
-        """Add (``sign`` 1) or take away (-1) a contribution; the row keys it touched."""
+    def add(self, share: Mapping[str, Any]) -> set[ViewKey]:
+        """Add a participant's first contribution; the row keys it touched."""
+        return self.replace(None, share)
+
+    def replace(self, prior: Mapping[str, Any] | None, share: Mapping[str, Any]) -> set[ViewKey]:
+        """Replace a participant's ``prior`` contribution by ``share``; the row keys that
+        changed. Only the pieces that differ are taken away and added (most of a
+        participant's days, for one, stay as they were)."""
+        before = _by_key(prior) if prior is not None else {}
+        after = _by_key(share)
         touched = set()
-        for key, figures, specimen_ids in pieces(share):
+        for key in before.keys() | after.keys():
+            old, new = before.get(key), after.get(key)
+            if old == new:
+                continue
             touched.add(key)
-            sums = self.sums.get(key)
-            if sums is None:
-                sums = self.sums[key] = Counter()
-            for column, value in figures.items():
-                if column in MINUTES_COLUMNS:
-                    values = value if isinstance(value, list) else (value,)
-                    sums[column] += sign * sum(_exact(v) for v in values)
-                else:
-                    sums[column] += sign * value
-            if specimen_ids:
-                counts = self.specimens.get(key)
-                if counts is None:
-                    counts = self.specimens[key] = Counter()
-                for specimen_id in specimen_ids:
-                    counts[specimen_id] += sign
-                    if not counts[specimen_id]:
-                        del counts[specimen_id]
+            if old is not None:
+                self._add(key, *old, sign=-1)
+            if new is not None:
+                self._add(key, *new, sign=1)
         return touched
+
+    def _add(
+        self, key: ViewKey, figures: dict[str, Any], specimen_ids: Iterable[str], sign: int
+    ) -> None:
+        sums = self.sums.get(key)
+        if sums is None:
+            sums = self.sums[key] = Counter()
+        for column, value in figures.items():
+            if column in MINUTES_COLUMNS:
+                values = value if isinstance(value, list) else (value,)
+                sums[column] += sign * sum(_exact(v) for v in values)
+            elif value:
+                sums[column] += sign * value
+        if specimen_ids:
+            counts = self.specimens.get(key)
+            if counts is None:
+                counts = self.specimens[key] = Counter()
+            for specimen_id in specimen_ids:
+                counts[specimen_id] += sign
+                if not counts[specimen_id]:
+                    del counts[specimen_id]
 
     def figures(self, key: ViewKey) -> dict[str, Any]:
         """The row's figures in its view's column order (zeros for an unknown key)."""
@@ -250,9 +276,7 @@ class RollupStage:
             prior = orjson.loads(stored) if stored is not None else None
             if prior is not None and prior["version"] >= share["version"]:
                 continue  # a repeat, or older than what is applied
-            if prior is not None:
-                touched |= totals.add(prior, -1)
-            touched |= totals.add(share)
+            touched |= totals.replace(prior, share)
             table[key] = record.value
             result.applied += 1
         touched.add(_NETWORK_KEY)

@@ -29,4 +29,7 @@ clickhouse {reachable, error, database, url};
 sites {stale_hours, stale, rows [{node_id, site_id, name, registered,
 last_occurred_at, last_ingested_at, events_last_day, events_total, stale}]};
 rejects {window_hours, rejected, accepted, share, max_share, by_reason {reason: count}};
-throughput {tables [{table, rows_5m, rows_1h}]}."""
+throughput {tables [{table, rows_5m, rows_1h}]};
+views {nodes [{node_id, node_name, randomized, withdrawn, completed, sessions_attended,
+exercise_minutes, adverse_events, specimens, assays, assessments, updated_at}], network
+{the same, node_id ""} or null} (the stream-written node_summary and network_summary)."""

@@ -63,7 +63,20 @@ THROUGHPUT_WINDOWS: Final = (("rows_5m", timedelta(minutes=5)), ("rows_1h", time
 #: Seconds to wait for the broker's first answer.
 BROKER_TIMEOUT_S: Final = 3.0
 #: The stages of PipelineProgress, in flow order.
-STAGE_NAMES: Final = ("validate", "deduplicate", "sink")
+#: The stages of :attr:`exnet.monitor.PipelineProgress.stages`, in its (flow) order.
+STAGE_NAMES: Final = ("validate", "deduplicate", "sink", "aggregate", "rollup", "sink views")
+#: The view figures `exnet status` shows per node and for the network (SPEC §4).
+VIEW_FIGURES: Final = (
+    "randomized",
+    "withdrawn",
+    "completed",
+    "sessions_attended",
+    "exercise_minutes",
+    "adverse_events",
+    "specimens",
+    "assays",
+    "assessments",
+)
 #: Fact tables and the rejections table, as the sink writes them.
 _FACT_TABLES: Final = tuple(FACT_TABLES.values())
 SINK_TABLES: Final = (*_FACT_TABLES, REJECTED_TABLE)
@@ -158,6 +171,9 @@ class ClickHouseState:
     #: reason -> rejected messages in the last day, most frequent first.
     rejects_by_reason: tuple[tuple[str, int], ...] = ()
     throughput: tuple[TableThroughput, ...] = ()
+    #: The stream-written views: node_summary's rows, then network_summary's (as read,
+    #: every column); empty before the rollup's first rows.
+    views: tuple[dict[str, Any], ...] = ()
 
     @property
     def rejected_last_day(self) -> int:
@@ -270,6 +286,10 @@ class StatusReport:
                     {"table": t.table, "rows_5m": t.rows_5m, "rows_1h": t.rows_1h}
                     for t in ch.throughput
                 ]
+            },
+            "views": {
+                "nodes": [row for row in ch.views if row.get("node_id")],
+                "network": next((row for row in ch.views if not row.get("node_id")), None),
             },
         }
 
@@ -421,6 +441,7 @@ def collect_clickhouse(settings: Settings, now: datetime, stale_hours: float) ->
             "GROUP BY reason ORDER BY n DESC, reason",
         )
         throughput = _throughput(settings, now)
+        views = _views(settings)
     except (ExnetError, OSError) as exc:
         return ClickHouseState(False, db, url, _first_line(str(exc)))
     return ClickHouseState(
@@ -431,7 +452,25 @@ def collect_clickhouse(settings: Settings, now: datetime, stale_hours: float) ->
         sites,
         tuple((str(r["reason"]), to_int(r["n"])) for r in rejects),
         throughput,
+        views,
     )
+
+
+def _views(settings: Settings) -> tuple[dict[str, Any], ...]:
+    """The stream-written summaries: a row per registered node, then the network's."""
+    db = settings.clickhouse_database
+    columns = ", ".join(VIEW_FIGURES)
+    rows = query_rows(
+        settings,
+        f"SELECT node_id, node_name, {columns}, updated_at "  # noqa: S608  # fixed names
+        f"FROM {db}.node_summary FINAL ORDER BY node_id",
+    )
+    rows += query_rows(
+        settings,
+        f"SELECT '' AS node_id, 'network' AS node_name, {columns}, updated_at "  # noqa: S608
+        f"FROM {db}.network_summary FINAL",
+    )
+    return tuple(rows)
 
 
 def _sites(settings: Settings, now: datetime, stale_hours: float) -> tuple[SiteState, ...]:
@@ -769,4 +808,31 @@ def _clickhouse_parts(report: StatusReport, now: datetime) -> list[RenderableTyp
     reject_part: RenderableType = (
         Group(rejects_head, rejects) if ch.rejects_by_reason else rejects_head
     )
-    return [Group(head, sites), reject_part, throughput]
+    return [Group(head, sites), reject_part, throughput, _views_part(ch)]
+
+
+def _views_part(ch: ClickHouseState) -> RenderableType:
+    """The stream-written per-node and network figures (SPEC §4), as the rollup last wrote."""
+    if not ch.views:
+        return Text.assemble(("Views: ", "bold"), "no rows written by the stream yet")
+    table = Table(
+        title="Views (stream-written node_summary and network_summary)",
+        title_justify="left",
+        title_style="bold",
+        box=None,
+        pad_edge=False,
+        show_edge=False,
+    )
+    table.add_column("node")
+    for column in VIEW_FIGURES:
+        table.add_column(column.replace("_", " "), justify="right")
+    table.add_column("updated (UTC)", no_wrap=True)
+    for row in ch.views:
+        label = row["node_id"] or "network"
+        figures = [
+            f"{float(row[c]):,.0f}" if c == "exercise_minutes" else str(row[c])
+            for c in VIEW_FIGURES
+        ]
+        updated = str(row.get("updated_at", ""))[:19].replace("T", " ")
+        table.add_row(Text(label, style="bold" if not row["node_id"] else ""), *figures, updated)
+    return table

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
@@ -319,6 +319,7 @@ def seed(settings: Settings, now: datetime) -> Seeded:
             column_names=list(REJECTED_COLUMNS),
             settings={"async_insert": 0},
         )
+        _seed_views(client, db, now)
     finally:
         client.close()
     per_site: dict[str, int] = dict.fromkeys(SITE_NODE, 0)
@@ -335,6 +336,37 @@ def seed(settings: Settings, now: datetime) -> Seeded:
     rows_5m[REJECTED_TABLE] = sum(r.ago <= timedelta(minutes=5) for r in REJECTIONS)
     rows_1h[REJECTED_TABLE] = sum(r.ago <= timedelta(hours=1) for r in REJECTIONS)
     return Seeded(settings, now, per_site, rows_5m, rows_1h)
+
+
+#: What the stream-written summaries hold after :func:`seed` (the highest versions).
+VIEW_RANDOMIZED: Final = {"N01": 5, "N02": 2, "": 7}
+
+
+def _seed_views(client: Any, db: str, now: datetime) -> None:
+    """Rows of node_summary (N01 twice: the higher version wins) and network_summary."""
+    from contracts.views import SUMMARY_COLUMNS
+
+    def figures(randomized: int) -> list[Any]:
+        return [randomized if c == "randomized" else 0 for c in SUMMARY_COLUMNS]
+
+    rows = [
+        ["N01", "Northgate", *figures(1), now, 1, 0],
+        ["N01", "Northgate", *figures(VIEW_RANDOMIZED["N01"]), now, 2, 0],
+        ["N02", "Southfield", *figures(VIEW_RANDOMIZED["N02"]), now, 2, 0],
+    ]
+    tail = ["updated_at", "version", "is_deleted"]
+    client.insert(
+        f"{db}.node_summary",
+        rows,
+        column_names=["node_id", "node_name", *SUMMARY_COLUMNS, *tail],
+        settings={"async_insert": 0},
+    )
+    client.insert(
+        f"{db}.network_summary",
+        [[*figures(VIEW_RANDOMIZED[""]), now, 2, 0]],
+        column_names=[*SUMMARY_COLUMNS, *tail],
+        settings={"async_insert": 0},
+    )
 
 
 def _detail(r: Rejection) -> str:

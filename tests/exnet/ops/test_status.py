@@ -29,7 +29,7 @@ from exnet.ops.status import (
 from sinks.consumer import sink_group
 from streams.app import streams_group
 
-from .conftest import SITE_NODE, Seeded
+from .conftest import SITE_NODE, VIEW_RANDOMIZED, Seeded
 from .helpers import ops_cli
 
 if TYPE_CHECKING:
@@ -70,6 +70,13 @@ def _check_clickhouse_part(document: dict[str, Any], seeded: Seeded) -> None:
     for table, count in seeded.rows_5m.items():
         assert throughput[table]["rows_5m"] == count
         assert throughput[table]["rows_1h"] == seeded.rows_1h[table]
+    # The stream-written summaries, read with FINAL: the highest version of each row.
+    views = document["views"]
+    assert {row["node_id"]: row["randomized"] for row in views["nodes"]} == {
+        "N01": VIEW_RANDOMIZED["N01"],
+        "N02": VIEW_RANDOMIZED["N02"],
+    }
+    assert views["network"]["randomized"] == VIEW_RANDOMIZED[""]
 
 
 @pytest.mark.clickhouse
@@ -91,6 +98,7 @@ def test_broker_down_still_shows_clickhouse(seeded: Seeded) -> None:
     assert "N01-S02" in text and "STALE" in text
     assert "invalid_field" in text and "unknown_site" in text
     assert "enrollment_events" in text
+    assert "Views (stream-written" in text and "network" in text
 
     # the command: exit 1, same document
     result = ops_cli(settings, "status", "--json")
@@ -118,7 +126,14 @@ def test_lag_per_stage_and_a_healthy_exit(seeded: Seeded, kafka_admin: KafkaAdmi
         assert document["broker"]["reachable"] is True
         assert all(t["exists"] and t["partitions"] == 1 for t in document["broker"]["topics"])
         stages = {s["stage"]: s for s in document["lag"]["stages"]}
-        assert list(stages) == ["validate", "deduplicate", "sink"]
+        assert list(stages) == [
+            "validate",
+            "deduplicate",
+            "sink",
+            "aggregate",
+            "rollup",
+            "sink views",
+        ]
         assert stages["validate"]["total"] == 3
         lagging = [p for p in stages["validate"]["partitions"] if p["lag"]]
         assert lagging == [
@@ -219,7 +234,9 @@ def test_problems_and_json_keys_from_a_built_report() -> None:
         "sites",
         "rejects",
         "throughput",
+        "views",
     ]
+    assert document["views"] == {"nodes": [], "network": None}
     assert document["generated_at"] == "2025-03-03T12:00:00.000Z"
     assert document["rejects"]["share"] == 0.05
     assert document["sites"]["rows"][1]["last_ingested_at"] is None
