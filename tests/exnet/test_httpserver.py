@@ -41,7 +41,9 @@ def test_views_are_served_once_the_rollup_computed_them(
     status, body = _get(server, "/views/node_summary")
     assert status == 503 and "holds no rollup" in body["error"]
 
-    rows = {("node_summary", "N02"): {"node_id": "N02", "randomized": 2}}
+    rows: dict[tuple[str, ...], dict[str, Any]] = {
+        ("node_summary", "N02"): {"node_id": "N02", "randomized": 2}
+    }
     rows[("node_summary", "N01")] = {"node_id": "N01", "randomized": 5}
     live.update("node_summary", rows)
     status, body = _get(server, "/views/node_summary")
