@@ -92,12 +92,13 @@ def main() -> None:
     _exnet("up", "--drain")
 
     summary = list(SUMMARY_COLUMNS)
-    (network,) = _rows(settings, "SELECT *, 'network' AS scope FROM network_summary")
-    nodes = _rows(settings, "SELECT * FROM node_summary ORDER BY node_id")
+    (network,) = _rows(settings, "SELECT *, 'network' AS scope FROM network_summary FINAL")
+    nodes = _rows(settings, "SELECT * FROM node_summary FINAL ORDER BY node_id")
     columns = [*({**node, "scope": node["node_id"]} for node in nodes), network]
     console.print(_transposed("node_summary and network_summary", columns, "scope", summary))
     arms = _rows(
-        settings, "SELECT * FROM arm_summary WHERE scope = 'network' ORDER BY modality, adjunct"
+        settings,
+        "SELECT * FROM arm_summary FINAL WHERE scope = 'network' ORDER BY modality, adjunct",
     )
     console.print(
         _table(

@@ -22,6 +22,7 @@ MIGRATIONS: tuple[str, ...] = (
     "m0002_rejected_and_registry",
     "m0003_views",
     "m0004_rejected_redacted",
+    "m0005_stream_views",
 )
 
 

@@ -211,7 +211,8 @@ def collect_report(settings: Settings, now: datetime | None = None) -> ReportDat
     db = settings.clickhouse_database
     network = query_rows(
         settings,
-        f"SELECT *, toUnixTimestamp64Milli(updated_at) AS updated_ms FROM {db}.network_summary",  # noqa: S608  # validated names, quoted values
+        f"SELECT * EXCEPT (version, is_deleted), toUnixTimestamp64Milli(updated_at) AS updated_ms "  # noqa: S608  # validated names, quoted values
+        f"FROM {db}.network_summary FINAL",  # noqa: S608  # validated names, quoted values
     )
     totals = {
         key: to_float(value)
@@ -227,7 +228,7 @@ def collect_report(settings: Settings, now: datetime | None = None) -> ReportDat
         for r in query_rows(
             settings,
             f"SELECT node_id, node_name, {', '.join(FUNNEL_STAGES)} "  # noqa: S608  # validated names, quoted values
-            f"FROM {db}.node_summary ORDER BY node_id",
+            f"FROM {db}.node_summary FINAL ORDER BY node_id",
         )
     )
     sites = to_int(query_rows(settings, f"SELECT uniqExact(site_id) AS n FROM {db}.sites")[0]["n"])  # noqa: S608  # validated names, quoted values
@@ -377,7 +378,7 @@ def _arms(settings: Settings) -> dict[Arm, ArmOutcome]:
         for r in query_rows(
             settings,
             f"SELECT modality, adjunct, randomized, responders, remitters "  # noqa: S608  # validated names, quoted values
-            f"FROM {db}.arm_summary WHERE scope = 'network'",
+            f"FROM {db}.arm_summary FINAL WHERE scope = 'network'",
         )
     }
 

@@ -91,15 +91,18 @@ def test_a_readonly_client_cannot_write(settings: Settings, client: Any) -> None
         reader.close()
 
 
-def test_views_of_an_empty_network_count_zero_never_null(client: Any) -> None:
+def test_reference_views_of_an_empty_network_count_zero_never_null(client: Any) -> None:
     nodes = client.query(
-        "SELECT node_id, screened, exercise_minutes, assays FROM node_summary ORDER BY node_id"
+        "SELECT node_id, screened, exercise_minutes, assays FROM node_summary_reference "
+        "ORDER BY node_id"
     ).result_rows
     assert nodes == [("N01", 0, 0.0, 0), ("N02", 0, 0.0, 0), ("N03", 0, 0.0, 0)]
-    network = client.query("SELECT randomized, sessions_attended, specimens FROM network_summary")
+    network = client.query(
+        "SELECT randomized, sessions_attended, specimens FROM network_summary_reference"
+    )
     assert network.result_rows == [(0, 0, 0)]
-    assert client.query("SELECT count() FROM arm_summary").result_rows == [(0,)]
-    assert client.query("SELECT count() FROM node_daily").result_rows == [(0,)]
+    assert client.query("SELECT count() FROM arm_summary_reference").result_rows == [(0,)]
+    assert client.query("SELECT count() FROM node_daily_reference").result_rows == [(0,)]
 
 
 PRECISE = 5.91153435001304e-06

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pytest
 
 from contracts.registry import load_registry
+from contracts.views import VIEW_KEYS
 from exnet.settings import Settings
 from sinks.client import connect
 from sinks.migrate import apply_migrations, load_registry_tables
@@ -338,35 +339,36 @@ def seed(settings: Settings, now: datetime) -> Seeded:
     return Seeded(settings, now, per_site, rows_5m, rows_1h)
 
 
-#: What the stream-written summaries hold after :func:`seed` (the highest versions).
-VIEW_RANDOMIZED: Final = {"N01": 5, "N02": 2, "": 7}
+#: What the stream-written summaries hold after :func:`seed` (the highest versions):
+#: the figures of the facts, as the stream computes them (EXPECTED_FUNNEL).
+VIEW_RANDOMIZED: Final = {"N01": 4, "N02": 2, "": 6}
 
 
 def _seed_views(client: Any, db: str, now: datetime) -> None:
-    """Rows of node_summary (N01 twice: the higher version wins) and network_summary."""
+    """The four stream-written views as the stream would have written them: their
+    reference's rows, version 2; and an older version 1 of N01's node_summary row (the
+    higher version wins under FINAL)."""
     from contracts.views import SUMMARY_COLUMNS
 
-    def figures(randomized: int) -> list[Any]:
-        return [randomized if c == "randomized" else 0 for c in SUMMARY_COLUMNS]
-
-    rows = [
-        ["N01", "Northgate", *figures(1), now, 1, 0],
-        ["N01", "Northgate", *figures(VIEW_RANDOMIZED["N01"]), now, 2, 0],
-        ["N02", "Southfield", *figures(VIEW_RANDOMIZED["N02"]), now, 2, 0],
-    ]
-    tail = ["updated_at", "version", "is_deleted"]
+    stale = [0 if c != "randomized" else 1 for c in SUMMARY_COLUMNS]
     client.insert(
         f"{db}.node_summary",
-        rows,
-        column_names=["node_id", "node_name", *SUMMARY_COLUMNS, *tail],
+        [["N01", "North Medical Center", *stale, now, 1, 0]],
+        column_names=[
+            "node_id",
+            "node_name",
+            *SUMMARY_COLUMNS,
+            "updated_at",
+            "version",
+            "is_deleted",
+        ],
         settings={"async_insert": 0},
     )
-    client.insert(
-        f"{db}.network_summary",
-        [[*figures(VIEW_RANDOMIZED[""]), now, 2, 0]],
-        column_names=[*SUMMARY_COLUMNS, *tail],
-        settings={"async_insert": 0},
-    )
+    for view in VIEW_KEYS:
+        client.command(
+            f"INSERT INTO {db}.{view} SELECT *, 2, 0 FROM {db}.{view}_reference",
+            settings={"async_insert": 0},
+        )
 
 
 def _detail(r: Rejection) -> str:
