@@ -87,6 +87,8 @@ PRODUCER_BATCH_BYTES = 1024 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_S = 1.0
+#: Seconds between checks whether the live views need filling from the rollup's table.
+FILL_VIEWS_S = 1.0
 #: Batches a stream may hold in its buffer (all its partitions together): each is a
 #: partition's share of a fetch already, and a full buffer holds the fetch loop back.
 BATCHES_BUFFERED = 4
@@ -210,6 +212,17 @@ def create_app(
                 live.clear()
 
         cast(Any, app.on_partitions_assigned).connect(forget_views)
+
+        async def fill_views() -> None:
+            # After a restart with nothing new to read, the rollup computes no batch:
+            # fill the live views from its recovered table, once.
+            if not live.empty or app.in_recovery or app.rebalancing:
+                return
+            assigned = app.consumer.assignment()
+            if any(tp.topic == names[Topic.CONTRIBUTIONS] for tp in assigned):
+                rollup.refresh(latest, datetime.now(UTC))
+
+        app.timer(FILL_VIEWS_S, name="exnet-fill-views")(fill_views)
 
     def settle(batch: BatchMessage, delivered: asyncio.Future[Any]) -> None:
         """The batch is done (its offsets may be committed) once Kafka has all it produced;

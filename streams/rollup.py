@@ -223,6 +223,10 @@ class LiveViews:
     def clear(self) -> None:
         self._rows = {}
 
+    @property
+    def empty(self) -> bool:
+        return not self._rows
+
     def rows(self, table: str) -> list[dict[str, Any]] | None:
         """The table's rows sorted by key (deleted ones left out); None when this
         process holds no rollup (another worker does, or none yet)."""
@@ -308,6 +312,26 @@ class RollupStage:
             for view, rows in self._current.items():
                 self._live.update(view, dict(rows))
         return result
+
+    def refresh(self, table: MutableMapping[bytes, bytes], now: datetime) -> None:
+        """Fill the live views from ``table`` alone (a worker that recovered its table
+        but has no new contribution to read): the rows carry ``version`` null, as they
+        were not sent. The next batch rebuilds the totals and sends every row."""
+        self._rebuild(table)
+        self._generation = None
+        if self._live is None:
+            return
+        stamp = now.isoformat(timespec="milliseconds")
+        keys = {*self.totals.keys(), _NETWORK_KEY, *((NODE_SUMMARY, n) for n in self._nodes)}
+        for key in sorted(keys):
+            if key[0] == NODE_SUMMARY and key[1] not in self._nodes:
+                continue
+            row = self._row(key, stamp, 0)
+            row["version"] = None
+            if not row["is_deleted"]:
+                self._current[key[0]][key] = row
+        for view, rows in self._current.items():
+            self._live.update(view, dict(rows))
 
     def _rebuild(self, table: MutableMapping[bytes, bytes]) -> None:
         self.totals = Totals()

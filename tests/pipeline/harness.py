@@ -14,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from contracts.topics import Topic, topic_name
+from contracts.views import ArmKey, DailyKey, Views
 from exnet.settings import Settings
 from sinks.client import connect
 
-__all__ = ["EXNET", "Pipeline"]
+__all__ = ["EXNET", "Pipeline", "assert_views_exact", "stream_views"]
 
 #: The installed console script, run as a separate process like an operator would.
 EXNET = str(Path(sys.executable).with_name("exnet"))
@@ -181,3 +183,55 @@ class Pipeline:
 
 def event_ids(rows: Sequence[dict[str, Any]]) -> set[str]:
     return {row["event_id"] for row in rows}
+
+
+# -- the stream-written views ------------------------------------------------------------
+
+#: Columns of the view tables that are bookkeeping, not figures.
+_BOOKKEEPING = ("updated_at", "version", "is_deleted")
+
+
+def stream_views(pipeline: Pipeline, nodes: Sequence[str]) -> Views:
+    """The four stream-written view tables, read with FINAL, in the oracle's shape."""
+
+    def figures(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+        return {c: v for c, v in row.items() if c not in (*keys, *_BOOKKEEPING)}
+
+    node_rows = pipeline.rows("SELECT * FROM node_summary FINAL")
+    (network,) = pipeline.rows("SELECT * FROM network_summary FINAL")
+    arms = pipeline.rows("SELECT * FROM arm_summary FINAL")
+    daily = pipeline.rows("SELECT * FROM node_daily FINAL")
+    return Views(
+        node_summary={
+            r["node_id"]: figures(r, "node_id", "node_name")
+            for r in node_rows
+            if r["node_id"] in nodes
+        },
+        network_summary=figures(network),
+        arm_summary={
+            ArmKey(r["scope"], r["node_id"], r["modality"], r["adjunct"]): figures(
+                r, "scope", "node_id", "modality", "adjunct"
+            )
+            for r in arms
+        },
+        node_daily={DailyKey(r["node_id"], r["day"]): figures(r, "node_id", "day") for r in daily},
+    )
+
+
+def assert_views_exact(pipeline: Pipeline, expected: Views) -> None:
+    """The stream-written view tables hold the oracle's figures in every row and column
+    (minutes to 1e-9: sums of floats), and `exnet verify` finds them equal to the
+    figures ClickHouse recomputes from the facts."""
+    got = stream_views(pipeline, list(expected.node_summary))
+    assert got.node_summary.keys() == expected.node_summary.keys()
+    for node, want in expected.node_summary.items():
+        assert got.node_summary[node] == pytest.approx(want), node
+    assert got.network_summary == pytest.approx(expected.network_summary)
+    assert sorted(got.arm_summary) == sorted(expected.arm_summary)
+    for arm, want in expected.arm_summary.items():
+        assert got.arm_summary[arm] == pytest.approx(want), arm
+    assert sorted(got.node_daily) == sorted(expected.node_daily)
+    for day, want in expected.node_daily.items():
+        assert got.node_daily[day] == pytest.approx(want), day
+    verified = pipeline.run("verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -7,6 +7,10 @@ import csv
 import hashlib
 import io
 import json
+import signal
+import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,9 +20,9 @@ import pytest
 from contracts import headers as H
 from contracts.topics import Topic
 from contracts.validation import MAX_MESSAGE_BYTES
-from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS, compute_views
+from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS, ArmKey, compute_views
 from tests.pipeline.events import EventMaker, as_event
-from tests.pipeline.harness import Pipeline
+from tests.pipeline.harness import Pipeline, assert_views_exact, free_port, stream_views
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -136,6 +140,7 @@ def test_mixed_set_ends_exactly(pipeline: Pipeline) -> None:
     _check_deadletter(pipeline, expected_rejections)
     _check_views(pipeline, accepted)
     _check_no_identifier_reaches_analysts(pipeline)
+    _check_live_views(pipeline)
 
     # A second drain over the same topics changes nothing.
     pipeline.drain()
@@ -238,40 +243,50 @@ def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None
 
 
 def _check_views(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
-    summary_columns = SUMMARY_COLUMNS
+    """The stream-written views hold the oracle's figures, equal the recompute (verify),
+    and match hand-counted ones."""
     expected = compute_views([as_event(event) for event in accepted], NODES)
-    nodes = {row["node_id"]: row for row in pipeline.rows("SELECT * FROM node_summary")}
-    assert set(nodes) == set(NODES)
-    for node in NODES:
-        assert {c: nodes[node][c] for c in summary_columns} == expected.node_summary[node], node
-    (network,) = pipeline.rows("SELECT * FROM network_summary")
-    assert {c: network[c] for c in summary_columns} == expected.network_summary
+    assert_views_exact(pipeline, expected)
+    views = stream_views(pipeline, NODES)
+    network, nodes, arms = views.network_summary, views.node_summary, views.arm_summary
+    assert list(network) == list(SUMMARY_COLUMNS)
     # Hand-checked figures, so the oracle itself is held to account.
     assert network["randomized"] == 3 and network["sessions_attended"] == 3
     assert network["exercise_minutes"] == 45.0 + 30.0 + 35.5
     assert nodes["N02"]["withdrawn"] == 1 and nodes["N03"]["specimens"] == 2
-
-    arms = {
-        (row["scope"], row["node_id"], row["modality"], row["adjunct"]): {
-            c: row[c] for c in ARM_COLUMNS
-        }
-        for row in pipeline.rows("SELECT * FROM arm_summary")
-    }
-    assert arms == expected.arm_summary
-    assert arms[("network", "", "aerobic", "none")] == {
+    aerobic = arms[ArmKey("network", "", "aerobic", "none")]
+    assert list(aerobic) == list(ARM_COLUMNS)
+    assert aerobic == {
         "randomized": 1,
         "sessions_attended": 2,
         "exercise_minutes": 75.0,
         "responders": 1,
         "remitters": 0,
     }
-    assert arms[("node", "N01", "control", "none")]["remitters"] == 1
-    assert arms[("node", "N02", "resistance", "psychotherapy")]["sessions_attended"] == 1
+    assert arms[ArmKey("node", "N01", "control", "none")]["remitters"] == 1
+    assert arms[ArmKey("node", "N02", "resistance", "psychotherapy")]["sessions_attended"] == 1
 
-    daily = {
-        (row["node_id"], row["day"]): {
-            c: row[c] for c in row if c not in ("node_id", "day", "updated_at")
-        }
-        for row in pipeline.rows("SELECT * FROM node_daily")
-    }
-    assert daily == expected.node_daily
+
+def _check_live_views(pipeline: Pipeline) -> None:
+    """A restarted `exnet up` serves /views/node_summary: the same rows as the table."""
+    port = free_port()
+    table = pipeline.rows("SELECT * FROM node_summary FINAL ORDER BY node_id")
+    worker = pipeline.start(env={"EXNET_METRICS_PORT": str(port)})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(  # noqa: S310  # a local port
+                    f"http://127.0.0.1:{port}/views/node_summary", timeout=5
+                ) as reply:
+                    served = json.loads(reply.read())
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "no /views/node_summary within 60 s"
+                time.sleep(0.5)
+    finally:
+        pipeline.kill(worker, signal.SIGTERM)
+    bookkeeping = ("updated_at", "version", "is_deleted")
+    assert [{k: v for k, v in r.items() if k not in bookkeeping} for r in served] == [
+        {k: v for k, v in r.items() if k not in bookkeeping} for r in table
+    ]

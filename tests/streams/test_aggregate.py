@@ -335,3 +335,21 @@ def test_live_views_hold_the_rows_sent(simulated: list[EventBase]) -> None:
     assert nodes == sent
     assert [row["node_id"] for row in nodes] == sorted(NODES)
     assert LiveViews().rows("node_summary") is None
+
+
+def test_a_restarted_rollup_serves_its_tables_figures_before_any_new_contribution(
+    simulated: list[EventBase],
+) -> None:
+    pipeline = Pipeline()
+    pipeline.roll(pipeline.accept([record(e, i) for i, e in enumerate(simulated)]))
+    live = LiveViews()
+    restarted = RollupStage("v", NAMES, live)
+    restarted.refresh(pipeline.contributions_table, NOW)
+
+    def figures(rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+        assert rows is not None
+        return [{k: v for k, v in r.items() if k not in ("version", "updated_at")} for r in rows]
+
+    for view in ("node_summary", "network_summary", "arm_summary", "node_daily"):
+        assert figures(live.rows(view)) == figures(pipeline.live.rows(view)), view
+    assert all(row["version"] is None for row in live.rows("node_summary") or [])
