@@ -14,9 +14,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from contracts.reasons import Reason
 from contracts.topics import INPUT_TOPICS
 
-__all__ = ["EVENT_TYPES", "Metrics"]
+__all__ = ["EVENT_TYPES", "VIEW_REFUSALS", "Metrics"]
 
 EVENT_TYPES: tuple[str, ...] = tuple(t.event_type or "" for t in INPUT_TOPICS)
+#: Why the sink refuses a message of exnet.views (``sinks.rows.view_row``): its header
+#: names no view table; its value is not a row of that table.
+VIEW_REFUSALS: tuple[str, ...] = ("unknown_table", "invalid_row")
 
 #: Seconds; ClickHouse batch writes take ~15 ms embedded, up to seconds on a busy server.
 _BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -103,6 +106,14 @@ class Metrics:
         self.sink_last_write = Gauge(
             "exnet_sink_last_write_timestamp_seconds",
             "Unix time of the last successful ClickHouse write",
+            registry=r,
+        )
+        #: counter: messages of exnet.views the sink skipped, a bug of the stream that wrote
+        #: them (logged at ERROR), by reason (:data:`VIEW_REFUSALS`).
+        self.sink_view_rows_refused = Counter(
+            "exnet_sink_view_rows_refused",
+            "Messages of exnet.views not written: no view table named, or not a row of it",
+            ["reason"],
             registry=r,
         )
         #: histogram: seconds from the site's publish (Kafka timestamp) to the row being written.
@@ -194,3 +205,5 @@ class Metrics:
             self.events_duplicate.labels(type=event_type)
         for reason in Reason:
             self.events_rejected.labels(reason=reason.value)
+        for refusal in VIEW_REFUSALS:
+            self.sink_view_rows_refused.labels(reason=refusal)

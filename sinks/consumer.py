@@ -1,4 +1,5 @@
-"""The sink: accepted events and rejections from Kafka, in batches, into ClickHouse.
+"""The sink: accepted events, rejections and the stream-written views' rows from Kafka,
+in batches, into ClickHouse.
 
 A plain kafka-python consumer with manual commits (not Faust) so that the one
 guarantee that matters is explicit: an offset is committed only after
@@ -9,9 +10,19 @@ ClickHouse acknowledged every row before it.
          -> commit offsets
 
 Crash anywhere: the uncommitted messages are read again and written again;
-ReplacingMergeTree keyed on ``event_id`` (facts) or on the source offset
-(rejections) keeps one row of each, and an identical replayed batch is
-dropped by its insert deduplication token.
+ReplacingMergeTree keyed on ``event_id`` (facts), on the source offset
+(rejections) or on the row's key and version (views) keeps one row of each,
+and an identical replayed batch is dropped by its insert deduplication token.
+
+A message of ``exnet.views`` whose ``exnet-table`` header names no view table,
+or whose value is not a row of that table (:func:`~sinks.rows.view_row`), is a
+bug of its producer: it is logged at ERROR, counted
+(``exnet_sink_view_rows_refused_total{reason}``) and skipped, its offset
+committed with the batch. Written anyway it would fail its insert, which is
+retried forever, and stop every table's writes; written elsewhere it would
+corrupt a table. The stream sends every row again after a rebalance, and
+``exnet verify`` (and ``exnet_view_rows_differing``) shows a row that stays
+missing.
 """
 
 from __future__ import annotations
@@ -49,7 +60,10 @@ from sinks.rows import (
     FACT_TABLES,
     REJECTED_COLUMNS,
     REJECTED_TABLE,
+    VIEW_COLUMNS,
+    RefusedViewRow,
     rejected_row,
+    view_row,
 )
 from sinks.writer import BatchWriter
 
@@ -61,6 +75,7 @@ log = logging.getLogger(__name__)
 SINK_TABLES: dict[str, Sequence[str]] = {
     **{FACT_TABLES[t]: columns for t, columns in FACT_COLUMNS.items()},
     REJECTED_TABLE: REJECTED_COLUMNS,
+    **VIEW_COLUMNS,
 }
 #: The tables written as rows of values (:meth:`BatchWriter.write`); the fact tables
 #: take the accepted messages' JSON (:meth:`BatchWriter.write_json`).
@@ -95,20 +110,39 @@ class _Batch:
     rows: dict[str, list[list[Any]]] = field(default_factory=lambda: defaultdict(list))
     #: Facts: table -> rows as JSON objects (the accepted messages' values).
     json_rows: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    #: Views: table -> rows as JSON objects, every column (the view messages' values).
+    view_rows: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
+    #: Refused view messages: reason -> their count, and the first one's place and detail.
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: partition -> (first offset, last offset) in this batch.
     ranges: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     #: source Kafka timestamps (ms) of the accepted events, for the latency histogram.
     source_ms: list[int] = field(default_factory=list)
+    #: Messages in the batch (written or refused): what the size bound counts.
     size: int = 0
     started: float = 0.0
 
     def add(self, table: str, row: list[Any] | bytes, tp: TopicPartition, offset: int) -> None:
-        if self.size == 0:
-            self.started = time.monotonic()
         if isinstance(row, bytes):
             self.json_rows[table].append(row)
         else:
             self.rows[table].append(row)
+        self.consumed(tp, offset)
+
+    def add_view(self, table: str, row: bytes, tp: TopicPartition, offset: int) -> None:
+        self.view_rows[table].append(row)
+        self.consumed(tp, offset)
+
+    def refuse(self, refusal: RefusedViewRow, tp: TopicPartition, offset: int) -> None:
+        """A message not to write, whose offset is committed with the batch."""
+        count, first = self.refused.get(refusal.reason, (0, ""))
+        where = f"{tp.topic}/{tp.partition} offset {offset}: {refusal.detail}"
+        self.refused[refusal.reason] = (count + 1, first or where)
+        self.consumed(tp, offset)
+
+    def consumed(self, tp: TopicPartition, offset: int) -> None:
+        if self.size == 0:
+            self.started = time.monotonic()
         first, _ = self.ranges.get(tp, (offset, offset))
         self.ranges[tp] = (first, offset)
         self.size += 1
@@ -122,7 +156,8 @@ class _Batch:
 
 
 class SinkConsumer:
-    """Consumes ``exnet.accepted`` and ``exnet.deadletter`` and writes them in batches.
+    """Consumes ``exnet.accepted``, ``exnet.deadletter`` and ``exnet.views`` and writes
+    them in batches.
 
     Run it in its own thread (:meth:`run`); :meth:`stop` asks it to flush what
     it consumed, commit, and return.
@@ -135,6 +170,7 @@ class SinkConsumer:
         self._group = sink_group(settings)
         self._accepted = topic_name(Topic.ACCEPTED, settings.topic_prefix)
         self._deadletter = topic_name(Topic.DEADLETTER, settings.topic_prefix)
+        self._views = topic_name(Topic.VIEWS, settings.topic_prefix)
         self._stop = threading.Event()
         self._batch = _Batch()
         self._consumer: KafkaConsumer | None = None
@@ -168,7 +204,9 @@ class SinkConsumer:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
         self._consumer = consumer
-        consumer.subscribe([self._accepted, self._deadletter], listener=_FlushOnRevoke(self))
+        consumer.subscribe(
+            [self._accepted, self._deadletter, self._views], listener=_FlushOnRevoke(self)
+        )
         max_rows = self._settings.sink_batch_rows
         max_age = self._settings.sink_batch_seconds
         try:
@@ -198,6 +236,13 @@ class SinkConsumer:
                     record.offset,
                 )
                 continue
+            if tp.topic == self._views:
+                checked = view_row(dict(record.headers or ()), record.value)
+                if isinstance(checked, RefusedViewRow):
+                    batch.refuse(checked, tp, record.offset)
+                else:
+                    batch.add_view(checked.table, checked.value, tp, record.offset)
+                continue
             route = read_route(record.headers)
             batch.add(FACT_TABLES[route.event_type], record.value, tp, record.offset)
             if route.timestamp_ms:
@@ -214,18 +259,34 @@ class SinkConsumer:
             self._write_with_retries(
                 table, partial(self._writer.write_json, table, json_rows, token)
             )
+        for table, view_rows in batch.view_rows.items():
+            token = batch.token(self._group, table)
+            write = partial(self._writer.write_json, table, view_rows, token, ingested_at=False)
+            self._write_with_retries(table, write)
         for table, rows in batch.rows.items():
             token = batch.token(self._group, table)
             write = partial(self._writer.write, table, SINK_TABLES[table], rows, token)
             self._write_with_retries(table, write)
         written = time.time()
         self._commit({tp: last + 1 for tp, (_, last) in batch.ranges.items()})
-        for tables in (batch.json_rows, batch.rows):
+        rows_written = 0
+        for tables in (batch.json_rows, batch.view_rows, batch.rows):
             for table, written_rows in tables.items():
                 self._metrics.sink_rows_written.labels(table=table).inc(len(written_rows))
+                rows_written += len(written_rows)
+        for reason, (count, first) in batch.refused.items():
+            self._metrics.sink_view_rows_refused.labels(reason=reason).inc(count)
+            log.error(
+                "refused %d message(s) of %s (%s), a bug of the stream that wrote them; "
+                "skipped and committed, the first at %s",
+                count,
+                self._views,
+                reason,
+                first,
+            )
         for source_ms in batch.source_ms:
             self._metrics.end_to_end_seconds.observe(max(0.0, written - source_ms / 1000))
-        self._metrics.sink_batch_rows.observe(batch.size)
+        self._metrics.sink_batch_rows.observe(rows_written)
         self._metrics.sink_batch_seconds.observe(time.perf_counter() - started)
         self._metrics.sink_last_write.set(written)
         self._batch = _Batch()

@@ -2,8 +2,11 @@
 
 Facts need no building: an accepted message's value is its fact row as JSON
 (``contracts.wire.fact_json``, keyed by :data:`FACT_COLUMNS`), which the
-writer hands to ClickHouse as it is. ``tests/sinks`` checks the column
-tuples here against the migrated tables.
+writer hands to ClickHouse as it is. Nor do the stream-written views: a
+message of ``exnet.views`` is one row of the table its ``exnet-table`` header
+names, every column keyed by name (:data:`VIEW_COLUMNS`); :func:`view_row`
+only checks it. ``tests/sinks`` checks the column tuples here against the
+migrated tables.
 """
 
 from __future__ import annotations
@@ -12,22 +15,28 @@ import hashlib
 import re
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
 from contracts import headers as H
 from contracts.envelope import NODE_ID_PATTERN, EventBase
 from contracts.validation import EVENT_MODELS, site_named_in
+from contracts.views import MINUTES_COLUMNS, VIEW_FIGURES, VIEW_KEYS
 from contracts.wire import source_origin
+from exnet.metrics import VIEW_REFUSALS
 
 __all__ = [
     "FACT_COLUMNS",
     "FACT_TABLES",
     "REJECTED_COLUMNS",
     "REJECTED_TABLE",
+    "VIEW_COLUMNS",
     "Headers",
+    "RefusedViewRow",
+    "ViewRow",
     "rejected_row",
+    "view_row",
 ]
 
 Headers = Mapping[str, bytes]
@@ -167,3 +176,104 @@ def _loads_object(data: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return document if isinstance(document, dict) else {}
+
+
+# --- the stream-written views -------------------------------------------------------
+
+#: The stream-written view tables (SPEC §4) -> every column, in the tables' order: the
+#: key columns, ``node_name`` (node_summary), the figures, then the bookkeeping.
+VIEW_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    table: (
+        *keys,
+        *(("node_name",) if table == "node_summary" else ()),
+        *VIEW_FIGURES[table],
+        "updated_at",
+        "version",
+        "is_deleted",
+    )
+    for table, keys in VIEW_KEYS.items()
+}
+
+#: The reasons of a refusal (one home: the metric's label values).
+_UNKNOWN_TABLE, _INVALID_ROW = VIEW_REFUSALS
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_UINT64_END: Final = 2**64
+
+
+class ViewRow(NamedTuple):
+    """A message of ``exnet.views`` to write: the table, and its value as it came."""
+
+    table: str
+    value: bytes
+
+
+class RefusedViewRow(NamedTuple):
+    """A message of ``exnet.views`` the sink does not write (a bug of its producer)."""
+
+    #: One of :data:`exnet.metrics.VIEW_REFUSALS` (``exnet_sink_view_rows_refused_total``).
+    reason: str
+    #: What is wrong, for the log (no value of the row beyond its table's name).
+    detail: str
+
+
+def view_row(headers: Headers, value: bytes | None) -> ViewRow | RefusedViewRow:
+    """Check one message of ``exnet.views`` against the table its header names.
+
+    A row is written as it came (JSONEachRow), so everything ClickHouse would
+    refuse is refused here instead: an insert that fails is retried forever,
+    and one bad row would stop the whole sink. The value must be one JSON
+    object holding exactly the table's columns (:data:`VIEW_COLUMNS`): key
+    columns and ``node_name`` strings (``day`` as ``YYYY-MM-DD``), counts
+    non-negative integers, minutes numbers, ``updated_at`` an ISO-8601 time,
+    ``version`` a non-negative integer, ``is_deleted`` 0 or 1.
+    """
+    raw_table = headers.get(H.TABLE)
+    table = raw_table.decode("utf-8", "replace") if raw_table is not None else None
+    if table is None or table not in VIEW_COLUMNS:
+        named = "no exnet-table header" if table is None else f"exnet-table {table[:80]!r}"
+        return RefusedViewRow(_UNKNOWN_TABLE, f"{named} is not one of {sorted(VIEW_COLUMNS)}")
+    problem = _view_row_problem(table, value)
+    if problem is not None:
+        return RefusedViewRow(_INVALID_ROW, f"{table}: {problem}")
+    assert value is not None  # noqa: S101  # checked above
+    return ViewRow(table, value)
+
+
+def _view_row_problem(table: str, value: bytes | None) -> str | None:
+    if value is None:
+        return "no value (a tombstone)"
+    try:
+        row = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return "the value is not JSON"
+    if not isinstance(row, dict):
+        return "the value is not one JSON object"
+    columns = VIEW_COLUMNS[table]
+    if row.keys() != set(columns):
+        missing = sorted(set(columns) - row.keys())
+        extra = sorted(key[:40] for key in row.keys() - set(columns))
+        return f"columns missing {missing}, not columns {extra}"
+    keys = set(VIEW_KEYS[table]) | {"node_name"}
+    for column in columns:
+        cell = row[column]
+        if column in keys:
+            fine = isinstance(cell, str) and (column != "day" or _DAY.fullmatch(cell) is not None)
+        elif column in MINUTES_COLUMNS:
+            fine = isinstance(cell, int | float) and not isinstance(cell, bool)
+        elif column == "updated_at":
+            fine = isinstance(cell, str) and _is_time(cell)
+        elif column == "is_deleted":
+            fine = isinstance(cell, int) and not isinstance(cell, bool) and cell in (0, 1)
+        else:  # counts and version
+            fine = isinstance(cell, int) and not isinstance(cell, bool) and 0 <= cell < _UINT64_END
+        if not fine:
+            return f"column {column} holds {type(cell).__name__} {str(cell)[:40]!r}"
+    return None
+
+
+def _is_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True

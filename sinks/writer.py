@@ -40,9 +40,12 @@ class BatchWriter(Protocol):
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str
     ) -> None: ...
 
-    def write_json(self, table: str, rows: Sequence[bytes], token: str) -> None:
-        """``rows``: one JSON object each, keyed by column, every column but
-        ``ingested_at``, which the writer sets to the time of the write."""
+    def write_json(
+        self, table: str, rows: Sequence[bytes], token: str, *, ingested_at: bool = True
+    ) -> None:
+        """``rows``: one JSON object each, keyed by column. With ``ingested_at``
+        (the fact tables), every column but ``ingested_at``, which the writer sets
+        to the time of the write; without (the view tables), every column."""
 
 
 class ClickHouseWriter:
@@ -76,12 +79,17 @@ class ClickHouseWriter:
         except Exception as exc:  # clickhouse-connect raises several kinds; all are retried
             raise ClickHouseUnavailable(f"insert into {table} failed: {exc}") from exc
 
-    def write_json(self, table: str, rows: Sequence[bytes], token: str) -> None:
+    def write_json(
+        self, table: str, rows: Sequence[bytes], token: str, *, ingested_at: bool = True
+    ) -> None:
         # The rows go to ClickHouse as they came from Kafka (JSONEachRow), parsed in
         # C++ with the GIL released: no Python object per value.
-        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").encode()
-        prefix = b'{"ingested_at":"' + stamp + b'",'
-        block = b"\n".join([prefix + row[1:] for row in rows])
+        if ingested_at:
+            stamp = datetime.now(UTC).isoformat(timespec="milliseconds").encode()
+            prefix = b'{"ingested_at":"' + stamp + b'",'
+            block = b"\n".join([prefix + row[1:] for row in rows])
+        else:
+            block = b"\n".join(rows)
         settings = {**INSERT_SETTINGS, **JSON_SETTINGS, "insert_deduplication_token": token}
         try:
             self._client.raw_insert(

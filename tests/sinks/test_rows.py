@@ -6,9 +6,18 @@ import hashlib
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 
 from contracts import headers as H
-from sinks.rows import REJECTED_COLUMNS, rejected_row
+from exnet.metrics import VIEW_REFUSALS
+from sinks.rows import (
+    REJECTED_COLUMNS,
+    VIEW_COLUMNS,
+    RefusedViewRow,
+    ViewRow,
+    rejected_row,
+    view_row,
+)
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -96,3 +105,85 @@ def test_identifiers_never_reach_the_analysts_table() -> None:
     }
     assert b"Jane" not in row["payload"] and b"00412345" not in row["payload"]
     assert row["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+
+
+# --- the stream-written views' messages -------------------------------------------------
+
+
+def _node_row(**change: object) -> dict[str, object]:
+    row: dict[str, object] = dict.fromkeys(VIEW_COLUMNS["node_summary"], 0)
+    row |= {
+        "node_id": "N01",
+        "node_name": "North",
+        "exercise_minutes": 42.5,
+        "updated_at": "2026-11-30T17:50:01.123+00:00",
+        "version": 7,
+        "is_deleted": 0,
+    }
+    return row | change
+
+
+def _check(table: bytes | None, row: object) -> ViewRow | RefusedViewRow:
+    headers = {H.TABLE: table} if table is not None else {}
+    return view_row(headers, row if isinstance(row, bytes) else orjson.dumps(row))
+
+
+def test_a_view_row_passes_as_it_came() -> None:
+    value = orjson.dumps(_node_row())
+    assert view_row({H.TABLE: b"node_summary"}, value) == ViewRow("node_summary", value)
+    daily: dict[str, object] = dict.fromkeys(VIEW_COLUMNS["node_daily"], 0)
+    daily |= {"node_id": "N01", "day": "2026-11-30", "exercise_minutes": 3, "is_deleted": 1}
+    daily["updated_at"] = "2026-11-30T17:50:01.123+00:00"
+    assert isinstance(_check(b"node_daily", daily), ViewRow)  # minutes may be an integer
+    network: dict[str, object] = dict.fromkeys(VIEW_COLUMNS["network_summary"], 1)
+    network["updated_at"] = "2026-11-30T17:50:01.123+00:00"
+    assert isinstance(_check(b"network_summary", network), ViewRow)
+
+
+@pytest.mark.parametrize(
+    ("table", "row", "reason", "says"),
+    [
+        (None, _node_row(), "unknown_table", "no exnet-table header"),
+        (b"node_facts", _node_row(), "unknown_table", "'node_facts'"),
+        (b"node_summary;DROP", _node_row(), "unknown_table", "is not one of"),
+        (b"arm_summary", _node_row(), "invalid_row", "columns missing ['adjunct'"),
+        (b"node_summary", _node_row(extra=1), "invalid_row", "not columns ['extra']"),
+        (b"node_summary", {"node_id": "N01"}, "invalid_row", "columns missing"),
+        (b"node_summary", _node_row(screened="4"), "invalid_row", "column screened holds str"),
+        (b"node_summary", _node_row(screened=-1), "invalid_row", "column screened"),
+        (
+            b"node_summary",
+            orjson.dumps(_node_row()).replace(b'"screened":0', b'"screened":18446744073709551616'),
+            "invalid_row",
+            "column screened",
+        ),
+        (b"node_summary", _node_row(screened=True), "invalid_row", "column screened holds bool"),
+        (b"node_summary", _node_row(version=1.5), "invalid_row", "column version"),
+        (b"node_summary", _node_row(is_deleted=2), "invalid_row", "column is_deleted"),
+        (b"node_summary", _node_row(node_id=1), "invalid_row", "column node_id holds int"),
+        (b"node_summary", _node_row(exercise_minutes="1"), "invalid_row", "exercise_minutes"),
+        (b"node_summary", _node_row(updated_at="yesterday"), "invalid_row", "updated_at"),
+        (b"node_summary", [_node_row()], "invalid_row", "not one JSON object"),
+    ],
+)
+def test_a_message_that_is_no_row_of_a_view_table_is_refused(
+    table: bytes | None, row: object, reason: str, says: str
+) -> None:
+    refused = _check(table, row)
+    assert isinstance(refused, RefusedViewRow)
+    assert refused.reason == reason and reason in VIEW_REFUSALS
+    assert says in refused.detail, refused.detail
+
+
+def test_a_view_message_without_a_value_or_json_is_refused() -> None:
+    headers = {H.TABLE: b"node_daily"}
+    assert view_row(headers, None) == RefusedViewRow(
+        "invalid_row", "node_daily: no value (a tombstone)"
+    )
+    assert view_row(headers, b"{nope") == RefusedViewRow(
+        "invalid_row", "node_daily: the value is not JSON"
+    )
+    bad_day: dict[str, object] = dict.fromkeys(VIEW_COLUMNS["node_daily"], 0)
+    bad_day |= {"node_id": "N01", "day": "30.11.2026", "updated_at": "2026-11-30T17:50:01+00:00"}
+    refused = _check(b"node_daily", bad_day)
+    assert isinstance(refused, RefusedViewRow) and "column day" in refused.detail
