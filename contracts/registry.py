@@ -21,11 +21,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from contracts.assessment import Instrument
+from contracts.assessment import REMISSION_MAX, Instrument
 from contracts.envelope import NodeId, SiteId
 from contracts.errors import ConfigError
 
 __all__ = [
+    "ANY_LATER_WEEK",
     "DEFAULT_EARLIEST_DATE",
     "DEMO_REGISTRY",
     "NetworkRegistry",
@@ -33,6 +34,7 @@ __all__ = [
     "PrimaryEndpoint",
     "Site",
     "load_registry",
+    "outcome_definition",
 ]
 
 #: The day before which no event can have happened, unless the registry says (SPEC §1, §3).
@@ -70,12 +72,55 @@ class Site(BaseModel):
 
 class PrimaryEndpoint(BaseModel):
     """The protocol's primary endpoint: response and remission on this instrument at this
-    week (SPEC §3). Without one, any instrument at any later week counts (SPEC §1)."""
+    week (SPEC §3). Without one, any instrument at any later week counts (SPEC §1).
+
+    The thresholds default to SPEC §1's: a response is a score at most half the
+    baseline (``response_reduction_pct`` 50: at least a 50 % reduction); remission
+    a score within the instrument's :data:`~contracts.assessment.REMISSION_MAX`.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     instrument: Instrument
     week: Annotated[int, Field(ge=1, le=104)]
+    #: Response: a score at most (100 - this) % of the baseline's (whole percent: exact).
+    response_reduction_pct: Annotated[int, Field(ge=1, le=100)] = 50
+    #: Remission: a score at most this (None: the instrument's SPEC §1 threshold).
+    remission_max: Annotated[int, Field(ge=0)] | None = None
+
+    @property
+    def remission_threshold(self) -> int:
+        return (
+            self.remission_max
+            if self.remission_max is not None
+            else REMISSION_MAX[self.instrument]
+        )
+
+    def counts(self, instrument: str, week: int) -> bool:
+        """Whether a rating of ``instrument`` at ``week`` is the endpoint's."""
+        return instrument == self.instrument and week == self.week
+
+    def describe(self) -> str:
+        """The definition in words, for the report and the docs."""
+        return (
+            f"{self.instrument} at week {self.week} (the registry's primary endpoint): "
+            f"response = at least a {self.response_reduction_pct} % reduction from the "
+            f"week-0 {self.instrument} score; remission = a score of at most "
+            f"{self.remission_threshold}"
+        )
+
+
+#: SPEC §1's outcome definition, when the registry names no primary endpoint.
+ANY_LATER_WEEK: Final = (
+    "any instrument at any later week (no primary endpoint in the registry): response = a "
+    "score at most half the week-0 score on the same instrument; remission = PHQ9 < 5, "
+    "HAMD17 <= 7, MADRS <= 10 or BDI2 <= 13"
+)
+
+
+def outcome_definition(endpoint: PrimaryEndpoint | None) -> str:
+    """How responders and remitters were counted, in words."""
+    return endpoint.describe() if endpoint is not None else ANY_LATER_WEEK
 
 
 class Node(BaseModel):

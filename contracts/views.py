@@ -20,6 +20,7 @@ from contracts.assay import AssayV1
 from contracts.assessment import REMISSION_MAX, AssessmentV1
 from contracts.enrollment import EnrollmentStatus, EnrollmentV1
 from contracts.envelope import EventBase
+from contracts.registry import PrimaryEndpoint
 from contracts.session import SessionStatus, SessionV1
 
 __all__ = [
@@ -136,7 +137,11 @@ class Views:
     node_daily: dict[DailyKey, Figures]
 
 
-def compute_views(events: Iterable[EventBase], nodes: Iterable[str]) -> Views:
+def compute_views(
+    events: Iterable[EventBase],
+    nodes: Iterable[str],
+    endpoint: PrimaryEndpoint | None = None,
+) -> Views:
     """The figures the views must show over ``events``, the accepted events (each once).
 
     ``nodes`` are the registered nodes, the rows of ``node_summary`` (an event
@@ -158,7 +163,9 @@ def compute_views(events: Iterable[EventBase], nodes: Iterable[str]) -> Views:
       per arm, per node and network-wide: participants, their attended
       sessions and those sessions' minutes, responders (a later week's score
       at most half the latest baseline on the same instrument) and remitters
-      (a later week's score within :data:`~contracts.assessment.REMISSION_MAX`).
+      (a later week's score within :data:`~contracts.assessment.REMISSION_MAX`);
+      with a registry's ``endpoint`` (SPEC §3), only ratings on its instrument
+      at its week count, against its thresholds.
     - ``node_daily``: per node and UTC day, the session figures and the
       number of enrollment events of each status.
     """
@@ -178,7 +185,7 @@ def compute_views(events: Iterable[EventBase], nodes: Iterable[str]) -> Views:
     return Views(
         node_summary={node: summary.figures() for node, summary in summaries.items()},
         network_summary=network.figures(),
-        arm_summary=_arm_summary(people.values()),
+        arm_summary=_arm_summary(people.values(), endpoint),
         node_daily={key: days[key].figures() for key in sorted(days)},
     )
 
@@ -307,19 +314,33 @@ class _Participant:
         elif not isinstance(event, AssayV1):
             raise _unknown(event)
 
-    @property
-    def responded(self) -> bool:
-        """A later score at most half the baseline on the same instrument (SPEC §1)."""
-        return any(
-            later.instrument in self.baselines
-            and later.score * 2 <= self.baselines[later.instrument].score
+    def responded(self, endpoint: PrimaryEndpoint | None) -> bool:
+        """A later score at most half the baseline on the same instrument (SPEC §1), or
+        at the endpoint's week and reduction (SPEC §3)."""
+        if endpoint is None:
+            return any(
+                later.instrument in self.baselines
+                and later.score * 2 <= self.baselines[later.instrument].score
+                for later in self.later
+            )
+        baseline = self.baselines.get(endpoint.instrument)
+        kept = 100 - endpoint.response_reduction_pct
+        return baseline is not None and any(
+            endpoint.counts(later.instrument, later.week)
+            and later.score * 100 <= kept * baseline.score
             for later in self.later
         )
 
-    @property
-    def remitted(self) -> bool:
-        """A later score within the instrument's remission threshold (SPEC §1)."""
-        return any(later.score <= REMISSION_MAX[later.instrument] for later in self.later)
+    def remitted(self, endpoint: PrimaryEndpoint | None) -> bool:
+        """A later score within the instrument's remission threshold (SPEC §1), or the
+        endpoint's rating within its threshold (SPEC §3)."""
+        if endpoint is None:
+            return any(later.score <= REMISSION_MAX[later.instrument] for later in self.later)
+        return any(
+            endpoint.counts(later.instrument, later.week)
+            and later.score <= endpoint.remission_threshold
+            for later in self.later
+        )
 
 
 @dataclass(slots=True)
@@ -330,12 +351,12 @@ class _Arm:
     responders: int = 0
     remitters: int = 0
 
-    def add(self, person: _Participant) -> None:
+    def add(self, person: _Participant, endpoint: PrimaryEndpoint | None) -> None:
         self.randomized += 1
         self.attended += person.attended
         self.minutes.extend(person.minutes)
-        self.responders += person.responded
-        self.remitters += person.remitted
+        self.responders += person.responded(endpoint)
+        self.remitters += person.remitted(endpoint)
 
     def figures(self) -> Figures:
         return {
@@ -347,7 +368,9 @@ class _Arm:
         }
 
 
-def _arm_summary(people: Iterable[_Participant]) -> dict[ArmKey, Figures]:
+def _arm_summary(
+    people: Iterable[_Participant], endpoint: PrimaryEndpoint | None
+) -> dict[ArmKey, Figures]:
     arms: dict[ArmKey, _Arm] = {}
     for person in people:
         event = person.randomized
@@ -360,5 +383,5 @@ def _arm_summary(people: Iterable[_Participant]) -> dict[ArmKey, Figures]:
             ArmKey(_NODE_SCOPE, event.node_id, modality, event.adjunct),
             ArmKey(_NETWORK_SCOPE, "", modality, event.adjunct),
         ):
-            arms.setdefault(key, _Arm()).add(person)
+            arms.setdefault(key, _Arm()).add(person, endpoint)
     return {key: arms[key].figures() for key in sorted(arms)}

@@ -1010,7 +1010,11 @@ def generate(registry: NetworkRegistry, config: SimulationConfig) -> Simulation:
             duplicates[str(message.topic.event_type)] += 1
         elif message.expected is not None:
             rejected[message.expected.value] += 1
-    views = compute_views(_accepted_events(gen.events), (node.id for node in registry.nodes))
+    views = compute_views(
+        _accepted_events(gen.events),
+        (node.id for node in registry.nodes),
+        registry.primary_endpoint,
+    )
     result = SimulationResult(
         seed=config.seed,
         participants=config.participants,

@@ -31,6 +31,7 @@ from typing import Any, Final
 import orjson
 
 from contracts.assessment import REMISSION_MAX
+from contracts.registry import PrimaryEndpoint
 from contracts.views import SESSION_COLUMNS, STATUS_COLUMNS
 from contracts.wire import Outgoing, Route, read_route
 
@@ -129,7 +130,9 @@ def _summed(figures: dict[str, Any]) -> dict[str, Any]:
     return {column: value for column, value in figures.items() if value}
 
 
-def contribution(participant_id: str, participant: Participant) -> dict[str, Any]:
+def contribution(
+    participant_id: str, participant: Participant, endpoint: PrimaryEndpoint | None = None
+) -> dict[str, Any]:
     """The participant's whole share of the views, as JSON-ready data::
 
         {"participant_id": str, "version": int (events counted),
@@ -142,7 +145,9 @@ def contribution(participant_id: str, participant: Participant) -> dict[str, Any
                                             "adverse_events", <status>: count ...}}}
                                             # zeros left out
 
-    Counts are ints, minutes floats (each a :func:`math.fsum`). Pure.
+    Counts are ints, minutes floats (each a :func:`math.fsum`). Response and
+    remission follow SPEC §1, or the registry's primary ``endpoint`` (SPEC §3).
+    Pure.
     """
     nodes: dict[str, dict[str, Any]] = {}
     daily: dict[str, dict[str, Any]] = {}
@@ -151,7 +156,7 @@ def contribution(participant_id: str, participant: Participant) -> dict[str, Any
     attended = 0
     minutes: list[float] = []
     baselines: dict[str, tuple[float, str, int]] = {}  # instrument -> (occurred_s, id, score)
-    later: list[tuple[str, int]] = []  # (instrument, score) of weeks > 0
+    later: list[tuple[str, int, int]] = []  # (instrument, week, score) of weeks > 0
 
     def node(node_id: str) -> dict[str, Any]:
         figures = nodes.get(node_id)
@@ -197,7 +202,7 @@ def contribution(participant_id: str, participant: Participant) -> dict[str, Any
             _, node_id, instrument, week, score, occurred_s = fact
             node(node_id)["assessments"] += 1
             if week > 0:
-                later.append((instrument, score))
+                later.append((instrument, week, score))
             else:
                 prior = baselines.get(instrument)
                 if prior is None or (occurred_s, event_id) > prior[:2]:
@@ -210,13 +215,8 @@ def contribution(participant_id: str, participant: Participant) -> dict[str, Any
             "adjunct": randomized[6],
             "sessions_attended": attended,
             "exercise_minutes": math.fsum(minutes),
-            # SPEC §1: a later score at most half the latest baseline on that instrument;
-            # a later score within the instrument's remission threshold.
-            "responder": any(
-                instrument in baselines and score * 2 <= baselines[instrument][2]
-                for instrument, score in later
-            ),
-            "remitter": any(score <= REMISSION_MAX[instrument] for instrument, score in later),
+            "responder": _responded(baselines, later, endpoint),
+            "remitter": _remitted(later, endpoint),
         }
     return {
         "participant_id": participant_id,
@@ -234,6 +234,37 @@ def contribution(participant_id: str, participant: Participant) -> dict[str, Any
         "arm": arm,
         "daily": {key: _summed(figures) for key, figures in daily.items()},
     }
+
+
+def _responded(
+    baselines: dict[str, tuple[float, str, int]],
+    later: list[tuple[str, int, int]],
+    endpoint: PrimaryEndpoint | None,
+) -> bool:
+    """SPEC §1: a later score at most half the latest baseline on that instrument; with
+    an endpoint (SPEC §3), its rating at most (100 - reduction) % of its baseline."""
+    if endpoint is None:
+        return any(
+            instrument in baselines and score * 2 <= baselines[instrument][2]
+            for instrument, _, score in later
+        )
+    baseline = baselines.get(endpoint.instrument)
+    kept = 100 - endpoint.response_reduction_pct
+    return baseline is not None and any(
+        endpoint.counts(instrument, week) and score * 100 <= kept * baseline[2]
+        for instrument, week, score in later
+    )
+
+
+def _remitted(later: list[tuple[str, int, int]], endpoint: PrimaryEndpoint | None) -> bool:
+    """SPEC §1: a later score within the instrument's remission threshold; with an
+    endpoint (SPEC §3), its rating within its threshold."""
+    if endpoint is None:
+        return any(score <= REMISSION_MAX[instrument] for instrument, _, score in later)
+    return any(
+        endpoint.counts(instrument, week) and score <= endpoint.remission_threshold
+        for instrument, week, score in later
+    )
 
 
 # --- the stage over a batch ------------------------------------------------------------
@@ -254,6 +285,8 @@ class AggregateStage:
     contributions (key participant_id) to the one partition of ``contributions_topic``."""
 
     contributions_topic: str
+    #: The registry's primary endpoint (SPEC §3); None: SPEC §1's definitions.
+    endpoint: PrimaryEndpoint | None = None
 
     def __call__(self, records: Iterable[Any], table: MutableMapping[bytes, bytes]) -> Aggregated:
         """``records``: Kafka records of ``exnet.accepted`` (value = fact row, header
@@ -282,6 +315,6 @@ class AggregateStage:
         for key, participant in touched.items():
             if key in changed:
                 table[key] = participant.encode()
-            share = orjson.dumps(contribution(key.decode(), participant))
+            share = orjson.dumps(contribution(key.decode(), participant, self.endpoint))
             out.append((self.contributions_topic, 0, key, share, [], None))
         return result

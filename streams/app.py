@@ -193,7 +193,7 @@ def create_app(
             compacting=True,
         ),
     )
-    aggregate = AggregateStage(names[Topic.CONTRIBUTIONS])
+    aggregate = AggregateStage(names[Topic.CONTRIBUTIONS], registry.primary_endpoint)
     contributions = app.topic(names[Topic.CONTRIBUTIONS], partitions=1)
     latest = app.Table(
         CONTRIBUTIONS_TABLE,

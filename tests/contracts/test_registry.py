@@ -87,6 +87,16 @@ def test_time_zones_and_endpoints_are_checked(tmp_path: Path) -> None:
     message = _error(tmp_path, "primary_endpoint: {instrument: HAMD17, week: 0}\n" + nodes)
     assert "primary_endpoint.week: Input should be greater than or equal to 1" in message
     assert load_registry(_write(tmp_path, nodes)).primary_endpoint is None
+    # The thresholds: SPEC §1's by default, the protocol's when it names them.
+    text = "primary_endpoint: {instrument: MADRS, week: 8, %s}\n" + nodes
+    endpoint = load_registry(_write(tmp_path, text % "remission_max: 12")).primary_endpoint
+    assert endpoint is not None
+    assert (endpoint.response_reduction_pct, endpoint.remission_threshold) == (50, 12)
+    message = _error(tmp_path, text % "response_reduction_pct: 0")
+    assert (
+        "primary_endpoint.response_reduction_pct: Input should be greater than or equal to 1"
+        in message
+    )
 
 
 def test_a_node_without_sites_is_allowed(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from contracts import CANONICAL_UNIT, SCHEMAS, EventBase
 from contracts.enrollment import EnrollmentStatus
+from contracts.registry import PrimaryEndpoint, outcome_definition
 from contracts.session import SessionStatus
 from contracts.views import (
     ARM_COLUMNS,
@@ -239,3 +240,41 @@ def test_the_order_of_events_does_not_matter() -> None:
         random.Random(seed).shuffle(shuffled)
         assert compute_views(shuffled, NODES) == expected
     assert expected.network_summary["exercise_minutes"] == pytest.approx(111.0 + 3.0)
+
+
+def _outcomes(events: list[EventBase], endpoint: PrimaryEndpoint | None) -> tuple[int, int]:
+    (figures,) = [
+        f
+        for k, f in compute_views(events, NODES, endpoint).arm_summary.items()
+        if k.scope == "network"
+    ]
+    return figures["responders"], figures["remitters"]
+
+
+def test_a_primary_endpoint_counts_only_its_instrument_and_week() -> None:
+    """SPEC §3: with HAMD17 at week 12, a PHQ9 response at week 4 does not count."""
+    make = Make()
+    randomized = make.enrollment(A, "N01-S01", "randomized", 1, modality="aerobic")
+    phq9 = [
+        make.assessment(A, "N01-S01", "PHQ9", 20, 0),
+        make.assessment(A, "N01-S01", "PHQ9", 3, 4),
+    ]
+    hamd0 = make.assessment(A, "N01-S01", "HAMD17", 24, 0)
+    hamd8 = make.assessment(A, "N01-S01", "HAMD17", 6, 8)  # responds and remits, wrong week
+    hamd12 = make.assessment(A, "N01-S01", "HAMD17", 13, 12)  # 13 * 2 > 24; 13 > 7
+    events = [randomized, *phq9, hamd0, hamd8, hamd12]
+    endpoint = PrimaryEndpoint(instrument="HAMD17", week=12)
+    assert _outcomes(events, None) == (1, 1)  # SPEC §1: any instrument, any later week
+    assert _outcomes(events, endpoint) == (0, 0)
+    # Its thresholds: a 45 % reduction (13 <= 0.55 * 24 = 13.2) and remission at <= 13.
+    lenient = PrimaryEndpoint(
+        instrument="HAMD17", week=12, response_reduction_pct=45, remission_max=13
+    )
+    assert _outcomes(events, lenient) == (1, 1)
+    # Exactly half the baseline is a response at the default 50 %.
+    half = make.assessment(A, "N01-S01", "HAMD17", 12, 12)
+    assert _outcomes([randomized, hamd0, half], endpoint) == (1, 0)
+    # No baseline on the endpoint's instrument: no response, whatever the score.
+    assert _outcomes([randomized, half], endpoint) == (0, 0)
+    assert "HAMD17 at week 12" in outcome_definition(endpoint)
+    assert "any instrument at any later week" in outcome_definition(None)

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from contracts import EventBase, Origin
-from contracts.registry import DEMO_REGISTRY, load_registry
+from contracts.registry import DEMO_REGISTRY, PrimaryEndpoint, load_registry
 from contracts.topics import Topic, topic_name
 from contracts.validation import Accepted, Validator
 from contracts.views import ArmKey, DailyKey, Views, compute_views
@@ -44,8 +44,8 @@ def record(event: EventBase, offset: int = 0) -> Any:
 class Pipeline:
     """Both stages over in-memory tables; the view rows as ReplacingMergeTree keeps them."""
 
-    def __init__(self, workers: int = 1) -> None:
-        self.aggregate = AggregateStage("c")
+    def __init__(self, workers: int = 1, endpoint: PrimaryEndpoint | None = None) -> None:
+        self.aggregate = AggregateStage("c", endpoint)
         self.participants: list[dict[bytes, bytes]] = [{} for _ in range(workers)]
         self.live = LiveViews()
         self.rollup = RollupStage("v", NAMES, self.live)
@@ -145,10 +145,15 @@ def assert_same(got: Views, want: Views) -> None:
         same(got.node_daily[day], want.node_daily[day], day)
 
 
-def run(events: Sequence[EventBase], batches: Iterable[Sequence[int]], workers: int = 1) -> Views:
+def run(
+    events: Sequence[EventBase],
+    batches: Iterable[Sequence[int]],
+    workers: int = 1,
+    endpoint: PrimaryEndpoint | None = None,
+) -> Views:
     """Feed ``events`` in the given batches (indexes into ``events``), each batch's
     contributions straight to the rollup."""
-    pipeline = Pipeline(workers)
+    pipeline = Pipeline(workers, endpoint)
     records = [record(event, offset) for offset, event in enumerate(events)]
     for batch in batches:
         pipeline.roll(pipeline.accept([records[i] for i in batch]))
@@ -293,13 +298,24 @@ def _batches(count: int, rng: random.Random, replays: float = 0.0) -> list[list[
     return batches
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    ("seed", "endpoint"),
+    [
+        (1, None),
+        (2, None),
+        (3, PrimaryEndpoint(instrument="HAMD17", week=4)),
+        (4, PrimaryEndpoint(instrument="PHQ9", week=8, response_reduction_pct=30)),
+    ],
+)
 def test_any_order_and_batching_gives_the_oracles_figures(
-    simulated: list[EventBase], seed: int
+    simulated: list[EventBase], seed: int, endpoint: PrimaryEndpoint | None
 ) -> None:
     rng = random.Random(seed)
-    want = compute_views(simulated, NODES)
-    assert_same(run(simulated, _batches(len(simulated), rng, replays=0.2)), want)
+    want = compute_views(simulated, NODES, endpoint)
+    got = run(simulated, _batches(len(simulated), rng, replays=0.2), endpoint=endpoint)
+    assert_same(got, want)
+    if endpoint is not None:  # the endpoint changes who counts, so the case tests something
+        assert want.arm_summary != compute_views(simulated, NODES).arm_summary
 
 
 def test_several_workers_and_contributions_repeated_late_and_after_a_restart(
