@@ -91,9 +91,7 @@ class PrimaryEndpoint(BaseModel):
     @property
     def remission_threshold(self) -> int:
         return (
-            self.remission_max
-            if self.remission_max is not None
-            else REMISSION_MAX[self.instrument]
+            self.remission_max if self.remission_max is not None else REMISSION_MAX[self.instrument]
         )
 
     def counts(self, instrument: str, week: int) -> bool:
