@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from contracts.reasons import Reason
 from contracts.topics import INPUT_TOPICS
+from contracts.views import VIEW_KEYS
 
 __all__ = ["EVENT_TYPES", "VIEW_REFUSALS", "Metrics"]
 
@@ -116,6 +117,28 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # -- the stream-written views against their reference (the sink's periodic check)
+        #: gauge: rows of the view that differed from the reference in two consecutive
+        #: checks while neither the stream row's version nor the reference's figures
+        #: changed between them (settled, not a row still on its way).
+        self.view_rows_differing = Gauge(
+            "exnet_view_rows_differing",
+            "Rows of a stream-written view that differ from the reference, settled",
+            ["view"],
+            registry=r,
+        )
+        #: gauge: unix time of the last completed check of the views.
+        self.view_check_last = Gauge(
+            "exnet_view_check_last_timestamp_seconds",
+            "Unix time of the last completed comparison of the views with the reference",
+            registry=r,
+        )
+        #: counter: checks of the views that failed (logged; the next runs on schedule).
+        self.view_check_errors = Counter(
+            "exnet_view_check_errors",
+            "Comparisons of the views with the reference that failed",
+            registry=r,
+        )
         #: histogram: seconds from the site's publish (Kafka timestamp) to the row being written.
         self.end_to_end_seconds = Histogram(
             "exnet_end_to_end_latency_seconds",
@@ -207,3 +230,5 @@ class Metrics:
             self.events_rejected.labels(reason=reason.value)
         for refusal in VIEW_REFUSALS:
             self.sink_view_rows_refused.labels(reason=refusal)
+        for view in VIEW_KEYS:
+            self.view_rows_differing.labels(view=view).set(0)

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from types import FrameType
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ from sinks.consumer import ROW_TABLES, SinkConsumer
 from sinks.errors import DatabaseLocked
 from sinks.migrate import apply_migrations, load_registry_tables
 from sinks.query import QueryEndpoint
+from sinks.verify import ViewCheck, rows_of
 from sinks.writer import ClickHouseWriter
 
 __all__ = ["EXIT_BUG", "EXIT_INVALID_RATIO", "InitReport", "Role", "initialize", "run_up"]
@@ -80,7 +82,9 @@ def initialize(settings: Settings, *, clickhouse: bool = True) -> InitReport:
 
 
 class _SinkRole(threading.Thread):
-    """Owns the ClickHouse writer (and, embedded, the SQL endpoint) while it runs."""
+    """Owns the ClickHouse writer (and, embedded, the SQL endpoint) while it runs, and
+    compares the stream-written views with their reference every
+    ``EXNET_VERIFY_INTERVAL_S`` seconds (:class:`sinks.verify.ViewCheck`)."""
 
     def __init__(
         self, settings: Settings, metrics: Metrics, standby: bool, on_error: Callable[[], None]
@@ -131,6 +135,8 @@ class _SinkRole(threading.Thread):
         self.standing_by = False
         endpoint: QueryEndpoint | None = None
         read_client = None
+        check_client = None
+        view_check: ViewCheck | None = None
         try:
             apply_migrations(client, database)
             load_registry_tables(client, database, load_registry(settings.registry_path))
@@ -140,21 +146,44 @@ class _SinkRole(threading.Thread):
                 read_client = connect(settings, readonly=True)
                 endpoint = QueryEndpoint(settings, read_client)
                 endpoint.start()
+            if settings.verify_interval_s > 0:
+                if endpoint is not None:
+                    # chDB: the endpoint's read-only session, one query at a time under
+                    # its lock (analysts' queries wait for the check's, and vice versa).
+                    raw_query = endpoint.query
+                else:  # a server: a read-only session of the check's own
+                    check_client = connect(settings, readonly=True)
+                    raw_query = partial(_raw_query, check_client)
+                view_check = ViewCheck(
+                    rows_of(raw_query), database, self._metrics, settings.verify_interval_s
+                )
             self._sink = SinkConsumer(settings, writer, self._metrics)
             if self._halt.is_set():
                 return
             self._metrics.role.labels(role="sink").set(1)
             self.writing.set()
             log.info("writing ClickHouse database %r", database)
+            if view_check is not None:
+                view_check.start()
             self._sink.run()
         finally:
             self.writing.clear()
             self._metrics.role.labels(role="sink").set(0)
+            if view_check is not None and view_check.is_alive():
+                view_check.stop()
+                view_check.join()  # a check in flight ends before its session closes
+            if check_client is not None:
+                check_client.close()
             if endpoint is not None:
                 endpoint.stop()
             if read_client is not None:
                 read_client.close()
             client.close()
+
+
+def _raw_query(client: Any, sql: str, fmt: str) -> bytes:
+    result: bytes = client.raw_query(sql, fmt=fmt)
+    return result
 
 
 class _StopFlag:

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     #: the 1 s publish-to-queryable budget (an insert a quarter second is cheap for
     #: ClickHouse; a server under many writers may want a longer one).
     sink_batch_seconds: Annotated[float, Field(gt=0, le=60)] = 0.25
+    #: Seconds between the sink's comparisons of the stream-written views with their
+    #: reference computed from the facts (``exnet_view_rows_differing``); 0 disables
+    #: them. Each recomputes every view from the facts: on a large network, a longer one.
+    verify_interval_s: Annotated[float, Field(ge=0, le=86_400)] = 60.0
 
     @field_validator("topic_prefix")
     @classmethod

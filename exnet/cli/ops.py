@@ -1,4 +1,5 @@
-"""`exnet status`, `exnet rejects`, `exnet report`: for operators, site coordinators, analysts."""
+"""`exnet status`, `exnet rejects`, `exnet report`, `exnet verify`: for operators, site
+coordinators, analysts."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def register(app: typer.Typer) -> None:
     app.command("status", help=_STATUS_HELP)(status)
     app.command("rejects")(rejects)
     app.command("report")(report)
+    app.command("verify")(verify)
 
 
 _STATUS_HELP = f"""Pipeline health on one screen: broker and topics, consumer lag per stage and
@@ -196,3 +198,26 @@ def report(
     settings = load_settings()
     written = write_report(settings, out if out is not None else settings.var_dir / "report.html")
     Console(highlight=False).print(f"report written to {written}")
+
+
+def verify() -> None:
+    """Recompute the views from the fact tables and compare them with the stream-written
+    ones; print every differing row, then a final line.
+
+    One line per difference: the view, the row's key as col=value pairs, then the
+    column with the stream's and the reference's value, or "missing in the stream
+    table" / "missing in the reference". Every column is compared but updated_at,
+    version and is_deleted; exercise_minutes within a relative 1e-9 (absolute 1e-6);
+    a registered node with nothing counted yet may lack its stream row. Works while
+    `exnet up` runs. Exits 1 on any difference, 0 otherwise.
+    """
+    from functools import partial
+
+    from exnet.ops._sql import query_rows
+    from sinks.verify import verify as compare_views
+
+    settings = load_settings()
+    result = compare_views(partial(query_rows, settings), settings.clickhouse_database)
+    sys.stdout.write("".join(f"{line}\n" for line in result.lines()))
+    sys.stdout.flush()
+    raise typer.Exit(0 if result.equal else 1)

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from contracts.catalog import topic_spec
 from contracts.reasons import Reason
 from contracts.topics import Topic, topic_name
-from exnet.metrics import EVENT_TYPES
+from exnet.metrics import EVENT_TYPES, VIEW_REFUSALS
 from exnet.settings import Settings
+from sinks.rows import VIEW_COLUMNS
 
 from .helpers import (
     OPS_SIGTERM_EXIT_S,
@@ -141,7 +143,13 @@ def _assert_sink(families: Families, scenario: OpsScenario, settings: Settings) 
     written = {
         s.labels["table"]: s.value for s in samples_named(families, "exnet_sink_rows_written_total")
     }
+    # The stream-written views: how many versions of each row the stream sends depends
+    # on how its batches fall; every view has rows (the input has every event type).
+    views = {table: written.pop(table, 0.0) for table in VIEW_COLUMNS}
     assert written == {table: float(n) for table, n in scenario.rows_by_table.items()}
+    assert all(n >= 1 for n in views.values()), views
+    refused = samples_named(families, "exnet_sink_view_rows_refused_total")
+    assert {s.labels["reason"]: s.value for s in refused} == dict.fromkeys(VIEW_REFUSALS, 0.0)
 
     count = sample_value(families, "exnet_sink_batch_seconds_count")
     assert count is not None and count >= 1
@@ -149,7 +157,7 @@ def _assert_sink(families: Families, scenario: OpsScenario, settings: Settings) 
     batch_sum = sample_value(families, "exnet_sink_batch_seconds_sum")
     assert batch_sum is not None and batch_sum > 0
     rows_per_batch = sample_value(families, "exnet_sink_batch_rows_sum")
-    assert rows_per_batch == float(sum(scenario.rows_by_table.values()))
+    assert rows_per_batch == float(sum(scenario.rows_by_table.values()) + sum(views.values()))
     # the accepted events' latency, one observation per fact row
     latency = sample_value(families, "exnet_end_to_end_latency_seconds_count")
     assert latency == float(sum(scenario.accepted_by_type.values()))
@@ -159,10 +167,12 @@ def _assert_sink(families: Families, scenario: OpsScenario, settings: Settings) 
     lags = samples_named(families, "exnet_consumer_lag")
     assert all(s.labels.keys() == {"topic", "partition"} for s in lags)
     assert all(s.value == 0 for s in lags)
-    # one series per partition of every stage's topics (inputs, validated, accepted, deadletter)
-    partitions = {str(p) for p in range(settings.partitions)}
+    # one series per partition of every stage's topics (inputs, validated, accepted,
+    # deadletter, contributions: one partition, views)
     assert {(s.labels["topic"], s.labels["partition"]) for s in lags} == {
-        (topic_name(t, settings.topic_prefix), p) for t in Topic for p in partitions
+        (topic_name(t, settings.topic_prefix), str(p))
+        for t in Topic
+        for p in range(topic_spec(t).partitions or settings.partitions)
     }
 
     assert sample_value(families, "exnet_ready") == 1.0

@@ -1,0 +1,79 @@
+"""The sink role's scheduled check of the views, as `exnet up` runs it: a real broker, the
+embedded database, the check reading through the SQL endpoint's read-only session."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from contracts import headers as H
+from contracts.topics import Topic, topic_name
+from contracts.views import VIEW_KEYS
+from exnet.metrics import Metrics
+from exnet.runner import _SinkRole
+from sinks.query import run_query
+from sinks.rows import VIEW_COLUMNS
+from tests.conftest import SettingsFactory, TopicFactory
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+
+#: Seconds for the sink to start, write, and check twice.
+TIMEOUT_S = 60.0
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_the_sink_role_counts_settled_differences(
+    settings_factory: SettingsFactory, topic_factory: TopicFactory
+) -> None:
+    settings = settings_factory(verify_interval_s=0.3, sink_batch_seconds=0.05)
+    for topic in (Topic.ACCEPTED, Topic.DEADLETTER, Topic.VIEWS):
+        topic_factory(topic_name(topic, settings.topic_prefix))
+    metrics = Metrics()
+    metrics.preset([])
+    errors: list[str] = []
+    role = _SinkRole(settings, metrics, standby=False, on_error=lambda: errors.append("sink"))
+    registry = metrics.registry
+
+    def differing(view: str) -> float | None:
+        return registry.get_sample_value("exnet_view_rows_differing", {"view": view})
+
+    def checked() -> float:
+        return registry.get_sample_value("exnet_view_check_last_timestamp_seconds") or 0.0
+
+    role.start()
+    try:
+        _wait(lambda: checked() > 0, "a first check")
+        # An empty network: the reference's rows count nothing, the stream wrote none.
+        assert {view: differing(view) for view in VIEW_KEYS} == dict.fromkeys(VIEW_KEYS, 0.0)
+
+        # The stream says 7 assays for the network; the facts hold none.
+        row: dict[str, object] = dict.fromkeys(VIEW_COLUMNS["network_summary"], 0)
+        row |= {"assays": 7, "updated_at": "2026-11-30T17:50:01.123+00:00", "version": 1}
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        producer.send(
+            topic_name(Topic.VIEWS, settings.topic_prefix),
+            key=b"network_summary",
+            value=orjson.dumps(row),
+            headers=[(H.TABLE, b"network_summary")],
+        )
+        producer.close()
+        _wait(lambda: differing("network_summary") == 1.0, "the settled difference")
+        assert differing("node_summary") == 0.0
+        # Analysts' queries share the endpoint's session with the check, one at a time.
+        assert run_query(settings, "SELECT assays FROM network_summary FINAL", "TSV") == b"7\n"
+        assert registry.get_sample_value("exnet_view_check_errors_total") == 0.0
+    finally:
+        role.stop()
+        role.join(timeout=TIMEOUT_S)
+    assert not role.is_alive() and role.error is None and not errors
