@@ -36,6 +36,7 @@ from sinks.migrate import apply_migrations, load_registry_tables
 from sinks.query import QueryEndpoint
 from sinks.verify import ViewCheck, rows_of
 from sinks.writer import ClickHouseWriter
+from streams.rollup import LiveViews
 
 __all__ = ["EXIT_BUG", "EXIT_INVALID_RATIO", "InitReport", "Role", "initialize", "run_up"]
 
@@ -251,7 +252,8 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
 
     metrics.ready.set_function(lambda: 1.0 if ready() else 0.0)  # evaluated at each scrape
 
-    ops = OpsServer(settings.metrics_host, settings.metrics_port, metrics, ready)
+    live = LiveViews() if runs_streams else None
+    ops = OpsServer(settings.metrics_host, settings.metrics_port, metrics, ready, live)
     ops.start()
     try:
         logged_in = _logged_in(settings, metrics, stop)
@@ -287,7 +289,7 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
     try:
         if runs_streams:
             metrics.role.labels(role="stream").set(1)
-            stream_status = _run_streams(settings, metrics, stop, consuming)
+            stream_status = _run_streams(settings, metrics, stop, consuming, live)
         else:
             while not stop.event.wait(1.0):
                 pass
@@ -361,7 +363,11 @@ def _logged_in(settings: Settings, metrics: Metrics, stop: _StopFlag) -> bool:
 
 
 def _run_streams(
-    settings: Settings, metrics: Metrics, stop: _StopFlag, consuming: threading.Event
+    settings: Settings,
+    metrics: Metrics,
+    stop: _StopFlag,
+    consuming: threading.Event,
+    live: LiveViews | None = None,
 ) -> int:
     """Run the Faust worker in this (main) thread until it stops; its exit status.
 
@@ -375,7 +381,7 @@ def _run_streams(
     if stop.event.is_set():
         return 0
     failures: list[WorkerFailed] = []
-    app = create_app(settings, metrics, on_failure=failures.append)
+    app = create_app(settings, metrics, on_failure=failures.append, live=live)
 
     async def forward_stop() -> None:
         # Runs inside the worker, whose loop now owns SIGTERM: re-raise a stop that
