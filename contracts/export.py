@@ -111,7 +111,7 @@ def topic_registry(
                 "schemas": [{"schema": s, "json_schema": files[s]} for s in spec.schemas],
                 "key": spec.key,
                 "compatibility": spec.compatibility,
-                "partitions": partitions,
+                "partitions": spec.partitions or partitions,
                 "replication_factor": replication_factor,
                 "config": dict(spec.config),
                 "description": spec.description,

@@ -19,9 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated, Any, Final, NamedTuple, Union
 
 import orjson
@@ -278,6 +279,12 @@ class Validator:
             for topic in INPUT_TOPICS
         }
         self._by_topic = {contract.topic: contract for contract in self._contracts.values()}
+        #: site_id -> the registry's IANA time zone of the site (SPEC §3), where it gives one.
+        self.site_zones: dict[str, tzinfo] = {
+            site.id: zoneinfo.ZoneInfo(site.timezone)
+            for _, site in (registry.sites() if registry is not None else ())
+            if site.timezone is not None
+        }
 
     def validate_message(
         self,

@@ -27,10 +27,11 @@ all of a participant's events meet in one partition:
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any, NamedTuple
 
 import orjson
@@ -51,8 +52,10 @@ __all__ = [
     "conflict_message",
     "deadletter_message",
     "fact_json",
+    "local_date",
     "read_route",
     "read_validated",
+    "sent_utc_offset",
     "source_origin",
     "validated_message",
     "validated_partition",
@@ -176,14 +179,44 @@ def source_origin(headers: Mapping[str, bytes]) -> Origin:
     )
 
 
-def fact_json(accepted: Accepted, canonical: bytes) -> bytes:
+#: ``occurred_at`` as a site wrote it, when it holds no escape (the usual case).
+_OCCURRED_AT = re.compile(rb'"occurred_at"\s*:\s*"([^"\\]*)"')
+
+
+def sent_utc_offset(original: bytes) -> int:
+    """The UTC offset, in minutes east (``-300`` for ``-05:00``; ``Z`` is 0), that the
+    site wrote ``occurred_at`` with, in ``original``: the bytes of a message the
+    validator accepted (so ``occurred_at`` ends in ``Z`` or ``±hh:mm``).
+
+    Read from the bytes, as the event itself holds the time in UTC (its canonical,
+    comparable form); a value written with JSON escapes is read by parsing.
+    """
+    found = _OCCURRED_AT.search(original)
+    text = found.group(1).decode() if found else orjson.loads(original)["occurred_at"]
+    if text.endswith("Z"):
+        return 0
+    minutes = int(text[-5:-3]) * 60 + int(text[-2:])
+    return -minutes if text[-6] == "-" else minutes
+
+
+def local_date(occurred_at: datetime, offset_min: int, zone: tzinfo | None) -> date:
+    """The day ``occurred_at`` fell on where it happened: in the site's IANA ``zone``
+    (the registry's, SPEC §3) when known, else at the offset the site sent."""
+    if zone is not None:
+        return occurred_at.astimezone(zone).date()
+    return (occurred_at + timedelta(minutes=offset_min)).date()
+
+
+def fact_json(accepted: Accepted, canonical: bytes, local: tuple[int, date] | None = None) -> bytes:
     """The event's fact-table row as one JSON object, ``ingested_at`` aside (the sink's).
 
     ``canonical``: :meth:`~contracts.validation.Accepted.canonical_json` of
     ``accepted``; then, for assays, the value in the analyte's canonical unit
-    (``value_canonical``, ``unit_canonical``), and the lineage of the site's
-    message (``source_topic``, ``source_partition``, ``source_offset``). The
-    keys are the fact table's columns (SPEC §4).
+    (``value_canonical``, ``unit_canonical``); the UTC offset the site wrote
+    ``occurred_at`` with and the local date it fell on (``utc_offset_min``,
+    ``local_date``, from ``local``; omitted when None); and the lineage of the
+    site's message (``source_topic``, ``source_partition``, ``source_offset``).
+    The keys are the fact table's columns (SPEC §4).
     """
     origin = accepted.origin
     assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
@@ -195,6 +228,9 @@ def fact_json(accepted: Accepted, canonical: bytes) -> bytes:
         # write (orjson would write null, stored as 0): ClickHouse reads the string.
         lineage["value_canonical"] = value if math.isfinite(value) else "inf"
         lineage["unit_canonical"] = unit
+    if local is not None:
+        lineage["utc_offset_min"] = local[0]
+        lineage["local_date"] = local[1].isoformat()
     lineage["source_topic"] = origin.topic
     lineage["source_partition"] = origin.partition
     lineage["source_offset"] = origin.offset
@@ -202,10 +238,14 @@ def fact_json(accepted: Accepted, canonical: bytes) -> bytes:
 
 
 def validated_message(
-    accepted: Accepted, original: bytes, timestamp_ms: int | None
+    accepted: Accepted,
+    original: bytes,
+    timestamp_ms: int | None,
+    zones: Mapping[str, tzinfo] | None = None,
 ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     """Validate -> deduplicate: (key, value, headers) of an event that passed validation;
-    its partition is :func:`validated_partition` of the key."""
+    its partition is :func:`validated_partition` of the key. ``zones``: site_id ->
+    its time zone (the registry's), for the event's local date."""
     origin = accepted.origin
     assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
     canonical = accepted.canonical_json()
@@ -221,7 +261,10 @@ def validated_message(
         timestamp_ms,
     )
     headers = [(H.ROUTE, route.encode()), (H.ORIGINAL, original)]
-    return event.event_id.encode(), fact_json(accepted, canonical), headers
+    offset = sent_utc_offset(original)
+    zone = zones.get(event.site_id) if zones is not None else None
+    local = (offset, local_date(event.occurred_at, offset, zone))
+    return event.event_id.encode(), fact_json(accepted, canonical, local), headers
 
 
 def read_validated(key: bytes, value: bytes, headers: Headers) -> Received:

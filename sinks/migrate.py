@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
-from contracts.registry import NetworkRegistry
+from contracts.registry import NetworkRegistry, outcome_definition
 from sinks.errors import MigrationError
 
 __all__ = ["MIGRATIONS", "apply_migrations", "load_registry_tables"]
@@ -23,6 +23,7 @@ MIGRATIONS: tuple[str, ...] = (
     "m0003_views",
     "m0004_rejected_redacted",
     "m0005_stream_views",
+    "m0006_analysts_tables",
 )
 
 
@@ -90,7 +91,34 @@ def load_registry_tables(client: Client, database: str, registry: NetworkRegistr
     )
     client.insert(
         f"{database}.sites",
-        [[site.id, node_id, site.name, now] for node_id, site in registry.sites()],
-        column_names=["site_id", "node_id", "name", "loaded_at"],
+        [
+            [site.id, node_id, site.name, site.timezone or "", now]
+            for node_id, site in registry.sites()
+        ],
+        column_names=["site_id", "node_id", "name", "timezone", "loaded_at"],
+        settings={"async_insert": 0},
+    )
+    endpoint = registry.primary_endpoint
+    study = (
+        [
+            endpoint.instrument,
+            endpoint.week,
+            endpoint.response_reduction_pct,
+            endpoint.remission_max if endpoint.remission_max is not None else -1,
+        ]
+        if endpoint is not None
+        else ["", 0, 50, -1]
+    )
+    client.insert(
+        f"{database}.study",
+        [[*study, outcome_definition(endpoint), now]],
+        column_names=[
+            "instrument",
+            "week",
+            "response_reduction_pct",
+            "remission_max",
+            "definition",
+            "loaded_at",
+        ],
         settings={"async_insert": 0},
     )

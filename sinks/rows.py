@@ -42,6 +42,8 @@ __all__ = [
 Headers = Mapping[str, bytes]
 
 _LINEAGE = ("source_topic", "source_partition", "source_offset", "ingested_at")
+#: Every fact row's local time: the UTC offset the site sent, the site's local date.
+_LOCAL = ("utc_offset_min", "local_date")
 #: Lead every fact row, as in the migrations: the row's identity and its contract version.
 _LEADING = ("event_id", "schema")
 #: Columns the sink adds to an event type's fields: ``assay`` values in the canonical unit.
@@ -75,6 +77,7 @@ FACT_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     event_type: (
         *fields,
         *_DERIVED.get(event_type, ()),
+        *_LOCAL,
         *_LINEAGE,
     )
     for event_type, fields in _FIELDS.items()

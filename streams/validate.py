@@ -69,7 +69,9 @@ class ValidateStage:
             value = record.value
             outcome = validate(value, record.key, Origin(topic, partition, record.offset), now)
             if isinstance(outcome, Accepted):
-                key, fact, headers = validated_message(outcome, value, record.timestamp)
+                key, fact, headers = validated_message(
+                    outcome, value, record.timestamp, self.validator.site_zones
+                )
                 partition_out = validated_partition(key, self.validated_partitions)
                 out.append((self.validated_topic, partition_out, key, fact, headers, None))
                 accepted_by_site[outcome.event.site_id] += 1

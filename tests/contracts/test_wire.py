@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import zoneinfo
+from datetime import UTC, date, datetime
 
 import orjson
 import pytest
@@ -17,8 +18,10 @@ from contracts.wire import (
     accepted_message,
     conflict_message,
     deadletter_message,
+    local_date,
     read_route,
     read_validated,
+    sent_utc_offset,
     validated_message,
     validated_partition,
 )
@@ -156,3 +159,45 @@ def test_a_route_header_of_another_format_names_the_upgrade() -> None:
         Route.decode(b"")
     with pytest.raises(ValueError, match="drain the pipeline"):
         Route.decode(b"abc 3 exnet.session")
+
+
+@pytest.mark.parametrize(
+    ("written", "minutes"),
+    [
+        (b'{"occurred_at":"2025-05-12T22:30:00Z"}', 0),
+        (b'{"occurred_at" : "2025-05-12T22:30:00.123+02:00"}', 120),
+        (b'{"a":1,"occurred_at":"2025-05-12T22:30:00-05:30"}', -330),
+        (b'{"occurred_at":"2025-05-12T22:30:00-12:00"}', -720),
+        # Escapes are legal JSON: read by parsing, not from the bytes.
+        (b'{"occurred_at":"2025-05-12T22:30:00\\u002B14:00"}', 840),
+        (b'{"occurred\\u005fat":"2025-05-12T22:30:00-03:00"}', -180),
+    ],
+)
+def test_the_offset_the_site_sent_is_read_from_its_bytes(written: bytes, minutes: int) -> None:
+    assert sent_utc_offset(written) == minutes
+
+
+def test_the_local_date_is_the_sites_zone_else_the_offset_it_sent() -> None:
+    """22:30 on 12 May in Chicago is 03:30 on 13 May in UTC (SPEC §3)."""
+    at = datetime(2025, 5, 13, 3, 30, tzinfo=UTC)
+    chicago = zoneinfo.ZoneInfo("America/Chicago")
+    assert local_date(at, -300, chicago) == date(2025, 5, 12)
+    assert local_date(at, -300, None) == date(2025, 5, 12)
+    assert local_date(at, 0, None) == date(2025, 5, 13)
+    # The zone wins over an offset a site's clock got wrong (CDT is -05:00, not +02:00).
+    assert local_date(at, 120, chicago) == date(2025, 5, 12)
+
+
+def test_the_fact_row_keeps_the_offset_and_the_local_date() -> None:
+    raw = orjson.dumps({**EVENT, "occurred_at": "2025-05-12T22:30:00-05:00"})
+    outcome = Validator(None).validate_message(
+        raw, b"P-0123456789", Origin("exnet.assessment", 1, 9), NOW
+    )
+    assert isinstance(outcome, Accepted)
+    _, value, _ = validated_message(outcome, raw, None)
+    row = orjson.loads(value)
+    assert row["occurred_at"] == "2025-05-13T03:30:00Z"
+    assert (row["utc_offset_min"], row["local_date"]) == (-300, "2025-05-12")
+    berlin = {outcome.event.site_id: zoneinfo.ZoneInfo("Europe/Berlin")}
+    _, value, _ = validated_message(outcome, raw, None, berlin)
+    assert orjson.loads(value)["local_date"] == "2025-05-13"

@@ -61,6 +61,8 @@ def _row(event_id: str, score: int) -> list[Any]:
         "PHQ9",
         score,
         0,
+        60,
+        now.date(),
         "exnet.assessment",
         0,
         1,

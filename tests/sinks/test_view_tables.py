@@ -106,7 +106,8 @@ def _insert_facts(client: Any, database: str) -> None:
         for n, (status, minutes) in enumerate((("attended", 42.5), ("missed", None)))
     ]
     for event_type, rows in (("enrollment", enrollment), ("session", sessions)):
-        columns = FACT_COLUMNS[event_type]
+        # The columns of the previous release's tables (m0006 added the local time).
+        columns = [c for c in FACT_COLUMNS[event_type] if c not in ("utc_offset_min", "local_date")]
         client.insert(
             f"{database}.{event_type}_events",
             [[row[c] for c in columns] for row in rows],
@@ -162,12 +163,25 @@ def test_an_older_database_with_facts_keeps_its_figures_as_the_reference(
 ) -> None:
     database = settings.clickhouse_database
     _migrate_up_to_m0004(bare, database, monkeypatch)
-    load_registry_tables(bare, database, load_registry(DEMO_REGISTRY))
+    # The registry as the previous release loaded it (its sites had no time zone column).
+    registry = load_registry(DEMO_REGISTRY)
+    loaded = datetime(2026, 3, 1, tzinfo=UTC)
+    bare.insert(
+        f"{database}.nodes",
+        [[node.id, node.name, loaded] for node in registry.nodes],
+        column_names=["node_id", "name", "loaded_at"],
+    )
+    bare.insert(
+        f"{database}.sites",
+        [[site.id, node_id, site.name, loaded] for node_id, site in registry.sites()],
+        column_names=["site_id", "node_id", "name", "loaded_at"],
+    )
     _insert_facts(bare, database)
     before = {view: _reference_rows(bare, view) for view in VIEWS}
     assert before["node_daily"] and before["arm_summary"]  # the facts show in every view
 
-    assert apply_migrations(bare, database) == [M0005]
+    assert apply_migrations(bare, database) == list(MIGRATIONS[MIGRATIONS.index(M0005) :])
+    load_registry_tables(bare, database, registry)
 
     for view in VIEWS:
         assert _reference_rows(bare, f"{view}_reference") == before[view], view
@@ -184,7 +198,7 @@ def test_interrupted_then_applied_again(
     # nothing is recorded.
     for statement in statements[:5]:
         bare.command(statement)
-    assert apply_migrations(bare, database) == [M0005]
+    assert apply_migrations(bare, database) == list(MIGRATIONS[MIGRATIONS.index(M0005) :])
     # And every statement once more, as a second interrupted run would: no error.
     for statement in statements:
         bare.command(statement)

@@ -37,7 +37,7 @@ def record(event: EventBase, offset: int = 0) -> Any:
     """The event as the aggregate stage reads it from ``exnet.accepted``."""
     topic = Topic.for_event_type(event.EVENT_TYPE)
     accepted = Accepted(event, topic, Origin(topic_name(topic, ""), 0, offset))
-    _, value, headers = validated_message(accepted, b"", None)
+    _, value, headers = validated_message(accepted, accepted.canonical_json(), None)
     return SimpleNamespace(key=event.participant_id.encode(), value=value, headers=headers)
 
 

@@ -219,6 +219,8 @@ def _fact_rows(now: datetime) -> dict[str, list[dict[str, Any]]]:
             "node_id": SITE_NODE[site],
             "site_id": site,
             "participant_id": pid,
+            "utc_offset_min": 0,
+            "local_date": at.date(),
             "source_topic": f"exnet.{event_type}",
             "source_partition": 0,
             "source_offset": offset,
