@@ -248,7 +248,7 @@ def _outcomes(events: list[EventBase], endpoint: PrimaryEndpoint | None) -> tupl
         for k, f in compute_views(events, NODES, endpoint).arm_summary.items()
         if k.scope == "network"
     ]
-    return figures["responders"], figures["remitters"]
+    return int(figures["responders"]), int(figures["remitters"])
 
 
 def test_a_primary_endpoint_counts_only_its_instrument_and_week() -> None:
