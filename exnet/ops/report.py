@@ -36,6 +36,7 @@ from typing import Any, Final, get_args
 
 from contracts.enrollment import Adjunct, EnrollmentStatus
 from contracts.enrollment import Arm as Modality
+from contracts.registry import ANY_LATER_WEEK
 from contracts.session import AdverseEvent
 from contracts.units import Analyte
 from exnet.ops._sql import from_millis, query_rows, to_float, to_int
@@ -200,6 +201,9 @@ class ReportData:
     site_rows: tuple[dict[str, Any], ...] = ()
     #: The data cut-off: the newest occurred_at of any accepted event.
     cutoff: datetime | None = None
+    #: How responders and remitters were counted (the registry's primary endpoint or
+    #: SPEC §1's rule), in words: the ``study`` table's.
+    outcome_definition: str = ANY_LATER_WEEK
 
     @property
     def arm_keys(self) -> list[Arm]:
@@ -258,6 +262,7 @@ def collect_report(settings: Settings, now: datetime | None = None) -> ReportDat
         **_changes(settings),
         **_safety(settings),
         site_rows=_site_rows(settings),
+        outcome_definition=_outcome_definition(settings),
         cutoff=_cutoff(settings),
     )
 
@@ -351,6 +356,16 @@ def _cutoff(settings: Settings) -> datetime | None:
 
 def _arm(row: Mapping[str, Any]) -> Arm:
     return (str(row["modality"]), str(row["adjunct"]))
+
+
+def _outcome_definition(settings: Settings) -> str:
+    """The definition of response and remission in force (the latest registry load's)."""
+    db = settings.clickhouse_database
+    rows = query_rows(
+        settings,
+        f"SELECT argMax(definition, loaded_at) AS definition, count() AS n FROM {db}.study",  # noqa: S608  # validated names
+    )
+    return str(rows[0]["definition"]) if rows and to_int(rows[0]["n"]) else ANY_LATER_WEEK
 
 
 def _arms(settings: Settings) -> dict[Arm, ArmOutcome]:
@@ -868,7 +883,8 @@ def _outcomes(data: ReportData) -> Section:
         "outcomes",
         "Response and remission by arm",
         "Responders and remitters are those of <code>arm_summary</code> (scope "
-        "<code>network</code>). <strong>Denominator: every participant randomized to the "
+        f"<code>network</code>), counted by <strong>{escape(data.outcome_definition)}</strong>. "
+        "<strong>Denominator: every participant randomized to the "
         "arm</strong> (intention to treat: a participant without a later assessment counts as "
         "neither). <em>Evaluable</em> = randomized with a week-0 and at least one later "
         "assessment, shown for reference. Intervals: Wilson score, 95%.",

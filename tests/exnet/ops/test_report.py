@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from contracts.registry import load_registry
 from exnet.ops.report import (
     collect_report,
     render_report,
@@ -23,6 +24,8 @@ from exnet.ops.report import (
     wilson_interval,
     write_report,
 )
+from sinks.client import connect
+from sinks.migrate import load_registry_tables
 
 from .conftest import EXPECTED_ARMS, EXPECTED_FUNNEL, Seeded
 from .helpers import ops_cli
@@ -178,6 +181,9 @@ def test_report_from_known_data_renders_offline(seeded: Seeded, tmp_path: Path) 
     static = _parse(html)
     assert static.marks == EXPECTED_MARKS
     assert static.declared == EXPECTED_MARKS
+    # The report says how responders and remitters were counted (#15 item 9).
+    assert data.outcome_definition.startswith("any instrument at any later week")
+    assert "counted by <strong>any instrument at any later week" in html
     assert all(url.startswith("#") for url in static.urls), static.urls  # nothing to fetch
     assert 'http-equiv="Content-Security-Policy" content="default-src \'none\'' in html
     assert "Denominator: every participant randomized to the arm" in html
@@ -207,6 +213,20 @@ def test_report_from_known_data_renders_offline(seeded: Seeded, tmp_path: Path) 
 
 
 @pytest.mark.clickhouse
+def test_the_report_names_the_registrys_primary_endpoint(seeded: Seeded, tmp_path: Path) -> None:
+    text = seeded.settings.registry_path.read_text(encoding="utf-8")
+    registry = tmp_path / "endpoint.yaml"
+    registry.write_text("primary_endpoint: {instrument: HAMD17, week: 12}\n" + text)
+    client = connect(seeded.settings)
+    try:
+        load_registry_tables(client, seeded.settings.clickhouse_database, load_registry(registry))
+    finally:
+        client.close()
+    data = collect_report(seeded.settings, now=seeded.now)
+    assert data.outcome_definition.startswith("HAMD17 at week 12 (the registry's primary endpoint)")
+    assert "HAMD17 at week 12" in render_report(data)
+
+
 def test_the_checks_catch_a_broken_page(seeded: Seeded, tmp_path: Path) -> None:
     """Negative control: a script error and an outside fetch are both seen."""
     page = write_report(seeded.settings, tmp_path / "report.html", now=seeded.now)
