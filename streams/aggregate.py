@@ -1,24 +1,27 @@
-"""The aggregate stage, pure: each participant's events -> their whole contribution to the views.
+"""The aggregate stage, pure: each participant's events -> their versioned pieces of the views.
 
-State per participant (the ``participants`` table, keyed by participant_id,
-co-partitioned with ``exnet.accepted``): what the views need of each of their
-accepted events, by ``event_id`` (:class:`Participant`). An event read twice
-(a replay) lands on its own ``event_id`` again, so the state is the *set* of
-the participant's events, whatever the order they arrived in.
+A participant's share of the views comes in **pieces**, one per view row it
+counts in: ``node|<node_id>`` (statuses reached, sessions, minutes, adverse
+events, specimen ids, assays, assessments at that node: ``node_summary``),
+``day|<node_id>|<YYYY-MM-DD>`` (that UTC day's sessions and enrollment events:
+``node_daily``) and ``arm`` (the arm of the latest ``randomized`` event by
+``occurred_at`` then ``event_id``, with the attended sessions, minutes, response
+and remission: ``arm_summary``). The network's figures are the rollup's, from
+the participant's node pieces.
 
-From the state, :func:`contribution` computes the participant's whole share
-of every view row (SPEC §4), from scratch: the statuses they reached and their
-sessions, specimens, assays and assessments per node; their arm (the latest
-``randomized`` event by ``occurred_at``, then ``event_id``) with their attended
-sessions, minutes, response and remission; their sessions and enrollment
-events per node and UTC day. Its ``version`` is the number of events it was
-computed from, so a later contribution of a participant supersedes an earlier
-one; the rollup stage (:mod:`streams.rollup`) keeps the latest per participant
-and sums them.
+State (the ``participants`` table, co-partitioned with ``exnet.accepted``):
+``<participant_id>|e|<event_id>``, one marker per event counted, so an event
+read twice (a replay) counts once whatever order events came in; and each
+piece's running state, ``<participant_id>|<piece>``, with ``n``, the number of
+events it counted. A new event updates the two or three pieces it touches (no
+rescan of the participant's history); minutes add up exactly (Shewchuk's
+partials, as :func:`math.fsum`).
 
-Why whole contributions and not deltas: a delta lost or applied twice between
-stages would leave a wrong sum for good; a contribution read twice, or late,
-changes nothing, and the next one corrects whatever came before.
+The stage sends, per participant a batch names, the pieces its events touch,
+each an absolute value with ``v`` = its ``n``, never a delta: the rollup
+(:mod:`streams.rollup`) keeps per participant and piece the highest ``v``, so a
+piece lost, repeated or late between the stages cannot leave a wrong sum for
+good. A batch read again (its events already counted) sends its pieces again.
 """
 
 from __future__ import annotations
@@ -32,19 +35,9 @@ import orjson
 
 from contracts.assessment import REMISSION_MAX
 from contracts.registry import PrimaryEndpoint
-from contracts.views import SESSION_COLUMNS, STATUS_COLUMNS
 from contracts.wire import Outgoing, Route, read_route
 
-__all__ = [
-    "Aggregated",
-    "AggregateStage",
-    "Participant",
-    "contribution",
-    "fact_of",
-]
-
-#: Figures of a participant's sessions, in the views' order (then minutes, adverse events).
-_SESSION_STATUSES: Final = tuple(column.removeprefix("sessions_") for column in SESSION_COLUMNS)
+__all__ = ["AggregateStage", "Aggregated", "fact_of", "piece_figures"]
 
 # What is kept of one event (a JSON array, first item its kind):
 #   enrollment: ["e", node_id, day, occurred_s, status, modality, adjunct]
@@ -95,145 +88,119 @@ def fact_of(route: Route, event: dict[str, Any]) -> Fact:
     raise ValueError(f"no view counts {kind!r} events")
 
 
-@dataclass(slots=True)
-class Participant:
-    """One participant's events as the views see them: event_id -> :data:`Fact`."""
-
-    facts: dict[str, Fact] = field(default_factory=dict)
-
-    def encode(self) -> bytes:
-        return orjson.dumps(self.facts)
-
-    @classmethod
-    def decode(cls, data: bytes | None) -> Participant:
-        return cls(orjson.loads(data) if data else {})
-
-
-def _zero_sessions() -> dict[str, Any]:
-    figures: dict[str, Any] = dict.fromkeys(SESSION_COLUMNS, 0)
-    figures["exercise_minutes"] = []  # summed with math.fsum at the end
-    figures["adverse_events"] = 0
-    return figures
+def _add_exact(partials: list[float], x: float) -> list[float]:
+    """``partials`` (non-overlapping floats whose exact sum is the running total) plus
+    ``x``, exactly: Shewchuk's algorithm, as :func:`math.fsum` keeps its partials."""
+    out = []
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        high = x + y
+        low = y - (high - x)
+        if low:
+            out.append(low)
+        x = high
+    out.append(x)
+    return out
 
 
-def _add_session(figures: dict[str, Any], fact: Fact) -> None:
-    _, _, _, status, minutes, adverse = fact
-    figures[f"sessions_{status}"] += 1
-    if status == "attended" and minutes is not None:
-        figures["exercise_minutes"].append(minutes)
-    figures["adverse_events"] += adverse
-
-
-def _summed(figures: dict[str, Any]) -> dict[str, Any]:
-    """The figures with the minutes summed, zeros left out (a missing figure is 0)."""
-    figures["exercise_minutes"] = math.fsum(figures["exercise_minutes"])
-    return {column: value for column, value in figures.items() if value}
-
-
-def contribution(
-    participant_id: str, participant: Participant, endpoint: PrimaryEndpoint | None = None
-) -> dict[str, Any]:
-    """The participant's whole share of the views, as JSON-ready data::
-
-        {"participant_id": str, "version": int (events counted),
-         "nodes": {node_id: {"reached": [status, ...], sessions_* ..., "exercise_minutes",
-                             "adverse_events", "specimens": [specimen_id, ...],
-                             "assays", "assessments"}},  # zeros and empty lists left out
-         "arm": None | {"node_id", "modality", "adjunct", "sessions_attended",
-                        "exercise_minutes", "responder": bool, "remitter": bool},
-         "daily": {"<node_id>|<YYYY-MM-DD>": {sessions_* ..., "exercise_minutes",
-                                            "adverse_events", <status>: count ...}}}
-                                            # zeros left out
-
-    Counts are ints, minutes floats (each a :func:`math.fsum`). Response and
-    remission follow SPEC §1, or the registry's primary ``endpoint`` (SPEC §3).
-    Pure.
-    """
-    nodes: dict[str, dict[str, Any]] = {}
-    daily: dict[str, dict[str, Any]] = {}
-    randomized: Fact | None = None
-    randomized_id = ""
-    attended = 0
-    minutes: list[float] = []
-    baselines: dict[str, tuple[float, str, int]] = {}  # instrument -> (occurred_s, id, score)
-    later: list[tuple[str, int, int]] = []  # (instrument, week, score) of weeks > 0
-
-    def node(node_id: str) -> dict[str, Any]:
-        figures = nodes.get(node_id)
-        if figures is None:
-            figures = nodes[node_id] = {
-                "reached": set(),
-                **_zero_sessions(),
-                "specimens": set(),
-                "assays": 0,
-                "assessments": 0,
-            }
-        return figures
-
-    def day(node_id: str, date: str) -> dict[str, Any]:
-        key = f"{node_id}|{date}"
-        figures = daily.get(key)
-        if figures is None:
-            figures = daily[key] = {**_zero_sessions(), **dict.fromkeys(STATUS_COLUMNS, 0)}
-        return figures
-
-    for event_id, fact in participant.facts.items():
-        kind = fact[0]
-        if kind == "s":
-            _add_session(node(fact[1]), fact)
-            _add_session(day(fact[1], fact[2]), fact)
-            if fact[3] == "attended":
-                attended += 1
-                if fact[4] is not None:
-                    minutes.append(fact[4])
-        elif kind == "e":
-            _, node_id, date, occurred_s, status, _, _ = fact
-            node(node_id)["reached"].add(status)
-            day(node_id, date)[status] += 1
-            if status == "randomized" and (
-                randomized is None or (occurred_s, event_id) > (randomized[3], randomized_id)
-            ):
-                randomized, randomized_id = fact, event_id
-        elif kind == "a":
-            figures = node(fact[1])
-            figures["specimens"].add(fact[2])
-            figures["assays"] += 1
-        else:  # "q"
-            _, node_id, instrument, week, score, occurred_s = fact
-            node(node_id)["assessments"] += 1
+def _apply(kind: str, state: dict[str, Any], fact: Fact, event_id: str) -> None:
+    """Count one new event in a piece's running state (``kind``: node, day or arm)."""
+    state["n"] = state.get("n", 0) + 1
+    what = fact[0]
+    if kind == "arm":
+        if what == "e":  # a randomization
+            _, node_id, _, occurred_s, _, modality, adjunct = fact
+            prior = state.get("randomized")
+            if prior is None or (occurred_s, event_id) > (prior[0], prior[1]):
+                state["randomized"] = [occurred_s, event_id, node_id, modality, adjunct]
+        elif what == "s":  # an attended session
+            state["attended"] = state.get("attended", 0) + 1
+            if fact[4] is not None:
+                state["m"] = _add_exact(state.get("m", []), fact[4])
+        else:  # an assessment
+            _, _, instrument, week, score, occurred_s = fact
             if week > 0:
-                later.append((instrument, week, score))
+                state.setdefault("later", []).append([instrument, week, score])
             else:
+                baselines = state.setdefault("baselines", {})
                 prior = baselines.get(instrument)
-                if prior is None or (occurred_s, event_id) > prior[:2]:
-                    baselines[instrument] = (occurred_s, event_id, score)
-    arm = None
-    if randomized is not None:
-        arm = {
-            "node_id": randomized[1],
-            "modality": randomized[5],
-            "adjunct": randomized[6],
-            "sessions_attended": attended,
-            "exercise_minutes": math.fsum(minutes),
+                if prior is None or (occurred_s, event_id) > (prior[0], prior[1]):
+                    baselines[instrument] = [occurred_s, event_id, score]
+        return
+    if what == "s":
+        _, _, _, status, minutes, adverse = fact
+        column = f"sessions_{status}"
+        state[column] = state.get(column, 0) + 1
+        if status == "attended" and minutes is not None:
+            state["m"] = _add_exact(state.get("m", []), minutes)
+        if adverse:
+            state["adverse_events"] = state.get("adverse_events", 0) + 1
+    elif what == "e":
+        status = fact[4]
+        if kind == "day":
+            state[status] = state.get(status, 0) + 1
+        elif status not in state.setdefault("reached", []):
+            state["reached"].append(status)
+    elif what == "a":
+        specimens = state.setdefault("specimens", [])
+        if fact[2] not in specimens:
+            specimens.append(fact[2])
+        state["assays"] = state.get("assays", 0) + 1
+    else:
+        state["assessments"] = state.get("assessments", 0) + 1
+
+
+def _pieces_of(fact: Fact, node_id: str) -> list[tuple[str, str]]:
+    """The pieces an event counts in: (kind, piece key)."""
+    what = fact[0]
+    out = [("node", f"node|{node_id}")]
+    if what in ("e", "s"):
+        out.append(("day", f"day|{node_id}|{fact[2]}"))
+    if (
+        (what == "e" and fact[4] == "randomized")
+        or (what == "s" and fact[3] == "attended")
+        or what == "q"
+    ):
+        out.append(("arm", "arm"))
+    return out
+
+
+def piece_figures(
+    piece_key: str, state: dict[str, Any], endpoint: PrimaryEndpoint | None = None
+) -> dict[str, Any]:
+    """The piece the rollup gets from a piece's running state: its figures (zeros left
+    out, minutes a float, specimens and statuses sorted) and ``v``. The ``arm``
+    piece: ``node_id``, ``modality``, ``adjunct``, ``sessions_attended``,
+    ``exercise_minutes``, ``responder``, ``remitter`` (SPEC §1, or the registry's
+    primary ``endpoint``, SPEC §3), or ``v`` alone while never randomized.
+    """
+    version = state["n"]
+    if piece_key == "arm":
+        randomized = state.get("randomized")
+        if randomized is None:
+            return {"v": version}
+        baselines = {k: (b[0], b[1], b[2]) for k, b in state.get("baselines", {}).items()}
+        later = [(i, w, score) for i, w, score in state.get("later", [])]
+        return {
+            "node_id": randomized[2],
+            "modality": randomized[3],
+            "adjunct": randomized[4],
+            "sessions_attended": state.get("attended", 0),
+            "exercise_minutes": math.fsum(state.get("m", [])),
             "responder": _responded(baselines, later, endpoint),
             "remitter": _remitted(later, endpoint),
+            "v": version,
         }
-    return {
-        "participant_id": participant_id,
-        "version": len(participant.facts),
-        "nodes": {
-            node_id: _summed(
-                {
-                    **figures,
-                    "reached": sorted(figures["reached"]),
-                    "specimens": sorted(figures["specimens"]),
-                }
-            )
-            for node_id, figures in nodes.items()
-        },
-        "arm": arm,
-        "daily": {key: _summed(figures) for key, figures in daily.items()},
-    }
+    figures = {k: v for k, v in state.items() if k not in ("n", "m") and v}
+    minutes = math.fsum(state.get("m", []))
+    if minutes:
+        figures["exercise_minutes"] = minutes
+    for listed in ("reached", "specimens"):
+        if listed in figures:
+            figures[listed] = sorted(figures[listed])
+    figures["v"] = version
+    return figures
 
 
 def _responded(
@@ -279,42 +246,69 @@ class Aggregated:
     new_events: int = 0
 
 
+#: The marker of an event counted (its entry's value).
+_COUNTED: Final = b"1"
+
+
 @dataclass(frozen=True)
 class AggregateStage:
-    """Updates the participants of one batch of ``exnet.accepted`` and sends their
-    contributions (key participant_id) to the one partition of ``contributions_topic``."""
+    """Counts the events of batches of ``exnet.accepted`` in the ``participants`` table
+    and sends the pieces they touch, one message per participant (key participant_id),
+    to the one partition of ``contributions_topic``.
+
+    ``endpoint``: the registry's primary endpoint (SPEC §3); None: SPEC §1's rule.
+    """
 
     contributions_topic: str
-    #: The registry's primary endpoint (SPEC §3); None: SPEC §1's definitions.
     endpoint: PrimaryEndpoint | None = None
 
     def __call__(self, records: Iterable[Any], table: MutableMapping[bytes, bytes]) -> Aggregated:
         """``records``: Kafka records of ``exnet.accepted`` (value = fact row, header
-        ``exnet-route``); ``table``: participant_id -> :meth:`Participant.encode`.
+        ``exnet-route``); ``table``: ``<participant_id>|e|<event_id>`` -> a marker, and
+        ``<participant_id>|<piece>`` -> the piece's running state (JSON).
 
-        Every participant the batch names gets their contribution sent, changed or
-        not: a contribution lost in a crash after the table's write was acknowledged
-        is sent again when the batch is read again.
+        Every participant the batch names gets the pieces of its events sent, new
+        events or not: a piece lost in a crash after the table's write was
+        acknowledged is sent again when the batch is read again.
         """
         result = Aggregated()
-        touched: dict[bytes, Participant] = {}
+        states: dict[bytes, dict[str, Any]] = {}  # table key -> piece state, this batch
         changed: set[bytes] = set()
+        touched: dict[bytes, set[str]] = {}  # participant -> piece keys
         for record in records:
             route = read_route(record.headers)
-            key = route.participant_id.encode()
-            participant = touched.get(key)
-            if participant is None:
-                participant = touched[key] = Participant.decode(table.get(key))
+            participant = route.participant_id.encode()
             event = orjson.loads(record.value)
             event_id = event["event_id"]
-            if event_id not in participant.facts:
-                participant.facts[event_id] = fact_of(route, event)
-                changed.add(key)
+            fact = fact_of(route, event)
+            marker = participant + b"|e|" + event_id.encode()
+            new = table.get(marker) is None
+            if new:
+                table[marker] = _COUNTED
                 result.new_events += 1
+            pieces = touched.setdefault(participant, set())
+            for kind, piece_key in _pieces_of(fact, route.node_id):
+                pieces.add(piece_key)
+                if not new:
+                    continue
+                key = participant + b"|" + piece_key.encode()
+                state = states.get(key)
+                if state is None:
+                    stored = table.get(key)
+                    state = states[key] = orjson.loads(stored) if stored is not None else {}
+                _apply(kind, state, fact, event_id)
+                changed.add(key)
+        for key in changed:
+            table[key] = orjson.dumps(states[key])
         out = result.outgoing
-        for key, participant in touched.items():
-            if key in changed:
-                table[key] = participant.encode()
-            share = orjson.dumps(contribution(key.decode(), participant, self.endpoint))
-            out.append((self.contributions_topic, 0, key, share, [], None))
+        for participant, piece_keys in touched.items():
+            sent = {}
+            for piece_key in piece_keys:
+                key = participant + b"|" + piece_key.encode()
+                state = states.get(key)
+                if state is None:
+                    state = orjson.loads(table[key])
+                sent[piece_key] = piece_figures(piece_key, state, self.endpoint)
+            value = orjson.dumps({"participant_id": participant.decode(), "pieces": sent})
+            out.append((self.contributions_topic, 0, participant, value, [], None))
         return result

@@ -87,6 +87,10 @@ PRODUCER_BATCH_BYTES = 1024 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_S = 1.0
+#: Seconds the rollup waits at most before it sends the rows that changed: each row is
+#: sent once per interval however many batches changed it (small batches at a steady
+#: rate would otherwise send every node's row per batch).
+VIEW_ROWS_EVERY_S = 0.5
 #: Seconds between checks whether the live views need filling from the rollup's table.
 FILL_VIEWS_S = 1.0
 #: Batches a stream may hold in its buffer (all its partitions together): each is a

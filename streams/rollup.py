@@ -1,18 +1,20 @@
-"""The rollup stage, pure: participants' contributions -> the rows of the views (SPEC §4).
+"""The rollup stage, pure: participants' pieces -> the rows of the views (SPEC §4).
 
 State (the ``contributions`` table, one partition, so one rollup sees the
-whole network): each participant's latest contribution
-(:func:`streams.aggregate.contribution`), by participant_id. A contribution
-replaces the participant's previous one only if its ``version`` is higher: a
-repeated or late one changes nothing.
+whole network): every participant's latest version of each of their pieces
+(:func:`streams.aggregate.contribution`), keyed ``<participant_id>|<piece>``.
+A piece replaces the held one only if its ``v`` is higher: a repeated or late
+piece changes nothing, and a later one replaces the participant's whole share
+of that row.
 
 The views' totals are a function of that table, :class:`Totals`: the sum of
-every participant's pieces (per node, for the network, per arm, per node and
-day). Replacing a contribution subtracts the old pieces and adds the new ones.
-Minutes are summed exactly (integers in units of 2**-1074, the smallest
-double), so no float error builds up over subtractions and the totals do not
-depend on the order contributions came in. Distinct specimens are counted
-with a reference count per specimen_id.
+every piece's row figures (a ``node`` piece counts in that node's
+``node_summary`` row, ``network`` in ``network_summary``, ``arm`` in its two
+``arm_summary`` rows, ``day`` in its ``node_daily`` row). Replacing a piece
+takes its old figures away and adds the new ones. Minutes are summed exactly
+(integers in units of 2**-1074, the smallest double), so no float error builds
+up over subtractions and the totals do not depend on the order pieces came in.
+Distinct specimens are counted with a reference count per specimen_id.
 
 Each batch sends, to ``exnet.views``, the rows it changed (plus every
 registered node's and the network's row), with ``version`` = the end offset of
@@ -25,7 +27,7 @@ row is sent again: rows lost in a crash are sent then.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -43,7 +45,7 @@ from contracts.views import (
 )
 from contracts.wire import Outgoing
 
-__all__ = ["LiveViews", "Rolled", "RollupStage", "Totals", "ViewKey", "pieces"]
+__all__ = ["LiveViews", "Rolled", "RollupStage", "Totals", "ViewKey", "piece_rows"]
 
 #: A row's key: the table's name, then the values of its key columns (VIEW_KEYS).
 ViewKey = tuple[str, ...]
@@ -64,55 +66,46 @@ def _exact(minutes: float) -> int:
     return numerator * (_SCALE // denominator)
 
 
-def pieces(share: Mapping[str, Any]) -> Iterator[tuple[ViewKey, dict[str, Any], Iterable[str]]]:
-    """A contribution's pieces: (row key, figures to add, specimen_ids to count distinct).
+def _fsum_exact(values: list[float]) -> float:
+    """The correctly rounded sum of ``values`` (as :func:`math.fsum`)."""
+    return sum(_exact(v) for v in values) / _SCALE
 
-    Figures hold counts (int) and ``exercise_minutes`` (float); a status reached
-    counts 1 (distinct participants). The network counts a status once however
-    many nodes the participant reached it at, and each specimen once.
-    """
-    network: dict[str, Any] = dict.fromkeys(SUMMARY_COLUMNS, 0)
-    network["exercise_minutes"] = []
-    network_reached: set[str] = set()
-    network_specimens: set[str] = set()
-    for node_id, node in share["nodes"].items():
-        reached = node.get("reached", ())
-        specimens = node.get("specimens", ())
-        figures: dict[str, Any] = dict.fromkeys(reached, 1)
+
+def piece_rows(
+    piece_key: str, piece: Mapping[str, Any]
+) -> list[tuple[ViewKey, dict[str, Any], Iterable[str]]]:
+    """The view rows one piece counts in: (row key, figures to add, specimen_ids to
+    count distinct). A status reached counts 1 (distinct participants)."""
+    kind, _, rest = piece_key.partition("|")
+    if kind in ("node", "network"):
+        figures: dict[str, Any] = dict.fromkeys(piece.get("reached", ()), 1)
         for column in _COUNTED:
-            value = node.get(column, 0)
-            figures[column] = value
-            network[column] += value
-        minutes = node.get("exercise_minutes", 0.0)
-        figures["exercise_minutes"] = minutes
-        network["exercise_minutes"].append(minutes)
-        figures["assays"] = node.get("assays", 0)  # specimens: counted distinct from their ids
-        figures["assessments"] = node.get("assessments", 0)
-        network["assays"] += figures["assays"]
-        network["assessments"] += figures["assessments"]
-        network_reached.update(reached)
-        network_specimens.update(specimens)
-        yield (NODE_SUMMARY, node_id), figures, specimens
-    if share["nodes"]:
-        network.update(dict.fromkeys(network_reached, 1))
-        minutes = network.pop("exercise_minutes")
-        # Added exactly, one by one, below: a list of floats, not their float sum.
-        yield _NETWORK_KEY, {**network, "exercise_minutes": minutes}, network_specimens
-    arm = share["arm"]
-    if arm is not None:
+            figures[column] = piece.get(column, 0)
+        figures["exercise_minutes"] = piece.get("exercise_minutes", 0.0)
+        figures["assays"] = piece.get("assays", 0)  # specimens: counted from their ids
+        figures["assessments"] = piece.get("assessments", 0)
+        key = (NODE_SUMMARY, rest) if kind == "node" else _NETWORK_KEY
+        return [(key, figures, piece.get("specimens", ()))]
+    if kind == "arm":
+        if "node_id" not in piece:
+            return []  # never randomized
         figures = {
             "randomized": 1,
-            "sessions_attended": arm["sessions_attended"],
-            "exercise_minutes": arm["exercise_minutes"],
-            "responders": int(arm["responder"]),
-            "remitters": int(arm["remitter"]),
+            "sessions_attended": piece["sessions_attended"],
+            "exercise_minutes": piece["exercise_minutes"],
+            "responders": int(piece["responder"]),
+            "remitters": int(piece["remitter"]),
         }
-        modality, adjunct = arm["modality"], arm["adjunct"]
-        yield (ARM_SUMMARY, "node", arm["node_id"], modality, adjunct), figures, ()
-        yield (ARM_SUMMARY, "network", "", modality, adjunct), figures, ()
-    for node_day, figures in share["daily"].items():
-        node_id, day = node_day.split("|")
-        yield (NODE_DAILY, node_id, day), figures, ()
+        modality, adjunct = piece["modality"], piece["adjunct"]
+        return [
+            ((ARM_SUMMARY, "node", piece["node_id"], modality, adjunct), figures, ()),
+            ((ARM_SUMMARY, "network", "", modality, adjunct), figures, ()),
+        ]
+    if kind == "day":
+        node_id, day = rest.split("|")
+        figures = {column: value for column, value in piece.items() if column != "v"}
+        return [((NODE_DAILY, node_id, day), figures, ())]
+    raise ValueError(f"no view row for a piece {piece_key!r}")
 
 
 _FIGURES: Final[dict[str, tuple[str, ...]]] = {
@@ -121,10 +114,6 @@ _FIGURES: Final[dict[str, tuple[str, ...]]] = {
     ARM_SUMMARY: ARM_COLUMNS,
     NODE_DAILY: DAILY_COLUMNS,
 }
-
-
-def _by_key(share: Mapping[str, Any]) -> dict[ViewKey, tuple[dict[str, Any], Iterable[str]]]:
-    return {key: (figures, specimens) for key, figures, specimens in pieces(share)}
 
 
 @dataclass(slots=True)
@@ -136,26 +125,26 @@ class Totals:
     #: row key -> specimen_id -> how many pieces name it.
     specimens: dict[ViewKey, Counter[str]] = field(default_factory=dict)
 
-    def add(self, share: Mapping[str, Any]) -> set[ViewKey]:
-        """Add a participant's first contribution; the row keys it touched."""
-        return self.replace(None, share)
-
-    def replace(self, prior: Mapping[str, Any] | None, share: Mapping[str, Any]) -> set[ViewKey]:
-        """Replace a participant's ``prior`` contribution by ``share``; the row keys that
-        changed. Only the pieces that differ are taken away and added (most of a
-        participant's days, for one, stay as they were)."""
-        before = _by_key(prior) if prior is not None else {}
-        after = _by_key(share)
+    def replace(
+        self, piece_key: str, prior: Mapping[str, Any] | None, piece: Mapping[str, Any]
+    ) -> set[ViewKey]:
+        """Replace a participant's ``prior`` version of a piece (None: none) by
+        ``piece``; the row keys that changed."""
         touched = set()
-        for key in before.keys() | after.keys():
-            old, new = before.get(key), after.get(key)
-            if old == new:
-                continue
+        before = {key: (f, ids) for key, f, ids in piece_rows(piece_key, prior)} if prior else {}
+        for key, figures, specimen_ids in piece_rows(piece_key, piece):
+            old = before.pop(key, None)
+            if old is None:
+                self._add(key, figures, specimen_ids, sign=1)
+            else:  # the same row: add the differences only (specimen ids mostly stay)
+                old_figures, old_ids = old
+                gone, came = set(old_ids) - set(specimen_ids), set(specimen_ids) - set(old_ids)
+                self._add(key, old_figures, gone, sign=-1)
+                self._add(key, figures, came, sign=1)
             touched.add(key)
-            if old is not None:
-                self._add(key, *old, sign=-1)
-            if new is not None:
-                self._add(key, *new, sign=1)
+        for key, (figures, specimen_ids) in before.items():  # rows the piece left (an arm)
+            self._add(key, figures, specimen_ids, sign=-1)
+            touched.add(key)
         return touched
 
     def _add(
@@ -166,8 +155,8 @@ class Totals:
             sums = self.sums[key] = Counter()
         for column, value in figures.items():
             if column in MINUTES_COLUMNS:
-                values = value if isinstance(value, list) else (value,)
-                sums[column] += sign * sum(_exact(v) for v in values)
+                if value:
+                    sums[column] += sign * _exact(value)
             elif value:
                 sums[column] += sign * value
         if specimen_ids:
@@ -203,7 +192,7 @@ class Rolled:
     outgoing: list[Outgoing] = field(default_factory=list)
     #: table -> rows sent (deleted ones included).
     rows: Counter[str] = field(default_factory=Counter)
-    #: Contributions that replaced an older one (the rest were repeats or late).
+    #: Pieces that replaced an older one (the rest were repeats or late).
     applied: int = 0
 
 
@@ -244,13 +233,24 @@ class RollupStage:
     """
 
     def __init__(
-        self, views_topic: str, nodes: Mapping[str, str], live: LiveViews | None = None
+        self,
+        views_topic: str,
+        nodes: Mapping[str, str],
+        live: LiveViews | None = None,
+        every_s: float = 0.0,
     ) -> None:
         self._views_topic = views_topic
+        #: Seconds between sends of the rows that changed (0: after every batch).
+        self.every_s = every_s
+        self._pending: set[ViewKey] = set()
+        self._version = 0
+        self._last_sent: datetime | None = None
         self._nodes = dict(nodes)
         self._live = live
         self.totals = Totals()
         self._generation: int | None = None
+        #: participant_id -> the table keys of their node pieces (rebuilt with the totals).
+        self._node_pieces: dict[bytes, set[bytes]] = {}
         self._current: dict[str, dict[ViewKey, dict[str, Any]]] = {t: {} for t in VIEW_KEYS}
 
     def __call__(
@@ -274,24 +274,53 @@ class RollupStage:
             touched.update(self.totals.keys())
         totals = self.totals
         for record in records:
-            key = record.key
             share = orjson.loads(record.value)
-            stored = table.get(key)
-            prior = orjson.loads(stored) if stored is not None else None
-            if prior is not None and prior["version"] >= share["version"]:
-                continue  # a repeat, or older than what is applied
-            touched |= totals.replace(prior, share)
-            table[key] = record.value
-            result.applied += 1
-        touched.add(_NETWORK_KEY)
-        touched.update((NODE_SUMMARY, node_id) for node_id in self._nodes)
+            prefix = record.key + b"|"
+            nodes_changed = False
+            for piece_key, piece in share["pieces"].items():
+                entry = prefix + piece_key.encode()
+                stored = table.get(entry)
+                prior = orjson.loads(stored) if stored is not None else None
+                if prior is not None and prior["v"] >= piece["v"]:
+                    continue  # a repeat, or older than what is applied
+                touched |= totals.replace(piece_key, prior, piece)
+                table[entry] = orjson.dumps(piece)
+                result.applied += 1
+                if piece_key.startswith("node|"):
+                    nodes_changed = True
+                    self._node_pieces.setdefault(record.key, set()).add(entry)
+            if nodes_changed:
+                touched |= self._renew_network(record.key, table)
+        self._pending |= touched
+        self._version = version
+        if self._last_sent is None or (now - self._last_sent).total_seconds() >= self.every_s:
+            result.outgoing = self.flush(now, result.rows)
+        return result
+
+    def flush(self, now: datetime, counts: Counter[str] | None = None) -> list[Outgoing]:
+        """The rows changed since the last flush (every registered node's and the
+        network's too), for ``exnet.views``; none when nothing changed.
+
+        Rows wait at most ``every_s`` (the agent flushes on a timer too): they are
+        derived from the table, whose changelog is written with each batch, so rows
+        not yet sent when a worker dies are sent by the next generation's rebuild.
+        """
+        if not self._pending:
+            return []
+        pending, self._pending = self._pending, set()
+        self._last_sent = now
+        pending.add(_NETWORK_KEY)
+        pending.update((NODE_SUMMARY, node_id) for node_id in self._nodes)
         stamp = now.isoformat(timespec="milliseconds")
-        for key in sorted(touched):
+        totals = self.totals
+        outgoing: list[Outgoing] = []
+        for key in sorted(pending):
             if key[0] == NODE_SUMMARY and key[1] not in self._nodes:
                 continue  # node_summary has the registered nodes' rows (others: network only)
-            row = self._row(key, stamp, version)
-            result.rows[key[0]] += 1
-            result.outgoing.append(
+            row = self._row(key, stamp, self._version)
+            if counts is not None:
+                counts[key[0]] += 1
+            outgoing.append(
                 (
                     self._views_topic,
                     None,
@@ -311,7 +340,7 @@ class RollupStage:
         if self._live is not None:
             for view, rows in self._current.items():
                 self._live.update(view, dict(rows))
-        return result
+        return outgoing
 
     def refresh(self, table: MutableMapping[bytes, bytes], now: datetime) -> None:
         """Fill the live views from ``table`` alone (a worker that recovered its table
@@ -333,11 +362,51 @@ class RollupStage:
         for view, rows in self._current.items():
             self._live.update(view, dict(rows))
 
+    def _renew_network(
+        self, participant: bytes, table: MutableMapping[bytes, bytes]
+    ) -> set[ViewKey]:
+        """The participant's share of ``network_summary``, from all their node pieces
+        (a status or a specimen counts once however many nodes saw it), stored as
+        their ``network`` piece; the rows that changed."""
+        network: dict[str, Any] = {}
+        reached: set[str] = set()
+        specimens: set[str] = set()
+        minutes: list[float] = []
+        for entry in self._node_pieces[participant]:
+            node = orjson.loads(table[entry])
+            for column, value in node.items():
+                if column == "reached":
+                    reached.update(value)
+                elif column == "specimens":
+                    specimens.update(value)
+                elif column == "exercise_minutes":
+                    minutes.append(value)
+                elif column != "v":
+                    network[column] = network.get(column, 0) + value
+        if reached:
+            network["reached"] = sorted(reached)
+        if specimens:
+            network["specimens"] = sorted(specimens)
+        if minutes:
+            network["exercise_minutes"] = _fsum_exact(minutes)
+        network["v"] = 0  # derived, never compared
+        entry = participant + b"|network"
+        stored = table.get(entry)
+        prior = orjson.loads(stored) if stored is not None else None
+        if prior == network:
+            return set()
+        table[entry] = orjson.dumps(network)
+        return self.totals.replace("network", prior, network)
+
     def _rebuild(self, table: MutableMapping[bytes, bytes]) -> None:
         self.totals = Totals()
         self._current = {t: {} for t in VIEW_KEYS}
-        for stored in list(table.values()):
-            self.totals.add(orjson.loads(stored))
+        self._node_pieces = {}
+        for entry, stored in list(table.items()):
+            participant, _, piece_key = entry.partition(b"|")
+            if piece_key.startswith(b"node|"):
+                self._node_pieces.setdefault(participant, set()).add(entry)
+            self.totals.replace(piece_key.decode(), None, orjson.loads(stored))
 
     def _row(self, key: ViewKey, stamp: str, version: int) -> dict[str, Any]:
         view = key[0]
