@@ -124,6 +124,8 @@ def main() -> None:
     if mismatches:
         raise UserError(f"network_summary differs from the simulation in {mismatches}")
     console.print("[green]network_summary matches what the simulation published.[/]")
+    # The stream-written views against the same figures recomputed from the facts.
+    _exnet("verify")
 
     report = settings.var_dir / "report.html"
     _exnet("report", "--out", str(report))
@@ -132,7 +134,8 @@ def main() -> None:
         f"report:   open {report.resolve()}\n"  # noqa: S608  # text for people, not SQL
         "status:   .venv/bin/exnet status\n"
         "rejects:  .venv/bin/exnet rejects --site N01-S01\n"
-        'SQL:      .venv/bin/exnet sql "SELECT * FROM node_summary" --format PrettyCompact\n'
+        'SQL:      .venv/bin/exnet sql "SELECT * FROM node_summary FINAL" --format PrettyCompact\n'
+        "verify:   .venv/bin/exnet verify   (stream-written views against the facts)\n"
         "docs:     docs/analytics.md (tables, views, example queries), "
         "docs/architecture.md"
     )

@@ -981,10 +981,7 @@ the geometric-mean ratio is post ÷ baseline averaged on the log scale. Interval
 Student t.</dd>
 <dt>Data cut-off</dt><dd>The newest <code>occurred_at</code> of any accepted event: what the
 report can know of, whenever it was generated.</dd>
-<dt>Response</dt><dd>A score at a later week (week &gt; 0) at most half of the participant's
-baseline (week 0) score on the same instrument.</dd>
-<dt>Remission</dt><dd>A score at a later week of PHQ-9 &lt; 5, HAM-D17 ≤ 7, MADRS ≤ 10 or
-BDI-II ≤ 13.</dd>
+<dt>Response, remission</dt><dd>{outcomes}.</dd>
 <dt>Rates</dt><dd>Responders (or remitters) / participants randomized to the arm, with a 95%
 Wilson score interval.</dd>
 <dt>Source</dt><dd>Accepted events only (fact tables read with <code>FINAL</code>, one row per
@@ -1043,7 +1040,7 @@ def render_report(data: ReportData) -> str:
         header_totals=header_totals,
         toc=toc,
         sections="".join(s.html() for s in sections),
-        definitions=_DEFINITIONS,
+        definitions=_DEFINITIONS.replace("{outcomes}", escape(data.outcome_definition)),
     )
 
 

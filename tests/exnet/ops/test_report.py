@@ -224,7 +224,9 @@ def test_the_report_names_the_registrys_primary_endpoint(seeded: Seeded, tmp_pat
         client.close()
     data = collect_report(seeded.settings, now=seeded.now)
     assert data.outcome_definition.startswith("HAMD17 at week 12 (the registry's primary endpoint)")
-    assert "HAMD17 at week 12" in render_report(data)
+    page = render_report(data)
+    assert page.count("HAMD17 at week 12") == 2  # the outcomes section and the definitions
+    assert "at most half of the participant" not in page
 
 
 def test_the_checks_catch_a_broken_page(seeded: Seeded, tmp_path: Path) -> None:
