@@ -26,10 +26,11 @@ good. A batch read again (its events already counted) sends its pieces again.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
@@ -38,6 +39,8 @@ from contracts.registry import PrimaryEndpoint
 from contracts.wire import Outgoing, Route, read_route
 
 __all__ = ["AggregateStage", "Aggregated", "fact_of", "piece_figures"]
+
+log = logging.getLogger(__name__)
 
 # What is kept of one event (a JSON array, first item its kind):
 #   enrollment: ["e", node_id, day, occurred_s, status, modality, adjunct]
@@ -192,7 +195,7 @@ def piece_figures(
             "remitter": _remitted(later, endpoint),
             "v": version,
         }
-    figures = {k: v for k, v in state.items() if k not in ("n", "m") and v}
+    figures = {k: v for k, v in state.items() if k not in ("n", "m", "o") and v}
     minutes = math.fsum(state.get("m", []))
     if minutes:
         figures["exercise_minutes"] = minutes
@@ -244,10 +247,8 @@ class Aggregated:
     outgoing: list[Outgoing] = field(default_factory=list)
     #: Events new to their participant's state (the rest were read before: replays).
     new_events: int = 0
-
-
-#: The marker of an event counted (its entry's value).
-_COUNTED: Final = b"1"
+    #: Messages that were no exnet.accepted message of this version (logged, skipped).
+    skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -263,41 +264,61 @@ class AggregateStage:
     endpoint: PrimaryEndpoint | None = None
 
     def __call__(self, records: Iterable[Any], table: MutableMapping[bytes, bytes]) -> Aggregated:
-        """``records``: Kafka records of ``exnet.accepted`` (value = fact row, header
-        ``exnet-route``); ``table``: ``<participant_id>|e|<event_id>`` -> a marker, and
-        ``<participant_id>|<piece>`` -> the piece's running state (JSON).
+        """``records``: Kafka records of ``exnet.accepted`` (``offset``, value = fact row,
+        header ``exnet-route``), all of one partition, in offset order; ``table``:
+        ``<participant_id>|e|<event_id>`` -> the offset the event was counted from,
+        and ``<participant_id>|<piece>`` -> the piece's running state (JSON, with
+        ``o``: the newest offset it counted).
 
-        Every participant the batch names gets the pieces of its events sent, new
-        events or not: a piece lost in a crash after the table's write was
-        acknowledged is sent again when the batch is read again.
+        A batch's changelog records may survive a crash only in part (a prefix: the
+        markers come first). So an event whose marker names this very offset is
+        counted again in each piece whose ``o`` is older: the pieces it had not
+        reached. Every participant the batch names gets the pieces of its events
+        sent, counted now or before: a piece lost in a crash after the table's write
+        was acknowledged is sent again when the batch is read again. A message that
+        is no exnet.accepted message of this version is skipped and counted.
         """
         result = Aggregated()
         states: dict[bytes, dict[str, Any]] = {}  # table key -> piece state, this batch
         changed: set[bytes] = set()
         touched: dict[bytes, set[str]] = {}  # participant -> piece keys
+        markers: dict[bytes, bytes] = {}  # this batch's new markers, written first below
         for record in records:
-            route = read_route(record.headers)
+            try:
+                route = read_route(record.headers)
+                event = orjson.loads(record.value)
+                event_id = event["event_id"]
+                fact = fact_of(route, event)
+            except (ValueError, KeyError, TypeError) as exc:
+                result.skipped += 1
+                log.error("skipped an exnet.accepted message at offset %s: %s", record.offset, exc)
+                continue
             participant = route.participant_id.encode()
-            event = orjson.loads(record.value)
-            event_id = event["event_id"]
-            fact = fact_of(route, event)
+            offset = record.offset
             marker = participant + b"|e|" + event_id.encode()
-            new = table.get(marker) is None
-            if new:
-                table[marker] = _COUNTED
+            counted = markers.get(marker) or table.get(marker)
+            if counted is None:
+                markers[marker] = str(offset).encode()
                 result.new_events += 1
+            elif int(counted) != offset:
+                counted = b"skip"  # counted from another message (a replay): done
             pieces = touched.setdefault(participant, set())
             for kind, piece_key in _pieces_of(fact, route.node_id):
                 pieces.add(piece_key)
-                if not new:
+                if counted == b"skip":
                     continue
                 key = participant + b"|" + piece_key.encode()
                 state = states.get(key)
                 if state is None:
                     stored = table.get(key)
                     state = states[key] = orjson.loads(stored) if stored is not None else {}
+                if state.get("o", -1) >= offset:
+                    continue  # this piece counted it before a crash
                 _apply(kind, state, fact, event_id)
+                state["o"] = offset
                 changed.add(key)
+        for marker, value in markers.items():  # first: a crash may keep a prefix of them
+            table[marker] = value
         for key in changed:
             table[key] = orjson.dumps(states[key])
         out = result.outgoing
@@ -307,7 +328,10 @@ class AggregateStage:
                 key = participant + b"|" + piece_key.encode()
                 state = states.get(key)
                 if state is None:
-                    state = orjson.loads(table[key])
+                    stored = table.get(key)
+                    if stored is None:
+                        continue  # nothing counted yet (only a skipped message named it)
+                    state = orjson.loads(stored)
                 sent[piece_key] = piece_figures(piece_key, state, self.endpoint)
             value = orjson.dumps({"participant_id": participant.decode(), "pieces": sent})
             out.append((self.contributions_topic, 0, participant, value, [], None))

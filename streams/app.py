@@ -87,10 +87,6 @@ PRODUCER_BATCH_BYTES = 1024 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_S = 1.0
-#: Seconds the rollup waits at most before it sends the rows that changed: each row is
-#: sent once per interval however many batches changed it (small batches at a steady
-#: rate would otherwise send every node's row per batch).
-VIEW_ROWS_EVERY_S = 0.5
 #: Seconds between checks whether the live views need filling from the rollup's table.
 FILL_VIEWS_S = 1.0
 #: Batches a stream may hold in its buffer (all its partitions together): each is a
@@ -316,7 +312,7 @@ def create_app(
         async for event in stream.noack().events():
             batch = cast(BatchMessage, event.message)
             started = time.perf_counter()
-            result = aggregate(batch.records, participants)
+            result = aggregate(batch.records, participants)  # skipped messages: logged
             settle(batch, await producer.deliver([*result.outgoing, *batch.changelog]))
             await stream.ack(event)
             metrics.stream_batch_seconds.labels(stage="aggregate").observe(
@@ -332,7 +328,12 @@ def create_app(
             result = rollup(
                 batch.records, latest, batch.generation_id or 0, batch.offset + 1, datetime.now(UTC)
             )
-            settle(batch, await producer.deliver([*result.outgoing, *batch.changelog]))
+            # Rows first, the table's changelog once they are in Kafka: a crash between
+            # the two cannot leave pieces in the table whose rows (an emptied arm's
+            # deletion, say) no rebuild would send.
+            if result.outgoing:
+                await (await producer.deliver(result.outgoing))
+            settle(batch, await producer.deliver(batch.changelog))
             await stream.ack(event)
             metrics.stream_batch_seconds.labels(stage="rollup").observe(
                 time.perf_counter() - started

@@ -2,7 +2,7 @@
 
 State (the ``contributions`` table, one partition, so one rollup sees the
 whole network): every participant's latest version of each of their pieces
-(:func:`streams.aggregate.contribution`), keyed ``<participant_id>|<piece>``.
+(:mod:`streams.aggregate`), keyed ``<participant_id>|<piece>``.
 A piece replaces the held one only if its ``v`` is higher: a repeated or late
 piece changes nothing, and a later one replaces the participant's whole share
 of that row.
@@ -16,12 +16,14 @@ takes its old figures away and adds the new ones. Minutes are summed exactly
 up over subtractions and the totals do not depend on the order pieces came in.
 Distinct specimens are counted with a reference count per specimen_id.
 
-Each batch sends, to ``exnet.views``, the rows it changed (plus every
-registered node's and the network's row), with ``version`` = the end offset of
-the batch in the contributions partition: it only grows, and a batch read
-again after a crash sends the same rows with the same version. After a
-rebalance (a new generation) the totals are rebuilt from the table and every
-row is sent again: rows lost in a crash are sent then.
+Each batch sends, to ``exnet.views``, the rows it changed, with ``version`` =
+the end offset of the batch in the contributions partition; the agent sends
+them before the batch's table changelog, so a row is never missing while the
+pieces that changed it are in the table. After a rebalance (a new generation)
+the totals are rebuilt from the table and every row, every registered node's
+included, is sent again. (A rebuilt row may carry a lower version than one
+sent before a crash; the newer one then stays, and it holds the same figures
+once the replayed batches reach it.)
 """
 
 from __future__ import annotations
@@ -237,20 +239,19 @@ class RollupStage:
         views_topic: str,
         nodes: Mapping[str, str],
         live: LiveViews | None = None,
-        every_s: float = 0.0,
     ) -> None:
         self._views_topic = views_topic
-        #: Seconds between sends of the rows that changed (0: after every batch).
-        self.every_s = every_s
         self._pending: set[ViewKey] = set()
         self._version = 0
-        self._last_sent: datetime | None = None
         self._nodes = dict(nodes)
         self._live = live
         self.totals = Totals()
         self._generation: int | None = None
         #: participant_id -> the table keys of their node pieces (rebuilt with the totals).
         self._node_pieces: dict[bytes, set[bytes]] = {}
+        #: participant_id -> their network piece, derived from their node pieces (memory
+        #: only: a copy in the table could lag its node pieces after a crash).
+        self._networks: dict[bytes, dict[str, Any]] = {}
         self._current: dict[str, dict[ViewKey, dict[str, Any]]] = {t: {} for t in VIEW_KEYS}
 
     def __call__(
@@ -271,7 +272,10 @@ class RollupStage:
         if generation != self._generation:
             self._rebuild(table)
             self._generation = generation
+            # Every row again (a dead worker may not have sent its last ones).
             touched.update(self.totals.keys())
+            touched.add(_NETWORK_KEY)
+            touched.update((NODE_SUMMARY, node_id) for node_id in self._nodes)
         totals = self.totals
         for record in records:
             share = orjson.loads(record.value)
@@ -293,24 +297,14 @@ class RollupStage:
                 touched |= self._renew_network(record.key, table)
         self._pending |= touched
         self._version = version
-        if self._last_sent is None or (now - self._last_sent).total_seconds() >= self.every_s:
-            result.outgoing = self.flush(now, result.rows)
+        result.outgoing = self._flush(now, result.rows)
         return result
 
-    def flush(self, now: datetime, counts: Counter[str] | None = None) -> list[Outgoing]:
-        """The rows changed since the last flush (every registered node's and the
-        network's too), for ``exnet.views``; none when nothing changed.
-
-        Rows wait at most ``every_s`` (the agent flushes on a timer too): they are
-        derived from the table, whose changelog is written with each batch, so rows
-        not yet sent when a worker dies are sent by the next generation's rebuild.
-        """
+    def _flush(self, now: datetime, counts: Counter[str]) -> list[Outgoing]:
+        """The rows changed since the last flush, for ``exnet.views``."""
         if not self._pending:
             return []
         pending, self._pending = self._pending, set()
-        self._last_sent = now
-        pending.add(_NETWORK_KEY)
-        pending.update((NODE_SUMMARY, node_id) for node_id in self._nodes)
         stamp = now.isoformat(timespec="milliseconds")
         totals = self.totals
         outgoing: list[Outgoing] = []
@@ -318,8 +312,7 @@ class RollupStage:
             if key[0] == NODE_SUMMARY and key[1] not in self._nodes:
                 continue  # node_summary has the registered nodes' rows (others: network only)
             row = self._row(key, stamp, self._version)
-            if counts is not None:
-                counts[key[0]] += 1
+            counts[key[0]] += 1
             outgoing.append(
                 (
                     self._views_topic,
@@ -366,8 +359,8 @@ class RollupStage:
         self, participant: bytes, table: MutableMapping[bytes, bytes]
     ) -> set[ViewKey]:
         """The participant's share of ``network_summary``, from all their node pieces
-        (a status or a specimen counts once however many nodes saw it), stored as
-        their ``network`` piece; the rows that changed."""
+        (a status or a specimen counts once however many nodes saw it); the rows
+        that changed."""
         network: dict[str, Any] = {}
         reached: set[str] = set()
         specimens: set[str] = set()
@@ -390,23 +383,24 @@ class RollupStage:
         if minutes:
             network["exercise_minutes"] = _fsum_exact(minutes)
         network["v"] = 0  # derived, never compared
-        entry = participant + b"|network"
-        stored = table.get(entry)
-        prior = orjson.loads(stored) if stored is not None else None
+        prior = self._networks.get(participant)
         if prior == network:
             return set()
-        table[entry] = orjson.dumps(network)
+        self._networks[participant] = network
         return self.totals.replace("network", prior, network)
 
     def _rebuild(self, table: MutableMapping[bytes, bytes]) -> None:
         self.totals = Totals()
         self._current = {t: {} for t in VIEW_KEYS}
         self._node_pieces = {}
+        self._networks = {}
         for entry, stored in list(table.items()):
             participant, _, piece_key = entry.partition(b"|")
             if piece_key.startswith(b"node|"):
                 self._node_pieces.setdefault(participant, set()).add(entry)
             self.totals.replace(piece_key.decode(), None, orjson.loads(stored))
+        for participant in self._node_pieces:
+            self._renew_network(participant, table)
 
     def _row(self, key: ViewKey, stamp: str, version: int) -> dict[str, Any]:
         view = key[0]

@@ -225,7 +225,7 @@ def assert_views_exact(pipeline: Pipeline, expected: Views) -> None:
     got = stream_views(pipeline, list(expected.node_summary))
     assert got.node_summary.keys() == expected.node_summary.keys()
     for node, want in expected.node_summary.items():
-        assert got.node_summary[node] == pytest.approx(want), node
+        assert got.node_summary[node] == pytest.approx(want), (node, got.node_summary[node], want)
     assert got.network_summary == pytest.approx(expected.network_summary)
     assert sorted(got.arm_summary) == sorted(expected.arm_summary)
     for arm, want in expected.arm_summary.items():
