@@ -119,8 +119,8 @@ class Metrics:
         )
         # -- the stream-written views against their reference (the sink's periodic check)
         #: gauge: rows of the view that differed from the reference in two consecutive
-        #: checks while neither the stream row's version nor the reference's figures
-        #: changed between them (settled, not a row still on its way).
+        #: checks while neither the stream row's figures nor the reference's changed
+        #: between them (settled, not a row still on its way).
         self.view_rows_differing = Gauge(
             "exnet_view_rows_differing",
             "Rows of a stream-written view that differ from the reference, settled",

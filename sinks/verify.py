@@ -98,9 +98,12 @@ class RowDifference:
     reference_values: tuple[Any, ...] | None = None
 
     @property
-    def signature(self) -> tuple[int | None, tuple[Any, ...] | None]:
-        """What must stay the same between two checks for the difference to be settled."""
-        return self.stream_version, self.reference_values
+    def signature(self) -> tuple[Any, ...]:
+        """What must stay the same between two checks for the difference to be settled:
+        the differing values on both sides and the reference row. Not the stream row's
+        ``version``: the rollup may send a row again, unchanged, with a new one (every
+        row after a rebalance), and a wrong row must still settle."""
+        return self.missing_in, self.columns, self.reference_values
 
     def lines(self) -> list[str]:
         """One line per differing column (or one for a missing row)."""
@@ -252,8 +255,9 @@ class SettledDifferences:
     While events flow, a stream-written row lags the facts by a second or so,
     so any one comparison shows rows still on their way. A difference counts
     as *settled* when the same row differed in the previous check too, and
-    neither its stream row's ``version`` nor the reference's figures changed
-    in between: nothing was on its way to the row, and it is still wrong.
+    neither its stream row's figures nor the reference's changed in between
+    (a row the rollup sent again, unchanged, with a new ``version`` still
+    counts): nothing was on its way to the row, and it is still wrong.
     A row that keeps changing never settles (the check cannot tell a late
     row from a wrong one); once events stop, every wrong row settles in two
     checks.

@@ -121,9 +121,9 @@ def test_keys_of_several_columns_and_days() -> None:
 # --- settled differences: pure ---------------------------------------------------------
 
 
-def _differing(version: int | None, reference: int = 5) -> RowDifference:
+def _differing(version: int | None, reference: int = 5, stream: int = 4) -> RowDifference:
     [difference] = compare(
-        "node_summary", [_node(screened=4, version=version)], [_node(screened=reference)]
+        "node_summary", [_node(screened=stream, version=version)], [_node(screened=reference)]
     )
     return difference
 
@@ -134,16 +134,19 @@ def test_a_difference_settles_when_it_stays_while_nothing_changes() -> None:
     assert first["node_summary"] == [] and set(first) == set(VIEW_KEYS)  # may be on its way
     assert settled.update([_differing(3)])["node_summary"] == [_differing(3)]  # settled
     assert settled.update([_differing(3)])["node_summary"] == [_differing(3)]  # still
+    # The same wrong row sent again (a new version, as after a rebalance) stays settled:
+    # the rollup re-sends rows, and a wrong one must still be counted.
+    assert settled.update([_differing(4)])["node_summary"] == [_differing(4)]
 
 
-def test_a_difference_whose_row_changed_has_not_settled() -> None:
+def test_a_difference_whose_values_changed_has_not_settled() -> None:
     settled = SettledDifferences()
     settled.update([_differing(3)])
-    assert settled.update([_differing(4)])["node_summary"] == []  # the stream wrote again
-    assert settled.update([_differing(4, reference=6)])["node_summary"] == []  # facts moved
-    assert settled.update([_differing(4, reference=6)])["node_summary"] != []
+    assert settled.update([_differing(4, stream=3)])["node_summary"] == []  # other figures
+    assert settled.update([_differing(4, stream=3, reference=6)])["node_summary"] == []  # facts
+    assert settled.update([_differing(4, stream=3, reference=6)])["node_summary"] != []
     assert settled.update([])["node_summary"] == []  # fixed
-    assert settled.update([_differing(4, reference=6)])["node_summary"] == []  # a new one
+    assert settled.update([_differing(4, stream=3, reference=6)])["node_summary"] == []  # new
 
 
 def test_a_row_missing_in_the_stream_settles_too() -> None:
@@ -256,13 +259,16 @@ def test_the_check_counts_settled_differences_only(client: Any, settings: Settin
     check.check()
     assert differing() == zero  # differs once: may be on its way
     check.check()
-    assert differing() == zero | {"node_summary": 1.0}  # the same version twice: settled
-    _change_n01(client, version=3, screened=98)
-    check.check()
-    assert differing() == zero  # the stream wrote it again: not settled
+    assert differing() == zero | {"node_summary": 1.0}  # the same row twice: settled
+    _change_n01(client, version=3)  # sent again unchanged: still settled
     check.check()
     assert differing() == zero | {"node_summary": 1.0}
-    _change_n01(client, version=4, screened=0)  # right again: N01 screened nobody
+    _change_n01(client, version=4, screened=98)
+    check.check()
+    assert differing() == zero  # the stream wrote other figures: not settled
+    check.check()
+    assert differing() == zero | {"node_summary": 1.0}
+    _change_n01(client, version=5, screened=0)  # right again: N01 screened nobody
     check.check()
     assert differing() == zero
 
