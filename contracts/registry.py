@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from contracts.assessment import REMISSION_MAX, Instrument
+from contracts.assessment import INSTRUMENT_MAX, REMISSION_MAX, Instrument
 from contracts.envelope import NodeId, SiteId
 from contracts.errors import ConfigError
 
@@ -87,6 +87,17 @@ class PrimaryEndpoint(BaseModel):
     response_reduction_pct: Annotated[int, Field(ge=1, le=100)] = 50
     #: Remission: a score at most this (None: the instrument's SPEC §1 threshold).
     remission_max: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _within_the_instruments_range(self) -> PrimaryEndpoint:
+        top = INSTRUMENT_MAX[self.instrument]
+        if self.remission_max is not None and self.remission_max > top:
+            raise PydanticCustomError(
+                "remission_max_out_of_range",
+                "remission_max {value} is above {instrument}'s highest score, {top}",
+                {"value": self.remission_max, "instrument": self.instrument, "top": top},
+            )
+        return self
 
     @property
     def remission_threshold(self) -> int:

@@ -364,6 +364,11 @@ latest row is in force'
         "'partition of source_topic the message was read from'",
         f"ALTER TABLE {database}.rejected_events COMMENT COLUMN source_offset "
         "'its offset: (source_topic, source_partition, source_offset) finds the original'",
+        *(
+            f"ALTER TABLE {database}.arm_summary COMMENT COLUMN {column} "
+            f"{_quoted(_MEANING[column])}"
+            for column in ("responders", "remitters")
+        ),
         f"ALTER TABLE {database}.exnet_migrations COMMENT COLUMN id 'the migration applied'",
         f"ALTER TABLE {database}.exnet_migrations COMMENT COLUMN checksum "
         "'digest of its statements when applied'",

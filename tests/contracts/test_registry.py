@@ -92,6 +92,8 @@ def test_time_zones_and_endpoints_are_checked(tmp_path: Path) -> None:
     endpoint = load_registry(_write(tmp_path, text % "remission_max: 12")).primary_endpoint
     assert endpoint is not None
     assert (endpoint.response_reduction_pct, endpoint.remission_threshold) == (50, 12)
+    message = _error(tmp_path, text % "remission_max: 61")
+    assert "remission_max 61 is above MADRS's highest score, 60" in message
     message = _error(tmp_path, text % "response_reduction_pct: 0")
     assert (
         "primary_endpoint.response_reduction_pct: Input should be greater than or equal to 1"
