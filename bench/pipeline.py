@@ -113,7 +113,7 @@ def _throughput(base: Settings, participants: int) -> None:
     exnet_s = time.perf_counter() - started
     bare_rate, exnet_rate = count / bare_s, count / exnet_s
     _print_rate(BARE_LABEL, count, bare_s)
-    _print_rate("exnet up --drain (validate, dedup, write)", count, exnet_s)
+    _print_rate("exnet up --drain (all four stages, write)", count, exnet_s)
     print(
         f"ratio exnet / bare: {exnet_rate / bare_rate:.2f}  (target >= 0.25, aim 0.5); "
         f"peak RSS of exnet up: {peak_rss / 2**20:,.0f} MiB"

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -247,19 +247,17 @@ def create_app(
 
         delivered.add_done_callback(on_delivered)
 
-    async def validate_agent(stream: Any) -> None:
-        try:
-            await _validate(stream)
-        except Exception as exc:
-            on_failure(WorkerFailed(exc))
-            raise
+    def reporting(body: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """The agent ``body``, telling ``on_failure`` of an exception before it raises."""
 
-    async def deduplicate_agent(stream: Any) -> None:
-        try:
-            await _deduplicate(stream)
-        except Exception as exc:
-            on_failure(WorkerFailed(exc))
-            raise
+        async def agent(stream: Any) -> None:
+            try:
+                await body(stream)
+            except Exception as exc:
+                on_failure(WorkerFailed(exc))
+                raise
+
+        return agent
 
     async def _validate(stream: Any) -> None:
         producer = cast(Producer, app.producer)
@@ -292,20 +290,6 @@ def create_app(
             settle(batch, await producer.deliver([*result.outgoing, *batch.changelog]))
             await stream.ack(event)
             _count_deduplicated(metrics, result, site_last_event, time.perf_counter() - started)
-
-    async def aggregate_agent(stream: Any) -> None:
-        try:
-            await _aggregate(stream)
-        except Exception as exc:
-            on_failure(WorkerFailed(exc))
-            raise
-
-    async def rollup_agent(stream: Any) -> None:
-        try:
-            await _rollup(stream)
-        except Exception as exc:
-            on_failure(WorkerFailed(exc))
-            raise
 
     async def _aggregate(stream: Any) -> None:
         producer = cast(Producer, app.producer)
@@ -341,12 +325,13 @@ def create_app(
 
     # An agent that raises is a bug: crash the worker (never restart the agent
     # past the failing batch, which is not done and so not committed).
-    app.agent(inputs, name="validate", supervisor_strategy=CrashingSupervisor)(validate_agent)
-    app.agent(validated, name="deduplicate", supervisor_strategy=CrashingSupervisor)(
-        deduplicate_agent
-    )
-    app.agent(accepted, name="aggregate", supervisor_strategy=CrashingSupervisor)(aggregate_agent)
-    app.agent(contributions, name="rollup", supervisor_strategy=CrashingSupervisor)(rollup_agent)
+    for source, name, body in (
+        (inputs, "validate", _validate),
+        (validated, "deduplicate", _deduplicate),
+        (accepted, "aggregate", _aggregate),
+        (contributions, "rollup", _rollup),
+    ):
+        app.agent(source, name=name, supervisor_strategy=CrashingSupervisor)(reporting(body))
     return app
 
 
