@@ -46,6 +46,7 @@ from contracts.views import (
     VIEW_KEYS,
 )
 from contracts.wire import Outgoing
+from streams.aggregate import json_value
 
 __all__ = ["LiveViews", "Rolled", "RollupStage", "Totals", "ViewKey", "piece_rows"]
 
@@ -288,7 +289,7 @@ class RollupStage:
                 if prior is not None and prior["v"] >= piece["v"]:
                     continue  # a repeat, or older than what is applied
                 touched |= totals.replace(piece_key, prior, piece)
-                table[entry] = orjson.dumps(piece)
+                table[entry] = json_value(piece)
                 result.applied += 1
                 if piece_key.startswith("node|"):
                     nodes_changed = True
