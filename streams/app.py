@@ -173,36 +173,21 @@ def create_app(
     site_labels = {site.id: (node_id, site.id) for node_id, site in registry.sites()}
     inputs = app.topic(*(names[topic] for topic in INPUT_TOPICS))
     validated = app.topic(names[Topic.VALIDATED])
-    seen = app.Table(
-        DEDUP_TABLE,
-        default=None,
-        partitions=settings.partitions,
-        changelog_topic=app.topic(
-            changelog_topic(settings), partitions=settings.partitions, compacting=True
-        ),
-    )
+
+    def table(name: str, partitions: int) -> Any:
+        """A table co-partitioned with its agent's input, its changelog compacted."""
+        changelog = app.topic(
+            changelog_topic(settings, name), partitions=partitions, compacting=True
+        )
+        return app.Table(name, default=None, partitions=partitions, changelog_topic=changelog)
+
+    seen = table(DEDUP_TABLE, settings.partitions)
     deduplicate = DeduplicateStage(names[Topic.ACCEPTED], names[Topic.DEADLETTER])
     accepted = app.topic(names[Topic.ACCEPTED])
-    participants = app.Table(
-        PARTICIPANTS_TABLE,
-        default=None,
-        partitions=settings.partitions,
-        changelog_topic=app.topic(
-            changelog_topic(settings, PARTICIPANTS_TABLE),
-            partitions=settings.partitions,
-            compacting=True,
-        ),
-    )
+    participants = table(PARTICIPANTS_TABLE, settings.partitions)
     aggregate = AggregateStage(names[Topic.CONTRIBUTIONS], registry.primary_endpoint)
     contributions = app.topic(names[Topic.CONTRIBUTIONS], partitions=1)
-    latest = app.Table(
-        CONTRIBUTIONS_TABLE,
-        default=None,
-        partitions=1,
-        changelog_topic=app.topic(
-            changelog_topic(settings, CONTRIBUTIONS_TABLE), partitions=1, compacting=True
-        ),
-    )
+    latest = table(CONTRIBUTIONS_TABLE, 1)  # exnet.contributions has one partition
     rollup = RollupStage(names[Topic.VIEWS], {node.id: node.name for node in registry.nodes}, live)
     if live is not None:
 

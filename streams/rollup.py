@@ -28,6 +28,7 @@ once the replayed batches reach it.)
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -67,11 +68,6 @@ _COUNTED: Final = (*SESSION_COLUMNS, "adverse_events")
 def _exact(minutes: float) -> int:
     numerator, denominator = minutes.as_integer_ratio()
     return numerator * (_SCALE // denominator)
-
-
-def _fsum_exact(values: list[float]) -> float:
-    """The correctly rounded sum of ``values`` (as :func:`math.fsum`)."""
-    return sum(_exact(v) for v in values) / _SCALE
 
 
 def piece_rows(
@@ -382,7 +378,7 @@ class RollupStage:
         if specimens:
             network["specimens"] = sorted(specimens)
         if minutes:
-            network["exercise_minutes"] = _fsum_exact(minutes)
+            network["exercise_minutes"] = math.fsum(minutes)
         network["v"] = 0  # derived, never compared
         prior = self._networks.get(participant)
         if prior == network:
