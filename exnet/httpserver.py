@@ -21,7 +21,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.views import VIEW_KEYS
-from exnet.metrics import Metrics
+from exnet.metrics import Metrics, merged_exposition
 from streams.rollup import LiveViews
 
 __all__ = ["OpsServer"]
@@ -30,7 +30,11 @@ log = logging.getLogger(__name__)
 
 
 class OpsServer:
-    """The operations endpoint: metrics, liveness, readiness, live views."""
+    """The operations endpoint: metrics, liveness, readiness, live views.
+
+    ``child_metrics``: the ``/metrics`` text of a child process whose metrics this
+    endpoint serves as its own (merged), or None while it has none.
+    """
 
     def __init__(
         self,
@@ -39,13 +43,22 @@ class OpsServer:
         metrics: Metrics,
         ready: Callable[[], bool],
         views: LiveViews | None = None,
+        child_metrics: Callable[[], str | None] | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._metrics = metrics
         self._ready = ready
         self._views = views
+        self._child_metrics = child_metrics
         self._server: ThreadingHTTPServer | None = None
+
+    def exposition(self) -> bytes:
+        """The ``/metrics`` reply: this process's metrics, and its child's if any."""
+        child = self._child_metrics() if self._child_metrics is not None else None
+        if child is None:
+            return generate_latest(self._metrics.registry)
+        return merged_exposition(self._metrics.registry, child)
 
     @property
     def port(self) -> int | None:
@@ -58,9 +71,7 @@ class OpsServer:
             def do_GET(self) -> None:  # noqa: N802  # http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
-                    self._reply(
-                        HTTPStatus.OK, generate_latest(ops._metrics.registry), CONTENT_TYPE_LATEST
-                    )
+                    self._reply(HTTPStatus.OK, ops.exposition(), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     self._reply(HTTPStatus.OK, b"ok\n")
                 elif path == "/readyz":

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.reasons import Reason
 from contracts.topics import INPUT_TOPICS
 from contracts.views import VIEW_KEYS
 
-__all__ = ["EVENT_TYPES", "VIEW_REFUSALS", "Metrics"]
+__all__ = ["EVENT_TYPES", "VIEW_REFUSALS", "Metrics", "merged_exposition"]
 
 EVENT_TYPES: tuple[str, ...] = tuple(t.event_type or "" for t in INPUT_TOPICS)
 #: Why the sink refuses a message of exnet.views (``sinks.rows.view_row``): its header
@@ -232,3 +234,68 @@ class Metrics:
             self.sink_view_rows_refused.labels(reason=refusal)
         for view in VIEW_KEYS:
             self.view_rows_differing.labels(view=view).set(0)
+
+
+#: Families a parent process reports alone when it merges a child's metrics: its
+#: readiness already includes the child's.
+_OWN_ONLY = frozenset({"exnet_ready"})
+
+
+def merged_exposition(registry: CollectorRegistry, child: str) -> bytes:
+    """The metrics of ``registry`` and of a child process (``child``: its ``/metrics``
+    text), as one Prometheus text exposition, so that one ``exnet up`` is one scrape
+    target whatever processes it runs.
+
+    Series with the same name and labels combine: counters and histograms add up,
+    gauges take the larger value (timestamps, roles, flags, counts one process
+    sets while the other keeps them at 0), ``*_created`` the earlier time;
+    ``exnet_ready`` is this process's alone.
+    """
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+
+    def add(family: Metric, own: bool) -> None:
+        if not own and family.name in _OWN_ONLY:
+            return
+        if family.name not in families:
+            families[family.name] = Metric(
+                family.name, family.documentation, family.type, family.unit
+            )
+            values[family.name] = {}
+        series = values[family.name]
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            prior = series.get(key)
+            value = sample.value
+            series[key] = value if prior is None else _combined(family.type, key[0], prior, value)
+
+    # Both sides as parsed text, so that their families have the same shape (the text
+    # format declares a counter's `_created` samples as a family of their own).
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        add(family, own=True)
+    for family in text_string_to_metric_families(child):
+        add(family, own=False)
+    for name, family in families.items():
+        for (sample_name, labels), value in values[name].items():
+            family.add_sample(sample_name, dict(labels), value)
+    merged = CollectorRegistry(auto_describe=False)
+    merged.register(_Families(list(families.values())))
+    return generate_latest(merged)
+
+
+def _combined(kind: str, sample: str, a: float, b: float) -> float:
+    if sample.endswith("_created"):
+        return min(a, b)
+    if kind in ("counter", "histogram", "summary"):
+        return a + b
+    return max(a, b)
+
+
+class _Families:
+    """A collector of fixed metric families (what :func:`merged_exposition` built)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families

@@ -5,16 +5,22 @@ sink writes ClickHouse: against a server every process runs one (its own
 consumer group shares the partitions); with embedded chDB only one process
 can hold the database, so every other ``exnet up`` runs its stream workers and
 waits as a standby writer, taking over when the holder stops or dies.
+
+``exnet up`` (role auto) runs its writer in a child process of its own
+(:class:`_SinkProcess`), on the machine's other core; ``--role sink`` runs it
+in the process itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -28,7 +34,7 @@ from exnet.admin import ensure_topics, replication_factor
 from exnet.httpserver import OpsServer
 from exnet.metrics import Metrics
 from exnet.monitor import LagMonitor
-from exnet.settings import Settings
+from exnet.settings import LOG_FORMAT, Settings
 from sinks.client import connect
 from sinks.consumer import ROW_TABLES, SinkConsumer
 from sinks.errors import DatabaseLocked
@@ -38,7 +44,15 @@ from sinks.verify import ViewCheck, rows_of
 from sinks.writer import ClickHouseWriter
 from streams.rollup import LiveViews
 
-__all__ = ["EXIT_BUG", "EXIT_INVALID_RATIO", "InitReport", "Role", "initialize", "run_up"]
+__all__ = [
+    "EXIT_BUG",
+    "EXIT_INVALID_RATIO",
+    "InitReport",
+    "Role",
+    "configure_logging",
+    "initialize",
+    "run_up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +67,14 @@ STOP_CHECK_S = 0.25
 EXIT_BUG = 70
 #: Exit status when the invalid-ratio guard stopped the worker (EX_CONFIG).
 EXIT_INVALID_RATIO = 78
+#: Seconds between the writer process's checks that its parent still runs.
+PARENT_CHECK_S = 0.5
+#: Seconds a stopping writer process may take to flush and commit before it is killed.
+SINK_STOP_S = 60.0
+#: Seconds the parent waits for the writer process's /metrics or /readyz.
+CHILD_HTTP_TIMEOUT_S = 2.0
+#: Loggers that say too much below WARNING, unless the log level is DEBUG.
+_CHATTY_LOGGERS = ("kafka", "aiokafka", "faust", "mode")
 
 
 class Role(StrEnum):
@@ -182,6 +204,120 @@ class _SinkRole(threading.Thread):
             client.close()
 
 
+class _SinkProcess:
+    """The ClickHouse writer of ``exnet up`` (role auto), in a child process.
+
+    Why a process: the sink's Kafka fetches and rows are Python, which held the
+    GIL for about 15% of a drain beside the stream agents; as a thread it took
+    that time from them. In a process of its own it runs on another core
+    (measured, 108k events: 5,126 events/s with the thread, see
+    ``docs/architecture.md`` for the figures with the process).
+
+    The child runs :func:`run_up` with the sink role, standing by like the thread
+    did while another exnet holds an embedded database, and serves its metrics
+    and readiness on a loopback port: this process's ``/metrics`` merges them
+    (:func:`exnet.metrics.merged_exposition`) and its readiness includes the
+    child's. :meth:`stop` sends it SIGTERM (it flushes and commits); a parent
+    killed with -9 takes it down too, since it checks every
+    :data:`PARENT_CHECK_S` that its parent still runs. A child that exits on its
+    own stops this process (``on_exit``), which exits 1 unless the child's status was 0.
+    """
+
+    def __init__(self, settings: Settings, on_exit: Callable[[], None]) -> None:
+        self._port = _free_port(settings.metrics_host)
+        self._url = f"http://{settings.metrics_host}:{self._port}"
+        child = settings.model_copy(update={"metrics_port": self._port})
+        spawn = multiprocessing.get_context("spawn")  # no forked copy of Faust's loop
+        self._process = spawn.Process(
+            target=_sink_process_main, args=(child, os.getpid()), name="exnet-sink"
+        )
+        self._watcher = threading.Thread(target=self._watch, name="exnet-sink-watch", daemon=True)
+        self._on_exit = on_exit
+        self._stopping = False
+        self.failed = False
+
+    def start(self) -> None:
+        self._process.start()
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        # The one thread that waits for the child (two waiters race to reap it).
+        self._process.join()
+        if self._stopping:
+            return
+        if self._process.exitcode != 0:  # 0: it was asked to stop too (Ctrl-C reaches both)
+            log.error("the ClickHouse writer process exited (status %s)", self._process.exitcode)
+            self.failed = True
+        self._on_exit()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._process.pid is None:
+            return  # never started
+        self._process.terminate()  # SIGTERM, unless it was reaped: flush, commit, exit
+        self._watcher.join(SINK_STOP_S)
+        if self._watcher.is_alive():
+            log.error("the ClickHouse writer did not stop in %.0f s: killing it", SINK_STOP_S)
+            self._process.kill()
+            self._watcher.join()
+        if self._process.exitcode not in (0, -signal.SIGTERM):
+            self.failed = True
+
+    def ready(self) -> bool:
+        """The child's readiness: writing, or standing by."""
+        try:
+            with urllib.request.urlopen(  # noqa: S310  # our own loopback URL
+                self._url + "/readyz", timeout=CHILD_HTTP_TIMEOUT_S
+            ) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str | None:
+        """The child's ``/metrics`` text; None while it does not answer."""
+        try:
+            with urllib.request.urlopen(  # noqa: S310  # our own loopback URL
+                self._url + "/metrics", timeout=CHILD_HTTP_TIMEOUT_S
+            ) as reply:
+                text: str = reply.read().decode()
+                return text
+        except OSError:
+            return None
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _sink_process_main(settings: Settings, parent: int) -> None:
+    """The writer process's body (:class:`_SinkProcess`)."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    configure_logging(settings)
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(PARENT_CHECK_S)
+        log.warning("exnet up (pid %d) is gone: the ClickHouse writer stops", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=exit_with_parent, name="exnet-parent-watch", daemon=True).start()
+    sys.exit(run_up(settings, Role.SINK, standby=True, monitor=False))
+
+
+def configure_logging(settings: Settings) -> None:
+    """``settings.log_level`` for exnet's loggers; Kafka's and Faust's only warn, unless
+    the level is DEBUG."""
+    logging.getLogger().setLevel(settings.log_level)
+    if settings.log_level.upper() != "DEBUG":
+        for chatty in _CHATTY_LOGGERS:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
+
+
 def _raw_query(client: Any, sql: str, fmt: str) -> bytes:
     result: bytes = client.raw_query(sql, fmt=fmt)
     return result
@@ -235,12 +371,25 @@ class _DrainProgress:
         self._bar.stop()
 
 
-def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> int:
-    """Run until SIGTERM/SIGINT (or, with ``drain``, until every input is written); exit status."""
+def run_up(
+    settings: Settings,
+    role: Role = Role.AUTO,
+    drain: bool = False,
+    *,
+    standby: bool | None = None,
+    monitor: bool = True,
+) -> int:
+    """Run until SIGTERM/SIGINT (or, with ``drain``, until every input is written); exit status.
+
+    ``standby``: whether a writer waits while another process holds the embedded
+    database (default: with role auto); ``monitor``: whether this process reads
+    the pipeline's lag (the writer process of role auto leaves it to its parent).
+    """
     stop = _StopFlag()
     stop.install()
     metrics = Metrics()
     sink_role: _SinkRole | None = None
+    sink_process: _SinkProcess | None = None
     runs_streams = role in (Role.AUTO, Role.STREAM)
     consuming = threading.Event()  # the stream workers hold partitions
 
@@ -248,12 +397,20 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
         """Consuming (stream role) and writing or standing by (sink role)."""
         streams_ok = not runs_streams or consuming.is_set()
         sink_ok = sink_role is None or sink_role.writing.is_set() or sink_role.standing_by
-        return streams_ok and sink_ok and not stop.event.is_set()
+        process_ok = sink_process is None or sink_process.ready()
+        return streams_ok and sink_ok and process_ok and not stop.event.is_set()
 
     metrics.ready.set_function(lambda: 1.0 if ready() else 0.0)  # evaluated at each scrape
 
     live = LiveViews() if runs_streams else None
-    ops = OpsServer(settings.metrics_host, settings.metrics_port, metrics, ready, live)
+    ops = OpsServer(
+        settings.metrics_host,
+        settings.metrics_port,
+        metrics,
+        ready,
+        live,
+        child_metrics=lambda: sink_process.metrics() if sink_process is not None else None,
+    )
     ops.start()
     try:
         logged_in = _logged_in(settings, metrics, stop)
@@ -270,20 +427,31 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
         ops.stop()
         return 0  # stopped while Kafka refused the login: nothing was consumed
     metrics.preset(topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS)
-    if role in (Role.AUTO, Role.SINK):
-        standby = role is Role.AUTO and settings.embedded_clickhouse
-        sink_role = _SinkRole(settings, metrics, standby=standby, on_error=stop.request)
+    if role is Role.AUTO:
+        sink_process = _SinkProcess(settings, on_exit=stop.request)
+    elif role is Role.SINK:
+        waits = standby if standby is not None else False
+        sink_role = _SinkRole(
+            settings, metrics, standby=waits and settings.embedded_clickhouse, on_error=stop.request
+        )
     progress = _DrainProgress() if drain and sys.stderr.isatty() else None
-    monitor = LagMonitor(
-        settings,
-        metrics,
-        interval=DRAIN_CHECK_S if drain else LAG_CHECK_S,
-        on_drained=stop.request if drain else None,
-        on_lag=progress.update if progress is not None else None,
+    lag = (
+        LagMonitor(
+            settings,
+            metrics,
+            interval=DRAIN_CHECK_S if drain else LAG_CHECK_S,
+            on_drained=stop.request if drain else None,
+            on_lag=progress.update if progress is not None else None,
+        )
+        if monitor
+        else None
     )
     if sink_role is not None:
         sink_role.start()
-    monitor.start()
+    if sink_process is not None:
+        sink_process.start()
+    if lag is not None:
+        lag.start()
 
     stream_status = 0
     try:
@@ -294,16 +462,21 @@ def run_up(settings: Settings, role: Role = Role.AUTO, drain: bool = False) -> i
             while not stop.event.wait(1.0):
                 pass
     finally:
-        monitor.stop()
+        if lag is not None:
+            lag.stop()
         if progress is not None:
             progress.close()
         if sink_role is not None:
             sink_role.stop()
             sink_role.join()
+        if sink_process is not None:
+            sink_process.stop()
         ops.stop()
     if stream_status:
         return stream_status
     if sink_role is not None and sink_role.error is not None:
+        return 1
+    if sink_process is not None and sink_process.failed:
         return 1
     return 0
 

@@ -19,7 +19,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from contracts.errors import ConfigError
 from contracts.registry import DEMO_REGISTRY
 
-__all__ = ["KafkaRefusals", "Settings", "load_settings"]
+#: Every exnet process logs lines of this form (to stderr).
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+__all__ = ["LOG_FORMAT", "KafkaRefusals", "Settings", "load_settings"]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")

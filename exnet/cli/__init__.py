@@ -22,6 +22,7 @@ from typer._click.exceptions import ClickException as _ClickException  # typer's
 from typer.core import TyperGroup
 
 from contracts.errors import UserError
+from exnet.settings import LOG_FORMAT
 
 __all__ = ["PLATFORM_INSTALL", "PLATFORM_MODULES", "app", "main"]
 
@@ -78,7 +79,7 @@ def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(
         level=logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     try:
         _register_all()

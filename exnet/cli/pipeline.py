@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Annotated
 
@@ -61,17 +60,14 @@ def up(
 
     SIGTERM or Ctrl-C flushes what was consumed, commits, and exits 0.
     """
-    from exnet.runner import Role, run_up
+    from exnet.runner import Role, configure_logging, run_up
 
     settings = load_settings()
     try:
         chosen = Role(role)
     except ValueError:
         raise typer.BadParameter(f"--role must be one of {', '.join(Role)}") from None
-    logging.getLogger().setLevel(settings.log_level)
-    if settings.log_level.upper() != "DEBUG":
-        for chatty in ("kafka", "aiokafka", "faust", "mode"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+    configure_logging(settings)
     raise typer.Exit(run_up(settings, chosen, drain))
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from contracts.topics import Topic
 from sinks.query import endpoint_file
 from tests.pipeline.events import EventMaker
-from tests.pipeline.harness import Pipeline
+from tests.pipeline.harness import Pipeline, free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -77,3 +80,95 @@ def test_a_flood_of_invalid_messages_stops_the_worker_before_committing(
     )
     assert done.returncode == 78, done.stderr[-3000:]
     assert "were rejected" in done.stderr and "EXNET_DLQ_MAX_RATIO" in done.stderr
+
+
+def _children(pid: int) -> set[int]:
+    return {
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    }
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie left to a parent that has not reaped it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text: str = reply.read().decode()
+            return text
+    except OSError:
+        return ""
+
+
+def _writer_of(worker: subprocess.Popen[bytes], port: int, log: Path) -> tuple[str, int]:
+    """Wait until `exnet up` (``worker``) reports a written row; its /metrics and its
+    writer process (the child whose metrics it merges)."""
+    deadline = time.monotonic() + 90
+    while True:
+        assert worker.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no row written\n" + log.read_text()[-3000:]
+        text = _scrape(port)
+        if 'exnet_sink_rows_written_total{table="enrollment_events"} 1.0' in text:
+            break
+        time.sleep(0.5)
+    writers = [
+        child
+        for child in _children(worker.pid)
+        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()
+    ]
+    assert len(writers) == 1, writers
+    return text, writers[0]
+
+
+def test_up_writes_in_a_child_that_reports_through_it_and_lives_and_dies_with_it(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    make = EventMaker(seed=5)
+    pipeline.init()
+    pipeline.send(Topic.ENROLLMENT, make.enrollment("P-00000000b1", "N01-S01", "screened"))
+    pipeline.flush()
+    port = free_port()
+    env = {"EXNET_METRICS_PORT": str(port)}
+    log = tmp_path / "up.log"
+    worker = pipeline.start(env=env, log=log)
+    try:
+        text, writer = _writer_of(worker, port, log)
+        # One scrape target: the writer's series beside the stream's, each family once.
+        assert 'exnet_process_role{role="stream"} 1.0' in text
+        assert 'exnet_process_role{role="sink"} 1.0' in text
+        assert "\nexnet_ready 1.0\n" in text
+        received = pipeline.topic(Topic.ENROLLMENT)
+        assert f'exnet_events_received_total{{topic="{received}"}} 1.0' in text
+        for family in ("exnet_sink_rows_written_total", "exnet_events_received_created"):
+            assert text.count(f"# TYPE {family} ") == 1, text
+        # Killed with -9 alone, exnet up takes its writer down (which frees the database).
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _running(writer):
+            assert time.monotonic() < deadline, "the writer outlived exnet up"
+            time.sleep(0.2)
+    finally:
+        pipeline.kill(worker)
+
+    # A writer that dies stops exnet up, which says so in its exit status.
+    pipeline.send(Topic.ENROLLMENT, make.enrollment("P-00000000b2", "N01-S01", "screened"))
+    pipeline.flush()
+    worker = pipeline.start(env=env, log=log)
+    try:
+        _, writer = _writer_of(worker, port, log)
+        os.kill(writer, signal.SIGKILL)
+        assert worker.wait(timeout=60) == 1
+        assert "the ClickHouse writer process exited (status -9)" in log.read_text()
+    finally:
+        pipeline.kill(worker)
+    rows = pipeline.scalar("SELECT count() FROM enrollment_events FINAL")
+    assert rows == 2
