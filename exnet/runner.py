@@ -72,6 +72,8 @@ EXIT_INVALID_RATIO = 78
 PARENT_CHECK_S = 0.5
 #: Seconds a stopping writer process may take to flush and commit before it is killed.
 SINK_STOP_S = 60.0
+#: Where the writer process serves its metrics and readiness, for its parent alone.
+LOOPBACK = "127.0.0.1"
 #: Seconds the parent waits for the writer process's /metrics or /readyz.
 CHILD_HTTP_TIMEOUT_S = 2.0
 #: Allocations between young-generation garbage collections (CPython's default: 700).
@@ -215,12 +217,12 @@ class _SinkProcess:
     Why a process: the sink's Kafka fetches and rows are Python, which held the
     GIL for about 15% of a drain beside the stream agents; as a thread it took
     that time from them. In a process of its own it runs on another core
-    (measured, 108k events: 5,126 events/s with the thread, see
-    ``docs/architecture.md`` for the figures with the process).
+    (108k events, whole-process timings: 18-19 s against 22-23 s with the thread).
 
     The child runs :func:`run_up` with the sink role, standing by like the thread
     did while another exnet holds an embedded database, and serves its metrics
-    and readiness on a loopback port: this process's ``/metrics`` merges them
+    and readiness on a loopback port (whatever ``metrics_host`` says: they are
+    this process's to serve): this process's ``/metrics`` merges them
     (:func:`exnet.metrics.merged_exposition`) and its readiness includes the
     child's. :meth:`stop` sends it SIGTERM (it flushes and commits); a parent
     killed with -9 takes it down too, since it checks every
@@ -229,9 +231,9 @@ class _SinkProcess:
     """
 
     def __init__(self, settings: Settings, on_exit: Callable[[], None]) -> None:
-        self._port = _free_port(settings.metrics_host)
-        self._url = f"http://{settings.metrics_host}:{self._port}"
-        child = settings.model_copy(update={"metrics_port": self._port})
+        self._port = _free_port(LOOPBACK)
+        self._url = f"http://{LOOPBACK}:{self._port}"
+        child = settings.model_copy(update={"metrics_host": LOOPBACK, "metrics_port": self._port})
         spawn = multiprocessing.get_context("spawn")  # no forked copy of Faust's loop
         self._process = spawn.Process(
             target=_sink_process_main, args=(child, os.getpid()), name="exnet-sink"
