@@ -91,10 +91,6 @@ POLL_TIMEOUT_MS = 100
 #: subscribed (``exnet init`` racing ``exnet up``) is assigned within this time
 #: (kafka-python's default is five minutes).
 METADATA_MAX_AGE_MS = 2_000
-#: How long the sink waits, at start, for its topics' partitions to be known (s), and
-#: between its asks (s).
-METADATA_WAIT_S = 10.0
-METADATA_RETRY_S = 0.1
 #: How long the broker may hold a fetch with nothing new, ms (kafka-python's default,
 #: 500, is half the latency budget; the stream workers use the same).
 FETCH_MAX_WAIT_MS = 50
@@ -208,9 +204,9 @@ class SinkConsumer:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
         self._consumer = consumer
-        topics = [self._accepted, self._deadletter, self._views]
-        self._await_metadata(consumer, topics)
-        consumer.subscribe(topics, listener=_FlushOnRevoke(self))
+        consumer.subscribe(
+            [self._accepted, self._deadletter, self._views], listener=_FlushOnRevoke(self)
+        )
         max_rows = self._settings.sink_batch_rows
         max_age = self._settings.sink_batch_seconds
         try:
@@ -227,20 +223,6 @@ class SinkConsumer:
         finally:
             consumer.close(autocommit=False)
             self._consumer = None
-
-    def _await_metadata(self, consumer: KafkaConsumer, topics: list[str]) -> None:
-        """Wait (up to :data:`METADATA_WAIT_S`) until the client knows every topic's
-        partitions. A group joined while its metadata lacked a topic just created by
-        `exnet init` assigns that topic nothing until a later rebalance, which once
-        took more than ten seconds to come (CI); a topic created later still is
-        picked up by the metadata refresh (:data:`METADATA_MAX_AGE_MS`)."""
-        deadline = time.monotonic() + METADATA_WAIT_S
-        for topic in topics:
-            while not consumer.partitions_for_topic(topic):
-                if self._stop.is_set() or time.monotonic() >= deadline:
-                    log.warning("no partitions known for %s yet: subscribing anyway", topic)
-                    return
-                self._stop.wait(METADATA_RETRY_S)
 
     def _add(self, tp: TopicPartition, records: Iterable[Any]) -> None:
         ingested_at = datetime.now(UTC)
