@@ -393,13 +393,13 @@ def run_up(
     role: Role = Role.AUTO,
     drain: bool = False,
     *,
-    standby: bool | None = None,
+    standby: bool = False,
     monitor: bool = True,
 ) -> int:
     """Run until SIGTERM/SIGINT (or, with ``drain``, until every input is written); exit status.
 
-    ``standby``: whether a writer waits while another process holds the embedded
-    database (default: with role auto); ``monitor``: whether this process reads
+    ``standby``: whether the sink role waits while another process holds the
+    embedded database (role auto's writer process does); ``monitor``: whether this process reads
     the pipeline's lag (the writer process of role auto leaves it to its parent).
     """
     stop = _StopFlag()
@@ -447,9 +447,11 @@ def run_up(
     if role is Role.AUTO:
         sink_process = _SinkProcess(settings, on_exit=stop.request)
     elif role is Role.SINK:
-        waits = standby if standby is not None else False
         sink_role = _SinkRole(
-            settings, metrics, standby=waits and settings.embedded_clickhouse, on_error=stop.request
+            settings,
+            metrics,
+            standby=standby and settings.embedded_clickhouse,
+            on_error=stop.request,
         )
     progress = _DrainProgress() if drain and sys.stderr.isatty() else None
     lag = (
