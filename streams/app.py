@@ -130,6 +130,8 @@ def create_app(
     """
     names = {topic: topic_name(topic, settings.topic_prefix) for topic in Topic}
     register(TRANSPORTS)
+    datadir = settings.var_dir / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         streams_group(settings),
         # Our transport: batches in, batches out (streams/transport.py).
@@ -137,7 +139,7 @@ def create_app(
         broker_credentials=_credentials(settings),
         store="memory://",
         Table=BatchTable,
-        datadir=str(settings.var_dir / "faust"),  # not the working directory
+        datadir=str(datadir),  # not the working directory
         autodiscover=False,
         web_enabled=False,
         topic_partitions=settings.partitions,

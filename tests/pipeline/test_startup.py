@@ -24,11 +24,13 @@ ROWS_WITHIN_S = 10.0
 RUNS = 10
 
 
-def _rows_within(pipeline: Pipeline, log: Path, seconds: float) -> float:
-    """Start `exnet up` at once after `exnet init`; seconds until its first row is queryable."""
+def _rows_within(pipeline: Pipeline, log: Path, seconds: float, init: bool = True) -> float:
+    """Start `exnet up` at once after `exnet init` (or without it); seconds until its
+    first row is queryable."""
     make = EventMaker(seed=5)
-    done = pipeline.run("init", timeout=120)
-    assert done.returncode == 0, done.stderr
+    if init:
+        done = pipeline.run("init", timeout=120)
+        assert done.returncode == 0, done.stderr
     started = time.monotonic()
     worker = pipeline.start(log=log)
     try:
@@ -59,3 +61,17 @@ def test_up_right_after_init_writes_within_seconds_every_time(
             pipeline.close()
     assert len(took) == RUNS
     print(f"seconds to the first row: {', '.join(f'{t:.1f}' for t in took)}")
+
+
+def test_up_without_init_in_a_var_dir_not_yet_made_writes_within_seconds(
+    settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    # A fresh machine: no var directory, no topics, no tables; `exnet up` makes them
+    # (the producer's send waits for the topic it creates).
+    var_dir = tmp_path / "fresh" / "var"
+    pipeline = Pipeline(settings_factory(partitions=3, var_dir=var_dir))
+    try:
+        _rows_within(pipeline, tmp_path / "up.log", ROWS_WITHIN_S, init=False)
+    finally:
+        pipeline.close()
+    assert (var_dir / "faust").is_dir()
