@@ -109,14 +109,14 @@ def _throughput(base: Settings, participants: int) -> None:
     )
     count, bare_s = _bare_loop(settings)
     started = time.perf_counter()
-    stderr, peak_rss = _drain(settings)
+    stderr, peaks = _drain(settings)
     exnet_s = time.perf_counter() - started
     bare_rate, exnet_rate = count / bare_s, count / exnet_s
     _print_rate(BARE_LABEL, count, bare_s)
     _print_rate("exnet up --drain (all four stages, write)", count, exnet_s)
     print(
         f"ratio exnet / bare: {exnet_rate / bare_rate:.2f}  (target >= 0.25, aim 0.5); "
-        f"peak RSS of exnet up and its writer: {peak_rss / 2**20:,.0f} MiB"
+        f"peak RSS of exnet up and its writer: {sum(peaks) / 2**20:,.0f} MiB"
     )
     startup = _startup_seconds(stderr)
     if startup is not None:
@@ -127,9 +127,10 @@ def _throughput(base: Settings, participants: int) -> None:
         )
 
 
-def _drain(settings: Settings) -> tuple[str, int]:
+def _drain(settings: Settings) -> tuple[str, list[int]]:
     """Run `exnet up --drain` to the end: its log, and the peak resident set in bytes of
-    it and its child processes (the ClickHouse writer runs in one), added up.
+    it and of each of its child processes (the ClickHouse writer runs in one), in the
+    order they appeared (`exnet up` first).
 
     Each process's peak is the kernel's high-water mark (``VmHWM``), read until it
     exits. Not ``wait4``'s ``ru_maxrss``: that one keeps the mark from before
@@ -150,7 +151,7 @@ def _drain(settings: Settings) -> tuple[str, int]:
         text = log.read().decode(errors="replace")
     if process.returncode != 0:
         raise SystemExit(f"exnet up --drain failed ({process.returncode}):\n{text[-3000:]}")
-    return text, sum(peaks_kib.values()) * 1024
+    return text, [kib * 1024 for kib in peaks_kib.values()]
 
 
 def _tree(pid: int) -> list[int]:
@@ -185,16 +186,17 @@ def _memory(base: Settings, participants: int) -> None:
     result = simulate(settings, participants=participants, seed=5)
     count, bare_s = _bare_loop(settings)
     started = time.perf_counter()
-    _, peak_rss = _drain(settings)
+    _, peaks = _drain(settings)
     seconds = time.perf_counter() - started
     bare_rate, exnet_rate = count / bare_s, result.messages / seconds
     _print_rate(BARE_LABEL, count, bare_s)
     _print_rate(
         "exnet up --drain", result.messages, seconds, f" (ratio {exnet_rate / bare_rate:.2f})"
     )
+    each = ", ".join(f"{peak / 2**20:,.0f}" for peak in sorted(peaks, reverse=True))
     print(
-        f"peak RSS of exnet up and its writer process, added up: {peak_rss / 2**20:,.0f} MiB "
-        "(target < 1024 MiB)"
+        f"peak RSS of exnet up and its writer process, added up: {sum(peaks) / 2**20:,.0f} MiB "
+        f"(target < 1024 MiB; each process, MiB: {each})"
     )
 
 
