@@ -360,7 +360,8 @@ class _RewindOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # untyp
     consumer (``commit``) raises ``RuntimeError``, so the batch cannot be written
     and committed here. Partitions kept across the rebalance keep their position,
     hence the seek; partitions that move are read by their new owner from the
-    last commit. Either way the batch is written again, once, after the rebalance.
+    last commit. Either way its messages are read and written again after the
+    rebalance (the tables keep one row of each).
     """
 
     def __init__(self, sink: SinkConsumer) -> None:
@@ -380,13 +381,15 @@ def _finish_lost_join(consumer: KafkaConsumer) -> None:
     with no partitions for good.
 
     When a poll's time runs out during a rejoin that a metadata change asked for
-    (typically the first join, before the subscribed topics' metadata arrived),
-    the join goes on in the background and, as group leader, records the new
-    metadata as assigned. The next poll then sees nothing to rejoin and never
-    applies the assignment the join brought back: the member stays in a
-    rebalance with heartbeats off. Seen in about 1 run in 20 of
+    (typically just after the first join, made before the subscribed topics'
+    metadata arrived), the join goes on in the background and, as group leader,
+    records the new metadata as assigned. The next poll then sees nothing to
+    rejoin and never applies the assignment the join brought back: the member
+    stays in a rebalance with heartbeats off. Seen in about 1 run in 20 of
     ``exnet up`` right after ``exnet init`` on a loaded machine. Asking for a
-    rejoin makes the next poll finish the join (or start a new one).
+    rejoin makes the next poll await the join still in flight, or start a new
+    one (one more rebalance of the group). Relies on kafka-python's internals:
+    the dependency is pinned to the version read.
     """
     coordinator = consumer._coordinator  # noqa: SLF001  # the one place we reach inside
     if coordinator.rejoining and not coordinator.need_rejoin():

@@ -89,46 +89,58 @@ def test_a_sink_that_loses_partitions_mid_batch_reads_them_again(
     producer.flush()
     producer.close()
 
-    def sink() -> SinkConsumer:
+    def sink(batch_seconds: float = 60) -> SinkConsumer:
         writer = ClickHouseWriter(client, settings.clickhouse_database)
         writer.setup(ROW_TABLES)
         metrics = Metrics()
         metrics.preset([])
-        return SinkConsumer(settings, writer, metrics)
+        return SinkConsumer(
+            settings.model_copy(update={"sink_batch_seconds": batch_seconds}), writer, metrics
+        )
+
+    def views_of(run: _Run) -> int:
+        return sum(tp.topic == views for tp in run.sink.assignment)
 
     first = _Run(sink())
-    second: _Run | None = None
+    runs = [first]
     try:
         _wait(lambda: first.sink.pending == ROWS, "the first sink to read every row")
-        second = _Run(sink())
-        joined = second
-
-        def views_of(run: _Run) -> int:
-            return sum(tp.topic == views for tp in run.sink.assignment)
-
-        _wait(lambda: views_of(joined) > 0, "the second sink's share")
-        # The first gave up its batch (the range assignor split the partitions of views):
-        # both read their share again, and every row once.
-        assert views_of(first) + views_of(joined) == PARTITIONS
-        assert 0 < views_of(first) < PARTITIONS
-        _wait(lambda: first.sink.pending + joined.sink.pending == ROWS, "the shares read")
+        joined = _Run(sink())
+        runs.append(joined)
+        # The first gave up its batch and sought back: once the range assignor split the
+        # partitions of views, each sink reads its share again, every row once in all.
+        _wait(
+            lambda: (
+                0 < views_of(first) < PARTITIONS
+                and views_of(first) + views_of(joined) == PARTITIONS
+                and first.sink.pending + joined.sink.pending == ROWS
+            ),
+            "both sinks to hold and read their share",
+        )
     finally:
-        first.stop()
-        if second is not None:
-            second.stop()
-    assert first.error is None, repr(first.error)
-    assert second.error is None, repr(second.error)
+        for run in runs:
+            run.sink.stop()
+        for run in runs:
+            run.stop()
+    assert [run.error for run in runs] == [None, None]
 
+    # Whatever a last rebalance (the first sink leaving) left unwritten is written by
+    # the next sink of the group: every row, every offset committed.
+    group = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=sink_group(settings))
+    partitions = [TopicPartition(views, p) for p in range(PARTITIONS)]
+    end_offsets = group.end_offsets(partitions)
+    last = _Run(sink(batch_seconds=0.05))
+    try:
+        _wait(
+            lambda: {tp: group.committed(tp) for tp in partitions} == end_offsets,
+            "every offset committed",
+        )
+    finally:
+        last.stop()
+        group.close()
+    assert last.error is None, repr(last.error)
     written = client.query(
         f"SELECT count(), uniqExact(day) FROM {settings.clickhouse_database}.node_daily FINAL"
     ).result_rows
     assert written == [(ROWS, ROWS)]
-    group = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=sink_group(settings))
-    try:
-        partitions = [TopicPartition(views, p) for p in range(PARTITIONS)]
-        committed = {tp: group.committed(tp) for tp in partitions}
-        end_offsets = group.end_offsets(partitions)
-    finally:
-        group.close()
-    assert committed == end_offsets
     client.close()
