@@ -45,6 +45,18 @@ class TopicFactory(Protocol):
 SettingsFactory = Callable[..., Settings]
 
 
+def wait_until(
+    condition: Callable[[], bool], what: str, timeout_s: float, interval_s: float = 0.1
+) -> None:
+    """Poll ``condition`` every ``interval_s`` until it holds; fail the test naming
+    ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(interval_s)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """The bootstrap of a broker that answers metadata requests; fails the test otherwise."""

@@ -3,9 +3,6 @@ embedded database, the check reading through the SQL endpoint's read-only sessio
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import orjson
 import pytest
 from kafka import KafkaProducer
@@ -17,20 +14,12 @@ from exnet.metrics import Metrics
 from exnet.runner import _SinkRole
 from sinks.query import run_query
 from sinks.rows import VIEW_COLUMNS
-from tests.conftest import SettingsFactory, TopicFactory
+from tests.conftest import SettingsFactory, TopicFactory, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 #: Seconds for the sink to start, write, and check twice.
 TIMEOUT_S = 60.0
-
-
-def _wait(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_the_sink_role_counts_settled_differences(
@@ -53,7 +42,7 @@ def test_the_sink_role_counts_settled_differences(
 
     role.start()
     try:
-        _wait(lambda: checked() > 0, "a first check")
+        wait_until(lambda: checked() > 0, "a first check", TIMEOUT_S)
         # An empty network: the reference's rows count nothing, the stream wrote none.
         assert {view: differing(view) for view in VIEW_KEYS} == dict.fromkeys(VIEW_KEYS, 0.0)
 
@@ -68,7 +57,7 @@ def test_the_sink_role_counts_settled_differences(
             headers=[(H.TABLE, b"network_summary")],
         )
         producer.close()
-        _wait(lambda: differing("network_summary") == 1.0, "the settled difference")
+        wait_until(lambda: differing("network_summary") == 1.0, "the settled difference", TIMEOUT_S)
         assert differing("node_summary") == 0.0
         # Analysts' queries share the endpoint's session with the check, one at a time.
         assert run_query(settings, "SELECT assays FROM network_summary FINAL", "TSV") == b"7\n"

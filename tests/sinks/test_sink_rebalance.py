@@ -4,8 +4,6 @@ an unwritten batch: nothing is lost, nothing crashes (a real broker, real chDB).
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
 
@@ -23,21 +21,13 @@ from sinks.consumer import ROW_TABLES, SinkConsumer, sink_group
 from sinks.migrate import apply_migrations
 from sinks.rows import VIEW_COLUMNS
 from sinks.writer import ClickHouseWriter
-from tests.conftest import SettingsFactory, TopicFactory
+from tests.conftest import SettingsFactory, TopicFactory, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 PARTITIONS = 4
 ROWS = 60
 TIMEOUT_S = 30.0
-
-
-def _wait(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class _Run:
@@ -104,18 +94,25 @@ def test_a_sink_that_loses_partitions_mid_batch_reads_them_again(
     first = _Run(sink())
     runs = [first]
     try:
-        _wait(lambda: first.sink.pending == ROWS, "the first sink to read every row")
+        wait_until(
+            lambda: first.sink.pending == ROWS,
+            "the first sink to read every row",
+            TIMEOUT_S,
+            interval_s=0.05,
+        )
         joined = _Run(sink())
         runs.append(joined)
         # The first gave up its batch and sought back: once the range assignor split the
         # partitions of views, each sink reads its share again, every row once in all.
-        _wait(
+        wait_until(
             lambda: (
                 0 < views_of(first) < PARTITIONS
                 and views_of(first) + views_of(joined) == PARTITIONS
                 and first.sink.pending + joined.sink.pending == ROWS
             ),
             "both sinks to hold and read their share",
+            TIMEOUT_S,
+            interval_s=0.05,
         )
     finally:
         for run in runs:
@@ -131,9 +128,11 @@ def test_a_sink_that_loses_partitions_mid_batch_reads_them_again(
     end_offsets = group.end_offsets(partitions)
     last = _Run(sink(batch_seconds=0.05))
     try:
-        _wait(
+        wait_until(
             lambda: {tp: group.committed(tp) for tp in partitions} == end_offsets,
             "every offset committed",
+            TIMEOUT_S,
+            interval_s=0.05,
         )
     finally:
         last.stop()

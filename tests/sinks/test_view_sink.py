@@ -4,8 +4,7 @@ broker, real chDB; and refuses, counts and commits past what is no view row."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -23,7 +22,7 @@ from sinks.consumer import ROW_TABLES, SinkConsumer, sink_group
 from sinks.migrate import apply_migrations
 from sinks.rows import VIEW_COLUMNS
 from sinks.writer import ClickHouseWriter
-from tests.conftest import SettingsFactory, TopicFactory
+from tests.conftest import SettingsFactory, TopicFactory, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -57,14 +56,6 @@ def client(settings: Settings) -> Iterator[Any]:
     apply_migrations(client, settings.clickhouse_database)
     yield client
     client.close()
-
-
-def _wait(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WRITTEN_TIMEOUT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _committed(settings: Settings, topic: str) -> int | None:
@@ -116,7 +107,11 @@ def test_the_sink_writes_view_rows_and_refuses_what_is_none(
     thread = threading.Thread(target=sink.run, daemon=True)
     thread.start()
     try:
-        _wait(lambda: _committed(settings, views_topic) == len(messages), "the commit")
+        wait_until(
+            lambda: _committed(settings, views_topic) == len(messages),
+            "the commit",
+            WRITTEN_TIMEOUT_S,
+        )
     finally:
         sink.stop()
         thread.join(timeout=WRITTEN_TIMEOUT_S)
