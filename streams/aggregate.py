@@ -9,13 +9,32 @@ events, specimen ids, assays, assessments at that node: ``node_summary``),
 and remission: ``arm_summary``). The network's figures are the rollup's, from
 the participant's node pieces.
 
-State (the ``participants`` table, co-partitioned with ``exnet.accepted``):
-``<participant_id>|e|<event_id>``, one marker per event counted, so an event
-read twice (a replay) counts once whatever order events came in; and each
-piece's running state, ``<participant_id>|<piece>``, with ``n``, the number of
-events it counted. A new event updates the two or three pieces it touches (no
-rescan of the participant's history); minutes add up exactly (Shewchuk's
-partials, as :func:`math.fsum`).
+State (the ``participants`` table, co-partitioned with ``exnet.accepted``), per
+participant:
+
+- ``<participant_id>|m|<k>`` (k = 0, 1, ...): the **markers** of the events
+  counted, so an event read twice (a replay) counts once whatever order events
+  came in: 24 bytes an event, its ``event_id`` as the UUID's 16 bytes, then the
+  offset it was counted from (8 bytes, big-endian), appended in the order
+  counted; a chunk holds :data:`MARKS_PER_CHUNK` at most, so no changelog
+  record outgrows a Kafka message however many events a participant has.
+- ``<participant_id>|node|<node_id>`` and ``<participant_id>|arm``: that piece's
+  running state, with ``n``, the number of events it counted, and ``o``, the
+  newest offset it counted.
+- ``<participant_id>|days|<node_id>``: the running states of the participant's
+  day pieces at that node, by day (one entry per participant and node, not per
+  day: a participant has a few hundred days).
+
+(Measured over a million events, 15,700 participants: one table entry per event
+and one per participant-day held 2.8 million entries in the stream worker,
+about 200 bytes each in memory.) A new event updates the two or three pieces it
+touches (no rescan of the participant's history); minutes add up exactly
+(Shewchuk's partials, as :func:`math.fsum`).
+
+The keys of the earlier layout (``<participant_id>|e|<event_id>``, one marker an
+event, and ``<participant_id>|day|<node_id>|<day>``) are still read when the new
+ones lack an event or a day, so a deployment's state carries over; what is
+counted again is written in the new layout.
 
 The stage sends, per participant a batch names, the pieces its events touch,
 each an absolute value with ``v`` = its ``n``, never a delta: the rollup
@@ -30,7 +49,7 @@ import logging
 import math
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -275,10 +294,8 @@ class AggregateStage:
 
     def __call__(self, records: Iterable[Any], table: MutableMapping[bytes, bytes]) -> Aggregated:
         """``records``: Kafka records of ``exnet.accepted`` (``offset``, value = fact row,
-        header ``exnet-route``), all of one partition, in offset order; ``table``:
-        ``<participant_id>|e|<event_id>`` -> the offset the event was counted from,
-        and ``<participant_id>|<piece>`` -> the piece's running state (JSON, with
-        ``o``: the newest offset it counted).
+        header ``exnet-route``), all of one partition, in offset order; ``table``: the
+        ``participants`` table (the module's docstring gives its keys).
 
         A batch's changelog records may survive a crash only in part (a prefix: the
         markers come first). So an event whose marker names this very offset is
@@ -289,15 +306,15 @@ class AggregateStage:
         is no exnet.accepted message of this version is skipped and counted.
         """
         result = Aggregated()
-        states: dict[bytes, dict[str, Any]] = {}  # table key -> piece state, this batch
-        changed: set[bytes] = set()
+        slots = _Slots(table)
+        marks: dict[bytes, _Marks] = {}  # participant -> their markers, this batch
         touched: dict[bytes, set[str]] = {}  # participant -> piece keys
-        markers: dict[bytes, bytes] = {}  # this batch's new markers, written first below
         for record in records:
             try:
                 route = read_route(record.headers)
                 event = orjson.loads(record.value)
                 event_id = event["event_id"]
+                uid = _uuid_bytes(event_id)
                 fact = fact_of(route, event)
             except (ValueError, KeyError, TypeError) as exc:
                 result.skipped += 1
@@ -305,44 +322,149 @@ class AggregateStage:
                 continue
             participant = route.participant_id.encode()
             offset = record.offset
-            marker = participant + b"|e|" + event_id.encode()
-            counted = markers.get(marker) or table.get(marker)
+            known = marks.get(participant)
+            if known is None:
+                known = marks[participant] = _Marks(participant, table)
+            counted = known.find(uid, event_id)
             if counted is None:
-                markers[marker] = str(offset).encode()
+                known.add(uid, offset)
                 result.new_events += 1
-            elif int(counted) != offset:
-                counted = b"skip"  # counted from another message (a replay): done
             pieces = touched.setdefault(participant, set())
             for kind, piece_key in _pieces_of(fact, route.node_id):
                 pieces.add(piece_key)
-                if counted == b"skip":
-                    continue
-                key = participant + b"|" + piece_key.encode()
-                state = states.get(key)
-                if state is None:
-                    stored = table.get(key)
-                    state = states[key] = orjson.loads(stored) if stored is not None else {}
+                if counted is not None and counted != offset:
+                    continue  # counted from another message (a replay): done
+                state = slots.state(participant, piece_key, create=True)
+                assert state is not None  # noqa: S101  # create=True
                 if state.get("o", -1) >= offset:
                     continue  # this piece counted it before a crash
                 _apply(kind, state, fact, event_id)
                 state["o"] = offset
-                changed.add(key)
-        for marker, value in markers.items():  # first: a crash may keep a prefix of them
-            table[marker] = value
-        for key in changed:
-            table[key] = json_value(states[key])
+                slots.changed(participant, piece_key)
+        for known in marks.values():  # first: a crash may keep a prefix of the records
+            known.write(table)
+        slots.write()
         out = result.outgoing
         for participant, piece_keys in touched.items():
             sent = {}
             for piece_key in piece_keys:
-                key = participant + b"|" + piece_key.encode()
-                state = states.get(key)
+                state = slots.state(participant, piece_key, create=False)
                 if state is None:
-                    stored = table.get(key)
-                    if stored is None:
-                        continue  # nothing counted yet (only a skipped message named it)
-                    state = orjson.loads(stored)
+                    continue  # nothing counted yet (only a skipped message named it)
                 sent[piece_key] = piece_figures(piece_key, state, self.endpoint)
             value = orjson.dumps({"participant_id": participant.decode(), "pieces": sent})
             out.append((self.contributions_topic, 0, participant, value, [], None))
         return result
+
+
+#: Markers in one table entry at most (24 bytes each: 48 KB, well under Kafka's 1 MB
+#: default message size).
+MARKS_PER_CHUNK: Final = 2_000
+_MARK: Final = 24
+
+
+def _uuid_bytes(event_id: str) -> bytes:
+    """The 16 bytes of a canonical UUID (``8-4-4-4-12`` hex digits); ValueError else."""
+    uid = bytes.fromhex(event_id.replace("-", ""))
+    if len(uid) != 16:  # noqa: PLR2004  # a UUID's size
+        raise ValueError(f"event_id {event_id!r} is no UUID")
+    return uid
+
+
+class _Marks:
+    """One participant's markers, as read from the table, and this batch's new ones."""
+
+    __slots__ = ("_chunks", "_dirty", "_participant", "_table")
+
+    def __init__(self, participant: bytes, table: MutableMapping[bytes, bytes]) -> None:
+        self._participant = participant
+        self._table = table
+        self._chunks: list[bytearray] = []
+        while (stored := table.get(self._key(len(self._chunks)))) is not None:
+            self._chunks.append(bytearray(stored))
+        self._dirty: set[int] = set()
+
+    def _key(self, chunk: int) -> bytes:
+        return b"%s|m|%d" % (self._participant, chunk)
+
+    def find(self, uid: bytes, event_id: str) -> int | None:
+        """The offset the event was counted from; None if it never was."""
+        for chunk in self._chunks:
+            at = chunk.find(uid)
+            while at != -1:
+                if at % _MARK == 0:
+                    return int.from_bytes(chunk[at + 16 : at + _MARK], "big")
+                at = chunk.find(uid, at + 1)
+        earlier = self._table.get(self._participant + b"|e|" + event_id.encode())
+        return None if earlier is None else int(earlier)  # the earlier layout's marker
+
+    def add(self, uid: bytes, offset: int) -> None:
+        chunks = self._chunks
+        if not chunks or len(chunks[-1]) >= MARKS_PER_CHUNK * _MARK:
+            chunks.append(bytearray())
+        chunks[-1] += uid + offset.to_bytes(8, "big")
+        self._dirty.add(len(chunks) - 1)
+
+    def write(self, table: MutableMapping[bytes, bytes]) -> None:
+        for chunk in sorted(self._dirty):
+            table[self._key(chunk)] = bytes(self._chunks[chunk])
+
+
+class _Slots:
+    """Where pieces' running states live in the table, read once per batch and written
+    back once: ``node|<node_id>`` and ``arm`` each under their own key, the day pieces
+    of a node together under ``days|<node_id>`` (a JSON object by day)."""
+
+    __slots__ = ("_changed", "_entries", "_table")
+
+    def __init__(self, table: MutableMapping[bytes, bytes]) -> None:
+        self._table = table
+        self._entries: dict[bytes, dict[str, Any] | None] = {}  # table key -> parsed
+        self._changed: set[bytes] = set()
+
+    def _entry(self, key: bytes) -> dict[str, Any] | None:
+        if key in self._entries:
+            return self._entries[key]
+        stored = self._table.get(key)
+        entry = self._entries[key] = orjson.loads(stored) if stored is not None else None
+        return entry
+
+    @staticmethod
+    def _where(participant: bytes, piece_key: str) -> tuple[bytes, str | None]:
+        if piece_key.startswith("day|"):
+            _, node_id, day = piece_key.split("|")
+            return b"%s|days|%s" % (participant, node_id.encode()), day
+        return participant + b"|" + piece_key.encode(), None
+
+    def state(self, participant: bytes, piece_key: str, *, create: bool) -> dict[str, Any] | None:
+        """The piece's running state (a new empty one when ``create``; else None when
+        it has none)."""
+        key, day = self._where(participant, piece_key)
+        entry = self._entry(key)
+        if day is None:
+            if entry is None and create:
+                entry = self._entries[key] = {}
+            return entry
+        if entry is None:
+            if not create:
+                return self._earlier_day(participant, piece_key)
+            entry = self._entries[key] = {}
+        state = entry.get(day)
+        if state is None:
+            state = self._earlier_day(participant, piece_key)
+            if state is None and create:
+                state = {}
+            if state is not None and create:
+                entry[day] = state
+        return state
+
+    def _earlier_day(self, participant: bytes, piece_key: str) -> dict[str, Any] | None:
+        stored = self._table.get(participant + b"|" + piece_key.encode())  # earlier layout
+        return orjson.loads(stored) if stored is not None else None
+
+    def changed(self, participant: bytes, piece_key: str) -> None:
+        self._changed.add(self._where(participant, piece_key)[0])
+
+    def write(self) -> None:
+        for key in self._changed:
+            self._table[key] = json_value(self._entries[key])

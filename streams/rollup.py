@@ -2,7 +2,11 @@
 
 State (the ``contributions`` table, one partition, so one rollup sees the
 whole network): every participant's latest version of each of their pieces
-(:mod:`streams.aggregate`), keyed ``<participant_id>|<piece>``.
+(:mod:`streams.aggregate`), keyed ``<participant_id>|<piece>``, but for the day
+pieces: a participant's at one node are kept together, by day, under
+``<participant_id>|days|<node_id>`` (one table entry per participant and node
+rather than per day). A day piece under its own key (the layout before) is
+still read, and is shadowed by the same day's piece in the grouped entry.
 A piece replaces the held one only if its ``v`` is higher: a repeated or late
 piece changes nothing, and a later one replaces the participant's whole share
 of that row.
@@ -274,11 +278,31 @@ class RollupStage:
             touched.add(_NETWORK_KEY)
             touched.update((NODE_SUMMARY, node_id) for node_id in self._nodes)
         totals = self.totals
+        days: dict[bytes, dict[str, Any]] = {}  # grouped day entries read, this batch
+        days_changed: set[bytes] = set()
         for record in records:
             share = orjson.loads(record.value)
             prefix = record.key + b"|"
             nodes_changed = False
             for piece_key, piece in share["pieces"].items():
+                if piece_key.startswith("day|"):
+                    _, node_id, day = piece_key.split("|")
+                    entry = prefix + b"days|" + node_id.encode()
+                    group = days.get(entry)
+                    if group is None:
+                        stored = table.get(entry)
+                        group = days[entry] = orjson.loads(stored) if stored is not None else {}
+                    prior = group.get(day)
+                    if prior is None:
+                        stored = table.get(prefix + piece_key.encode())  # the layout before
+                        prior = orjson.loads(stored) if stored is not None else None
+                    if prior is not None and prior["v"] >= piece["v"]:
+                        continue  # a repeat, or older than what is applied
+                    touched |= totals.replace(piece_key, prior, piece)
+                    group[day] = piece
+                    days_changed.add(entry)
+                    result.applied += 1
+                    continue
                 entry = prefix + piece_key.encode()
                 stored = table.get(entry)
                 prior = orjson.loads(stored) if stored is not None else None
@@ -292,6 +316,8 @@ class RollupStage:
                     self._node_pieces.setdefault(record.key, set()).add(entry)
             if nodes_changed:
                 touched |= self._renew_network(record.key, table)
+        for entry in days_changed:
+            table[entry] = json_value(days[entry])
         self._pending |= touched
         self._version = version
         result.outgoing = self._flush(now, result.rows)
@@ -391,11 +417,25 @@ class RollupStage:
         self._current = {t: {} for t in VIEW_KEYS}
         self._node_pieces = {}
         self._networks = {}
+        grouped: set[bytes] = set()  # <participant>|day|<node>|<day> held in a days entry
+        single_days: list[tuple[bytes, bytes]] = []  # under their own keys (layout before)
         for entry, stored in list(table.items()):
             participant, _, piece_key = entry.partition(b"|")
+            if piece_key.startswith(b"days|"):
+                node_id = piece_key[5:].decode()
+                for day, piece in orjson.loads(stored).items():
+                    grouped.add(b"%s|day|%s|%s" % (participant, node_id.encode(), day.encode()))
+                    self.totals.replace(f"day|{node_id}|{day}", None, piece)
+                continue
+            if piece_key.startswith(b"day|"):
+                single_days.append((entry, stored))
+                continue
             if piece_key.startswith(b"node|"):
                 self._node_pieces.setdefault(participant, set()).add(entry)
             self.totals.replace(piece_key.decode(), None, orjson.loads(stored))
+        for entry, stored in single_days:
+            if entry not in grouped:  # else shadowed by the grouped entry's newer piece
+                self.totals.replace(entry.partition(b"|")[2].decode(), None, orjson.loads(stored))
         for participant in self._node_pieces:
             self._renew_network(participant, table)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import tracemalloc
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from types import SimpleNamespace
@@ -26,6 +27,7 @@ from contracts.validation import Accepted, Validator
 from contracts.views import ArmKey, DailyKey, Views, compute_views
 from contracts.wire import validated_message
 from producers.simulate import MessageKind, SimulationConfig, generate
+from streams import aggregate as aggregate_module
 from streams.aggregate import AggregateStage, json_value
 from streams.rollup import LiveViews, RollupStage
 from tests.contracts.test_views import NODES, Make
@@ -280,10 +282,105 @@ def test_a_participants_pieces_hold_their_share_of_each_row() -> None:
     assert (node["specimens"], node["assays"]) == (["SP-0001"], 2)
     arm = pieces["arm"]
     assert (arm["modality"], arm["sessions_attended"], arm["v"]) == ("aerobic", 1, 2)
-    # One marker per event counted, and one running state per piece.
-    markers = [key for key in table if b"|e|" in key]
-    assert sorted(markers) == sorted(f"{who}|e|{e.event_id}".encode() for e in events)
-    assert len(table) == len(markers) + len(pieces)
+    # A marker per event counted (its UUID's bytes and offset), in one entry; a running
+    # state per node and arm piece; the day pieces of a node in one entry.
+    marks = table[f"{who}|m|0".encode()]
+    assert [marks[i : i + 16] for i in range(0, len(marks), 24)] == [
+        uuid.UUID(e.event_id).bytes for e in events
+    ]
+    assert [int.from_bytes(marks[i + 16 : i + 24], "big") for i in range(0, len(marks), 24)] == [
+        0, 1, 2, 3, 4
+    ]  # fmt: skip
+    days = orjson.loads(table[f"{who}|days|N01".encode()])
+    assert sorted(days) == ["2025-03-03", "2025-03-05", "2025-03-07"]
+    assert sorted(table) == sorted(
+        f"{who}|{key}".encode() for key in ("m|0", "days|N01", "node|N01", "arm")
+    )
+
+
+def test_markers_past_a_chunk_go_on_in_the_next_and_are_all_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(aggregate_module, "MARKS_PER_CHUNK", 2)
+    make = Make()
+    who = "P-00000000aa"
+    events = [make.session(who, "N01-S01", "attended", day=d) for d in range(5)]
+    stage, table = AggregateStage("c"), dict[bytes, bytes]()
+    stage([record(e, i) for i, e in enumerate(events[:3])], table)
+    stage([record(e, 3 + i) for i, e in enumerate(events[3:])], table)
+    assert [len(table[f"{who}|m|{k}".encode()]) for k in range(3)] == [48, 48, 24]
+    assert f"{who}|m|3".encode() not in table
+    # Each event read again from another message (a replay) is found, in any chunk.
+    replays = stage([record(e, 10 + i) for i, e in enumerate(events)], table)
+    assert replays.new_events == 0
+    assert orjson.loads(replays.outgoing[0][3])["pieces"]["node|N01"]["v"] == 5
+
+
+def _earlier_layout(table: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """The same state as the layout before markers and days were grouped kept it."""
+    earlier = {}
+    for key, value in table.items():
+        participant, kind, rest = (*key.split(b"|", 2), b"")[:3]
+        if kind == b"m":
+            for at in range(0, len(value), 24):
+                event_id = str(uuid.UUID(bytes=value[at : at + 16])).encode()
+                offset = int.from_bytes(value[at + 16 : at + 24], "big")
+                earlier[participant + b"|e|" + event_id] = str(offset).encode()
+        elif kind == b"days":
+            for day, state in orjson.loads(value).items():
+                earlier[b"%s|day|%s|%s" % (participant, rest, day.encode())] = json_value(state)
+        else:
+            earlier[key] = value
+    return earlier
+
+
+def test_the_earlier_tables_layout_carries_over() -> None:
+    make = Make()
+    who = "P-00000000aa"
+    first = make.session(who, "N01-S01", "attended", day=1, minutes=20.0)
+    stage, table = AggregateStage("c"), dict[bytes, bytes]()
+    stage([record(first, 0)], table)
+    earlier = _earlier_layout(table)
+    assert f"{who}|day|N01|2025-03-04".encode() in earlier  # the earlier keys
+    # A replay of the event counted before is not counted again.
+    again = stage([record(first, 5)], earlier)
+    assert again.new_events == 0
+    assert orjson.loads(again.outgoing[0][3])["pieces"]["day|N01|2025-03-04"]["v"] == 1
+    # A new event on the same day goes on from the earlier day's state.
+    later = make.session(who, "N01-S01", "attended", day=1, minutes=30.0)
+    (message,) = stage([record(later, 6)], earlier).outgoing
+    pieces = orjson.loads(message[3])["pieces"]
+    assert pieces["day|N01|2025-03-04"] == {
+        "sessions_attended": 2, "exercise_minutes": 50.0, "v": 2
+    }  # fmt: skip
+    assert pieces["node|N01"]["v"] == 2
+    assert orjson.loads(earlier[f"{who}|days|N01".encode()])["2025-03-04"]["n"] == 2
+
+
+def test_a_pipeline_whose_tables_hold_the_earlier_layout_goes_on_exact() -> None:
+    make = Make()
+    who = "P-00000000aa"
+    events = [
+        make.enrollment(who, "N01-S01", "randomized", day=1, modality="aerobic"),
+        make.session(who, "N01-S01", "attended", day=1, minutes=20.0),
+        make.session(who, "N01-S01", "attended", day=1, minutes=30.0),
+    ]
+    records = [record(event, offset) for offset, event in enumerate(events)]
+    pipeline = Pipeline()
+    pipeline.roll(pipeline.accept(records[:2]))
+    pipeline.participants[0] = _earlier_layout(pipeline.participants[0])
+    pipeline.contributions_table = _earlier_layout(pipeline.contributions_table)
+    assert f"{who}|day|N01|2025-03-04".encode() in pipeline.contributions_table
+    pipeline.rollup = RollupStage("v", NAMES)  # a restart: totals from the table alone
+    pipeline.generation += 1
+    pipeline.roll(pipeline.accept(records))  # the first two again (replays), a new one
+    assert_same(pipeline.views(), compute_views(events, NODES))
+    # The day is now held twice (its own key, and the newer piece grouped): counted once.
+    assert f"{who}|days|N01".encode() in pipeline.contributions_table
+    pipeline.rollup = RollupStage("v", NAMES)
+    pipeline.generation += 1
+    pipeline.roll([])
+    assert_same(pipeline.views(), compute_views(events, NODES))
 
 
 def test_a_batch_sends_only_the_pieces_its_events_touch() -> None:
@@ -447,7 +544,7 @@ def test_a_crash_that_kept_a_batchs_markers_but_not_its_pieces_loses_nothing() -
     before = dict(table)
     stage(second, table)
     # What survived: the first batch whole, and the second batch's markers only.
-    recovered = {**before, **{k: v for k, v in table.items() if b"|e|" in k}}
+    recovered = {**before, **{k: v for k, v in table.items() if b"|m|" in k}}
     (message,) = stage(second, recovered).outgoing
     pieces = orjson.loads(message[3])["pieces"]
     assert pieces["node|N01"]["sessions_attended"] == 3
