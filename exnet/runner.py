@@ -33,6 +33,7 @@ from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
 from exnet.admin import ensure_topics, replication_factor
 from exnet.httpserver import OpsServer
+from exnet.logs import collapse_repeats
 from exnet.metrics import Metrics
 from exnet.monitor import LagMonitor
 from exnet.settings import LOG_FORMAT, Settings
@@ -327,12 +328,14 @@ def _tune_gc() -> None:
 
 
 def configure_logging(settings: Settings) -> None:
-    """``settings.log_level`` for exnet's loggers; Kafka's and Faust's only warn, unless
-    the level is DEBUG."""
+    """``settings.log_level`` for exnet's loggers; Kafka's and Faust's only warn, and
+    the Kafka clients' repeated lines are collapsed (:mod:`exnet.logs`), unless the
+    level is DEBUG."""
     logging.getLogger().setLevel(settings.log_level)
     if settings.log_level.upper() != "DEBUG":
         for chatty in _CHATTY_LOGGERS:
             logging.getLogger(chatty).setLevel(logging.WARNING)
+        collapse_repeats()  # a deleted topic made 143,000 lines in 20 s
 
 
 def _raw_query(client: Any, sql: str, fmt: str) -> bytes:

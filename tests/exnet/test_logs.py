@@ -1,0 +1,96 @@
+"""The Kafka clients' repeated lines, collapsed."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from exnet.logs import RepeatFilter, collapse_repeats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(message: str, *args: object, level: int = logging.WARNING) -> logging.LogRecord:
+    return logging.LogRecord("kafka.cluster", level, __file__, 1, message, args, None)
+
+
+def test_a_line_repeated_in_a_tight_loop_passes_once_per_interval_then_says_how_many() -> None:
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=60.0, clock=clock)
+    passed = []
+    for step in range(10_000):  # 10,000 retries over 100 s
+        clock.now = 100.0 + step / 100
+        record = _record("Topic %s not found in cluster metadata", "exnet.session")
+        if repeats.filter(record):
+            passed.append(record.getMessage())
+    assert passed == [
+        "Topic exnet.session not found in cluster metadata",
+        "Topic exnet.session not found in cluster metadata (5999 more like this in the last "
+        "60 s, not shown)",
+    ]
+
+
+def test_other_lines_pass_their_own_way() -> None:
+    repeats = RepeatFilter(interval_s=60.0, clock=Clock())
+    assert repeats.filter(_record("Topic %s not found", "a"))
+    assert repeats.filter(_record("Topic %s not found", "b"))  # other arguments
+    assert repeats.filter(_record("Topic %s not found", "a", level=logging.ERROR))
+    assert not repeats.filter(_record("Topic %s not found", "a"))
+
+
+def test_a_line_not_repeated_within_the_interval_passes_unchanged() -> None:
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=60.0, clock=clock)
+    assert repeats.filter(_record("Unable connect to node %s", 1))
+    clock.now += 61
+    record = _record("Unable connect to node %s", 1)
+    assert repeats.filter(record)
+    assert record.getMessage() == "Unable connect to node 1"
+
+
+def test_exnets_own_lines_always_pass() -> None:
+    repeats = RepeatFilter(interval_s=60.0, clock=Clock())
+    for _ in range(3):
+        record = logging.LogRecord("exnet.runner", logging.WARNING, __file__, 1, "x", (), None)
+        assert repeats.filter(record)
+
+
+def test_printed_lines_collapse_while_a_handler_on_the_kafka_logger_sees_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    root, printed, refusals = logging.getLogger(), Keep(), Keep()
+    fetcher = logging.getLogger("kafka.consumer.fetcher")
+    # Whatever other tests left on the Kafka loggers (the CLIs silence them).
+    monkeypatch.setattr(logging.getLogger("kafka"), "propagate", True)
+    monkeypatch.setattr(fetcher, "disabled", False)
+    level = fetcher.level
+    fetcher.setLevel(logging.WARNING)  # (setLevel: loggers cache their effective level)
+    root.addHandler(printed)
+    fetcher.addHandler(refusals)  # as KafkaRefusals is put on "kafka"
+    try:
+        collapse_repeats()
+        collapse_repeats()  # once per handler
+        assert sum(isinstance(f, RepeatFilter) for f in printed.filters) == 1
+        for _ in range(1000):
+            fetcher.warning("Received unknown topic or partition error for %s", "t-0")
+    finally:
+        root.removeHandler(printed)
+        fetcher.removeHandler(refusals)
+        fetcher.setLevel(level)
+    assert printed.lines == ["Received unknown topic or partition error for t-0"]
+    assert len(refusals.lines) == 1000
