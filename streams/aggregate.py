@@ -23,7 +23,7 @@ participant:
   newest offset it counted.
 - ``<participant_id>|days|<node_id>``: the running states of the participant's
   day pieces at that node, by day (one entry per participant and node, not per
-  day: a participant has a few hundred days).
+  day: the simulated network's participants have 25 days each on average).
 
 (Measured over a million events, 15,700 participants: one table entry per event
 and one per participant-day held 2.8 million entries in the stream worker,
