@@ -49,7 +49,7 @@ import logging
 import math
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -334,13 +334,14 @@ class AggregateStage:
                 pieces.add(piece_key)
                 if counted is not None and counted != offset:
                     continue  # counted from another message (a replay): done
-                state = slots.state(participant, piece_key, create=True)
+                slot = slots.locate(participant, piece_key)
+                state = slots.state(slot, create=True)
                 assert state is not None  # noqa: S101  # create=True
                 if state.get("o", -1) >= offset:
                     continue  # this piece counted it before a crash
                 _apply(kind, state, fact, event_id)
                 state["o"] = offset
-                slots.changed(participant, piece_key)
+                slots.changed(slot)
         for known in marks.values():  # first: a crash may keep a prefix of the records
             known.write(table)
         slots.write()
@@ -348,7 +349,7 @@ class AggregateStage:
         for participant, piece_keys in touched.items():
             sent = {}
             for piece_key in piece_keys:
-                state = slots.state(participant, piece_key, create=False)
+                state = slots.state(slots.locate(participant, piece_key), create=False)
                 if state is None:
                     continue  # nothing counted yet (only a skipped message named it)
                 sent[piece_key] = piece_figures(piece_key, state, self.endpoint)
@@ -410,6 +411,13 @@ class _Marks:
             table[self._key(chunk)] = bytes(self._chunks[chunk])
 
 
+class _Slot(NamedTuple):
+    key: bytes  # the table's key
+    day: str | None  # the day within a days entry; None: the entry is the state
+    participant: bytes
+    piece_key: str
+
+
 class _Slots:
     """Where pieces' running states live in the table, read once per batch and written
     back once: ``node|<node_id>`` and ``arm`` each under their own key, the day pieces
@@ -430,40 +438,35 @@ class _Slots:
         return entry
 
     @staticmethod
-    def _where(participant: bytes, piece_key: str) -> tuple[bytes, str | None]:
+    def locate(participant: bytes, piece_key: str) -> _Slot:
+        """Where the piece's running state lives: its table key, and its day in that
+        entry (None: the entry is the state)."""
         if piece_key.startswith("day|"):
             _, node_id, day = piece_key.split("|")
-            return b"%s|days|%s" % (participant, node_id.encode()), day
-        return participant + b"|" + piece_key.encode(), None
+            key = b"%s|days|%s" % (participant, node_id.encode())
+            return _Slot(key, day, participant, piece_key)
+        return _Slot(participant + b"|" + piece_key.encode(), None, participant, piece_key)
 
-    def state(self, participant: bytes, piece_key: str, *, create: bool) -> dict[str, Any] | None:
+    def state(self, slot: _Slot, *, create: bool) -> dict[str, Any] | None:
         """The piece's running state (a new empty one when ``create``; else None when
         it has none)."""
-        key, day = self._where(participant, piece_key)
-        entry = self._entry(key)
-        if day is None:
+        entry = self._entry(slot.key)
+        if slot.day is None:
             if entry is None and create:
-                entry = self._entries[key] = {}
+                entry = self._entries[slot.key] = {}
             return entry
-        if entry is None:
-            if not create:
-                return self._earlier_day(participant, piece_key)
-            entry = self._entries[key] = {}
-        state = entry.get(day)
+        state = entry.get(slot.day) if entry is not None else None
         if state is None:
-            state = self._earlier_day(participant, piece_key)
-            if state is None and create:
-                state = {}
-            if state is not None and create:
-                entry[day] = state
+            earlier = self._table.get(slot.participant + b"|" + slot.piece_key.encode())
+            state = orjson.loads(earlier) if earlier is not None else None  # layout before
+            if create:
+                if entry is None:
+                    entry = self._entries[slot.key] = {}
+                state = entry[slot.day] = state if state is not None else {}
         return state
 
-    def _earlier_day(self, participant: bytes, piece_key: str) -> dict[str, Any] | None:
-        stored = self._table.get(participant + b"|" + piece_key.encode())  # earlier layout
-        return orjson.loads(stored) if stored is not None else None
-
-    def changed(self, participant: bytes, piece_key: str) -> None:
-        self._changed.add(self._where(participant, piece_key)[0])
+    def changed(self, slot: _Slot) -> None:
+        self._changed.add(slot.key)
 
     def write(self) -> None:
         for key in self._changed:

@@ -285,6 +285,8 @@ class RollupStage:
             prefix = record.key + b"|"
             nodes_changed = False
             for piece_key, piece in share["pieces"].items():
+                own = prefix + piece_key.encode()  # the piece's key (days: the layout before)
+                day = None
                 if piece_key.startswith("day|"):
                     _, node_id, day = piece_key.split("|")
                     entry = prefix + b"days|" + node_id.encode()
@@ -293,27 +295,21 @@ class RollupStage:
                         stored = table.get(entry)
                         group = days[entry] = orjson.loads(stored) if stored is not None else {}
                     prior = group.get(day)
-                    if prior is None:
-                        stored = table.get(prefix + piece_key.encode())  # the layout before
-                        prior = orjson.loads(stored) if stored is not None else None
-                    if prior is not None and prior["v"] >= piece["v"]:
-                        continue  # a repeat, or older than what is applied
-                    touched |= totals.replace(piece_key, prior, piece)
-                    group[day] = piece
-                    days_changed.add(entry)
-                    result.applied += 1
-                    continue
-                entry = prefix + piece_key.encode()
-                stored = table.get(entry)
-                prior = orjson.loads(stored) if stored is not None else None
+                if day is None or prior is None:
+                    stored = table.get(own)
+                    prior = orjson.loads(stored) if stored is not None else None
                 if prior is not None and prior["v"] >= piece["v"]:
                     continue  # a repeat, or older than what is applied
                 touched |= totals.replace(piece_key, prior, piece)
-                table[entry] = json_value(piece)
                 result.applied += 1
+                if day is not None:
+                    days[entry][day] = piece
+                    days_changed.add(entry)
+                    continue
+                table[own] = json_value(piece)
                 if piece_key.startswith("node|"):
                     nodes_changed = True
-                    self._node_pieces.setdefault(record.key, set()).add(entry)
+                    self._node_pieces.setdefault(record.key, set()).add(own)
             if nodes_changed:
                 touched |= self._renew_network(record.key, table)
         for entry in days_changed:
