@@ -6,7 +6,7 @@ decides which processes run it. Pure stages (:mod:`streams.dedup`,
 """
 
 from streams.app import DEDUP_TABLE, WorkerFailed, changelog_topic, create_app, streams_group
-from streams.dedup import Decision, Seen, decide, remember
+from streams.dedup import Decision, Seen, SeenTable, decide, remember
 from streams.guard import InvalidRatioExceeded, InvalidRatioGuard
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "InvalidRatioExceeded",
     "InvalidRatioGuard",
     "Seen",
+    "SeenTable",
     "WorkerFailed",
     "changelog_topic",
     "create_app",

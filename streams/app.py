@@ -184,7 +184,9 @@ def create_app(
         return app.Table(name, default=None, partitions=partitions, changelog_topic=changelog)
 
     seen = table(DEDUP_TABLE, settings.partitions)
-    deduplicate = DeduplicateStage(names[Topic.ACCEPTED], names[Topic.DEADLETTER])
+    deduplicate = DeduplicateStage(
+        names[Topic.ACCEPTED], names[Topic.DEADLETTER], settings.topic_prefix
+    )
     accepted = app.topic(names[Topic.ACCEPTED])
     participants = table(PARTICIPANTS_TABLE, settings.partitions)
     aggregate = AggregateStage(names[Topic.CONTRIBUTIONS], registry.primary_endpoint)
