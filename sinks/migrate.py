@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from clickhouse_connect.driver.client import Client
 
 from contracts.registry import NetworkRegistry, outcome_definition
+from sinks.client import insert_json
 from sinks.errors import MigrationError
 
 __all__ = ["MIGRATIONS", "apply_migrations", "load_registry_tables"]
@@ -69,11 +70,11 @@ def apply_migrations(client: Client, database: str) -> list[str]:
                 client.command(statement)
             except Exception as exc:
                 raise MigrationError(f"migration {migration} failed: {exc}") from exc
-        client.insert(
+        insert_json(
+            client,
             f"{database}.exnet_migrations",
+            ["id", "checksum", "applied_at"],
             [[migration, checksum, datetime.now(UTC)]],
-            column_names=["id", "checksum", "applied_at"],
-            settings={"async_insert": 0},
         )
         log.info("applied migration %s", migration)
         applied.append(migration)
@@ -83,20 +84,20 @@ def apply_migrations(client: Client, database: str) -> list[str]:
 def load_registry_tables(client: Client, database: str, registry: NetworkRegistry) -> None:
     """Write the registry's nodes and sites (the latest load wins per id)."""
     now = datetime.now(UTC)
-    client.insert(
+    insert_json(
+        client,
         f"{database}.nodes",
+        ["node_id", "name", "loaded_at"],
         [[node.id, node.name, now] for node in registry.nodes],
-        column_names=["node_id", "name", "loaded_at"],
-        settings={"async_insert": 0},
     )
-    client.insert(
+    insert_json(
+        client,
         f"{database}.sites",
+        ["site_id", "node_id", "name", "timezone", "loaded_at"],
         [
             [site.id, node_id, site.name, site.timezone or "", now]
             for node_id, site in registry.sites()
         ],
-        column_names=["site_id", "node_id", "name", "timezone", "loaded_at"],
-        settings={"async_insert": 0},
     )
     endpoint = registry.primary_endpoint
     study = (
@@ -109,10 +110,10 @@ def load_registry_tables(client: Client, database: str, registry: NetworkRegistr
         if endpoint is not None
         else ["", 0, 50, -1]
     )
-    client.insert(
+    insert_json(
+        client,
         f"{database}.study",
-        [[*study, outcome_definition(endpoint), now]],
-        column_names=[
+        [
             "instrument",
             "week",
             "response_reduction_pct",
@@ -120,5 +121,5 @@ def load_registry_tables(client: Client, database: str, registry: NetworkRegistr
             "definition",
             "loaded_at",
         ],
-        settings={"async_insert": 0},
+        [[*study, outcome_definition(endpoint), now]],
     )

@@ -8,22 +8,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.insert import InsertContext
 
-from sinks.client import INSERT_SETTINGS
+from sinks.client import INSERT_SETTINGS, JSON_SETTINGS, insert_json
 from sinks.errors import ClickHouseUnavailable
 
 __all__ = ["JSON_SETTINGS", "BatchWriter", "ClickHouseWriter"]
-
-#: JSON rows: ISO-8601 times as the contracts write them; no key that is not a column
-#: (a key the table lacks is a bug, not something to drop quietly); floats parsed to
-#: the nearest double, as the site wrote them (the fast parser may differ in the last
-#: bit).
-JSON_SETTINGS: dict[str, Any] = {
-    "date_time_input_format": "best_effort",
-    "input_format_skip_unknown_fields": 0,
-    "precise_float_parsing": 1,
-}
 
 log = logging.getLogger(__name__)
 
@@ -49,33 +38,31 @@ class BatchWriter(Protocol):
 
 
 class ClickHouseWriter:
-    """:class:`BatchWriter` over clickhouse-connect, one reused insert context per table."""
+    """:class:`BatchWriter` over clickhouse-connect: every batch as ``JSONEachRow``."""
 
     def __init__(self, client: Client, database: str) -> None:
         self._client = client
         self._database = database
-        self._contexts: dict[str, InsertContext] = {}
+        self._columns: dict[str, tuple[str, ...]] = {}
 
     def setup(self, tables: dict[str, Sequence[str]]) -> None:
-        """Prepare an insert context per table (reads the column types once)."""
+        """Declare the tables :meth:`write` takes rows for, and their columns."""
         for table, columns in tables.items():
-            self._contexts[table] = self._client.create_insert_context(
-                table=table,
-                database=self._database,
-                column_names=list(columns),
-                settings=dict(INSERT_SETTINGS),
-            )
+            self._columns[table] = tuple(columns)
 
     def write(
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], token: str
     ) -> None:
-        context = self._contexts[table]
-        if tuple(context.column_names) != tuple(columns):
-            raise ValueError(f"{table}: columns {columns} do not match the insert context")
-        context.data = rows
-        context.settings["insert_deduplication_token"] = token
+        if self._columns.get(table) != tuple(columns):
+            raise ValueError(f"{table}: columns {columns} are not those set up")
         try:
-            self._client.insert(context=context)
+            insert_json(
+                self._client,
+                f"{self._database}.{table}",
+                columns,
+                rows,
+                {"insert_deduplication_token": token},
+            )
         except Exception as exc:  # clickhouse-connect raises several kinds; all are retried
             raise ClickHouseUnavailable(f"insert into {table} failed: {exc}") from exc
 

@@ -149,3 +149,57 @@ def test_json_rows_keep_every_value_as_the_stream_wrote_it(client: Any) -> None:
     assert precise[1] == datetime(2025, 3, 17, 5, 12, 0, 250001)  # UTC, to the microsecond
     assert precise[4:] == ("pg/mL", "exnet.assay", 2, 7, True)
     assert overflow[2] == 1e306 and overflow[3] == float("inf")  # not 0
+
+
+_WRITER_WITHOUT_PANDAS = """
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from contracts import headers as H
+from contracts.registry import DEMO_REGISTRY, load_registry
+from exnet.settings import load_settings
+from sinks.client import connect
+from sinks.consumer import ROW_TABLES
+from sinks.migrate import apply_migrations, load_registry_tables
+from sinks.rows import rejected_row
+from sinks.writer import ClickHouseWriter
+
+settings = load_settings(var_dir=Path(sys.argv[1]))
+client = connect(settings, create_database=True)
+apply_migrations(client, settings.clickhouse_database)
+load_registry_tables(client, settings.clickhouse_database, load_registry(DEMO_REGISTRY))
+writer = ClickHouseWriter(client, settings.clickhouse_database)
+writer.setup(ROW_TABLES)
+headers = {
+    H.REASON: b"invalid_json",
+    H.SOURCE_TOPIC: b"exnet.session",
+    H.SOURCE_PARTITION: b"0",
+    H.SOURCE_OFFSET: b"7",
+    H.REJECTED_AT: b"2026-06-01T08:00:00.123456+00:00",
+}
+row = rejected_row(b"{nope", headers, datetime.now(UTC))
+writer.write("rejected_events", ROW_TABLES["rejected_events"], [row], token="t:7")
+written = client.query(
+    "SELECT reason, source_offset, rejected_at FROM rejected_events"
+).result_rows
+print(written)
+print(sorted(m for m in sys.modules if m.split(".")[0] == "pandas"))
+"""
+
+
+def test_the_writer_never_loads_pandas(tmp_path: Any) -> None:
+    """Every insert goes as JSON: clickhouse-connect's row insert would import pandas
+    (42 MB of the writer's memory) for the registry, migration and rejected rows."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITER_WITHOUT_PANDAS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows, modules = done.stdout.splitlines()[-2:]
+    assert "('invalid_json', 7, datetime.datetime(2026, 6, 1, 8, 0, 0, 123000" in rows
+    assert modules == "[]"
