@@ -25,7 +25,7 @@ from exnet.settings import Settings
 from sinks.consumer import sink_group
 from streams.app import streams_group
 
-__all__ = ["LagMonitor", "PartitionLag", "PipelineProgress"]
+__all__ = ["Backlog", "LagMonitor", "PartitionLag", "PipelineProgress"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,28 @@ class PipelineProgress:
             all(row.lag == 0 for row in self.stage_lag(group, topics))
             for group, topics in self.stages
         )
+
+
+class Backlog:
+    """Messages the pipeline has yet to consume, summed over its stages, when called;
+    None when Kafka cannot tell (logged). Connects on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._progress: PipelineProgress | None = None
+
+    def __call__(self) -> int | None:
+        try:
+            if self._progress is None:
+                self._progress = PipelineProgress(self._settings)
+            return sum(row.lag for row in self._progress.lag())
+        except KafkaError as exc:
+            log.warning("could not read consumer lag: %s", exc)
+            return None
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
 
 
 #: Seconds between "draining: ..." log lines that say what is left.

@@ -35,7 +35,7 @@ from exnet.admin import ensure_topics, replication_factor
 from exnet.httpserver import OpsServer
 from exnet.logs import collapse_repeats
 from exnet.metrics import Metrics
-from exnet.monitor import LagMonitor
+from exnet.monitor import Backlog, LagMonitor
 from exnet.settings import LOG_FORMAT, Settings
 from sinks.client import connect
 from sinks.consumer import ROW_TABLES, SinkConsumer
@@ -168,6 +168,7 @@ class _SinkRole(threading.Thread):
         read_client = None
         check_client = None
         view_check: ViewCheck | None = None
+        backlog: Backlog | None = None
         try:
             apply_migrations(client, database)
             load_registry_tables(client, database, load_registry(settings.registry_path))
@@ -185,8 +186,13 @@ class _SinkRole(threading.Thread):
                 else:  # a server: a read-only session of the check's own
                     check_client = connect(settings, readonly=True)
                     raw_query = partial(_raw_query, check_client)
+                backlog = Backlog(settings)
                 view_check = ViewCheck(
-                    rows_of(raw_query), database, self._metrics, settings.verify_interval_s
+                    rows_of(raw_query),
+                    database,
+                    self._metrics,
+                    settings.verify_interval_s,
+                    backlog,
                 )
             self._sink = SinkConsumer(settings, writer, self._metrics)
             if self._halt.is_set():
@@ -203,6 +209,8 @@ class _SinkRole(threading.Thread):
             if view_check is not None and view_check.is_alive():
                 view_check.stop()
                 view_check.join()  # a check in flight ends before its session closes
+            if backlog is not None:
+                backlog.close()
             if check_client is not None:
                 check_client.close()
             if endpoint is not None:

@@ -3,6 +3,7 @@ and both read from real chDB."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -16,6 +17,7 @@ from exnet.settings import Settings
 from sinks.client import connect
 from sinks.migrate import apply_migrations, load_registry_tables
 from sinks.verify import (
+    CATCHING_UP_BACKLOG,
     RowDifference,
     SettledDifferences,
     ViewCheck,
@@ -271,6 +273,58 @@ def test_the_check_counts_settled_differences_only(client: Any, settings: Settin
     _change_n01(client, version=5, screened=0)  # right again: N01 screened nobody
     check.check()
     assert differing() == zero
+
+
+@pytest.mark.clickhouse
+def test_the_check_waits_while_the_pipeline_catches_up(client: Any, settings: Settings) -> None:
+    """A long catch-up leaves view rows behind facts through several checks: no
+    check runs then, and differences settle over checks made after it only."""
+    metrics = Metrics()
+    metrics.preset([])
+    backlog: list[int | None] = [0]
+    queried: list[str] = []
+
+    def query(sql: str) -> list[dict[str, Any]]:
+        queried.append(sql)
+        return _query(client)(sql)
+
+    check = ViewCheck(
+        query, settings.clickhouse_database, metrics, interval_s=0.01, backlog=lambda: backlog[0]
+    )
+
+    def node_summary_differing() -> float | None:
+        return metrics.registry.get_sample_value(
+            "exnet_view_rows_differing", {"view": "node_summary"}
+        )
+
+    _change_n01(client, version=2)
+    assert not check.catching_up()
+    check.check()  # differs once
+    backlog[0] = CATCHING_UP_BACKLOG + 1
+    assert check.catching_up()
+    backlog[0] = CATCHING_UP_BACKLOG
+    assert not check.catching_up()
+    check.check()
+    assert node_summary_differing() == 0.0  # not settled: the catch-up came in between
+    check.check()
+    assert node_summary_differing() == 1.0
+    backlog[0] = None  # Kafka cannot tell: check anyway
+    assert not check.catching_up()
+
+    backlog[0] = 5 * CATCHING_UP_BACKLOG
+    queried.clear()
+    check.start()
+    try:
+        time.sleep(0.3)  # some 30 rounds of the schedule
+        assert queried == []
+        backlog[0] = 0
+        deadline = time.monotonic() + 10
+        while not queried and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert queried
+    finally:
+        check.stop()
+        check.join()
 
 
 def test_a_failed_check_is_counted_and_never_raises(settings: Settings) -> None:
