@@ -18,6 +18,7 @@ from sinks.client import connect
 from sinks.migrate import apply_migrations, load_registry_tables
 from sinks.verify import (
     CATCHING_UP_BACKLOG,
+    QueryRows,
     RowDifference,
     SettledDifferences,
     ViewCheck,
@@ -283,10 +284,11 @@ def test_the_check_waits_while_the_pipeline_catches_up(client: Any, settings: Se
     metrics.preset([])
     backlog: list[int | None] = [0]
     queried: list[str] = []
+    read: QueryRows = _query(client)
 
     def query(sql: str) -> list[dict[str, Any]]:
         queried.append(sql)
-        return _query(client)(sql)
+        return read(sql)
 
     check = ViewCheck(
         query, settings.clickhouse_database, metrics, interval_s=0.01, backlog=lambda: backlog[0]
