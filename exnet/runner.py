@@ -14,10 +14,12 @@ in the process itself.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import multiprocessing
 import os
+import platform
 import signal
 import sys
 import threading
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from types import FrameType
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
@@ -81,6 +83,20 @@ CHILD_HTTP_TIMEOUT_S = 2.0
 #: Measured over 108k events: the collector took 15-20% of the stream worker's time
 #: at the default; it runs ~14x less often at this one.
 GC_YOUNG_THRESHOLD = 10_000
+#: glibc malloc's settings for exnet's processes (mallopt parameter, value), each
+#: unless its ``MALLOC_*_`` variable is set: two arenas, not eight per core (each
+#: thread that allocates may otherwise get one, holding its freed memory), and blocks
+#: of 128 KiB and more (fetched record batches, produced batches, inserts' JSON) in
+#: mappings of their own, returned to the system when freed, with a fixed threshold
+#: (glibc's default grows it to 32 MiB after the first large block is freed, and
+#: those blocks then stay in the heap). Measured over 996,054 events: the stream
+#: worker's peak RSS 592 MiB by default, 562 with two arenas, 538 with both, for no
+#: visible change in the drain's time (166, 173, 170 s).
+MALLOC_SETTINGS: Final[tuple[tuple[str, int, int], ...]] = (
+    ("MALLOC_ARENA_MAX", -8, 2),  # M_ARENA_MAX
+    ("MALLOC_MMAP_THRESHOLD_", -3, 128 * 1024),  # M_MMAP_THRESHOLD
+    ("MALLOC_TRIM_THRESHOLD_", -1, 1024 * 1024),  # M_TRIM_THRESHOLD
+)
 #: Loggers that say too much below WARNING, unless the log level is DEBUG.
 _CHATTY_LOGGERS = ("kafka", "aiokafka", "faust", "mode")
 
@@ -325,6 +341,16 @@ def _sink_process_main(settings: Settings, parent: int) -> None:
     sys.exit(run_up(settings, Role.SINK, standby=True, monitor=False))
 
 
+def _tune_malloc() -> None:
+    """Apply :data:`MALLOC_SETTINGS` to this process (glibc only; elsewhere nothing)."""
+    if platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL(None)
+    for variable, parameter, value in MALLOC_SETTINGS:
+        if variable not in os.environ and not libc.mallopt(parameter, value):
+            log.warning("glibc refused mallopt(%d, %d)", parameter, value)
+
+
 def _tune_gc() -> None:
     """Collect garbage less often, and never scan what start-up built (modules, the
     app): the stream worker allocates a few short-lived objects per event, and
@@ -415,6 +441,7 @@ def run_up(
     """
     stop = _StopFlag()
     stop.install()
+    _tune_malloc()  # before any thread starts: each may take an arena
     metrics = Metrics()
     sink_role: _SinkRole | None = None
     sink_process: _SinkProcess | None = None
