@@ -17,10 +17,11 @@ import asyncio
 import ctypes
 import gc
 import logging
-import multiprocessing
 import os
+import pickle
 import platform
 import signal
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -258,33 +259,42 @@ class _SinkProcess:
     def __init__(self, settings: Settings, on_exit: Callable[[], None]) -> None:
         self._port = _free_port(LOOPBACK)
         self._url = f"http://{LOOPBACK}:{self._port}"
-        child = settings.model_copy(update={"metrics_host": LOOPBACK, "metrics_port": self._port})
-        spawn = multiprocessing.get_context("spawn")  # no forked copy of Faust's loop
-        self._process = spawn.Process(
-            target=_sink_process_main, args=(child, os.getpid()), name="exnet-sink"
+        self._settings = settings.model_copy(
+            update={"metrics_host": LOOPBACK, "metrics_port": self._port}
         )
+        self._process: subprocess.Popen[bytes] | None = None
         self._watcher = threading.Thread(target=self._watch, name="exnet-sink-watch", daemon=True)
         self._on_exit = on_exit
         self._stopping = False
         self.failed = False
 
     def start(self) -> None:
-        self._process.start()
+        # A fresh interpreter (no forked copy of Faust's loop), started by subprocess, not
+        # multiprocessing: its "spawn" starts a resource tracker process too (11 MB).
+        self._process = subprocess.Popen(  # noqa: S603  # this interpreter, our own module
+            # -P: not the working directory first on sys.path (it may hold other code)
+            [sys.executable, "-P", "-c", WRITER_PROCESS_CODE],
+            stdin=subprocess.PIPE,
+        )
+        assert self._process.stdin is not None  # noqa: S101  # stdin=PIPE
+        with self._process.stdin as pipe:  # the settings, secrets included: not on argv
+            pipe.write(pickle.dumps((self._settings, os.getpid())))
         self._watcher.start()
 
     def _watch(self) -> None:
         # The one thread that waits for the child (two waiters race to reap it).
-        self._process.join()
+        assert self._process is not None  # noqa: S101  # started
+        status = self._process.wait()
         if self._stopping:
             return
-        if self._process.exitcode != 0:  # 0: it was asked to stop too (Ctrl-C reaches both)
-            log.error("the ClickHouse writer process exited (status %s)", self._process.exitcode)
+        if status != 0:  # 0: it was asked to stop too (Ctrl-C reaches both)
+            log.error("the ClickHouse writer process exited (status %s)", status)
             self.failed = True
         self._on_exit()
 
     def stop(self) -> None:
         self._stopping = True
-        if self._process.pid is None:
+        if self._process is None:
             return  # never started
         self._process.terminate()  # SIGTERM, unless it was reaped: flush, commit, exit
         self._watcher.join(SINK_STOP_S)
@@ -292,7 +302,7 @@ class _SinkProcess:
             log.error("the ClickHouse writer did not stop in %.0f s: killing it", SINK_STOP_S)
             self._process.kill()
             self._watcher.join()
-        if self._process.exitcode not in (0, -signal.SIGTERM):
+        if self._process.returncode not in (0, -signal.SIGTERM):
             self.failed = True
 
     def ready(self) -> bool:
@@ -326,8 +336,14 @@ def _free_port(host: str) -> int:
         return port
 
 
-def _sink_process_main(settings: Settings, parent: int) -> None:
-    """The writer process's body (:class:`_SinkProcess`)."""
+#: What the writer process runs: :func:`writer_process_main`.
+WRITER_PROCESS_CODE: Final = "import exnet.runner; exnet.runner.writer_process_main()"
+
+
+def writer_process_main() -> None:
+    """The writer process's body (:class:`_SinkProcess`): its settings and its
+    parent's pid come pickled on stdin."""
+    settings, parent = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  # from our parent
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     configure_logging(settings)
 

@@ -127,7 +127,7 @@ def _writer_of(worker: subprocess.Popen[bytes], port: int, log: Path) -> tuple[s
     writers = [
         child
         for child in _children(worker.pid)
-        if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text()
+        if "writer_process_main" in Path(f"/proc/{child}/cmdline").read_text()
     ]
     assert len(writers) == 1, writers
     return text, writers[0]
