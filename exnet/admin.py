@@ -14,7 +14,7 @@ from contracts.catalog import TOPICS
 from contracts.errors import UserError
 from contracts.topics import topic_name
 from exnet.settings import Settings
-from streams.app import changelog_topics
+from streams.names import changelog_topics
 
 __all__ = [
     "admin_client",

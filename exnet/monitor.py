@@ -23,7 +23,7 @@ from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from exnet.metrics import Metrics
 from exnet.settings import Settings
 from sinks.consumer import sink_group
-from streams.app import streams_group
+from streams.names import streams_group
 
 __all__ = ["Backlog", "LagMonitor", "PartitionLag", "PipelineProgress"]
 

@@ -622,7 +622,8 @@ def _run_streams(
     """
     import faust
 
-    from streams import InvalidRatioExceeded, WorkerFailed, create_app
+    from streams.app import WorkerFailed, create_app
+    from streams.guard import InvalidRatioExceeded
 
     if stop.event.is_set():
         return 0

@@ -5,9 +5,13 @@ decides which processes run it. Pure stages (:mod:`streams.dedup`,
 :mod:`streams.guard`) test without a broker.
 """
 
-from streams.app import DEDUP_TABLE, WorkerFailed, changelog_topic, create_app, streams_group
 from streams.dedup import Decision, Seen, SeenTable, decide, remember
 from streams.guard import InvalidRatioExceeded, InvalidRatioGuard
+from streams.names import DEDUP_TABLE, changelog_topic, streams_group
+
+# The Faust app itself (``streams.app``: create_app, WorkerFailed) is imported where a
+# stream worker runs, not here: the ClickHouse writer's process names the stream
+# processors but never runs them, and Faust would cost it 20 MB.
 
 __all__ = [
     "DEDUP_TABLE",
@@ -16,9 +20,7 @@ __all__ = [
     "InvalidRatioGuard",
     "Seen",
     "SeenTable",
-    "WorkerFailed",
     "changelog_topic",
-    "create_app",
     "decide",
     "remember",
     "streams_group",

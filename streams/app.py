@@ -51,6 +51,14 @@ from exnet.settings import Settings
 from streams.aggregate import AggregateStage
 from streams.dedup import Deduplicated, DeduplicateStage
 from streams.guard import InvalidRatioGuard, SiteCounts
+from streams.names import (
+    CONTRIBUTIONS_TABLE,
+    DEDUP_TABLE,
+    PARTICIPANTS_TABLE,
+    changelog_topic,
+    changelog_topics,
+    streams_group,
+)
 from streams.rollup import LiveViews, RollupStage
 from streams.transport import SCHEME, BatchMessage, BatchTable, Producer, register
 from streams.validate import Validated, ValidateStage
@@ -68,18 +76,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Name of the dedup table; its changelog topic is ``<app id>-dedup-changelog``.
-DEDUP_TABLE = "dedup"
-#: The aggregate stage's table: participant_id -> what the views need of their events.
-PARTICIPANTS_TABLE = "participants"
-#: The rollup stage's table: participant_id -> their latest contribution.
-CONTRIBUTIONS_TABLE = "contributions"
-#: Each table -> the topic its agent reads (its changelog has that topic's partitions).
-TABLE_SOURCES: dict[str, Topic] = {
-    DEDUP_TABLE: Topic.VALIDATED,
-    PARTICIPANTS_TABLE: Topic.ACCEPTED,
-    CONTRIBUTIONS_TABLE: Topic.CONTRIBUTIONS,
-}
 #: Seconds between Faust's offset commits: bounds replay after a crash and drain latency.
 COMMIT_INTERVAL_S = 1.0
 #: Bytes per producer batch (per partition): large batches amortise each round trip.
@@ -100,21 +96,6 @@ class WorkerFailed(Exception):
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
-
-
-def streams_group(settings: Settings) -> str:
-    """The stream workers' consumer group (also the Faust app id)."""
-    return f"{settings.topic_prefix}{settings.consumer_group}-streams"
-
-
-def changelog_topic(settings: Settings, table: str = DEDUP_TABLE) -> str:
-    """The changelog topic of ``table`` (Faust's name: ``<app id>-<table>-changelog``)."""
-    return f"{streams_group(settings)}-{table}-changelog"
-
-
-def changelog_topics(settings: Settings) -> dict[str, Topic]:
-    """Every table's changelog topic -> the topic the table's agent reads."""
-    return {changelog_topic(settings, table): source for table, source in TABLE_SOURCES.items()}
 
 
 def create_app(

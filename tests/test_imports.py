@@ -26,3 +26,23 @@ def test_import_contracts_hold() -> None:
     assert "0 broken" in done.stdout, done.stdout
     # Every contract ran (a missing section would be "0 kept" and still exit 0).
     assert "Contracts: 5 kept, 0 broken." in done.stdout, done.stdout
+
+
+def test_the_clickhouse_writers_process_loads_no_stream_processor() -> None:
+    """``exnet up`` starts its writer as ``exnet.runner.writer_process_main``: that
+    module must not load Faust and its Kafka client (20 MB of the writer's memory);
+    the stream worker imports them where it runs."""
+    modules = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, exnet.runner; print(' '.join(sorted(sys.modules)))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    assert "exnet.runner" in modules
+    loaded = {name.split(".")[0] for name in modules}
+    assert not loaded & {"faust", "mode", "aiokafka"}, loaded & {"faust", "mode", "aiokafka"}

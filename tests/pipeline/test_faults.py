@@ -18,7 +18,7 @@ from kafka import KafkaAdminClient
 
 from contracts.views import compute_views
 from exnet.monitor import PipelineProgress
-from streams.app import streams_group
+from streams.names import streams_group
 from tests.pipeline.events import as_event
 from tests.pipeline.harness import Pipeline, assert_views_exact
 from tests.pipeline.load import participant_events

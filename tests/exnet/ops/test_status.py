@@ -27,7 +27,7 @@ from exnet.ops.status import (
     render_status,
 )
 from sinks.consumer import sink_group
-from streams.app import streams_group
+from streams.names import streams_group
 
 from .conftest import SITE_NODE, VIEW_RANDOMIZED, Seeded
 from .helpers import ops_cli
