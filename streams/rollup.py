@@ -404,7 +404,7 @@ class RollupStage:
         if minutes:
             network["exercise_minutes"] = math.fsum(minutes)
         network["v"] = 0  # derived, never compared
-        encoded = orjson.dumps(network, option=orjson.OPT_SORT_KEYS)
+        encoded = json_value(network, sort_keys=True)  # orjson's own bytes are 4 KiB
         prior = self._networks.get(participant)
         if prior == encoded:
             return set()
