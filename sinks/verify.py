@@ -297,7 +297,7 @@ class ViewCheck(threading.Thread):
     minutes, so a view row can sit behind facts already written through two
     checks and look settled though it is on its way (seen over a million
     events), and a check over a growing database costs the writer a core for a
-    second and about 100 MB at its peak (1M facts). Differences settle over
+    second and up to 66 MB at its peak (1M facts). Differences settle over
     checks made after the catch-up only.
     """
 
