@@ -57,6 +57,7 @@ __all__ = [
     "read_validated",
     "sent_utc_offset",
     "source_origin",
+    "uuid_bytes",
     "validated_message",
     "validated_partition",
 ]
@@ -67,6 +68,16 @@ Headers = Sequence[tuple[str, bytes]]
 #: default partitioner hash the key, key, value, headers, timestamp in ms or None
 #: for now).
 Outgoing = tuple[str, int | None, bytes | None, bytes, list[tuple[str, bytes]], int | None]
+
+
+def uuid_bytes(event_id: str) -> bytes:
+    """The 16 bytes of a UUID's canonical text (``8-4-4-4-12`` hex digits, as
+    :data:`contracts.envelope.EventId` stores an ``event_id``): how the stages' tables
+    key an event compactly. Raises ValueError for anything else."""
+    uid = bytes.fromhex(event_id.replace("-", ""))
+    if len(uid) != 16:  # noqa: PLR2004  # a UUID's size
+        raise ValueError(f"event_id {event_id!r} is no UUID")
+    return uid
 
 
 def validated_partition(event_id: bytes, partitions: int) -> int:

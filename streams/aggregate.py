@@ -55,7 +55,7 @@ import orjson
 
 from contracts.assessment import REMISSION_MAX
 from contracts.registry import PrimaryEndpoint
-from contracts.wire import Outgoing, Route, read_route
+from contracts.wire import Outgoing, Route, read_route, uuid_bytes
 
 __all__ = ["AggregateStage", "Aggregated", "fact_of", "json_value", "piece_figures"]
 
@@ -317,7 +317,7 @@ class AggregateStage:
                 route = read_route(record.headers)
                 event = orjson.loads(record.value)
                 event_id = event["event_id"]
-                uid = _uuid_bytes(event_id)
+                uid = uuid_bytes(event_id)
                 fact = fact_of(route, event)
             except (ValueError, KeyError, TypeError) as exc:
                 result.skipped += 1
@@ -378,14 +378,6 @@ MARKS_PER_CHUNK: Final = 2_000
 _MARK: Final = 24
 
 
-def _uuid_bytes(event_id: str) -> bytes:
-    """The 16 bytes of a canonical UUID (``8-4-4-4-12`` hex digits); ValueError else."""
-    uid = bytes.fromhex(event_id.replace("-", ""))
-    if len(uid) != 16:  # noqa: PLR2004  # a UUID's size
-        raise ValueError(f"event_id {event_id!r} is no UUID")
-    return uid
-
-
 class _Marks:
     """One participant's markers, as read from the table, and this batch's new ones."""
 
@@ -433,9 +425,10 @@ class _Slot(NamedTuple):
 
 
 class _Slots:
-    """Where pieces' running states live in the table, read once per batch and written
-    back once: ``node|<node_id>`` and ``arm`` each under their own key, the day pieces
-    of a node together under ``days|<node_id>`` (a JSON object by day)."""
+    """Where one participant's pieces' running states live in the table, read once
+    and written back once per batch: ``node|<node_id>`` and ``arm`` each under their
+    own key, the day pieces of a node together under ``days|<node_id>`` (a JSON
+    object by day)."""
 
     __slots__ = ("_changed", "_entries", "_table")
 

@@ -19,7 +19,7 @@ from typing import Final, NamedTuple
 
 from contracts import Origin
 from contracts.topics import Topic
-from contracts.wire import Outgoing, Received, accepted_message, conflict_message
+from contracts.wire import Outgoing, Received, accepted_message, conflict_message, uuid_bytes
 
 __all__ = [
     "Decision",
@@ -114,13 +114,12 @@ class SeenTable:
 
 
 def _uuid_bytes(event_id: str) -> bytes | None:
-    """The 16 bytes of a UUID's canonical text (``contracts.envelope.EventId``); None
-    for anything else (not on ``exnet.validated``, whose keys the validator wrote)."""
+    """:func:`~contracts.wire.uuid_bytes`; None for anything else (not on
+    ``exnet.validated``, whose keys the validator wrote)."""
     try:
-        key = bytes.fromhex(event_id.replace("-", ""))
+        return uuid_bytes(event_id)
     except ValueError:
         return None
-    return key if len(key) == UUID_BYTES else None
 
 
 def decide(prior: Seen | None, incoming: Seen) -> Decision:
