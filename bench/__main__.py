@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 #: In the order they run; each name is a module of this package.
-BENCHMARKS = ("validation", "publish", "pipeline")
+BENCHMARKS = ("validation", "stages", "publish", "pipeline")
 
 
 def main() -> None:

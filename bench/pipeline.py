@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import subprocess
@@ -25,16 +26,24 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
+from contracts.errors import UserError
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
+from exnet.broker import Cluster, cluster_status
 from exnet.settings import Settings, load_settings
 from producers import SimulationConfig, generate, simulate
+from producers.simulate import SimMessage
 from sinks import FACT_TABLES, run_query
 
 EXNET = str(Path(sys.executable).with_name("exnet"))
@@ -42,8 +51,12 @@ EXNET = str(Path(sys.executable).with_name("exnet"))
 PARTICIPANTS, QUICK_PARTICIPANTS = 1_700, 200
 LATENCY_RATE = 5_000  # events/s
 LATENCY_SECONDS, QUICK_LATENCY_SECONDS = 30, 10
+#: Seconds between the latency run's sends (each sends what fell due meanwhile).
+GENERATOR_TICK_S = 0.005
 #: ~1M events for the memory run.
 MEMORY_PARTICIPANTS = 15_700
+#: #11's goal for `exnet up --drain` against the bare loop.
+TARGET_RATIO = 0.25
 
 
 def _env(settings: Settings, metrics_port: int = 0) -> dict[str, str]:
@@ -109,16 +122,17 @@ def _throughput(base: Settings, participants: int) -> None:
     )
     count, bare_s = _bare_loop(settings)
     started = time.perf_counter()
-    stderr, peaks = _drain(settings)
+    drain = _drain(settings)
     exnet_s = time.perf_counter() - started
     bare_rate, exnet_rate = count / bare_s, count / exnet_s
     _print_rate(BARE_LABEL, count, bare_s)
     _print_rate("exnet up --drain (all four stages, write)", count, exnet_s)
     print(
-        f"ratio exnet / bare: {exnet_rate / bare_rate:.2f}  (target >= 0.25, aim 0.5); "
-        f"peak RSS of exnet up and its writer: {sum(peaks) / 2**20:,.0f} MiB"
+        f"ratio exnet / bare: {exnet_rate / bare_rate:.2f}  (target >= {TARGET_RATIO}, aim 0.5); "
+        f"peak RSS of exnet up and its writer: {sum(drain.peaks.values()) / 2**20:,.0f} MiB"
     )
-    startup = _startup_seconds(stderr)
+    _print_cpu(drain, count, bare_rate)
+    startup = _startup_seconds(drain.log)
     if startup is not None:
         steady = count / max(exnet_s - startup, 1e-9)
         print(
@@ -127,17 +141,38 @@ def _throughput(base: Settings, participants: int) -> None:
         )
 
 
-def _drain(settings: Settings) -> tuple[str, list[int]]:
-    """Run `exnet up --drain` to the end: its log, and the peak resident set in bytes of
-    it and of each of its child processes (the ClickHouse writer runs in one), in the
-    order they appeared (`exnet up` first).
+@dataclass
+class Drain:
+    """One `exnet up --drain` run, as :func:`_drain` saw it."""
+
+    log: str
+    #: pid -> peak resident set in bytes, in the order the processes appeared
+    #: (`exnet up`, the stream worker, first; then its writer).
+    peaks: dict[int, int]
+    #: pid -> CPU seconds (user + system) last seen, same order.
+    cpu: dict[int, float]
+    #: pid -> the process's role: ``stream worker`` (`exnet up` itself), ``writer``.
+    roles: dict[int, str]
+    #: CPU seconds the local Kafka broker(s) spent meanwhile; None when not local.
+    broker_cpu: float | None
+
+
+def _drain(settings: Settings) -> Drain:
+    """Run `exnet up --drain` to the end: its log, and the peak resident set and CPU
+    time of it and of each of its child processes (the ClickHouse writer runs in one),
+    and the local broker's CPU time over the run.
 
     Each process's peak is the kernel's high-water mark (``VmHWM``), read until it
     exits. Not ``wait4``'s ``ru_maxrss``: that one keeps the mark from before
     ``exec``, when the forked child still counted this (large) process, and it is
-    the largest of the processes, not their sum.
+    the largest of the processes, not their sum. CPU times are read every 50 ms, so
+    each process's last 50 ms at most are missing.
     """
     peaks_kib: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    roles: dict[int, str] = {}
+    brokers = _broker_pids()
+    broker_before = sum(_cpu_seconds(pid) for pid in brokers)
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             [EXNET, "up", "--drain"], env=_env(settings), stdout=subprocess.DEVNULL, stderr=log
@@ -145,13 +180,65 @@ def _drain(settings: Settings) -> tuple[str, list[int]]:
         while process.poll() is None:
             for pid in _tree(process.pid):
                 peaks_kib[pid] = max(peaks_kib.get(pid, 0), _high_water_kib(pid))
+                cpu[pid] = max(cpu.get(pid, 0.0), _cpu_seconds(pid))
+                if pid not in roles:
+                    roles[pid] = "stream worker" if pid == process.pid else _role_of(pid)
             time.sleep(0.05)
         process.wait()
         log.seek(0)
         text = log.read().decode(errors="replace")
+    broker_cpu = sum(_cpu_seconds(pid) for pid in brokers) - broker_before if brokers else None
     if process.returncode != 0:
         raise SystemExit(f"exnet up --drain failed ({process.returncode}):\n{text[-3000:]}")
-    return text, [kib * 1024 for kib in peaks_kib.values()]
+    peaks = {pid: kib * 1024 for pid, kib in peaks_kib.items()}
+    return Drain(text, peaks, cpu, roles, broker_cpu)
+
+
+def _role_of(pid: int) -> str:
+    """What a child of `exnet up` is: ``writer`` (the ClickHouse writer's process), else
+    its pid."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return f"pid {pid}"
+    return "writer" if b"writer_process_main" in command else f"pid {pid}"
+
+
+def _broker_pids() -> list[int]:
+    """The pids of the local broker(s) `exnet broker` runs (none when Kafka is elsewhere)."""
+    try:
+        cluster = Cluster.from_settings(load_settings())
+    except UserError:
+        return []
+    return [status.pid for status in cluster_status(cluster) if status.pid is not None]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (Linux ``/proc``); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _print_cpu(drain: Drain, count: int, bare_rate: float) -> None:
+    """Each process's CPU per message, beside what the machine's cores allow at the target."""
+    parts = [
+        f"{drain.roles.get(pid, pid)} {seconds * 1e6 / count:,.0f}"
+        for pid, seconds in drain.cpu.items()
+        if seconds >= 0.01  # not a short-lived helper's
+    ]
+    total = sum(drain.cpu.values())
+    if drain.broker_cpu is not None:
+        parts.append(f"broker {drain.broker_cpu * 1e6 / count:,.0f}")
+        total += drain.broker_cpu
+    budget = (os.cpu_count() or 1) * 1e6 / (TARGET_RATIO * bare_rate)
+    print(
+        f"CPU per message, µs: {', '.join(parts)}; in all {total * 1e6 / count:,.0f} "
+        f"(at {TARGET_RATIO}x the bare loop, this machine's {os.cpu_count()} cores allow "
+        f"{budget:,.0f} in all)"
+    )
 
 
 def _tree(pid: int) -> list[int]:
@@ -186,18 +273,24 @@ def _memory(base: Settings, participants: int) -> None:
     result = simulate(settings, participants=participants, seed=5)
     count, bare_s = _bare_loop(settings)
     started = time.perf_counter()
-    _, peaks = _drain(settings)
+    drain = _drain(settings)
     seconds = time.perf_counter() - started
+    peaks = list(drain.peaks.values())
     bare_rate, exnet_rate = count / bare_s, result.messages / seconds
     _print_rate(BARE_LABEL, count, bare_s)
     _print_rate(
         "exnet up --drain", result.messages, seconds, f" (ratio {exnet_rate / bare_rate:.2f})"
     )
-    each = ", ".join(f"{peak / 2**20:,.0f}" for peak in sorted(peaks, reverse=True))
+    each = ", ".join(
+        f"{drain.roles.get(pid, pid)} {peak / 2**20:,.0f}"
+        for pid, peak in drain.peaks.items()
+        if peak >= 8 * 2**20  # not a short-lived helper's
+    )
     print(
         f"peak RSS of exnet up and its writer process, added up: {sum(peaks) / 2**20:,.0f} MiB "
         f"(target < 1024 MiB; each process, MiB: {each})"
     )
+    _print_cpu(drain, result.messages, bare_rate)
 
 
 def _startup_seconds(log: str) -> float | None:
@@ -234,21 +327,10 @@ def _latency(base: Settings, seconds: int) -> None:
     )
     try:
         _wait_ready(port)
-        producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, acks="all"
-        )
-        names = {t: topic_name(t, settings.topic_prefix) for t in INPUT_TOPICS}
-        sent_at: dict[str, float] = {}
-        started = time.perf_counter()
-        for index, message in enumerate(messages):
-            due = started + index / LATENCY_RATE
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            sent_at[event_ids[index]] = time.time()
-            producer.send(names[message.topic], key=message.key, value=message.value)
-        producer.flush()
-        sent_s = time.perf_counter() - started
+        cpu_started = time.process_time()
+        sent_times, sent_s = asyncio.run(_publish_steady(settings, messages, LATENCY_RATE))
+        generator_cpu = (time.process_time() - cpu_started) / sent_s
+        sent_at = dict(zip(event_ids, sent_times, strict=True))
         ingested = _wait_ingested(settings, len(set(event_ids)))
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
@@ -256,7 +338,8 @@ def _latency(base: Settings, seconds: int) -> None:
     latencies = sorted(ingested[e] - sent_at[e] for e in ingested if e in sent_at)
     print(
         f"sent {len(messages):,} events at {len(messages) / sent_s:,.0f}/s for "
-        f"{sent_s:.0f} s; {len(latencies):,} of {len(sent_at):,} queryable"
+        f"{sent_s:.0f} s (the load generator took {generator_cpu:.0%} of a core); "
+        f"{len(latencies):,} of {len(sent_at):,} queryable"
     )
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
@@ -265,6 +348,61 @@ def _latency(base: Settings, seconds: int) -> None:
         f"{latencies[-1]:.2f} s  (target p99 <= 1 s; send time recorded by the producer, "
         "ingested_at read back)"
     )
+
+
+async def _publish_steady(
+    settings: Settings, messages: Sequence[SimMessage], rate: int
+) -> tuple[list[float], float]:
+    """Publish ``messages`` at ``rate`` a second, as sites would, keyed by participant and
+    partitioned by murmur2 of the key (the Kafka clients' default); returns each
+    message's send time (Unix seconds, taken as its tick starts handing it to the
+    producer, so that a wait in the producer counts as latency) and the seconds until
+    Kafka acknowledged the last.
+
+    Every ``GENERATOR_TICK_S`` the messages that fell due go out as one record batch
+    per partition (aiokafka's batch API, records built in C): kafka-python's
+    ``send`` took 60% of a core at 5,000 messages/s, a third of this 2-core machine,
+    taken from the pipeline it measures; sites publish from their own machines.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        names = {t: topic_name(t, settings.topic_prefix) for t in INPUT_TOPICS}
+        partitions = {name: sorted(await producer.partitions_for(name)) for name in names.values()}
+        partition_of = DefaultPartitioner()
+        sent_at = [0.0] * len(messages)
+        acknowledged: list[asyncio.Future[Any]] = []
+        started = time.perf_counter()
+        index = 0
+        while index < len(messages):
+            await asyncio.sleep(GENERATOR_TICK_S)
+            due = min(len(messages), int((time.perf_counter() - started) * rate) + 1)
+            batches: dict[tuple[str, int], Any] = {}
+            now = time.time()
+            for position in range(index, due):
+                message = messages[position]
+                topic = names[message.topic]
+                available = partitions[topic]
+                partition = partition_of(message.key, available, available)
+                batch = batches.get((topic, partition))
+                if (
+                    batch is None
+                    or batch.append(key=message.key, value=message.value, timestamp=None) is None
+                ):
+                    if batch is not None:  # full: send it, start another
+                        acknowledged.append(
+                            await producer.send_batch(batch, topic, partition=partition)
+                        )
+                    batch = batches[topic, partition] = producer.create_batch()
+                    batch.append(key=message.key, value=message.value, timestamp=None)
+                sent_at[position] = now
+            for (topic, partition), batch in batches.items():
+                acknowledged.append(await producer.send_batch(batch, topic, partition=partition))
+            index = due
+        await asyncio.gather(*acknowledged)
+        return sent_at, time.perf_counter() - started
+    finally:
+        await producer.stop()
 
 
 def _wait_ingested(settings: Settings, expected: int, timeout: float = 120) -> dict[str, float]:
