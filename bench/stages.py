@@ -26,6 +26,7 @@ import argparse
 import gc
 import os
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,11 @@ class Partitions:
         records.append(Record(key, value, len(records), list(headers or ())))
 
 
+def _partition(key: bytes | None) -> int:
+    """A key's partition, the same in every run (Python's ``hash`` of bytes is not)."""
+    return zlib.crc32(key or b"") % PARTITIONS
+
+
 def _batches(records: list[Record], size: int) -> list[list[Record]]:
     return [records[i : i + size] for i in range(0, len(records), size)]
 
@@ -91,7 +97,7 @@ def _stages(messages: list[Any], batch: int) -> dict[str, float]:
     inputs = Partitions()
     for message in messages:
         inputs.append(
-            (topic_name(message.topic, ""), hash(message.key) % PARTITIONS),
+            (topic_name(message.topic, ""), _partition(message.key)),
             (message.topic.value, None, message.key, message.value, [], None),
         )
     for records in inputs.records.values():
@@ -128,7 +134,7 @@ def _stages(messages: list[Any], batch: int) -> dict[str, float]:
                 read = [read_validated(r.key or b"", r.value, r.headers) for r in chunk]
                 for out in deduplicate(read, seen[partition], now).outgoing:
                     if out[0] == accepted_topic:
-                        accepted.append(hash(out[2]) % PARTITIONS, out)
+                        accepted.append(_partition(out[2]), out)
 
     def run_aggregate() -> None:
         for partition, records in accepted.records.items():
