@@ -44,7 +44,7 @@ from contracts import (
 from contracts.registry import DEMO_REGISTRY
 from contracts.topics import INPUT_TOPICS, Topic
 
-__all__ = ["generate_messages", "run"]
+__all__ = ["generate_messages", "pin_to_one_core", "run"]
 
 #: The whole load (messages); ``--quick`` uses ``QUICK_MESSAGES``.
 FULL_MESSAGES = 200_000
@@ -250,7 +250,7 @@ def _passes(
     return seconds
 
 
-def _pin_to_one_core() -> tuple[str, set[int] | None]:
+def pin_to_one_core() -> tuple[str, set[int] | None]:
     """Pin this process to one core; returns a description and the cores to restore."""
     if not hasattr(os, "sched_setaffinity"):
         return "not pinned (no sched_setaffinity here)", None
@@ -271,7 +271,7 @@ def _load_average() -> str:
 def run(args: argparse.Namespace) -> None:
     count = QUICK_MESSAGES if getattr(args, "quick", False) else FULL_MESSAGES
     load = _load_average()
-    pinning, cores = _pin_to_one_core()
+    pinning, cores = pin_to_one_core()
     try:
         _run(count, pinning, load)
     finally:  # the benchmarks that follow in this process get the machine back
