@@ -13,16 +13,20 @@ of that row.
 
 The views' totals are a function of that table, :class:`Totals`: the sum of
 every piece's row figures (a ``node`` piece counts in that node's
-``node_summary`` row, ``network`` in ``network_summary``, ``arm`` in its two
-``arm_summary`` rows, ``day`` in its ``node_daily`` row). Replacing a piece
-takes its old figures away and adds the new ones. Minutes are summed exactly
+``node_summary`` row and in ``network_summary``, ``arm`` in its two
+``arm_summary`` rows, ``day`` in its ``node_daily`` row). In the network's row a
+status counts once per participant however many of their node pieces hold it
+(a reference count per participant and status), and a specimen once however
+many nodes name it. Replacing a piece adds the differences between its old
+figures and the new ones. Minutes are summed exactly
 (integers in units of 2**-1074, the smallest double), so no float error builds
 up over subtractions and the totals do not depend on the order pieces came in.
 Distinct specimens are counted with a reference count per specimen_id.
 
-Each batch sends, to ``exnet.views``, the rows it changed, with ``version`` =
-the end offset of the batch in the contributions partition; the agent sends
-them before the batch's table changelog, so a row is never missing while the
+The rows a batch changed go to ``exnet.views`` (the agent's: the rows a window
+of batches changed, once, :meth:`RollupStage.flush`), with ``version`` = the
+end offset of the last batch in the contributions partition; the agent sends
+them before those batches' table changelog, so a row is never missing while the
 pieces that changed it are in the table. After a rebalance (a new generation)
 the totals are rebuilt from the table and every row, every registered node's
 included, is sent again. (A rebuilt row may carry a lower version than one
@@ -32,7 +36,6 @@ once the replayed batches reach it.)
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -47,6 +50,7 @@ from contracts.views import (
     DAILY_COLUMNS,
     MINUTES_COLUMNS,
     SESSION_COLUMNS,
+    STATUS_COLUMNS,
     SUMMARY_COLUMNS,
     VIEW_KEYS,
 )
@@ -67,6 +71,9 @@ _NETWORK_KEY: Final[ViewKey] = (NETWORK_SUMMARY,)
 #: Minutes are kept as exact integers of this unit: every double is a multiple of it.
 _SCALE: Final = 2**1074
 _COUNTED: Final = (*SESSION_COLUMNS, "adverse_events")
+_STATUSES: Final = frozenset(STATUS_COLUMNS)
+#: A piece's figures and specimen ids where it counted nothing.
+_NOTHING: Final[tuple[dict[str, Any], tuple[str, ...]]] = ({}, ())
 
 
 def _exact(minutes: float) -> int:
@@ -80,15 +87,14 @@ def piece_rows(
     """The view rows one piece counts in: (row key, figures to add, specimen_ids to
     count distinct). A status reached counts 1 (distinct participants)."""
     kind, _, rest = piece_key.partition("|")
-    if kind in ("node", "network"):
+    if kind == "node":
         figures: dict[str, Any] = dict.fromkeys(piece.get("reached", ()), 1)
         for column in _COUNTED:
             figures[column] = piece.get(column, 0)
         figures["exercise_minutes"] = piece.get("exercise_minutes", 0.0)
         figures["assays"] = piece.get("assays", 0)  # specimens: counted from their ids
         figures["assessments"] = piece.get("assessments", 0)
-        key = (NODE_SUMMARY, rest) if kind == "node" else _NETWORK_KEY
-        return [(key, figures, piece.get("specimens", ()))]
+        return [((NODE_SUMMARY, rest), figures, piece.get("specimens", ()))]
     if kind == "arm":
         if "node_id" not in piece:
             return []  # never randomized
@@ -121,53 +127,85 @@ _FIGURES: Final[dict[str, tuple[str, ...]]] = {
 
 @dataclass(slots=True)
 class Totals:
-    """The sum of every participant's pieces, row by row; exact."""
+    """The sum of every participant's pieces, row by row; exact.
+
+    A node piece counts in its node's row and in the network's: there, a status is
+    counted once per participant however many of their node pieces hold it, and a
+    specimen once however many nodes name it.
+    """
 
     #: row key -> column -> total (minutes in units of 2**-1074).
     sums: dict[ViewKey, Counter[str]] = field(default_factory=dict)
     #: row key -> specimen_id -> how many pieces name it.
     specimens: dict[ViewKey, Counter[str]] = field(default_factory=dict)
+    #: (participant_id, status) -> how many of the participant's node pieces hold it.
+    reached: Counter[tuple[bytes, str]] = field(default_factory=Counter)
 
     def replace(
-        self, piece_key: str, prior: Mapping[str, Any] | None, piece: Mapping[str, Any]
+        self,
+        piece_key: str,
+        prior: Mapping[str, Any] | None,
+        piece: Mapping[str, Any],
+        participant: bytes = b"",
     ) -> set[ViewKey]:
-        """Replace a participant's ``prior`` version of a piece (None: none) by
+        """Replace ``participant``'s ``prior`` version of a piece (None: none) by
         ``piece``; the row keys that changed."""
         touched = set()
         before = {key: (f, ids) for key, f, ids in piece_rows(piece_key, prior)} if prior else {}
+        network = piece_key.startswith("node|")
         for key, figures, specimen_ids in piece_rows(piece_key, piece):
-            old = before.pop(key, None)
-            if old is None:
-                self._add(key, figures, specimen_ids, sign=1)
-            else:  # the same row: add the differences only (specimen ids mostly stay)
-                old_figures, old_ids = old
-                gone, came = set(old_ids) - set(specimen_ids), set(specimen_ids) - set(old_ids)
-                self._add(key, old_figures, gone, sign=-1)
-                self._add(key, figures, came, sign=1)
+            old_figures, old_ids = before.pop(key, _NOTHING)
+            self._change(key, old_figures, figures, old_ids, specimen_ids)
             touched.add(key)
+            if network:
+                self._change(_NETWORK_KEY, old_figures, figures, old_ids, specimen_ids, participant)
+                touched.add(_NETWORK_KEY)
         for key, (figures, specimen_ids) in before.items():  # rows the piece left (an arm)
-            self._add(key, figures, specimen_ids, sign=-1)
+            self._change(key, figures, {}, specimen_ids, ())
             touched.add(key)
         return touched
 
-    def _add(
-        self, key: ViewKey, figures: dict[str, Any], specimen_ids: Iterable[str], sign: int
+    def _change(
+        self,
+        key: ViewKey,
+        old: Mapping[str, Any],
+        new: Mapping[str, Any],
+        old_ids: Iterable[str],
+        new_ids: Iterable[str],
+        participant: bytes | None = None,
     ) -> None:
+        """Take a piece's ``old`` figures and specimen ids out of the row ``key`` and put
+        its ``new`` ones in: only the differences. ``participant`` (the network row): a
+        status counts once per participant."""
         sums = self.sums.get(key)
         if sums is None:
             sums = self.sums[key] = Counter()
-        for column, value in figures.items():
+        for column in new.keys() | old.keys() if len(old) else new:
+            value, was = new.get(column, 0), old.get(column, 0)
+            if value == was:
+                continue
             if column in MINUTES_COLUMNS:
-                if value:
-                    sums[column] += sign * _exact(value)
-            elif value:
-                sums[column] += sign * value
-        if specimen_ids:
+                sums[column] += _exact(value) - _exact(was)
+            elif participant is not None and column in _STATUSES:
+                held = self.reached[participant, column] = (
+                    self.reached[participant, column] + value - was
+                )
+                if held == 0:
+                    del self.reached[participant, column]
+                    sums[column] -= 1
+                elif held == value - was:  # 0 -> 1: a participant more reached it
+                    sums[column] += 1
+            else:
+                sums[column] += value - was
+        if old_ids or new_ids:
             counts = self.specimens.get(key)
             if counts is None:
                 counts = self.specimens[key] = Counter()
-            for specimen_id in specimen_ids:
-                counts[specimen_id] += sign
+            old_set, new_set = set(old_ids), set(new_ids)
+            for specimen_id in new_set - old_set:
+                counts[specimen_id] += 1
+            for specimen_id in old_set - new_set:
+                counts[specimen_id] -= 1
                 if not counts[specimen_id]:
                     del counts[specimen_id]
 
@@ -248,13 +286,6 @@ class RollupStage:
         self._live = live
         self.totals = Totals()
         self._generation: int | None = None
-        #: participant_id -> the table keys of their node pieces (rebuilt with the totals).
-        self._node_pieces: dict[bytes, set[bytes]] = {}
-        #: participant_id -> their network piece, derived from their node pieces (memory
-        #: only: a copy in the table could lag its node pieces after a crash), as JSON
-        #: with sorted keys, so that equal pieces are equal bytes: a typical piece takes
-        #: 0.4 KB so, against 2.7 KB as a dict with its lists and strings.
-        self._networks: dict[bytes, bytes] = {}
         self._current: dict[str, dict[ViewKey, dict[str, Any]]] = {t: {} for t in VIEW_KEYS}
 
     def __call__(
@@ -264,12 +295,16 @@ class RollupStage:
         generation: int,
         version: int,
         now: datetime,
+        *,
+        send: bool = True,
     ) -> Rolled:
         """``records``: Kafka records of ``exnet.contributions``; ``table``:
         participant_id -> their latest contribution's JSON; ``generation``: the
         consumer group generation the batch was read in (a new one rebuilds the
         totals from ``table`` and sends every row); ``version``: the rows' version
-        (the batch's end offset)."""
+        (the batch's end offset). ``send``: build the changed rows (``outgoing``)
+        now; else they wait for :meth:`flush`, which builds them once for several
+        batches."""
         result = Rolled()
         touched: set[ViewKey] = set()
         if generation != self._generation:
@@ -285,7 +320,6 @@ class RollupStage:
         for record in records:
             share = orjson.loads(record.value)
             prefix = record.key + b"|"
-            nodes_changed = False
             for piece_key, piece in share["pieces"].items():
                 own = prefix + piece_key.encode()  # the piece's key (days: the layout before)
                 day = None
@@ -302,22 +336,25 @@ class RollupStage:
                     prior = orjson.loads(stored) if stored is not None else None
                 if prior is not None and prior["v"] >= piece["v"]:
                     continue  # a repeat, or older than what is applied
-                touched |= totals.replace(piece_key, prior, piece)
+                touched |= totals.replace(piece_key, prior, piece, record.key)
                 result.applied += 1
                 if day is not None:
                     days[entry][day] = piece
                     days_changed.add(entry)
                     continue
                 table[own] = json_value(piece)
-                if piece_key.startswith("node|"):
-                    nodes_changed = True
-                    self._node_pieces.setdefault(record.key, set()).add(own)
-            if nodes_changed:
-                touched |= self._renew_network(record.key, table)
         for entry in days_changed:
             table[entry] = json_value(days[entry])
         self._pending |= touched
         self._version = version
+        if send:
+            result.outgoing = self._flush(now, result.rows)
+        return result
+
+    def flush(self, now: datetime) -> Rolled:
+        """The rows changed since they were last built (``outgoing``, ``rows``), with
+        ``version`` = the end offset of the last batch applied."""
+        result = Rolled()
         result.outgoing = self._flush(now, result.rows)
         return result
 
@@ -376,48 +413,9 @@ class RollupStage:
         for view, rows in self._current.items():
             self._live.update(view, dict(rows))
 
-    def _renew_network(
-        self, participant: bytes, table: MutableMapping[bytes, bytes]
-    ) -> set[ViewKey]:
-        """The participant's share of ``network_summary``, from all their node pieces
-        (a status or a specimen counts once however many nodes saw it); the rows
-        that changed."""
-        network: dict[str, Any] = {}
-        reached: set[str] = set()
-        specimens: set[str] = set()
-        minutes: list[float] = []
-        for entry in self._node_pieces[participant]:
-            node = orjson.loads(table[entry])
-            for column, value in node.items():
-                if column == "reached":
-                    reached.update(value)
-                elif column == "specimens":
-                    specimens.update(value)
-                elif column == "exercise_minutes":
-                    minutes.append(value)
-                elif column != "v":
-                    network[column] = network.get(column, 0) + value
-        if reached:
-            network["reached"] = sorted(reached)
-        if specimens:
-            network["specimens"] = sorted(specimens)
-        if minutes:
-            network["exercise_minutes"] = math.fsum(minutes)
-        network["v"] = 0  # derived, never compared
-        encoded = json_value(network, sort_keys=True)  # orjson's own bytes are 4 KiB
-        prior = self._networks.get(participant)
-        if prior == encoded:
-            return set()
-        self._networks[participant] = encoded
-        return self.totals.replace(
-            "network", orjson.loads(prior) if prior is not None else None, network
-        )
-
     def _rebuild(self, table: MutableMapping[bytes, bytes]) -> None:
         self.totals = Totals()
         self._current = {t: {} for t in VIEW_KEYS}
-        self._node_pieces = {}
-        self._networks = {}
         grouped: set[bytes] = set()  # <participant>|day|<node>|<day> held in a days entry
         single_days: list[tuple[bytes, bytes]] = []  # under their own keys (layout before)
         for entry, stored in list(table.items()):
@@ -431,14 +429,10 @@ class RollupStage:
             if piece_key.startswith(b"day|"):
                 single_days.append((entry, stored))
                 continue
-            if piece_key.startswith(b"node|"):
-                self._node_pieces.setdefault(participant, set()).add(entry)
-            self.totals.replace(piece_key.decode(), None, orjson.loads(stored))
+            self.totals.replace(piece_key.decode(), None, orjson.loads(stored), participant)
         for entry, stored in single_days:
             if entry not in grouped:  # else shadowed by the grouped entry's newer piece
                 self.totals.replace(entry.partition(b"|")[2].decode(), None, orjson.loads(stored))
-        for participant in self._node_pieces:
-            self._renew_network(participant, table)
 
     def _row(self, key: ViewKey, stamp: str, version: int) -> dict[str, Any]:
         view = key[0]

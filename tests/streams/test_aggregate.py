@@ -230,6 +230,34 @@ def test_a_second_randomization_moves_the_participant_and_empties_the_old_arm() 
     assert_same(run(events, [[2], [0, 1]]), compute_views(events, NODES))
 
 
+def test_a_status_and_a_specimen_at_two_nodes_count_once_in_the_network_row() -> None:
+    """The network row counts distinct participants per status and distinct specimens,
+    whichever node pieces hold them, in any order, and so does a rebuild."""
+    make = Make()
+    who, other = "P-00000000aa", "P-00000000bb"
+    events = [
+        make.enrollment(who, "N01-S01", "screened", day=0),
+        make.enrollment(who, "N02-S01", "screened", day=1),
+        make.assay(who, "N01-S01", "SPC-0000000001"),
+        make.assay(who, "N02-S01", "SPC-0000000001"),
+        make.enrollment(other, "N02-S01", "screened", day=2),
+        make.session(who, "N02-S01", "attended", day=3, minutes=12.5),
+    ]
+    for order in ([[0], [1], [2], [3], [4], [5]], [[5, 3, 1], [4, 2, 0]], [[1, 3], [0, 2, 4, 5]]):
+        pipeline = Pipeline()
+        records = [record(e, i) for i, e in enumerate(events)]
+        for batch in order:
+            pipeline.roll(pipeline.accept([records[i] for i in batch]))
+        got = pipeline.views()
+        assert_same(got, compute_views(events, NODES))
+        network = got.network_summary
+        assert (network["screened"], network["specimens"], network["assays"]) == (2, 1, 2)
+        pipeline.rollup = RollupStage("v", NAMES)  # a restart: totals from the table alone
+        pipeline.generation += 1
+        pipeline.roll([])
+        assert_same(pipeline.views(), compute_views(events, NODES))
+
+
 def test_an_event_read_twice_counts_once() -> None:
     make = Make()
     who = "P-00000000aa"
