@@ -5,7 +5,9 @@ participants, seed 7, 1% duplicates, 0.5% invalid): its messages are split into
 the partitions Kafka would hold them in (6 per topic), and each stage runs over
 its input as the stream worker's agents do, batch by batch, its output feeding
 the next: validate (``streams.validate``), deduplicate (``streams.dedup``),
-aggregate (``streams.aggregate``), rollup (``streams.rollup``). No Kafka, no
+aggregate (``streams.aggregate``), rollup (``streams.rollup``); the last two
+send what a window of ``WINDOW_RECORDS`` accepted events changed once, as their
+agents do (``streams.app.VIEWS_WINDOW_S``). No Kafka, no
 Faust, no ClickHouse: tables are plain dicts (the worker's also queue a
 changelog record per write), records are plain objects (the worker's are
 aiokafka's, decoded on its consumer thread). So the figures are a floor: what a
@@ -28,7 +30,7 @@ import os
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -55,6 +57,9 @@ PARTICIPANTS, QUICK_PARTICIPANTS = 1_700, 200
 CATCH_UP_BATCH, STEADY_BATCH = 500, 20
 #: Partitions per topic (``EXNET_PARTITIONS``'s default); the contributions topic has one.
 PARTITIONS = 6
+#: Accepted events the aggregate agent's window holds: streams.app.VIEWS_WINDOW_S at a
+#: steady 5,000 events/s.
+WINDOW_RECORDS = 2_500
 STAGES = ("validate", "deduplicate", "aggregate", "rollup")
 
 
@@ -88,6 +93,20 @@ def _partition(key: bytes | None) -> int:
 
 def _batches(records: list[Record], size: int) -> list[list[Record]]:
     return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def _in_turn(partitions: dict[Any, list[Record]], size: int) -> Iterator[tuple[Any, list[Record]]]:
+    """Each partition's next batch of ``size`` records in turn, until all are read."""
+    batches = {
+        partition: iter(_batches(records, size)) for partition, records in partitions.items()
+    }
+    while batches:
+        for partition in list(batches):
+            chunk = next(batches[partition], None)
+            if chunk is None:
+                del batches[partition]
+            else:
+                yield partition, chunk
 
 
 def _stages(messages: list[Any], batch: int) -> dict[str, float]:
@@ -135,16 +154,39 @@ def _stages(messages: list[Any], batch: int) -> dict[str, float]:
                     if out[0] == accepted_topic:
                         accepted.append(_partition(out[2]), out)
 
+    ends: list[int] = []  # the contributions' end offset at each window's close
+
     def run_aggregate() -> None:
-        for partition, records in accepted.records.items():
-            for chunk in _batches(records, batch):
-                for out in aggregate(chunk, participants[partition]).outgoing:
+        # Partitions' batches in turn, as a fetch brings them; the agent's window of
+        # WINDOW_RECORDS sends each participant's pieces once.
+        touched: dict[int, dict[bytes, set[str]]] = defaultdict(dict)
+        held = 0
+
+        def send() -> None:
+            for partition, theirs in touched.items():
+                for out in aggregate.contributions(theirs, participants[partition]):
                     contributions.append(0, out)
+            touched.clear()
+            ends.append(len(contributions.records[0]))
+
+        for partition, chunk in _in_turn(accepted.records, batch):
+            result = aggregate(chunk, participants[partition], send=False)
+            for participant, pieces in result.touched.items():
+                touched[partition].setdefault(participant, set()).update(pieces)
+            held += len(chunk)
+            if held >= WINDOW_RECORDS:
+                send()
+                held = 0
+        send()
 
     def run_rollup() -> None:
-        records = contributions.records[0]
-        for chunk in _batches(records, batch):
-            rollup(chunk, latest, 1, chunk[-1].offset + 1, now)
+        # A window's contributions in batches, then its rows once.
+        records, start = contributions.records[0], 0
+        for end in ends:
+            for chunk in _batches(records[start:end], batch):
+                rollup(chunk, latest, 1, chunk[-1].offset + 1, now, send=False)
+            rollup.flush(now)
+            start = end
 
     gc.collect()
     gc.freeze()

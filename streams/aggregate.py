@@ -36,7 +36,8 @@ event, and ``<participant_id>|day|<node_id>|<day>``) are still read when the new
 ones lack an event or a day, so a deployment's state carries over; what is
 counted again is written in the new layout.
 
-The stage sends, per participant a batch names, the pieces its events touch,
+The stage sends, per participant a batch names (the agent's: a window of
+batches, :meth:`AggregateStage.contributions`), the pieces its events touch,
 each an absolute value with ``v`` = its ``n``, never a delta: the rollup
 (:mod:`streams.rollup`) keeps per participant and piece the highest ``v``, so a
 piece lost, repeated or late between the stages cannot leave a wrong sum for
@@ -47,7 +48,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
@@ -279,6 +280,8 @@ class Aggregated:
     new_events: int = 0
     #: Messages that were no exnet.accepted message of this version (logged, skipped).
     skipped: int = 0
+    #: participant_id -> the keys of the pieces the batch's events touch.
+    touched: dict[bytes, set[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -293,10 +296,14 @@ class AggregateStage:
     contributions_topic: str
     endpoint: PrimaryEndpoint | None = None
 
-    def __call__(self, records: Iterable[Any], table: MutableMapping[bytes, bytes]) -> Aggregated:
+    def __call__(
+        self, records: Iterable[Any], table: MutableMapping[bytes, bytes], *, send: bool = True
+    ) -> Aggregated:
         """``records``: Kafka records of ``exnet.accepted`` (``offset``, value = fact row,
         header ``exnet-route``), all of one partition, in offset order; ``table``: the
-        ``participants`` table (the module's docstring gives its keys).
+        ``participants`` table (the module's docstring gives its keys). ``send``: build
+        the contributions (``outgoing``) now; else ``touched`` names them, for
+        :meth:`contributions` to build once for several batches.
 
         A batch's changelog records may survive a crash only in part (a prefix;
         each participant's markers come before their pieces). So an event whose
@@ -329,7 +336,27 @@ class AggregateStage:
             )
         for participant, theirs in events.items():
             self._count(participant, theirs, table, result)
+        if send:
+            result.outgoing = self.contributions(result.touched, table)
         return result
+
+    def contributions(
+        self, touched: Mapping[bytes, Iterable[str]], table: MutableMapping[bytes, bytes]
+    ) -> list[Outgoing]:
+        """One message per participant in ``touched`` (participant_id -> piece keys): the
+        current value of each of those pieces in ``table`` (a piece nothing counted in
+        yet is left out)."""
+        outgoing: list[Outgoing] = []
+        for participant, pieces in touched.items():
+            slots = _Slots(table)
+            sent = {}
+            for piece_key in pieces:
+                state = slots.state(slots.locate(participant, piece_key), create=False)
+                if state is not None:
+                    sent[piece_key] = piece_figures(piece_key, state, self.endpoint)
+            value = orjson.dumps({"participant_id": participant.decode(), "pieces": sent})
+            outgoing.append((self.contributions_topic, 0, participant, value, [], None))
+        return outgoing
 
     def _count(
         self,
@@ -339,7 +366,7 @@ class AggregateStage:
         result: Aggregated,
     ) -> None:
         """Count one participant's events of the batch (offset, event_id, its UUID's
-        bytes, fact, node) and send the pieces they touch."""
+        bytes, fact, node); the pieces they touch go to ``result.touched``."""
         slots = _Slots(table)
         known = _Marks(participant, table)
         pieces: set[str] = set()
@@ -362,14 +389,7 @@ class AggregateStage:
                 slots.changed(slot)
         known.write(table)  # first: a crash may keep a prefix of the records
         slots.write()
-        sent = {}
-        for piece_key in pieces:
-            state = slots.state(slots.locate(participant, piece_key), create=False)
-            if state is None:
-                continue  # nothing counted yet
-            sent[piece_key] = piece_figures(piece_key, state, self.endpoint)
-        value = orjson.dumps({"participant_id": participant.decode(), "pieces": sent})
-        result.outgoing.append((self.contributions_topic, 0, participant, value, [], None))
+        result.touched.setdefault(participant, set()).update(pieces)
 
 
 #: Markers in one table entry at most (24 bytes each: 48 KB, well under Kafka's 1 MB

@@ -20,6 +20,9 @@ partition batch, :mod:`streams.transport`):
    each participant's latest, and the rows of the views they change go to
    ``exnet.views`` (:class:`~streams.rollup.RollupStage`), which the sink writes.
 
+Aggregate and rollup gather their batches in a window of ``VIEWS_WINDOW_S`` and
+send what the window changed once: a participant's contribution, a row.
+
 Offsets: a batch is done only once Kafka acknowledged everything it produced,
 table changelog records included (the agent goes on meanwhile); the transport
 commits only done batches. So a crash anywhere replays unfinished batches: at-least-once, made
@@ -85,6 +88,9 @@ SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_S = 1.0
 #: Seconds between checks whether the live views need filling from the rollup's table.
 FILL_VIEWS_S = 1.0
+#: Seconds the aggregate and rollup agents gather batches before they send what the
+#: batches changed, once (a participant's contribution, a view's row), and settle them.
+VIEWS_WINDOW_S = 0.5
 #: Batches a stream may hold in its buffer (all its partitions together): each is a
 #: partition's share of a fetch already, and a full buffer holds the fetch loop back.
 BATCHES_BUFFERED = 4
@@ -261,37 +267,98 @@ def create_app(
             await stream.ack(event)
             _count_deduplicated(metrics, result, site_last_event, time.perf_counter() - started)
 
-    async def _aggregate(stream: Any) -> None:
-        producer = cast(Producer, app.producer)
-        async for event in stream.noack().events():
-            batch = cast(BatchMessage, event.message)
-            started = time.perf_counter()
-            result = aggregate(batch.records, participants)  # skipped messages: logged
-            settle(batch, await producer.deliver([*result.outgoing, *batch.changelog]))
-            await stream.ack(event)
-            metrics.stream_batch_seconds.labels(stage="aggregate").observe(
-                time.perf_counter() - started
-            )
+    # The views' two agents gather their batches in a window: a participant named by
+    # many batches in it is sent once, a row changed by many is sent once.
+    touched: dict[bytes, set[str]] = {}  # the aggregate window's participants
+    aggregated, rolled = _Window(), _Window()
 
-    async def _rollup(stream: Any) -> None:
-        producer = cast(Producer, app.producer)
-        async for event in stream.noack().events():
-            batch = cast(BatchMessage, event.message)
-            started = time.perf_counter()
-            # The rows' version: the batch's end offset in the one contributions partition.
-            result = rollup(
-                batch.records, latest, batch.generation_id or 0, batch.offset + 1, datetime.now(UTC)
+    async def send_contributions() -> None:
+        async with aggregated.lock:
+            batches = aggregated.take()
+            if not batches:
+                return
+            outgoing = aggregate.contributions(touched, participants)
+            touched.clear()
+            delivered = await producer_of(app).deliver(
+                [*outgoing, *(record for batch in batches for record in batch.changelog)]
             )
+            for batch in batches:
+                settle(batch, delivered)
+
+    async def send_rows() -> None:
+        async with rolled.lock:
+            batches = rolled.take()
+            if not batches:
+                return
+            producer = producer_of(app)
+            result = rollup.flush(datetime.now(UTC))
             # Rows first, the table's changelog once they are in Kafka: a crash between
             # the two cannot leave pieces in the table whose rows (an emptied arm's
             # deletion, say) no rebuild would send.
             if result.outgoing:
                 await (await producer.deliver(result.outgoing))
-            settle(batch, await producer.deliver(batch.changelog))
+            delivered = await producer.deliver(
+                [record for batch in batches for record in batch.changelog]
+            )
+            for batch in batches:
+                settle(batch, delivered)
+
+    async def _aggregate(stream: Any) -> None:
+        async for event in stream.noack().events():
+            batch = cast(BatchMessage, event.message)
+            started = time.perf_counter()
+            result = aggregate(batch.records, participants, send=False)  # skipped: logged
+            for participant, pieces in result.touched.items():
+                touched.setdefault(participant, set()).update(pieces)
+            aggregated.add(batch)
+            await stream.ack(event)
+            metrics.stream_batch_seconds.labels(stage="aggregate").observe(
+                time.perf_counter() - started
+            )
+            if aggregated.due():
+                await send_contributions()
+
+    async def _rollup(stream: Any) -> None:
+        async for event in stream.noack().events():
+            batch = cast(BatchMessage, event.message)
+            started = time.perf_counter()
+            # The rows' version: the batch's end offset in the one contributions partition.
+            rollup(
+                batch.records,
+                latest,
+                batch.generation_id or 0,
+                batch.offset + 1,
+                datetime.now(UTC),
+                send=False,
+            )
+            rolled.add(batch)
             await stream.ack(event)
             metrics.stream_batch_seconds.labels(stage="rollup").observe(
                 time.perf_counter() - started
             )
+            if rolled.due():
+                await send_rows()
+
+    async def send_due() -> None:
+        # A window whose agent has no new batch to close it.
+        try:
+            if aggregated.due():
+                await send_contributions()
+            if rolled.due():
+                await send_rows()
+        except Exception as exc:  # a failed delivery: as in an agent, stop the worker
+            on_failure(WorkerFailed(exc))
+            await app.crash(exc)
+
+    app.timer(VIEWS_WINDOW_S / 4, name="exnet-views-window")(send_due)
+
+    async def send_before_revoke(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        # The tables already hold the windows' batches; their partitions may stay here
+        # after the rebalance, where recovery would lay the changelog over them.
+        await send_contributions()
+        await send_rows()
+
+    cast(Any, app.on_partitions_revoked).connect(send_before_revoke)
 
     # An agent that raises is a bug: crash the worker (never restart the agent
     # past the failing batch, which is not done and so not committed).
@@ -303,6 +370,34 @@ def create_app(
     ):
         app.agent(source, name=name, supervisor_strategy=CrashingSupervisor)(reporting(body))
     return app
+
+
+def producer_of(app: faust.App) -> Producer:
+    return cast(Producer, app.producer)
+
+
+class _Window:
+    """Batches an agent applied whose outputs and table changelog wait to be sent
+    together; they are not done (so not committed) until then."""
+
+    def __init__(self, seconds: float = VIEWS_WINDOW_S) -> None:
+        self.seconds = seconds
+        self.lock = asyncio.Lock()
+        self._batches: list[BatchMessage] = []
+        self._opened = 0.0
+
+    def add(self, batch: BatchMessage) -> None:
+        if not self._batches:
+            self._opened = time.monotonic()
+        self._batches.append(batch)
+
+    def due(self) -> bool:
+        """The window holds batches and is ``seconds`` old."""
+        return bool(self._batches) and time.monotonic() - self._opened >= self.seconds
+
+    def take(self) -> list[BatchMessage]:
+        batches, self._batches = self._batches, []
+        return batches
 
 
 def _credentials(settings: Settings) -> faust.SASLCredentials | None:
