@@ -339,8 +339,7 @@ def create_app(
             if rolled.due():
                 await send_rows()
 
-    async def send_due() -> None:
-        # A window whose agent has no new batch to close it.
+    async def send_due_windows() -> None:
         try:
             if aggregated.due():
                 await send_contributions()
@@ -349,6 +348,17 @@ def create_app(
         except Exception as exc:  # a failed delivery: as in an agent, stop the worker
             on_failure(WorkerFailed(exc))
             await app.crash(exc)
+
+    sending: list[asyncio.Future[None]] = []  # the timer's current sending, if any
+
+    async def send_due() -> None:
+        # A window whose agent has no new batch to close it. The timer only starts the
+        # sending, which takes a produce round trip or two: longer than its interval.
+        if sending and not sending[0].done():
+            return
+        sending.clear()
+        if aggregated.due() or rolled.due():
+            sending.append(asyncio.ensure_future(send_due_windows()))
 
     app.timer(VIEWS_WINDOW_S / 4, name="exnet-views-window")(send_due)
 
