@@ -7,11 +7,11 @@ its input as the stream worker's agents do, batch by batch, its output feeding
 the next: validate (``streams.validate``), deduplicate (``streams.dedup``),
 aggregate (``streams.aggregate``), rollup (``streams.rollup``); the last two
 send what a window of ``WINDOW_RECORDS`` accepted events changed once, as their
-agents do (``streams.app.VIEWS_WINDOW_S``). No Kafka, no
-Faust, no ClickHouse: tables are plain dicts (the worker's also queue a
-changelog record per write), records are plain objects (the worker's are
-aiokafka's, decoded on its consumer thread). So the figures are a floor: what a
-stream worker pays per message even if moving messages were free.
+agents do (``streams.app.VIEWS_WINDOW_S``). No Kafka, no Faust, no ClickHouse:
+tables are plain dicts (the worker's also queue a changelog record per write),
+records are plain objects (the worker's are aiokafka's, decoded on its consumer
+thread). So the figures are a floor: what a stream worker pays per message even
+if moving messages were free.
 
 Two batch sizes: ``CATCH_UP_BATCH`` records (what each fetch brings while a
 backlog drains) and ``STEADY_BATCH`` (a partition's share of a fetch at a
