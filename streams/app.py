@@ -279,7 +279,7 @@ def create_app(
                 return
             outgoing = aggregate.contributions(touched, participants)
             touched.clear()
-            delivered = await producer_of(app).deliver(
+            delivered = await _producer_of(app).deliver(
                 [*outgoing, *(record for batch in batches for record in batch.changelog)]
             )
             for batch in batches:
@@ -290,7 +290,7 @@ def create_app(
             batches = rolled.take()
             if not batches:
                 return
-            producer = producer_of(app)
+            producer = _producer_of(app)
             result = rollup.flush(datetime.now(UTC))
             # Rows first, the table's changelog once they are in Kafka: a crash between
             # the two cannot leave pieces in the table whose rows (an emptied arm's
@@ -382,7 +382,8 @@ def create_app(
     return app
 
 
-def producer_of(app: faust.App) -> Producer:
+def _producer_of(app: faust.App) -> Producer:
+    """The app's producer: this module's transport's (``create_app`` selects it)."""
     return cast(Producer, app.producer)
 
 

@@ -258,6 +258,37 @@ def test_a_status_and_a_specimen_at_two_nodes_count_once_in_the_network_row() ->
         assert_same(pipeline.views(), compute_views(events, NODES))
 
 
+def test_a_window_sends_each_participant_and_each_row_once_with_the_latest_figures(
+    simulated: list[EventBase],
+) -> None:
+    """The agents' windows: batches applied without sending, then one contribution per
+    participant and one message per row, whose figures are the oracle's."""
+    records = [record(e, i) for i, e in enumerate(simulated)]
+    stage, table = AggregateStage("c"), {}
+    touched: dict[bytes, set[str]] = {}
+    for at in range(0, len(records), 20):
+        result = stage(records[at : at + 20], table, send=False)
+        assert not result.outgoing
+        for participant, pieces in result.touched.items():
+            touched.setdefault(participant, set()).update(pieces)
+    contributions = stage.contributions(touched, table)
+    keys = [key for _, _, key, _, _, _ in contributions]
+    assert sorted(keys) == sorted({r.key for r in records})  # each participant once
+
+    windowed = Pipeline()
+    shares = [SimpleNamespace(key=key, value=value) for _, _, key, value, _, _ in contributions]
+    for at in range(0, len(shares), 20):
+        applied = windowed.rollup(shares[at : at + 20], {}, 1, at + 20, NOW, send=False)
+        assert not applied.outgoing
+    rows = windowed.rollup.flush(NOW).outgoing
+    row_keys = [(dict(h)["exnet-table"], key) for _, _, key, _, h, _ in rows]
+    assert len(row_keys) == len(set(row_keys))  # each row once
+    for _, _, key, value, headers, _ in rows:
+        windowed.rows[(dict(headers)["exnet-table"].decode(), key)] = orjson.loads(value)
+    assert_same(windowed.views(), compute_views(simulated, NODES))
+    assert not windowed.rollup.flush(NOW).outgoing  # nothing changed since
+
+
 def test_an_event_read_twice_counts_once() -> None:
     make = Make()
     who = "P-00000000aa"
