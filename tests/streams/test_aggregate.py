@@ -264,7 +264,8 @@ def test_a_window_sends_each_participant_and_each_row_once_with_the_latest_figur
     """The agents' windows: batches applied without sending, then one contribution per
     participant and one message per row, whose figures are the oracle's."""
     records = [record(e, i) for i, e in enumerate(simulated)]
-    stage, table = AggregateStage("c"), {}
+    stage = AggregateStage("c")
+    table: dict[bytes, bytes] = {}
     touched: dict[bytes, set[str]] = {}
     for at in range(0, len(records), 20):
         result = stage(records[at : at + 20], table, send=False)
@@ -272,18 +273,21 @@ def test_a_window_sends_each_participant_and_each_row_once_with_the_latest_figur
         for participant, pieces in result.touched.items():
             touched.setdefault(participant, set()).update(pieces)
     contributions = stage.contributions(touched, table)
-    keys = [key for _, _, key, _, _, _ in contributions]
+    keys = [key or b"" for _, _, key, _, _, _ in contributions]
     assert sorted(keys) == sorted({r.key for r in records})  # each participant once
 
     windowed = Pipeline()
     shares = [SimpleNamespace(key=key, value=value) for _, _, key, value, _, _ in contributions]
     for at in range(0, len(shares), 20):
-        applied = windowed.rollup(shares[at : at + 20], {}, 1, at + 20, NOW, send=False)
+        applied = windowed.rollup(
+            shares[at : at + 20], windowed.contributions_table, 1, at + 20, NOW, send=False
+        )
         assert not applied.outgoing
     rows = windowed.rollup.flush(NOW).outgoing
     row_keys = [(dict(h)["exnet-table"], key) for _, _, key, _, h, _ in rows]
     assert len(row_keys) == len(set(row_keys))  # each row once
     for _, _, key, value, headers, _ in rows:
+        assert key is not None
         windowed.rows[(dict(headers)["exnet-table"].decode(), key)] = orjson.loads(value)
     assert_same(windowed.views(), compute_views(simulated, NODES))
     assert not windowed.rollup.flush(NOW).outgoing  # nothing changed since
@@ -364,7 +368,8 @@ def test_markers_past_a_chunk_go_on_in_the_next_and_are_all_found(
     make = Make()
     who = "P-00000000aa"
     events = [make.session(who, "N01-S01", "attended", day=d) for d in range(5)]
-    stage, table = AggregateStage("c"), dict[bytes, bytes]()
+    stage = AggregateStage("c")
+    table: dict[bytes, bytes] = {}
     stage([record(e, i) for i, e in enumerate(events[:3])], table)
     stage([record(e, 3 + i) for i, e in enumerate(events[3:])], table)
     assert [len(table[f"{who}|m|{k}".encode()]) for k in range(3)] == [48, 48, 24]
@@ -397,7 +402,8 @@ def test_the_earlier_tables_layout_carries_over() -> None:
     make = Make()
     who = "P-00000000aa"
     first = make.session(who, "N01-S01", "attended", day=1, minutes=20.0)
-    stage, table = AggregateStage("c"), dict[bytes, bytes]()
+    stage = AggregateStage("c")
+    table: dict[bytes, bytes] = {}
     stage([record(first, 0)], table)
     earlier = _earlier_layout(table)
     assert f"{who}|day|N01|2025-03-04".encode() in earlier  # the earlier keys
@@ -447,7 +453,8 @@ def test_a_batch_sends_only_the_pieces_its_events_touch() -> None:
     who = "P-00000000aa"
     first = [record(make.session(who, "N01-S01", "attended", day=d), d) for d in (1, 2, 3)]
     later = record(make.session(who, "N02-S01", "missed", day=9), 4)
-    stage, table = AggregateStage("c"), dict[bytes, bytes]()
+    stage = AggregateStage("c")
+    table: dict[bytes, bytes] = {}
     stage(first, table)
     (message,) = stage([later], table).outgoing
     sent = orjson.loads(message[3])["pieces"]
@@ -598,7 +605,8 @@ def test_a_crash_that_kept_a_batchs_markers_but_not_its_pieces_loses_nothing() -
         record(make.session(who, "N01-S01", "attended", day=1, minutes=30.0), 1),
         record(make.session(who, "N01-S01", "attended", day=5, minutes=40.0), 2),
     ]
-    stage, table = AggregateStage("c"), dict[bytes, bytes]()
+    stage = AggregateStage("c")
+    table: dict[bytes, bytes] = {}
     stage(first, table)
     before = dict(table)
     stage(second, table)
