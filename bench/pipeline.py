@@ -41,6 +41,7 @@ from contracts.errors import UserError
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
 from exnet.broker import Cluster, cluster_status
+from exnet.runner import WRITER_PROCESS_CODE
 from exnet.settings import Settings, load_settings
 from producers import SimulationConfig, generate, simulate
 from producers.simulate import SimMessage
@@ -201,7 +202,7 @@ def _role_of(pid: int) -> str:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return f"pid {pid}"
-    return "writer" if b"writer_process_main" in command else f"pid {pid}"
+    return "writer" if WRITER_PROCESS_CODE.encode() in command else f"pid {pid}"
 
 
 def _broker_pids() -> list[int]:

@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from bench.pipeline import PARTICIPANTS, QUICK_PARTICIPANTS  # its throughput load
 from bench.validation import pin_to_one_core
 from contracts.registry import DEMO_REGISTRY, load_registry
 from contracts.topics import Topic, topic_name
@@ -51,8 +52,6 @@ from streams.validate import ValidateStage
 
 __all__ = ["run"]
 
-#: The pipeline benchmark's throughput load (bench.pipeline.PARTICIPANTS, seed 7).
-PARTICIPANTS, QUICK_PARTICIPANTS = 1_700, 200
 #: Records per batch while catching up (a fetch's share per partition) and at a steady rate.
 CATCH_UP_BATCH, STEADY_BATCH = 500, 20
 #: Partitions per topic (``EXNET_PARTITIONS``'s default); the contributions topic has one.

@@ -279,7 +279,7 @@ def create_app(
                 return
             outgoing = aggregate.contributions(touched, participants)
             touched.clear()
-            delivered = await _producer_of(app).deliver(
+            delivered = await cast(Producer, app.producer).deliver(
                 [*outgoing, *(record for batch in batches for record in batch.changelog)]
             )
             for batch in batches:
@@ -290,7 +290,7 @@ def create_app(
             batches = rolled.take()
             if not batches:
                 return
-            producer = _producer_of(app)
+            producer = cast(Producer, app.producer)
             result = rollup.flush(datetime.now(UTC))
             # Rows first, the table's changelog once they are in Kafka: a crash between
             # the two cannot leave pieces in the table whose rows (an emptied arm's
@@ -380,11 +380,6 @@ def create_app(
     ):
         app.agent(source, name=name, supervisor_strategy=CrashingSupervisor)(reporting(body))
     return app
-
-
-def _producer_of(app: faust.App) -> Producer:
-    """The app's producer: this module's transport's (``create_app`` selects it)."""
-    return cast(Producer, app.producer)
 
 
 class _Window:
