@@ -80,8 +80,16 @@ STUCK_WARNING_S = 30.0
 LOST_AFTER_S = 10.0
 #: Seconds between checks that no partition's fetch position ran past what was delivered.
 POSITION_CHECK_S = 2.0
-#: Milliseconds the broker may hold a fetch while it has nothing new for it.
+#: Milliseconds the broker may hold a fetch while it has less than FETCH_MIN_BYTES for it.
 FETCH_MAX_WAIT_MS = 50
+#: Bytes a fetch waits for (at most FETCH_MAX_WAIT_MS). aiokafka's default, one byte,
+#: answers as soon as anything is new: at moderate rates the worker then fetched
+#: continuously, a record or two per partition a time, and paid each batch's costs
+#: per record. Measured at a steady 100 events/s, the whole pipeline (worker, writer,
+#: broker) took 145% of a core with one byte and 80% with 16 KiB; at 1,000 events/s,
+#: 152% with one byte and 113% with 64 KiB, p99 0.85-1.18 s against 0.59 s. At
+#: 5,000 events/s the two are within the run-to-run spread.
+FETCH_MIN_BYTES = 64 * 1024
 #: Seconds a stopping producer waits for its open batches to be taken by aiokafka.
 HAND_OVER_ON_STOP_S = 10.0
 
@@ -143,17 +151,19 @@ def commit_end(chain: deque[Any]) -> int | None:
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's thread running the aiokafka consumer, with a short fetch wait."""
+    """Faust's thread running the aiokafka consumer, with a short fetch wait that
+    gathers records (FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Faust fixes the broker's fetch wait at 1.5 s (no setting reaches it), and
         # aiokafka keeps one fetch in flight per broker: measured at a steady 5,000
         # events/s, records waited a median 0.82 s (p99 2.1 s) to be handed to the
-        # validate agent with it, 0.12 s (p99 0.28 s) with FETCH_MAX_WAIT_MS. The
-        # attribute is the one aiokafka's constructor keeps the argument in, read
-        # when the consumer starts.
+        # validate agent with it, 0.12 s (p99 0.28 s) with FETCH_MAX_WAIT_MS. Nor does
+        # any setting reach the fetch's minimum size. The attributes are the ones
+        # aiokafka's constructor keeps the arguments in, read when the consumer starts.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001  # see above
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES  # noqa: SLF001  # see above
         return consumer
 
     async def positions(self, partitions: Sequence[TP]) -> dict[TP, int | None]:
