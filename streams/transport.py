@@ -85,10 +85,11 @@ FETCH_MAX_WAIT_MS = 50
 #: Bytes a fetch waits for (at most FETCH_MAX_WAIT_MS). aiokafka's default, one byte,
 #: answers as soon as anything is new: at moderate rates the worker then fetched
 #: continuously, a record or two per partition a time, and paid each batch's costs
-#: per record. Measured at a steady 100 events/s, the whole pipeline (worker, writer,
-#: broker) took 145% of a core with one byte and 80% with 16 KiB; at 1,000 events/s,
-#: 152% with one byte and 113% with 64 KiB, p99 0.85-1.18 s against 0.59 s. At
-#: 5,000 events/s the two are within the run-to-run spread.
+#: per record. Measured at a steady 100-300 events/s, the whole pipeline (worker,
+#: writer, broker) took 1.25-1.54 cores with one byte, 0.60-0.77 with 64 KiB, its p99
+#: latency 0.45-0.54 s against 0.56-0.60 s. From about 1,000 events/s the worker is
+#: busy enough that its fetches gather records anyway: the two were within the
+#: run-to-run spread there (docs/architecture.md, "Known limits").
 FETCH_MIN_BYTES = 64 * 1024
 #: Seconds a stopping producer waits for its open batches to be taken by aiokafka.
 HAND_OVER_ON_STOP_S = 10.0
