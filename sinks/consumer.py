@@ -53,7 +53,7 @@ from contracts.errors import ExnetError
 from contracts.topics import Topic, topic_name
 from contracts.wire import read_route
 from exnet.metrics import Metrics
-from exnet.settings import Settings
+from exnet.settings import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, Settings
 from sinks.errors import ClickHouseUnavailable
 from sinks.rows import (
     FACT_COLUMNS,
@@ -91,14 +91,6 @@ POLL_TIMEOUT_MS = 100
 #: subscribed (``exnet init`` racing ``exnet up``) is assigned within this time
 #: (kafka-python's default is five minutes).
 METADATA_MAX_AGE_MS = 2_000
-#: How long the broker may hold a fetch with less than FETCH_MIN_BYTES new, ms
-#: (kafka-python's default, 500, is half the latency budget; the stream workers use
-#: the same).
-FETCH_MAX_WAIT_MS = 50
-#: Bytes a fetch waits for, at most FETCH_MAX_WAIT_MS: with kafka-python's default (one
-#: byte) the sink fetched continuously at moderate rates, a few records a time (the
-#: stream workers use the same; ``streams.transport.FETCH_MIN_BYTES`` has the figures).
-FETCH_MIN_BYTES = 64 * 1024
 
 
 def sink_group(settings: Settings) -> str:

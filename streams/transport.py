@@ -55,6 +55,7 @@ from faust.types.tuples import ConsumerMessage
 from mode.utils.imports import FactoryMapping
 
 from contracts.wire import Outgoing
+from exnet.settings import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 
 __all__ = [
     "SCHEME",
@@ -80,17 +81,6 @@ STUCK_WARNING_S = 30.0
 LOST_AFTER_S = 10.0
 #: Seconds between checks that no partition's fetch position ran past what was delivered.
 POSITION_CHECK_S = 2.0
-#: Milliseconds the broker may hold a fetch while it has less than FETCH_MIN_BYTES for it.
-FETCH_MAX_WAIT_MS = 50
-#: Bytes a fetch waits for (at most FETCH_MAX_WAIT_MS). aiokafka's default, one byte,
-#: answers as soon as anything is new: at moderate rates the worker then fetched
-#: continuously, a record or two per partition a time, and paid each batch's costs
-#: per record. Measured at a steady 100-300 events/s, the whole pipeline (worker,
-#: writer, broker) took 1.25-1.54 cores with one byte, 0.60-0.77 with 64 KiB, its p99
-#: latency 0.45-0.54 s against 0.56-0.60 s. From about 1,000 events/s the worker is
-#: busy enough that its fetches gather records anyway: the two were within the
-#: run-to-run spread there (docs/architecture.md, "Known limits").
-FETCH_MIN_BYTES = 64 * 1024
 #: Seconds a stopping producer waits for its open batches to be taken by aiokafka.
 HAND_OVER_ON_STOP_S = 10.0
 
@@ -161,8 +151,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # aiokafka keeps one fetch in flight per broker: measured at a steady 5,000
         # events/s, records waited a median 0.82 s (p99 2.1 s) to be handed to the
         # validate agent with it, 0.12 s (p99 0.28 s) with FETCH_MAX_WAIT_MS. Nor does
-        # any setting reach the fetch's minimum size. The attributes are the ones
-        # aiokafka's constructor keeps the arguments in, read when the consumer starts.
+        # any setting reach the fetch's minimum size (FETCH_MIN_BYTES says why). The
+        # attributes are the ones aiokafka's constructor keeps the arguments in, read
+        # when the consumer starts.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001  # see above
         consumer._fetch_min_bytes = FETCH_MIN_BYTES  # noqa: SLF001  # see above
         return consumer
