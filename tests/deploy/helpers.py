@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from prometheus_client.samples import Sample
 
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from exnet.settings import Settings
+from tests.ports import free_ports
 
 #: ``tests/conftest.py``'s ``settings_factory`` (typed here: mypy cannot import conftest).
 SettingsFactory = Callable[..., Settings]
@@ -317,14 +317,6 @@ def ops_publish(bootstrap: str, settings: Settings, messages: Iterable[OpsMessag
 # --- the running process ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A loopback TCP port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     """Status and body of a GET (4xx/5xx answers included, not raised)."""
     try:
@@ -381,7 +373,7 @@ class ExnetUp:
 
     settings: Settings
     log_path: Path
-    metrics_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_ports)
     process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 

@@ -22,12 +22,12 @@ import yaml
 
 from contracts.topics import topic_name
 from exnet.settings import Settings
+from tests.ports import free_ports
 
 from .helpers import (
     ExnetUp,
     SettingsFactory,
     delete_prefixed_topics,
-    free_port,
     http_get,
     ops_publish,
     ops_scenario,
@@ -105,7 +105,7 @@ class _Prometheus:
     """A Prometheus server on loopback, its TSDB and log under ``workdir``."""
 
     def __init__(self, workdir: Path, target: str | None = None) -> None:
-        self.port = free_port()
+        self.port = free_ports()
         self.url = f"http://127.0.0.1:{self.port}"
         self._workdir = workdir
         targets = [target] if target is not None else []

@@ -22,6 +22,7 @@ from kafka.admin import NewTopic
 from contracts.errors import UserError
 from exnet import broker
 from exnet.settings import Settings, load_settings
+from tests.ports import free_ports
 
 if TYPE_CHECKING:
     from tests.conftest import TopicFactory
@@ -45,13 +46,6 @@ def _exnet(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         timeout=120,
         check=False,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((broker.HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _round_trip(bootstrap: str, topic: str, value: bytes) -> bytes:
@@ -118,7 +112,7 @@ def test_config_from_settings_refuses_a_remote_bootstrap(tmp_path: Path) -> None
 
 
 def test_a_stale_pid_file_means_stopped_and_is_removed(tmp_path: Path) -> None:
-    config = broker.BrokerConfig(home=tmp_path, port=_free_port(), controller_port=_free_port())
+    config = broker.BrokerConfig(home=tmp_path, port=free_ports(), controller_port=free_ports())
     finished = subprocess.Popen(["true"])
     finished.wait()  # reaped: its pid names no process now
     dead_pid = finished.pid
@@ -133,7 +127,7 @@ def test_a_stale_pid_file_means_stopped_and_is_removed(tmp_path: Path) -> None:
 
 
 def test_a_pid_file_naming_another_program_is_stale(tmp_path: Path) -> None:
-    config = broker.BrokerConfig(home=tmp_path, port=_free_port(), controller_port=_free_port())
+    config = broker.BrokerConfig(home=tmp_path, port=free_ports(), controller_port=free_ports())
     config.pid_file.write_text(f"{os.getpid()}\n")  # alive, but pytest is no broker
 
     assert broker.status(config).running is False
@@ -144,7 +138,7 @@ def test_start_refuses_a_port_taken_by_another_program(tmp_path: Path) -> None:
         squatter.bind((broker.HOST, 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        config = broker.BrokerConfig(home=tmp_path, port=port, controller_port=_free_port())
+        config = broker.BrokerConfig(home=tmp_path, port=port, controller_port=free_ports())
 
         with pytest.raises(UserError, match=f"127.0.0.1:{port} is already in use"):
             broker.start(config)
@@ -153,7 +147,7 @@ def test_start_refuses_a_port_taken_by_another_program(tmp_path: Path) -> None:
 
 
 def test_status_exits_3_when_stopped(tmp_path: Path) -> None:
-    env = {"EXNET_VAR_DIR": str(tmp_path), "EXNET_KAFKA_BOOTSTRAP": f"127.0.0.1:{_free_port()}"}
+    env = {"EXNET_VAR_DIR": str(tmp_path), "EXNET_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_ports()}"}
 
     done = _exnet("broker", "status", env=env)
 
@@ -208,7 +202,7 @@ def test_metadata_and_message_round_trip(
 @pytest.mark.kafka
 def test_second_broker_starts_serves_keeps_data_and_stops(tmp_path: Path) -> None:
     config = broker.BrokerConfig(
-        home=tmp_path / "kafka", port=_free_port(), controller_port=_free_port()
+        home=tmp_path / "kafka", port=free_ports(), controller_port=free_ports()
     )
     try:
         first = broker.start(config)

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tomllib
@@ -37,6 +36,7 @@ from kafka import KafkaAdminClient
 from contracts import INPUT_TOPICS, Topic, topic_name
 from contracts.export import export_contracts
 from exnet.cli import PLATFORM_INSTALL
+from tests.ports import free_ports
 from tests.producers.helpers import PUB_PARTITIONS, pub_consume
 
 if TYPE_CHECKING:
@@ -154,23 +154,6 @@ def _check_installed_in(venv: Path) -> None:
 
 def _compact(document: dict[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _free_port_pair() -> int:
-    """A loopback port whose next one is free too (the launcher's controller takes it)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port: int = first.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    pytest.fail("found no two free neighbouring ports on 127.0.0.1")
 
 
 # --- the sites' install --------------------------------------------------------------
@@ -373,7 +356,7 @@ def own_broker(platform_venv: Path, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment of a broker of the test's own, started by the wheel's
     ``exnet broker start`` and stopped (``exnet broker stop``) whatever happens."""
     env = _env(
-        EXNET_KAFKA_BOOTSTRAP=f"127.0.0.1:{_free_port_pair()}",
+        EXNET_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_ports(2)}",
         EXNET_VAR_DIR=str(tmp_path / "var"),
         EXNET_TOPIC_PREFIX=f"t{uuid4().hex[:8]}.",
     )

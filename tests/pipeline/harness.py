@@ -29,15 +29,6 @@ __all__ = ["EXNET", "Pipeline", "assert_views_exact", "stream_views"]
 EXNET = str(Path(sys.executable).with_name("exnet"))
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Pipeline:
     """One isolated exnet deployment: its own topic prefix, var dir and embedded database."""
 

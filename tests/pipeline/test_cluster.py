@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ from tests.conftest import SettingsFactory
 from tests.pipeline.harness import EXNET, Pipeline
 from tests.pipeline.load import participant_events
 from tests.pipeline.test_faults import _assert_exact, _publish_slowly
+from tests.ports import free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
@@ -32,30 +32,11 @@ NODES = 3
 REJOIN_TIMEOUT_S = 120.0
 
 
-def _free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports."""
-    rng = random.Random()
-    for _ in range(100):
-        base = rng.randrange(20_000, 60_000, 2)
-        if all(_free(port) for port in range(base, base + count)):
-            return base
-    raise AssertionError("no run of free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 class LocalCluster:
     """``exnet broker`` on a cluster of its own (its own var dir and ports)."""
 
     def __init__(self, var_dir: Path) -> None:
-        self.port = _free_ports(2 * NODES)
+        self.port = free_ports(2 * NODES)
         self.env = {
             **os.environ,
             "EXNET_VAR_DIR": str(var_dir),

@@ -22,7 +22,8 @@ from contracts.topics import Topic
 from contracts.validation import MAX_MESSAGE_BYTES
 from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS, ArmKey, compute_views
 from tests.pipeline.events import EventMaker, as_event
-from tests.pipeline.harness import Pipeline, assert_views_exact, free_port, stream_views
+from tests.pipeline.harness import Pipeline, assert_views_exact, stream_views
+from tests.ports import free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -269,7 +270,7 @@ def _check_views(pipeline: Pipeline, accepted: list[dict[str, Any]]) -> None:
 
 def _check_live_views(pipeline: Pipeline) -> None:
     """A restarted `exnet up` serves /views/node_summary: the same rows as the table."""
-    port = free_port()
+    port = free_ports()
     table = pipeline.rows("SELECT * FROM node_summary FINAL ORDER BY node_id")
     worker = pipeline.start(env={"EXNET_METRICS_PORT": str(port)})
     try:

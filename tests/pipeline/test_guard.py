@@ -18,7 +18,8 @@ from contracts import load_registry
 from contracts.registry import DEMO_REGISTRY
 from contracts.topics import Topic
 from tests.pipeline.events import EventMaker
-from tests.pipeline.harness import Pipeline, free_port
+from tests.pipeline.harness import Pipeline
+from tests.ports import free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -133,7 +134,7 @@ def test_one_sites_flood_is_rejected_while_every_other_site_flows(
         valid.add(event["event_id"])
     pipeline.flush()
 
-    port = free_port()
+    port = free_ports()
     scraper = Scraper(port)
     scraper.start()
     try:

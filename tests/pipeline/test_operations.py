@@ -15,7 +15,8 @@ import pytest
 from contracts.topics import Topic
 from sinks.query import endpoint_file
 from tests.pipeline.events import EventMaker
-from tests.pipeline.harness import Pipeline, free_port
+from tests.pipeline.harness import Pipeline
+from tests.ports import free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -140,7 +141,7 @@ def test_up_writes_in_a_child_that_reports_through_it_and_lives_and_dies_with_it
     pipeline.init()
     pipeline.send(Topic.ENROLLMENT, make.enrollment("P-00000000b1", "N01-S01", "screened"))
     pipeline.flush()
-    port = free_port()
+    port = free_ports()
     env = {"EXNET_METRICS_PORT": str(port)}
     log = tmp_path / "up.log"
     worker = pipeline.start(env=env, log=log)

@@ -26,8 +26,8 @@ from exnet.settings import Settings
 from tests.conftest import SettingsFactory
 from tests.pipeline.harness import EXNET, Pipeline
 from tests.pipeline.load import participant_events
-from tests.pipeline.test_cluster import _free_ports
 from tests.pipeline.test_faults import _assert_exact
+from tests.ports import free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
@@ -49,7 +49,7 @@ def _metrics(port: int) -> str:
 def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
     settings_factory: SettingsFactory, tmp_path: Path
 ) -> None:
-    port = _free_ports(2)
+    port = free_ports(2)
     settings = settings_factory(kafka_bootstrap=f"127.0.0.1:{port}", partitions=3)
     base = {
         **os.environ,
@@ -125,7 +125,7 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
         wrong_platform.write_text(
             platform.read_text().replace(passwords["exnet"], "not-the-password")
         )
-        metrics_port = _free_ports(1)
+        metrics_port = free_ports(1)
         waiting = subprocess.Popen(
             [EXNET, "up"],
             env={
