@@ -26,7 +26,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from kafka.structs import TopicPartition
 from contracts.errors import UserError
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
+from exnet.admin import admin_client, delete_prefixed
 from exnet.broker import Cluster, cluster_status
 from exnet.runner import WRITER_PROCESS_CODE
 from exnet.settings import Settings, load_settings
@@ -110,8 +112,27 @@ def _print_rate(label: str, count: int, seconds: float, note: str = "") -> None:
     print(f"{label:<44} {count:>9,} msgs {seconds:8.1f} s {count / seconds:>10,.0f} msgs/s{note}")
 
 
+@contextmanager
+def _own_topics(base: Settings, label: str) -> Iterator[Settings]:
+    """``base`` under a topic prefix of its own (``<label><6 hex>.``); on the way out,
+    whatever happened, the prefix's topics and consumer groups are deleted from the
+    broker: a million-event run leaves gigabytes on it otherwise."""
+    settings = base.model_copy(update={"topic_prefix": f"{label}{uuid.uuid4().hex[:6]}."})
+    try:
+        yield settings
+    finally:
+        with admin_client(settings) as admin:
+            topics, groups = delete_prefixed(admin, settings.topic_prefix)
+        prefix = settings.topic_prefix
+        print(f"deleted {len(topics)} topics and {len(groups)} consumer groups under {prefix}")
+
+
 def _throughput(base: Settings, participants: int) -> None:
-    settings = base.model_copy(update={"topic_prefix": f"bench{uuid.uuid4().hex[:6]}."})
+    with _own_topics(base, "bench") as settings:
+        _throughput_run(settings, participants)
+
+
+def _throughput_run(settings: Settings, participants: int) -> None:
     subprocess.run([EXNET, "init"], env=_env(settings), check=True, capture_output=True)
     result = simulate(
         settings, participants=participants, seed=7, duplicate_share=0.01, invalid_share=0.005
@@ -269,7 +290,11 @@ def _high_water_kib(pid: int) -> int:
 def _memory(base: Settings, participants: int) -> None:
     """Peak RSS over ~1M events; also their throughput beside the bare loop over the same
     messages (start-up and the drain's last checks weigh less than over 100k)."""
-    settings = base.model_copy(update={"topic_prefix": f"mem{uuid.uuid4().hex[:6]}."})
+    with _own_topics(base, "mem") as settings:
+        _memory_run(settings, participants)
+
+
+def _memory_run(settings: Settings, participants: int) -> None:
     subprocess.run([EXNET, "init"], env=_env(settings), check=True, capture_output=True)
     result = simulate(settings, participants=participants, seed=5)
     count, bare_s = _bare_loop(settings)
@@ -310,7 +335,11 @@ def _startup_seconds(log: str) -> float | None:
 
 
 def _latency(base: Settings, seconds: int) -> None:
-    settings = base.model_copy(update={"topic_prefix": f"lat{uuid.uuid4().hex[:6]}."})
+    with _own_topics(base, "lat") as settings:
+        _latency_run(settings, seconds)
+
+
+def _latency_run(settings: Settings, seconds: int) -> None:
     subprocess.run([EXNET, "init"], env=_env(settings), check=True, capture_output=True)
     simulation = generate(
         load_registry(settings.registry_path),

@@ -18,6 +18,7 @@ from streams.names import changelog_topics
 
 __all__ = [
     "admin_client",
+    "delete_prefixed",
     "ensure_topics",
     "replication_factor",
     "topic_configs",
@@ -116,3 +117,29 @@ def ensure_topics(settings: Settings) -> list[str]:
     created = [topic.name for topic in missing]
     log.info("created topics %s", ", ".join(created))
     return created
+
+
+def delete_prefixed(admin: KafkaAdminClient, prefix: str) -> tuple[list[str], list[str]]:
+    """Delete every topic and every consumer group whose name starts with ``prefix``: a
+    pipeline's inputs, internal topics, Faust's changelogs and its groups, for runs that
+    made them under a prefix of their own (``make bench``, the tests). Returns the topics
+    and groups deleted. A group that still has members is left (Kafka refuses it).
+
+    Raises ``ValueError`` for an empty prefix (that would be every topic of the cluster)
+    and ``kafka.errors.KafkaError`` when the broker does not answer.
+    """
+    if not prefix:
+        raise ValueError("no prefix: refusing to delete every topic of the cluster")
+    topics = sorted(t for t in admin.list_topics() if t.startswith(prefix))
+    if topics:
+        admin.delete_topics(topics, timeout_ms=30_000)
+    groups = sorted(
+        g["group_id"]
+        for g in admin.list_groups()
+        if g["group_id"].startswith(prefix) and g["group_state"] in ("Empty", "Dead")
+    )
+    if not groups:
+        return topics, []
+    # {group: "OK" or the error's name} (kafka-python 3.0; its docstring says tuples)
+    answers: dict[str, str] = admin.delete_groups(groups)
+    return topics, sorted(group for group, answer in answers.items() if answer == "OK")

@@ -23,6 +23,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, UnknownTopicOrPartitionError
 
+from exnet.admin import delete_prefixed
 from exnet.broker import broker_answers
 from exnet.settings import Settings, load_settings
 
@@ -124,8 +125,11 @@ def settings_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
     The broker is checked (through ``kafka_bootstrap``) only for tests marked
     ``kafka``, so tests without a broker can use settings too.
     """
+    made: list[Settings] = []  # with a prefix of the factory's own
     if request.node.get_closest_marker("kafka") is not None:
         bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+        admin: KafkaAdminClient = request.getfixturevalue("kafka_admin")
+        request.addfinalizer(lambda: _delete_prefixes(admin, bootstrap, made))
     else:
         bootstrap = load_settings().kafka_bootstrap
 
@@ -136,9 +140,20 @@ def settings_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
             "kafka_bootstrap": bootstrap,
         }
         values.update(overrides)
-        return Settings(**values)
+        settings = Settings(**values)
+        if "topic_prefix" not in overrides:
+            made.append(settings)
+        return settings
 
     return make
+
+
+def _delete_prefixes(admin: KafkaAdminClient, bootstrap: str, made: list[Settings]) -> None:
+    """After a test, the topics and consumer groups under each prefix the factory made for
+    it on the session's broker (a test's own cluster goes with it), so that runs do not
+    pile up on a developer's broker."""
+    for prefix in {s.topic_prefix for s in made if s.kafka_bootstrap == bootstrap}:
+        delete_prefixed(admin, prefix)
 
 
 def _wait_for_leaders(admin: KafkaAdminClient, topic: str, partitions: int) -> None:

@@ -25,7 +25,7 @@ from typing import IO, Any
 from uuid import uuid4
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -462,17 +462,6 @@ class ExnetUp:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-
-def delete_prefixed_topics(bootstrap: str, prefix: str) -> None:
-    """Delete every topic of a test's prefix (inputs, internal, Faust's changelog)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="exnet-ops-tests")
-    try:
-        doomed = [t for t in admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            admin.delete_topics(doomed)
-    finally:
-        admin.close()
 
 
 def input_topic_names(settings: Settings) -> list[str]:

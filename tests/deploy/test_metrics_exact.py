@@ -7,7 +7,6 @@ expected value is derived from the input (:func:`helpers.ops_scenario`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -25,7 +24,6 @@ from .helpers import (
     Families,
     OpsScenario,
     SettingsFactory,
-    delete_prefixed_topics,
     http_get,
     ops_publish,
     ops_scenario,
@@ -40,10 +38,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
 
 @pytest.fixture
-def ops_settings(settings_factory: SettingsFactory, kafka_bootstrap: str) -> Iterator[Settings]:
-    settings = settings_factory(partitions=2)
-    yield settings
-    delete_prefixed_topics(kafka_bootstrap, settings.topic_prefix)
+def ops_settings(settings_factory: SettingsFactory) -> Settings:
+    return settings_factory(partitions=2)
 
 
 def _rows_written(families: Families, table: str) -> float:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from tests.ports import free_ports
 from .helpers import (
     ExnetUp,
     SettingsFactory,
-    delete_prefixed_topics,
     http_get,
     ops_publish,
     ops_scenario,
@@ -242,10 +240,8 @@ def test_every_dashboard_query_parses_in_prometheus(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def prom_settings(settings_factory: SettingsFactory, kafka_bootstrap: str) -> Iterator[Settings]:
-    settings = settings_factory(partitions=2)
-    yield settings
-    delete_prefixed_topics(kafka_bootstrap, settings.topic_prefix)
+def prom_settings(settings_factory: SettingsFactory) -> Settings:
+    return settings_factory(partitions=2)
 
 
 @pytest.mark.kafka
