@@ -148,7 +148,14 @@ def _describe(rows: list[PartitionLag]) -> str:
 
 class LagMonitor(threading.Thread):
     """Updates the lag gauge every ``interval`` seconds (and tells ``on_lag`` the total);
-    with ``on_drained``, calls it once the pipeline was seen drained twice in a row."""
+    with ``on_drained``, also checks every ``drain_check`` seconds whether the pipeline
+    is drained, and calls it once it was seen drained twice in a row.
+
+    The drain's check reads stage by stage and stops at the first that lags (during a
+    backlog: the input topics' offsets alone, about 2 ms of CPU); the gauges read every
+    stage (about 13 ms). Both every 0.5 s took 3-5% of a core in the stream worker's
+    process, beside its event loop, through a drain.
+    """
 
     def __init__(
         self,
@@ -157,12 +164,16 @@ class LagMonitor(threading.Thread):
         interval: float,
         on_drained: Callable[[], None] | None = None,
         on_lag: Callable[[int], None] | None = None,
+        drain_check: float | None = None,
     ) -> None:
         super().__init__(name="exnet-lag-monitor", daemon=True)
         self._on_lag = on_lag
         self._settings = settings
         self._metrics = metrics
         self._interval = interval
+        self._tick = min(interval, drain_check) if drain_check and on_drained else interval
+        #: Ticks from one read of every stage to the next.
+        self._gauge_ticks = max(1, round(interval / self._tick))
         self._on_drained = on_drained
         self._halt = threading.Event()
 
@@ -173,23 +184,28 @@ class LagMonitor(threading.Thread):
         progress: PipelineProgress | None = None
         drained_in_a_row = 0
         last_report = time.monotonic()
-        while not self._halt.wait(self._interval):
+        ticks = 0
+        while not self._halt.wait(self._tick):
+            every_stage = ticks % self._gauge_ticks == 0
+            ticks += 1
             try:
                 if progress is None:
                     progress = PipelineProgress(self._settings)
-                rows = progress.lag()
-                for row in rows:
-                    self._metrics.consumer_lag.labels(
-                        topic=row.topic, partition=str(row.partition)
-                    ).set(row.lag)
-                if self._on_lag is not None:
-                    self._on_lag(sum(row.lag for row in rows))
-                if self._on_drained is not None:
+                if every_stage:
+                    rows = progress.lag()
+                    self._report(rows)
+                    # lag() reads the stages in flow order too: all zero is drained()
+                    drained = all(row.lag == 0 for row in rows)
                     now = time.monotonic()
-                    if now - last_report >= DRAIN_REPORT_S:
+                    if self._on_drained is not None and now - last_report >= DRAIN_REPORT_S:
                         last_report = now
                         log.info("draining: %s", _describe(rows))
-                    drained_in_a_row = drained_in_a_row + 1 if progress.drained() else 0
+                elif self._on_drained is not None:
+                    drained = progress.drained()
+                else:
+                    continue
+                if self._on_drained is not None:
+                    drained_in_a_row = drained_in_a_row + 1 if drained else 0
                     if drained_in_a_row >= 2:
                         log.info("every input topic is consumed to its end and written")
                         self._on_drained()
@@ -199,3 +215,11 @@ class LagMonitor(threading.Thread):
                 drained_in_a_row = 0
         if progress is not None:
             progress.close()
+
+    def _report(self, rows: list[PartitionLag]) -> None:
+        for row in rows:
+            self._metrics.consumer_lag.labels(topic=row.topic, partition=str(row.partition)).set(
+                row.lag
+            )
+        if self._on_lag is not None:
+            self._on_lag(sum(row.lag for row in rows))

@@ -63,8 +63,11 @@ log = logging.getLogger(__name__)
 
 #: Seconds between a standby writer's attempts to take the embedded database.
 STANDBY_RETRY_S = 2.0
-#: Seconds between lag readings: quick while draining, relaxed otherwise.
+#: Seconds between a drain's checks whether everything is written.
 DRAIN_CHECK_S = 0.5
+#: Seconds between reads of every stage's lag (the gauges; the progress bar), during a
+#: drain and otherwise.
+DRAIN_LAG_S = 2.0
 LAG_CHECK_S = 5.0
 #: Seconds between the stream worker's checks for a stop requested by another thread.
 STOP_CHECK_S = 0.25
@@ -512,9 +515,10 @@ def run_up(
         LagMonitor(
             settings,
             metrics,
-            interval=DRAIN_CHECK_S if drain else LAG_CHECK_S,
+            interval=DRAIN_LAG_S if drain else LAG_CHECK_S,
             on_drained=stop.request if drain else None,
             on_lag=progress.update if progress is not None else None,
+            drain_check=DRAIN_CHECK_S,
         )
         if monitor
         else None
