@@ -25,6 +25,7 @@ MIGRATIONS: tuple[str, ...] = (
     "m0004_rejected_redacted",
     "m0005_stream_views",
     "m0006_analysts_tables",
+    "m0007_rejected_failed_text",
 )
 
 

@@ -145,8 +145,10 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
 
 
 def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
-    """``payload`` as analysts may read it: the values of unknown fields, and of
-    identifier fields that failed their rules, replaced by :data:`REDACTED`.
+    """``payload`` as analysts may read it: the values of unknown fields, of identifier
+    fields that failed their rules, and of any field that failed with text (a string, an
+    object or an array: ``"status": "Jane Doe DOB 1970"``) replaced by :data:`REDACTED`.
+    A failing number, boolean or null is kept: the value to fix (``"rpe": 99``).
 
     A payload that is not one JSON object cannot be told apart into fields: it is
     stored as the JSON string ``"<redacted>"`` (the original stays on the
@@ -165,12 +167,21 @@ def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
         if isinstance(error, dict)
     }
     redacted = {
-        key: REDACTED
-        if key not in _KNOWN_FIELDS or (key in _IDENTIFIER_FIELDS and key in failing)
-        else value
+        key: REDACTED if _may_identify(key, value, key in failing) else value
         for key, value in document.items()
     }
     return orjson.dumps(redacted)
+
+
+def _may_identify(key: str, value: Any, failed: bool) -> bool:
+    """Whether a field's value may name a person: any unknown field's; a failed identifier
+    field's; a failed field's text (a site's free text where an enum, a time or a number
+    was due: SPEC §1 lets no free text in, so none may reach the analysts either)."""
+    if key not in _KNOWN_FIELDS:
+        return True
+    if not failed:
+        return False
+    return key in _IDENTIFIER_FIELDS or isinstance(value, str | dict | list)
 
 
 def _loads_object(data: bytes) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -203,3 +204,49 @@ def test_the_writer_never_loads_pandas(tmp_path: Any) -> None:
     rows, modules = done.stdout.splitlines()[-2:]
     assert "('invalid_json', 7, datetime.datetime(2026, 6, 1, 8, 0, 0, 123000" in rows
     assert modules == "[]"
+
+
+def test_m0007_redacts_rows_written_before_that_kept_a_failed_field_s_text(
+    client: Any, settings: Settings
+) -> None:
+    """Rows of the earlier rule (a failed non-identifier field's text kept) lose their
+    payload; rows without failed text, and rows already redacted, stay as they are."""
+    from sinks.migrations import m0007_rejected_failed_text
+    from sinks.rows import REJECTED_COLUMNS
+
+    def rejected(offset: int, payload: bytes, failed: list[str]) -> list[Any]:
+        errors = [{"path": path, "type": "x", "message": "x"} for path in failed]
+        detail = json.dumps({"reason": "invalid_field", "message": "x", "errors": errors})
+        now = datetime.now(UTC)
+        return [
+            "invalid_field", detail, "x", "exnet.session", 0, offset, None, "N01", "N01-S01",
+            payload, "digest", now, now,
+        ]  # fmt: skip
+
+    texts = b'{"schema":"session/1","status":"Jane Doe DOB 1970","rpe":99}'
+    numbers = b'{"schema":"session/1","status":"attended","rpe":99}'
+    listed = b'{"schema":"session/1","adverse_event":["Jane"],"rpe":3}'
+    done = b'{"schema":"session/1","participant_id":"<redacted>","rpe":3}'
+    whole = b'{"schema":"session/1","rpe":3}'
+    writer = ClickHouseWriter(client, client.database)
+    writer.setup({"rejected_events": REJECTED_COLUMNS})
+    rows = [
+        rejected(1, texts, ["status", "rpe"]),
+        rejected(2, numbers, ["rpe"]),
+        rejected(3, listed, ["adverse_event.0"]),
+        rejected(4, done, ["participant_id"]),
+        rejected(5, whole, [""]),
+    ]
+    writer.write("rejected_events", REJECTED_COLUMNS, rows, token="m0007")
+
+    for statement in m0007_rejected_failed_text.statements(settings.clickhouse_database):
+        client.command(statement)
+
+    stored = client.query("SELECT source_offset, payload FROM rejected_events FINAL ORDER BY 1")
+    assert [(o, p.encode()) for o, p in stored.result_rows] == [
+        (1, b'"<redacted>"'),
+        (2, numbers),
+        (3, b'"<redacted>"'),
+        (4, done),
+        (5, whole),
+    ]

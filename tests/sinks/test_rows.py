@@ -64,12 +64,18 @@ def test_a_rejection_goes_to_the_site_its_bytes_name_even_when_they_are_not_json
 
 
 def test_identifiers_never_reach_the_analysts_table() -> None:
-    """Unknown fields and identifier fields that failed their rules are redacted."""
+    """Unknown fields, identifier fields that failed their rules and text in any field that
+    failed are redacted; a failing number is kept."""
     errors = [
         {"path": "patient_name", "type": "extra_forbidden", "message": "x"},
         {"path": "participant_id", "type": "string_pattern_mismatch", "message": "x"},
         {"path": "batch_id", "type": "string_pattern_mismatch", "message": "x"},
         {"path": "rpe", "type": "less_than_equal", "message": "x"},
+        {"path": "status", "type": "enum", "message": "x"},
+        {"path": "occurred_at", "type": "datetime_from_date_parsing", "message": "x"},
+        {"path": "duration_min", "type": "int_type", "message": "x"},
+        {"path": "adverse_event", "type": "model_type", "message": "x"},
+        {"path": "", "type": "value_error", "message": "the whole message"},
     ]
     payload = orjson.dumps(
         {
@@ -81,6 +87,11 @@ def test_identifiers_never_reach_the_analysts_table() -> None:
             "site_id": "N01-S01",
             "rpe": 99,
             "analyte": "IL-6",
+            "status": "Jane Doe DOB 1970",
+            "occurred_at": "Ann Smith 2025-06-01",
+            "duration_min": "MRN 00412345",
+            "adverse_event": ["Jane", "Doe"],
+            "modality": "aerobic",
         }
     )
     headers = {
@@ -102,8 +113,14 @@ def test_identifiers_never_reach_the_analysts_table() -> None:
         "site_id": "N01-S01",
         "rpe": 99,  # the value to fix, no identifier
         "analyte": "IL-6",
+        "status": "<redacted>",  # text where an enum was due: free text
+        "occurred_at": "<redacted>",
+        "duration_min": "<redacted>",  # text where a number was due
+        "adverse_event": "<redacted>",
+        "modality": "aerobic",  # known and not failing: kept
     }
     assert b"Jane" not in row["payload"] and b"00412345" not in row["payload"]
+    assert b"Smith" not in row["payload"]
     assert row["payload_sha256"] == hashlib.sha256(payload).hexdigest()
 
 
