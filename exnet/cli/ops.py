@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 
 from contracts.registry import load_registry
 from exnet.ops import DEFAULT_MAX_REJECT_SHARE, DEFAULT_STALE_HOURS, JSON_KEYS_HELP
@@ -74,7 +74,7 @@ def status(
         sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
         sys.stdout.flush()
     else:
-        Console(highlight=False).print(render_status(report))
+        _print_whole(render_status(report))
     raise typer.Exit(0 if report.healthy else 1)
 
 
@@ -166,7 +166,7 @@ def rejects(
     if original:
         result = with_originals(settings, result)
     if not (as_csv or as_json):
-        Console(highlight=False).print(render_rejects(result))
+        _print_whole(render_rejects(result))
         return
     target = out.open("w", encoding="utf-8", newline="") if out is not None else sys.stdout
     try:
@@ -221,3 +221,14 @@ def verify() -> None:
     sys.stdout.write("".join(f"{line}\n" for line in result.lines()))
     sys.stdout.flush()
     raise typer.Exit(0 if result.equal else 1)
+
+
+def _print_whole(screen: RenderableType) -> None:
+    """Print ``screen`` to stdout: at the terminal's width on a terminal; else (a pipe, a
+    file, cron's mail) as wide as its widest line, so that no figure is cut to ``…``
+    at rich's default 80 columns."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        widest = Console(width=10_000).measure(screen).maximum
+        console = Console(highlight=False, width=max(80, widest))
+    console.print(screen)

@@ -242,3 +242,20 @@ def test_problems_and_json_keys_from_a_built_report() -> None:
     assert document["sites"]["rows"][1]["last_ingested_at"] is None
     text = _text(report)
     assert "never" in text and "1 PROBLEM(S)" in text
+
+
+def test_a_screen_printed_to_a_pipe_keeps_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    """Piped or written to a file (cron, logs), a wide screen is printed whole, not cut
+    to rich's 80 columns with '…'."""
+    from rich.table import Table
+
+    from exnet.cli.ops import _print_whole
+
+    table = Table("site", *(f"column {n}" for n in range(12)))
+    table.add_row("N01-S01 (10 s ago)", *(f"{123_456_789 + n:,}" for n in range(12)))
+
+    _print_whole(table)
+
+    printed = capsys.readouterr().out
+    assert "…" not in printed and "N01-S01 (10 s ago)" in printed
+    assert all(f"{123_456_789 + n:,}" in printed for n in range(12))
