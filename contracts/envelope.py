@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ __all__ = [
     "OCCURRED_AT_EXACT_PATTERN",
     "OCCURRED_AT_INVALID",
     "OCCURRED_AT_PATTERN",
+    "OCCURRED_AT_RULE",
     "PARTICIPANT_ID_PATTERN",
     "SITE_ID_PATTERN",
     "AtMostPer",
@@ -41,6 +43,7 @@ __all__ = [
     "RequiredWhen",
     "Rule",
     "NodeId",
+    "occurred_at_problem",
     "ParticipantId",
     "SiteId",
     "UtcTimestamp",
@@ -92,6 +95,32 @@ OCCURRED_AT_EXACT_PATTERN: Final = (
 )
 #: The error type of an ``occurred_at`` that is not in that form.
 OCCURRED_AT_ERROR: Final = "datetime_utc_offset"
+#: What an ``occurred_at`` must be, for a site.
+OCCURRED_AT_RULE: Final = (
+    "must be an ISO-8601 date and time with a UTC offset ('Z' or '+hh:mm', from -12:00 "
+    "to +14:00), e.g. '2025-06-01T09:30:00+02:00'"
+)
+_DATE_TIME: Final = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?"
+_NAIVE: Final = re.compile(rf"{_DATE_TIME}")
+_OFFSET: Final = re.compile(rf"{_DATE_TIME}([+-][0-9]{{2}}:[0-9]{{2}})")
+
+
+def occurred_at_problem(written: object) -> str:
+    """The message of an ``occurred_at`` not in :data:`OCCURRED_AT_PATTERN`'s form: what
+    is wrong with ``written`` where a site's usual mistakes tell (no offset; an offset
+    beyond -12:00..+14:00), then :data:`OCCURRED_AT_RULE`."""
+    if isinstance(written, str):
+        if _NAIVE.fullmatch(written):
+            return f"has no UTC offset (a naive time): {OCCURRED_AT_RULE}"
+        found = _OFFSET.fullmatch(written)
+        if found is not None:
+            offset = found.group(1)
+            minutes = int(offset[1:3]) * 60 + int(offset[4:6])
+            if int(offset[4:6]) >= 60 or not -12 * 60 <= int(f"{offset[0]}1") * minutes <= 14 * 60:
+                return f"has the offset {offset}, which no place uses: {OCCURRED_AT_RULE}"
+    return OCCURRED_AT_RULE
+
+
 #: The error type of an ``occurred_at`` in that form that is no real time (February 30).
 OCCURRED_AT_INVALID: Final = "datetime_invalid"
 
@@ -152,11 +181,7 @@ class _UtcTimestampSchema:
                 core_schema.custom_error_schema(
                     core_schema.str_schema(pattern=OCCURRED_AT_PATTERN, strict=True),
                     OCCURRED_AT_ERROR,
-                    custom_error_message=(
-                        "must be an ISO-8601 date and time with a UTC offset "
-                        "('Z' or '+hh:mm', from -12:00 to +14:00), e.g. "
-                        "'2025-06-01T09:30:00+02:00'; naive times are invalid"
-                    ),
+                    custom_error_message=OCCURRED_AT_RULE,
                 ),
                 core_schema.custom_error_schema(
                     core_schema.no_info_plain_validator_function(datetime.fromisoformat),

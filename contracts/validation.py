@@ -35,10 +35,12 @@ from contracts.enrollment import EnrollmentV1
 from contracts.envelope import (
     CROSS_FIELD_ERROR,
     EVENT_ID_PATTERN,
+    OCCURRED_AT_ERROR,
     PARTICIPANT_ID_PATTERN,
     SITE_ID_PATTERN,
     SPECIAL_UUIDS,
     EventBase,
+    occurred_at_problem,
 )
 from contracts.reasons import Reason
 from contracts.registry import DEFAULT_EARLIEST_DATE, NetworkRegistry
@@ -473,6 +475,8 @@ _TOO_DEEP: Final = FieldIssue(
     "one another)",
     "too_deep",
 )
+#: The byte-order marks of UTF-16 (little- and big-endian; UTF-32's start the same).
+_UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
 #: A member name in a JSON text: a string followed by a colon.
 _MEMBER: Final = re.compile(rb'"[ \t\r\n]*:')
 
@@ -519,11 +523,22 @@ def _document(value: bytes) -> Any:
                 if "recursion" in str(exc):
                     return _TOO_DEEP
         return document
+    if value.startswith(_UTF16_BOMS) or (
+        b"\x00" in value and value.count(b"\x00") * 4 >= len(value)
+    ):
+        return _not_json(
+            "not UTF-8: the message looks like UTF-16 (a UTF-16 byte-order mark, or a NUL "
+            "byte beside each character): save the file as UTF-8",
+            "not_utf8",
+        )
     try:
         value.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = value.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (value.rfind(b"\n", 0, exc.start) + 1) + 1
         return _not_json(
-            f"not UTF-8: byte {exc.start} ({value[exc.start]:#04x}) starts no UTF-8 character",
+            f"not UTF-8: the byte {value[exc.start]:#04x} at line {line} column {column} "
+            "(counted in bytes) starts no UTF-8 character: save the file as UTF-8",
             "not_utf8",
         )
     if "surrogate" in error.msg:
@@ -618,7 +633,7 @@ def _rejection(
     earliest: datetime,
 ) -> Rejected:
     """Name the first failing check of SPEC §2 from the parser's errors."""
-    errors = exc.errors(include_url=False, include_input=False)
+    errors = exc.errors(include_url=False, include_input=True)
     document = _document(value)
     if not isinstance(document, FieldIssue):
         unreadable = _repeated_name(value) or _too_deep(errors)
@@ -671,7 +686,10 @@ def _field_issues(errors: list[Any], *, tagged: bool) -> tuple[list[FieldIssue],
             problems = err.get("ctx", {}).get("problems", [])
             issues.extend(FieldIssue(path, msg, CROSS_FIELD_ERROR) for path, msg in problems)
         else:
-            issues.append(FieldIssue(_path(loc), err["msg"], err["type"]))
+            message = err["msg"]
+            if err["type"] == OCCURRED_AT_ERROR:  # say which mistake, where it can tell
+                message = occurred_at_problem(err.get("input"))
+            issues.append(FieldIssue(_path(loc), message, err["type"]))
             if loc:
                 failing.add(str(loc[0]))
     return issues, failing, rules_ran

@@ -155,12 +155,13 @@ def test_occurred_at_is_normalised_to_utc(written: str, utc: datetime) -> None:
     assert stored.isoformat() == utc.isoformat()
 
 
+NAIVE_TIMES = ("2025-05-12T07:45:00", "2025-05-12 07:45:00", "2025-05-12T07:45:00.123")
+
+
 @pytest.mark.parametrize(
     "written",
     [
-        "2025-05-12T07:45:00",  # naive
-        "2025-05-12 07:45:00",  # naive
-        "2025-05-12T07:45:00.123",  # naive
+        *NAIVE_TIMES,
         "2025-05-12",  # a date
         "07:45:00Z",  # a time
         "1747035900",  # Unix seconds as a string
@@ -183,8 +184,18 @@ def test_occurred_at_is_normalised_to_utc(written: str, utc: datetime) -> None:
 def test_occurred_at_needs_iso_8601_with_offset(written: str) -> None:
     outcome = rejected(send(event(S, occurred_at=written)), "invalid_field", "occurred_at")
     assert outcome.issues[0].type == "datetime_utc_offset"
-    assert "UTC offset" in outcome.message
-    assert "naive times are invalid" in outcome.message
+    assert "UTC offset" in outcome.message and "from -12:00 to +14:00" in outcome.message
+    assert ("naive" in outcome.message) == (written in NAIVE_TIMES)
+    if written.endswith(("+24:00", "+01:60")):
+        assert f"has the offset {written[-6:]}, which no place uses" in outcome.message
+
+
+def test_an_offset_beyond_the_world_s_is_named_and_not_called_naive() -> None:
+    outcome = rejected(
+        send(event(S, occurred_at="2025-06-01T12:04:00+15:00")), "invalid_field", "occurred_at"
+    )
+    assert outcome.message.startswith("occurred_at: has the offset +15:00, which no place uses")
+    assert "naive" not in outcome.message
 
 
 @pytest.mark.parametrize(
@@ -739,7 +750,22 @@ def test_64_kib_is_the_largest_message() -> None:
         (
             orjson.dumps(BASE[S]).replace(b"combined", b"comb\xffned"),
             "not_utf8",
-            "not UTF-8: byte ",
+            "not UTF-8: the byte 0xff at line 1 column ",
+        ),
+        (
+            b'{"schema": "session/1",\n  "modality": "comb\xe9ned"}',
+            "not_utf8",
+            "not UTF-8: the byte 0xe9 at line 2 column 20 (counted in bytes)",
+        ),
+        (
+            orjson.dumps(BASE[S]).decode().encode("utf-16"),  # with its byte-order mark
+            "not_utf8",
+            "not UTF-8: the message looks like UTF-16",
+        ),
+        (
+            orjson.dumps(BASE[S]).decode().encode("utf-16-le"),  # a line after the first
+            "not_utf8",
+            "not UTF-8: the message looks like UTF-16",
         ),
         (
             orjson.dumps(BASE[S]).replace(b"combined", b"comb\\ud800ned"),
@@ -752,7 +778,7 @@ def test_64_kib_is_the_largest_message() -> None:
             "not_a_number",
             "NaN and Infinity are not JSON numbers",
         ),
-        ("\u00e9".encode("latin-1"), "not_utf8", "not UTF-8: byte 0 (0xe9)"),
+        ("\u00e9".encode("latin-1"), "not_utf8", "not UTF-8: the byte 0xe9 at line 1 column 1 "),
         (b"[" * 300 + b"]" * 300, "too_deep", "nested too deeply"),
     ],
 )
