@@ -26,6 +26,14 @@ What callers may rely on:
   remove the file.
 - Start and stop of one home are serialised by a lock file, so two
   ``exnet broker start`` at once start one broker.
+- A home's broker is the one its pid file names, on the ports its
+  ``server.properties`` binds. When it runs on other ports than the config asks
+  for (``EXNET_KAFKA_BOOTSTRAP`` changed since it started), :func:`status` and
+  :func:`start` raise a :class:`UserError` that names both addresses and what
+  to set, rather than report (or wait for) whatever answers on the config's
+  port; :func:`stop` stops it all the same, and logs a warning naming its port.
+  A stopped broker starts on the config's ports (``server.properties`` is
+  rewritten; its data is kept).
 
 Only a broker on 127.0.0.1 is launched; ``EXNET_KAFKA_BOOTSTRAP`` lets the rest
 of exnet use any other broker or cluster instead.
@@ -41,6 +49,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,7 +59,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +147,8 @@ _INSTALL_JAVA = "install a Java 17+ JDK (apt-get install openjdk-17-jdk-headless
 _INSTALL_MAVEN = "install Maven 3.8+ (apt-get install maven)"
 
 OnStep = Callable[[str], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -237,6 +248,9 @@ class StopResult:
     killed: bool
     #: A stale pid file that was removed.
     stale_pid: int | None
+    #: Where the stopped broker listened (its ``server.properties``; the config's
+    #: address when that does not say); None when none was running.
+    bootstrap: str | None = None
 
 
 # --- public API ---------------------------------------------------------------
@@ -251,10 +265,11 @@ def start(
     """Start the broker detached and return once it answers a metadata request.
 
     A broker already running from ``config.home`` is left alone (it is waited
-    for if it is still starting). On the first start Maven fetches the jars and
-    the storage is formatted with a new cluster id. A broker that exits or stays
-    silent for ``timeout_s`` seconds is stopped and a :class:`UserError` carries
-    the tail of its log.
+    for if it is still starting); one running there on other ports than
+    ``config``'s raises a :class:`UserError` (:func:`status`). On the first
+    start Maven fetches the jars and the storage is formatted with a new cluster
+    id. A broker that exits or stays silent for ``timeout_s`` seconds is stopped
+    and a :class:`UserError` carries the tail of its log.
     """
     started_at = time.monotonic()
     step = on_step or _ignore
@@ -262,6 +277,7 @@ def start(
     with _launcher_lock(config):
         pid = _running_pid(config)
         if pid is not None:
+            _check_running_ports(config, pid)
             _wait_until_answering(config, pid, None, started_at + timeout_s)
             return StartResult(pid, already_running=True, seconds=time.monotonic() - started_at)
         _remove_stale_pid_file(config)
@@ -270,6 +286,7 @@ def start(
         lib_dir = ensure_jars(config.jar_cache, on_step=step)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         config.logs_dir.mkdir(parents=True, exist_ok=True)
+        _note_moved(config, step)
         _write_properties(config)
         _format_storage(config, java, lib_dir, step)
         step(f"starting Kafka on {config.bootstrap} (logs in {config.logs_dir})")
@@ -290,7 +307,9 @@ def stop(config: BrokerConfig, *, timeout_s: float = STOP_TIMEOUT_S) -> StopResu
     """Stop the broker of ``config.home``: SIGTERM, then SIGKILL after ``timeout_s``.
 
     Returns once the process is gone and the pid file removed; a broker that
-    is not running is not an error.
+    is not running is not an error. The broker is the one the pid file names,
+    on whatever ports it runs: one on other ports than ``config``'s is stopped
+    too, with a warning that names them (and :attr:`StopResult.bootstrap`).
     """
     if not config.home.is_dir():
         return StopResult(pid=None, killed=False, stale_pid=None)
@@ -298,14 +317,35 @@ def stop(config: BrokerConfig, *, timeout_s: float = STOP_TIMEOUT_S) -> StopResu
         pid = _running_pid(config)
         if pid is None:
             return StopResult(pid=None, killed=False, stale_pid=_remove_stale_pid_file(config))
+        actual = _as_configured(config)
         killed = _terminate(pid, timeout_s)
         _remove_pid_file(config)
-        return StopResult(pid=pid, killed=killed, stale_pid=None)
+        if actual is not None:
+            log.warning(
+                "stopped the Kafka broker (pid %d) of %s on %s (controller port %d), not on "
+                "%s as EXNET_KAFKA_BOOTSTRAP (%s when unset) asks",
+                pid,
+                config.home,
+                actual.bootstrap,
+                actual.controller_port,
+                config.bootstrap,
+                f"{HOST}:{DEFAULT_PORT}",
+            )
+        bootstrap = (actual or config).bootstrap
+        return StopResult(pid=pid, killed=killed, stale_pid=None, bootstrap=bootstrap)
 
 
 def status(config: BrokerConfig) -> BrokerStatus:
-    """Whether the broker of ``config.home`` runs, and whether it answers."""
+    """Whether the broker of ``config.home`` runs, and whether it answers.
+
+    A broker running there on other ports than ``config``'s raises a
+    :class:`UserError` that reports it (pid, address, whether it answers) and
+    names the ``EXNET_KAFKA_BOOTSTRAP`` that reaches it: what answers on
+    ``config``'s port is another broker.
+    """
     pid = _running_pid(config)
+    if pid is not None:
+        _check_running_ports(config, pid, probe=True)
     recorded = _read_pid_file(config)
     return BrokerStatus(
         running=pid is not None,
@@ -611,6 +651,10 @@ def start_cluster(
         return [start(cluster.members[0], timeout_s=timeout_s, on_step=on_step)]
     started_at = time.monotonic()
     step = on_step or _ignore
+    for config in cluster.members:  # before any node starts: none joins a moved quorum
+        pid = _running_pid(config)
+        if pid is not None:
+            _check_running_ports(config, pid)
     cluster_id = _cluster_id(cluster)
     if cluster.secrets is not None:
         broker_security.ensure_secrets(cluster.secrets, step)
@@ -624,12 +668,14 @@ def start_cluster(
             with _launcher_lock(config):
                 pid = _running_pid(config)
                 if pid is not None:
+                    _check_running_ports(config, pid)
                     running.append((config, pid))
                     continue
                 _remove_stale_pid_file(config)
                 _check_ports_free(config)
                 config.data_dir.mkdir(parents=True, exist_ok=True)
                 config.logs_dir.mkdir(parents=True, exist_ok=True)
+                _note_moved(config, step)
                 _write_properties(config)
                 _format_storage(config, java, lib_dir, step, cluster_id)
                 step(f"starting Kafka node {config.node_id} on {config.bootstrap}")
@@ -878,6 +924,76 @@ def _is_our_broker(pid: int, config: BrokerConfig) -> bool:
 def _running_pid(config: BrokerConfig) -> int | None:
     pid = _read_pid_file(config)
     return pid if pid is not None and _is_our_broker(pid, config) else None
+
+
+def _check_running_ports(config: BrokerConfig, pid: int, *, probe: bool = False) -> None:
+    """Raise a :class:`UserError` if the broker ``pid`` of ``config.home`` binds other
+    ports than ``config``'s (``probe``: say whether it answers on its own)."""
+    actual = _as_configured(config)
+    if actual is None:
+        return
+    answering = ""
+    if probe:  # a closed port needs no login (nor a SASL_SSL node's secrets)
+        answers = _port_open(HOST, actual.port, PROBE_TIMEOUT_S) and broker_answers(
+            actual.bootstrap, connection=actual.connection()
+        )
+        answering = ", answering" if answers else ", not answering yet"
+    # node i of a cluster is on the cluster's port + 2(i-1): name node 1's
+    first = actual.port - 2 * (config.node_id - 1) if config.quorum else actual.port
+    raise UserError(
+        f"the Kafka broker of {config.home} runs (pid {pid}{answering}) on "
+        f"{actual.bootstrap} (controller port {actual.controller_port}), but "
+        f"EXNET_KAFKA_BOOTSTRAP ({HOST}:{DEFAULT_PORT} when unset) asks for "
+        f"{config.bootstrap} (controller port {config.controller_port}): set "
+        f"EXNET_KAFKA_BOOTSTRAP={HOST}:{first} to use that broker, or stop it with "
+        f"`exnet broker stop` (it stops the broker of EXNET_VAR_DIR, whatever its port) "
+        f"and start it on {config.bootstrap}"
+    )
+
+
+def _note_moved(config: BrokerConfig, step: OnStep) -> None:
+    """Say so when a stopped broker is about to start on other ports than it last did."""
+    actual = _as_configured(config)
+    if actual is not None:
+        step(
+            f"the Kafka broker of {config.home} last ran on {actual.bootstrap}; starting it "
+            f"on {config.bootstrap} as EXNET_KAFKA_BOOTSTRAP asks (its data is kept)"
+        )
+
+
+def _as_configured(config: BrokerConfig) -> BrokerConfig | None:
+    """``config`` with the ports its home's ``server.properties`` binds, when they differ
+    from ``config``'s; None when they are the same or the file does not say."""
+    ports = _configured_ports(config.properties_file)
+    if ports is None or ports == (config.port, config.controller_port):
+        return None
+    try:
+        return replace(config, port=ports[0], controller_port=ports[1])
+    except UserError:  # a hand-edited file with nonsense ports: not a broker we started
+        return None
+
+
+def _configured_ports(properties_file: Path) -> tuple[int, int] | None:
+    """The broker and controller ports of ``listeners`` in ``properties_file``
+    (``PLAINTEXT://`` or ``SASL_SSL://``, and ``CONTROLLER://``); None if it has none."""
+    try:
+        text = properties_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    listeners = ""
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "listeners":
+            listeners = value
+    ports: dict[bool, int] = {}
+    for listener in listeners.split(","):
+        name, _, address = listener.strip().partition("://")
+        port = address.rpartition(":")[2]
+        if port.isdigit():
+            ports[name.strip().upper() == "CONTROLLER"] = int(port)
+    if False not in ports or True not in ports:
+        return None
+    return ports[False], ports[True]
 
 
 # --- files ------------------------------------------------------------------------

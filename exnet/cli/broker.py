@@ -128,9 +128,12 @@ def register(app: typer.Typer) -> None:
                 )
                 out.print(f"{name} not running{stale}; nothing to do")
             elif result.killed:
-                out.print(f"{name} (pid {result.pid}) did not stop in {timeout:g} s; killed it")
+                out.print(
+                    f"{name} (pid {result.pid}, {result.bootstrap}) did not stop in "
+                    f"{timeout:g} s; killed it"
+                )
             else:
-                out.print(f"{name} (pid {result.pid}) stopped")
+                out.print(f"{name} (pid {result.pid}, {result.bootstrap}) stopped")
 
     @broker_app.command("status")
     def status_command(

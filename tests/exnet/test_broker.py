@@ -236,3 +236,159 @@ def test_second_broker_starts_serves_keeps_data_and_stops(tmp_path: Path) -> Non
     done = _exnet("broker", "status", env=env)
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stdout.startswith("stopped")
+
+
+# --- a home's broker on other ports than the settings ask for ------------------------------
+
+
+def _two_bases(count: int) -> tuple[int, int]:
+    """The first ports of two runs of ``count`` free ports that do not overlap."""
+    first = free_ports(count)
+    while True:
+        second = free_ports(count)
+        if abs(second - first) >= count:
+            return first, second
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex((broker.HOST, port)) == 0
+
+
+def _fake_node(config: broker.BrokerConfig) -> subprocess.Popen[bytes]:
+    """A process that passes for ``config``'s running broker (its command line names
+    ``kafka.Kafka`` and the home's ``server.properties``), without a JVM."""
+    config.home.mkdir(parents=True, exist_ok=True)
+    config.properties_file.write_text(broker.server_properties(config))
+    sleeper = "import time; time.sleep(300)"
+    process = subprocess.Popen(
+        [sys.executable, "-c", sleeper, "kafka.Kafka", str(config.properties_file.resolve())]
+    )
+    config.pid_file.write_text(f"{process.pid}\n")
+    return process
+
+
+@pytest.mark.parametrize(
+    ("nodes", "security"), [(3, "plaintext"), (1, "sasl_ssl"), (3, "sasl_ssl")]
+)
+def test_nodes_on_other_ports_are_reported_refused_and_stopped(
+    tmp_path: Path, nodes: int, security: str
+) -> None:
+    first, second = _two_bases(2 * nodes)
+    started = broker.Cluster(home=tmp_path, port=first, nodes=nodes, security=security)
+    asked = broker.Cluster(home=tmp_path, port=second, nodes=nodes, security=security)
+    if started.secrets is not None:
+        started.secrets.mkdir()  # passwords only: no TLS key is used without a JVM
+    fakes = [_fake_node(config) for config in started.members]
+    try:
+        node_1 = started.members[0]
+        protocol = "SASL_SSL" if security == "sasl_ssl" else "PLAINTEXT"
+        listeners = f"listeners={protocol}://127.0.0.1:{first},CONTROLLER://127.0.0.1:{first + 1}"
+        assert listeners in node_1.properties_file.read_text().splitlines()
+
+        with pytest.raises(UserError) as status_error:
+            broker.cluster_status(asked)
+        message = str(status_error.value)
+        assert f"(pid {fakes[0].pid}, not answering yet) on 127.0.0.1:{first} " in message
+        assert f"asks for 127.0.0.1:{second} " in message
+        assert f"set EXNET_KAFKA_BOOTSTRAP=127.0.0.1:{first} " in message
+
+        with pytest.raises(UserError, match=f"runs .* on 127.0.0.1:{first} "):
+            broker.start_cluster(asked, timeout_s=5)
+        assert not (tmp_path / broker.CLUSTER_FILE).exists()  # refused before anything
+        assert all(fake.poll() is None for fake in fakes)
+
+        results = broker.stop_cluster(asked, timeout_s=5)
+        assert [result.pid for result in results] == [fake.pid for fake in fakes]
+        assert [result.bootstrap for result in results] == [
+            config.bootstrap for config in started.members
+        ]
+        assert all(fake.poll() is not None for fake in fakes)
+        assert not any(config.pid_file.exists() for config in started.members)
+        # stopped: the settings' ports are the ones the next start binds
+        assert [state.running for state in broker.cluster_status(asked)] == [False] * nodes
+    finally:
+        for fake in fakes:
+            fake.kill()
+            fake.wait()
+
+
+def test_configured_ports_read_the_listeners_line(tmp_path: Path) -> None:
+    properties = tmp_path / "server.properties"
+    assert broker._configured_ports(properties) is None
+    properties.write_text(
+        "# comment\nlisteners=SASL_SSL://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093\n"
+        "advertised.listeners=SASL_SSL://127.0.0.1:29092\n"
+    )
+    assert broker._configured_ports(properties) == (29092, 29093)
+    properties.write_text("listeners=PLAINTEXT://127.0.0.1:29092\n")  # no controller
+    assert broker._configured_ports(properties) is None
+
+
+@pytest.mark.kafka
+def test_a_broker_on_other_ports_than_the_settings_is_not_mixed_up(tmp_path: Path) -> None:
+    """The var dir's broker runs on one port, EXNET_KAFKA_BOOTSTRAP names another:
+    status and start refuse (exit 2, naming both), stop stops the var dir's broker
+    and names its port, and the next start moves it, data and all."""
+    first, second = _two_bases(2)
+    home = tmp_path / "kafka"
+    ran = broker.BrokerConfig(home=home, port=first, controller_port=first + 1)
+    ran_env = {"EXNET_VAR_DIR": str(tmp_path), "EXNET_KAFKA_BOOTSTRAP": ran.bootstrap}
+    asked_env = {**ran_env, "EXNET_KAFKA_BOOTSTRAP": f"127.0.0.1:{second}"}
+    try:
+        started = _exnet("broker", "start", env=ran_env)
+        assert started.returncode == 0, started.stdout + started.stderr
+        pid = int(ran.pid_file.read_text())
+        admin = KafkaAdminClient(bootstrap_servers=ran.bootstrap)
+        try:
+            admin.create_topics([NewTopic("moved-broker", 1, 1)])
+        finally:
+            admin.close()
+        assert _round_trip(ran.bootstrap, "moved-broker", b"kept") == b"kept"
+
+        for command in (["status"], ["status", "--json"], ["start"]):
+            done = _exnet("broker", *command, env=asked_env)
+            assert done.returncode == 2, (command, done.stdout + done.stderr)
+            assert done.stdout == ""
+            error = " ".join(done.stderr.split())  # rich wraps at the terminal's width
+            assert f"(pid {pid}" in error
+            assert f"on 127.0.0.1:{first} (controller port {first + 1})" in error
+            assert f"asks for 127.0.0.1:{second} (controller port {second + 1})" in error
+            assert f"set EXNET_KAFKA_BOOTSTRAP=127.0.0.1:{first} " in error
+        assert "answering" in _exnet("broker", "status", env=asked_env).stderr
+        assert not _listening(second)  # start started nothing
+
+        # EXNET_KAFKA_BOOTSTRAP unset: the default port, whoever answers there
+        unset = {key: value for key, value in os.environ.items() if key != "EXNET_KAFKA_BOOTSTRAP"}
+        unset["EXNET_VAR_DIR"] = str(tmp_path)
+        done = subprocess.run(
+            [str(EXNET), "broker", "status"],
+            cwd=REPO,
+            env=unset,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "asks for 127.0.0.1:9092 " in " ".join(done.stderr.split())
+
+        stopped = _exnet("broker", "stop", env=asked_env)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert f"Kafka broker (pid {pid}, 127.0.0.1:{first}) stopped" in stopped.stdout
+        assert f"on 127.0.0.1:{first} (controller port {first + 1})" in stopped.stderr
+        assert not ran.pid_file.exists()
+        assert not _listening(first)
+
+        down = _exnet("broker", "status", env=asked_env)
+        assert down.returncode == 3, down.stdout + down.stderr
+        assert down.stdout.startswith(f"stopped  bootstrap 127.0.0.1:{second}")
+
+        moved = _exnet("broker", "start", env=asked_env)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert f"on 127.0.0.1:{second} " in moved.stdout
+        assert f"last ran on 127.0.0.1:{first}" in moved.stderr
+        assert _read_first(f"127.0.0.1:{second}", "moved-broker") == b"kept"
+    finally:
+        broker.stop(ran)  # the home's broker, on whichever port
+    assert not ran.pid_file.exists()
