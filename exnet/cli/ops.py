@@ -112,7 +112,8 @@ def rejects(
         typer.Option(
             "--csv",
             help="Write a per-site work list as CSV: one row per failing field, with the "
-            "source position and the original payload.",
+            "source position and the payload as analysts read it (redacted; with --original, "
+            "as the site sent it).",
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Write one JSON document.")] = False,
