@@ -334,6 +334,8 @@ class Validator:
             contract = self._by_topic[_TYPES[schema.partition("/")[0]]]
             return self._validate(contract, value, None, None, limit, False)
         if known is None:
+            if (repeated := _repeated_name(value)) is not None:  # SPEC §2: malformed first
+                return Rejected(Reason.MALFORMED_JSON, (repeated,), None)
             expected = " or ".join(map(repr, SCHEMAS))
             message = (
                 f"missing; an exnet event carries {expected}"

@@ -824,6 +824,20 @@ def test_a_repeated_member_name_is_malformed_and_named(topic: Topic, name: str) 
         assert repr(name) in record.message
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"a": 1, "a": 2}',  # no schema at all
+        orjson.dumps(BASE[S])[:-1] + b',"schema":"sesion/1"}',  # the second copy unknown
+    ],
+)
+def test_a_repeated_name_is_malformed_before_the_schema_is_looked_at(value: bytes) -> None:
+    # SPEC §2's order: malformed_json before unknown_schema, for the sites' tool as for
+    # the stream (publish said unknown_schema for these).
+    for outcome in (send(value), new_validator().validate_record(value, NOW)):
+        assert [i.type for i in rejected(outcome, "malformed_json", "").issues] == ["repeated_name"]
+
+
 def test_a_repeated_score_is_malformed_whichever_value_comes_last() -> None:
     # The issue's case: "score": 99 and later "score": 5 was accepted with 5.
     body = orjson.dumps({**BASE[Topic.ASSESSMENT], "score": 99})
