@@ -3,7 +3,9 @@
 chDB lets one process own its path, so the process that writes it also answers
 ``exnet sql``: a loopback-only HTTP endpoint, guarded by a random token in a
 file only the owner can read (``<var_dir>/run/sql-endpoint.json``). Queries run
-on a separate client whose session is pinned ``readonly=1``.
+on a separate client whose session is pinned ``readonly=1``, and a query that
+would write a file (``INTO OUTFILE``, which ``readonly=1`` lets through) is
+refused first, on either path (:func:`refuse_file_output`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from contracts.errors import UserError
 from exnet.settings import Settings
 from sinks.client import connect
 
-__all__ = ["QueryEndpoint", "endpoint_file", "run_query"]
+__all__ = ["QueryEndpoint", "endpoint_file", "refuse_file_output", "run_query"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ class QueryEndpoint:
                 request = json.loads(self.rfile.read(length))
                 try:
                     body = endpoint.query(str(request["query"]), str(request["format"]))
+                except UserError as exc:  # refused by exnet before ClickHouse ran it
+                    self._reply(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc).encode())
+                    return
                 except Exception as exc:  # the analyst's SQL error, sent back as text
                     self._reply(HTTPStatus.BAD_REQUEST, str(exc).encode())
                     return
@@ -90,7 +95,9 @@ class QueryEndpoint:
         temporary.replace(path)
 
     def query(self, sql: str, fmt: str) -> bytes:
+        """``sql``'s result in format ``fmt``; :class:`UserError` if it would write a file."""
         with self._lock:
+            refuse_file_output(self._client, sql, fmt)
             result: bytes = self._client.raw_query(sql, fmt=fmt)
             return result
 
@@ -132,11 +139,76 @@ def own_format(sql: str) -> tuple[str, str | None]:
     return sql.rstrip().removesuffix(";").rstrip(), None
 
 
+#: Where ``exnet sql``'s results go instead of a file named in the query.
+_TO_A_FILE = (
+    "to save results, choose the format with --format and redirect the output, e.g. "
+    "exnet sql 'SELECT ...' --format CSV > results.csv"
+)
+
+#: A string literal or quoted identifier as ClickHouse writes a query back out
+#: (``formatQuerySingleLine``): single quotes or backquotes, backslash escapes.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
+
+#: The clause that writes the result to a file, in that canonical text outside quotes.
+_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+
+
+def refuse_file_output(client: Client, sql: str, fmt: str) -> None:
+    """Raise :class:`UserError` when ``sql``, run with output format ``fmt``, would
+    write a file; return None otherwise.
+
+    ``readonly=1`` refuses writes to tables and the ``file()``/``url()`` functions but
+    not ``INTO OUTFILE``, which clickhouse-local (chDB) carries out itself, as the
+    process running the query, after any statement with a result (SELECT, UNION,
+    SHOW, EXPLAIN, DESCRIBE, EXISTS...). A ClickHouse server refuses the clause,
+    so the check is the same for both, on ``client`` (the read-only session).
+
+    Keywords are ASCII, so a text without ``outfile`` in any case cannot hold the
+    clause and passes with no round trip. A text with it is parsed by ClickHouse
+    (``formatQuerySingleLine``): comments, heredocs and unusual quotes are gone
+    from that canonical form, literals and identifiers quoted one way, so the
+    clause outside the quotes is the clause in the query. A text ClickHouse cannot
+    parse as one statement is refused too, with the parser's reason: chDB runs
+    ``;``-separated statements, which ``formatQuerySingleLine`` does not parse, so
+    nothing clears such a text.
+    """
+    text = f"{sql}\n FORMAT {fmt}"  # what clickhouse-connect sends
+    if "outfile" not in text.lower():
+        return
+    try:
+        canonical = client.raw_query(
+            "SELECT formatQuerySingleLine({query:String})",
+            parameters={"query": text},
+            fmt="TabSeparatedRaw",
+        ).decode("utf-8", "replace")
+    except Exception as exc:
+        raise UserError(
+            "`exnet sql` is read-only and cannot tell whether this query writes a file "
+            f"(INTO OUTFILE): ClickHouse does not parse it as one statement "
+            f"({_parse_failure(exc)}); {_TO_A_FILE}"
+        ) from None
+    if _INTO_OUTFILE.search(_QUOTED.sub("''", canonical)):
+        raise UserError(
+            f"`exnet sql` is read-only: it does not write files (INTO OUTFILE); {_TO_A_FILE}"
+        )
+
+
+def _parse_failure(exc: Exception) -> str:
+    """The start of ClickHouse's reason in ``exc`` (e.g. ``Syntax error (Multi-statements
+    are not allowed): failed at position 9 (end of query)``): not the driver's words,
+    the list of what the parser expected, or the wrapping query."""
+    text = str(exc)
+    reason = text[text.find("DB::Exception: ") :].removeprefix("DB::Exception: ")
+    reason = re.split(r"\n|: In scope | Expected ", reason, maxsplit=1)[0]
+    return reason.strip() or type(exc).__name__
+
+
 def run_query(settings: Settings, sql: str, fmt: str) -> bytes:
     """Run ``sql`` read-only: through the owning process's endpoint, or directly.
 
     The query's own ``FORMAT`` clause wins over ``fmt``; errors quote the query as
-    it was written.
+    it was written. A query that would write a file raises :class:`UserError`
+    (:func:`refuse_file_output`), whichever process runs it.
     """
     sql, named = own_format(sql)
     fmt = named or fmt
@@ -157,6 +229,7 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
             return _query_endpoint(endpoint, sql, fmt)
     client = connect(settings, readonly=True)
     try:
+        refuse_file_output(client, sql, fmt)
         try:
             result: bytes = client.raw_query(sql, fmt=fmt)
         except Exception as exc:
@@ -178,7 +251,10 @@ def _query_endpoint(endpoint: dict[str, Any], sql: str, fmt: str) -> bytes:
             body: bytes = response.read()
             return body
     except urllib.error.HTTPError as exc:
-        raise UserError(f"query failed: {exc.read().decode('utf-8', 'replace')}") from None
+        message = exc.read().decode("utf-8", "replace")
+        if exc.code == HTTPStatus.UNPROCESSABLE_ENTITY:  # refused by exnet: says why itself
+            raise UserError(message) from None
+        raise UserError(f"query failed: {message}") from None
     except urllib.error.URLError as exc:
         raise UserError(
             f"the exnet process that owns the database (pid {endpoint['pid']}) did not answer: "

@@ -1,0 +1,153 @@
+"""``exnet sql`` writes no file: ``INTO OUTFILE``, which ``readonly=1`` lets through in
+chDB, is refused on both paths (this process's own session, and the endpoint of the
+process that owns the database); the words in literals, identifiers and comments pass."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contracts.errors import UserError
+from exnet.settings import Settings
+from sinks.client import connect
+from sinks.query import QueryEndpoint, endpoint_file, run_query
+from tests.conftest import SettingsFactory
+
+pytestmark = pytest.mark.clickhouse
+
+EXNET = str(Path(sys.executable).with_name("exnet"))
+
+#: What the victim file holds before, and must still hold after, every refused query.
+PRECIOUS = "precious\n"
+
+#: Queries that write ``{file}`` (an existing file) or ``{new}`` (none yet) in chDB
+#: under ``readonly=1``: spellings, comments, other quotes, other statements, a
+#: second statement (chDB runs ``;``-separated ones).
+WRITES_A_FILE = [
+    "SELECT 'gone' INTO OUTFILE '{file}' TRUNCATE",
+    "SELECT 'gone' INTO OUTFILE '{file}' APPEND FORMAT CSV;",
+    "select 'gone' into\n  outfile '{file}' truncate",
+    "SELECT 'gone' InTo/**/OuTfIlE '{file}' TRUNCATE",
+    "SELECT 'gone' INTO /* a /* nested */ comment */ OUTFILE '{file}' TRUNCATE",
+    "SELECT 'gone' INTO -- comment\nOUTFILE '{file}' TRUNCATE",
+    "SELECT 'gone' INTO OUTFILE $${file}$$ TRUNCATE",
+    "SELECT 'gone' INTO OUTFILE \u2018{file}\u2019 TRUNCATE",
+    "SELECT $$it's$$ INTO OUTFILE '{file}' TRUNCATE",
+    "SELECT 'a\\\\' INTO OUTFILE '{file}' TRUNCATE",
+    "(SELECT 'gone') INTO OUTFILE '{file}' TRUNCATE",
+    "SELECT 1 UNION ALL SELECT 2 INTO OUTFILE '{file}' APPEND",
+    "WITH 'gone' AS g SELECT g INTO OUTFILE '{file}' TRUNCATE",
+    "SHOW DATABASES INTO OUTFILE '{file}' APPEND",
+    "EXPLAIN SELECT 1 INTO OUTFILE '{file}' TRUNCATE",
+    "SELECT 1; SELECT 'gone' INTO OUTFILE '{file}' APPEND",
+    "SELECT 'gone' INTO OUTFILE '{new}' AND STDOUT",
+    "SELECT 'gone' INTO OUTFILE '{new}' COMPRESSION 'gzip' LEVEL 3",
+]
+
+#: Queries with the words where they write nothing, and what they print (TSVRaw).
+MENTIONS_OUTFILE = [
+    ("SELECT 'INTO OUTFILE' AS a", b"INTO OUTFILE\n"),
+    ("SELECT 'it''s INTO OUTFILE' AS a", b"it's INTO OUTFILE\n"),
+    ("SELECT 'x\\' INTO OUTFILE ' AS a", b"x' INTO OUTFILE \n"),
+    ("SELECT $$INTO OUTFILE 'x'$$ AS a", b"INTO OUTFILE 'x'\n"),
+    ("SELECT 1 AS \"into outfile\", 2 AS `INTO OUTFILE` -- INTO OUTFILE 'x'", b"1\t2\n"),
+    ("SELECT 1 /* INTO OUTFILE 'x' */ AS outfile", b"1\n"),
+]
+
+
+@pytest.fixture
+def settings(settings_factory: SettingsFactory) -> Settings:
+    """An embedded database with exnet's (empty) database in it, held by nobody."""
+    settings = settings_factory()
+    connect(settings, create_database=True).close()
+    return settings
+
+
+@pytest.fixture
+def endpoint(settings: Settings) -> Iterator[QueryEndpoint]:
+    """This process answering ``exnet sql`` as ``exnet up`` does while it owns the database."""
+    client = connect(settings, readonly=True)
+    served = QueryEndpoint(settings, client)
+    served.start()
+    yield served
+    served.stop()
+    client.close()
+
+
+@pytest.fixture(params=["direct", "endpoint"])
+def route(request: pytest.FixtureRequest, settings: Settings) -> str:
+    """Both ways ``run_query`` runs a query: on its own session, or through the endpoint."""
+    if request.param == "endpoint":
+        request.getfixturevalue("endpoint")
+        assert endpoint_file(settings).exists()
+    else:
+        assert not endpoint_file(settings).exists()
+    return str(request.param)
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    path = tmp_path / "victim.txt"
+    path.write_text(PRECIOUS)
+    return path
+
+
+def _refusal_is_clear(message: str) -> None:
+    assert "`exnet sql` is read-only" in message
+    assert "INTO OUTFILE" in message
+    assert "--format" in message and "> results.csv" in message
+
+
+@pytest.mark.parametrize("template", WRITES_A_FILE)
+def test_a_query_that_writes_a_file_is_refused(
+    route: str, settings: Settings, victim: Path, tmp_path: Path, template: str
+) -> None:
+    new = tmp_path / "new.out"
+    sql = template.format(file=victim, new=new)
+    with pytest.raises(UserError) as refused:
+        run_query(settings, sql, "TabSeparated")
+    _refusal_is_clear(str(refused.value))
+    assert not str(refused.value).startswith("query failed")  # exnet's refusal, not ClickHouse's
+    assert victim.read_text() == PRECIOUS
+    assert not new.exists()
+
+
+@pytest.mark.parametrize(("sql", "expected"), MENTIONS_OUTFILE)
+def test_the_words_in_literals_identifiers_and_comments_pass(
+    route: str, settings: Settings, sql: str, expected: bytes
+) -> None:
+    assert run_query(settings, sql, "TSVRaw") == expected
+
+
+def test_a_query_that_cannot_be_parsed_keeps_its_own_error_without_outfile(
+    route: str, settings: Settings
+) -> None:
+    with pytest.raises(UserError) as failed:
+        run_query(settings, "SELEC 1", "TSV")
+    assert "Syntax error" in str(failed.value) and "read-only" not in str(failed.value)
+
+
+def _exnet_sql(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EXNET_VAR_DIR": str(settings.var_dir)}
+    return subprocess.run(  # noqa: S603  # our own console script
+        [EXNET, "sql", *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_exnet_sql_exits_2_and_leaves_the_file_alone(
+    route: str, settings: Settings, victim: Path
+) -> None:
+    done = _exnet_sql(settings, f"SELECT 'gone' INTO OUTFILE '{victim}' TRUNCATE")
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: `exnet sql` is read-only")
+    _refusal_is_clear(done.stderr)
+    assert victim.read_text() == PRECIOUS
+    # The way the message points to.
+    kept = _exnet_sql(settings, "SELECT 'INTO OUTFILE' AS a", "--format", "CSV")
+    assert kept.returncode == 0 and kept.stdout == '"INTO OUTFILE"\n', kept.stderr
