@@ -4,6 +4,13 @@ What callers may assume (the delivery guarantee):
 
 - :meth:`Publisher.publish` validates the event against the contracts and
   returns the outcome. A rejected event is never sent and never spooled.
+- Within one publisher's life (one ``exnet publish`` run: all its files and
+  standard input), an ``event_id`` it already accepted with other content
+  (another canonical event: SPEC §2) is rejected as ``conflicting_duplicate``,
+  naming the FILE:LINE (``where``) of the first copy, as the platform would
+  reject it, whether that copy was sent or spooled; an identical re-send,
+  however formatted, is accepted and sent (the platform drops it as a
+  duplicate). Events of earlier runs (resent from the spool) are not compared.
 - An accepted event is first buffered in memory, then written to the spool
   (``<var_dir>/spool``, fsynced) *before* it is handed to Kafka, in groups of
   :data:`COMMIT_EVENTS` events or :data:`COMMIT_BYTES` bytes. From that moment
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import struct
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +55,8 @@ from kafka.partitioner.default import murmur2
 
 from contracts import (
     INPUT_TOPICS,
+    Accepted,
+    FieldIssue,
     Reason,
     Rejected,
     Topic,
@@ -56,6 +66,7 @@ from contracts import (
 )
 from contracts.errors import ConfigError
 from contracts.validation import Outcome
+from contracts.wire import uuid_bytes
 from exnet.settings import KafkaRefusals, Settings
 from producers.spool import (
     ClaimedSegment,
@@ -125,6 +136,77 @@ _KEY_HASH_CACHE: Final = 100_000
 #: A live publisher's segment is retired (a new one started) past this size, so
 #: a long-running site process never grows one file without bound.
 SEGMENT_ROTATE_BYTES: Final = 64 * 1024 * 1024
+
+
+# --- conflicting duplicates within one run ---------------------------------------
+#: What is remembered of each accepted event: the 16 bytes of its fingerprint, the
+#: index of the input that sent it, and the line number there.
+_SENT = struct.Struct("<16sIQ")
+#: The input index of an event published without a ``where``.
+_NO_SOURCE: Final = 0xFFFF_FFFF
+
+
+class _SentEvents:
+    """event_id -> content fingerprint and FILE:LINE of every event one publisher accepted.
+
+    So that a later line reusing an event_id with other content is rejected before
+    it is sent, as the platform would reject it (``conflicting_duplicate``): only the
+    first accepted copy is remembered, as the platform's deduplication does. Content
+    is compared as the platform compares it: the fingerprint of the canonical event
+    (:meth:`~contracts.validation.Accepted.fingerprint`), so key order, time-zone and
+    number spelling, and the event_id's case do not make two copies differ.
+
+    Cost per accepted event, for the whole run: a dict entry keyed by the event_id's
+    16 UUID bytes with a 28-byte value (fingerprint, input index, line), about
+    150 bytes with the dict's own share (measured: 152 MB for a million events;
+    10 million lines hold about 1.5 GB, freed by :meth:`Publisher.close`); and about
+    5 us of CPU, mostly the canonical JSON and its digest (the publisher's work per
+    event without Kafka went from about 15 to about 20 us, measured on a busy 2-core
+    host).
+    """
+
+    __slots__ = ("_index", "_seen", "_sources")
+
+    def __init__(self) -> None:
+        self._seen: dict[bytes, bytes] = {}
+        #: Input names (files, ``<stdin>``), by their index in the remembered values.
+        self._sources: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def check(self, accepted: Accepted, where: tuple[str, int] | None) -> Rejected | None:
+        """The rejection of ``accepted`` when its event_id came earlier with other
+        content; else None, and the event is remembered if it is the first copy."""
+        event_id = accepted.event_id  # lower-case: the model stores it so
+        key = uuid_bytes(event_id)
+        digest = bytes.fromhex(accepted.fingerprint())
+        prior = self._seen.get(key)
+        if prior is None:
+            self._seen[key] = _SENT.pack(digest, *self._where(where))
+            return None
+        first_digest, source, line = _SENT.unpack(prior)
+        if first_digest == digest:
+            return None  # the same event again: sent, the platform counts it a duplicate
+        earlier = f" by {self._sources[source]}:{line}" if source != _NO_SOURCE else ""
+        issue = FieldIssue(
+            "event_id",
+            f"event {event_id} was already published in this run{earlier} with other content; "
+            "send a new event_id",
+            Reason.CONFLICTING_DUPLICATE.value,
+        )
+        return Rejected(Reason.CONFLICTING_DUPLICATE, (issue,), None, event_id)
+
+    def _where(self, where: tuple[str, int] | None) -> tuple[int, int]:
+        if where is None:
+            return _NO_SOURCE, 0
+        name, line = where
+        index = self._index.get(name)
+        if index is None:
+            index = self._index[name] = len(self._sources)
+            self._sources.append(name)
+        return index, line
+
+    def clear(self) -> None:
+        self._seen.clear()
 
 
 def producer_config(settings: Settings, client_id: str = "exnet-publisher") -> dict[str, Any]:
@@ -503,6 +585,7 @@ class Publisher:
         self._buffer_bytes = 0
         self._accepted = 0
         self._invalid: Counter[Reason] = Counter()
+        self._sent_events = _SentEvents()
         self._resent = FlushSummary()
         self._closed = False
 
@@ -554,18 +637,27 @@ class Publisher:
         return self._resent
 
     # -- publishing ----------------------------------------------------------
-    def publish(self, value: bytes | dict[str, Any]) -> Outcome:
+    def publish(
+        self, value: bytes | dict[str, Any], where: tuple[str, int] | None = None
+    ) -> Outcome:
         """Validate one event and, when it is valid, queue it for delivery.
 
         ``value`` is the message as sent (bytes are sent as they are; a dict
-        is serialised once with orjson). Returns the validation outcome;
-        a :class:`~contracts.Rejected` event is dropped here.
+        is serialised once with orjson). ``where``: the input's name and line
+        number, named when a later event reuses this one's event_id with other
+        content. Returns the validation outcome; a :class:`~contracts.Rejected`
+        event (a ``conflicting_duplicate`` of an event accepted earlier by this
+        publisher included) is dropped here.
         """
         if self._closed:
             raise ValueError("the publisher is closed")
         if not isinstance(value, bytes):
             value = orjson.dumps(value)
         outcome = self._validator.validate_record(value)
+        if isinstance(outcome, Accepted):
+            conflict = self._sent_events.check(outcome, where)
+            if conflict is not None:
+                outcome = conflict
         if isinstance(outcome, Rejected):
             self._invalid[outcome.reason] += 1
             return outcome
@@ -622,6 +714,7 @@ class Publisher:
             self._commit()
         finally:
             self._closed = True
+            self._sent_events.clear()  # frees the run's memory of what it sent
             if self._delivery is not None:
                 self._delivery.close()
             for segment in self._segments:

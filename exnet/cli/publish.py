@@ -155,7 +155,7 @@ def _publish_stream(
                 counts.blank += 1
                 continue
             counts.read += 1
-            outcome = publish(line)
+            outcome = publish(line, (name, number))
             if isinstance(outcome, Rejected):
                 _report_rejection(errors, name, number, outcome)
     except OSError as exc:
@@ -246,8 +246,8 @@ def publish_files(
                 _publish_stream(publisher, stream, shown, lines, errors, progress, task, stop)
             if stop.requested:
                 break
-                if progress is not None and task is not None and total is not None:
-                    progress.update(task, completed=total)
+            if progress is not None and task is not None and total is not None:
+                progress.update(task, completed=total)
         summary = publisher.close()
     if summary.spooled and summary.problem:
         errors.print(
