@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,8 +16,10 @@ from contracts import INPUT_TOPICS, NetworkRegistry, load_registry, topic_name
 from contracts.registry import DEMO_REGISTRY
 from exnet.settings import Settings
 from producers import Simulation, SimulationConfig, generate
+from producers import publisher as publisher_module
 
 from .helpers import PUB_PARTITIONS
+from .test_publisher import FakeProducer
 
 if TYPE_CHECKING:
     from tests.conftest import SettingsFactory, TopicFactory
@@ -62,3 +64,16 @@ def pub_write_lines(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def pub_producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
+    """The publisher's Kafka producer, replaced by one that keeps what it is sent (for
+    the command's and the publisher's own logic; the Kafka-marked tests use a broker)."""
+    fake = FakeProducer()
+
+    def connect(settings: Settings, client_id: str = "", why: Any = None) -> Any:
+        return fake
+
+    monkeypatch.setattr(publisher_module, "connect_producer", connect)
+    return fake

@@ -64,19 +64,8 @@ REFORMATTED = (
 )
 
 
-@pytest.fixture
-def producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
-    fake = FakeProducer()
-
-    def connect(settings: Settings, client_id: str = "", why: Any = None) -> Any:
-        return fake
-
-    monkeypatch.setattr(publisher_module, "connect_producer", connect)
-    return fake
-
-
 def test_a_conflicting_copy_is_rejected_naming_the_line_that_sent_the_first(
-    pub_settings: Settings, producer: FakeProducer
+    pub_settings: Settings, pub_producer: FakeProducer
 ) -> None:
     first, changed = _line(), _line(rpe=17)
     with Publisher(pub_settings) as publisher:
@@ -93,21 +82,23 @@ def test_a_conflicting_copy_is_rejected_naming_the_line_that_sent_the_first(
     summary = publisher.summary()
     assert (summary.accepted, summary.invalid, summary.sent) == (1, 1, 1)
     assert summary.invalid_by_reason == {Reason.CONFLICTING_DUPLICATE: 1}
-    assert producer.values() == [first]  # the conflicting copy is never sent
+    assert pub_producer.values() == [first]  # the conflicting copy is never sent
 
 
-def test_an_identical_resend_is_still_sent(pub_settings: Settings, producer: FakeProducer) -> None:
+def test_an_identical_resend_is_still_sent(
+    pub_settings: Settings, pub_producer: FakeProducer
+) -> None:
     value = _line()
     with Publisher(pub_settings) as publisher:
         assert isinstance(publisher.publish(value, where=("a.jsonl", 1)), Accepted)
         assert isinstance(publisher.publish(value, where=("a.jsonl", 2)), Accepted)
     summary = publisher.summary()
     assert (summary.accepted, summary.invalid, summary.sent) == (2, 0, 2)
-    assert producer.values() == [value, value]  # the platform counts the second a duplicate
+    assert pub_producer.values() == [value, value]  # the platform counts the second a duplicate
 
 
 def test_the_same_event_spelled_otherwise_is_no_conflict(
-    pub_settings: Settings, producer: FakeProducer
+    pub_settings: Settings, pub_producer: FakeProducer
 ) -> None:
     with Publisher(pub_settings) as publisher:
         assert isinstance(publisher.publish(_line()), Accepted)
@@ -116,11 +107,11 @@ def test_the_same_event_spelled_otherwise_is_no_conflict(
         # Defaults filled in are content too: an explicit null is the absent field.
         assert isinstance(publisher.publish(_line(adverse_event=None)), Accepted)
     assert publisher.summary().invalid == 0
-    assert producer.values() == [_line(), REFORMATTED, _line(adverse_event=None)]
+    assert pub_producer.values() == [_line(), REFORMATTED, _line(adverse_event=None)]
 
 
 def test_the_event_ids_case_does_not_hide_a_conflict(
-    pub_settings: Settings, producer: FakeProducer
+    pub_settings: Settings, pub_producer: FakeProducer
 ) -> None:
     with Publisher(pub_settings) as publisher:
         assert isinstance(publisher.publish(_line(), where=("a.jsonl", 1)), Accepted)
@@ -128,11 +119,11 @@ def test_the_event_ids_case_does_not_hide_a_conflict(
     assert isinstance(outcome, Rejected)
     assert outcome.reason is Reason.CONFLICTING_DUPLICATE
     assert "a.jsonl:1" in outcome.message
-    assert producer.values() == [_line()]
+    assert pub_producer.values() == [_line()]
 
 
 def test_only_the_first_accepted_copy_is_remembered(
-    pub_settings: Settings, producer: FakeProducer
+    pub_settings: Settings, pub_producer: FakeProducer
 ) -> None:
     assessment = {
         "schema": "assessment/1",
@@ -160,11 +151,11 @@ def test_only_the_first_accepted_copy_is_remembered(
         assert isinstance(outcome, Rejected)
         assert outcome.reason is Reason.CONFLICTING_DUPLICATE
         assert "a.jsonl:2" in outcome.message
-    assert producer.values() == [_line(), _line(), _line(event_id=OTHER_ID)]
+    assert pub_producer.values() == [_line(), _line(), _line(event_id=OTHER_ID)]
 
 
 def test_without_a_where_the_conflict_is_still_caught(
-    pub_settings: Settings, producer: FakeProducer
+    pub_settings: Settings, pub_producer: FakeProducer
 ) -> None:
     with Publisher(pub_settings) as publisher:
         publisher.publish(_session())
@@ -174,7 +165,7 @@ def test_without_a_where_the_conflict_is_still_caught(
     assert outcome.message.startswith(
         f"event_id: event {EVENT_ID} was already published in this run"
     )
-    assert len(producer.delivered) == 1
+    assert len(pub_producer.delivered) == 1
 
 
 def test_offline_the_conflict_is_caught_and_only_the_first_copy_spooled(
@@ -196,7 +187,7 @@ def test_offline_the_conflict_is_caught_and_only_the_first_copy_spooled(
 
 def test_publish_reports_the_conflicting_line_and_exits_1(
     pub_settings: Settings,
-    producer: FakeProducer,
+    pub_producer: FakeProducer,
     pub_write_lines: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -211,14 +202,14 @@ def test_publish_reports_the_conflicting_line_and_exits_1(
     (reported,) = err.splitlines()
     assert reported.startswith(f"{path}:9: conflicting_duplicate: event_id: event {EVENT_ID} ")
     assert out.strip() == "read 9, sent 8, invalid 1, spooled 0, skipped blank 1"
-    assert sorted(producer.values()) == sorted(
+    assert sorted(pub_producer.values()) == sorted(
         line for line in lines if line and line != _line(rpe=17)
     )
 
 
 def test_publish_names_the_earlier_line(
     pub_settings: Settings,
-    producer: FakeProducer,
+    pub_producer: FakeProducer,
     pub_write_lines: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -1,4 +1,4 @@
-"""`exnet publish`: line reports, summary and exit status (fake producer, no broker)."""
+"""`exnet publish`: line reports, summary and exit status (fake pub_producer, no broker)."""
 
 from __future__ import annotations
 
@@ -26,17 +26,6 @@ from .helpers import EXNET, pub_env, pub_exnet
 from .test_publisher import FakeProducer
 
 
-@pytest.fixture
-def producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
-    fake = FakeProducer()
-
-    def connect(settings: Settings, client_id: str = "", why: Any = None) -> Any:
-        return fake
-
-    monkeypatch.setattr(publisher_module, "connect_producer", connect)
-    return fake
-
-
 def _valid(simulation: Simulation, schema: str, index: int = 0) -> dict[str, Any]:
     documents = [
         orjson.loads(m.value)
@@ -50,7 +39,7 @@ def _valid(simulation: Simulation, schema: str, index: int = 0) -> dict[str, Any
 def test_invalid_lines_are_reported_by_line_and_field_path(
     pub_settings: Settings,
     pub_simulation: Simulation,
-    producer: FakeProducer,
+    pub_producer: FakeProducer,
     pub_write_lines: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -86,13 +75,13 @@ def test_invalid_lines_are_reported_by_line_and_field_path(
     assert len(lines) == 4  # one line per failing field path, nothing else
 
     assert out.strip() == "read 5, sent 2, invalid 3, spooled 0, skipped blank 2"
-    assert sorted(producer.values()) == sorted([good, crlf])
+    assert sorted(pub_producer.values()) == sorted([good, crlf])
 
 
 def test_all_valid_exits_0(
     pub_settings: Settings,
     pub_simulation: Simulation,
-    producer: FakeProducer,
+    pub_producer: FakeProducer,
     pub_write_lines: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -104,7 +93,7 @@ def test_all_valid_exits_0(
     assert status == EXIT_OK
     assert err == ""
     assert out.strip() == "read 500, sent 500, invalid 0, spooled 0, skipped blank 0"
-    assert sorted(producer.values()) == sorted(values)
+    assert sorted(pub_producer.values()) == sorted(values)
 
 
 def test_spooled_events_exit_3_and_invalid_lines_still_exit_1(
@@ -132,7 +121,7 @@ def test_spooled_events_exit_3_and_invalid_lines_still_exit_1(
 def test_standard_input_is_read_for_dash(
     pub_settings: Settings,
     pub_simulation: Simulation,
-    producer: FakeProducer,
+    pub_producer: FakeProducer,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -143,17 +132,17 @@ def test_standard_input_is_read_for_dash(
     out, err = capsys.readouterr()
     assert err.startswith("<stdin>:3: malformed_json: ")
     assert out.strip() == "read 2, sent 1, invalid 1, spooled 0, skipped blank 1"
-    assert producer.delivered[0][2] == value
+    assert pub_producer.delivered[0][2] == value
 
 
 def test_a_missing_or_unreadable_file_is_a_user_error(
-    pub_settings: Settings, producer: FakeProducer, tmp_path: Path
+    pub_settings: Settings, pub_producer: FakeProducer, tmp_path: Path
 ) -> None:
     with pytest.raises(UserError, match="no such file"):
         publish_files(pub_settings, [str(tmp_path / "missing.jsonl")])
     with pytest.raises(UserError, match="is a directory"):
         publish_files(pub_settings, [str(tmp_path)])
-    assert producer.sends == 0
+    assert pub_producer.sends == 0
 
 
 def test_the_command_reports_a_missing_file_without_a_traceback(
@@ -213,7 +202,7 @@ def test_sigterm_stops_reading_and_spools_what_was_read(
 
 def test_each_bad_input_kind_is_reported_on_its_line(
     pub_settings: Settings,
-    producer: FakeProducer,
+    pub_producer: FakeProducer,
     pub_write_lines: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -268,4 +257,4 @@ def test_each_bad_input_kind_is_reported_on_its_line(
     for got, (number, start) in zip(reported, expected, strict=True):
         assert got.startswith(f"{path}:{number}: {start}"), got
     assert out.strip() == "read 13, sent 1, invalid 12, spooled 0, skipped blank 0"
-    assert producer.values() == [lines[9]]
+    assert pub_producer.values() == [lines[9]]
