@@ -340,7 +340,7 @@ class Validator:
             message = (
                 f"missing; an exnet event carries {expected}"
                 if "schema" not in document
-                else f"{schema!r} is not a known schema ({expected})"
+                else f"{_shown_schema(schema)} is not a known schema ({expected})"
             )
             return Rejected(
                 Reason.UNKNOWN_SCHEMA,
@@ -413,6 +413,22 @@ class Validator:
 
 
 # --- rejections: off the hot path ----------------------------------------------------
+
+
+#: What a schema name, or a slip of one, looks like (``session/1``, ``SESSION``,
+#: ``visit/2``); a ``schema`` value that does not (``Jane Doe DOB 1970``) is not repeated
+#: in the detail, which analysts read: it may be anything a site typed.
+_SCHEMA_NAME: Final = re.compile(r"[A-Za-z_]{1,32}(?:/[0-9]{1,6})?")
+
+
+def _shown_schema(schema: object) -> str:
+    """A ``schema`` value as a detail may quote it."""
+    if isinstance(schema, str) and _SCHEMA_NAME.fullmatch(schema):
+        return repr(schema)
+    if isinstance(schema, str):
+        return f"a text of {len(schema)} characters (not shown: it names no schema)"
+    kinds = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}
+    return f"a JSON {kinds.get(type(schema), 'null')}"
 
 
 def _not_an_object(document: Any) -> FieldIssue:
@@ -653,7 +669,7 @@ def _rejection(
         if "schema" not in document:
             message = f"missing; this topic carries {expected}"
         else:
-            message = f"{schema!r} is not this topic's schema ({expected})"
+            message = f"{_shown_schema(schema)} is not this topic's schema ({expected})"
         issue = FieldIssue("schema", message, "unknown_schema")
         # A topic of one version judged every field by it, as a JSON Schema validator
         # given the topic's schema does: the other failing fields are named beside,

@@ -20,7 +20,14 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from contracts import headers as H
-from contracts.envelope import NODE_ID_PATTERN, EventBase
+from contracts.envelope import (
+    CROSS_FIELD_ERROR,
+    EVENT_ID_PATTERN,
+    NODE_ID_PATTERN,
+    PARTICIPANT_ID_PATTERN,
+    SITE_ID_PATTERN,
+    EventBase,
+)
 from contracts.validation import EVENT_MODELS, site_named_in
 from contracts.views import MINUTES_COLUMNS, VIEW_FIGURES, VIEW_KEYS
 from contracts.wire import source_origin
@@ -145,10 +152,21 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
 
 
 def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
-    """``payload`` as analysts may read it: the values of unknown fields, of identifier
-    fields that failed their rules, and of any field that failed with text (a string, an
-    object or an array: ``"status": "Jane Doe DOB 1970"``) replaced by :data:`REDACTED`.
-    A failing number, boolean or null is kept: the value to fix (``"rpe": 99``).
+    """``payload`` as analysts may read it, with :data:`REDACTED` for every value that may
+    name a person (``detail``: the rejection's, whose ``reason`` and ``errors`` say
+    which fields were judged and how):
+
+    - an unknown field's value;
+    - when every field was judged by its own rule (``invalid_field`` and the reasons
+      checked after the fields): a failing identifier field's value, and a failing
+      field's text (a string, an object or an array: ``"status": "Jane Doe DOB 1970"``)
+      unless the error judged a well-formed value (a cross-field rule, a time in the
+      future or before the network's earliest date); a failing number, boolean or
+      null is kept: the value to fix (``"rpe": 99``);
+    - when the fields were not judged (``too_large``, ``malformed_json``,
+      ``unknown_schema``: another topic's event, a repeated member name): every text
+      but a ``schema`` name and the pseudonymous identifiers that match their
+      patterns (``node_id``, ``site_id``, ``participant_id``, ``event_id``).
 
     A payload that is not one JSON object cannot be told apart into fields: it is
     stored as the JSON string ``"<redacted>"`` (the original stays on the
@@ -160,26 +178,59 @@ def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
         document = None
     if not isinstance(document, dict):
         return orjson.dumps(REDACTED)
+    if detail.get("reason") in _FIELDS_NOT_JUDGED:
+        return orjson.dumps(
+            {
+                key: value if _shown_unjudged(key, value) else REDACTED
+                for key, value in document.items()
+            }
+        )
     errors = detail.get("errors")
-    failing = {
-        str(error.get("path", "")).split(".")[0]
-        for error in (errors if isinstance(errors, list) else ())
-        if isinstance(error, dict)
-    }
-    redacted = {
-        key: REDACTED if _may_identify(key, value, key in failing) else value
-        for key, value in document.items()
-    }
-    return orjson.dumps(redacted)
+    malformed: set[str] = set()  # fields whose value itself broke its rule
+    for error in errors if isinstance(errors, list) else ():
+        if isinstance(error, dict) and error.get("type") not in _WELL_FORMED_ERRORS:
+            malformed.add(str(error.get("path", "")).split(".")[0])
+    return orjson.dumps(
+        {
+            key: REDACTED if _may_identify(key, value, key in malformed) else value
+            for key, value in document.items()
+        }
+    )
 
 
-def _may_identify(key: str, value: Any, failed: bool) -> bool:
-    """Whether a field's value may name a person: any unknown field's; a failed identifier
-    field's; a failed field's text (a site's free text where an enum, a time or a number
-    was due: SPEC §1 lets no free text in, so none may reach the analysts either)."""
+#: Reasons of messages whose fields were not each judged by their rules.
+_FIELDS_NOT_JUDGED: Final = frozenset({"too_large", "malformed_json", "unknown_schema"})
+#: Error types that judge a well-formed value (it matched its own rule): not free text.
+_WELL_FORMED_ERRORS: Final = frozenset(
+    {CROSS_FIELD_ERROR, "before_earliest_date", "future_timestamp", "conflicting_duplicate"}
+)
+#: Text an unjudged message may keep: a schema name, pseudonymous identifiers.
+_SHOWN_UNJUDGED: Final = {
+    "schema": re.compile(r"[a-z]{1,32}/[0-9]{1,6}"),
+    "node_id": re.compile(NODE_ID_PATTERN),
+    "site_id": re.compile(SITE_ID_PATTERN),
+    "participant_id": re.compile(PARTICIPANT_ID_PATTERN),
+    "event_id": re.compile(EVENT_ID_PATTERN),
+}
+
+
+def _shown_unjudged(key: str, value: Any) -> bool:
+    if key not in _KNOWN_FIELDS:
+        return False
+    if not isinstance(value, str | dict | list):
+        return True
+    pattern = _SHOWN_UNJUDGED.get(key)
+    return isinstance(value, str) and pattern is not None and pattern.fullmatch(value) is not None
+
+
+def _may_identify(key: str, value: Any, malformed: bool) -> bool:
+    """Whether a judged field's value may name a person: any unknown field's; a failed
+    identifier field's; a malformed field's text (a site's free text where an enum, a
+    time or a number was due: SPEC §1 lets no free text in, so none may reach the
+    analysts either)."""
     if key not in _KNOWN_FIELDS:
         return True
-    if not failed:
+    if not malformed:
         return False
     return key in _IDENTIFIER_FIELDS or isinstance(value, str | dict | list)
 

@@ -209,17 +209,21 @@ def test_the_writer_never_loads_pandas(tmp_path: Any) -> None:
 def test_m0007_redacts_rows_written_before_that_kept_a_failed_field_s_text(
     client: Any, settings: Settings
 ) -> None:
-    """Rows of the earlier rule (a failed non-identifier field's text kept) lose their
-    payload; rows without failed text, and rows already redacted, stay as they are."""
+    """Rows of the earlier rule that kept a malformed field's text, or a message whose
+    fields were not judged, lose their payload; rows whose failing values were well
+    formed, and rows already redacted, stay as they are."""
     from sinks.migrations import m0007_rejected_failed_text
     from sinks.rows import REJECTED_COLUMNS
 
-    def rejected(offset: int, payload: bytes, failed: list[str]) -> list[Any]:
-        errors = [{"path": path, "type": "x", "message": "x"} for path in failed]
-        detail = json.dumps({"reason": "invalid_field", "message": "x", "errors": errors})
+    def rejected(offset: int, reason: str, payload: bytes, failed: list[str]) -> list[Any]:
+        errors = [
+            {"path": path, "type": kind, "message": "x"}
+            for path, _, kind in (f.partition(":") for f in failed)
+        ]
+        detail = json.dumps({"reason": reason, "message": "x", "errors": errors})
         now = datetime.now(UTC)
         return [
-            "invalid_field", detail, "x", "exnet.session", 0, offset, None, "N01", "N01-S01",
+            reason, detail, "x", "exnet.session", 0, offset, None, "N01", "N01-S01",
             payload, "digest", now, now,
         ]  # fmt: skip
 
@@ -228,14 +232,21 @@ def test_m0007_redacts_rows_written_before_that_kept_a_failed_field_s_text(
     listed = b'{"schema":"session/1","adverse_event":["Jane"],"rpe":3}'
     done = b'{"schema":"session/1","participant_id":"<redacted>","rpe":3}'
     whole = b'{"schema":"session/1","rpe":3}'
+    future = b'{"schema":"session/1","occurred_at":"2099-01-01T00:00:00Z"}'
+    ruled = b'{"schema":"enrollment/1","status":"screened","reason":"participant_choice"}'
+    other_topic = b'{"schema":"enrollment/1","status":"Jane Doe"}'
     writer = ClickHouseWriter(client, client.database)
     writer.setup({"rejected_events": REJECTED_COLUMNS})
     rows = [
-        rejected(1, texts, ["status", "rpe"]),
-        rejected(2, numbers, ["rpe"]),
-        rejected(3, listed, ["adverse_event.0"]),
-        rejected(4, done, ["participant_id"]),
-        rejected(5, whole, [""]),
+        rejected(1, "invalid_field", texts, ["status:enum", "rpe:less_than_equal"]),
+        rejected(2, "invalid_field", numbers, ["rpe:less_than_equal"]),
+        rejected(3, "invalid_field", listed, ["adverse_event.0:model_type"]),
+        rejected(4, "invalid_field", done, ["participant_id:string_pattern_mismatch"]),
+        rejected(5, "invalid_field", whole, [":value_error"]),
+        rejected(6, "future_timestamp", future, ["occurred_at:future_timestamp"]),
+        rejected(7, "invalid_field", future, ["occurred_at:before_earliest_date"]),
+        rejected(8, "invalid_field", ruled, ["reason:cross_field"]),
+        rejected(9, "unknown_schema", other_topic, ["schema:unknown_schema"]),
     ]
     writer.write("rejected_events", REJECTED_COLUMNS, rows, token="m0007")
 
@@ -243,10 +254,15 @@ def test_m0007_redacts_rows_written_before_that_kept_a_failed_field_s_text(
         client.command(statement)
 
     stored = client.query("SELECT source_offset, payload FROM rejected_events FINAL ORDER BY 1")
+    redacted = b'"<redacted>"'
     assert [(o, p.encode()) for o, p in stored.result_rows] == [
-        (1, b'"<redacted>"'),
+        (1, redacted),
         (2, numbers),
-        (3, b'"<redacted>"'),
+        (3, redacted),
         (4, done),
         (5, whole),
+        (6, future),
+        (7, future),
+        (8, ruled),
+        (9, redacted),
     ]

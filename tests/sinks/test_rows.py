@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import orjson
@@ -11,10 +12,12 @@ import pytest
 from contracts import headers as H
 from exnet.metrics import VIEW_REFUSALS
 from sinks.rows import (
+    REDACTED,
     REJECTED_COLUMNS,
     VIEW_COLUMNS,
     RefusedViewRow,
     ViewRow,
+    redacted_payload,
     rejected_row,
     view_row,
 )
@@ -204,3 +207,46 @@ def test_a_view_message_without_a_value_or_json_is_refused() -> None:
     bad_day |= {"node_id": "N01", "day": "30.11.2026", "updated_at": "2026-11-30T17:50:01+00:00"}
     refused = _check(b"node_daily", bad_day)
     assert isinstance(refused, RefusedViewRow) and "column day" in refused.detail
+
+
+def _stored(reason: str, document: Mapping[str, object], errors: list[dict[str, str]]) -> object:
+    detail = orjson.dumps({"reason": reason, "message": "x", "errors": errors})
+    return orjson.loads(redacted_payload(orjson.dumps(document), orjson.loads(detail)))
+
+
+def test_a_message_whose_fields_were_not_judged_keeps_no_text_but_names_and_ids() -> None:
+    """too_large, malformed_json (a repeated name) and unknown_schema (another topic's
+    event) name no field, so no field's text is known to be safe."""
+    document = {
+        "schema": "enrollment/1",
+        "event_id": "8e1d9b55-62c7-4d2f-8b81-4f1f3c9e7d22",
+        "participant_id": "P-0123456789ab",
+        "site_id": "N01-S01",
+        "node_id": "Jane Doe",
+        "status": "Jane Doe DOB 1970",
+        "notes": ["MRN 00412345"],
+        "age_band": "40-49",
+        "rpe": 9,
+    }
+    for reason, path in (("unknown_schema", "schema"), ("malformed_json", ""), ("too_large", "")):
+        stored = _stored(reason, document, [{"path": path, "type": reason, "message": "x"}])
+        assert stored == {
+            **document,
+            "node_id": REDACTED,  # no node id: may be a name
+            "status": REDACTED,
+            "notes": REDACTED,
+            "age_band": REDACTED,  # an enum's text, not judged: not known to be one
+        }, reason
+    named = _stored("unknown_schema", {**document, "schema": "Jane Doe"}, [])
+    assert isinstance(named, dict) and named["schema"] == REDACTED
+
+
+def test_a_well_formed_value_a_rule_refused_is_kept() -> None:
+    """A time in the future or before the earliest date, an enum value a cross-field rule
+    refused: they matched their own rules, so they hold no free text."""
+    document = {"occurred_at": "2099-01-01T00:00:00Z", "reason": "participant_choice"}
+    errors = [
+        {"path": "occurred_at", "type": "future_timestamp", "message": "x"},
+        {"path": "reason", "type": "cross_field", "message": "x"},
+    ]
+    assert _stored("future_timestamp", document, errors) == document
