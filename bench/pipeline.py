@@ -36,6 +36,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from contracts.errors import UserError
@@ -121,10 +122,14 @@ def _own_topics(base: Settings, label: str) -> Iterator[Settings]:
     try:
         yield settings
     finally:
-        with admin_client(settings) as admin:
-            topics, groups = delete_prefixed(admin, settings.topic_prefix)
         prefix = settings.topic_prefix
-        print(f"deleted {len(topics)} topics and {len(groups)} consumer groups under {prefix}")
+        try:
+            with admin_client(settings) as admin:
+                topics, groups = delete_prefixed(admin, prefix)
+        except (UserError, KafkaError) as exc:  # never hide the run's own error
+            print(f"could not delete the topics under {prefix}: {exc}")
+        else:
+            print(f"deleted {len(topics)} topics and {len(groups)} consumer groups under {prefix}")
 
 
 def _throughput(base: Settings, participants: int) -> None:

@@ -100,7 +100,9 @@ OCCURRED_AT_RULE: Final = (
     "must be an ISO-8601 date and time with a UTC offset ('Z' or '+hh:mm', from -12:00 "
     "to +14:00), e.g. '2025-06-01T09:30:00+02:00'"
 )
-_DATE_TIME: Final = r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?"
+_DATE_TIME: Final = (
+    rf"{_YEAR}-[0-9]{{2}}-[0-9]{{2}}[T ][0-9]{{2}}:[0-9]{{2}}(?::[0-9]{{2}}(?:\.[0-9]{{1,9}})?)?"
+)
 _NAIVE: Final = re.compile(rf"{_DATE_TIME}")
 _OFFSET: Final = re.compile(rf"{_DATE_TIME}([+-][0-9]{{2}}:[0-9]{{2}})")
 

@@ -516,6 +516,16 @@ def _strict_json(value: bytes) -> Any:
         return _not_json(f"NaN and Infinity are not JSON numbers ({exc})", "not_a_number")
 
 
+def _nul_beside_each_character(value: bytes) -> bool:
+    """Whether the bytes at even or at odd positions are mostly NUL, as in UTF-16 or
+    UTF-32 text of Latin letters (a line after the first starts with the NUL of the
+    line break before it)."""
+    if b"\x00" not in value:
+        return False
+    half = len(value) // 2
+    return half > 0 and max(value[0::2].count(0), value[1::2].count(0)) * 4 >= half * 3
+
+
 def _document(value: bytes) -> Any:
     """The message's JSON document, or the :class:`FieldIssue` that says why it is not
     I-JSON (RFC 7493): a byte-order mark, bytes that are not UTF-8, a lone surrogate,
@@ -541,12 +551,10 @@ def _document(value: bytes) -> Any:
                 if "recursion" in str(exc):
                     return _TOO_DEEP
         return document
-    if value.startswith(_UTF16_BOMS) or (
-        b"\x00" in value and value.count(b"\x00") * 4 >= len(value)
-    ):
+    if value.startswith(_UTF16_BOMS) or _nul_beside_each_character(value):
         return _not_json(
-            "not UTF-8: the message looks like UTF-16 (a UTF-16 byte-order mark, or a NUL "
-            "byte beside each character): save the file as UTF-8",
+            "not UTF-8: the message looks like UTF-16 or UTF-32 (a byte-order mark, or NUL "
+            "bytes beside each character): save the file as UTF-8",
             "not_utf8",
         )
     try:

@@ -208,6 +208,8 @@ class LagMonitor(threading.Thread):
                     drained_in_a_row = drained_in_a_row + 1 if drained else 0
                     if drained_in_a_row >= 2:
                         log.info("every input topic is consumed to its end and written")
+                        if self._on_lag is not None:
+                            self._on_lag(0)  # the last reading may be 2 s old
                         self._on_drained()
                         self._on_drained = None
             except KafkaError as exc:  # the broker is down or moving: try again next round

@@ -139,6 +139,9 @@ SEGMENT_ROTATE_BYTES: Final = 64 * 1024 * 1024
 
 
 # --- conflicting duplicates within one run ---------------------------------------
+#: Events one run remembers at most for the check (about 150 bytes each: 38 MB), so
+#: that a long-running feed (``tail -F export.jsonl | exnet publish -``) stays bounded.
+REMEMBERED_EVENTS: Final = 250_000
 #: What is remembered of each accepted event: the 16 bytes of its fingerprint, the
 #: index of the input that sent it, and the line number there.
 _SENT = struct.Struct("<16sIQ")
@@ -158,17 +161,19 @@ class _SentEvents:
 
     Cost per accepted event, for the whole run: a dict entry keyed by the event_id's
     16 UUID bytes with a 28-byte value (fingerprint, input index, line), about
-    150 bytes with the dict's own share (measured: 152 MB for a million events;
-    10 million lines hold about 1.5 GB, freed by :meth:`Publisher.close`); and about
+    150 bytes with the dict's own share (measured: 152 MB for a million events),
+    for the first :data:`REMEMBERED_EVENTS` events (later ones are checked against
+    those, not remembered), freed by :meth:`Publisher.close`; and about
     5 us of CPU, mostly the canonical JSON and its digest (the publisher's work per
     event without Kafka went from about 15 to about 20 us, measured on a busy 2-core
     host).
     """
 
-    __slots__ = ("_index", "_seen", "_sources")
+    __slots__ = ("_full", "_index", "_seen", "_sources")
 
     def __init__(self) -> None:
         self._seen: dict[bytes, bytes] = {}
+        self._full = False
         #: Input names (files, ``<stdin>``), by their index in the remembered values.
         self._sources: list[str] = []
         self._index: dict[str, int] = {}
@@ -181,7 +186,15 @@ class _SentEvents:
         digest = bytes.fromhex(accepted.fingerprint())
         prior = self._seen.get(key)
         if prior is None:
-            self._seen[key] = _SENT.pack(digest, *self._where(where))
+            if len(self._seen) < REMEMBERED_EVENTS:
+                self._seen[key] = _SENT.pack(digest, *self._where(where))
+            elif not self._full:
+                self._full = True
+                log.warning(
+                    "%d events published in this run: later ones are not compared with each "
+                    "other for conflicting duplicates (the platform still rejects those)",
+                    REMEMBERED_EVENTS,
+                )
             return None
         first_digest, source, line = _SENT.unpack(prior)
         if first_digest == digest:

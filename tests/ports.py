@@ -19,30 +19,35 @@ __all__ = ["free_ports"]
 
 #: The lowest port picked: above the registered ports most local services use.
 LOWEST = 20_000
-#: Where the kernel's ephemeral range starts, when ``/proc`` does not say.
-EPHEMERAL_DEFAULT = 32_768
+#: The kernel's ephemeral range, when ``/proc`` does not say (Linux's default).
+EPHEMERAL_DEFAULT = (32_768, 60_999)
 
 
-def _ephemeral_start() -> int:
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        low = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]
-    except (OSError, IndexError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2]
+    except (OSError, ValueError):
         return EPHEMERAL_DEFAULT
-    return int(low)
+    return int(low), int(high)
 
 
 def free_ports(count: int = 1) -> int:
     """The first of ``count`` consecutive loopback ports, each free a moment ago, all below
-    the ephemeral range. Raises ``AssertionError`` if 200 random picks find no free run."""
-    top = _ephemeral_start() - count
-    if top <= LOWEST:
-        raise AssertionError(f"the ephemeral range starts at {top + count}: no room below it")
+    the ephemeral range (above it, on a host whose range starts below 20,000). Raises
+    ``AssertionError`` if 200 random picks find no free run."""
+    low, high = _ephemeral_range()
+    if low - count > LOWEST:
+        lowest, top = LOWEST, low - count
+    else:  # a host whose ephemeral range starts low: the ports above it
+        lowest, top = high + 1, 65_536 - count
+    if top <= lowest:
+        raise AssertionError(f"the ephemeral range {low}-{high} leaves no room for servers")
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(LOWEST, top)
+        base = rng.randrange(lowest, top)
         if all(_free(port) for port in range(base, base + count)):
             return base
-    raise AssertionError(f"no run of {count} free ports between {LOWEST} and {top + count}")
+    raise AssertionError(f"no run of {count} free ports between {lowest} and {top + count}")
 
 
 def _free(port: int) -> bool:

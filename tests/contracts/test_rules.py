@@ -776,6 +776,11 @@ def test_64_kib_is_the_largest_message() -> None:
             "not UTF-8: the message looks like UTF-16",
         ),
         (
+            orjson.dumps(BASE[S]) + b"\x00" * 8,  # NULs, but not beside each character
+            "trailing_data",
+            "data after the JSON document",
+        ),
+        (
             orjson.dumps(BASE[S]).replace(b"combined", b"comb\\ud800ned"),
             "lone_surrogate",
             "a string holds a lone surrogate",

@@ -40,6 +40,9 @@ def test_delete_prefixed_deletes_that_prefix_s_topics_and_groups_only(
     assert f"{kept.topic_prefix}g" in {g["group_id"] for g in kafka_admin.list_groups()}
 
 
-def test_delete_prefixed_refuses_an_empty_prefix(kafka_admin: KafkaAdminClient) -> None:
-    with pytest.raises(ValueError, match="every topic"):
-        delete_prefixed(kafka_admin, "")
+@pytest.mark.parametrize("prefix", ["", ".", "exnet", "t1234"])
+def test_delete_prefixed_refuses_what_is_no_run_s_own_prefix(
+    kafka_admin: KafkaAdminClient, prefix: str
+) -> None:
+    with pytest.raises(ValueError, match="a prefix ends in"):
+        delete_prefixed(kafka_admin, prefix)

@@ -243,3 +243,17 @@ def test_broker_down_then_flush_delivers_the_first_copy_only(
     assert flushed.returncode == 0, flushed.stderr
     records = pub_consume(pub_kafka_settings.kafka_bootstrap, _topics(pub_kafka_settings))
     assert sorted(record.value for record in records) == sorted([_line(), REFORMATTED])
+
+
+def test_a_run_remembers_a_bounded_number_of_events(
+    pub_settings: Settings, pub_producer: FakeProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-running feed stays bounded: past the limit, events are checked against the
+    ones remembered, and not remembered themselves."""
+    monkeypatch.setattr(publisher_module, "REMEMBERED_EVENTS", 1)
+    other = "0b7d3c1e-5a2f-4e6d-8c9b-1a2b3c4d5e6f"
+    with Publisher(pub_settings) as publisher:
+        assert isinstance(publisher.publish(_line()), Accepted)
+        assert isinstance(publisher.publish(_line(event_id=other)), Accepted)  # not remembered
+        assert isinstance(publisher.publish(_line(event_id=other, rpe=17)), Accepted)
+        assert isinstance(publisher.publish(_line(rpe=17)), Rejected)  # the first one is
