@@ -264,6 +264,13 @@ def _fake_node(config: broker.BrokerConfig) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-c", sleeper, "kafka.Kafka", str(config.properties_file.resolve())]
     )
+    # Until it has exec'd, the child's command line is pytest's: not a broker's (a loaded
+    # CI machine caught the check in between once).
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while b"kafka.Kafka" not in cmdline.read_bytes():
+        assert time.monotonic() < deadline, "the fake broker did not start"
+        time.sleep(0.01)
     config.pid_file.write_text(f"{process.pid}\n")
     return process
 
