@@ -3,9 +3,10 @@
 chDB lets one process own its path, so the process that writes it also answers
 ``exnet sql``: a loopback-only HTTP endpoint, guarded by a random token in a
 file only the owner can read (``<var_dir>/run/sql-endpoint.json``). Queries run
-on a separate client whose session is pinned ``readonly=1``, and a query that
-would write a file (``INTO OUTFILE``, which ``readonly=1`` lets through) is
-refused first, on either path (:func:`refuse_file_output`).
+on a separate client whose session is pinned ``readonly=1``, and a text that is
+not one read-only query (``KILL``, ``SYSTEM``, several statements, ``INTO
+OUTFILE``: what ``readonly=1`` lets through in chDB) is refused first, on either
+path (:func:`refuse_file_output`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from clickhouse_connect.driver.client import Client
 
@@ -154,27 +155,25 @@ _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 
 
 def refuse_file_output(client: Client, sql: str, fmt: str) -> None:
-    """Raise :class:`UserError` when ``sql``, run with output format ``fmt``, would
-    write a file; return None otherwise.
+    """Raise :class:`UserError` when ``sql``, run with output format ``fmt``, is not one
+    read-only statement: another kind than a query (``KILL``, ``SYSTEM``...), several
+    statements, or a query that writes a file; return None otherwise.
 
-    ``readonly=1`` refuses writes to tables and the ``file()``/``url()`` functions but
-    not ``INTO OUTFILE``, which clickhouse-local (chDB) carries out itself, as the
-    process running the query, after any statement with a result (SELECT, UNION,
-    SHOW, EXPLAIN, DESCRIBE, EXISTS...). A ClickHouse server refuses the clause,
-    so the check is the same for both, on ``client`` (the read-only session).
-
-    Keywords are ASCII, so a text without ``outfile`` in any case cannot hold the
-    clause and passes with no round trip. A text with it is parsed by ClickHouse
-    (``formatQuerySingleLine``): comments, heredocs and unusual quotes are gone
-    from that canonical form, literals and identifiers quoted one way, so the
-    clause outside the quotes is the clause in the query. A text ClickHouse cannot
-    parse as one statement is refused too, with the parser's reason: chDB runs
-    ``;``-separated statements, which ``formatQuerySingleLine`` does not parse, so
-    nothing clears such a text.
+    ``readonly=1`` refuses writes to tables, settings and the ``file()``/``url()``
+    functions, but not what an analyst's text can still do in chDB (measured on
+    chDB 26.9): ``INTO OUTFILE``, which clickhouse-local carries out itself, as the
+    process running the query, after any statement with a result; ``KILL QUERY``
+    (the writer's insert); ``SYSTEM`` commands (``SYSTEM STOP MERGES; SELECT 1`` ran:
+    chDB runs ``;``-separated statements, a server refuses them). So the text is
+    parsed by ClickHouse first (``formatQuerySingleLine``, on ``client``, the
+    read-only session; the same for a server): its canonical form must be one
+    statement of a read-only kind (:data:`_READ_KINDS`), and hold no ``INTO
+    OUTFILE`` outside quotes (comments, heredocs and unusual quotes are gone from
+    that form, literals and identifiers quoted one way). A text that does not parse
+    for another reason than several statements runs, for ClickHouse's own error,
+    unless it mentions ``outfile``. One parse: a millisecond or so a query.
     """
     text = f"{sql}\n FORMAT {fmt}"  # what clickhouse-connect sends
-    if "outfile" not in text.lower():
-        return
     try:
         canonical = client.raw_query(
             "SELECT formatQuerySingleLine({query:String})",
@@ -182,15 +181,33 @@ def refuse_file_output(client: Client, sql: str, fmt: str) -> None:
             fmt="TabSeparatedRaw",
         ).decode("utf-8", "replace")
     except Exception as exc:
+        reason = _parse_failure(exc)
+        if "outfile" in text.lower():
+            raise UserError(
+                "`exnet sql` is read-only and cannot tell whether this query writes a file "
+                f"(INTO OUTFILE): ClickHouse does not parse it as one statement "
+                f"({reason}); {_TO_A_FILE}"
+            ) from None
+        if "Multi-statements" in str(exc):
+            raise UserError(
+                f"`exnet sql` runs one statement at a time ({reason}): send them one by one"
+            ) from None
+        return  # a syntax error: the query itself says where
+    kind = canonical.lstrip("( ").split(" ", 1)[0].upper()
+    if kind not in _READ_KINDS:
         raise UserError(
-            "`exnet sql` is read-only and cannot tell whether this query writes a file "
-            f"(INTO OUTFILE): ClickHouse does not parse it as one statement "
-            f"({_parse_failure(exc)}); {_TO_A_FILE}"
-        ) from None
+            f"`exnet sql` is read-only: it runs queries ({', '.join(sorted(_READ_KINDS))}), "
+            f"not {kind or 'this'} statements"
+        )
     if _INTO_OUTFILE.search(_QUOTED.sub("''", canonical)):
         raise UserError(
             f"`exnet sql` is read-only: it does not write files (INTO OUTFILE); {_TO_A_FILE}"
         )
+
+
+#: The statements an analyst's text may be, by their first keyword in ClickHouse's
+#: canonical form (``DESC`` is written ``DESCRIBE`` there).
+_READ_KINDS: Final = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "EXPLAIN", "EXISTS"})
 
 
 def _parse_failure(exc: Exception) -> str:

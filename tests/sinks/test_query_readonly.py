@@ -5,6 +5,7 @@ process that owns the database); the words in literals, identifiers and comments
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -130,6 +131,31 @@ def test_a_query_that_cannot_be_parsed_keeps_its_own_error_without_outfile(
     with pytest.raises(UserError) as failed:
         run_query(settings, "SELEC 1", "TSV")
     assert "Syntax error" in str(failed.value) and "read-only" not in str(failed.value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "says"),
+    [
+        (
+            "KILL QUERY WHERE 1",
+            "it runs queries (DESCRIBE, EXISTS, EXPLAIN, SELECT, SHOW, WITH), not KILL",
+        ),
+        ("SYSTEM STOP MERGES; SELECT 1", "runs one statement at a time"),
+        ("SELECT 1; SELECT 2", "runs one statement at a time"),
+    ],
+)
+def test_only_one_read_only_query_runs(route: str, settings: Settings, sql: str, says: str) -> None:
+    # chDB under readonly=1 ran both of the first two (measured): the writer's insert
+    # killed, or its database's merges stopped, by an analyst's text.
+    with pytest.raises(UserError, match=re.escape(says)):
+        run_query(settings, sql, "TSV")
+
+
+@pytest.mark.parametrize(
+    "sql", ["SHOW DATABASES", "DESC system.one", "EXISTS TABLE system.one", "EXPLAIN SELECT 1"]
+)
+def test_every_read_only_kind_of_query_runs(route: str, settings: Settings, sql: str) -> None:
+    assert run_query(settings, sql, "TSV")
 
 
 def _exnet_sql(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
