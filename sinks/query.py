@@ -6,7 +6,7 @@ file only the owner can read (``<var_dir>/run/sql-endpoint.json``). Queries run
 on a separate client whose session is pinned ``readonly=1``, and a text that is
 not one read-only query (``KILL``, ``SYSTEM``, several statements, ``INTO
 OUTFILE``: what ``readonly=1`` lets through in chDB) is refused first, on either
-path (:func:`refuse_file_output`).
+path (:func:`refuse_unless_read_only`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from contracts.errors import UserError
 from exnet.settings import Settings
 from sinks.client import connect
 
-__all__ = ["QueryEndpoint", "endpoint_file", "refuse_file_output", "run_query"]
+__all__ = ["QueryEndpoint", "endpoint_file", "refuse_unless_read_only", "run_query"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class QueryEndpoint:
     def query(self, sql: str, fmt: str) -> bytes:
         """``sql``'s result in format ``fmt``; :class:`UserError` if it would write a file."""
         with self._lock:
-            refuse_file_output(self._client, sql, fmt)
+            refuse_unless_read_only(self._client, sql, fmt)
             result: bytes = self._client.raw_query(sql, fmt=fmt)
             return result
 
@@ -154,7 +154,7 @@ _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|`(?:[^`\\]|\\.)*`|\"(?:[^\"\\]|\\.)*\""
 _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 
 
-def refuse_file_output(client: Client, sql: str, fmt: str) -> None:
+def refuse_unless_read_only(client: Client, sql: str, fmt: str) -> None:
     """Raise :class:`UserError` when ``sql``, run with output format ``fmt``, is not one
     read-only statement: another kind than a query (``KILL``, ``SYSTEM``...), several
     statements, or a query that writes a file; return None otherwise.
@@ -225,7 +225,7 @@ def run_query(settings: Settings, sql: str, fmt: str) -> bytes:
 
     The query's own ``FORMAT`` clause wins over ``fmt``; errors quote the query as
     it was written. A query that would write a file raises :class:`UserError`
-    (:func:`refuse_file_output`), whichever process runs it.
+    (:func:`refuse_unless_read_only`), whichever process runs it.
     """
     sql, named = own_format(sql)
     fmt = named or fmt
@@ -246,7 +246,7 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
             return _query_endpoint(endpoint, sql, fmt)
     client = connect(settings, readonly=True)
     try:
-        refuse_file_output(client, sql, fmt)
+        refuse_unless_read_only(client, sql, fmt)
         try:
             result: bytes = client.raw_query(sql, fmt=fmt)
         except Exception as exc:
