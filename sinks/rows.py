@@ -28,6 +28,7 @@ from contracts.envelope import (
     SITE_ID_PATTERN,
     EventBase,
 )
+from contracts.reasons import Reason
 from contracts.validation import EVENT_MODELS, site_named_in
 from contracts.views import MINUTES_COLUMNS, VIEW_FIGURES, VIEW_KEYS
 from contracts.wire import source_origin
@@ -199,10 +200,17 @@ def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
 
 
 #: Reasons of messages whose fields were not each judged by their rules.
-_FIELDS_NOT_JUDGED: Final = frozenset({"too_large", "malformed_json", "unknown_schema"})
+_FIELDS_NOT_JUDGED: Final = frozenset(
+    {Reason.TOO_LARGE.value, Reason.MALFORMED_JSON.value, Reason.UNKNOWN_SCHEMA.value}
+)
 #: Error types that judge a well-formed value (it matched its own rule): not free text.
 _WELL_FORMED_ERRORS: Final = frozenset(
-    {CROSS_FIELD_ERROR, "before_earliest_date", "future_timestamp", "conflicting_duplicate"}
+    {
+        CROSS_FIELD_ERROR,
+        "before_earliest_date",
+        Reason.FUTURE_TIMESTAMP.value,
+        Reason.CONFLICTING_DUPLICATE.value,
+    }
 )
 #: Text an unjudged message may keep: a schema name, pseudonymous identifiers.
 _SHOWN_UNJUDGED: Final = {
