@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -62,7 +66,8 @@ def connect(settings: Settings, *, readonly: bool = False, create_database: bool
             path = dsn.removeprefix("chdb://")
             _ensure_parent(path)
             os.environ.setdefault("JE_MALLOC_CONF", CHDB_ALLOCATOR_CONF)
-            client = clickhouse_connect.get_client(dsn=dsn)
+            with _chdb_lock_message_dropped():
+                client = clickhouse_connect.get_client(dsn=dsn)
         else:
             client = _server_client(dsn)
     except ClickHouseError as exc:
@@ -80,6 +85,47 @@ def connect(settings: Settings, *, readonly: bool = False, create_database: bool
         client.command("SET readonly = 1")
     client.database = database
     return client
+
+
+#: What chDB writes on the process's standard error when another process holds the
+#: database: its exception, which :class:`DatabaseLocked` says in exnet's words.
+_CHDB_LOCK_MESSAGE: Final = re.compile(
+    rb"^Code: 76\. DB::Exception: Cannot lock file [^\n]*\n?", re.MULTILINE
+)
+
+
+@contextmanager
+def _chdb_lock_message_dropped() -> Iterator[None]:
+    """While chDB opens a database: file descriptor 2 goes to a temporary file, and
+    after, everything written there goes on to standard error but
+    :data:`_CHDB_LOCK_MESSAGE`.
+
+    Why: chDB (C++) writes its exception to descriptor 2 itself before raising it. A
+    standby writer tries to open the database every few seconds while another
+    process holds it, and wrote that line into its log each time (12 lines in 23 s,
+    2026-12-01), beside exnet's own message saying it waits. Descriptor 2 is the
+    process's: another thread's output meanwhile is held too, and written out after,
+    in order, when the open returns (milliseconds).
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no descriptor 2, or no sys.stderr
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            with suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()  # Python's own buffered text: into the held file too
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            rest = _CHDB_LOCK_MESSAGE.sub(b"", held.read())
+            if rest:
+                os.write(2, rest)
 
 
 def insert_json(

@@ -22,10 +22,20 @@ def register(app: typer.Typer) -> None:
 
 def init() -> None:
     """Create the Kafka topics and the ClickHouse tables and views if missing (idempotent)."""
+    from contracts.errors import UserError
     from exnet.runner import initialize
+    from sinks.errors import DatabaseLocked
 
     settings = load_settings()
-    report = initialize(settings)
+    try:
+        report = initialize(settings)
+    except DatabaseLocked as exc:  # `exnet sql`'s advice in it does not fit here
+        raise UserError(
+            f"the embedded database {settings.clickhouse_dsn.removeprefix('chdb://')} is held "
+            "by a running `exnet up`, whose writer applied the migrations when it started "
+            "(the Kafka topics are checked and created); to run `exnet init` on the "
+            "database itself, stop it first"
+        ) from exc
     console = Console()
     console.print(
         f"topics: {len(report.topics_created)} created"

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import clickhouse_connect
 import pytest
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from contracts.registry import DEMO_REGISTRY, load_registry
 from exnet.settings import Settings
 from sinks.client import connect
 from sinks.consumer import SINK_TABLES
+from sinks.errors import DatabaseLocked
 from sinks.migrate import MIGRATIONS, apply_migrations, load_registry_tables
 from sinks.writer import ClickHouseWriter
 from tests.conftest import SettingsFactory
@@ -266,3 +273,93 @@ def test_m0007_redacts_rows_written_before_that_kept_a_failed_field_s_text(
         (8, ruled),
         (9, redacted),
     ]
+
+
+# --- another process holds the embedded database ----------------------------------------
+
+#: Holds ``EXNET_VAR_DIR``'s embedded database until its standard input closes.
+_HOLD = (
+    "import sys\n"
+    "from exnet.settings import load_settings\n"
+    "from sinks.client import connect\n"
+    "client = connect(load_settings(), create_database=True)\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+#: Opens it: what a standby writer does every few seconds.
+_OPEN = (
+    "import sys\n"
+    "from exnet.settings import load_settings\n"
+    "from sinks.client import connect\n"
+    "from sinks.errors import DatabaseLocked\n"
+    "try:\n"
+    "    connect(load_settings())\n"
+    "except DatabaseLocked as exc:\n"
+    "    print('refused:', exc, file=sys.stderr)\n"
+)
+
+
+@pytest.fixture
+def held(settings: Settings) -> Iterator[dict[str, str]]:
+    """The environment of ``settings``, its embedded database held by another process."""
+    env = {
+        **os.environ,
+        "EXNET_VAR_DIR": str(settings.var_dir),
+        "EXNET_TOPIC_PREFIX": settings.topic_prefix,
+        "EXNET_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+    }
+    holder = subprocess.Popen(  # noqa: S603  # this interpreter, our own code
+        [sys.executable, "-c", _HOLD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert holder.stdin is not None and holder.stdout is not None  # noqa: S101  # PIPE
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        yield env
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+
+
+def test_a_held_database_is_refused_in_exnets_words_only(held: dict[str, str]) -> None:
+    """chDB writes its own exception to descriptor 2 before raising it: a standby
+    writer's log had that line every few seconds."""
+    tried = subprocess.run(  # noqa: S603  # this interpreter, our own code
+        [sys.executable, "-c", _OPEN], env=held, capture_output=True, timeout=120, check=True
+    )
+    err = tried.stderr.decode()
+    assert "refused: the embedded database" in err
+    assert "Cannot lock file" not in err
+    assert "\x1b" not in err
+
+
+@pytest.mark.kafka
+def test_init_while_up_holds_the_database_says_so(held: dict[str, str]) -> None:
+    tried = subprocess.run(  # noqa: S603  # our own command
+        [str(Path(sys.executable).with_name("exnet")), "init"],
+        env=held,
+        capture_output=True,
+        timeout=120,
+    )
+    err = tried.stderr.decode() + tried.stdout.decode()
+    assert tried.returncode == 2, err
+    assert "is held by a running `exnet up`" in err
+    assert "exnet sql" not in err
+    assert "Cannot lock file" not in err
+
+
+def test_other_output_while_chdb_opens_is_passed_on(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Only chDB's lock message is dropped: whatever else reaches descriptor 2 while
+    the database opens (another thread's log line) is written out after."""
+
+    def refused(**kwargs: Any) -> None:
+        os.write(2, b"before\nCode: 76. DB::Exception: Cannot lock file /x/status. ")
+        os.write(2, b"Another server instance in same directory is already running.\n")
+        os.write(2, b"another thread's line\n")
+        raise ClickHouseError("Cannot lock file")
+
+    monkeypatch.setattr(clickhouse_connect, "get_client", refused)
+    with pytest.raises(DatabaseLocked):
+        connect(settings)
+    assert capfd.readouterr().err == "before\nanother thread's line\n"
