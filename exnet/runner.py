@@ -657,6 +657,10 @@ def _run_streams(
         redirect_stdouts=False,
         override_logging=False,
     )
+    # Faust's terminal spinner (its type allows None): when start-up ends it writes the
+    # show-cursor escape to stdout whether or not that is a terminal, a stray `ESC[?25h`
+    # in every log and in `make demo`'s output; exnet's own progress is its bar.
+    worker.spinner = None
     clean = True
     try:
         worker.execute_from_commandline()
