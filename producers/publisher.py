@@ -49,7 +49,7 @@ from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
 import orjson
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.partitioner.default import murmur2
 
@@ -86,6 +86,8 @@ __all__ = [
     "Publisher",
     "connect_producer",
     "flush_spool",
+    "missing_input_topics",
+    "no_such_topics",
     "producer_config",
     "spool_of",
 ]
@@ -260,6 +262,38 @@ def connect_producer(
     if why is not None:
         why.append(reason)
     return None
+
+
+def missing_input_topics(settings: Settings) -> list[str]:
+    """The input topics (SPEC §2, under ``EXNET_TOPIC_PREFIX``) that Kafka at the
+    settings' bootstrap does not hold, or that this login may not describe (a login
+    allowed to write a topic may describe it). Raises ``KafkaError`` when no broker
+    answers in :data:`CONNECT_TIMEOUT_MS`.
+
+    Why ask: a producer sending to a topic that does not exist waits for its
+    metadata and times out exactly as when Kafka is down, and the events would
+    be spooled for a Kafka that is up (a wrong prefix, or `exnet init` never run).
+    """
+    admin = KafkaAdminClient(
+        **settings.kafka_client_config(),
+        client_id="exnet-publisher",
+        bootstrap_timeout_ms=CONNECT_TIMEOUT_MS,
+        request_timeout_ms=REQUEST_TIMEOUT_MS,
+    )
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    wanted = [topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS]
+    return [name for name in wanted if name not in existing]
+
+
+def no_such_topics(settings: Settings, missing: Sequence[str]) -> ConfigError:
+    """The error for :func:`missing_input_topics`' answer."""
+    return ConfigError(
+        f"Kafka at {settings.kafka_bootstrap} has no topic {', '.join(missing)}: run "
+        f"`exnet init` against it, or check EXNET_TOPIC_PREFIX ({settings.topic_prefix!r} now)"
+    )
 
 
 def spool_of(settings: Settings) -> Spool:
@@ -615,12 +649,22 @@ class Publisher:
         self.close()
 
     def _start(self) -> _Delivery:
-        """Connect to Kafka, once, when there is something to send."""
+        """Connect to Kafka, once, when there is something to send (or :attr:`online`
+        is asked). Raises :class:`ConfigError` when Kafka answers but lacks an input
+        topic: events for it would wait in the spool for good."""
         if self._delivery is None:
             if self._closed:
                 raise ValueError("the publisher is closed")
             why: list[str] = []
             producer = connect_producer(self._settings, why=why) if self._connect else None
+            if producer is not None:
+                try:
+                    missing = missing_input_topics(self._settings)
+                except KafkaError:
+                    missing = []  # gone since the producer connected: it finds out itself
+                if missing:
+                    producer.close(timeout=0)
+                    raise no_such_topics(self._settings, missing)
             self._delivery = _Delivery(producer)
             if not self._connect:
                 self._delivery.problem = "not connecting to Kafka (spool only)"

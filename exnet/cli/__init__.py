@@ -21,7 +21,7 @@ from rich.console import Console
 from typer._click.exceptions import ClickException as _ClickException  # typer's own click
 from typer.core import TyperGroup
 
-from contracts.errors import UserError
+from contracts.errors import RecoverableError, UserError
 from exnet.settings import LOG_FORMAT
 
 __all__ = ["PLATFORM_INSTALL", "PLATFORM_MODULES", "app", "main"]
@@ -89,6 +89,9 @@ def main() -> None:
     except UserError as exc:
         _error(str(exc))
         sys.exit(_EXIT_USAGE)
+    except RecoverableError as exc:  # a transient failure its command did not outlast
+        _error(str(exc))
+        sys.exit(1)
     except ModuleNotFoundError as exc:
         if not _needs_platform(exc):
             raise

@@ -221,6 +221,7 @@ def publish_files(
     lines = _LineCounts()
     with ExitStack() as stack:
         publisher = stack.enter_context(Publisher(settings))
+        publisher.online  # noqa: B018  # connects now: a missing topic is told before any line
         resent = publisher.resend_spool()
         if resent.sent:
             errors.print(f"resent {resent.sent} spooled events from earlier runs", markup=False)

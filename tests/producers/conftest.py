@@ -76,4 +76,6 @@ def pub_producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
         return fake
 
     monkeypatch.setattr(publisher_module, "connect_producer", connect)
+    # The fake holds every topic (the check asks Kafka itself otherwise).
+    monkeypatch.setattr(publisher_module, "missing_input_topics", lambda settings: [])
     return fake

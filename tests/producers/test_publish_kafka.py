@@ -18,7 +18,7 @@ import pytest
 
 from contracts import INPUT_TOPICS, Topic, topic_name
 from exnet.settings import Settings
-from producers import MessageKind, Simulation, simulate
+from producers import MessageKind, Simulation, simulate, spool_of
 from producers.publisher import COMMIT_EVENTS
 from producers.spool import read_segment
 
@@ -297,3 +297,21 @@ def test_simulate_without_a_broker_is_a_clear_error(
     assert result.returncode == 2
     assert b"unreachable" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_publish_and_simulate_name_the_missing_topics_when_kafka_lacks_them(
+    pub_settings: Settings, pub_simulation: Simulation, tmp_path: Path
+) -> None:
+    """A wrong EXNET_TOPIC_PREFIX or an `exnet init` never run: Kafka is up, so the
+    events must not wait in the spool as if it were down."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(_valid_values(pub_simulation)[:3]) + b"\n")
+    env = pub_env(pub_settings)  # a fresh prefix: none of its topics exist
+    for command in (("publish", str(path)), ("simulate", "--participants", "2")):
+        result = pub_exnet(*command, env=env, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        stderr = result.stderr.decode()
+        assert f"has no topic {pub_settings.topic_prefix}exnet.enrollment" in stderr
+        assert "exnet init" in stderr and "EXNET_TOPIC_PREFIX" in stderr
+        assert "Traceback" not in stderr
+    assert spool_of(pub_settings).status().pending == 0

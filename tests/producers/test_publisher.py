@@ -93,6 +93,8 @@ def fake_connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeProducer | No
             return producer
 
         monkeypatch.setattr(publisher_module, "connect_producer", connect)
+        # The fake holds every topic (the check asks Kafka itself otherwise).
+        monkeypatch.setattr(publisher_module, "missing_input_topics", lambda settings: [])
 
     return use
 
