@@ -115,15 +115,25 @@ class Role(StrEnum):
 class InitReport:
     topics_created: list[str]
     migrations_applied: list[str]
+    #: The embedded database was held by another process (a running ``exnet up``,
+    #: whose writer applies the migrations when it takes the database): not checked.
+    clickhouse_held: bool = False
 
 
 def initialize(settings: Settings, *, clickhouse: bool = True) -> InitReport:
-    """Create the topics and the ClickHouse tables if missing (idempotent)."""
+    """Create the topics and the ClickHouse tables if missing (idempotent).
+
+    An embedded database that another process holds is left to it
+    (``clickhouse_held``): every exnet writer migrates the database it takes.
+    """
     registry = load_registry(settings.registry_path)  # a bad registry fails before anything
     created = ensure_topics(settings)
     applied: list[str] = []
     if clickhouse:
-        client = connect(settings, create_database=True)
+        try:
+            client = connect(settings, create_database=True)
+        except DatabaseLocked:
+            return InitReport(created, applied, clickhouse_held=True)
         try:
             applied = apply_migrations(client, settings.clickhouse_database)
             load_registry_tables(client, settings.clickhouse_database, registry)
