@@ -169,9 +169,11 @@ def refuse_unless_read_only(client: Client, sql: str, fmt: str) -> None:
     read-only session; the same for a server): its canonical form must be one
     statement of a read-only kind (:data:`_READ_KINDS`), and hold no ``INTO
     OUTFILE`` outside quotes (comments, heredocs and unusual quotes are gone from
-    that form, literals and identifiers quoted one way). A text that does not parse
-    for another reason than several statements runs, for ClickHouse's own error,
-    unless it mentions ``outfile``. One parse: a millisecond or so a query.
+    that form, literals and identifiers quoted one way). A text that parses only
+    without the appended ``FORMAT`` (``SET``, ``USE``: statements with no result) is
+    judged by its kind the same way; one that does not parse for another reason than
+    several statements runs, for ClickHouse's own error, unless it mentions
+    ``outfile``. One parse: a millisecond or so a query.
     """
     text = f"{sql}\n FORMAT {fmt}"  # what clickhouse-connect sends
     try:
@@ -192,7 +194,16 @@ def refuse_unless_read_only(client: Client, sql: str, fmt: str) -> None:
             raise UserError(
                 f"`exnet sql` runs one statement at a time ({reason}): send them one by one"
             ) from None
-        return  # a syntax error: the query itself says where
+        # A syntax error, or a statement that takes no FORMAT (SET, USE...): the bare
+        # text decides; if it does not parse either, the query itself says where.
+        try:
+            canonical = client.raw_query(
+                "SELECT formatQuerySingleLine({query:String})",
+                parameters={"query": sql},
+                fmt="TabSeparatedRaw",
+            ).decode("utf-8", "replace")
+        except Exception:
+            return
     kind = canonical.lstrip("( ").split(" ", 1)[0].upper()
     if kind not in _READ_KINDS:
         raise UserError(
@@ -229,6 +240,10 @@ def run_query(settings: Settings, sql: str, fmt: str) -> bytes:
     """
     sql, named = own_format(sql)
     fmt = named or fmt
+    if not sql.strip():
+        kinds = ", ".join(sorted(_READ_KINDS))
+        example = "exnet sql 'SELECT * FROM node_summary FINAL'"
+        raise UserError(f"no query to run: give one statement ({kinds}), e.g. {example}")
     try:
         return _run_query(settings, sql, fmt)
     except UserError as exc:
@@ -250,6 +265,12 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
         try:
             result: bytes = client.raw_query(sql, fmt=fmt)
         except Exception as exc:
+            if "(UNKNOWN_DATABASE)" in str(exc):
+                raise UserError(
+                    f"the database {settings.clickhouse_database!r} does not exist in "
+                    f"{settings.clickhouse_dsn.removeprefix('chdb://')} yet: run `exnet init` "
+                    "(or check EXNET_VAR_DIR)"
+                ) from None
             raise UserError(f"query failed: {exc}") from None
         return result
     finally:

@@ -142,6 +142,12 @@ def test_a_query_that_cannot_be_parsed_keeps_its_own_error_without_outfile(
         ),
         ("SYSTEM STOP MERGES; SELECT 1", "runs one statement at a time"),
         ("SELECT 1; SELECT 2", "runs one statement at a time"),
+        # Statements that take no FORMAT clause: told as what they are, not as the
+        # syntax error the appended FORMAT made of them.
+        ("SET max_threads = 1", "not SET statements"),
+        ("USE system", "not USE statements"),
+        ("", "no query to run"),
+        ("   \n", "no query to run"),
     ],
 )
 def test_only_one_read_only_query_runs(route: str, settings: Settings, sql: str, says: str) -> None:
@@ -156,6 +162,14 @@ def test_only_one_read_only_query_runs(route: str, settings: Settings, sql: str,
 )
 def test_every_read_only_kind_of_query_runs(route: str, settings: Settings, sql: str) -> None:
     assert run_query(settings, sql, "TSV")
+
+
+def test_a_database_never_initialized_is_told_so(settings_factory: SettingsFactory) -> None:
+    bare = settings_factory()  # no `exnet init`: chDB opens, exnet's database is not there
+    with pytest.raises(UserError) as failed:
+        run_query(bare, "SELECT count() FROM session_events", "TSV")
+    assert f"the database {bare.clickhouse_database!r} does not exist" in str(failed.value)
+    assert "run `exnet init`" in str(failed.value)
 
 
 def _exnet_sql(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
