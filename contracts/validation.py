@@ -21,7 +21,7 @@ import json
 import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated, Any, Final, NamedTuple, Union
 
@@ -526,11 +526,30 @@ def _nul_beside_each_character(value: bytes) -> bool:
     return half > 0 and max(value[0::2].count(0), value[1::2].count(0)) * 4 >= half * 3
 
 
+#: A position in the first line, as the parsers and :func:`_read_document` give it.
+_FIRST_LINE_AT: Final = re.compile(r"\bline 1,? column (\d+)")
+
+
 def _document(value: bytes) -> Any:
     """The message's JSON document, or the :class:`FieldIssue` that says why it is not
     I-JSON (RFC 7493): a byte-order mark, bytes that are not UTF-8, a lone surrogate,
     data after the document, NaN or Infinity, or any other break of JSON's grammar.
-    (A repeated member name: :func:`_repeated_name`.)"""
+    (A repeated member name: :func:`_repeated_name`.)
+
+    A position in a message of one line is given as a column: `exnet publish`
+    names each JSON Lines line by its number in the file, and "bad.jsonl:13: ...
+    at line 1 column 107" read as a contradiction.
+    """
+    document = _read_document(value)
+    if isinstance(document, FieldIssue) and b"\n" not in value:
+        message = _FIRST_LINE_AT.sub(r"column \1", document.message)
+        if message != document.message:
+            return replace(document, message=message)
+    return document
+
+
+def _read_document(value: bytes) -> Any:
+    """:func:`_document`, positions as line and column."""
     if value.startswith(_BOM):
         return _not_json(
             "starts with a byte-order mark (U+FEFF), which I-JSON forbids: "

@@ -758,7 +758,7 @@ def test_64_kib_is_the_largest_message() -> None:
         (
             orjson.dumps(BASE[S]).replace(b"combined", b"comb\xffned"),
             "not_utf8",
-            "not UTF-8: the byte 0xff at line 1 column ",
+            "not UTF-8: the byte 0xff at column ",  # one line: no "line 1" beside a file's line
         ),
         (
             b'{"schema": "session/1",\n  "modality": "comb\xe9ned"}',
@@ -791,7 +791,17 @@ def test_64_kib_is_the_largest_message() -> None:
             "not_a_number",
             "NaN and Infinity are not JSON numbers",
         ),
-        ("\u00e9".encode("latin-1"), "not_utf8", "not UTF-8: the byte 0xe9 at line 1 column 1 "),
+        ("\u00e9".encode("latin-1"), "not_utf8", "not UTF-8: the byte 0xe9 at column 1 "),
+        (
+            b'{"schema": "session/1",',
+            "json_invalid",
+            "not JSON: EOF while parsing a value at column 23",
+        ),
+        (
+            b'{"schema":\n "session/1",',
+            "json_invalid",
+            "not JSON: EOF while parsing a value at line 2",
+        ),
         (b"[" * 300 + b"]" * 300, "too_deep", "nested too deeply"),
     ],
 )
