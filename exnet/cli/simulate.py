@@ -101,7 +101,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         invalid_share: Annotated[
             float,
-            typer.Option(min=0.0, max=1.0, help="Invalid messages, as a share of the events."),
+            typer.Option(
+                min=0.0,
+                max=1.0,
+                help="Invalid messages added, as a share of the valid events (0.5: one for "
+                "every two events, a third of all messages).",
+            ),
         ] = 0.0,
         invalid_kinds: Annotated[
             str | None,
