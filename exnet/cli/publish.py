@@ -8,6 +8,8 @@ spool (``<var_dir>/spool``) for the next run or "exnet spool flush".
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import sys
 import threading
@@ -57,6 +59,10 @@ EXIT_INTERRUPTED: Final = 130
 STDIN_NAME: Final = "<stdin>"
 #: Refresh the progress bar every this many lines (a refresh costs ~50 us).
 _PROGRESS_EVERY: Final = 1_000
+#: Standard input: seconds between checks for a stop while no input comes, and bytes
+#: taken at a time.
+_STDIN_STOP_CHECK_S: Final = 0.2
+_STDIN_READ_BYTES: Final = 1 << 16
 
 _PUBLISH_HELP = f"""Publish events from JSON Lines files ("-" for standard input) to Kafka.
 
@@ -133,6 +139,45 @@ def _open_input(name: str) -> Iterator[IO[bytes]]:
         yield handle
 
 
+def _stdin_lines(stream: IO[bytes], stop: StopFlag) -> Iterator[bytes]:
+    """The lines of standard input (each with its ``\\n``; the last may lack it) until
+    its end, or until ``stop`` is requested, even while no input comes.
+
+    Why not iterate it: a read blocked on an idle pipe (``tail -F log | exnet publish
+    -``) is resumed after a signal's handler runs (PEP 475), so a service manager's
+    SIGTERM waited for the next line, for good on a quiet export. Lines are cut
+    here from what the pipe holds. Every whole line taken from the pipe is given,
+    the stop or not (the pipe cannot give them back); a partial line when the stop
+    comes is not a line.
+    """
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError):  # not a file descriptor (a test's BytesIO): no wait
+        for line in stream:
+            if stop.requested:
+                return
+            yield line
+        return
+    pieces: list[bytes] = []  # the line being read (a 20 MB line comes in many reads)
+    while not stop.requested:
+        ready, _, _ = select.select([descriptor], [], [], _STDIN_STOP_CHECK_S)
+        if not ready:
+            continue
+        chunk = os.read(descriptor, _STDIN_READ_BYTES)
+        if not chunk:
+            if pieces:
+                yield b"".join(pieces)
+            return
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            pieces.append(chunk[start : end + 1])
+            yield b"".join(pieces)
+            pieces.clear()
+            start = end + 1
+        if start < len(chunk):
+            pieces.append(chunk[start:])
+
+
 def _publish_stream(
     publisher: Publisher,
     stream: IO[bytes],
@@ -144,9 +189,11 @@ def _publish_stream(
     stop: StopFlag,
 ) -> None:
     publish = publisher.publish
+    from_stdin = name == STDIN_NAME
+    lines = _stdin_lines(stream, stop) if from_stdin else stream
     try:
-        for number, raw in enumerate(stream, 1):
-            if stop.requested:
+        for number, raw in enumerate(lines, 1):
+            if stop.requested and not from_stdin:  # stdin's lines end by themselves
                 return
             line = raw.rstrip(b"\r\n")
             if progress is not None and task is not None and number % _PROGRESS_EVERY == 0:

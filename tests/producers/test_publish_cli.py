@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
 import re
 import signal
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -198,6 +201,58 @@ def test_sigterm_stops_reading_and_spools_what_was_read(
     assert summary is not None, out
     assert int(summary[1]) == int(summary[2]) == len(spooled)
     assert spooled == lines[: len(spooled)]
+
+
+def test_sigterm_stops_a_publish_waiting_on_a_quiet_stdin(
+    pub_settings: Settings, tmp_path: Path
+) -> None:
+    """`tail -F export | exnet publish -` under a service manager: SIGTERM while no
+    line comes ends the run at once (a blocked read waited for the next line), and
+    every line read before is spooled and counted."""
+    path = tmp_path / "some.jsonl"
+    simulate(pub_settings, seed=8, participants=3, out=path)
+    lines = path.read_bytes().splitlines()[:3]
+    env = pub_env(pub_settings, EXNET_KAFKA_BOOTSTRAP="127.0.0.1:1")
+    read_end, write_end = os.pipe()
+    child = subprocess.Popen(
+        [str(EXNET), "publish", "-"],
+        env=env,
+        cwd=tmp_path,
+        stdin=read_end,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    spool = spool_of(pub_settings)
+    try:
+        os.write(write_end, b"\n".join(lines) + b"\n")  # and the pipe stays open
+        deadline = time.monotonic() + 60
+        while _unread(read_end):  # this process keeps the read end: the pipe's fill
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "publish did not read its input"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        out, err = child.communicate(timeout=10)  # before: until the pipe closed
+    finally:
+        child.kill()
+        os.close(write_end)
+        os.close(read_end)
+    assert child.returncode == 130, err
+    # Every line it took from the pipe is published, the stop or not.
+    assert out.startswith(b"read 3, sent 0, invalid 0, spooled 3"), out
+    assert _spooled(spool) == lines
+
+
+def _unread(read_end: int) -> int:
+    """Bytes in the pipe not read yet (Linux FIONREAD)."""
+    return int.from_bytes(fcntl.ioctl(read_end, termios.FIONREAD, b"\0" * 4), sys.byteorder)
+
+
+def _spooled(spool: Any) -> list[bytes]:
+    values: list[bytes] = []
+    for segment in spool.segment_paths():
+        contents = read_segment(segment.read_bytes(), segment)
+        values.extend(event.value for _seq, event in contents.pending())
+    return values
 
 
 def test_each_bad_input_kind_is_reported_on_its_line(
