@@ -176,6 +176,9 @@ class LagMonitor(threading.Thread):
         self._gauge_ticks = max(1, round(interval / self._tick))
         self._on_drained = on_drained
         self._halt = threading.Event()
+        #: Whether the last read of the lag failed for want of Kafka (False until one
+        #: fails): the process neither consumes nor writes meanwhile, so it is not ready.
+        self.kafka_unreachable = False
 
     def stop(self) -> None:
         self._halt.set()
@@ -204,6 +207,7 @@ class LagMonitor(threading.Thread):
                     drained = progress.drained()
                 else:
                     continue
+                self.kafka_unreachable = False
                 if self._on_drained is not None:
                     drained_in_a_row = drained_in_a_row + 1 if drained else 0
                     if drained_in_a_row >= 2:
@@ -214,6 +218,7 @@ class LagMonitor(threading.Thread):
                         self._on_drained = None
             except KafkaError as exc:  # the broker is down or moving: try again next round
                 log.warning("could not read consumer lag: %s", exc)
+                self.kafka_unreachable = True
                 drained_in_a_row = 0
         if progress is not None:
             progress.close()

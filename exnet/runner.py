@@ -474,15 +474,18 @@ def run_up(
     metrics = Metrics()
     sink_role: _SinkRole | None = None
     sink_process: _SinkProcess | None = None
+    lag: LagMonitor | None = None  # started below; ready() may be asked before
     runs_streams = role in (Role.AUTO, Role.STREAM)
     consuming = threading.Event()  # the stream workers hold partitions
 
     def ready() -> bool:
-        """Consuming (stream role) and writing or standing by (sink role)."""
+        """Consuming (stream role) and writing or standing by (sink role), with Kafka
+        answering the lag monitor (when this process runs one)."""
         streams_ok = not runs_streams or consuming.is_set()
         sink_ok = sink_role is None or sink_role.writing.is_set() or sink_role.standing_by
         process_ok = sink_process is None or sink_process.ready()
-        return streams_ok and sink_ok and process_ok and not stop.event.is_set()
+        kafka_ok = lag is None or not lag.kafka_unreachable
+        return streams_ok and sink_ok and process_ok and kafka_ok and not stop.event.is_set()
 
     metrics.ready.set_function(lambda: 1.0 if ready() else 0.0)  # evaluated at each scrape
 
