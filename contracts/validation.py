@@ -734,10 +734,52 @@ def _field_issues(errors: list[Any], *, tagged: bool) -> tuple[list[FieldIssue],
             message = err["msg"]
             if err["type"] == OCCURRED_AT_ERROR:  # say which mistake, where it can tell
                 message = occurred_at_problem(err.get("input"))
+            elif err["type"] in _TYPE_ERRORS and "got" not in message and "input" in err:
+                message = f"{message}, got {_json_kind(err['input'])}"
             issues.append(FieldIssue(_path(loc), message, err["type"]))
             if loc:
                 failing.add(str(loc[0]))
     return issues, failing, rules_ran
+
+
+#: The parser's errors that a value of the wrong JSON type gives: their messages
+#: say what was expected, and the issue adds what came ("12" for 12, "yes" for true).
+_TYPE_ERRORS: Final = frozenset(
+    {
+        "int_type",
+        "int_parsing",
+        "float_type",
+        "float_parsing",
+        "string_type",
+        "bool_type",
+        "bool_parsing",
+        "uuid_type",
+        "datetime_type",
+        "date_type",
+        "dict_type",
+        "model_type",
+        "list_type",
+    }
+)
+
+
+def _json_kind(value: Any) -> str:
+    """What JSON value ``value`` is, in words (never the value: it may be a name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "a whole number"
+    if isinstance(value, float):
+        return "a number with a fraction"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__
 
 
 def _rules_beside(

@@ -1232,3 +1232,23 @@ def test_quick_rule_test_agrees_with_rule_problems(topic: Topic) -> None:
             assert [(i.path, i.message) for i in found.issues] == problems
         else:
             accepted(outcome)
+
+
+@pytest.mark.parametrize(
+    ("topic", "field", "value", "says"),
+    [
+        (M, "score", "12", "Input should be a valid integer, got a string"),
+        (M, "score", 12.5, "Input should be a valid integer, got a number with a fraction"),
+        (M, "score", None, "Input should be a valid integer, got null"),
+        (S, "supervised", "yes", "Input should be a valid boolean, got a string"),
+        (S, "node_id", 5, "Input should be a valid string, got a whole number"),
+        (S, "rpe", [13], "Input should be a valid integer, got an array"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_told_what_came(
+    topic: Topic, field: str, value: Any, says: str
+) -> None:
+    """The kind of JSON value that came, never the value (it may be a name)."""
+    outcome = rejected(send(event(topic, **{field: value}), topic), "invalid_field", field)
+    (issue,) = outcome.issues
+    assert issue.message == says
