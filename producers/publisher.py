@@ -171,10 +171,12 @@ class _SentEvents:
     host).
     """
 
-    __slots__ = ("_full", "_index", "_seen", "_sources")
+    __slots__ = ("_full", "_index", "_seen", "_sources", "repeats")
 
     def __init__(self) -> None:
         self._seen: dict[bytes, bytes] = {}
+        #: Events that repeated a remembered one exactly (sent: the platform drops them).
+        self.repeats = 0
         self._full = False
         #: Input names (files, ``<stdin>``), by their index in the remembered values.
         self._sources: list[str] = []
@@ -200,6 +202,7 @@ class _SentEvents:
             return None
         first_digest, source, line = _SENT.unpack(prior)
         if first_digest == digest:
+            self.repeats += 1
             return None  # the same event again: sent, the platform counts it a duplicate
         earlier = f" by {self._sources[source]}:{line}" if source != _NO_SOURCE else ""
         issue = FieldIssue(
@@ -503,6 +506,9 @@ class PublishSummary:
     invalid_by_reason: dict[Reason, int] = field(default_factory=dict)
     resent: FlushSummary = field(default_factory=FlushSummary)
     problem: str | None = None
+    #: Accepted events that repeat, exactly, one accepted earlier in this run (sent
+    #: all the same: the platform counts them as duplicates and drops them).
+    repeated: int = 0
 
 
 class _ClaimTarget:
@@ -793,4 +799,5 @@ class Publisher:
             invalid_by_reason=dict(self._invalid),
             resent=self._resent,
             problem=delivery.problem if delivery is not None and spooled else None,
+            repeated=self._sent_events.repeats,
         )

@@ -214,6 +214,11 @@ def _summary_line(lines: _LineCounts, summary: PublishSummary) -> str:
         f"read {lines.read}, sent {summary.sent}, invalid {summary.invalid}, "
         f"spooled {summary.spooled}, skipped blank {lines.blank}"
     )
+    if summary.repeated:
+        text += (
+            f"; {summary.repeated} repeat an event of this run (duplicates: the platform "
+            "drops them)"
+        )
     resent = summary.resent
     if resent.sent or resent.remaining:
         text += f"; from earlier runs: resent {resent.sent}, still spooled {resent.remaining}"

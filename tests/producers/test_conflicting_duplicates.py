@@ -93,7 +93,7 @@ def test_an_identical_resend_is_still_sent(
         assert isinstance(publisher.publish(value, where=("a.jsonl", 1)), Accepted)
         assert isinstance(publisher.publish(value, where=("a.jsonl", 2)), Accepted)
     summary = publisher.summary()
-    assert (summary.accepted, summary.invalid, summary.sent) == (2, 0, 2)
+    assert (summary.accepted, summary.invalid, summary.sent, summary.repeated) == (2, 0, 2, 1)
     assert pub_producer.values() == [value, value]  # the platform counts the second a duplicate
 
 
@@ -106,7 +106,7 @@ def test_the_same_event_spelled_otherwise_is_no_conflict(
         assert isinstance(outcome, Accepted), outcome
         # Defaults filled in are content too: an explicit null is the absent field.
         assert isinstance(publisher.publish(_line(adverse_event=None)), Accepted)
-    assert publisher.summary().invalid == 0
+    assert (publisher.summary().invalid, publisher.summary().repeated) == (0, 2)
     assert pub_producer.values() == [_line(), REFORMATTED, _line(adverse_event=None)]
 
 
@@ -201,7 +201,10 @@ def test_publish_reports_the_conflicting_line_and_exits_1(
     assert status == EXIT_INVALID
     (reported,) = err.splitlines()
     assert reported.startswith(f"{path}:9: conflicting_duplicate: event_id: event {EVENT_ID} ")
-    assert out.strip() == "read 9, sent 8, invalid 1, spooled 0, skipped blank 1"
+    assert out.strip() == (
+        "read 9, sent 8, invalid 1, spooled 0, skipped blank 1; 2 repeat an event of this run "
+        "(duplicates: the platform drops them)"
+    )
     assert sorted(pub_producer.values()) == sorted(
         line for line in lines if line and line != _line(rpe=17)
     )
@@ -237,7 +240,10 @@ def test_broker_down_then_flush_delivers_the_first_copy_only(
     assert result.returncode == EXIT_INVALID  # an invalid line outranks the spooled events
     errors = result.stderr.decode().splitlines()
     assert errors[0].startswith(f"{path}:2: conflicting_duplicate: event_id: ")
-    summary = "read 3, sent 0, invalid 1, spooled 2, skipped blank 0"
+    summary = (
+        "read 3, sent 0, invalid 1, spooled 2, skipped blank 0; 1 repeat an event of this run "
+        "(duplicates: the platform drops them)"
+    )
     assert result.stdout.decode().strip() == summary
     flushed = pub_exnet("spool", "flush", env=pub_env(pub_kafka_settings), cwd=tmp_path)
     assert flushed.returncode == 0, flushed.stderr
