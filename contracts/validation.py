@@ -763,23 +763,22 @@ _TYPE_ERRORS: Final = frozenset(
 )
 
 
+#: The JSON kinds of parsed values, in words, ``bool`` before ``int`` (its subclass).
+_JSON_KINDS: Final = (
+    (bool, "true or false"),
+    (int, "a whole number"),
+    (float, "a number with a fraction"),
+    (str, "a string"),
+    (dict, "an object"),
+    (list, "an array"),
+)
+
+
 def _json_kind(value: Any) -> str:
     """What JSON value ``value`` is, in words (never the value: it may be a name)."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int):
-        return "a whole number"
-    if isinstance(value, float):
-        return "a number with a fraction"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__
+    return next((words for kind, words in _JSON_KINDS if isinstance(value, kind)), "a value")
 
 
 def _rules_beside(

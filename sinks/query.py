@@ -177,11 +177,7 @@ def refuse_unless_read_only(client: Client, sql: str, fmt: str) -> None:
     """
     text = f"{sql}\n FORMAT {fmt}"  # what clickhouse-connect sends
     try:
-        canonical = client.raw_query(
-            "SELECT formatQuerySingleLine({query:String})",
-            parameters={"query": text},
-            fmt="TabSeparatedRaw",
-        ).decode("utf-8", "replace")
+        canonical = _canonical(client, text)
     except Exception as exc:
         reason = _parse_failure(exc)
         if "outfile" in text.lower():
@@ -197,11 +193,7 @@ def refuse_unless_read_only(client: Client, sql: str, fmt: str) -> None:
         # A syntax error, or a statement that takes no FORMAT (SET, USE...): the bare
         # text decides; if it does not parse either, the query itself says where.
         try:
-            canonical = client.raw_query(
-                "SELECT formatQuerySingleLine({query:String})",
-                parameters={"query": sql},
-                fmt="TabSeparatedRaw",
-            ).decode("utf-8", "replace")
+            canonical = _canonical(client, sql)
         except Exception:
             return
     kind = canonical.lstrip("( ").split(" ", 1)[0].upper()
@@ -214,6 +206,17 @@ def refuse_unless_read_only(client: Client, sql: str, fmt: str) -> None:
         raise UserError(
             f"`exnet sql` is read-only: it does not write files (INTO OUTFILE); {_TO_A_FILE}"
         )
+
+
+def _canonical(client: Client, text: str) -> str:
+    """``text`` as ClickHouse writes it back out on one line (``formatQuerySingleLine``);
+    raises what the client raises when ClickHouse does not parse it."""
+    result: bytes = client.raw_query(
+        "SELECT formatQuerySingleLine({query:String})",
+        parameters={"query": text},
+        fmt="TabSeparatedRaw",
+    )
+    return result.decode("utf-8", "replace")
 
 
 #: The statements an analyst's text may be, by their first keyword in ClickHouse's
