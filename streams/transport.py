@@ -70,6 +70,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: The logger of Faust's own lines from the services subclassed here ("[^--Consumer]:
+#: Starting...", "Creating topic ..."): mode names a service's logger after the
+#: module of its class, which put Faust's chatter under this module, at exnet's
+#: level, where the operators' guide says Faust's loggers only warn. This module's
+#: own lines keep ``log``.
+_FAUST_LOG = logging.getLogger(f"faust.{__name__}")
 
 #: The broker URL scheme that selects this transport: ``exnet-kafka://host:port``.
 SCHEME = "exnet-kafka"
@@ -145,6 +151,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's thread running the aiokafka consumer, with a short fetch wait that
     gathers records (FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES)."""
 
+    logger = _FAUST_LOG
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Faust fixes the broker's fetch wait at 1.5 s (no setting reaches it), and
@@ -179,6 +187,8 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 class Consumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer, delivering partition batches and committing done ones."""
+
+    logger = _FAUST_LOG
 
     _thread: ConsumerThread
 
@@ -384,6 +394,8 @@ class _OpenBatch:
 class Producer(faust_aiokafka.Producer):
     """Faust's aiokafka producer, with one call that delivers a batch's messages."""
 
+    logger = _FAUST_LOG
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._partition_counts: dict[str, int] = {}
@@ -525,6 +537,8 @@ class BatchTable(faust.Table[Any, Any]):
     (same partition as the batch: the table's keys are co-partitioned with
     the agent's input), which the agent delivers with its outputs.
     """
+
+    logger = _FAUST_LOG
 
     def get(self, key: Any, default: Any = None) -> Any:
         # Straight from the store, without an exception: Faust's (and its store's)
