@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 from kafka import KafkaAdminClient
 from kafka.errors import NoError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from exnet.admin import delete_prefixed, ensure_topics, topic_configs
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, wait_until
 
 pytestmark = pytest.mark.kafka
 
 #: Seconds for the broker to show what was asked of it (a group's state after its
 #: member left; a deleted topic gone from the metadata: both are asynchronous).
 SETTLE_S = 60.0
-
-
-def _until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + SETTLE_S
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.2)
 
 
 def _commit_as(admin: KafkaAdminClient, group: str, topic: str) -> None:
@@ -49,15 +39,19 @@ def test_delete_prefixed_deletes_that_prefix_s_topics_and_groups_only(
     def states() -> dict[str, str]:
         return {g["group_id"]: g["group_state"] for g in kafka_admin.list_groups()}
 
-    _until(lambda: all(states().get(g) == "Empty" for g in groups), "the groups stay busy")
+    wait_until(
+        lambda: all(states().get(g) == "Empty" for g in groups), "the groups Empty", SETTLE_S, 0.2
+    )
 
     deleted_topics, deleted_groups = delete_prefixed(kafka_admin, doomed.topic_prefix)
 
     assert deleted_topics == sorted(topic_configs(doomed))
     assert deleted_groups == [groups[0]]
-    _until(
+    wait_until(
         lambda: not any(t.startswith(doomed.topic_prefix) for t in kafka_admin.list_topics()),
-        "the deleted topics stay listed",
+        "the deleted topics gone from the listing",
+        SETTLE_S,
+        0.2,
     )
     assert set(topic_configs(kept)) <= set(kafka_admin.list_topics())
     assert groups[1] in states() and groups[0] not in states()

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from exnet.metrics import Metrics
 from exnet.monitor import LagMonitor
 from exnet.runner import initialize
-from tests.conftest import SettingsFactory
+from tests.conftest import SettingsFactory, wait_until
 
 #: Nothing listens there.
 CLOSED_BOOTSTRAP = "127.0.0.1:1"
-
-
-def _until(condition: object, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
+#: Seconds to wait for the monitor's reads (a failed one takes about 30 s).
+TIMEOUT_S = 60.0
 
 
 def test_a_kafka_that_does_not_answer_is_told(settings_factory: SettingsFactory) -> None:
@@ -30,7 +23,7 @@ def test_a_kafka_that_does_not_answer_is_told(settings_factory: SettingsFactory)
     assert not monitor.kafka_unreachable  # not known before a read failed
     monitor.start()
     try:
-        _until(lambda: monitor.kafka_unreachable, "the failed reads were not told")
+        wait_until(lambda: monitor.kafka_unreachable, "the failed reads told", TIMEOUT_S, 0.05)
     finally:
         monitor.stop()
         monitor.join(timeout=60)
@@ -44,7 +37,9 @@ def test_a_kafka_that_answers_again_is_told(settings_factory: SettingsFactory) -
     monitor.kafka_unreachable = True  # as after the broker's restart
     monitor.start()
     try:
-        _until(lambda: not monitor.kafka_unreachable, "a read that worked was not told")
+        wait_until(
+            lambda: not monitor.kafka_unreachable, "a read that worked told", TIMEOUT_S, 0.05
+        )
     finally:
         monitor.stop()
         monitor.join(timeout=60)
