@@ -87,8 +87,8 @@ __all__ = [
     "connect_producer",
     "flush_spool",
     "missing_input_topics",
-    "no_such_topics",
     "producer_config",
+    "require_input_topics",
     "spool_of",
 ]
 
@@ -291,12 +291,20 @@ def missing_input_topics(settings: Settings) -> list[str]:
     return [name for name in wanted if name not in existing]
 
 
-def no_such_topics(settings: Settings, missing: Sequence[str]) -> ConfigError:
-    """The error for :func:`missing_input_topics`' answer."""
-    return ConfigError(
-        f"Kafka at {settings.kafka_bootstrap} has no topic {', '.join(missing)}: run "
-        f"`exnet init` against it, or check EXNET_TOPIC_PREFIX ({settings.topic_prefix!r} now)"
-    )
+def require_input_topics(settings: Settings, producer: KafkaProducer) -> None:
+    """Close ``producer`` (connected to Kafka) and raise :class:`ConfigError`, naming
+    them, when Kafka lacks input topics (:func:`missing_input_topics`); a Kafka gone
+    since the producer connected is left for the producer's sends to find out."""
+    try:
+        missing = missing_input_topics(settings)
+    except KafkaError:
+        return
+    if missing:
+        producer.close(timeout=0)
+        raise ConfigError(
+            f"Kafka at {settings.kafka_bootstrap} has no topic {', '.join(missing)}: run "
+            f"`exnet init` against it, or check EXNET_TOPIC_PREFIX ({settings.topic_prefix!r} now)"
+        )
 
 
 def spool_of(settings: Settings) -> Spool:
@@ -664,13 +672,7 @@ class Publisher:
             why: list[str] = []
             producer = connect_producer(self._settings, why=why) if self._connect else None
             if producer is not None:
-                try:
-                    missing = missing_input_topics(self._settings)
-                except KafkaError:
-                    missing = []  # gone since the producer connected: it finds out itself
-                if missing:
-                    producer.close(timeout=0)
-                    raise no_such_topics(self._settings, missing)
+                require_input_topics(self._settings, producer)
             self._delivery = _Delivery(producer)
             if not self._connect:
                 self._delivery.problem = "not connecting to Kafka (spool only)"

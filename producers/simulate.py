@@ -60,12 +60,7 @@ from contracts.errors import RecoverableError, UserError
 from contracts.session import AdverseEvent
 from contracts.views import Views, compute_views
 from exnet.settings import Settings
-from producers.publisher import (
-    FLUSH_TIMEOUT_S,
-    missing_input_topics,
-    no_such_topics,
-    producer_config,
-)
+from producers.publisher import FLUSH_TIMEOUT_S, producer_config, require_input_topics
 
 __all__ = [
     "DEFAULT_INVALID_KINDS",
@@ -1101,13 +1096,7 @@ def _publish(
         producer = KafkaProducer(**producer_config(settings, "exnet-simulator"))
     except KafkaError as exc:
         raise UserError(f"Kafka at {settings.kafka_bootstrap} is unreachable: {exc}") from None
-    try:
-        missing = missing_input_topics(settings)
-    except KafkaError:
-        missing = []  # gone since the producer connected: the sends find out
-    if missing:
-        producer.close(timeout=0)
-        raise no_such_topics(settings, missing)
+    require_input_topics(settings, producer)
     topics = {topic: topic_name(topic, settings.topic_prefix) for topic in Topic}
     futures = []
     try:
