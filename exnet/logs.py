@@ -1,4 +1,4 @@
-"""Logging: Kafka clients' repeated complaints, collapsed.
+"""Logging: Kafka clients' repeated complaints, collapsed; their close race, dropped.
 
 When a topic disappears or a broker is away, kafka-python and aiokafka log the
 same line on every retry of a tight loop: a topic deleted under a running
@@ -6,6 +6,13 @@ same line on every retry of a tight loop: a topic deleted under a running
 "Received unknown topic or partition error in ListOffsets request ...").
 :class:`RepeatFilter` lets each distinct line of theirs through once per
 interval, and says with the next one how many it held back.
+
+kafka-python (3.0.12) closes a client's sockets on the thread that calls
+``close()`` while its own I/O thread may be reading them: that thread then
+logs ``Error receiving network data closing socket`` with a traceback
+(``'NoneType' object has no attribute 'recv'``) for a socket closed on purpose.
+:class:`CloseRaceFilter` drops that one record; seen in ``make demo``'s log when
+the writer stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +23,13 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-__all__ = ["KAFKA_CLIENTS", "RepeatFilter", "collapse_repeats"]
+__all__ = [
+    "KAFKA_CLIENTS",
+    "CloseRaceFilter",
+    "RepeatFilter",
+    "collapse_repeats",
+    "drop_close_races",
+]
 
 #: The loggers whose repeated lines are collapsed: kafka-python's and aiokafka's.
 KAFKA_CLIENTS: Final = ("kafka", "aiokafka")
@@ -80,3 +93,26 @@ def collapse_repeats(interval_s: float = 60.0) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RepeatFilter) for f in handler.filters):
             handler.addFilter(RepeatFilter(interval_s=interval_s))
+
+
+class CloseRaceFilter(logging.Filter):
+    """Drops kafka-python's ``Error receiving network data`` record when its transport
+    (the record's first argument) was already closing: the socket was closed on
+    purpose, by ``close()`` on another thread, under the client's I/O thread. The
+    same record from a transport still open (a broker that went away) passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "kafka.net.transport" or "Error receiving network data" not in str(
+            record.msg
+        ):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        is_closing = getattr(args[0], "is_closing", None) if args else None
+        return not (callable(is_closing) and is_closing())
+
+
+def drop_close_races() -> None:
+    """Put a :class:`CloseRaceFilter` on each handler of the root logger (once each)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, CloseRaceFilter) for f in handler.filters):
+            handler.addFilter(CloseRaceFilter())

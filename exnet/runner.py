@@ -36,7 +36,7 @@ from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
 from exnet.admin import ensure_topics, replication_factor
 from exnet.httpserver import OpsServer
-from exnet.logs import collapse_repeats
+from exnet.logs import collapse_repeats, drop_close_races
 from exnet.metrics import Metrics
 from exnet.monitor import Backlog, LagMonitor
 from exnet.settings import LOG_FORMAT, Settings
@@ -395,6 +395,7 @@ def configure_logging(settings: Settings) -> None:
     the Kafka clients' repeated lines are collapsed (:mod:`exnet.logs`), unless the
     level is DEBUG."""
     logging.getLogger().setLevel(settings.log_level)
+    drop_close_races()  # kafka-python's traceback for a socket closed on purpose
     if settings.log_level.upper() != "DEBUG":
         for chatty in _CHATTY_LOGGERS:
             logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import pytest
 
-from exnet.logs import RepeatFilter, collapse_repeats
+from exnet.logs import CloseRaceFilter, RepeatFilter, collapse_repeats, drop_close_races
 
 
 class Clock:
@@ -94,3 +95,50 @@ def test_printed_lines_collapse_while_a_handler_on_the_kafka_logger_sees_them_al
         fetcher.setLevel(level)
     assert printed.lines == ["Received unknown topic or partition error for t-0"]
     assert len(refusals.lines) == 1000
+
+
+class _Transport:
+    """Stands for kafka-python's transport: what the record's first argument offers."""
+
+    def __init__(self, closing: bool) -> None:
+        self.closing = closing
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def _receive_error(transport: _Transport) -> logging.LogRecord:
+    try:
+        None.recv(4096)  # type: ignore[attr-defined]  # what kafka-python hits
+    except AttributeError:
+        exc_info = sys.exc_info()
+    return logging.LogRecord(
+        "kafka.net.transport",
+        logging.ERROR,
+        __file__,
+        1,
+        "%s: Error receiving network data closing socket",
+        (transport,),
+        exc_info,
+    )
+
+
+def test_the_close_race_traceback_is_dropped_only_for_a_transport_closed_on_purpose() -> None:
+    races = CloseRaceFilter()
+    assert not races.filter(_receive_error(_Transport(closing=True)))
+    assert races.filter(_receive_error(_Transport(closing=False)))  # a broker went away
+    other = logging.LogRecord(
+        "kafka.net.transport", logging.ERROR, __file__, 1, "%s: socket disconnected", ("t",), None
+    )
+    assert races.filter(other)
+
+
+def test_drop_close_races_puts_one_filter_on_each_printing_handler() -> None:
+    root, printed = logging.getLogger(), logging.NullHandler()
+    root.addHandler(printed)
+    try:
+        drop_close_races()
+        drop_close_races()
+    finally:
+        root.removeHandler(printed)
+    assert sum(isinstance(f, CloseRaceFilter) for f in printed.filters) == 1
