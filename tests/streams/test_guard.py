@@ -28,12 +28,20 @@ def test_below_the_window_nothing_trips_even_if_all_are_rejected() -> None:
     guard(window=100).observe({None: (99, 99)})
 
 
-def test_messages_that_name_no_site_trip_it_with_a_clear_message() -> None:
+def test_messages_that_name_no_site_never_trip_it_however_many() -> None:
+    # One producer's garbage (empty values, not JSON) names no site of the network:
+    # it must not stop every site's events.
     limit = guard(window=100)
-    limit.observe({None: (50, 10)})
+    for _ in range(50):
+        limit.observe({None: (50, 50)})
+    limit.observe({None: (40, 40), "N01-S01": (10, 0)})  # the sites' events still flow
+
+
+def test_no_site_garbage_beside_most_sites_failing_still_trips_it() -> None:
+    limit = guard(window=100)
     with pytest.raises(InvalidRatioExceeded, match=r"of the last 100 messages were rejected") as e:
-        limit.observe({None: (50, 45)})
-    assert "name no site" in str(e.value)
+        limit.observe({None: (40, 40), "N01-S01": (30, 30), "N02-S01": (30, 30)})
+    assert "2 of the 2 sites sending" in str(e.value)
     assert "EXNET_DLQ_MAX_RATIO=50%" in str(e.value)
 
 
