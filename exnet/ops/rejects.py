@@ -79,6 +79,8 @@ WORKLIST_COLUMNS: Final = (
 )
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+#: What may be a date and time (then compared as instants, not as text).
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -284,16 +286,29 @@ def _is_conflict(message: RejectedMessage) -> bool:
 
 
 def _same(held: Any, sent: Any) -> bool:
-    if isinstance(held, datetime) and isinstance(sent, str):
-        try:
-            instant = datetime.fromisoformat(sent.replace(" ", "T"))
-        except ValueError:
-            return False
-        stored = held if held.tzinfo else held.replace(tzinfo=UTC)
-        return instant.tzinfo is not None and instant == stored
+    """Whether a fact table's value (as ``JSONEachRow`` gives it: a DateTime64 is
+    text, ``2025-06-01 12:04:00.000000``, in UTC) and the value a site sent are the
+    same: one instant, one number, or equal."""
+    if isinstance(held, datetime | str) and isinstance(sent, str):
+        stored, instant = _instant(held), _instant(sent)
+        if stored is not None and instant is not None:
+            stored = stored if stored.tzinfo else stored.replace(tzinfo=UTC)
+            return instant.tzinfo is not None and instant == stored
     if isinstance(held, int | float) and isinstance(sent, int | float):
         return float(held) == float(sent)
     return bool(held == sent)
+
+
+def _instant(value: datetime | str) -> datetime | None:
+    """``value`` as a date and time, None when it is not one."""
+    if isinstance(value, datetime):
+        return value
+    if not _DATE_TIME.match(value):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace(" ", "T"))
+    except ValueError:
+        return None
 
 
 def _shown(value: Any) -> str:

@@ -219,6 +219,8 @@ def _check_no_identifier_reaches_analysts(pipeline: Pipeline) -> None:
     assert name["what_to_do"] == "remove patient_name: session events have no such field"
     conflict = next(r for r in rows if r["reason"] == "conflicting_duplicate")
     assert "duration_min" in conflict["message"] and "accepted, 31.0 sent" in conflict["message"]
+    # Only what differs: the same occurred_at, stored as UTC text, is the same instant.
+    assert "occurred_at" not in conflict["message"], conflict["message"]
 
 
 def _check_deadletter(pipeline: Pipeline, expected: dict[str, set[str]]) -> None:

@@ -19,6 +19,7 @@ from exnet.ops._sql import query_rows
 from exnet.ops.rejects import (
     WORKLIST_COLUMNS,
     RejectFilter,
+    _same,
     find_rejects,
     parse_moment,
     worklist_rows,
@@ -144,6 +145,23 @@ def test_csv_work_list_and_json(seeded: Seeded, tmp_path: Path) -> None:
     assert (reject["node_id"], reject["site_id"]) == ("N01", "N01-S09")
 
     assert ops_cli(settings, "rejects", "--out", str(out)).exit_code != 0  # needs --csv/--json
+
+
+@pytest.mark.parametrize(
+    ("held", "sent", "same"),
+    [
+        # A DateTime64 as JSONEachRow gives it (UTC text) against what a site sent.
+        ("2025-06-01 12:04:00.000000", "2025-06-01T12:04:00Z", True),
+        ("2025-06-01 12:04:00.000000", "2025-06-01T14:04:00+02:00", True),
+        ("2025-06-01 12:04:00.000000", "2025-06-01T12:05:00Z", False),
+        ("2025-06-01 12:04:00.000000", "2025-06-01T12:04:00", False),  # naive: not one instant
+        (30, 30.0, True),
+        (30, 31.0, False),
+        ("P-0000000001", "P-0000000002", False),
+    ],
+)
+def test_a_conflict_names_only_the_fields_that_differ(held: Any, sent: Any, same: bool) -> None:
+    assert _same(held, sent) is same
 
 
 def test_worklist_of_a_message_without_field_errors() -> None:
