@@ -65,9 +65,9 @@ __all__ = [
 #: Kafka headers as a list of (name, value) pairs, as clients take and give them.
 Headers = Sequence[tuple[str, bytes]]
 #: A message ready to produce: (physical topic, partition or None to let Kafka's
-#: default partitioner hash the key, key, value, headers, timestamp in ms or None
-#: for now).
-Outgoing = tuple[str, int | None, bytes | None, bytes, list[tuple[str, bytes]], int | None]
+#: default partitioner hash the key, key, value (None: a tombstone), headers,
+#: timestamp in ms or None for now).
+Outgoing = tuple[str, int | None, bytes | None, bytes | None, list[tuple[str, bytes]], int | None]
 
 
 def uuid_bytes(event_id: str) -> bytes:
@@ -96,7 +96,8 @@ class OutMessage:
 
     topic: Topic
     key: bytes | None
-    value: bytes
+    #: None: a tombstone (only a dead-letter copy of a site's tombstone is one).
+    value: bytes | None
     headers: list[tuple[str, bytes]]
 
 
@@ -314,7 +315,8 @@ def deadletter_message(
     rejected_at: datetime,
     timestamp_ms: int | None,
 ) -> OutMessage:
-    """A rejection: the original bytes, with SPEC §2's headers."""
+    """A rejection: the original bytes, with SPEC §2's headers (a tombstone stays one:
+    no value, not an empty one)."""
     origin = rejected.origin
     assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
     headers = [
@@ -325,7 +327,7 @@ def deadletter_message(
     ]
     if rejected.event_id is not None:
         headers.append((H.EVENT_ID, rejected.event_id.encode()))
-    return OutMessage(Topic.DEADLETTER, key, original or b"", headers)
+    return OutMessage(Topic.DEADLETTER, key, original, headers)
 
 
 def conflict_message(record: Received, first: Origin, rejected_at: datetime) -> OutMessage:

@@ -457,8 +457,9 @@ class Producer(faust_aiokafka.Producer):
                 if appended is not None:
                     break
                 if batch.builder.record_count() == 0:
+                    size = len(value) if value is not None else 0
                     raise ValueError(
-                        f"a {len(value)}-byte message for {topic} exceeds the producer's batch size"
+                        f"a {size}-byte message for {topic} exceeds the producer's batch size"
                     )
                 pending.append(batch.acked)  # full: wait until aiokafka takes it
                 await batch.handed.wait()

@@ -142,6 +142,15 @@ def test_deadletter_message_has_the_spec_headers_and_original_bytes() -> None:
     assert headers[H.EVENT_ID] == b"a6e2f0c4-1111-4222-8333-444455556666"
 
 
+def test_a_tombstones_deadletter_copy_is_a_tombstone_not_an_empty_value() -> None:
+    origin = Origin("exnet.session", 0, 9)
+    for original in (None, b""):
+        outcome = Validator(None).validate_message(original, b"P-0123456789", origin, NOW)
+        assert isinstance(outcome, Rejected) and outcome.reason.value == "malformed_json"
+        message = deadletter_message(outcome, original, b"P-0123456789", NOW, None)
+        assert message.value is original
+
+
 def test_conflict_message_points_at_the_first_accepted_copy() -> None:
     accepted, raw = _accepted()
     record = read_validated(*validated_message(accepted, raw, None))
