@@ -44,6 +44,7 @@ __all__ = [
     "Rule",
     "NodeId",
     "occurred_at_problem",
+    "utc_or_as_written",
     "ParticipantId",
     "SiteId",
     "UtcTimestamp",
@@ -67,19 +68,26 @@ PARTICIPANT_ID_PATTERN: Final = r"^P-[0-9a-f]{10,64}$"
 EVENT_ID_PATTERN: Final = (
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
+#: A year from 0001 to 9999, every year ``datetime`` holds.
+_YEAR: Final = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
 #: ISO-8601 date and time with a UTC offset, ``Z`` or ``+hh:mm``/``-hh:mm`` between
 #: ``-12:00`` and ``+14:00``, the offsets in use on Earth (SPEC §1).
 #: Seconds and their fraction are optional, a space may stand for ``T`` (as RFC 3339
 #: allows). Naive times, bare dates, other offset forms and Unix timestamps are not
-#: accepted. Years run 1000..9998, so that every such time has a UTC equivalent
-#: (0001-01-01T00:30+01:00 and 9999-12-31T23:30-01:00 have none).
+#: accepted. Years run 0001..9999, as far as ``datetime`` reaches; a time whose UTC
+#: equivalent lies beyond ``datetime``'s range (0001-01-01T00:30+01:00,
+#: 9999-12-31T23:30-01:00) is before the network's earliest date or in the future,
+#: as the later checks say (see :func:`utc_or_as_written`).
 OCCURRED_AT_PATTERN: Final = (
-    r"^(?:[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])-[0-9]{2}-[0-9]{2}"
+    rf"^{_YEAR}-[0-9]{{2}}-[0-9]{{2}}"
     r"[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
     r"(?:Z|\+(?:0[0-9]|1[0-3]):[0-5][0-9]|\+14:00|-(?:0[0-9]|1[01]):[0-5][0-9]|-12:00)$"
 )
-_LEAP_YEAR: Final = r"(?:[1-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[13579][26]|[2468][048])00)"
-_YEAR: Final = r"(?:[1-8][0-9]{3}|9[0-8][0-9]{2}|99[0-8][0-9]|999[0-8])"
+#: Leap years from 0004 to 9996 in the proleptic Gregorian calendar (``datetime``'s):
+#: a multiple of 4 that does not end in 00, or a multiple of 400.
+_LEAP_YEAR: Final = (
+    r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+)
 #: :data:`OCCURRED_AT_PATTERN` narrowed to real dates and times (no February 30, no
 #: leap second), as one regular expression: what the exported JSON Schemas give sites'
 #: validators, which have no calendar (JSON Schema's ``format: date-time`` wants seconds
@@ -161,14 +169,29 @@ EventId = Annotated[
 ]
 
 
+def utc_or_as_written(value: datetime) -> datetime:
+    """An aware ``value`` in UTC; as written when its UTC equivalent lies beyond
+    ``datetime``'s range (9999-12-31T23:30-01:00, 0001-01-01T00:30+01:00).
+
+    Such a time still compares rightly with any aware time (Python compares aware
+    times by their UTC offsets without converting them), so the later checks find it
+    before the network's earliest date or in the future; no such time is accepted.
+    """
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        return value
+
+
 class _UtcTimestampSchema:
-    """``occurred_at``: checked, parsed and converted to UTC without running Python code.
+    """``occurred_at``: checked, parsed and converted to UTC.
 
     From JSON: a string in :data:`OCCURRED_AT_PATTERN`'s form (pydantic-core's
-    regex), parsed by ``datetime.fromisoformat`` and converted by
-    ``datetime.astimezone(UTC)``, both C functions that pydantic-core calls
-    directly. (pydantic-core's own datetimes carry a tzinfo implemented in Rust
-    whose conversion to UTC costs more than the rest of the event's validation.)
+    regex), parsed by ``datetime.fromisoformat``, a C function that pydantic-core
+    calls directly, and converted by ``datetime.astimezone(UTC)`` in
+    :func:`utc_or_as_written` (a time at the ends of year 0001 or 9999 has no UTC
+    equivalent). (pydantic-core's own datetimes carry a tzinfo implemented in
+    Rust whose conversion to UTC costs more than the rest of the event's validation.)
     From Python: an aware ``datetime`` that has a UTC equivalent, converted to UTC.
     """
 
@@ -193,7 +216,7 @@ class _UtcTimestampSchema:
                         "is out of range)"
                     ),
                 ),
-                to_utc,
+                core_schema.no_info_plain_validator_function(utc_or_as_written),
             ]
         )
         from_python = core_schema.chain_schema(

@@ -41,6 +41,7 @@ from contracts.envelope import (
     SPECIAL_UUIDS,
     EventBase,
     occurred_at_problem,
+    utc_or_as_written,
 )
 from contracts.reasons import Reason
 from contracts.registry import DEFAULT_EARLIEST_DATE, NetworkRegistry
@@ -667,7 +668,7 @@ def _too_early(document: dict[str, Any], earliest: datetime) -> FieldIssue | Non
         return None
     if instant.tzinfo is None or instant >= earliest:
         return None
-    return _before_earliest(instant.astimezone(UTC), earliest)
+    return _before_earliest(utc_or_as_written(instant), earliest)
 
 
 def _rejection(

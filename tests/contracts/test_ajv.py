@@ -196,6 +196,13 @@ ISSUE_CASES: Final = [
     # (topic, field, raw JSON value, valid): the bad-input issue's case 9, one by one.
     (Topic.SESSION, "occurred_at", '"2025-03-19T07:05Z"', True),
     (Topic.SESSION, "occurred_at", '"2016-12-31T23:59:60Z"', False),
+    # Years 0001 and 9999, also where a time has no UTC equivalent in Python's datetime:
+    # the registry's earliest date and the clock judge them, not a field rule.
+    (Topic.SESSION, "occurred_at", '"9999-12-31T23:59:59Z"', True),
+    (Topic.SESSION, "occurred_at", '"9999-12-31T23:59:59-12:00"', True),
+    (Topic.SESSION, "occurred_at", '"0001-01-01T00:30+01:00"', True),
+    (Topic.SESSION, "occurred_at", '"0400-02-29T00:00Z"', True),
+    (Topic.SESSION, "occurred_at", '"0100-02-29T00:00Z"', False),
     (Topic.SESSION, "session_number", "12.0", True),
     (Topic.SESSION, "session_number", "1.2e1", True),
     (Topic.SESSION, "session_number", "12.5", False),

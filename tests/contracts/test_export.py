@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from contracts import (
     Topic,
 )
 from contracts.catalog import TOPICS, topic_spec
+from contracts.envelope import OCCURRED_AT_EXACT_PATTERN, OCCURRED_AT_PATTERN
 from contracts.errors import UserError
 from contracts.export import (
     JSON_SCHEMA_DIALECT,
@@ -191,6 +194,34 @@ def test_schema_and_validator_agree_on_status_rules(exported: Path) -> None:
         payload = event(topic, **changes)
         by_validator = isinstance(send(payload, topic), Accepted)
         assert checker.is_valid(payload) == by_validator, changes
+
+
+def test_the_exported_time_pattern_takes_every_year_datetime_holds() -> None:
+    """Years 0001..9999, leap days as the proleptic Gregorian calendar has them (the
+    platform's ``datetime``); year 0 and five-digit years are no time."""
+    exact, loose = re.compile(OCCURRED_AT_EXACT_PATTERN), re.compile(OCCURRED_AT_PATTERN)
+    for year in range(1, 10_000):
+        for day in ("01-01", "02-28", "02-29", "12-31"):
+            written = f"{year:04d}-{day}T00:00Z"
+            real = day != "02-29" or calendar.isleap(year)
+            assert bool(exact.fullmatch(written)) == real, written
+            assert loose.fullmatch(written), written
+    for written in ("0000-01-01T00:00Z", "10000-01-01T00:00Z", "999-01-01T00:00Z"):
+        assert not exact.fullmatch(written) and not loose.fullmatch(written), written
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["9999-12-31T23:59:59-12:00", "9999-01-01T00:00:00+14:00", "0001-01-01T00:30+01:00"],
+)
+def test_schema_takes_a_time_whose_verdict_is_the_clocks_or_the_registrys(
+    exported: Path, written: str
+) -> None:
+    """A time of year 9999 is in the future, one of year 0001 before the earliest date:
+    rules beyond JSON Schema (``not_in_json_schema``), so the schema takes both."""
+    from contracts import SessionV1
+
+    assert _checker(exported, SessionV1).is_valid(event(Topic.SESSION, occurred_at=written))
 
 
 def test_topic_registry(exported: Path) -> None:

@@ -19,8 +19,8 @@ Properties every message must have, whatever the oracle says:
 - two accepted messages whose stored values are the same have one fingerprint
   (formatting, key order, time-zone and number spelling do not matter).
 
-Where the SPEC leaves a verdict open to this oracle (times with no UTC
-equivalent, other ISO-8601 shapes, integers of thousands of digits), it says
+Where the SPEC leaves a verdict open to this oracle (other ISO-8601 shapes,
+integers of thousands of digits), it says
 :data:`UNSURE` and only the properties above are checked; the last property
 compares stored values by their exact spelling (so ``-0.0`` must be stored as
 ``0.0``: SPEC §2, one number).
@@ -200,12 +200,10 @@ def occurred_at(value: Any) -> tuple[Verdict, datetime | None]:
     assert offset is not None
     try:
         instant = local.astimezone(UTC)
-    except OverflowError:  # no UTC equivalent
-        return UNSURE, None
+    except OverflowError:  # no UTC equivalent: before year 1 or after year 9999 in UTC
+        instant = local  # (aware times compare rightly without one)
     if not _OFFSETS[0] <= offset <= _OFFSETS[1] or instant < _EARLIEST:
         return False, None
-    if local.year > 9998:
-        return UNSURE, instant
     return True, instant
 
 
@@ -705,7 +703,9 @@ TIMESTAMPS: Final = [
     "2025-01-01T00:00:00Z", "2024-02-29T23:59:59.999999-00:00", "2025-02-29T00:00Z",
     "2025-04-31T10:00Z", "2025-01-01T24:00:00Z", "2025-01-01T23:59:60Z",
     "1000-01-01T00:30+01:00", "9998-12-31T23:30-01:00", "9999-01-01T00:00Z",
-    "0999-12-31T23:00Z", "2025-06-01 09:30+02:00", "2025-06-01T09:30:00.1234567891+05:45",
+    "0999-12-31T23:00Z", "9999-12-31T23:30-01:00", "0001-01-01T00:30+01:00",
+    "9999-12-31T23:59:59.999999-12:00", "0001-01-01T00:00+14:00", "2025-06-01 09:30+02:00",
+    "2025-06-01T09:30:00.1234567891+05:45",
     "2025-06-01T09:30:00.+02:00", "2025-06-01T09:30:00", "2025-06-01", "2025-06-01T09:30Z\n",
     "2025-13-01T00:00Z", "2025-00-10T00:00Z", "2025-06-00T00:00Z", "2025-06-01T09:30+24:00",
     "2025-06-01T09:30+23:59", "2025-06-01T09:30-23:59", "2025-06-01t09:30Z",

@@ -176,8 +176,8 @@ NAIVE_TIMES = ("2025-05-12T07:45:00", "2025-05-12 07:45:00", "2025-05-12T07:45:0
         "12.05.2025 07:45 +02:00",
         "2025-W20-1T07:45:00Z",
         "20250512T074500Z",
-        "0001-01-01T00:30:00+01:00",  # no UTC equivalent
-        "9999-12-31T23:30:00-01:00",  # no UTC equivalent
+        "0000-01-01T00:00:00Z",  # no year 0 in datetime's calendar
+        "10000-01-01T00:00:00Z",
         "",
     ],
 )
@@ -198,10 +198,61 @@ def test_an_offset_beyond_the_world_s_is_named_and_not_called_naive() -> None:
     assert "naive" not in outcome.message
 
 
+#: Times of year 9999, some of them with no UTC equivalent in ``datetime`` (past its max).
+YEAR_9999 = [
+    "9999-12-31T23:59:59Z",
+    "9999-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-12:00",
+    "9999-12-31T23:30-01:00",
+    "9999-12-31 23:59:59.999999999-00:01",
+]
+
+
+@pytest.mark.parametrize("written", YEAR_9999)
+def test_a_time_in_year_9999_is_in_the_future(written: str) -> None:
+    """Well-formed, so past the field rules; its UTC equivalent, even one past what
+    ``datetime`` holds, lies in the future, as 3000-01-01's does."""
+    for outcome in (
+        send(event(S, occurred_at=written)),
+        new_validator().validate_record(orjson.dumps(event(S, occurred_at=written)), NOW),
+    ):
+        found = rejected(outcome, "future_timestamp", "occurred_at")
+        assert found.message.startswith("occurred_at: 999"), found.message
+        assert "more than 5 minutes after processing time" in found.message
+    # SPEC §2's order: the site is looked up before the time.
+    rejected(send(event(S, occurred_at=written, site_id=GONE)), "unknown_site", "site_id")
+
+
+#: Times before year 1000, some of them with no UTC equivalent (before ``datetime.min``).
+BEFORE_1000 = [
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:30:00+01:00",
+    "0001-01-01T00:00:00+14:00",
+    "0001-01-01 00:00-12:00",
+    "0400-02-29T12:00Z",  # a leap day (a multiple of 400)
+    "0999-12-31T23:59:59.5+05:45",
+]
+
+
+@pytest.mark.parametrize("written", BEFORE_1000)
+def test_a_time_before_year_1000_is_before_the_earliest_date(written: str) -> None:
+    """Said as year 1000's typo is (not as a malformed time), beside other failing fields
+    too, and without an exception where the time has no UTC equivalent."""
+    says = "is before 2000-01-01, the earliest date of this network's events"
+    found = rejected(send(event(S, occurred_at=written)), "invalid_field", "occurred_at")
+    assert [issue.type for issue in found.issues] == ["before_earliest_date"]
+    assert found.message.startswith(f"occurred_at: {written[:10]}T") and says in found.message
+    with_rpe = send(event(S, occurred_at=written, rpe=99))
+    found = rejected(with_rpe, "invalid_field", "occurred_at", "rpe")
+    assert says in found.message
+
+
 @pytest.mark.parametrize(
     "written",
     [
         "2025-02-30T07:45:00Z",
+        "0100-02-29T07:45:00Z",  # not a leap year (a century)
+        "0003-02-29T07:45:00Z",
         "2025-13-01T07:45:00Z",
         "2025-05-12T24:00:00Z",
         "2025-05-12T07:60:00Z",
