@@ -70,18 +70,24 @@ EVENT_ID_PATTERN: Final = (
 )
 #: A year from 0001 to 9999, every year ``datetime`` holds.
 _YEAR: Final = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+#: ``Z`` or ``+hh:mm``/``-hh:mm`` from ``-12:00`` to ``+14:00``, but ``-00:00``: RFC 3339
+#: (4.3) gives it the meaning "offset unknown", i.e. a naive time.
+_UTC_OFFSET: Final = (
+    r"(?:Z|\+(?:0[0-9]|1[0-3]):[0-5][0-9]|\+14:00"
+    r"|-(?:00:(?:0[1-9]|[1-5][0-9])|0[1-9]:[0-5][0-9]|1[01]:[0-5][0-9])|-12:00)"
+)
 #: ISO-8601 date and time with a UTC offset, ``Z`` or ``+hh:mm``/``-hh:mm`` between
 #: ``-12:00`` and ``+14:00``, the offsets in use on Earth (SPEC §1).
 #: Seconds and their fraction are optional, a space may stand for ``T`` (as RFC 3339
-#: allows). Naive times, bare dates, other offset forms and Unix timestamps are not
-#: accepted. Years run 0001..9999, as far as ``datetime`` reaches; a time whose UTC
-#: equivalent lies beyond ``datetime``'s range (0001-01-01T00:30+01:00,
-#: 9999-12-31T23:30-01:00) is before the network's earliest date or in the future,
-#: as the later checks say (see :func:`utc_or_as_written`).
+#: allows). Naive times (``-00:00`` included), bare dates, other offset forms and Unix
+#: timestamps are not accepted. Years run 0001..9999, as far as ``datetime`` reaches;
+#: a time whose UTC equivalent lies beyond ``datetime``'s range
+#: (0001-01-01T00:30+01:00, 9999-12-31T23:30-01:00) is before the network's earliest
+#: date or in the future, as the later checks say (see :func:`utc_or_as_written`).
 OCCURRED_AT_PATTERN: Final = (
     rf"^{_YEAR}-[0-9]{{2}}-[0-9]{{2}}"
     r"[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
-    r"(?:Z|\+(?:0[0-9]|1[0-3]):[0-5][0-9]|\+14:00|-(?:0[0-9]|1[01]):[0-5][0-9]|-12:00)$"
+    rf"{_UTC_OFFSET}$"
 )
 #: Leap years from 0004 to 9996 in the proleptic Gregorian calendar (``datetime``'s):
 #: a multiple of 4 that does not end in 00, or a multiple of 400.
@@ -99,7 +105,7 @@ OCCURRED_AT_EXACT_PATTERN: Final = (
     r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
     rf"|{_LEAP_YEAR}-02-29)"
     r"[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.[0-9]{1,9})?)?"
-    r"(?:Z|\+(?:0[0-9]|1[0-3]):[0-5][0-9]|\+14:00|-(?:0[0-9]|1[01]):[0-5][0-9]|-12:00)$"
+    rf"{_UTC_OFFSET}$"
 )
 #: The error type of an ``occurred_at`` that is not in that form.
 OCCURRED_AT_ERROR: Final = "datetime_utc_offset"
@@ -117,14 +123,19 @@ _OFFSET: Final = re.compile(rf"{_DATE_TIME}([+-][0-9]{{2}}:[0-9]{{2}})")
 
 def occurred_at_problem(written: object) -> str:
     """The message of an ``occurred_at`` not in :data:`OCCURRED_AT_PATTERN`'s form: what
-    is wrong with ``written`` where a site's usual mistakes tell (no offset; an offset
-    beyond -12:00..+14:00), then :data:`OCCURRED_AT_RULE`."""
+    is wrong with ``written`` where a site's usual mistakes tell (no offset; the
+    offset ``-00:00``; an offset beyond -12:00..+14:00), then :data:`OCCURRED_AT_RULE`."""
     if isinstance(written, str):
         if _NAIVE.fullmatch(written):
             return f"has no UTC offset (a naive time): {OCCURRED_AT_RULE}"
         found = _OFFSET.fullmatch(written)
         if found is not None:
             offset = found.group(1)
+            if offset == "-00:00":
+                return (
+                    "has the offset -00:00, which means an unknown offset (RFC 3339), "
+                    f"i.e. a naive time: use 'Z' or '+00:00' for UTC; {OCCURRED_AT_RULE}"
+                )
             minutes = int(offset[1:3]) * 60 + int(offset[4:6])
             if int(offset[4:6]) >= 60 or not -12 * 60 <= int(f"{offset[0]}1") * minutes <= 14 * 60:
                 return f"has the offset {offset}, which no place uses: {OCCURRED_AT_RULE}"

@@ -203,6 +203,8 @@ ISSUE_CASES: Final = [
     (Topic.SESSION, "occurred_at", '"0001-01-01T00:30+01:00"', True),
     (Topic.SESSION, "occurred_at", '"0400-02-29T00:00Z"', True),
     (Topic.SESSION, "occurred_at", '"0100-02-29T00:00Z"', False),
+    (Topic.SESSION, "occurred_at", '"2025-03-19T07:05-00:00"', False),  # offset unknown
+    (Topic.SESSION, "occurred_at", '"2025-03-19T07:05-00:30"', True),
     (Topic.SESSION, "session_number", "12.0", True),
     (Topic.SESSION, "session_number", "1.2e1", True),
     (Topic.SESSION, "session_number", "12.5", False),

@@ -192,6 +192,8 @@ def occurred_at(value: Any) -> tuple[Verdict, datetime | None]:
         return (UNSURE if _OTHER_ISO.fullmatch(value) else False), None
     if shape["mm"] is not None and int(shape["mm"]) > 59:
         return False, None
+    if value.endswith("-00:00"):  # RFC 3339 4.3: the offset is unknown, a naive time
+        return False, None
     try:
         local = datetime.fromisoformat(value)
     except ValueError:  # February 30, 24:00, a leap second, an offset of 24 hours

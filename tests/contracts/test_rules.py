@@ -140,7 +140,8 @@ def test_event_id_is_stored_lower_case() -> None:
         ("2025-05-12T02:45:00-05:00", datetime(2025, 5, 12, 7, 45, tzinfo=UTC)),
         ("2025-05-12T13:15:00+05:30", datetime(2025, 5, 12, 7, 45, tzinfo=UTC)),
         ("2025-05-12T00:30:00+01:00", datetime(2025, 5, 11, 23, 30, tzinfo=UTC)),
-        ("2025-05-12T07:45:00-00:00", datetime(2025, 5, 12, 7, 45, tzinfo=UTC)),
+        ("2025-05-12T07:45:00+00:00", datetime(2025, 5, 12, 7, 45, tzinfo=UTC)),
+        ("2025-05-12T07:15:00-00:30", datetime(2025, 5, 12, 7, 45, tzinfo=UTC)),
         ("2025-05-12T07:45Z", datetime(2025, 5, 12, 7, 45, tzinfo=UTC)),
         ("2025-05-12 07:45:00Z", datetime(2025, 5, 12, 7, 45, tzinfo=UTC)),
         ("2025-05-12T07:45:00.5Z", datetime(2025, 5, 12, 7, 45, 0, 500000, tzinfo=UTC)),
@@ -188,6 +189,21 @@ def test_occurred_at_needs_iso_8601_with_offset(written: str) -> None:
     assert ("naive" in outcome.message) == (written in NAIVE_TIMES)
     if written.endswith(("+24:00", "+01:60")):
         assert f"has the offset {written[-6:]}, which no place uses" in outcome.message
+
+
+@pytest.mark.parametrize("written", ["2025-06-01T12:00:00-00:00", "2025-06-01 12:00-00:00"])
+def test_minus_zero_offset_is_an_unknown_offset(written: str) -> None:
+    """RFC 3339 (4.3): ``-00:00`` says the offset is unknown, so the time is naive."""
+    for outcome in (
+        send(event(S, occurred_at=written)),
+        new_validator().validate_record(orjson.dumps(event(S, occurred_at=written)), NOW),
+    ):
+        found = rejected(outcome, "invalid_field", "occurred_at")
+        assert found.issues[0].type == "datetime_utc_offset"
+        assert found.message.startswith(
+            "occurred_at: has the offset -00:00, which means an unknown offset (RFC 3339), "
+            "i.e. a naive time: use 'Z' or '+00:00' for UTC"
+        ), found.message
 
 
 def test_an_offset_beyond_the_world_s_is_named_and_not_called_naive() -> None:
