@@ -67,7 +67,7 @@ class Record:
     """What the stages read of a Kafka record."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None
     offset: int
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     timestamp: int = 0
@@ -148,7 +148,7 @@ def _stages(messages: list[Any], batch: int) -> dict[str, float]:
     def run_deduplicate() -> None:
         for partition, records in validated.records.items():
             for chunk in _batches(records, batch):
-                read = [read_validated(r.key or b"", r.value, r.headers) for r in chunk]
+                read = [read_validated(r.key or b"", r.value or b"", r.headers) for r in chunk]
                 for out in deduplicate(read, seen[partition], now).outgoing:
                     if out[0] == accepted_topic:
                         accepted.append(_partition(out[2]), out)

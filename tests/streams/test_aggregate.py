@@ -36,6 +36,12 @@ NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 NAMES = {node: f"Node {node}" for node in NODES}
 
 
+def _json(value: bytes | None) -> Any:
+    """A produced message's JSON value (none of these stages sends a tombstone)."""
+    assert value is not None
+    return orjson.loads(value)
+
+
 def record(event: EventBase, offset: int = 0) -> Any:
     """The event as the aggregate stage reads it from ``exnet.accepted``."""
     topic = Topic.for_event_type(event.EVENT_TYPE)
@@ -96,7 +102,7 @@ class Pipeline:
         )
         for _, _, key, value, headers, _ in out.outgoing:
             table = dict(headers)["exnet-table"].decode()
-            row = orjson.loads(value)
+            row = _json(value)
             assert key is not None
             held = self.rows.get((table, key))
             if held is None or row["version"] >= held["version"]:
@@ -288,7 +294,7 @@ def test_a_window_sends_each_participant_and_each_row_once_with_the_latest_figur
     assert len(row_keys) == len(set(row_keys))  # each row once
     for _, _, key, value, headers, _ in rows:
         assert key is not None
-        windowed.rows[(dict(headers)["exnet-table"].decode(), key)] = orjson.loads(value)
+        windowed.rows[(dict(headers)["exnet-table"].decode(), key)] = _json(value)
     assert_same(windowed.views(), compute_views(simulated, NODES))
     assert not windowed.rollup.flush(NOW).outgoing  # nothing changed since
 
@@ -335,7 +341,7 @@ def test_a_participants_pieces_hold_their_share_of_each_row() -> None:
     ]
     table: dict[bytes, bytes] = {}
     (message,) = AggregateStage("c")([record(e, i) for i, e in enumerate(events)], table).outgoing
-    pieces = orjson.loads(message[3])["pieces"]
+    pieces = _json(message[3])["pieces"]
     assert sorted(pieces) == ["arm", "day|N01|2025-03-03", "day|N01|2025-03-05",
                               "day|N01|2025-03-07", "node|N01"]  # fmt: skip
     node = pieces["node|N01"]
@@ -377,7 +383,7 @@ def test_markers_past_a_chunk_go_on_in_the_next_and_are_all_found(
     # Each event read again from another message (a replay) is found, in any chunk.
     replays = stage([record(e, 10 + i) for i, e in enumerate(events)], table)
     assert replays.new_events == 0
-    assert orjson.loads(replays.outgoing[0][3])["pieces"]["node|N01"]["v"] == 5
+    assert _json(replays.outgoing[0][3])["pieces"]["node|N01"]["v"] == 5
 
 
 def _earlier_layout(table: dict[bytes, bytes]) -> dict[bytes, bytes]:
@@ -410,11 +416,11 @@ def test_the_earlier_tables_layout_carries_over() -> None:
     # A replay of the event counted before is not counted again.
     again = stage([record(first, 5)], earlier)
     assert again.new_events == 0
-    assert orjson.loads(again.outgoing[0][3])["pieces"]["day|N01|2025-03-04"]["v"] == 1
+    assert _json(again.outgoing[0][3])["pieces"]["day|N01|2025-03-04"]["v"] == 1
     # A new event on the same day goes on from the earlier day's state.
     later = make.session(who, "N01-S01", "attended", day=1, minutes=30.0)
     (message,) = stage([record(later, 6)], earlier).outgoing
-    pieces = orjson.loads(message[3])["pieces"]
+    pieces = _json(message[3])["pieces"]
     assert pieces["day|N01|2025-03-04"] == {
         "sessions_attended": 2, "exercise_minutes": 50.0, "v": 2
     }  # fmt: skip
@@ -457,7 +463,7 @@ def test_a_batch_sends_only_the_pieces_its_events_touch() -> None:
     table: dict[bytes, bytes] = {}
     stage(first, table)
     (message,) = stage([later], table).outgoing
-    sent = orjson.loads(message[3])["pieces"]
+    sent = _json(message[3])["pieces"]
     assert sorted(sent) == ["day|N02|2025-03-12", "node|N02"]
     assert sent["node|N02"] == {"sessions_missed": 1, "v": 1}
 
@@ -613,7 +619,7 @@ def test_a_crash_that_kept_a_batchs_markers_but_not_its_pieces_loses_nothing() -
     # What survived: the first batch whole, and the second batch's markers only.
     recovered = {**before, **{k: v for k, v in table.items() if b"|m|" in k}}
     (message,) = stage(second, recovered).outgoing
-    pieces = orjson.loads(message[3])["pieces"]
+    pieces = _json(message[3])["pieces"]
     assert pieces["node|N01"]["sessions_attended"] == 3
     assert pieces["node|N01"]["exercise_minutes"] == 90.0
     assert pieces["day|N01|2025-03-04"]["sessions_attended"] == 2
@@ -639,7 +645,7 @@ def test_an_event_twice_in_one_batch_counts_once() -> None:
     make = Make()
     session = make.session("P-00000000aa", "N01-S01", "attended", day=1, minutes=20.0)
     (message,) = AggregateStage("c")([record(session, 3), record(session, 7)], {}).outgoing
-    pieces = orjson.loads(message[3])["pieces"]
+    pieces = _json(message[3])["pieces"]
     assert pieces["node|N01"] == {"sessions_attended": 1, "exercise_minutes": 20.0, "v": 1}
 
 

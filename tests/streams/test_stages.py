@@ -47,7 +47,7 @@ def test_validate_sends_valid_events_by_event_id_and_rejections_to_the_dead_lett
     assert result.received == 2 and dict(result.rejected) == {"invalid_field": 1}
     (topic, partition, key, value, headers, _), dead = result.outgoing
     assert (topic, key) == ("v", b"a6e2f0c4-1111-4222-8333-444455556666")
-    assert key is not None
+    assert key is not None and value is not None
     assert partition == validated_partition(key, 6)
     record = read_validated(key, value, headers)
     assert record.route.origin == Origin("exnet.assessment", 3, 10)
@@ -63,7 +63,7 @@ def _validated(offset: int, event: dict[str, object], topic: str = "exnet.assess
     raw = orjson.dumps(event)
     result = stage(topic, 0, [_Record(offset, str(event["participant_id"]).encode(), raw)], NOW)
     (_, _, key, value, headers, _) = result.outgoing[0]
-    assert key is not None
+    assert key is not None and value is not None
     return read_validated(key, value, headers)
 
 
