@@ -38,6 +38,9 @@ OUT_OF_JSON_SCHEMA: Final = [
     f"a message is at most {MAX_MESSAGE_BYTES // 1024} KiB ({MAX_MESSAGE_BYTES} bytes)",
     "the message is I-JSON (RFC 7493): no repeated member names, no lone surrogates, no "
     "byte-order mark, nothing after the object",
+    "every number is finite: a number beyond a double's range (1e400) reads as infinity "
+    "in some JSON readers (Python's json), which JSON Schema's number takes where no "
+    "maximum bounds it (an assay's value)",
     "the message key is the event's participant_id, as UTF-8 bytes",
     "node_id and site_id are registered, and the site is under that node",
     "occurred_at is not before the registry's earliest_date (default 2000-01-01)",

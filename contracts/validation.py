@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
@@ -779,6 +780,8 @@ def _json_kind(value: Any) -> str:
     """What JSON value ``value`` is, in words (never the value: it may be a name)."""
     if value is None:
         return "null"
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400: no fraction
+        return "a number that is not finite (beyond a double's range)"
     return next((words for kind, words in _JSON_KINDS if isinstance(value, kind)), "a value")
 
 

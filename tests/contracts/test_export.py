@@ -45,7 +45,8 @@ EXAMPLES = load_examples()
 #: invalid_field examples whose rule JSON Schema cannot state, and why.
 NOT_EXPRESSIBLE = {
     # 1e400 reads as infinity in Python's json, a number >= 0 to the jsonschema package
-    # (ajv, reading it with JSON.parse, refuses it: tests/contracts/test_ajv.py).
+    # (ajv, reading it with JSON.parse, refuses it: tests/contracts/test_ajv.py); listed
+    # under not_in_json_schema (test_finiteness_is_listed_beside_the_schemas).
     "assay_v1/invalid/value_infinite.json",
     # The earliest date is the registry's (SPEC §3), listed beside the schemas.
     "session_v1/invalid/occurred_at_year_1025.json",
@@ -151,6 +152,18 @@ def test_invalid_field_examples_fail_their_schema(exported: Path, example: Examp
         assert errors == [], f"{example.id} is expressible now: take it off NOT_EXPRESSIBLE"
     else:
         assert errors, f"{example.id} ({example.description}) passes the JSON Schema"
+
+
+def test_finiteness_is_listed_beside_the_schemas(exported: Path) -> None:
+    """The jsonschema package takes infinity for an assay's value; the platform does not,
+    so the rule is listed where sites read what the schemas leave out."""
+    from contracts.export import OUT_OF_JSON_SCHEMA
+
+    payload = event(Topic.ASSAY, value=float("inf"))
+    assert _checker(exported, AssayV1).is_valid(payload)
+    listed = json.loads((exported / TOPICS_FILE).read_text())["not_in_json_schema"]
+    assert listed == OUT_OF_JSON_SCHEMA
+    assert any("finite" in rule and "1e400" in rule for rule in listed), listed
 
 
 def test_not_expressible_lists_only_examples_that_exist() -> None:

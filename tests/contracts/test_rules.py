@@ -581,6 +581,19 @@ def test_value_must_be_finite(literal: str) -> None:
     assert outcome.issues[0].type == "finite_number"
 
 
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "1e309"])
+@pytest.mark.parametrize(("topic", "field"), [(S, "session_number"), (S, "rpe"), (M, "score")])
+def test_an_int_field_says_an_infinite_number_is_not_finite(
+    topic: Topic, field: str, literal: str
+) -> None:
+    """1e400 reads as infinity, which has no fraction: not "a number with a fraction"."""
+    outcome = rejected(send(_raw(topic, field, literal), topic), "invalid_field", field)
+    assert outcome.message == (
+        f"{field}: Input should be a valid integer, got a number that is not finite "
+        "(beyond a double's range)"
+    )
+
+
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_nan_and_infinity_are_not_json(literal: str) -> None:
     outcome = rejected(send(_raw(A, "value", literal), A), "malformed_json", "")
