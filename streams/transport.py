@@ -164,6 +164,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # when the consumer starts.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # noqa: SLF001  # see above
         consumer._fetch_min_bytes = FETCH_MIN_BYTES  # noqa: SLF001  # see above
+        # A site's own client may write in transactions: what it aborted it took back.
+        # Faust reads committed only when it produces in transactions itself.
+        consumer._isolation_level = "read_committed"  # noqa: SLF001  # see above
         return consumer
 
     async def positions(self, partitions: Sequence[TP]) -> dict[TP, int | None]:
@@ -205,6 +208,14 @@ class Consumer(faust_aiokafka.Consumer):
         #: Per partition: a first offset past ``_next`` that was read again to tell
         #: a stale fetch from offsets Kafka skips (transaction markers, compaction).
         self._skips: dict[TP, int] = {}
+        #: Per partition: the ``_next`` it was sought back to because its fetch
+        #: position ran past it with nothing delivered (see _read_skipped_again).
+        self._tail_checks: dict[TP, int] = {}
+        #: Partitions whose fetched records were dropped here since their last seek.
+        self._dropped: set[TP] = set()
+        #: Per partition: the end of offsets Kafka skipped after its last record (a
+        #: transaction's marker), to commit once every batch before it is done.
+        self._gap_ends: dict[TP, int] = {}
         self._positions_checked = 0.0
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
@@ -228,6 +239,7 @@ class Consumer(faust_aiokafka.Consumer):
                 or tp in active_partitions
                 or tp in self._buffered_partitions
             ):
+                self._dropped.add(tp)  # _read_skipped_again reads them again
                 continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             if self._is_changelog_tp(tp):
@@ -264,6 +276,7 @@ class Consumer(faust_aiokafka.Consumer):
                 await self.seek(tp, expected)
                 return ()
         self._skips.pop(tp, None)
+        self._tail_checks.pop(tp, None)
         self._next[tp] = fetched[-1].offset + 1
         return fetched
 
@@ -298,36 +311,59 @@ class Consumer(faust_aiokafka.Consumer):
                 head.offset,
             )
             chain.clear()
+            self._gap_ends.pop(tp, None)  # it lies past the batch read again
+            self._tail_checks.pop(tp, None)
             self._next[tp] = head.first_offset
             await self.seek(tp, head.first_offset)
 
     async def _read_skipped_again(self) -> None:
-        """Seek back a partition whose fetch position ran past what was delivered.
+        """Seek back a partition whose fetch position ran past what was delivered; commit
+        past the offsets if Kafka itself skipped them.
 
         Between two fetch rounds every record fetched was either delivered (and
         ``_next`` moved past it) or dropped on purpose with a seek; a position
-        beyond ``_next`` means records were taken from the client and dropped
-        without one (Faust's loop skips records of a partition that left its
-        active set meanwhile). With no new record after them, nothing else would
-        ever reveal the gap (seen: a drain waiting on two partitions for good).
+        beyond ``_next`` means either records were taken from the client and
+        dropped without one (Faust's loop skips records of a partition that left
+        its active set meanwhile), or offsets that hold no record for a reader:
+        a transaction's commit or abort marker, an aborted transaction's records,
+        offsets compacted away. With no new record after them, nothing else would
+        ever reveal the gap (seen: a drain waiting on two partitions for good; a
+        site's transactional producer left a marker after its last record, and
+        the partition's commit stopped before it for good). So the partition is
+        read again from ``_next``; if that delivers nothing, drops nothing here,
+        and the position passes ``_next`` again, the offsets are Kafka's own: the
+        sequence moves past them and they are committed once every batch before
+        them is done.
         """
         checked = [tp for tp in self.assignment() if tp in self._next]
         positions = await self._thread.positions(checked) if checked else {}
         for tp, position in positions.items():
             expected = self._next.get(tp)
-            if position is not None and expected is not None and position > expected:
-                log.warning(
-                    "%s: offsets %d-%d were fetched but not delivered; reading them again",
-                    tp,
-                    expected,
-                    position - 1,
-                )
-                await self.seek(tp, expected)
+            if position is None or expected is None or position <= expected:
+                continue
+            if self._tail_checks.get(tp) == expected and tp not in self._dropped:
+                log.debug("%s: offsets %d-%d hold no record to read", tp, expected, position - 1)
+                del self._tail_checks[tp]
+                self._next[tp] = position
+                self._gap_ends[tp] = position
+                continue
+            log.info(
+                "%s: offsets %d-%d were fetched but not delivered; reading them again",
+                tp,
+                expected,
+                position - 1,
+            )
+            self._tail_checks[tp] = expected
+            self._dropped.discard(tp)
+            await self.seek(tp, expected)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
         self._chains.clear()  # everything after the committed offsets is read again
         self._skips.clear()
+        self._tail_checks.clear()
+        self._dropped.clear()
+        self._gap_ends.clear()
         assigned = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)]
         committed = {tp: self._committed_offset[tp] for tp in assigned}
         self._next = {tp: offset for tp, offset in committed.items() if offset}
@@ -361,9 +397,12 @@ class Consumer(faust_aiokafka.Consumer):
         self._acked[tp].clear()  # Faust's per-message record; the chain is ours
         self._acked_index[tp].clear()
         chain = self._chains.get(tp)
-        if not chain:
-            return None
-        end = commit_end(chain)
+        end = commit_end(chain) if chain else None
+        gap_end = self._gap_ends.get(tp)
+        if gap_end is not None and not chain:  # every batch before the gap is done
+            end = max(end or 0, gap_end)
+        if gap_end is not None and end is not None and end >= gap_end:
+            del self._gap_ends[tp]
         head = chain[0] if chain else None
         waited = time.monotonic() - head.fetched_at if head is not None else 0.0
         if head is not None and waited > STUCK_WARNING_S * (head.warnings + 1):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -19,6 +20,8 @@ class _Batch:
     first_offset: int
     offset: int
     done: bool = False
+    fetched_at: float = field(default_factory=time.monotonic)
+    warnings: int = 0
 
 
 def test_nothing_is_committed_before_the_first_batch_is_done() -> None:
@@ -117,3 +120,72 @@ def test_no_partition_is_taken_out_of_the_fetch_set_under_buffer_pressure() -> N
     consumer._set_active_tps({TP0})
     consumer.on_buffer_full(TP0)
     assert TP0 in consumer._get_active_partitions()
+
+
+class _Positions:
+    """Stands for the consumer's thread: the fetch positions it reports."""
+
+    def __init__(self) -> None:
+        self.at: dict[Any, int] = {}
+
+    async def positions(self, partitions: Any) -> dict[Any, int | None]:
+        return {tp: self.at.get(tp) for tp in partitions}
+
+
+def _tail_harness(delivered_to: int, position: int) -> tuple[_Consumer, _Positions]:
+    harness = _Consumer()
+    consumer = harness.consumer
+    thread = _Positions()
+    thread.at[TP0] = position
+    consumer._thread = thread
+    consumer.assignment = lambda: {TP0}
+    consumer._next[TP0] = delivered_to
+    return harness, thread
+
+
+def test_a_transaction_marker_after_the_last_record_is_committed_past() -> None:
+    # A site's transactional producer: records 0-9, then its commit marker at 10. The
+    # fetch position is 11 and no record will ever come for offset 10.
+    harness, _ = _tail_harness(delivered_to=10, position=11)
+    consumer = harness.consumer
+    consumer._chains[TP0] = deque([_Batch(0, 9, done=True)])
+    asyncio.run(consumer._read_skipped_again())
+    assert harness.seeks == [(TP0, 10)]  # first: read again, it may be a dropped record
+    assert consumer._new_offset(TP0) == 10  # nothing past what was delivered, yet
+    asyncio.run(consumer._read_skipped_again())  # read again: nothing, position 11 again
+    assert harness.seeks == [(TP0, 10)]
+    assert consumer._next[TP0] == 11
+    assert consumer._new_offset(TP0) == 11
+    assert consumer._new_offset(TP0) is None  # committed once
+
+
+def test_records_dropped_here_are_read_again_not_committed_past() -> None:
+    harness, _ = _tail_harness(delivered_to=10, position=15)
+    consumer = harness.consumer
+    asyncio.run(consumer._read_skipped_again())
+    consumer._dropped.add(TP0)  # the records read again were dropped once more
+    asyncio.run(consumer._read_skipped_again())
+    assert harness.seeks == [(TP0, 10), (TP0, 10)]
+    assert consumer._next[TP0] == 10 and consumer._new_offset(TP0) is None
+
+
+def test_records_delivered_when_read_again_end_the_check() -> None:
+    harness, thread = _tail_harness(delivered_to=10, position=15)
+    consumer = harness.consumer
+    asyncio.run(consumer._read_skipped_again())
+    assert harness.fetch(TP0, 10, 11, 12, 13, 14) == [10, 11, 12, 13, 14]
+    assert TP0 not in consumer._tail_checks
+    thread.at[TP0] = 15
+    asyncio.run(consumer._read_skipped_again())
+    assert harness.seeks == [(TP0, 10)] and consumer._next[TP0] == 15
+
+
+def test_the_gap_waits_for_the_batches_before_it() -> None:
+    harness, _ = _tail_harness(delivered_to=10, position=11)
+    consumer = harness.consumer
+    consumer._chains[TP0] = deque([_Batch(0, 9)])
+    asyncio.run(consumer._read_skipped_again())
+    asyncio.run(consumer._read_skipped_again())
+    assert consumer._new_offset(TP0) is None  # batch 0-9 is not done
+    consumer._chains[TP0][0].done = True
+    assert consumer._new_offset(TP0) == 11
