@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import zoneinfo
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -373,7 +374,15 @@ class Validator:
         try:
             event = contract.parse(value)
         except ValidationError as exc:
-            return _rejection(exc, contract, value, origin, self._earliest)
+            readable = _readable_numbers(value)
+            if readable == value:
+                return _rejection(exc, contract, value, origin, self._earliest)
+            # A number of thousands of digits, which the parser refuses: read as a double.
+            value = readable
+            try:
+                event = contract.parse(value)
+            except ValidationError as again:
+                return _rejection(again, contract, value, origin, self._earliest)
         # pydantic keeps the last of repeated member names. An accepted event's values
         # hold no quotes (patterns and enums), so each member name is one `"...":`
         # in the text: more of them than fields set means a name came twice.
@@ -501,6 +510,55 @@ _UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
 _MEMBER: Final = re.compile(rb'"[ \t\r\n]*:')
 
 
+#: Digits of a number's integer part past which the parsers refuse it: Python's limit on
+#: converting a decimal text to an int (``sys.int_info``), which pydantic-core's reader
+#: applies to every number ("number out of range") and Python's ``json`` to integers.
+_NUMBER_DIGITS: Final = sys.int_info.default_max_str_digits
+_TOO_MANY_DIGITS: Final = re.compile(rb"[0-9]{%d}" % (_NUMBER_DIGITS + 1))
+#: A JSON string (passed over: digits in it are text), or a number whose integer part
+#: has more than :data:`_NUMBER_DIGITS` digits (not in another number's fraction or
+#: exponent: the look-behind).
+_STRING_OR_LONG_NUMBER: Final = re.compile(
+    rb'"(?:[^"\\]|\\.)*"|(?<![0-9eE.+-])-?[1-9][0-9]{%d,}(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?'
+    % _NUMBER_DIGITS,
+    re.DOTALL,
+)
+#: What stands for a number beyond a double's range: JSON readers read it as infinity.
+_INFINITY: Final = b"1e400"
+
+
+def _as_double(found: re.Match[bytes]) -> bytes:
+    token = found.group()
+    if token.startswith(b'"'):
+        return token
+    number = float(token)  # no digit limit on floats; beyond a double's range: +-inf
+    if math.isfinite(number):  # 1 and 5,000 zeros, e-5000
+        return repr(number).encode().ljust(len(token))
+    return (b"-" + _INFINITY if number < 0 else _INFINITY).ljust(len(token))
+
+
+def _readable_numbers(value: bytes) -> bytes:
+    """``value`` with each number of more than :data:`_NUMBER_DIGITS` digits before its
+    point written as the double it is (``1e400``, infinity, when beyond a double's
+    range), padded with spaces to its length so that positions in the text stay.
+
+    Such a number is JSON and I-JSON (RFC 7493 only advises against numbers beyond a
+    double), but the parsers refuse it; read as a double, it reaches the field rules,
+    which name the field (an integer field takes no infinity, nor does ``value``).
+    """
+    if _TOO_MANY_DIGITS.search(value) is None:
+        return value
+    return _STRING_OR_LONG_NUMBER.sub(_as_double, value)
+
+
+def _json_int(text: str) -> int | float:
+    """An integer of JSON as Python's ``json`` reads it, but a double past the digit limit."""
+    try:
+        return int(text)
+    except ValueError:  # over sys.int_info's digit limit
+        return float(text)
+
+
 def _strict_json(value: bytes) -> Any:
     """The document, read as the validator reads it but refusing NaN and Infinity.
 
@@ -600,7 +658,8 @@ def _read_document(value: bytes) -> Any:
             "one JSON object per message",
             "trailing_data",
         )
-    return _strict_json(value)  # NaN, Infinity, numbers beyond a double (1e400), grammar
+    # NaN, Infinity, numbers beyond a double (1e400) or of thousands of digits, grammar
+    return _strict_json(_readable_numbers(value))
 
 
 class _RepeatedName(Exception):
@@ -626,7 +685,7 @@ def _repeated_name(value: bytes) -> FieldIssue | None:
     I-JSON (RFC 7493 2.3) forbids it; the detail names the member.
     """
     try:
-        json.loads(value, object_pairs_hook=_unique_members)
+        json.loads(value, object_pairs_hook=_unique_members, parse_int=_json_int)
     except _RepeatedName as exc:
         return _not_json(
             f"the member name {exc.name!r} appears more than once in one object; I-JSON "
