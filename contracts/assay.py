@@ -7,15 +7,23 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from contracts.envelope import EventBase, OneOfPer, PlainZero, Rule
-from contracts.units import ANALYTE_UNITS, Analyte, Unit, to_canonical
+from contracts.envelope import AtMostPerPair, EventBase, OneOfPer, PlainZero, Rule
+from contracts.units import (
+    ANALYTE_UNITS,
+    CANONICAL_MAX,
+    CANONICAL_UNIT,
+    Analyte,
+    Unit,
+    to_canonical,
+)
 
 __all__ = ["AssayV1", "SpecimenType", "Timepoint"]
 
 SpecimenType = Literal["serum", "plasma", "whole_blood", "saliva", "urine", "pbmc", "muscle"]
 Timepoint = Literal["baseline", "acute_pre", "acute_post", "mid", "post", "follow_up"]
 
-#: The unit rule for JSON Schema readers, from the same table as ``rule_problems``.
+#: The unit rules for JSON Schema readers, from the same tables as ``rule_problems``:
+#: each analyte's units, then each unit's largest value that converts to the canonical.
 _JSON_SCHEMA_RULES: Final[dict[str, Any]] = {
     "allOf": [
         {
@@ -23,6 +31,17 @@ _JSON_SCHEMA_RULES: Final[dict[str, Any]] = {
             "then": {"properties": {"unit": {"enum": list(units)}}},
         }
         for analyte, units in ANALYTE_UNITS.items()
+    ]
+    + [
+        {
+            "if": {
+                "properties": {"analyte": {"const": analyte}, "unit": {"const": unit}},
+                "required": ["analyte", "unit"],
+            },
+            "then": {"properties": {"value": {"type": "number", "maximum": top}}},
+        }
+        for analyte, tops in CANONICAL_MAX.items()
+        for unit, top in tops.items()
     ]
 }
 
@@ -34,8 +53,12 @@ class AssayV1(EventBase):
 
     EVENT_TYPE: ClassVar[str] = "assay"
     SCHEMA: ClassVar[str] = "assay/1"
-    RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"analyte", "unit"})
-    RULES: ClassVar[tuple[Rule, ...]] = (OneOfPer("unit", "analyte", ANALYTE_UNITS),)
+    RULE_FIELDS: ClassVar[frozenset[str]] = frozenset({"analyte", "unit", "value"})
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        OneOfPer("unit", "analyte", ANALYTE_UNITS),
+        # A value too large to express in the canonical unit (value_canonical, SPEC §1).
+        AtMostPerPair("value", ("analyte", "unit"), CANONICAL_MAX),
+    )
 
     schema_: Literal["assay/1"] = Field(alias="schema")
     specimen_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{4,64}$")]
@@ -59,6 +82,17 @@ class AssayV1(EventBase):
         if unit not in allowed:
             takes = " or ".join(map(repr, allowed))
             return [("unit", f"{analyte} takes {takes}, not {unit!r}")]
+        top = CANONICAL_MAX[analyte].get(unit)
+        value = values.get("value")  # absent when it failed its own rule
+        if top is not None and isinstance(value, int | float) and value > top:
+            canonical = CANONICAL_UNIT[analyte]
+            return [
+                (
+                    "value",
+                    f"{value!r} {unit} is too large to express in {canonical}, {analyte}'s "
+                    f"canonical unit (at most {top!r} {unit})",
+                )
+            ]
         return []
 
     def canonical(self) -> tuple[float, str]:

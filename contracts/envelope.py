@@ -34,6 +34,7 @@ __all__ = [
     "PARTICIPANT_ID_PATTERN",
     "SITE_ID_PATTERN",
     "AtMostPer",
+    "AtMostPerPair",
     "EventBase",
     "EventId",
     "NullUnless",
@@ -382,7 +383,20 @@ class AtMostPer:
         return bool(fields[self.field] <= self.top[fields[self.by]])
 
 
-Rule = RequiredWhen | NullUnless | OneOfPer | AtMostPer
+@dataclass(frozen=True, slots=True)
+class AtMostPerPair:
+    """``field`` is at most ``top[fields[by[0]]][fields[by[1]]]``, where the table has a bound."""
+
+    field: str
+    by: tuple[str, str]
+    top: Mapping[str, Mapping[str, float]]
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        bound = self.top.get(fields[self.by[0]], {}).get(fields[self.by[1]])
+        return bound is None or bool(fields[self.field] <= bound)
+
+
+Rule = RequiredWhen | NullUnless | OneOfPer | AtMostPer | AtMostPerPair
 
 
 class EventBase(BaseModel):

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import sys
 from typing import Final, Literal
 
-__all__ = ["ANALYTE_UNITS", "CANONICAL_UNIT", "Analyte", "Unit", "to_canonical"]
+__all__ = [
+    "ANALYTE_UNITS",
+    "CANONICAL_MAX",
+    "CANONICAL_UNIT",
+    "Analyte",
+    "Unit",
+    "to_canonical",
+]
 
 Analyte = Literal[
     "BDNF", "cortisol", "IL6", "TNFA", "CRP", "serotonin", "norepinephrine", "kynurenine"
@@ -30,10 +39,33 @@ CANONICAL_UNIT: Final[dict[str, str]] = {
 }
 
 
+def _largest_convertible(factor: float) -> float:
+    """The largest double ``x`` whose ``x * factor`` is finite (a double), for ``factor > 1``.
+
+    Multiplying by a positive factor keeps order, so a value converts exactly when it
+    is at most this bound: the rule a JSON Schema ``maximum`` can state.
+    """
+    top = sys.float_info.max / factor
+    while math.isfinite(math.nextafter(top, math.inf) * factor):
+        top = math.nextafter(top, math.inf)
+    while not math.isfinite(top * factor):
+        top = math.nextafter(top, -math.inf)
+    return top
+
+
+#: analyte -> {unit: the largest value in it whose canonical value is a finite double},
+#: for the units whose factor is over 1 (any other finite value converts).
+CANONICAL_MAX: Final[dict[str, dict[str, float]]] = {
+    analyte: {unit: _largest_convertible(factor) for unit, factor in units.items() if factor > 1}
+    for analyte, units in ANALYTE_UNITS.items()
+}
+
+
 def to_canonical(analyte: str, value: float, unit: str) -> tuple[float, str]:
     """``value`` in ``unit`` expressed in the analyte's canonical unit.
 
     Raises KeyError for a unit not allowed for the analyte (the contracts
-    reject those before anything calls this).
+    reject those before anything calls this, and values past :data:`CANONICAL_MAX`,
+    whose canonical value would be infinite).
     """
     return value * ANALYTE_UNITS[analyte][unit], CANONICAL_UNIT[analyte]

@@ -20,6 +20,7 @@ the comparison cannot quietly shrink to nothing.
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -31,8 +32,9 @@ from typing import Final
 
 import pytest
 
-from contracts import Rejected, Topic
+from contracts import ANALYTE_UNITS, Rejected, Topic
 from contracts.export import OUT_OF_JSON_SCHEMA, TOPICS_FILE, export_contracts, schema_file_name
+from contracts.units import CANONICAL_MAX
 from contracts.validation import EVENT_MODELS
 
 from .helpers import NOW, ORIGINS, load_examples
@@ -225,6 +227,26 @@ def test_the_cases_that_parted_them(
     assert is_json
     assert platform == Verdict(valid, () if valid else (name,))
     assert ajv == platform, outcome
+
+
+def test_a_value_too_large_for_the_canonical_unit(schemas: Path) -> None:
+    """Each unit's largest value that converts, and the next double, against ajv (its
+    ``maximum``, read by JSON.parse as the same double); and the largest double."""
+    base = bases(Topic.ASSAY, 1)[0]
+    cases = [
+        Case(Topic.ASSAY, text.decode(), text)
+        for analyte, units in ANALYTE_UNITS.items()
+        for unit in units
+        for value in {
+            CANONICAL_MAX[analyte].get(unit, 1e308),
+            math.nextafter(CANONICAL_MAX[analyte].get(unit, 1e308), math.inf),
+            1.7976931348623157e308,
+        }
+        for text in [dumps({**base, "analyte": analyte, "unit": unit, "value": value})]
+    ]
+    verdicts = [platform_verdict(case)[1] for case in cases]
+    assert [ajv for _, ajv in run_ajv(schemas, cases)] == verdicts
+    assert Verdict(False, ("value",)) in verdicts and Verdict(True, ()) in verdicts
 
 
 def test_every_schema_compiles_in_strict_mode(schemas: Path) -> None:

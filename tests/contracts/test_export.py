@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import functools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from contracts.export import (
     export_contracts,
     schema_file_name,
 )
+from contracts.units import CANONICAL_MAX
 from exnet.cli import contracts as contracts_cli
 from exnet.settings import load_settings
 
@@ -122,11 +124,20 @@ def test_schema_is_generated_from_the_model(exported: Path, model: type[EventBas
 
 
 def test_cross_field_rules_come_from_the_same_tables(exported: Path) -> None:
-    assay = _schema(exported, AssayV1)["allOf"]
+    rules = _schema(exported, AssayV1)["allOf"]
+    assay = [c for c in rules if "unit" in c["then"]["properties"]]
     assert [c["if"]["properties"]["analyte"]["const"] for c in assay] == list(ANALYTE_UNITS)
     assert [c["then"]["properties"]["unit"]["enum"] for c in assay] == [
         list(units) for units in ANALYTE_UNITS.values()
     ]
+    tops = [c for c in rules if "value" in c["then"]["properties"]]
+    assert len(tops) + len(assay) == len(rules)
+    assert {
+        (c["if"]["properties"]["analyte"]["const"], c["if"]["properties"]["unit"]["const"]): c[
+            "then"
+        ]["properties"]["value"]["maximum"]
+        for c in tops
+    } == {(a, u): top for a, units in CANONICAL_MAX.items() for u, top in units.items()}
     assessment = _schema(exported, AssessmentV1)["allOf"]
     assert {
         c["if"]["properties"]["instrument"]["const"]: c["then"]["properties"]["score"]["maximum"]
@@ -178,6 +189,21 @@ def test_schema_and_validator_agree_on_units(exported: Path, analyte: str) -> No
         by_schema = checker.is_valid(payload)
         by_validator = isinstance(send(payload, Topic.ASSAY), Accepted)
         assert by_schema == by_validator == (unit in ANALYTE_UNITS[analyte]), (analyte, unit)
+
+
+@pytest.mark.parametrize("analyte", list(ANALYTE_UNITS))
+def test_schema_and_validator_agree_on_values_too_large_for_the_canonical_unit(
+    exported: Path, analyte: str
+) -> None:
+    checker = _checker(exported, AssayV1)
+    for unit, factor in ANALYTE_UNITS[analyte].items():
+        top = CANONICAL_MAX[analyte].get(unit, 1.7976931348623157e308)
+        for value in (top, math.nextafter(top, math.inf), 1.7976931348623157e308):
+            if math.isinf(value):
+                continue  # (Python's jsonschema takes infinity: not_in_json_schema)
+            payload = event(Topic.ASSAY, analyte=analyte, unit=unit, value=value)
+            by_validator = isinstance(send(payload, Topic.ASSAY), Accepted)
+            assert checker.is_valid(payload) == by_validator == math.isfinite(value * factor)
 
 
 @pytest.mark.parametrize(("instrument", "top"), list(INSTRUMENT_MAX.items()))

@@ -272,6 +272,16 @@ UNITS: Final = {
 }
 SCORE_TOP: Final = {"PHQ9": 27, "HAMD17": 52, "MADRS": 60, "BDI2": 63}
 
+
+def _converts(document: Mapping[str, Any]) -> bool:
+    """Whether an assay's value has a finite value in the analyte's canonical unit."""
+    value: Any = document.get("value")
+    if _number(0, None)(value) is not True:
+        return True  # its own rule fails (or is unsure): nothing to convert
+    factor = UNITS[document["analyte"]].get(document["unit"], 1.0)
+    return math.isfinite(float(value) * factor)
+
+
 CONTRACTS: Final[dict[Topic, Contract]] = {
     E: Contract(
         "enrollment/1",
@@ -364,7 +374,12 @@ CONTRACTS: Final[dict[Topic, Contract]] = {
             "below_lloq": _optional(_boolean),
         },
         {"batch_id": None, "below_lloq": False},
-        (CrossRule(("analyte", "unit"), "unit", lambda d: d["unit"] in UNITS[d["analyte"]]),),
+        (
+            CrossRule(("analyte", "unit"), "unit", lambda d: d["unit"] in UNITS[d["analyte"]]),
+            # value_canonical (value x the unit's factor) is a finite number. (A value that
+            # fails its own rule is named for that.)
+            CrossRule(("analyte", "unit"), "value", _converts),
+        ),
     ),
     M: Contract(
         "assessment/1",
@@ -679,6 +694,8 @@ def field_values(name: str, current: Any, rng: random.Random) -> Iterator[Any]:
         yield from _steps(*RANGES[name])
     if name in LENGTHS:
         yield from _lengths(name)
+    if name == "value":  # too large for some units' canonical unit (value_canonical)
+        yield from (1e305, 1e307, 1.7976931348623157e308)
     if isinstance(current, str):
         yield from (current.upper(), current.lower(), current[:-1], current + "0" * 60)
         yield from (" " + current, current + " ", current + "\n", current + "é")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import typing
 
+import orjson
 import pytest
 
 from contracts import ANALYTE_UNITS, CANONICAL_UNIT, AssayV1, Topic, to_canonical
-from contracts.units import Analyte, Unit
+from contracts.units import CANONICAL_MAX, Analyte, Unit
 
-from .helpers import accepted, event, rejected, send
+from .helpers import NOW, accepted, event, new_validator, rejected, send
+
+A = Topic.ASSAY
 
 #: SPEC §1's table, written out: analyte -> (canonical unit, {other allowed unit: factor}).
 SPEC_UNITS: dict[str, tuple[str, dict[str, float]]] = {
@@ -92,3 +95,46 @@ def test_unit_rule_and_unit_enum_are_separate_failures() -> None:
     rejected(send(event(Topic.ASSAY, unit="mmol/L"), Topic.ASSAY), "invalid_field", "unit")
     outcome = rejected(send(event(Topic.ASSAY, unit="ng/ml"), Topic.ASSAY), "invalid_field", "unit")
     assert outcome.issues[0].type == "literal_error"  # units are case-sensitive
+
+
+BIGGEST = 1.7976931348623157e308  # the largest double
+
+
+@pytest.mark.parametrize(("analyte", "unit"), PAIRS, ids=[f"{a}-{u}" for a, u in PAIRS])
+def test_a_value_too_large_for_the_canonical_unit_is_invalid(analyte: str, unit: str) -> None:
+    """value_canonical is value x factor: where that overflows to infinity (a factor over
+    1), the value is invalid, said in the unit's words; up to the bound it converts."""
+    canonical, others = SPEC_UNITS[analyte]
+    if unit != canonical and unit not in others:
+        return
+    factor = others.get(unit, 1.0)
+    top = CANONICAL_MAX[analyte].get(unit, BIGGEST)
+    assert (top == BIGGEST) == (factor <= 1)
+    assay = accepted(send(event(Topic.ASSAY, analyte=analyte, unit=unit, value=top), A)).event
+    assert isinstance(assay, AssayV1) and math.isfinite(assay.canonical()[0])
+    if factor <= 1:
+        return
+    for value in (math.nextafter(top, math.inf), BIGGEST):
+        message = event(Topic.ASSAY, analyte=analyte, unit=unit, value=value)
+        outcome = rejected(send(message, A), "invalid_field", "value")
+        assert outcome.message == (
+            f"value: {value!r} {unit} is too large to express in {canonical}, {analyte}'s "
+            f"canonical unit (at most {top!r} {unit})"
+        )
+        assert math.isinf(value * factor)
+        # Named beside another failing field too, and in the publisher's check.
+        message["lab_id"] = "a lab"
+        rejected(send(message, A), "invalid_field", "value", "lab_id")
+        rejected(new_validator().validate_record(orjson.dumps(message), NOW),
+                 "invalid_field", "value", "lab_id")  # fmt: skip
+
+
+def test_the_reported_cases_of_a_value_too_large_for_the_canonical_unit() -> None:
+    for analyte, unit, value in (
+        ("cortisol", "ug/dL", b"1.7976931348623157e308"),
+        ("norepinephrine", "nmol/L", b"1e307"),
+    ):
+        message = orjson.dumps(event(A, analyte=analyte, unit=unit, value=0.5))
+        outcome = rejected(send(message.replace(b"0.5", value), A), "invalid_field", "value")
+        assert "is too large to express in" in outcome.message, outcome.message
+        assert CANONICAL_UNIT[analyte] in outcome.message
