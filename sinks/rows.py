@@ -12,12 +12,14 @@ migrated tables.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
 import orjson
+import pydantic_core
 
 from contracts import headers as H
 from contracts.envelope import (
@@ -173,18 +175,17 @@ def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
     stored as the JSON string ``"<redacted>"`` (the original stays on the
     dead-letter topic: ``exnet rejects --original``).
     """
-    try:
-        document = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        document = None
+    document = _loads(payload)
     if not isinstance(document, dict):
         return orjson.dumps(REDACTED)
     if detail.get("reason") in _FIELDS_NOT_JUDGED:
         return orjson.dumps(
-            {
-                key: value if _shown_unjudged(key, value) else REDACTED
-                for key, value in document.items()
-            }
+            _writable(
+                {
+                    key: value if _shown_unjudged(key, value) else REDACTED
+                    for key, value in document.items()
+                }
+            )
         )
     errors = detail.get("errors")
     malformed: set[str] = set()  # fields whose value itself broke its rule
@@ -192,10 +193,12 @@ def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
         if isinstance(error, dict) and error.get("type") not in _WELL_FORMED_ERRORS:
             malformed.add(str(error.get("path", "")).split(".")[0])
     return orjson.dumps(
-        {
-            key: REDACTED if _may_identify(key, value, key in malformed) else value
-            for key, value in document.items()
-        }
+        _writable(
+            {
+                key: REDACTED if _may_identify(key, value, key in malformed) else value
+                for key, value in document.items()
+            }
+        )
     )
 
 
@@ -244,11 +247,42 @@ def _may_identify(key: str, value: Any, malformed: bool) -> bool:
 
 
 def _loads_object(data: bytes) -> dict[str, Any]:
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return {}
+    document = _loads(data)
     return document if isinstance(document, dict) else {}
+
+
+def _loads(data: bytes) -> Any:
+    """``data``'s JSON document, None when it is not JSON.
+
+    A number beyond a double's range (``1e400``) is JSON, which orjson refuses to
+    read: such a document is read by pydantic-core (the validator's reader), which
+    reads it as infinity (and an integer past 64 bits as a Python int: see
+    :func:`_writable`).
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return pydantic_core.from_json(data)
+    except ValueError:
+        return None
+
+
+def _writable(value: Any) -> Any:
+    """``value`` with each number orjson cannot write (infinite, or an integer past 64
+    bits) as the double it reads as, or that double's text when it is infinite
+    (``"inf"``)."""
+    if isinstance(value, dict):
+        return {key: _writable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_writable(item) for item in value]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if isinstance(value, int) and -(2**63) <= value < 2**64:
+        return value
+    number = float(value)
+    return number if math.isfinite(number) else repr(number)
 
 
 # --- the stream-written views -------------------------------------------------------

@@ -250,3 +250,21 @@ def test_a_well_formed_value_a_rule_refused_is_kept() -> None:
         {"path": "reason", "type": "cross_field", "message": "x"},
     ]
     assert _stored("future_timestamp", document, errors) == document
+
+
+def test_a_number_beyond_a_double_keeps_the_rest_of_the_document() -> None:
+    """1e400 is JSON (infinity to its readers) that orjson refuses: the payload was the
+    whole document redacted, and `exnet rejects` showed no participant."""
+    payload = (
+        b'{"schema":"assay/1","participant_id":"P-0123456789ab","value":1e400,'
+        b'"session_number":123456789012345678901234567890,"patient":"Jane Doe"}'
+    )
+    detail = {"reason": "invalid_field", "errors": [{"path": "value", "type": "finite_number"}]}
+    stored = orjson.loads(redacted_payload(payload, detail))
+    assert stored == {
+        "schema": "assay/1",
+        "participant_id": "P-0123456789ab",
+        "value": "inf",  # the number it reads as, kept: the value to fix
+        "session_number": 1.2345678901234568e29,
+        "patient": REDACTED,
+    }
