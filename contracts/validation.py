@@ -62,6 +62,7 @@ __all__ = [
     "Outcome",
     "Rejected",
     "Validator",
+    "readable_numbers",
     "site_named_in",
 ]
 
@@ -374,7 +375,7 @@ class Validator:
         try:
             event = contract.parse(value)
         except ValidationError as exc:
-            readable = _readable_numbers(value)
+            readable = readable_numbers(value)
             if readable == value:
                 return _rejection(exc, contract, value, origin, self._earliest)
             # A number of thousands of digits, which the parser refuses: read as a double.
@@ -537,7 +538,7 @@ def _as_double(found: re.Match[bytes]) -> bytes:
     return (b"-" + _INFINITY if number < 0 else _INFINITY).ljust(len(token))
 
 
-def _readable_numbers(value: bytes) -> bytes:
+def readable_numbers(value: bytes) -> bytes:
     """``value`` with each number of more than :data:`_NUMBER_DIGITS` digits before its
     point written as the double it is (``1e400``, infinity, when beyond a double's
     range), padded with spaces to its length so that positions in the text stay.
@@ -659,7 +660,7 @@ def _read_document(value: bytes) -> Any:
             "trailing_data",
         )
     # NaN, Infinity, numbers beyond a double (1e400) or of thousands of digits, grammar
-    return _strict_json(_readable_numbers(value))
+    return _strict_json(readable_numbers(value))
 
 
 class _RepeatedName(Exception):

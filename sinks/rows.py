@@ -31,7 +31,7 @@ from contracts.envelope import (
     EventBase,
 )
 from contracts.reasons import Reason
-from contracts.validation import EVENT_MODELS, site_named_in
+from contracts.validation import EVENT_MODELS, readable_numbers, site_named_in
 from contracts.views import MINUTES_COLUMNS, VIEW_FIGURES, VIEW_KEYS
 from contracts.wire import source_origin
 from exnet.metrics import VIEW_REFUSALS
@@ -255,16 +255,17 @@ def _loads(data: bytes) -> Any:
     """``data``'s JSON document, None when it is not JSON.
 
     A number beyond a double's range (``1e400``) is JSON, which orjson refuses to
-    read: such a document is read by pydantic-core (the validator's reader), which
-    reads it as infinity (and an integer past 64 bits as a Python int: see
-    :func:`_writable`).
+    read: such a document is read as the validator reads it, by pydantic-core after
+    :func:`~contracts.validation.readable_numbers` (a number of thousands of digits
+    as the double it is), infinity for a number beyond a double (and an integer past
+    64 bits as a Python int: see :func:`_writable`).
     """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         pass
     try:
-        return pydantic_core.from_json(data)
+        return pydantic_core.from_json(readable_numbers(data))
     except ValueError:
         return None
 
@@ -281,7 +282,10 @@ def _writable(value: Any) -> Any:
         return value
     if isinstance(value, int) and -(2**63) <= value < 2**64:
         return value
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of 309 digits or more
+        number = math.inf if value > 0 else -math.inf
     return number if math.isfinite(number) else repr(number)
 
 

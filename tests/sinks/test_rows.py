@@ -268,3 +268,11 @@ def test_a_number_beyond_a_double_keeps_the_rest_of_the_document() -> None:
         "session_number": 1.2345678901234568e29,
         "patient": REDACTED,
     }
+
+
+def test_integers_of_hundreds_and_thousands_of_digits_keep_the_document() -> None:
+    for digits in (400, 5000):  # past a double; past Python's int digit limit
+        payload = b'{"schema":"assessment/1","score":%s,"patient":"Jane"}' % (b"9" * digits)
+        detail = {"reason": "invalid_field", "errors": [{"path": "score", "type": "x"}]}
+        stored = orjson.loads(redacted_payload(payload, detail))
+        assert stored == {"schema": "assessment/1", "score": "inf", "patient": REDACTED}, digits
