@@ -233,6 +233,7 @@ class Consumer(faust_aiokafka.Consumer):
             if not fetched:
                 continue
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                self._dropped.update(records)  # until that seek, no gap is Kafka's
                 break  # a rebalance began: its seek reads the rest again
             if not (
                 active_partitions is None
