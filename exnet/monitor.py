@@ -121,11 +121,23 @@ class Backlog:
             return sum(row.lag for row in self._progress.lag())
         except KafkaError as exc:
             log.warning("could not read consumer lag: %s", exc)
+            _close_quietly(self._progress)  # new clients next time (see LagMonitor.run)
+            self._progress = None
             return None
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.close()
+
+
+def _close_quietly(progress: PipelineProgress | None) -> None:
+    """Close ``progress``'s clients after a failed read (their own errors only logged)."""
+    if progress is None:
+        return
+    try:
+        progress.close()
+    except Exception as exc:  # noqa: BLE001  # closing what failed: nothing more to do
+        log.debug("closing the lag reader's Kafka clients: %r", exc)
 
 
 #: Seconds between "draining: ..." log lines that say what is left.
@@ -220,6 +232,12 @@ class LagMonitor(threading.Thread):
                 log.warning("could not read consumer lag: %s", exc)
                 self.kafka_unreachable = True
                 drained_in_a_row = 0
+                # With new clients: kafka-python's admin client keeps asking the group
+                # coordinator it found first, and after a broker's loss moved the group
+                # it answered NotCoordinatorError for good (readiness never came back,
+                # `--drain` never ended).
+                _close_quietly(progress)
+                progress = None
         if progress is not None:
             progress.close()
 
