@@ -40,7 +40,7 @@ _REMEMBERED: Final = 10_000
 
 class RepeatFilter(logging.Filter):
     """Passes a record of the ``loggers`` (and their children) unless the same line
-    (logger, level, message and arguments) passed less than ``interval_s`` seconds
+    (logger, level and message as printed) passed less than ``interval_s`` seconds
     ago; the first to pass after others were held back ends in ``(N more like this in
     the last S s, not shown)``. Other loggers' records always pass. Thread-safe (Kafka
     clients log from their own threads)."""
@@ -58,13 +58,15 @@ class RepeatFilter(logging.Filter):
         self._clock = clock
         self._lock = threading.Lock()
         #: line -> [when it last passed, records held back since]
-        self._lines: dict[tuple[str, int, str, str], list[float]] = {}
+        self._lines: dict[tuple[str, int, str], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         name = record.name
         if name not in self._loggers and not name.startswith(self._prefixes):
             return True
-        line = (name, record.levelno, str(record.msg), repr(record.args))
+        # The line as printed: kafka-python's arguments include connection objects,
+        # whose repr (their address) differs at each reconnection.
+        line = (name, record.levelno, record.getMessage())
         now = self._clock()
         with self._lock:
             seen = self._lines.get(line)

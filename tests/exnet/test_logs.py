@@ -142,3 +142,29 @@ def test_drop_close_races_puts_one_filter_on_each_printing_handler() -> None:
     finally:
         root.removeHandler(printed)
     assert sum(isinstance(f, CloseRaceFilter) for f in printed.filters) == 1
+
+
+def test_lines_printed_alike_collapse_whatever_objects_their_arguments_are() -> None:
+    """kafka-python logs each reconnection's connection object, printed alike: 20 lines a
+    minute of "Connection lost: ... ECONNREFUSED" on one broker's loss."""
+
+    class Connection:  # a new one at each reconnection: repr differs, str does not
+        def __str__(self) -> str:
+            return "<KafkaConnection node_id=1 (disconnected)>"
+
+    repeats = RepeatFilter(interval_s=60.0, clock=Clock())
+    passed = [
+        repeats.filter(
+            logging.LogRecord(
+                "kafka.net.connection",
+                logging.ERROR,
+                __file__,
+                1,
+                "%s: Connection lost: %s",
+                (Connection(), "111 ECONNREFUSED"),
+                None,
+            )
+        )
+        for _ in range(20)
+    ]
+    assert passed == [True] + [False] * 19
