@@ -1072,6 +1072,11 @@ def simulate(
 
 
 _PROGRESS_EVERY: Final = 2_000
+#: How long a send may wait for a topic's metadata, ms. The site publisher waits
+#: 5 s, then spools; the simulator has no spool, and when a broker of a cluster died
+#: under it, the partitions' new leaders took longer than that to be known: it gave
+#: up after a few messages.
+SIMULATOR_MAX_BLOCK_MS: Final = 60_000
 
 
 def _write(
@@ -1093,7 +1098,12 @@ def _publish(
     settings: Settings, messages: Sequence[SimMessage], progress: Callable[[int, int], None] | None
 ) -> None:
     try:
-        producer = KafkaProducer(**producer_config(settings, "exnet-simulator"))
+        producer = KafkaProducer(
+            **{
+                **producer_config(settings, "exnet-simulator"),
+                "max_block_ms": SIMULATOR_MAX_BLOCK_MS,
+            }
+        )
     except KafkaError as exc:
         raise UserError(f"Kafka at {settings.kafka_bootstrap} is unreachable: {exc}") from None
     require_input_topics(settings, producer)
