@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from contracts import load_registry
+from contracts.registry import DEMO_REGISTRY
 from contracts.topics import Topic
 from sinks.query import endpoint_file
 from tests.pipeline.events import EventMaker
@@ -66,24 +68,37 @@ def test_sql_works_while_up_holds_the_embedded_database(pipeline: Pipeline, tmp_
     assert done.returncode == 0 and done.stdout.splitlines()[1:] == ["1"]
 
 
-def test_a_flood_of_invalid_messages_stops_the_worker_before_committing(
+#: The guard's settings in these tests: a window of 50 messages, at most half rejected.
+_SMALL_GUARD = {
+    "EXNET_DLQ_WINDOW": "50",
+    "EXNET_DLQ_MAX_RATIO": "0.5",
+    "EXNET_STREAM_BATCH_MAX": "20",
+}
+
+
+def test_invalid_messages_from_most_sites_stop_the_worker_before_committing(
     pipeline: Pipeline,
 ) -> None:
     pipeline.init()
+    sites = [site.id for _, site in load_registry(DEMO_REGISTRY).sites()]
     for index in range(60):
-        pipeline.send(Topic.SESSION, b'{"not": "an event"}', key=f"P-{index:010x}")
-    done = pipeline.run(
-        "up",
-        "--drain",
-        timeout=120,
-        env={
-            "EXNET_DLQ_WINDOW": "50",
-            "EXNET_DLQ_MAX_RATIO": "0.5",
-            "EXNET_STREAM_BATCH_MAX": "20",
-        },
-    )
+        site = sites[index % len(sites)]
+        value = b'{"schema": "session/9", "site_id": "%s"}' % site.encode()
+        pipeline.send(Topic.SESSION, value, key=f"P-{index:010x}")
+    done = pipeline.run("up", "--drain", timeout=120, env=_SMALL_GUARD)
     assert done.returncode == 78, done.stderr[-3000:]
     assert "were rejected" in done.stderr and "EXNET_DLQ_MAX_RATIO" in done.stderr
+
+
+def test_a_flood_of_messages_naming_no_site_is_rejected_and_stops_nothing(
+    pipeline: Pipeline,
+) -> None:
+    """One outside producer's 2,100 empty messages stopped every site's events."""
+    pipeline.init()
+    for index in range(60):
+        pipeline.send(Topic.SESSION, b'{"not": "an event"}', key=f"P-{index:010x}")
+    pipeline.drain(env=_SMALL_GUARD)
+    assert pipeline.scalar("SELECT count() FROM rejected_events FINAL") == 60
 
 
 def _children(pid: int) -> set[int]:
