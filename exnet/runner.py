@@ -14,6 +14,7 @@ in the process itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
@@ -417,6 +418,8 @@ class _StopFlag:
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        #: Called by :meth:`request` (from any thread) while a Faust worker runs.
+        self.forward: Callable[[], None] | None = None
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -428,6 +431,9 @@ class _StopFlag:
 
     def request(self) -> None:
         self.event.set()
+        forward = self.forward
+        if forward is not None:
+            forward()
 
 
 class _DrainProgress:
@@ -666,6 +672,15 @@ def _run_streams(
     cast(Any, app.on_rebalance_complete).connect(recovered)  # mode's signal typing is narrow
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+
+    def forward_at_once() -> None:
+        # Faust starts its timers (forward_stop) only once the tables are recovered,
+        # which at a restart took 30-50 s: a writer that died meanwhile left this
+        # process processing for that long. The loop's own thread owns SIGTERM.
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(os.kill, os.getpid(), signal.SIGTERM)
+
+    stop.forward = forward_at_once
     worker = faust.Worker(
         app,
         loop=loop,
@@ -688,6 +703,8 @@ def _run_streams(
         # agent's error, or the cancellation of another agent it took down).
         log.debug("the stream worker crashed: %r", exc)
         clean = False
+    finally:
+        stop.forward = None
     if failures:
         if isinstance(failures[0].cause, InvalidRatioExceeded):
             log.critical("stopped without committing the batch: %s", failures[0].cause)
