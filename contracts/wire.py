@@ -26,7 +26,6 @@ all of a participant's events meet in one partition:
 
 from __future__ import annotations
 
-import math
 import re
 import zlib
 from collections.abc import Mapping, Sequence
@@ -235,10 +234,9 @@ def fact_json(accepted: Accepted, canonical: bytes, local: tuple[int, date] | No
     lineage: dict[str, Any] = {}
     if accepted.event_type == "assay":
         event = accepted.event.__dict__
+        # Finite: the contract refuses a value its unit's factor would overflow.
         value, unit = to_canonical(event["analyte"], event["value"], event["unit"])
-        # A huge value times its unit's factor overflows to infinity, which JSON cannot
-        # write (orjson would write null, stored as 0): ClickHouse reads the string.
-        lineage["value_canonical"] = value if math.isfinite(value) else "inf"
+        lineage["value_canonical"] = value
         lineage["unit_canonical"] = unit
     if local is not None:
         lineage["utc_offset_min"] = local[0]
