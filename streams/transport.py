@@ -82,10 +82,8 @@ SCHEME = "exnet-kafka"
 #: Seconds a partition's commits may wait on a batch an agent took but did not finish
 #: before it is logged (and again every as many seconds).
 STUCK_WARNING_S = 30.0
-#: Seconds after which a batch fetched but not taken by a stream, and since left behind
-#: by a stop of the flow or a new generation, is read again. A batch in a stream's
-#: buffer waits there for the batches before it, which with a backlog on a loaded
-#: machine took longer than this: so only a stop can mark a batch lost.
+#: Seconds after which a batch fetched but not taken by a stream is read again. A batch
+#: waits in a stream's buffer for a few batches' processing at most (well under a second).
 LOST_AFTER_S = 10.0
 #: Seconds between checks that no partition's fetch position ran past what was delivered.
 POSITION_CHECK_S = 2.0
@@ -102,19 +100,9 @@ class BatchMessage(ConsumerMessage):
     ``value``, ``headers``), delivers what they produced and sets ``done``.
     """
 
-    __slots__ = (
-        "changelog",
-        "done",
-        "fetched_at",
-        "first_offset",
-        "flow_stops",
-        "records",
-        "warnings",
-    )
+    __slots__ = ("changelog", "done", "fetched_at", "first_offset", "records", "warnings")
 
-    def __init__(
-        self, tp: TP, records: Sequence[Any], generation_id: int, flow_stops: int = 0
-    ) -> None:
+    def __init__(self, tp: TP, records: Sequence[Any], generation_id: int) -> None:
         last = records[-1]
         super().__init__(
             tp.topic,
@@ -137,8 +125,6 @@ class BatchMessage(ConsumerMessage):
         self.changelog: list[Outgoing] = []
         self.done = False
         self.fetched_at = time.monotonic()
-        #: The consumer's count of flow stops when it was fetched.
-        self.flow_stops = flow_stops
         #: How often a wait for this batch was logged.
         self.warnings = 0
 
@@ -231,13 +217,6 @@ class Consumer(faust_aiokafka.Consumer):
         #: transaction's marker), to commit once every batch before it is done.
         self._gap_ends: dict[TP, int] = {}
         self._positions_checked = 0.0
-        #: How often the flow was stopped (a rebalance begins so): a batch fetched
-        #: before a stop and never taken was dropped on the way (_read_lost_again).
-        self._flow_stops = 0
-
-    def stop_flow(self) -> None:
-        self._flow_stops += 1
-        super().stop_flow()
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         await self._read_lost_again()
@@ -270,7 +249,7 @@ class Consumer(faust_aiokafka.Consumer):
                 continue
             fresh = await self._in_sequence(tp, fetched)
             if fresh:
-                batch = BatchMessage(tp, fresh, generation_id, self._flow_stops)
+                batch = BatchMessage(tp, fresh, generation_id)
                 self._chains[tp].append(batch)
                 yield tp, batch
 
@@ -311,13 +290,10 @@ class Consumer(faust_aiokafka.Consumer):
         when flow is suspended (``wait_first(callback, suspend_flow.wait())``),
         a rebalance clears the streams' buffers, and a stream skips (and
         acknowledges, untracked) a message of an older generation or read
-        while flow control is off. Each needs a stop of the flow or a new
-        generation after the batch was fetched. A batch so dropped with no seek
-        after it would hold its partition's commits, and its records, forever:
-        after :data:`LOST_AFTER_S` untaken, it is read again (a batch taken late
-        is then processed twice: a replay). A batch with neither after it is
-        waiting in a buffer (with a backlog, more than 10 s): reading it again
-        only doubled the work (an outside trial: 5,992 of 13,117 messages).
+        while flow control is off. A batch so dropped with no seek after it
+        would hold its partition's commits, and its records, forever: after
+        :data:`LOST_AFTER_S` untaken, it is read again (a batch taken late is
+        then processed twice: a replay).
         """
         if not (self.flow_active and self.app.flow_control.is_active()):
             return
@@ -329,11 +305,6 @@ class Consumer(faust_aiokafka.Consumer):
             head = chain[0] if chain else None
             if head is None or head.done or head.tracked or now - head.fetched_at < LOST_AFTER_S:
                 continue
-            if (
-                head.flow_stops == self._flow_stops
-                and head.generation_id == self.app.consumer_generation_id
-            ):
-                continue  # in a buffer, behind other batches: nothing dropped it
             log.warning(
                 "%s: offsets %d-%d were fetched but no stream took them; reading them again",
                 tp,

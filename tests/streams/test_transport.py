@@ -12,14 +12,7 @@ import faust
 from faust.transport.drivers import TRANSPORTS
 from faust.types import TP
 
-from streams.transport import (
-    LOST_AFTER_S,
-    SCHEME,
-    BatchMessage,
-    Transport,
-    commit_end,
-    register,
-)
+from streams.transport import SCHEME, Transport, commit_end, register
 
 
 @dataclass
@@ -196,44 +189,3 @@ def test_the_gap_waits_for_the_batches_before_it() -> None:
     assert consumer._new_offset(TP0) is None  # batch 0-9 is not done
     consumer._chains[TP0][0].done = True
     assert consumer._new_offset(TP0) == 11
-
-
-@dataclass
-class _FetchedRecord:
-    offset: int
-    timestamp: int = 0
-    timestamp_type: int = 0
-
-
-def _waiting_batch(consumer: Any, age_s: float) -> Any:
-    batch = BatchMessage(
-        TP0,
-        [_FetchedRecord(100), _FetchedRecord(101)],
-        consumer.app.consumer_generation_id,
-        consumer._flow_stops,
-    )
-    batch.fetched_at -= age_s
-    consumer._chains[TP0] = deque([batch])
-    consumer._next[TP0] = 102
-    consumer._positions_checked = time.monotonic()  # no position check this round
-    consumer.flow_active = True
-    consumer.app.flow_control.resume()
-    return batch
-
-
-def test_a_batch_waiting_in_a_buffer_behind_a_backlog_is_not_read_again() -> None:
-    harness = _Consumer()
-    consumer = harness.consumer
-    _waiting_batch(consumer, age_s=LOST_AFTER_S + 5)
-    asyncio.run(consumer._read_lost_again())
-    assert harness.seeks == [] and len(consumer._chains[TP0]) == 1
-
-
-def test_a_batch_left_behind_by_a_stop_of_the_flow_is_read_again() -> None:
-    harness = _Consumer()
-    consumer = harness.consumer
-    _waiting_batch(consumer, age_s=LOST_AFTER_S + 5)
-    consumer.stop_flow()  # a rebalance began: Faust may have dropped it on the way
-    consumer.resume_flow()
-    asyncio.run(consumer._read_lost_again())
-    assert harness.seeks == [(TP0, 100)] and consumer._next[TP0] == 100
