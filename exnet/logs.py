@@ -92,9 +92,7 @@ def collapse_repeats(interval_s: float = 60.0) -> None:
     handler put on a Kafka logger itself still sees every record
     (:class:`~exnet.settings.KafkaRefusals` reads why a login was refused there, at
     each try)."""
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RepeatFilter) for f in handler.filters):
-            handler.addFilter(RepeatFilter(interval_s=interval_s))
+    _put_on_root_handlers(RepeatFilter, lambda: RepeatFilter(interval_s=interval_s))
 
 
 class CloseRaceFilter(logging.Filter):
@@ -115,6 +113,11 @@ class CloseRaceFilter(logging.Filter):
 
 def drop_close_races() -> None:
     """Put a :class:`CloseRaceFilter` on each handler of the root logger (once each)."""
+    _put_on_root_handlers(CloseRaceFilter, CloseRaceFilter)
+
+
+def _put_on_root_handlers(kind: type[logging.Filter], make: Callable[[], logging.Filter]) -> None:
+    """A filter ``make`` gives on each handler of the root logger that has none of ``kind``."""
     for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, CloseRaceFilter) for f in handler.filters):
-            handler.addFilter(CloseRaceFilter())
+        if not any(isinstance(f, kind) for f in handler.filters):
+            handler.addFilter(make())
