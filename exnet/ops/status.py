@@ -62,7 +62,6 @@ DAY: Final = timedelta(days=1)
 THROUGHPUT_WINDOWS: Final = (("rows_5m", timedelta(minutes=5)), ("rows_1h", timedelta(hours=1)))
 #: Seconds to wait for the broker's first answer.
 BROKER_TIMEOUT_S: Final = 3.0
-#: The stages of PipelineProgress, in flow order.
 #: The stages of :attr:`exnet.monitor.PipelineProgress.stages`, in its (flow) order.
 STAGE_NAMES: Final = ("validate", "deduplicate", "sink", "aggregate", "rollup", "sink views")
 #: The view figures `exnet status` shows per node and for the network (SPEC §4).
@@ -98,6 +97,10 @@ class TopicState:
     name: str
     exists: bool
     partitions: int
+    #: Partitions with fewer replicas in sync than assigned (a broker down or behind).
+    under_replicated: int = 0
+    #: Partitions with no leader: nothing can be written to or read from them.
+    offline: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,18 @@ class BrokerState:
     reachable: bool
     error: str | None = None
     topics: tuple[TopicState, ...] = ()
+    #: Brokers the cluster says are alive (node ids).
+    brokers: tuple[int, ...] = ()
+    #: Node ids assigned a replica of an exnet partition but out of its in-sync set.
+    out_of_sync: tuple[int, ...] = ()
+
+    @property
+    def under_replicated(self) -> int:
+        return sum(t.under_replicated for t in self.topics)
+
+    @property
+    def offline(self) -> int:
+        return sum(t.offline for t in self.topics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,9 +236,13 @@ class StatusReport:
                         "name": t.name,
                         "exists": t.exists,
                         "partitions": t.partitions,
+                        "under_replicated": t.under_replicated,
+                        "offline": t.offline,
                     }
                     for t in self.broker.topics
                 ],
+                "brokers": list(self.broker.brokers),
+                "out_of_sync": list(self.broker.out_of_sync),
             },
             "lag": {
                 "available": self.lag.available,
@@ -340,8 +359,10 @@ def _expected_topics(settings: Settings) -> list[tuple[str, str]]:
 
 
 def collect_broker(settings: Settings) -> BrokerState:
-    """Whether the broker answers, and which of exnet's topics exist with how many partitions."""
-    from kafka import KafkaConsumer
+    """Whether the broker answers; which of exnet's topics exist, with how many
+    partitions, and how many of those lack a leader or a replica in sync; which
+    brokers are alive (a cluster's metadata, from any broker that answers)."""
+    from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     from exnet.broker import broker_answers
@@ -354,28 +375,40 @@ def collect_broker(settings: Settings) -> BrokerState:
     if not answers:
         why = refusals.reason() or f"no Kafka broker answers at {bootstrap}"
         return BrokerState(bootstrap, False, why)
-    timeout_ms = int(BROKER_TIMEOUT_S * 1000)
     try:
-        consumer = KafkaConsumer(
+        admin = KafkaAdminClient(
             **connection,
             client_id="exnet-status",
-            enable_auto_commit=False,
-            request_timeout_ms=max(timeout_ms, 5_000),
-            allow_auto_create_topics=False,
+            request_timeout_ms=max(int(BROKER_TIMEOUT_S * 1000), 5_000),
         )
     except KafkaError as exc:
         return BrokerState(bootstrap, False, f"cannot connect to {bootstrap}: {exc}")
     try:
-        existing = consumer.topics()
-        topics = []
-        for logical, name in _expected_topics(settings):
-            partitions = consumer.partitions_for_topic(name) if name in existing else None
-            topics.append(TopicState(logical, name, partitions is not None, len(partitions or ())))
+        cluster = admin.describe_cluster()["brokers"]
+        alive = tuple(sorted(b["broker_id"] for b in cluster if not b.get("is_fenced")))
+        expected = _expected_topics(settings)
+        existing = set(admin.list_topics())
+        described = {
+            t["name"]: t["partitions"]
+            for t in admin.describe_topics([name for _, name in expected if name in existing])
+        }
     except KafkaError as exc:
         return BrokerState(bootstrap, False, f"cannot read topic metadata: {exc}")
     finally:
-        consumer.close()
-    return BrokerState(bootstrap, True, None, tuple(topics))
+        admin.close()
+    topics = []
+    out_of_sync: set[int] = set()
+    for logical, name in expected:
+        partitions = described.get(name)
+        if partitions is None:
+            topics.append(TopicState(logical, name, False, 0))
+            continue
+        lagging = [p for p in partitions if set(p["replica_nodes"]) - set(p["isr_nodes"])]
+        for partition in lagging:
+            out_of_sync.update(set(partition["replica_nodes"]) - set(partition["isr_nodes"]))
+        offline = sum(1 for p in partitions if p["leader_id"] < 0)
+        topics.append(TopicState(logical, name, True, len(partitions), len(lagging), offline))
+    return BrokerState(bootstrap, True, None, tuple(topics), alive, tuple(sorted(out_of_sync)))
 
 
 def collect_lag(settings: Settings, broker: BrokerState) -> LagState:
@@ -541,6 +574,11 @@ def _throughput(settings: Settings, now: datetime) -> tuple[TableThroughput, ...
     )
 
 
+def _brokers_phrase(broker: BrokerState) -> str:
+    alive = ", ".join(map(str, broker.brokers)) or "none"
+    return f"brokers alive: {alive}"
+
+
 def _first_line(text: str, limit: int = 300) -> str:
     line = text.strip().splitlines()[0] if text.strip() else text
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -559,6 +597,26 @@ def find_problems(
         problems.append(Problem("broker_unreachable", broker.error or "the broker is unreachable"))
     else:
         missing = [t.name for t in broker.topics if not t.exists]
+        if broker.offline:
+            problems.append(
+                Problem(
+                    "partitions_offline",
+                    f"{broker.offline} partition(s) of exnet's topics have no leader: nothing "
+                    "is written to or read from them until a broker holding a replica is back "
+                    f"({_brokers_phrase(broker)})",
+                )
+            )
+        if broker.under_replicated:
+            problems.append(
+                Problem(
+                    "under_replicated",
+                    f"{broker.under_replicated} partition(s) of exnet's topics have a replica "
+                    f"out of sync, on broker(s) {', '.join(map(str, broker.out_of_sync))} "
+                    f"({_brokers_phrase(broker)}): data is held by fewer copies, and writes stop "
+                    "once fewer than min.insync.replicas are in sync; bring the broker(s) back "
+                    "(`exnet broker start` restarts a local cluster's stopped nodes)",
+                )
+            )
         if missing:
             problems.append(
                 Problem(
@@ -685,11 +743,17 @@ def _broker_part(report: StatusReport) -> RenderableType:
         head.append(str(broker.error), style="red")
         return head
     head.append("reachable", style="green")
+    if broker.brokers:
+        head.append(f", brokers alive: {', '.join(map(str, broker.brokers))}")
     missing = [t for t in broker.topics if not t.exists]
     counts = sorted({t.partitions for t in broker.topics if t.exists})
     line = Text(f"topics: {len(broker.topics) - len(missing)} of {len(broker.topics)} exist")
     if counts:
         line.append(f", {'/'.join(str(c) for c in counts)} partitions")
+    if broker.under_replicated:
+        line.append(f", {broker.under_replicated} under-replicated", style="red")
+    if broker.offline:
+        line.append(f", {broker.offline} offline", style="bold red")
     if not missing:
         return Group(head, line)
     table = Table(box=None, pad_edge=False, show_edge=False)

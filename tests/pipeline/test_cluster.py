@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 NODES = 3
 #: Seconds for the killed broker, started again, to be back in every partition's ISR.
 REJOIN_TIMEOUT_S = 120.0
+#: Seconds for `exnet status` to see a killed broker's replicas leave, or rejoin, the ISR
+#: (the controller fences a broker silent for broker.session.timeout.ms, 9 s by default).
+STATUS_TIMEOUT_S = 60.0
 
 
 class LocalCluster:
@@ -134,6 +137,9 @@ def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(
         os.kill(victim["pid"], signal.SIGKILL)
         feeder.join()
         assert worker.poll() is None, f"exnet up died with a broker:\n{log.read_text()[-3000:]}"
+        down = _status_until(pipeline, lambda kinds: "under_replicated" in kinds)
+        assert down["broker"]["out_of_sync"] == [victim["node"]], down["problems"]
+        assert victim["node"] not in down["broker"]["brokers"]
         os.killpg(worker.pid, signal.SIGTERM)
         assert worker.wait(timeout=120) == 0, log.read_text()[-3000:]
         pipeline.drain(timeout=240)
@@ -143,8 +149,21 @@ def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(
         assert again.returncode == 0, again.stderr
         assert f"pid {victim['pid']}" not in again.stdout
         _wait_in_sync(bootstrap, [n for n in names if n in _existing(bootstrap)])
+        back = _status_until(pipeline, lambda kinds: "under_replicated" not in kinds)
+        assert back["broker"]["brokers"] == [1, 2, 3] and back["broker"]["out_of_sync"] == []
     finally:
         pipeline.close()
+
+
+def _status_until(pipeline: Pipeline, wanted: Callable[[set[str]], bool]) -> dict[str, Any]:
+    """`exnet status --json` again until its problem kinds are ``wanted``; the last one."""
+    deadline = time.monotonic() + STATUS_TIMEOUT_S
+    while True:
+        status: dict[str, Any] = json.loads(pipeline.run("status", "--json", timeout=60).stdout)
+        if wanted({p["kind"] for p in status["problems"]}):
+            return status
+        assert time.monotonic() < deadline, f"exnet status still says {status['problems']}"
+        time.sleep(2)
 
 
 def _existing(bootstrap: str) -> set[str]:

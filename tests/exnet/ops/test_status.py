@@ -22,6 +22,7 @@ from exnet.ops.status import (
     StageLag,
     StatusReport,
     TableThroughput,
+    TopicState,
     collect_status,
     find_problems,
     render_status,
@@ -259,3 +260,34 @@ def test_a_screen_printed_to_a_pipe_keeps_every_figure(capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     assert "…" not in printed and "N01-S01 (10 s ago)" in printed
     assert all(f"{123_456_789 + n:,}" in printed for n in range(12))
+
+
+def test_a_replica_out_of_sync_or_a_partition_without_leader_is_a_problem() -> None:
+    """Pure: a cluster with a broker down is not healthy even though every topic exists
+    and every stage runs; the screen and the --json document name the broker."""
+    now = datetime(2025, 3, 3, 12, tzinfo=UTC)
+    clickhouse = ClickHouseState(True, "exnet", "chdb:///x")
+    running = ("exnet-streams-1@127.0.0.1",)
+    lag = LagState(True, None, (StageLag("validate", "g", (), running),))
+    in_sync = TopicState("exnet.session", "p.exnet.session", True, 6)
+    assert (
+        find_problems(
+            BrokerState("b", True, None, (in_sync,), (1, 2, 3)), lag, clickhouse, 24, 0.05
+        )
+        == ()
+    )
+
+    lagging = TopicState("exnet.session", "p.exnet.session", True, 6, under_replicated=4)
+    leaderless = TopicState("exnet.assay", "p.exnet.assay", True, 6, under_replicated=2, offline=1)
+    broker = BrokerState("b", True, None, (lagging, leaderless), (1, 2), (3,))
+    problems = find_problems(broker, lag, clickhouse, 24, 0.05)
+    assert [p.kind for p in problems] == ["partitions_offline", "under_replicated"]
+    assert problems[0].message.startswith("1 partition(s)")
+    assert "6 partition(s)" in problems[1].message and "broker(s) 3" in problems[1].message
+    assert "brokers alive: 1, 2" in problems[1].message
+    report = StatusReport(now, 24.0, 0.05, broker, lag, clickhouse, problems)
+    document = report.as_dict()["broker"]
+    assert document["brokers"] == [1, 2] and document["out_of_sync"] == [3]
+    assert [(t["under_replicated"], t["offline"]) for t in document["topics"]] == [(4, 0), (2, 1)]
+    text = _text(report)
+    assert "brokers alive: 1, 2" in text and "6 under-replicated" in text and "1 offline" in text
