@@ -168,7 +168,19 @@ def create_app(
         changelog = app.topic(
             changelog_topic(settings, name), partitions=partitions, compacting=True
         )
-        return app.Table(name, default=None, partitions=partitions, changelog_topic=changelog)
+        return app.Table(
+            name,
+            default=None,
+            partitions=partitions,
+            changelog_topic=changelog,
+            # Changelog messages recovery buffers before applying them: each is a
+            # fetched batch (streams.transport), so two at most. Not one: with a
+            # buffer of 1, Faust goes on reading the changelog after recovery
+            # (faust/tables/recovery.py, "recovery_buffer=1") and would apply this
+            # worker's own writes again, late, over newer ones (the fault test's
+            # views came out short).
+            recovery_buffer_size=2,
+        )
 
     seen = table(DEDUP_TABLE, settings.partitions)
     deduplicate = DeduplicateStage(

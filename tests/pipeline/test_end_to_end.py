@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import random
 import signal
 import time
 import urllib.error
@@ -23,6 +24,7 @@ from contracts.validation import MAX_MESSAGE_BYTES
 from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS, ArmKey, compute_views
 from tests.pipeline.events import EventMaker, as_event
 from tests.pipeline.harness import Pipeline, assert_views_exact, stream_views
+from tests.pipeline.load import participant_events
 from tests.ports import free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
@@ -293,3 +295,64 @@ def _check_live_views(pipeline: Pipeline) -> None:
     assert [{k: v for k, v in r.items() if k not in bookkeeping} for r in served] == [
         {k: v for k, v in r.items() if k not in bookkeeping} for r in table
     ]
+
+
+def test_a_new_worker_recovers_every_table_from_its_changelog(pipeline: Pipeline) -> None:
+    """Every `exnet up --drain` is a new worker, which rebuilds its tables from their
+    changelogs (fetched batches, unpacked by streams.transport.BatchTable). The second
+    one still knows each event of the first (a copy is a duplicate, other content a
+    conflict) and each participant's events (the views stay exact as they grow)."""
+    first = participant_events(seed=31, participants=300)  # ~4,000 events
+    pipeline.init()
+    for topic, event in first:
+        pipeline.send(topic, event)
+    pipeline.drain()
+    accepted = [event for _, event in first]
+    assert pipeline.scalar("SELECT count() FROM rejected_events FINAL") == 0
+
+    rng = random.Random(5)
+    copies = rng.sample(accepted, 200)
+    changed = [
+        {**event, "duration_min": event["duration_min"] + 1}
+        for event in rng.sample([e for e in accepted if e.get("duration_min")], 40)
+    ]
+    later = participant_events(seed=32, participants=40)
+    # A seventh session for 30 participants of the first run: their contributions to
+    # the views are recomputed from every event the participants table remembers.
+    make = EventMaker(seed=33)
+    arms = [e for e in accepted if e.get("status") == "randomized" and e["modality"] != "control"]
+    later += [
+        (
+            Topic.SESSION,
+            make.session(
+                e["participant_id"], e["site_id"], 7, day=9, modality=e["modality"], duration=33.0
+            ),
+        )
+        for e in rng.sample(arms, 30)
+    ]
+    for event in copies:
+        pipeline.send(_topic(event), event)
+    for event in changed:
+        pipeline.send(_topic(event), event)
+    for topic, event in later:
+        pipeline.send(topic, event)
+    pipeline.drain()
+
+    accepted += [event for _, event in later]
+    rejected = pipeline.rows("SELECT reason, event_id FROM rejected_events FINAL")
+    assert sorted(r["event_id"] for r in rejected) == sorted(e["event_id"] for e in changed)
+    assert {r["reason"] for r in rejected} == {"conflicting_duplicate"}
+    facts = pipeline.scalar(
+        "SELECT count() FROM (SELECT event_id FROM session_events FINAL UNION ALL"
+        " SELECT event_id FROM enrollment_events FINAL UNION ALL"
+        " SELECT event_id FROM assay_events FINAL UNION ALL"
+        " SELECT event_id FROM assessment_events FINAL)"
+    )
+    assert facts == len({event["event_id"] for event in accepted})
+    durations = {
+        row["event_id"]: row["duration_min"]
+        for row in pipeline.rows("SELECT event_id, duration_min FROM session_events FINAL")
+    }
+    assert all(durations[e["event_id"]] == e["duration_min"] - 1 for e in changed)
+    expected = compute_views([as_event(event) for event in accepted], NODES)
+    assert_views_exact(pipeline, expected)
