@@ -13,6 +13,8 @@
 3. Memory: the peak resident set of `exnet up --drain` over a 1M-event run
    (--quick: the throughput run's), from the kernel's accounting of the child;
    and that run's throughput beside the bare loop over the same messages.
+   Then a restart: `exnet up --drain` over a few hundred new events, its
+   tables first rebuilt from the changelogs of the 1M.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ LATENCY_SECONDS, QUICK_LATENCY_SECONDS = 30, 10
 GENERATOR_TICK_S = 0.005
 #: ~1M events for the memory run.
 MEMORY_PARTICIPANTS = 15_700
+#: Participants whose events a restart after the 1M-event run drains.
+RESTART_PARTICIPANTS = 20
 #: #11's goal for `exnet up --drain` against the bare loop.
 TARGET_RATIO = 0.25
 
@@ -341,6 +345,15 @@ def _memory_run(settings: Settings, participants: int) -> None:
         f"(target < 1024 MiB; each process, MiB: {each})"
     )
     _print_cpu(drain, result.messages, bare_rate)
+    # A restart: a new worker rebuilds its tables from the changelogs of all those
+    # events before it reads the few new ones.
+    again = simulate(settings, participants=RESTART_PARTICIPANTS, seed=6)
+    started = time.perf_counter()
+    _drain(settings)
+    print(
+        f"restart after them: exnet up --drain of {again.messages:,} new events "
+        f"{time.perf_counter() - started:.1f} s (its tables rebuilt from their changelogs first)"
+    )
 
 
 def _startup_seconds(log: str) -> float | None:
