@@ -120,13 +120,41 @@ _DATE_TIME: Final = (
 )
 _NAIVE: Final = re.compile(rf"{_DATE_TIME}")
 _OFFSET: Final = re.compile(rf"{_DATE_TIME}([+-][0-9]{{2}}:[0-9]{{2}})")
+#: A date, maybe a time with a fraction of a second of any length after a point or a
+#: comma, then anything: where a site's other usual mistakes show.
+_LOOSE: Final = re.compile(
+    rf"{_YEAR}-[0-9]{{2}}-[0-9]{{2}}"
+    r"(?P<time>[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:(?P<mark>[.,])(?P<fraction>[0-9]+))?)?)?"
+    r"(?P<offset>.*)"
+)
+#: An offset with its hours in one digit, or without the colon: +2:00, +0200, -5.
+_OFFSET_MISWRITTEN: Final = re.compile(r"[+-](?:[0-9]:?[0-9]{2}|[0-9]{4}|[0-9]{1,2})")
 
 
 def occurred_at_problem(written: object) -> str:
     """The message of an ``occurred_at`` not in :data:`OCCURRED_AT_PATTERN`'s form: what
-    is wrong with ``written`` where a site's usual mistakes tell (no offset; the
-    offset ``-00:00``; an offset beyond -12:00..+14:00), then :data:`OCCURRED_AT_RULE`."""
+    is wrong with ``written`` where a site's usual mistakes tell (a date alone; a
+    decimal comma; more than 9 digits of a second's fraction; an offset as ``+2:00``
+    or ``+0200``; no offset; the offset ``-00:00``; an offset beyond -12:00..+14:00),
+    then :data:`OCCURRED_AT_RULE`."""
     if isinstance(written, str):
+        loose = _LOOSE.fullmatch(written)
+        if loose is not None:
+            offset = loose["offset"]
+            if loose["time"] is None and not offset:
+                return f"is a date without a time of day: {OCCURRED_AT_RULE}"
+            if loose["mark"] == ",":
+                return (
+                    "writes the fraction of a second after a comma: use a point "
+                    f"(e.g. '09:30:00.5'); {OCCURRED_AT_RULE}"
+                )
+            if loose["fraction"] is not None and len(loose["fraction"]) > 9:
+                return (
+                    f"has {len(loose['fraction'])} digits of a second's fraction, "
+                    f"9 at most (nanoseconds); {OCCURRED_AT_RULE}"
+                )
+            if _OFFSET_MISWRITTEN.fullmatch(offset):
+                return f"writes its UTC offset {offset!r}: write it '+hh:mm'; {OCCURRED_AT_RULE}"
         if _NAIVE.fullmatch(written):
             return f"has no UTC offset (a naive time): {OCCURRED_AT_RULE}"
         found = _OFFSET.fullmatch(written)

@@ -214,6 +214,25 @@ def test_an_offset_beyond_the_world_s_is_named_and_not_called_naive() -> None:
     assert "naive" not in outcome.message
 
 
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("2025-05-12", "is a date without a time of day"),
+        ("2025-05-12T07:45:00,5+02:00", "writes the fraction of a second after a comma"),
+        ("2025-05-12 07:45:00,25Z", "writes the fraction of a second after a comma"),
+        ("2025-05-12T07:45:00.1234567891Z", "has 10 digits of a second's fraction, 9 at most"),
+        ("2025-05-12T07:45:00+2:00", "writes its UTC offset '+2:00': write it '+hh:mm'"),
+        ("2025-05-12T07:45:00+0200", "writes its UTC offset '+0200': write it '+hh:mm'"),
+        ("2025-05-12T07:45-05", "writes its UTC offset '-05': write it '+hh:mm'"),
+    ],
+)
+def test_a_site_s_usual_time_mistakes_are_named(written: str, said: str) -> None:
+    outcome = rejected(send(event(S, occurred_at=written)), "invalid_field", "occurred_at")
+    assert outcome.issues[0].type == "datetime_utc_offset"
+    assert outcome.message.startswith(f"occurred_at: {said}"), outcome.message
+    assert "e.g. '2025-06-01T09:30:00+02:00'" in outcome.message
+
+
 #: Times of year 9999, some of them with no UTC equivalent in ``datetime`` (past its max).
 YEAR_9999 = [
     "9999-12-31T23:59:59Z",
