@@ -31,10 +31,9 @@ _STATUS_HELP = f"""Pipeline health on one screen: brokers and topics (replicas i
 consumer lag per stage and partition, each site's last events (stale ones flagged), rejects
 by reason over the last day, and sink throughput.
 
-Exits 1 when there is a problem (broker or ClickHouse unreachable, a broker of a cluster
-down or behind, topics missing, stale sites, a high share of rejected messages), 0 when
-healthy. Each part is shown even when
-another cannot be read.
+Exits 1 when there is a problem (broker or ClickHouse unreachable, a broker of a cluster \
+down or behind, topics missing, stale sites, a high share of rejected messages), 0 when \
+healthy. Each part is shown even when another cannot be read.
 
 \b
 {JSON_KEYS_HELP}
