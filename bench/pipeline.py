@@ -349,10 +349,11 @@ def _memory_run(settings: Settings, participants: int) -> None:
     # events before it reads the few new ones.
     again = simulate(settings, participants=RESTART_PARTICIPANTS, seed=6)
     started = time.perf_counter()
-    _drain(settings)
+    restart = _drain(settings)
     print(
         f"restart after them: exnet up --drain of {again.messages:,} new events "
-        f"{time.perf_counter() - started:.1f} s (its tables rebuilt from their changelogs first)"
+        f"{time.perf_counter() - started:.1f} s (its tables rebuilt from their changelogs "
+        f"first); peak RSS {sum(restart.peaks.values()) / 2**20:,.0f} MiB"
     )
 
 
