@@ -12,7 +12,9 @@ kafka-python (3.0.12) closes a client's sockets on the thread that calls
 logs ``Error receiving network data closing socket`` with a traceback
 (``'NoneType' object has no attribute 'recv'``) for a socket closed on purpose.
 :class:`CloseRaceFilter` drops that one record; seen in ``make demo``'s log when
-the writer stopped.
+the writer stopped. It also drops ``Metadata refresh: failed Cancelled`` at ERROR
+(``kafka.cluster``): a refresh in flight when its client was closed (a connection
+closed on purpose fails its requests with ``Cancelled``; one lost, with its error).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Final
+
+from kafka.errors import Cancelled
 
 __all__ = [
     "KAFKA_CLIENTS",
@@ -99,14 +103,18 @@ class CloseRaceFilter(logging.Filter):
     """Drops kafka-python's ``Error receiving network data`` record when its transport
     (the record's first argument) was already closing: the socket was closed on
     purpose, by ``close()`` on another thread, under the client's I/O thread. The
-    same record from a transport still open (a broker that went away) passes."""
+    same record from a transport still open (a broker that went away) passes. Drops
+    its ``Metadata refresh: failed`` record when the error is ``Cancelled`` (its
+    client closed); with another error (a broker lost) it passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.name == "kafka.cluster" and "Metadata refresh: failed" in str(record.msg):
+            return not (args and isinstance(args[0], Cancelled))
         if record.name != "kafka.net.transport" or "Error receiving network data" not in str(
             record.msg
         ):
             return True
-        args = record.args if isinstance(record.args, tuple) else ()
         is_closing = getattr(args[0], "is_closing", None) if args else None
         return not (callable(is_closing) and is_closing())
 

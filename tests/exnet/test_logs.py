@@ -168,3 +168,22 @@ def test_lines_printed_alike_collapse_whatever_objects_their_arguments_are() -> 
         for _ in range(20)
     ]
     assert passed == [True] + [False] * 19
+
+
+def test_a_metadata_refresh_cancelled_by_close_is_dropped_and_a_lost_broker_s_is_not() -> None:
+    from kafka.errors import Cancelled, KafkaConnectionError
+
+    def refresh_failed(error: Exception) -> logging.LogRecord:
+        return logging.LogRecord(
+            "kafka.cluster",
+            logging.ERROR,
+            __file__,
+            1,
+            "Metadata refresh: failed %s",
+            (error,),
+            None,
+        )
+
+    races = CloseRaceFilter()
+    assert not races.filter(refresh_failed(Cancelled()))
+    assert races.filter(refresh_failed(KafkaConnectionError("connection refused")))
