@@ -115,20 +115,18 @@ OCCURRED_AT_RULE: Final = (
     "must be an ISO-8601 date and time with a UTC offset ('Z' or '+hh:mm', from -12:00 "
     "to +14:00), e.g. '2025-06-01T09:30:00+02:00'"
 )
-_DATE_TIME: Final = (
-    rf"{_YEAR}-[0-9]{{2}}-[0-9]{{2}}[T ][0-9]{{2}}:[0-9]{{2}}(?::[0-9]{{2}}(?:\.[0-9]{{1,9}})?)?"
-)
-_NAIVE: Final = re.compile(rf"{_DATE_TIME}")
-_OFFSET: Final = re.compile(rf"{_DATE_TIME}([+-][0-9]{{2}}:[0-9]{{2}})")
-#: A date, maybe a time with a fraction of a second of any length after a point or a
-#: comma, then anything: where a site's other usual mistakes show.
-_LOOSE: Final = re.compile(
+#: A date, maybe a time of day with a fraction of a second of any length after a point
+#: or a comma, then anything (the offset, or what stands for it): where a site's usual
+#: mistakes show.
+_WRITTEN: Final = re.compile(
     rf"{_YEAR}-[0-9]{{2}}-[0-9]{{2}}"
     r"(?P<time>[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:(?P<mark>[.,])(?P<fraction>[0-9]+))?)?)?"
     r"(?P<offset>.*)"
 )
 #: An offset with its hours in one digit, or without the colon: +2:00, +0200, -5.
 _OFFSET_MISWRITTEN: Final = re.compile(r"[+-](?:[0-9]:?[0-9]{2}|[0-9]{4}|[0-9]{1,2})")
+#: An offset in the form ``+hh:mm``, its range not yet checked.
+_OFFSET_WRITTEN: Final = re.compile(r"[+-][0-9]{2}:[0-9]{2}")
 
 
 def occurred_at_problem(written: object) -> str:
@@ -137,37 +135,37 @@ def occurred_at_problem(written: object) -> str:
     decimal comma; more than 9 digits of a second's fraction; an offset as ``+2:00``
     or ``+0200``; no offset; the offset ``-00:00``; an offset beyond -12:00..+14:00),
     then :data:`OCCURRED_AT_RULE`."""
-    if isinstance(written, str):
-        loose = _LOOSE.fullmatch(written)
-        if loose is not None:
-            offset = loose["offset"]
-            if loose["time"] is None and not offset:
-                return f"is a date without a time of day: {OCCURRED_AT_RULE}"
-            if loose["mark"] == ",":
-                return (
-                    "writes the fraction of a second after a comma: use a point "
-                    f"(e.g. '09:30:00.5'); {OCCURRED_AT_RULE}"
-                )
-            if loose["fraction"] is not None and len(loose["fraction"]) > 9:
-                return (
-                    f"has {len(loose['fraction'])} digits of a second's fraction, "
-                    f"9 at most (nanoseconds); {OCCURRED_AT_RULE}"
-                )
-            if _OFFSET_MISWRITTEN.fullmatch(offset):
-                return f"writes its UTC offset {offset!r}: write it '+hh:mm'; {OCCURRED_AT_RULE}"
-        if _NAIVE.fullmatch(written):
-            return f"has no UTC offset (a naive time): {OCCURRED_AT_RULE}"
-        found = _OFFSET.fullmatch(written)
-        if found is not None:
-            offset = found.group(1)
-            if offset == "-00:00":
-                return (
-                    "has the offset -00:00, which means an unknown offset (RFC 3339), "
-                    f"i.e. a naive time: use 'Z' or '+00:00' for UTC; {OCCURRED_AT_RULE}"
-                )
-            minutes = int(offset[1:3]) * 60 + int(offset[4:6])
-            if int(offset[4:6]) >= 60 or not -12 * 60 <= int(f"{offset[0]}1") * minutes <= 14 * 60:
-                return f"has the offset {offset}, which no place uses: {OCCURRED_AT_RULE}"
+    found = _WRITTEN.fullmatch(written) if isinstance(written, str) else None
+    if found is None:
+        return OCCURRED_AT_RULE
+    offset, fraction = found["offset"], found["fraction"]
+    if found["time"] is None and not offset:
+        return f"is a date without a time of day: {OCCURRED_AT_RULE}"
+    if found["mark"] == ",":
+        return (
+            "writes the fraction of a second after a comma: use a point "
+            f"(e.g. '09:30:00.5'); {OCCURRED_AT_RULE}"
+        )
+    if fraction is not None and len(fraction) > 9:
+        return (
+            f"has {len(fraction)} digits of a second's fraction, "
+            f"9 at most (nanoseconds); {OCCURRED_AT_RULE}"
+        )
+    if _OFFSET_MISWRITTEN.fullmatch(offset):
+        return f"writes its UTC offset {offset!r}: write it '+hh:mm'; {OCCURRED_AT_RULE}"
+    if found["time"] is None:
+        return OCCURRED_AT_RULE
+    if not offset:
+        return f"has no UTC offset (a naive time): {OCCURRED_AT_RULE}"
+    if _OFFSET_WRITTEN.fullmatch(offset):
+        if offset == "-00:00":
+            return (
+                "has the offset -00:00, which means an unknown offset (RFC 3339), "
+                f"i.e. a naive time: use 'Z' or '+00:00' for UTC; {OCCURRED_AT_RULE}"
+            )
+        minutes = int(offset[1:3]) * 60 + int(offset[4:6])
+        if int(offset[4:6]) >= 60 or not -12 * 60 <= int(f"{offset[0]}1") * minutes <= 14 * 60:
+            return f"has the offset {offset}, which no place uses: {OCCURRED_AT_RULE}"
     return OCCURRED_AT_RULE
 
 
