@@ -386,28 +386,26 @@ def collect_broker(settings: Settings) -> BrokerState:
     try:
         cluster = admin.describe_cluster()["brokers"]
         alive = tuple(sorted(b["broker_id"] for b in cluster if not b.get("is_fenced")))
-        expected = _expected_topics(settings)
-        existing = set(admin.list_topics())
-        described = {
-            t["name"]: t["partitions"]
-            for t in admin.describe_topics([name for _, name in expected if name in existing])
-        }
+        # Every topic's partitions in one metadata request (what list_topics reads too).
+        described = {t["name"]: t["partitions"] for t in admin.describe_topics()}
     except KafkaError as exc:
         return BrokerState(bootstrap, False, f"cannot read topic metadata: {exc}")
     finally:
         admin.close()
     topics = []
     out_of_sync: set[int] = set()
-    for logical, name in expected:
+    for logical, name in _expected_topics(settings):
         partitions = described.get(name)
         if partitions is None:
             topics.append(TopicState(logical, name, False, 0))
             continue
-        lagging = [p for p in partitions if set(p["replica_nodes"]) - set(p["isr_nodes"])]
-        for partition in lagging:
-            out_of_sync.update(set(partition["replica_nodes"]) - set(partition["isr_nodes"]))
+        lagging = 0
+        for partition in partitions:
+            behind = set(partition["replica_nodes"]) - set(partition["isr_nodes"])
+            lagging += bool(behind)
+            out_of_sync |= behind
         offline = sum(1 for p in partitions if p["leader_id"] < 0)
-        topics.append(TopicState(logical, name, True, len(partitions), len(lagging), offline))
+        topics.append(TopicState(logical, name, True, len(partitions), lagging, offline))
     return BrokerState(bootstrap, True, None, tuple(topics), alive, tuple(sorted(out_of_sync)))
 
 
