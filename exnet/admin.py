@@ -5,16 +5,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, Final
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from contracts.catalog import TOPICS
 from contracts.errors import UserError
 from contracts.topics import topic_name
 from exnet.settings import Settings
-from streams.names import changelog_topics
+from streams.names import (
+    CONTRIBUTIONS_TABLE,
+    PARTICIPANTS_TABLE,
+    TABLE_SOURCES,
+    changelog_topic,
+    changelog_topics,
+)
 
 __all__ = [
     "admin_client",
@@ -27,12 +34,31 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_COMPACT: Final = {"cleanup.policy": "compact"}
+#: The changelogs of tables that write each key again and again (a participant's
+#: state, and their contribution, after every batch that touched them): segments
+#: that roll at 16 MiB or after an hour, so that Kafka's log cleaner compacts them
+#: while the pipeline runs. Kafka never compacts a topic's active segment (1 GiB,
+#: 7 days by default): after a million events those two changelogs held 1.7 GB,
+#: every version of every key, which each restart read back in full; 96 MB once
+#: compacted. The dedup table writes each key once (an event_id): compacting its
+#: changelog would only copy it again, so it keeps Kafka's segments.
+_ROLLING_COMPACT: Final = {
+    **_COMPACT,
+    "segment.bytes": str(16 * 2**20),
+    "segment.ms": str(60 * 60 * 1000),
+}
+_CHANGELOG_CONFIGS: Final = {
+    PARTICIPANTS_TABLE: _ROLLING_COMPACT,
+    CONTRIBUTIONS_TABLE: _ROLLING_COMPACT,
+}
+
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """Every topic exnet needs (physical name -> config), the tables' changelogs included."""
     configs = {topic_name(spec.topic, settings.topic_prefix): dict(spec.config) for spec in TOPICS}
-    for changelog in changelog_topics(settings):
-        configs[changelog] = {"cleanup.policy": "compact"}
+    for table in TABLE_SOURCES:
+        configs[changelog_topic(settings, table)] = dict(_CHANGELOG_CONFIGS.get(table, _COMPACT))
     return configs
 
 
@@ -88,7 +114,10 @@ def ensure_topics(settings: Settings) -> list[str]:
 
     Replicated as :func:`replication_factor` says, with ``min.insync.replicas``
     of 2 when there are 2 replicas or more: with ``acks=all`` a write then
-    survives the loss of any one broker.
+    survives the loss of any one broker. A topic that exists already gets the
+    configs of :func:`topic_configs` it does not set itself (those a later
+    version of exnet added); what a topic sets is left as it is (an operator's
+    choice).
     """
     wanted = topic_configs(settings)
     partitions = topic_partitions(settings)
@@ -96,6 +125,7 @@ def ensure_topics(settings: Settings) -> list[str]:
         replicas = replication_factor(settings, admin)
         in_sync = {"min.insync.replicas": str(min(2, replicas))}
         existing = set(admin.list_topics())
+        _add_missing_configs(admin, {n: c for n, c in wanted.items() if n in existing})
         missing = [
             NewTopic(
                 name,
@@ -117,6 +147,50 @@ def ensure_topics(settings: Settings) -> list[str]:
     created = [topic.name for topic in missing]
     log.info("created topics %s", ", ".join(created))
     return created
+
+
+def _add_missing_configs(admin: KafkaAdminClient, wanted: dict[str, dict[str, str]]) -> None:
+    """Set on each existing topic of ``wanted`` (name -> config) the keys it does not set
+    itself. A cluster that refuses (no ALTER_CONFIGS right) gets a warning, not an error:
+    the pipeline runs on the topics as they are."""
+    if not wanted:
+        return
+    try:
+        described: dict[str, dict[str, Any]] = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
+        )["topic"]
+        unset = {
+            name: {
+                key: value
+                for key, value in config.items()
+                if described.get(name, {}).get(key, {}).get("config_source")
+                != "DYNAMIC_TOPIC_CONFIG"
+            }
+            for name, config in wanted.items()
+        }
+        resources = [
+            ConfigResource(ConfigResourceType.TOPIC, name, configs=configs)
+            for name, configs in unset.items()
+            if configs
+        ]
+        if not resources:
+            return
+        answers = admin.alter_configs(resources, raise_on_unknown=False)["topic"]
+    except KafkaError as exc:
+        log.warning("could not read or set the configs of existing topics: %s", exc)
+        return
+    for resource in resources:
+        answer = answers.get(resource.name)
+        if answer == "OK":
+            log.info("set %s on topic %s", _shown(resource.configs), resource.name)
+        else:
+            log.warning(
+                "could not set %s on topic %s: %s", _shown(resource.configs), resource.name, answer
+            )
+
+
+def _shown(configs: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(configs.items()))
 
 
 def delete_prefixed(admin: KafkaAdminClient, prefix: str) -> tuple[list[str], list[str]]:

@@ -1,13 +1,16 @@
-"""``exnet.admin``: a prefix's topics and consumer groups deleted, and nothing else."""
+"""``exnet.admin``: the topics' configs; a prefix's topics and consumer groups deleted,
+and nothing else."""
 
 from __future__ import annotations
 
 import pytest
 from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import NoError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from exnet.admin import delete_prefixed, ensure_topics, topic_configs
+from streams.names import CONTRIBUTIONS_TABLE, DEDUP_TABLE, PARTICIPANTS_TABLE, changelog_topic
 from tests.conftest import SettingsFactory, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -63,3 +66,51 @@ def test_delete_prefixed_refuses_what_is_no_run_s_own_prefix(
 ) -> None:
     with pytest.raises(ValueError, match="a prefix ends in"):
         delete_prefixed(kafka_admin, prefix)
+
+
+def _topic_configs(admin: KafkaAdminClient, topic: str) -> dict[str, str]:
+    """The configs ``topic`` sets itself."""
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    return {
+        key: entry["value"]
+        for key, entry in described["topic"][topic].items()
+        if entry["config_source"] == "DYNAMIC_TOPIC_CONFIG"
+    }
+
+
+def test_changelogs_rewriting_their_keys_roll_segments_the_log_cleaner_can_compact(
+    settings_factory: SettingsFactory, kafka_admin: KafkaAdminClient
+) -> None:
+    settings = settings_factory(partitions=1)
+    ensure_topics(settings)
+    participants = _topic_configs(kafka_admin, changelog_topic(settings, PARTICIPANTS_TABLE))
+    dedup = _topic_configs(kafka_admin, changelog_topic(settings, DEDUP_TABLE))
+    assert participants["cleanup.policy"] == dedup["cleanup.policy"] == "compact"
+    assert participants["segment.bytes"] == str(16 * 2**20)
+    assert participants["segment.ms"] == str(3_600_000)
+    assert "segment.bytes" not in dedup and "segment.ms" not in dedup
+
+
+def test_an_existing_topic_gets_the_configs_it_lacks_and_keeps_its_own(
+    settings_factory: SettingsFactory, kafka_admin: KafkaAdminClient
+) -> None:
+    """A deployment made by an earlier version: `exnet init` (and `exnet up`) adds what
+    is new, and leaves what an operator set."""
+    settings = settings_factory(partitions=1)
+    contributions = changelog_topic(settings, CONTRIBUTIONS_TABLE)
+    kafka_admin.create_topics(
+        [
+            NewTopic(
+                contributions,
+                1,
+                1,
+                topic_configs={"cleanup.policy": "compact", "segment.ms": "7200000"},
+            )
+        ]
+    )
+
+    ensure_topics(settings)
+
+    configs = _topic_configs(kafka_admin, contributions)
+    assert configs["segment.bytes"] == str(16 * 2**20)  # added
+    assert configs["segment.ms"] == "7200000"  # the operator's, kept
