@@ -208,7 +208,7 @@ def create_app(
                 return
             assigned = app.consumer.assignment()
             if any(tp.topic == names[Topic.CONTRIBUTIONS] for tp in assigned):
-                rollup.refresh(latest, datetime.now(UTC))
+                rollup.refresh(latest, datetime.now(UTC), app.consumer_generation_id)
 
         app.timer(FILL_VIEWS_S, name="exnet-fill-views")(fill_views)
 

@@ -575,6 +575,36 @@ def test_a_restarted_rollup_serves_its_tables_figures_before_any_new_contributio
     assert all(row["version"] is None for row in live.rows("node_summary") or [])
 
 
+@pytest.mark.parametrize("rebalanced", [False, True])
+def test_a_refreshed_rollup_rebuilds_again_only_after_a_rebalance(
+    simulated: list[EventBase], monkeypatch: pytest.MonkeyPatch, rebalanced: bool
+) -> None:
+    """The first batch after :meth:`RollupStage.refresh` sends every row; it rebuilds the
+    totals from the table again only when read in another generation than the refresh's
+    (after a million events, a rebuild holds the worker's thread for seconds)."""
+    records = [record(e, i) for i, e in enumerate(simulated)]
+    half = len(records) // 2
+    pipeline = Pipeline()
+    pipeline.roll(pipeline.accept(records[:half]))
+    pipeline.rollup = RollupStage("v", NAMES, pipeline.live)  # a restart
+    pipeline.rows.clear()  # what reaches the view tables from here on
+    rebuilds = []
+    rebuild = pipeline.rollup._rebuild
+
+    def counted(table: dict[bytes, bytes]) -> None:
+        rebuilds.append(table)
+        rebuild(table)
+
+    monkeypatch.setattr(pipeline.rollup, "_rebuild", counted)
+    pipeline.generation += 1
+    pipeline.rollup.refresh(pipeline.contributions_table, NOW, pipeline.generation)
+    if rebalanced:
+        pipeline.generation += 1
+    pipeline.roll(pipeline.accept(records[half:]))
+    assert len(rebuilds) == 1 + rebalanced
+    assert_same(pipeline.views(), compute_views(simulated, NODES))  # every row sent again
+
+
 def test_pieces_lost_after_the_tables_write_are_sent_again_by_the_replayed_batch(
     simulated: list[EventBase],
 ) -> None:
