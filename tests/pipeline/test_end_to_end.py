@@ -13,15 +13,20 @@ import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import orjson
 import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from contracts import headers as H
 from contracts.topics import Topic
 from contracts.validation import MAX_MESSAGE_BYTES
 from contracts.views import ARM_COLUMNS, SUMMARY_COLUMNS, ArmKey, compute_views
+from streams.names import CONTRIBUTIONS_TABLE, PARTICIPANTS_TABLE, changelog_topic
+from tests.conftest import wait_until
 from tests.pipeline.events import EventMaker, as_event
 from tests.pipeline.harness import Pipeline, assert_views_exact, stream_views
 from tests.pipeline.load import participant_events
@@ -297,16 +302,87 @@ def _check_live_views(pipeline: Pipeline) -> None:
     ]
 
 
-def test_a_new_worker_recovers_every_table_from_its_changelog(pipeline: Pipeline) -> None:
+#: Seconds for Kafka's log cleaner to compact a changelog (it looks every 15 s).
+COMPACTION_S = 90.0
+
+
+def _partitions(consumer: KafkaConsumer, topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+
+
+def _end(pipeline: Pipeline, topic: str) -> int:
+    """Offsets ``topic`` has used, over its partitions."""
+    consumer = KafkaConsumer(bootstrap_servers=pipeline.settings.kafka_bootstrap)
+    try:
+        return sum(consumer.end_offsets(_partitions(consumer, topic)).values())
+    finally:
+        consumer.close()
+
+
+def _compacted(pipeline: Pipeline, topic: str) -> bool:
+    """Whether ``topic`` holds fewer records than offsets it used."""
+    return _records_left(pipeline, topic) < _end(pipeline, topic)
+
+
+def _records_left(pipeline: Pipeline, topic: str) -> int:
+    """Records ``topic`` still holds, over its partitions (read from the beginning)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=pipeline.settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    try:
+        partitions = _partitions(consumer, topic)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        ends = consumer.end_offsets(partitions)
+        count = 0
+        while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            count += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
+        return count
+    finally:
+        consumer.close()
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["as_written", "compacted"])
+def test_a_new_worker_recovers_every_table_from_its_changelog(
+    pipeline: Pipeline, kafka_admin: KafkaAdminClient, compacted: bool
+) -> None:
     """Every `exnet up --drain` is a new worker, which rebuilds its tables from their
     changelogs (fetched batches, unpacked by streams.transport.BatchTable). The second
     one still knows each event of the first (a copy is a duplicate, other content a
-    conflict) and each participant's events (the views stay exact as they grow)."""
+    conflict) and each participant's events (the views stay exact as they grow).
+    ``compacted``: Kafka's log cleaner has compacted the changelogs in between (the
+    records of keys written again later are gone: the offsets have gaps)."""
     first = participant_events(seed=31, participants=300)  # ~4,000 events
     pipeline.init()
-    for topic, event in first:
-        pipeline.send(topic, event)
-    pipeline.drain()
+    changelogs = [
+        changelog_topic(pipeline.settings, t) for t in (PARTICIPANTS_TABLE, CONTRIBUTIONS_TABLE)
+    ]
+    if compacted:  # segments roll at the first write after 0.1 s; the cleaner takes any
+        kafka_admin.alter_configs(
+            [
+                ConfigResource(
+                    ConfigResourceType.TOPIC,
+                    name,
+                    configs={"segment.ms": "100", "min.cleanable.dirty.ratio": "0.01"},
+                )
+                for name in changelogs
+            ]
+        )
+    # Compacted: in three drains, every third event each, so that the tables write
+    # each participant's keys again (one drain writes most of them once), and later
+    # than the first drain's segments (the cleaner leaves a log's last segment).
+    for wave in (first[0::3], first[1::3], first[2::3]) if compacted else (first,):
+        for topic, event in wave:
+            pipeline.send(topic, event)
+        pipeline.drain()
+    if compacted:
+        for name in changelogs:
+            wait_until(
+                partial(_compacted, pipeline, name),
+                f"Kafka's log cleaner compacting {name}",
+                COMPACTION_S,
+                1.0,
+            )
     accepted = [event for _, event in first]
     assert pipeline.scalar("SELECT count() FROM rejected_events FINAL") == 0
 
