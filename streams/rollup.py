@@ -286,8 +286,9 @@ class RollupStage:
         self._live = live
         self.totals = Totals()
         self._generation: int | None = None
-        #: The generation :meth:`refresh` rebuilt the totals in (None: none since a batch).
-        self._refreshed: int | None = None
+        #: The generation whose table the totals were last rebuilt from (the table
+        #: changes only by this stage's batches within a generation).
+        self._built: int | None = None
         self._current: dict[str, dict[ViewKey, dict[str, Any]]] = {t: {} for t in VIEW_KEYS}
 
     def __call__(
@@ -310,9 +311,9 @@ class RollupStage:
         result = Rolled()
         touched: set[ViewKey] = set()
         if generation != self._generation:
-            if generation != self._refreshed:  # else the totals are the table's already
+            if generation != self._built:  # else the totals are the table's already
                 self._rebuild(table)
-            self._refreshed = None
+                self._built = generation
             self._generation = generation
             # Every row again (a dead worker may not have sent its last ones).
             touched.update(self.totals.keys())
@@ -402,13 +403,15 @@ class RollupStage:
     ) -> None:
         """Fill the live views from ``table`` alone (a worker that recovered its table
         but has no new contribution to read): the rows carry ``version`` null, as they
-        were not sent. The next batch sends every row; it rebuilds the totals first
-        unless it was read in ``generation``, the consumer group generation ``table``
-        was recovered in (the table has not changed since: no other batch was read;
-        a rebuild after a million events takes 4 s or more of the worker's thread)."""
-        self._rebuild(table)
+        were not sent. The next batch sends every row. ``generation``: the consumer
+        group generation ``table`` was recovered in; the totals are rebuilt from it
+        once per generation, here or by a batch, whichever comes first (within a
+        generation only this stage's batches change the table; a rebuild after a
+        million events holds the worker's thread for 4 s or more). None: rebuild."""
+        if generation is None or generation != self._built:
+            self._rebuild(table)
+            self._built = generation
         self._generation = None
-        self._refreshed = generation
         if self._live is None:
             return
         stamp = now.isoformat(timespec="milliseconds")

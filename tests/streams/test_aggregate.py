@@ -575,13 +575,15 @@ def test_a_restarted_rollup_serves_its_tables_figures_before_any_new_contributio
     assert all(row["version"] is None for row in live.rows("node_summary") or [])
 
 
+@pytest.mark.parametrize("batch_first", [False, True], ids=["refresh_first", "batch_first"])
 @pytest.mark.parametrize("rebalanced", [False, True])
 def test_a_refreshed_rollup_rebuilds_again_only_after_a_rebalance(
-    simulated: list[EventBase], monkeypatch: pytest.MonkeyPatch, rebalanced: bool
+    simulated: list[EventBase], monkeypatch: pytest.MonkeyPatch, rebalanced: bool, batch_first: bool
 ) -> None:
-    """The first batch after :meth:`RollupStage.refresh` sends every row; it rebuilds the
-    totals from the table again only when read in another generation than the refresh's
-    (after a million events, a rebuild holds the worker's thread for seconds)."""
+    """The totals are rebuilt from the table once per generation, by
+    :meth:`RollupStage.refresh` or a batch, whichever comes first; again only in another
+    generation (after a million events, a rebuild holds the worker's thread for
+    seconds). The first batch after a refresh sends every row."""
     records = [record(e, i) for i, e in enumerate(simulated)]
     half = len(records) // 2
     pipeline = Pipeline()
@@ -597,10 +599,13 @@ def test_a_refreshed_rollup_rebuilds_again_only_after_a_rebalance(
 
     monkeypatch.setattr(pipeline.rollup, "_rebuild", counted)
     pipeline.generation += 1
+    quarter = half + (len(records) - half) // 2
+    if batch_first:
+        pipeline.roll(pipeline.accept(records[half:quarter]))
     pipeline.rollup.refresh(pipeline.contributions_table, NOW, pipeline.generation)
     if rebalanced:
         pipeline.generation += 1
-    pipeline.roll(pipeline.accept(records[half:]))
+    pipeline.roll(pipeline.accept(records[quarter if batch_first else half :]))
     assert len(rebuilds) == 1 + rebalanced
     assert_same(pipeline.views(), compute_views(simulated, NODES))  # every row sent again
 
