@@ -151,23 +151,30 @@ def ensure_topics(settings: Settings) -> list[str]:
 
 def _add_missing_configs(admin: KafkaAdminClient, wanted: dict[str, dict[str, str]]) -> None:
     """Set on each existing topic of ``wanted`` (name -> config) the keys it does not set
-    itself. A cluster that refuses (no ALTER_CONFIGS right) gets a warning, not an error:
-    the pipeline runs on the topics as they are."""
+    at topic level, as :func:`ensure_topics` would at creation (a broker-wide default is
+    overridden, as there). A cluster that refuses (no DESCRIBE_CONFIGS or ALTER_CONFIGS
+    right) gets a warning, not an error: the pipeline runs on the topics as they are."""
     if not wanted:
         return
     try:
         described: dict[str, dict[str, Any]] = admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, name) for name in wanted]
         )["topic"]
-        unset = {
-            name: {
+        unset = {}
+        for name, config in wanted.items():
+            own = described.get(name)
+            if not own:
+                # Every topic exnet (or Faust) makes sets a config of its own: nothing
+                # described is a describe that failed for this topic (kafka-python
+                # drops a resource's error), and setting every key would overwrite
+                # what an operator set.
+                log.warning("could not read the configs of topic %s; left as it is", name)
+                continue
+            unset[name] = {
                 key: value
                 for key, value in config.items()
-                if described.get(name, {}).get(key, {}).get("config_source")
-                != "DYNAMIC_TOPIC_CONFIG"
+                if own.get(key, {}).get("config_source") != "DYNAMIC_TOPIC_CONFIG"
             }
-            for name, config in wanted.items()
-        }
         resources = [
             ConfigResource(ConfigResourceType.TOPIC, name, configs=configs)
             for name, configs in unset.items()

@@ -106,7 +106,8 @@ def test_an_existing_topic_gets_the_configs_it_lacks_and_keeps_its_own(
                 1,
                 topic_configs={"cleanup.policy": "compact", "segment.ms": "7200000"},
             )
-        ]
+        ],
+        wait_for_metadata=True,
     )
 
     ensure_topics(settings)
