@@ -105,14 +105,24 @@ class Pipeline:
     def run(
         self, *args: str, timeout: float = 180, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [EXNET, *args],
-            env={**self.env, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        """`exnet <args>` to its end; a command still running after ``timeout`` seconds
+        fails the test with the log it wrote so far."""
+        try:
+            return subprocess.run(
+                [EXNET, *args],
+                env={**self.env, **(env or {})},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            log = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else ""
+            (self.settings.var_dir / "timed-out.log").write_text(log)  # kept for post-mortems
+            command = " ".join(("exnet", *args))
+            raise AssertionError(
+                f"`{command}` did not finish in {timeout} s:\n{log[-8000:]}"
+            ) from None
 
     def init(self) -> None:
         done = self.run("init", timeout=120)
@@ -121,14 +131,7 @@ class Pipeline:
     def drain(self, timeout: float = 240, env: dict[str, str] | None = None) -> str:
         """`exnet up --drain`; asserts it exits 0; returns its stderr (the log)."""
         self.flush()
-        try:
-            done = self.run("up", "--drain", timeout=timeout, env=env)
-        except subprocess.TimeoutExpired as exc:
-            log = exc.stderr.decode("utf-8", "replace") if isinstance(exc.stderr, bytes) else ""
-            (self.settings.var_dir / "drain.log").write_text(log)  # kept for post-mortems
-            raise AssertionError(
-                f"`exnet up --drain` did not finish in {timeout} s:\n{log[-8000:]}"
-            ) from None
+        done = self.run("up", "--drain", timeout=timeout, env=env)
         (self.settings.var_dir / "drain.log").write_text(done.stderr)  # kept for post-mortems
         assert done.returncode == 0, f"exit {done.returncode}\n{done.stderr[-5000:]}"
         return done.stderr

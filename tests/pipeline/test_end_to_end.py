@@ -334,8 +334,9 @@ def _records_left(pipeline: Pipeline, topic: str) -> int:
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)
         ends = consumer.end_offsets(partitions)
-        count = 0
+        count, deadline = 0, time.monotonic() + 60
         while any(consumer.position(tp) < ends[tp] for tp in partitions):
+            assert time.monotonic() < deadline, f"{topic}: not read to its end in 60 s"
             count += sum(len(r) for r in consumer.poll(timeout_ms=1000).values())
         return count
     finally:
@@ -358,7 +359,7 @@ def test_a_new_worker_recovers_every_table_from_its_changelog(
         changelog_topic(pipeline.settings, t) for t in (PARTICIPANTS_TABLE, CONTRIBUTIONS_TABLE)
     ]
     if compacted:  # segments roll at the first write after 0.1 s; the cleaner takes any
-        kafka_admin.alter_configs(
+        answers = kafka_admin.alter_configs(
             [
                 ConfigResource(
                     ConfigResourceType.TOPIC,
@@ -368,6 +369,7 @@ def test_a_new_worker_recovers_every_table_from_its_changelog(
                 for name in changelogs
             ]
         )
+        assert answers == {"topic": dict.fromkeys(changelogs, "OK")}, answers
     # Compacted: in three drains, every third event each, so that the tables write
     # each participant's keys again (one drain writes most of them once), and later
     # than the first drain's segments (the cleaner leaves a log's last segment).
