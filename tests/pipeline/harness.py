@@ -78,13 +78,14 @@ class Pipeline:
             self._producer.close()
             self._producer = None
 
-    def read_topic(self, topic: Topic) -> list[Any]:
-        """Every message of ``topic`` from the beginning to its current end."""
+    def read_topic(self, topic: Topic | str) -> list[Any]:
+        """Every message of ``topic`` (a :class:`Topic`, or a physical name: a table's
+        changelog) from the beginning to its current end."""
         consumer = KafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
         )
         try:
-            name = self.topic(topic)
+            name = self.topic(topic) if isinstance(topic, Topic) else topic
             partitions = [
                 TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())
             ]

@@ -599,13 +599,13 @@ def test_a_refreshed_rollup_rebuilds_again_only_after_a_rebalance(
 
     monkeypatch.setattr(pipeline.rollup, "_rebuild", counted)
     pipeline.generation += 1
-    quarter = half + (len(records) - half) // 2
+    three_quarters = half + (len(records) - half) // 2
     if batch_first:
-        pipeline.roll(pipeline.accept(records[half:quarter]))
+        pipeline.roll(pipeline.accept(records[half:three_quarters]))
     pipeline.rollup.refresh(pipeline.contributions_table, NOW, pipeline.generation)
     if rebalanced:
         pipeline.generation += 1
-    pipeline.roll(pipeline.accept(records[quarter if batch_first else half :]))
+    pipeline.roll(pipeline.accept(records[three_quarters if batch_first else half :]))
     assert len(rebuilds) == 1 + rebalanced
     assert_same(pipeline.views(), compute_views(simulated, NODES))  # every row sent again
 
