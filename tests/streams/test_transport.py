@@ -189,3 +189,30 @@ def test_the_gap_waits_for_the_batches_before_it() -> None:
     assert consumer._new_offset(TP0) is None  # batch 0-9 is not done
     consumer._chains[TP0][0].done = True
     assert consumer._new_offset(TP0) == 11
+
+
+async def _commit_while(stop: str) -> tuple[bool, bool]:
+    """Commit through a consumer thread that never takes a call (it is not running),
+    stopping it as ``stop`` says; the result, and whether the thread was asked."""
+    app = faust.App("exnet-test-commit", broker=f"{SCHEME}://127.0.0.1:9092")
+    register(TRANSPORTS)
+    consumer: Any = app.consumer
+    thread = consumer._thread
+    if stop == "before":
+        thread._crash(RuntimeError("an agent failed"))  # what mode does to every child
+    commit = asyncio.ensure_future(thread.commit({TP0: 5}))
+    if stop == "meanwhile":
+        await asyncio.sleep(0.2)
+        assert not commit.done()  # waiting for the thread
+        thread.set_shutdown()  # what the thread does as it ends
+    did_commit = await asyncio.wait_for(commit, timeout=5)
+    return did_commit, thread._method_queue is not None  # made at the first call
+
+
+def test_a_commit_the_stopped_consumer_thread_never_takes_is_not_waited_for() -> None:
+    # exnet up hung in its final commit after the invalid-ratio guard crashed it.
+    assert asyncio.run(_commit_while("meanwhile")) == (False, True)
+
+
+def test_a_crashed_consumer_thread_is_not_asked_to_commit() -> None:
+    assert asyncio.run(_commit_while("before")) == (False, False)
