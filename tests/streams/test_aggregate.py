@@ -386,6 +386,26 @@ def test_markers_past_a_chunk_go_on_in_the_next_and_are_all_found(
     assert _json(replays.outgoing[0][3])["pieces"]["node|N01"]["v"] == 5
 
 
+def test_a_chunk_filled_past_the_limit_by_an_earlier_version_is_read_and_left_as_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Chunks held 2,000 markers before 2026-12-02; a deployment's state carries over.
+    make = Make()
+    who = "P-00000000ab"
+    events = [make.session(who, "N01-S01", "attended", day=d) for d in range(6)]
+    stage = AggregateStage("c")
+    table: dict[bytes, bytes] = {}
+    monkeypatch.setattr(aggregate_module, "MARKS_PER_CHUNK", 2_000)
+    stage([record(e, i) for i, e in enumerate(events[:4])], table)
+    monkeypatch.setattr(aggregate_module, "MARKS_PER_CHUNK", 2)
+    earlier = table[f"{who}|m|0".encode()]
+    counted = stage([record(e, 10 + i) for i, e in enumerate(events)], table)
+    assert counted.new_events == 2  # the four in the big chunk were found
+    assert table[f"{who}|m|0".encode()] == earlier  # not rewritten
+    assert len(table[f"{who}|m|1".encode()]) == 48
+    assert _json(counted.outgoing[0][3])["pieces"]["node|N01"]["v"] == 6
+
+
 def _earlier_layout(table: dict[bytes, bytes]) -> dict[bytes, bytes]:
     """The same state as the layout before markers and days were grouped kept it."""
     earlier = {}
