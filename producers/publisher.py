@@ -267,16 +267,10 @@ def connect_producer(
     return None
 
 
-def missing_input_topics(settings: Settings) -> list[str]:
-    """The input topics (SPEC §2, under ``EXNET_TOPIC_PREFIX``) that Kafka at the
-    settings' bootstrap does not hold, or that this login may not describe (a login
-    allowed to write a topic may describe it). Raises ``KafkaError`` when no broker
-    answers in :data:`CONNECT_TIMEOUT_MS`.
-
-    Why ask: a producer sending to a topic that does not exist waits for its
-    metadata and times out exactly as when Kafka is down, and the events would
-    be spooled for a Kafka that is up (a wrong prefix, or `exnet init` never run).
-    """
+def existing_topics(settings: Settings) -> set[str]:
+    """The topics Kafka at the settings' bootstrap holds that this login may describe
+    (a login allowed to write a topic may describe it). Raises ``KafkaError`` when no
+    broker answers in :data:`CONNECT_TIMEOUT_MS`."""
     admin = KafkaAdminClient(
         **settings.kafka_client_config(),
         client_id="exnet-publisher",
@@ -284,11 +278,30 @@ def missing_input_topics(settings: Settings) -> list[str]:
         request_timeout_ms=REQUEST_TIMEOUT_MS,
     )
     try:
-        existing = set(admin.list_topics())
+        return set(admin.list_topics())
     finally:
         admin.close()
+
+
+def missing_input_topics(settings: Settings) -> list[str]:
+    """The input topics (SPEC §2, under ``EXNET_TOPIC_PREFIX``) that Kafka at the
+    settings' bootstrap does not hold (:func:`existing_topics`; raises as it does).
+
+    Why ask: a producer sending to a topic that does not exist waits for its
+    metadata and times out exactly as when Kafka is down, and the events would
+    be spooled for a Kafka that is up (a wrong prefix, or `exnet init` never run).
+    """
+    existing = existing_topics(settings)
     wanted = [topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS]
     return [name for name in wanted if name not in existing]
+
+
+def _topics_if_known(settings: Settings) -> set[str] | None:
+    """:func:`existing_topics`, or None when Kafka does not answer (the sends find out)."""
+    try:
+        return existing_topics(settings)
+    except KafkaError:
+        return None
 
 
 def require_input_topics(settings: Settings, producer: KafkaProducer) -> None:
@@ -499,6 +512,10 @@ class FlushSummary:
     #: Segments another process holds (a running publisher or flusher).
     segments_busy: int = 0
     problem: str | None = None
+    #: Topics that spooled events are for and Kafka does not have (events spooled
+    #: under another EXNET_TOPIC_PREFIX, or before `exnet init`): their segments wait,
+    #: and the segments after them are sent.
+    missing_topics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,17 +548,23 @@ class _ClaimTarget:
         self.acked += sum(last - first + 1 for first, last in acked)
 
 
-def _flush_segments(spool: Spool, delivery: _Delivery, wait_s: float) -> FlushSummary:
+def _flush_segments(
+    spool: Spool, delivery: _Delivery, wait_s: float, existing: set[str] | None
+) -> FlushSummary:
     with spool.flushing(wait_s) as holding:
         if not holding:
             remaining = spool.status().pending
             problem = "another process is flushing the spool"
             return FlushSummary(remaining=remaining, problem=problem if remaining else None)
-        return _flush_locked(spool, delivery)
+        return _flush_locked(spool, delivery, existing)
 
 
-def _flush_locked(spool: Spool, delivery: _Delivery) -> FlushSummary:
+def _flush_locked(spool: Spool, delivery: _Delivery, existing: set[str] | None) -> FlushSummary:
+    """Send the spool's segments in order. ``existing``: Kafka's topics (None: not
+    known); a segment with events for a topic not among them is left as it is: sent,
+    they would time out as if Kafka were down and take every segment after down too."""
     sent = done = busy = 0
+    missing: set[str] = set()
     for path in spool.segment_paths():
         if not delivery.online:
             break
@@ -550,6 +573,12 @@ def _flush_locked(spool: Spool, delivery: _Delivery) -> FlushSummary:
                 busy += 1
                 continue
             pending = claimed.contents.pending()
+            absent = (
+                {event.topic for _, event in pending} - existing if existing is not None else set()
+            )
+            if absent:
+                missing |= absent
+                continue
             target = _ClaimTarget(claimed)
             for start in range(0, len(pending), COMMIT_EVENTS):
                 group = pending[start : start + COMMIT_EVENTS]
@@ -562,12 +591,21 @@ def _flush_locked(spool: Spool, delivery: _Delivery) -> FlushSummary:
             if claimed.contents.pending_count == 0:
                 done += 1
     remaining = spool.status().pending
+    problem = delivery.problem if remaining else None
+    if missing:
+        problem = (
+            f"spooled events wait for {', '.join(sorted(missing))}, which Kafka does not have "
+            "(spooled under another EXNET_TOPIC_PREFIX, or before `exnet init`): create the "
+            "topics (`exnet init` with that prefix), or move their segments aside "
+            "(`exnet spool status --json` names them)" + (f"; {problem}" if problem else "")
+        )
     return FlushSummary(
         sent=sent,
         remaining=remaining,
         segments_done=done,
         segments_busy=busy,
-        problem=delivery.problem if remaining else None,
+        problem=problem,
+        missing_topics=tuple(sorted(missing)),
     )
 
 
@@ -607,8 +645,9 @@ def flush_spool(settings: Settings, producer: KafkaProducer | None = None) -> Fl
     delivery = _Delivery(producer)
     if why:
         delivery.problem = why[0]
+    existing = _topics_if_known(settings) if delivery.online else None
     try:
-        return _flush_segments(spool, delivery, FLUSH_LOCK_WAIT_S)
+        return _flush_segments(spool, delivery, FLUSH_LOCK_WAIT_S, existing)
     finally:
         if own:
             delivery.close()
@@ -695,7 +734,8 @@ class Publisher:
         delivery = self._start()
         if delivery.online:
             # Not waiting: if another process flushes, it sends these anyway.
-            self._resent = _flush_segments(self._spool, delivery, wait_s=0)
+            existing = _topics_if_known(self._settings)
+            self._resent = _flush_segments(self._spool, delivery, wait_s=0, existing=existing)
         else:
             remaining = self._spool.status().pending
             self._resent = FlushSummary(remaining=remaining, problem=delivery.problem)

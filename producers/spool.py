@@ -366,6 +366,8 @@ class SegmentStatus:
     pending: int
     size: int
     in_use: bool
+    #: The topics its pending events are for, sorted.
+    topics: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +465,7 @@ class Spool:
                     pending=contents.pending_count,
                     size=len(data),
                     in_use=in_use,
+                    topics=tuple(sorted({event.topic for _, event in contents.pending()})),
                 )
             )
         return SpoolStatus(self.directory, tuple(segments))

@@ -277,6 +277,8 @@ def publish_files(
         resent = publisher.resend_spool()
         if resent.sent:
             errors.print(f"resent {resent.sent} spooled events from earlier runs", markup=False)
+        if resent.missing_topics and resent.problem:
+            errors.print(resent.problem, markup=False)
         progress: Progress | None = None
         if show:
             progress = stack.enter_context(
@@ -392,6 +394,7 @@ def register(app: typer.Typer) -> None:
                         "pending": seg.pending,
                         "bytes": seg.size,
                         "in_use": seg.in_use,
+                        "topics": list(seg.topics),
                     }
                     for seg in state.segments
                 ],
@@ -404,6 +407,9 @@ def register(app: typer.Typer) -> None:
         )
         if state.in_flight:
             text += f"; {state.in_flight} unacknowledged in segments of running publishers"
+        waiting_for = sorted({t for seg in state.segments if seg.pending for t in seg.topics})
+        if waiting_for:
+            text += f"; for {', '.join(waiting_for)}"
         console.print(text, markup=False)
 
     app.add_typer(spool_app)

@@ -19,7 +19,7 @@ from producers import Simulation, SimulationConfig, generate
 from producers import publisher as publisher_module
 
 from .helpers import PUB_PARTITIONS
-from .test_publisher import FakeProducer
+from .test_publisher import FakeProducer, input_topics
 
 if TYPE_CHECKING:
     from tests.conftest import SettingsFactory, TopicFactory
@@ -76,6 +76,6 @@ def pub_producer(monkeypatch: pytest.MonkeyPatch) -> FakeProducer:
         return fake
 
     monkeypatch.setattr(publisher_module, "connect_producer", connect)
-    # The fake holds every topic (the check asks Kafka itself otherwise).
-    monkeypatch.setattr(publisher_module, "missing_input_topics", lambda settings: [])
+    # The fake holds every input topic (the checks ask Kafka itself otherwise).
+    monkeypatch.setattr(publisher_module, "existing_topics", input_topics)
     return fake

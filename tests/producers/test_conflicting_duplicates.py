@@ -24,7 +24,7 @@ from producers import publisher as publisher_module
 
 from .helpers import pub_consume, pub_env, pub_exnet
 from .test_publish_kafka import CLOSED_BOOTSTRAP, _topics
-from .test_publisher import FakeProducer
+from .test_publisher import FakeProducer, input_topics
 
 EVENT_ID = "3f0c9a52-7d1e-4b8a-9c3e-2a6f5b1d8e07"
 OTHER_ID = "8b2e4f6a-1c3d-4e5f-a7b9-0d2c4e6f8a1b"
@@ -172,6 +172,7 @@ def test_offline_the_conflict_is_caught_and_only_the_first_copy_spooled(
     pub_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(publisher_module, "connect_producer", lambda *_a, **_k: None)
+    monkeypatch.setattr(publisher_module, "existing_topics", input_topics)  # for the flush
     with Publisher(pub_settings) as publisher:
         assert isinstance(publisher.publish(_line(), where=("a.jsonl", 1)), Accepted)
         assert isinstance(publisher.publish(_line(rpe=17), where=("a.jsonl", 2)), Rejected)

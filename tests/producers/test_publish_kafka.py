@@ -199,6 +199,40 @@ def test_the_next_publish_run_sends_the_spool_first(
     _check_round_trip(pub_kafka_settings, records, values)
 
 
+def test_events_spooled_for_topics_kafka_lacks_wait_without_holding_up_the_rest(
+    pub_kafka_settings: Settings, pub_simulation: Simulation, tmp_path: Path
+) -> None:
+    """Spooled under a wrong prefix while Kafka was down, then published under the right
+    one: the stuck events sent everything after them to the spool (a metadata timeout
+    read as Kafka being down), and no message named the topics."""
+    values = _valid_values(pub_simulation)[:30]
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_bytes(b"\n".join(values[:10]) + b"\n")
+    second.write_bytes(b"\n".join(values[10:]) + b"\n")
+    wrong = pub_env(pub_kafka_settings, EXNET_TOPIC_PREFIX="nowhere.")
+    down = {**wrong, "EXNET_KAFKA_BOOTSTRAP": CLOSED_BOOTSTRAP}
+    assert pub_exnet("publish", str(first), env=down, cwd=tmp_path).returncode == 3
+
+    up = pub_env(pub_kafka_settings)
+    result = pub_exnet("publish", str(second), env=up, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr  # events still wait in the spool
+    assert "sent 20, invalid 0, spooled 0" in result.stdout.decode()
+    assert "resent 0, still spooled 10" in result.stdout.decode()
+    assert "wait for nowhere.exnet." in result.stderr.decode()
+    records = pub_consume(pub_kafka_settings.kafka_bootstrap, _topics(pub_kafka_settings))
+    _check_round_trip(pub_kafka_settings, records, values[10:])
+
+    flushed = pub_exnet("spool", "flush", env=up, cwd=tmp_path)
+    assert flushed.returncode == 3
+    text = flushed.stdout.decode()
+    assert text.startswith("sent 0, still spooled 10; spooled events wait for nowhere.exnet.")
+    assert "`exnet init` with that prefix" in text
+    status = orjson.loads(pub_exnet("spool", "status", "--json", env=up, cwd=tmp_path).stdout)
+    stuck = {topic for segment in status["segments"] for topic in segment["topics"]}
+    assert stuck and all(topic.startswith("nowhere.exnet.") for topic in stuck)
+    assert status["pending"] == 10
+
+
 def test_a_killed_publisher_loses_nothing_it_had_spooled(
     pub_kafka_settings: Settings, tmp_path: Path
 ) -> None:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from contracts import Accepted, Reason, Rejected, Topic, topic_name
+from contracts import INPUT_TOPICS, Accepted, Reason, Rejected, Topic, topic_name
 from contracts.registry import DEMO_REGISTRY
 from exnet.settings import Settings
 from producers import Publisher, Simulation, flush_spool, spool_of
@@ -84,6 +84,11 @@ def in_order_per_key(sent: list[bytes], original: list[bytes]) -> bool:
     return True
 
 
+def input_topics(settings: Settings) -> set[str]:
+    """The topics a Kafka that ``exnet init`` set up holds for ``settings``'s prefix."""
+    return {topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS}
+
+
 @pytest.fixture
 def fake_connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeProducer | None], None]:
     """Make ``connect_producer`` hand out the given fake (None: Kafka unreachable)."""
@@ -93,8 +98,8 @@ def fake_connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeProducer | No
             return producer
 
         monkeypatch.setattr(publisher_module, "connect_producer", connect)
-        # The fake holds every topic (the check asks Kafka itself otherwise).
-        monkeypatch.setattr(publisher_module, "missing_input_topics", lambda settings: [])
+        # The fake holds every input topic (the checks ask Kafka itself otherwise).
+        monkeypatch.setattr(publisher_module, "existing_topics", input_topics)
 
     return use
 
