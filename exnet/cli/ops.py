@@ -80,10 +80,19 @@ def status(
 
 def rejects(
     node: Annotated[
-        list[str] | None, typer.Option("--node", help="Only this node (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--node",
+            help="Only this node (repeatable): a registered one, or one rejected messages name.",
+        ),
     ] = None,
     site: Annotated[
-        list[str] | None, typer.Option("--site", help="Only this site (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--site",
+            help="Only this site (repeatable): a registered one, or one rejected messages name "
+            "(an unknown_site rejection's).",
+        ),
     ] = None,
     reason: Annotated[
         list[str] | None,
@@ -140,6 +149,7 @@ def rejects(
         DEFAULT_TERMINAL_LIMIT,
         RejectFilter,
         find_rejects,
+        names_in_rejects,
         parse_moment,
         rejects_as_dict,
         render_rejects,
@@ -160,7 +170,10 @@ def rejects(
         until=parse_moment(until) if until else None,
         limit=limit if limit is not None or as_csv or as_json else DEFAULT_TERMINAL_LIMIT,
     )
-    query.check_names(load_registry(settings.registry_path), str(settings.registry_path))
+    registry = load_registry(settings.registry_path)
+    unregistered = query.unregistered(registry)
+    carried = names_in_rejects(settings, unregistered) if any(unregistered.values()) else {}
+    query.check_names(registry, str(settings.registry_path), carried)
     if original and not site:
         raise typer.BadParameter("--original needs --site: one site's originals at a time")
     result = find_rejects(settings, query)

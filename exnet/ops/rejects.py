@@ -161,17 +161,36 @@ class RejectFilter:
         if self.limit is not None and self.limit < 1:
             raise UserError("--limit must be at least 1")
 
-    def check_names(self, registry: NetworkRegistry, source: str) -> None:
+    def unregistered(self, registry: NetworkRegistry) -> dict[str, tuple[str, ...]]:
+        """The ``--node`` (key ``node``) and ``--site`` (``site``) names not in ``registry``."""
+        registered = {
+            "node": {node.id for node in registry.nodes},
+            "site": set(registry.node_of_site),
+        }
+        return {
+            kind: tuple(name for name in names if name not in registered[kind])
+            for kind, names in (("node", self.nodes), ("site", self.sites))
+        }
+
+    def check_names(
+        self,
+        registry: NetworkRegistry,
+        source: str,
+        carried: dict[str, set[str]] | None = None,
+    ) -> None:
         """Raise :class:`UserError` for a ``--node`` or ``--site`` not in ``registry``
         (read from ``source``), suggesting the closest registered names: a typo must
-        not look like a site with nothing to fix."""
+        not look like a site with nothing to fix. A name rejected messages carry
+        (``carried``: kind -> names, as :func:`names_in_rejects` finds them; an
+        ``unknown_site`` rejection names a site the registry lacks) is allowed."""
         registered = {
             "node": sorted({node.id for node in registry.nodes}),
             "site": sorted(registry.node_of_site),
         }
-        for kind, names in (("node", self.nodes), ("site", self.sites)):
+        carried = carried or {}
+        for kind, names in self.unregistered(registry).items():
             for name in names:
-                if name in registered[kind]:
+                if name in carried.get(kind, set()):
                     continue
                 close = difflib.get_close_matches(name, registered[kind], n=3, cutoff=0.6)
                 hint = f"; did you mean {' or '.join(close)}?" if close else ""
@@ -219,6 +238,23 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
             "nor a span back from now (24h, 7d, 30m, 2w)"
         ) from None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def names_in_rejects(settings: Settings, names: dict[str, tuple[str, ...]]) -> dict[str, set[str]]:
+    """Of ``names`` (``node`` / ``site`` -> ids), those some rejected message carries."""
+    db = settings.clickhouse_database
+    found: dict[str, set[str]] = {}
+    for kind, wanted in names.items():
+        if not wanted:
+            continue
+        column = {"node": "node_id", "site": "site_id"}[kind]
+        rows = query_rows(
+            settings,
+            f"SELECT DISTINCT {column} AS name FROM {db}.rejected_events "  # noqa: S608  # fixed column, quoted values
+            f"WHERE {column} IN {quote_list(wanted)}",
+        )
+        found[kind] = {str(row["name"]) for row in rows}
+    return found
 
 
 def find_rejects(settings: Settings, query: RejectFilter) -> RejectsResult:

@@ -90,6 +90,16 @@ def test_filters_and_text_output(seeded: Seeded) -> None:
     none = ops_cli(settings, "rejects", "--site", "N01-S02")
     assert none.exit_code == 0 and "no rejected messages match" in none.stdout
 
+    # A site the registry lacks but a rejection names (unknown_site) is listed, not
+    # refused as a typo; one that nothing names still is.
+    unregistered = ops_cli(settings, "rejects", "--site", "N01-S09")
+    assert unregistered.exit_code == 0, unregistered.output
+    assert "1 rejected message(s) match" in unregistered.stdout
+    assert "exnet.enrollment[1]@7" in unregistered.stdout
+    typo = ops_cli(settings, "rejects", "--site", "N01-S08")
+    assert isinstance(typo.exception, UserError)  # exit status 2 from `exnet`
+    assert "site 'N01-S08' is not in the network registry" in str(typo.exception)
+
 
 @pytest.mark.clickhouse
 def test_csv_work_list_and_json(seeded: Seeded, tmp_path: Path) -> None:
