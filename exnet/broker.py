@@ -229,6 +229,9 @@ class BrokerStatus:
     #: A pid file whose process is gone or is not this broker.
     stale_pid: int | None
     home: Path
+    #: Not running, yet something listens on its port: often a broker started from
+    #: another ``EXNET_VAR_DIR``, which this one's status cannot see.
+    port_taken: bool = False
 
 
 @dataclass(frozen=True)
@@ -355,6 +358,7 @@ def status(config: BrokerConfig) -> BrokerStatus:
         and broker_answers(config.bootstrap, connection=config.connection()),
         stale_pid=recorded if pid is None else None,
         home=config.home,
+        port_taken=pid is None and _port_open(HOST, config.port, PROBE_TIMEOUT_S),
     )
 
 

@@ -153,6 +153,7 @@ def register(app: typer.Typer) -> None:
                     "controller_port": config.controller_port,
                     "pid": state.pid,
                     "state": _state(state),
+                    "port_taken": state.port_taken,
                     "home": str(config.home),
                 }
                 for config, state in zip(cluster.members, found, strict=True)
@@ -169,7 +170,13 @@ def register(app: typer.Typer) -> None:
                     )
                 else:
                     stale = f"  (stale pid file names {state.stale_pid})" if state.stale_pid else ""
-                    out.print(f"{node}stopped  bootstrap {state.bootstrap}{stale}")
+                    taken = (
+                        f"  (none started from {state.home}; another process listens on its "
+                        "port: a broker started from another EXNET_VAR_DIR?)"
+                        if state.port_taken
+                        else ""
+                    )
+                    out.print(f"{node}stopped  bootstrap {state.bootstrap}{stale}{taken}")
         if not all(state.running for state in found):
             # SystemExit, not typer.Exit: in non-standalone mode click returns the
             # code of a typer.Exit instead of exiting with it.

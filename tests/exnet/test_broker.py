@@ -7,6 +7,7 @@ a second broker under ``tmp_path``, on other ports.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -153,6 +154,25 @@ def test_status_exits_3_when_stopped(tmp_path: Path) -> None:
 
     assert done.returncode == 3, done.stderr
     assert done.stdout.startswith("stopped")
+    assert "listens" not in done.stdout
+
+
+def test_status_says_when_another_process_listens_on_a_stopped_brokers_port(
+    tmp_path: Path,
+) -> None:
+    # A broker started from another EXNET_VAR_DIR: "stopped" alone misled a new user.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        env = {"EXNET_VAR_DIR": str(tmp_path), "EXNET_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"}
+        done = _exnet("broker", "status", env=env)
+        as_json = _exnet("broker", "status", "--json", env=env)
+
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.startswith(f"stopped  bootstrap 127.0.0.1:{port}  (none started from ")
+    assert "another process listens on its port" in done.stdout
+    assert json.loads(as_json.stdout)["nodes"][0]["port_taken"] is True
 
 
 # --- the shared broker ---------------------------------------------------------------
