@@ -283,15 +283,16 @@ def existing_topics(settings: Settings) -> set[str]:
         admin.close()
 
 
-def missing_input_topics(settings: Settings) -> list[str]:
+def missing_input_topics(settings: Settings, existing: set[str] | None = None) -> list[str]:
     """The input topics (SPEC §2, under ``EXNET_TOPIC_PREFIX``) that Kafka at the
-    settings' bootstrap does not hold (:func:`existing_topics`; raises as it does).
+    settings' bootstrap does not hold: not in ``existing`` when given, else not in
+    :func:`existing_topics` (which raises as it does).
 
     Why ask: a producer sending to a topic that does not exist waits for its
     metadata and times out exactly as when Kafka is down, and the events would
     be spooled for a Kafka that is up (a wrong prefix, or `exnet init` never run).
     """
-    existing = existing_topics(settings)
+    existing = existing_topics(settings) if existing is None else existing
     wanted = [topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS]
     return [name for name in wanted if name not in existing]
 
@@ -304,20 +305,22 @@ def _topics_if_known(settings: Settings) -> set[str] | None:
         return None
 
 
-def require_input_topics(settings: Settings, producer: KafkaProducer) -> None:
+def require_input_topics(settings: Settings, producer: KafkaProducer) -> set[str] | None:
     """Close ``producer`` (connected to Kafka) and raise :class:`ConfigError`, naming
     them, when Kafka lacks input topics (:func:`missing_input_topics`); a Kafka gone
-    since the producer connected is left for the producer's sends to find out."""
-    try:
-        missing = missing_input_topics(settings)
-    except KafkaError:
-        return
+    since the producer connected is left for the producer's sends to find out.
+    Returns Kafka's topics, as listed for the check (None: Kafka did not answer)."""
+    existing = _topics_if_known(settings)
+    if existing is None:
+        return None
+    missing = missing_input_topics(settings, existing)
     if missing:
         producer.close(timeout=0)
         raise ConfigError(
             f"Kafka at {settings.kafka_bootstrap} has no topic {', '.join(missing)}: run "
             f"`exnet init` against it, or check EXNET_TOPIC_PREFIX ({settings.topic_prefix!r} now)"
         )
+    return existing
 
 
 def spool_of(settings: Settings) -> Spool:
@@ -687,6 +690,8 @@ class Publisher:
         self._invalid: Counter[Reason] = Counter()
         self._sent_events = _SentEvents()
         self._resent = FlushSummary()
+        #: Kafka's topics, listed once at the start (None: not known).
+        self._kafka_topics: set[str] | None = None
         self._closed = False
 
     # -- life cycle ---------------------------------------------------------
@@ -711,7 +716,7 @@ class Publisher:
             why: list[str] = []
             producer = connect_producer(self._settings, why=why) if self._connect else None
             if producer is not None:
-                require_input_topics(self._settings, producer)
+                self._kafka_topics = require_input_topics(self._settings, producer)
             self._delivery = _Delivery(producer)
             if not self._connect:
                 self._delivery.problem = "not connecting to Kafka (spool only)"
@@ -734,8 +739,9 @@ class Publisher:
         delivery = self._start()
         if delivery.online:
             # Not waiting: if another process flushes, it sends these anyway.
-            existing = _topics_if_known(self._settings)
-            self._resent = _flush_segments(self._spool, delivery, wait_s=0, existing=existing)
+            self._resent = _flush_segments(
+                self._spool, delivery, wait_s=0, existing=self._kafka_topics
+            )
         else:
             remaining = self._spool.status().pending
             self._resent = FlushSummary(remaining=remaining, problem=delivery.problem)
