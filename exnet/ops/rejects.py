@@ -139,6 +139,14 @@ class RejectedMessage:
         return orjson.dumps(document[name]).decode()
 
 
+def _registered(registry: NetworkRegistry) -> dict[str, list[str]]:
+    """``node`` / ``site`` -> the registry's ids, sorted."""
+    return {
+        "node": sorted({node.id for node in registry.nodes}),
+        "site": sorted(registry.node_of_site),
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class RejectFilter:
     """Which rejections to list; empty tuples match everything."""
@@ -163,10 +171,7 @@ class RejectFilter:
 
     def unregistered(self, registry: NetworkRegistry) -> dict[str, tuple[str, ...]]:
         """The ``--node`` (key ``node``) and ``--site`` (``site``) names not in ``registry``."""
-        registered = {
-            "node": {node.id for node in registry.nodes},
-            "site": set(registry.node_of_site),
-        }
+        registered = _registered(registry)
         return {
             kind: tuple(name for name in names if name not in registered[kind])
             for kind, names in (("node", self.nodes), ("site", self.sites))
@@ -183,10 +188,7 @@ class RejectFilter:
         not look like a site with nothing to fix. A name rejected messages carry
         (``carried``: kind -> names, as :func:`names_in_rejects` finds them; an
         ``unknown_site`` rejection names a site the registry lacks) is allowed."""
-        registered = {
-            "node": sorted({node.id for node in registry.nodes}),
-            "site": sorted(registry.node_of_site),
-        }
+        registered = _registered(registry)
         carried = carried or {}
         for kind, names in self.unregistered(registry).items():
             for name in names:
