@@ -28,6 +28,11 @@ __all__ = ["OpsServer"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds between the server thread's checks for a stop (`socketserver`'s default,
+#: 0.5, made every stop of `exnet up` wait up to that long, twice: here and in its
+#: writer process).
+SHUTDOWN_POLL_S = 0.05
+
 
 class OpsServer:
     """The operations endpoint: metrics, liveness, readiness, live views.
@@ -115,7 +120,12 @@ class OpsServer:
                 server.server_address[1],
             )
         self._server = server
-        threading.Thread(target=server.serve_forever, name="exnet-ops", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_S},
+            name="exnet-ops",
+            daemon=True,
+        ).start()
         log.info("serving /metrics, /healthz, /readyz, /views/ on %s:%d", self._host, self.port)
 
     def _view(self, table: str) -> tuple[HTTPStatus, bytes, str]:

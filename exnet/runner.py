@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 #: Seconds between a standby writer's attempts to take the embedded database.
 STANDBY_RETRY_S = 2.0
 #: Seconds between a drain's checks whether everything is written.
-DRAIN_CHECK_S = 0.5
+DRAIN_CHECK_S = 0.2
 #: Seconds between reads of every stage's lag (the gauges; the progress bar), during a
 #: drain and otherwise.
 DRAIN_LAG_S = 2.0
@@ -644,10 +644,9 @@ def _run_streams(
     0: stopped cleanly; :data:`EXIT_INVALID_RATIO`: the invalid-ratio guard
     stopped it; :data:`EXIT_BUG`: an agent failed; 1: Faust itself crashed.
     """
-    import faust
-
     from streams.app import WorkerFailed, create_app
     from streams.guard import InvalidRatioExceeded
+    from streams.transport import Worker
 
     if stop.event.is_set():
         return 0
@@ -681,7 +680,7 @@ def _run_streams(
             loop.call_soon_threadsafe(os.kill, os.getpid(), signal.SIGTERM)
 
     stop.forward = forward_at_once
-    worker = faust.Worker(
+    worker = Worker(
         app,
         loop=loop,
         loglevel=settings.log_level,

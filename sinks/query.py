@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds a query through the endpoint may take before the caller gives up.
 QUERY_TIMEOUT_S = 300
+#: Seconds between the server thread's checks for a stop (`socketserver`'s default,
+#: 0.5, made the writer's every stop wait up to that long).
+SHUTDOWN_POLL_S = 0.05
 
 
 def endpoint_file(settings: Settings) -> Path:
@@ -83,7 +86,12 @@ class QueryEndpoint:
 
         server = ThreadingHTTPServer(("127.0.0.1", self._settings.sql_port), Handler)
         self._server = server
-        threading.Thread(target=server.serve_forever, name="exnet-sql", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL_S},
+            name="exnet-sql",
+            daemon=True,
+        ).start()
         path = endpoint_file(self._settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")

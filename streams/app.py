@@ -63,7 +63,14 @@ from streams.names import (
     streams_group,
 )
 from streams.rollup import LiveViews, RollupStage
-from streams.transport import SCHEME, BatchMessage, BatchTable, Producer, register
+from streams.transport import (
+    SCHEME,
+    BatchMessage,
+    BatchTable,
+    Producer,
+    TableManager,
+    register,
+)
 from streams.validate import Validated, ValidateStage
 
 __all__ = [
@@ -80,7 +87,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Seconds between Faust's offset commits: bounds replay after a crash and drain latency.
-COMMIT_INTERVAL_S = 1.0
+COMMIT_INTERVAL_S = 0.25
 #: Bytes per producer batch (per partition): large batches amortise each round trip.
 PRODUCER_BATCH_BYTES = 1024 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
@@ -126,6 +133,7 @@ def create_app(
         broker_credentials=_credentials(settings),
         store="memory://",
         Table=BatchTable,
+        TableManager=TableManager,
         datadir=str(datadir),  # not the working directory
         autodiscover=False,
         web_enabled=False,
