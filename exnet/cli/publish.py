@@ -317,10 +317,15 @@ def publish_files(
     return _exit_code(summary)
 
 
+def _counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless the count is one: "1 segment", "2 segments"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _flush_text(flushed: FlushSummary) -> str:
     text = f"sent {flushed.sent}, still spooled {flushed.remaining}"
     if flushed.segments_busy:
-        text += f" ({flushed.segments_busy} segments held by another process)"
+        text += f" ({_counted(flushed.segments_busy, 'segment')} held by another process)"
     if flushed.problem:
         text += f"; {flushed.problem}"
     return text
@@ -402,7 +407,8 @@ def register(app: typer.Typer) -> None:
             console.print(orjson.dumps(document).decode(), markup=False)
             return
         text = (
-            f"{state.pending} events waiting in {state.waiting_segments} segments "
+            f"{_counted(state.pending, 'event')} waiting in "
+            f"{_counted(state.waiting_segments, 'segment')} "
             f"({state.size / 1024:.1f} KiB) under {state.directory}"
         )
         if state.in_flight:

@@ -151,6 +151,19 @@ def test_broker_down_spools_and_a_flush_delivers_each_event_once(
     _check_round_trip(pub_kafka_settings, records, values)  # each exactly once
 
 
+def test_spool_status_counts_one_event_in_one_segment_in_the_singular(
+    pub_kafka_settings: Settings, pub_simulation: Simulation, tmp_path: Path
+) -> None:
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(_valid_values(pub_simulation)[0] + b"\n")
+    down = pub_env(pub_kafka_settings, EXNET_KAFKA_BOOTSTRAP=CLOSED_BOOTSTRAP)
+    assert pub_exnet("publish", str(path), env=down, cwd=tmp_path).returncode == 3
+
+    status = pub_exnet("spool", "status", env=down, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.decode().startswith("1 event waiting in 1 segment ("), status.stdout
+
+
 def test_two_concurrent_flushers_send_each_event_once(
     pub_kafka_settings: Settings, pub_simulation: Simulation, tmp_path: Path
 ) -> None:
