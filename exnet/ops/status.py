@@ -747,7 +747,9 @@ def _broker_part(report: StatusReport) -> RenderableType:
     counts = sorted({t.partitions for t in broker.topics if t.exists})
     line = Text(f"topics: {len(broker.topics) - len(missing)} of {len(broker.topics)} exist")
     if counts:
-        line.append(f", {'/'.join(str(c) for c in counts)} partitions")
+        # "1 or 6": the contributions topic has one partition, the others the setting's
+        # number ("1/6" read as "one of six").
+        line.append(f", {' or '.join(str(c) for c in counts)} partitions each")
     if broker.under_replicated:
         line.append(f", {broker.under_replicated} under-replicated", style="red")
     if broker.offline:

@@ -245,6 +245,21 @@ def test_problems_and_json_keys_from_a_built_report() -> None:
     assert "never" in text and "1 PROBLEM(S)" in text
 
 
+def test_the_broker_line_names_each_partition_count_topics_have() -> None:
+    """Pure: topics of 1 and of 6 partitions read "1 or 6 partitions each", not "1/6"
+    (one of six)."""
+    topics = (
+        TopicState("exnet.session", "exnet.session", True, 6),
+        TopicState("exnet.contributions", "exnet.contributions", True, 1),
+    )
+    broker = BrokerState("b:9092", True, None, topics, (1,))
+    lag = LagState(True, None, ())
+    clickhouse = ClickHouseState(False, "exnet", "chdb:///x", "down", (), (), ())
+    report = StatusReport(datetime.now(UTC), 24.0, 0.05, broker, lag, clickhouse, ())
+
+    assert "topics: 2 of 2 exist, 1 or 6 partitions each" in _text(report)
+
+
 def test_a_screen_printed_to_a_pipe_keeps_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
     """Piped or written to a file (cron, logs), a wide screen is printed whole, not cut
     to rich's 80 columns with '…'."""
