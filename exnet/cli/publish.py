@@ -276,7 +276,9 @@ def publish_files(
         publisher.online  # noqa: B018  # connects now: a missing topic is told before any line
         resent = publisher.resend_spool()
         if resent.sent:
-            errors.print(f"resent {resent.sent} spooled events from earlier runs", markup=False)
+            errors.print(
+                f"resent {_counted(resent.sent, 'spooled event')} from earlier runs", markup=False
+            )
         if resent.missing_topics and resent.problem:
             errors.print(resent.problem, markup=False)
         progress: Progress | None = None
@@ -306,8 +308,10 @@ def publish_files(
         summary = publisher.close()
     if summary.spooled and summary.problem:
         errors.print(
-            f"{summary.spooled} events were not acknowledged ({summary.problem}); they wait "
-            f"in {spool_of(settings).directory}: run `exnet spool flush` once Kafka is back",
+            f"{_counted(summary.spooled, 'event')} "
+            f"{'was' if summary.spooled == 1 else 'were'} not acknowledged ({summary.problem}); "
+            f"{'it waits' if summary.spooled == 1 else 'they wait'} in "
+            f"{spool_of(settings).directory}: run `exnet spool flush` once Kafka is back",
             markup=False,
         )
     out.print(_summary_line(lines, summary), markup=False)

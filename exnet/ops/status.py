@@ -749,7 +749,8 @@ def _broker_part(report: StatusReport) -> RenderableType:
     if counts:
         # "1 or 6": the contributions topic has one partition, the others the setting's
         # number ("1/6" read as "one of six").
-        line.append(f", {' or '.join(str(c) for c in counts)} partitions each")
+        plural = "partition" if counts == [1] else "partitions"
+        line.append(f", {' or '.join(str(c) for c in counts)} {plural} each")
     if broker.under_replicated:
         line.append(f", {broker.under_replicated} under-replicated", style="red")
     if broker.offline:

@@ -151,13 +151,16 @@ def test_broker_down_spools_and_a_flush_delivers_each_event_once(
     _check_round_trip(pub_kafka_settings, records, values)  # each exactly once
 
 
-def test_spool_status_counts_one_event_in_one_segment_in_the_singular(
+def test_one_spooled_event_is_told_in_the_singular(
     pub_kafka_settings: Settings, pub_simulation: Simulation, tmp_path: Path
 ) -> None:
     path = tmp_path / "one.jsonl"
     path.write_bytes(_valid_values(pub_simulation)[0] + b"\n")
     down = pub_env(pub_kafka_settings, EXNET_KAFKA_BOOTSTRAP=CLOSED_BOOTSTRAP)
-    assert pub_exnet("publish", str(path), env=down, cwd=tmp_path).returncode == 3
+    published = pub_exnet("publish", str(path), env=down, cwd=tmp_path)
+    assert published.returncode == 3
+    assert b"1 event was not acknowledged (" in published.stderr, published.stderr
+    assert b"; it waits in " in published.stderr
 
     status = pub_exnet("spool", "status", env=down, cwd=tmp_path)
     assert status.returncode == 0, status.stderr

@@ -258,6 +258,9 @@ def test_the_broker_line_names_each_partition_count_topics_have() -> None:
     report = StatusReport(datetime.now(UTC), 24.0, 0.05, broker, lag, clickhouse, ())
 
     assert "topics: 2 of 2 exist, 1 or 6 partitions each" in _text(report)
+    one = BrokerState("b:9092", True, None, (topics[1],), (1,))
+    single = StatusReport(datetime.now(UTC), 24.0, 0.05, one, lag, clickhouse, ())
+    assert "topics: 1 of 1 exist, 1 partition each" in _text(single)
 
 
 def test_a_screen_printed_to_a_pipe_keeps_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
