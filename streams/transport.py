@@ -56,6 +56,7 @@ from typing import Any, NamedTuple, cast
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.tables import TableManager as FaustTableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 from faust.types.tuples import ConsumerMessage
@@ -687,15 +688,15 @@ class Worker(faust.Worker):
         await asyncio.sleep(LOOP_CLOSE_GRACE_S)
 
 
-class TableManager(faust.tables.TableManager):
+class TableManager(FaustTableManager):
     """Faust's table manager, without the second it sleeps before it starts.
 
     Faust's ``TableManager.on_start`` waits a fixed second before it registers the
-    tables' changelog channels and starts recovery, for tables an app defines
-    after it started; the consumer does not subscribe until then. exnet's
+    tables' changelog channels and starts recovery (a window in which an app may
+    still define tables); the consumer does not subscribe until then. exnet's
     tables are all made in :func:`streams.app.create_app`, before the worker
     starts, so the wait was a second of every start and nothing else. The rest
-    is Faust's own start, in its order.
+    is Faust's own start (faust-streaming 0.15's body), in its order.
     """
 
     logger = _FAUST_LOG

@@ -216,3 +216,27 @@ def test_a_commit_the_stopped_consumer_thread_never_takes_is_not_waited_for() ->
 
 def test_a_crashed_consumer_thread_is_not_asked_to_commit() -> None:
     assert asyncio.run(_commit_while("before")) == (False, False)
+
+
+def test_the_start_and_stop_overrides_still_replace_what_faust_and_mode_sleep_in() -> None:
+    """TableManager.on_start and Worker._sentinel_task stand in for library methods that
+    sleep a fixed second; an upgrade that renamed or reshaped them would leave the
+    override unused or out of step, silently. Read the libraries' own code."""
+    import inspect
+
+    import mode
+    from faust.tables import TableManager as FaustTableManager
+
+    from streams.transport import TableManager, Worker
+
+    faust_start = inspect.getsource(FaustTableManager.on_start)
+    assert "await self.sleep(1.0)" in faust_start
+    assert "await self._update_channels()" in faust_start
+    assert "await self.recovery.start()" in faust_start
+    ours = inspect.getsource(TableManager.on_start)
+    assert "sleep" not in ours and "_update_channels" in ours and "recovery.start" in ours
+
+    assert "_sentinel_task" in vars(mode.Worker)
+    assert "asyncio.sleep(1.0)" in inspect.getsource(mode.Worker._sentinel_task)
+    assert "_sentinel_task" in inspect.getsource(mode.Worker._shutdown_loop)
+    assert issubclass(Worker, faust.Worker) and "_sentinel_task" in vars(Worker)
