@@ -205,6 +205,22 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         log.warning("not committing %d offsets: the consumer stopped", len(offsets))
         return False
 
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        """Faust's check that every assigned partition's stream keeps up (run every 2.5
+        commit intervals), for every partition but the tables' changelogs.
+
+        A worker is assigned its tables' changelog partitions, reads them in recovery
+        and pauses them; no stream reads them after that, while its own table writes
+        move their high water on. Faust's check took that for a stream that never
+        started: from 5 minutes (``stream_processing_timeout``) after a start, an
+        ERROR of a dozen lines ("Stream has not started processing ...") for each of
+        the 13 changelog partitions at every check, as long as the worker ran.
+        Recovery has a check of its own (``verify_recovery_event_path``), kept.
+        """
+        if tp.topic in cast(Any, self.consumer).app.tables.changelog_topics:
+            return None
+        return super().verify_event_path(now, tp)
+
     async def positions(self, partitions: Sequence[TP]) -> dict[TP, int | None]:
         """The fetch positions of ``partitions`` (None: not assigned any more), in one
         call to the consumer's thread (a call per partition held the fetch loop for

@@ -6,10 +6,12 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
+import pytest
 from faust.transport.drivers import TRANSPORTS
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from streams.transport import SCHEME, Transport, commit_end, register
@@ -240,3 +242,26 @@ def test_the_start_and_stop_overrides_still_replace_what_faust_and_mode_sleep_in
     assert "asyncio.sleep(1.0)" in inspect.getsource(mode.Worker._sentinel_task)
     assert "_sentinel_task" in inspect.getsource(mode.Worker._shutdown_loop)
     assert issubclass(Worker, faust.Worker) and "_sentinel_task" in vars(Worker)
+
+
+def test_the_stream_check_leaves_the_tables_changelog_partitions_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Faust's check that each partition's stream keeps up logged a dozen ERROR lines
+    per changelog partition at every check from 5 minutes after a start (no stream
+    reads a changelog after recovery); input partitions are still checked."""
+    app = faust.App("exnet-test-verify", broker=f"{SCHEME}://127.0.0.1:9092")
+    register(TRANSPORTS)
+    app.Table("seen", partitions=1)
+    thread: Any = cast(Any, app.consumer)._thread
+    checked: list[TP] = []
+    monkeypatch.setattr(
+        faust_aiokafka.AIOKafkaConsumerThread,
+        "verify_event_path",
+        lambda self, now, tp: checked.append(tp),
+    )
+    changelog = TP("exnet-test-verify-seen-changelog", 0)
+    assert changelog.topic in app.tables.changelog_topics
+    thread.verify_event_path(0.0, changelog)
+    thread.verify_event_path(0.0, TP0)
+    assert checked == [TP0]
