@@ -87,7 +87,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Seconds between Faust's offset commits: bounds replay after a crash and drain latency.
-COMMIT_INTERVAL_S = 0.25
+COMMIT_INTERVAL_S = 0.5
 #: Bytes per producer batch (per partition): large batches amortise each round trip.
 PRODUCER_BATCH_BYTES = 1024 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
