@@ -326,7 +326,15 @@ class Consumer(faust_aiokafka.Consumer):
                 fetched = [record for record in fetched if record.offset >= expected]
             elif first > expected and self._skips.get(tp) != first:
                 self._skips[tp] = first
-                log.info("%s: fetched from %d where %d was due; reading again", tp, first, expected)
+                log.info(
+                    "%s: a fetch began at offset %d, past %d, the next one to deliver (an "
+                    "answer to a fetch from before a seek, or offsets Kafka skips); reading "
+                    "again from %d",
+                    tp,
+                    first,
+                    expected,
+                    expected,
+                )
                 await self.seek(tp, expected)
                 return ()
         self._skips.pop(tp, None)
