@@ -213,8 +213,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         and pauses them; no stream reads them after that, while its own table writes
         move their high water on. Faust's check took that for a stream that never
         started: from 5 minutes (``stream_processing_timeout``) after a start, an
-        ERROR of a dozen lines ("Stream has not started processing ...") for each of
-        the 13 changelog partitions at every check, as long as the worker ran.
+        ERROR of a dozen lines ("Stream has not started processing ...") for each
+        changelog partition (13 with 6 partitions a topic) at every check, as long
+        as the worker ran.
         Recovery has a check of its own (``verify_recovery_event_path``), kept.
         """
         if tp.topic in cast(Any, self.consumer).app.tables.changelog_topics:
@@ -700,10 +701,10 @@ class Worker(faust.Worker):
 
     mode's ``Worker._shutdown_loop`` runs a last task that sleeps a fixed second
     (``_sentinel_task``) before it closes the loop, whatever is left to do: a
-    second of every stop (of ``exnet up --drain``'s ~7 s on a small backlog, and
-    of every restart after a rebalance-free stop). By then every service has
-    stopped and every task was gathered; what can remain is the callbacks that
-    closing sockets scheduled, which the loop runs in its next iterations.
+    second of every stop (of ``exnet up --drain``'s 7 s on a small backlog). By
+    then every service has stopped and every task was gathered; what can remain
+    is the callbacks that closing sockets scheduled, which the loop runs in its
+    next iterations.
     """
 
     logger = _FAUST_LOG
