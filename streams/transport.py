@@ -51,11 +51,12 @@ import functools
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.stores.memory import Store as MemoryStore
 from faust.tables import TableManager as FaustTableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
@@ -642,19 +643,40 @@ class BatchTable(faust.Table[Any, Any]):
     """
 
     logger = _FAUST_LOG
+    _store_dict: MutableMapping[Any, Any] | None = None  # see _entries
+    _changelog_name_value: str | None = None
 
     def get(self, key: Any, default: Any = None) -> Any:
-        # Straight from the store, without an exception: Faust's (and its store's)
-        # Mapping.get raise and catch a KeyError through several layers for every
-        # missing key (most keys, for dedup), which cost more than the stage itself.
-        store = self.data
-        return store[key] if key in store else default  # noqa: SIM401  # see above
+        # Straight from the memory store's dict: Faust's (and its store's) Mapping.get
+        # raise and catch a KeyError through several layers for every missing key
+        # (most keys, for dedup), which cost more than the stage itself.
+        return self._entries().get(key, default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # What Faust's table does (on_key_set, then the store), minus mode's layers:
+        # with them, a write cost more than a stage's own work on the key (the
+        # aggregate stage spent 47% of its time in the table's layers, 2026-12-02).
+        self.on_key_set(key, value)
+        self._entries()[key] = value
 
     def on_key_set(self, key: Any, value: Any) -> None:
         batch = current_batch()
-        batch.changelog.append(
-            (self.changelog_topic.get_topic_name(), batch.partition, key, value, [], None)
-        )
+        batch.changelog.append((self._changelog_name(), batch.partition, key, value, [], None))
+
+    def _entries(self) -> MutableMapping[Any, Any]:
+        """The memory store's dict (``store="memory://"``), which Faust and the store
+        only ever update in place."""
+        if self._store_dict is None:
+            store = self.data
+            if not isinstance(store, MemoryStore):
+                raise TypeError(f"exnet's tables are kept in memory, not in {store!r}")
+            self._store_dict = store.data
+        return self._store_dict
+
+    def _changelog_name(self) -> str:
+        if self._changelog_name_value is None:
+            self._changelog_name_value = self.changelog_topic.get_topic_name()
+        return self._changelog_name_value
 
     def on_key_del(self, key: Any) -> None:
         raise NotImplementedError("exnet's tables only grow")
