@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console, RenderableType
 
+from contracts.errors import UserError
 from contracts.registry import load_registry
 from exnet.ops import DEFAULT_MAX_REJECT_SHARE, DEFAULT_STALE_HOURS, JSON_KEYS_HELP
 from exnet.settings import load_settings
@@ -161,6 +162,8 @@ def rejects(
         raise typer.BadParameter("choose one of --csv and --json")
     if out is not None and not (as_csv or as_json):
         raise typer.BadParameter("--out needs --csv or --json")
+    if out is not None:
+        _check_writable(out)
     settings = load_settings()
     query = RejectFilter(
         nodes=tuple(node or ()),
@@ -182,7 +185,10 @@ def rejects(
     if not (as_csv or as_json):
         _print_whole(render_rejects(result))
         return
-    target = out.open("w", encoding="utf-8", newline="") if out is not None else sys.stdout
+    try:
+        target = out.open("w", encoding="utf-8", newline="") if out is not None else sys.stdout
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         if as_csv:
             rows = write_worklist(result.messages, target)
@@ -209,9 +215,20 @@ def report(
     """A self-contained HTML report for analysts and steering committees (renders offline)."""
     from exnet.ops.report import write_report
 
+    if out is not None and out.is_dir():
+        raise UserError(f"cannot write {out}: it is a directory; give a file name")
     settings = load_settings()
     written = write_report(settings, out if out is not None else settings.var_dir / "report.html")
     Console(highlight=False).print(f"report written to {written}")
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse ``out`` before any work when it cannot be a file: a directory, or in a
+    directory that does not exist."""
+    if out.is_dir():
+        raise UserError(f"cannot write {out}: it is a directory; give a file name")
+    if not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: no directory {out.parent}")
 
 
 def verify() -> None:

@@ -22,6 +22,7 @@ What callers may rely on:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 from collections import defaultdict
@@ -36,6 +37,7 @@ from typing import Any, Final, get_args
 
 from contracts.enrollment import Adjunct, EnrollmentStatus
 from contracts.enrollment import Arm as Modality
+from contracts.errors import UserError
 from contracts.registry import ANY_LATER_WEEK
 from contracts.session import AdverseEvent
 from contracts.units import Analyte
@@ -1050,10 +1052,18 @@ def build_report(settings: Settings, now: datetime | None = None) -> str:
 
 
 def write_report(settings: Settings, out: Path, now: datetime | None = None) -> Path:
-    """Write the report to ``out`` (parents created, replaced atomically); return its path."""
+    """Write the report to ``out`` (parents created, replaced atomically); return its path.
+
+    Raises :class:`UserError` when it cannot be written (nothing is left behind).
+    """
     page = build_report(settings, now)
-    out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f".{out.name}.tmp")
-    temporary.write_text(page, encoding="utf-8")
-    temporary.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(page, encoding="utf-8")
+        temporary.replace(out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out.resolve()

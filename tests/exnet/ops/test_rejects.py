@@ -156,6 +156,16 @@ def test_csv_work_list_and_json(seeded: Seeded, tmp_path: Path) -> None:
 
     assert ops_cli(settings, "rejects", "--out", str(out)).exit_code != 0  # needs --csv/--json
 
+    # a path that cannot be a file: one line saying why, no traceback
+    for bad, why in (
+        (tmp_path, "it is a directory"),
+        (tmp_path / "missing" / "x.csv", "no directory"),
+    ):
+        refused = ops_cli(settings, "rejects", "--csv", "--out", str(bad))
+        assert isinstance(refused.exception, UserError)  # the CLI prints it, exit 2
+        assert str(refused.exception).startswith(f"cannot write {bad}: {why}")
+    assert not (tmp_path / "missing").exists()
+
 
 @pytest.mark.parametrize(
     ("held", "sent", "same"),

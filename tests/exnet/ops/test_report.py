@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from contracts.errors import UserError
 from contracts.registry import load_registry
 from exnet.ops.report import (
     collect_report,
@@ -201,6 +202,14 @@ def test_report_from_known_data_renders_offline(seeded: Seeded, tmp_path: Path) 
     assert result.exit_code == 0, result.output
     assert str(out.resolve()) in result.stdout.replace("\n", "")
 
+    # a directory is refused before any work
+    refused = ops_cli(seeded.settings, "report", "--out", str(out.parent))
+    assert isinstance(refused.exception, UserError)  # the CLI prints it, exit 2
+    assert (
+        str(refused.exception) == f"cannot write {out.parent}: it is a directory; give a file name"
+    )
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]
+
     dom, log = _render(out, tmp_path, tmp_path / "report.png")
     rendered = _parse(dom)
     assert rendered.body.get("data-report") == "ok", re.findall(
@@ -246,3 +255,14 @@ def test_the_checks_catch_a_broken_page(seeded: Seeded, tmp_path: Path) -> None:
     console = "\n".join(_console_lines(log))
     assert "boom" in console
     assert "Content Security Policy" in console  # the fetch was blocked, not made
+
+
+@pytest.mark.clickhouse
+def test_a_report_that_cannot_be_written_leaves_nothing_behind(
+    seeded: Seeded, tmp_path: Path
+) -> None:
+    taken = tmp_path / "written" / "taken"
+    (taken / "inside").mkdir(parents=True)  # a directory the page cannot replace
+    with pytest.raises(UserError, match=f"cannot write {taken}"):
+        write_report(seeded.settings, taken, now=seeded.now)
+    assert sorted(p.name for p in taken.parent.iterdir()) == ["taken"]
