@@ -686,7 +686,7 @@ def _site_state(site: SiteState, now: datetime) -> Text:
     if site.stale:
         return Text("STALE", style="bold red")
     if site.last_occurred_at is None or now - site.last_occurred_at > OLD_EVENTS:
-        return Text("no new events", style="yellow")
+        return Text("old events", style="yellow")
     return Text("ok", style="green")
 
 
@@ -814,7 +814,8 @@ def _clickhouse_parts(report: StatusReport, now: datetime) -> list[RenderableTyp
         return [head]
     head.append("reachable", style="green")
     head.append(
-        f"\nSites (stale: no event received for more than {report.stale_hours:g} h)",
+        f"\nSites (STALE: no event received for more than {report.stale_hours:g} h; "
+        f"old events: the newest occurred more than {OLD_EVENTS.days} days ago)",
         style="bold",
     )
     sites = Table(

@@ -97,6 +97,7 @@ def test_broker_down_still_shows_clickhouse(seeded: Seeded) -> None:
     assert "3 PROBLEM(S)" in text
     assert f"no Kafka broker answers at {DEAD}" in text
     assert "N01-S02" in text and "STALE" in text
+    assert "STALE: no event received for more than 24 h; old events: the newest" in text
     assert "invalid_field" in text and "unknown_site" in text
     assert "enrollment_events" in text
     assert "Views (stream-written" in text and "network" in text
