@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shlex
 import signal
 import sys
 import threading
@@ -191,6 +192,7 @@ def _publish_stream(
     publish = publisher.publish
     from_stdin = name == STDIN_NAME
     lines = _stdin_lines(stream, stop) if from_stdin else stream
+    first: bytes | None = None  # the first line with content, when it was refused
     try:
         for number, raw in enumerate(lines, 1):
             if stop.requested and not from_stdin:  # stdin's lines end by themselves
@@ -205,8 +207,31 @@ def _publish_stream(
             outcome = publish(line, (name, number))
             if isinstance(outcome, Rejected):
                 _report_rejection(errors, name, number, outcome)
+                if counts.read == 1:
+                    first = line.strip()
+            elif counts.read == 1:
+                first = None
     except OSError as exc:
         raise UserError(f"{name}: reading failed: {exc.strerror or exc}") from None
+    hint = _shape_hint(name, first) if first is not None else None
+    if hint is not None:
+        errors.print(hint, markup=False, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _shape_hint(name: str, first: bytes) -> str | None:
+    """What to do when a refused file's first line shows it is JSON, but not JSON Lines."""
+    file = shlex.quote(name) if name != STDIN_NAME else "FILE"
+    if first in (b"{", b"["):
+        return (
+            f"{name}: looks like JSON written across several lines; exnet publish reads "
+            f"JSON Lines, one whole event per line (for example: jq -c . {file})"
+        )
+    if first.startswith(b"["):
+        return (
+            f"{name}: looks like a JSON array of events; exnet publish reads JSON Lines, "
+            f"one event object per line (for example: jq -c '.[]' {file})"
+        )
+    return None
 
 
 def _summary_line(lines: _LineCounts, summary: PublishSummary) -> str:

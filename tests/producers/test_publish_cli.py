@@ -81,6 +81,44 @@ def test_invalid_lines_are_reported_by_line_and_field_path(
     assert sorted(pub_producer.values()) == sorted([good, crlf])
 
 
+@pytest.mark.parametrize(
+    ("shape", "hint"),
+    [
+        (
+            "pretty",
+            "looks like JSON written across several lines; exnet publish reads JSON "
+            "Lines, one whole event per line (for example: jq -c . {path})",
+        ),
+        (
+            "array",
+            "looks like a JSON array of events; exnet publish reads JSON Lines, one "
+            "event object per line (for example: jq -c '.[]' {path})",
+        ),
+    ],
+)
+def test_a_file_of_json_that_is_not_json_lines_gets_one_hint(
+    shape: str,
+    hint: str,
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    pub_producer: FakeProducer,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    events = [_valid(pub_simulation, '"session/1"', i) for i in range(2)]
+    if shape == "pretty":
+        lines = orjson.dumps(events[0], option=orjson.OPT_INDENT_2).split(b"\n")
+    else:
+        lines = [orjson.dumps(events)]
+    path = pub_write_lines(lines)
+    assert publish_files(pub_settings, [str(path)], show_progress=False) == EXIT_INVALID
+    out, err = capsys.readouterr()
+    reported = err.splitlines()
+    assert len(reported) == len(lines) + 1  # every line refused, then the hint once
+    assert reported[-1] == f"{path}: " + hint.format(path=path)
+    assert pub_producer.values() == []
+
+
 def test_all_valid_exits_0(
     pub_settings: Settings,
     pub_simulation: Simulation,
