@@ -324,8 +324,10 @@ def require_input_topics(settings: Settings, producer: KafkaProducer) -> set[str
 
 
 def spool_of(settings: Settings) -> Spool:
-    """The spool directory of these settings: ``<var_dir>/spool``."""
-    return Spool(settings.var_dir / "spool")
+    """The spool directory of these settings: ``<var_dir>/spool``, made absolute (the
+    default ``var_dir`` is relative to the working directory: a path printed for a
+    site to find its waiting events again must not be)."""
+    return Spool(settings.var_dir.resolve() / "spool")
 
 
 # --- delivery: hand spooled events to Kafka, record acknowledgements ------------

@@ -14,8 +14,9 @@ import orjson
 import pytest
 
 from contracts.errors import UserError
+from exnet.settings import load_settings
 from producers import Spool, SpooledEvent
-from producers.publisher import COMMIT_EVENTS
+from producers.publisher import COMMIT_EVENTS, spool_of
 from producers.spool import SegmentWriter, read_segment, seq_ranges
 
 #: Longest wait for a child process to reach the state a test needs.
@@ -263,3 +264,13 @@ def test_one_flusher_at_a_time(tmp_path: Path) -> None:
             assert not second
     with spool.flushing(wait_s=0) as again:
         assert again
+
+
+def test_the_spool_of_a_relative_var_dir_is_named_by_its_full_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default var_dir is relative to the working directory; the spool's path that
+    publish and `exnet spool` print must find the same folder from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    spool = spool_of(load_settings(var_dir=Path("var")))
+    assert spool.directory == tmp_path.resolve() / "var" / "spool"
