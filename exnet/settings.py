@@ -122,6 +122,16 @@ class Settings(BaseSettings):
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
         return value
 
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _check_clickhouse_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # Anything else was tried over HTTP on port 8123 (an ftp:// URL included).
+        if value is not None:
+            scheme = value.get_secret_value().partition("://")[0].lower()
+            if scheme not in ("chdb", "http", "https"):
+                raise ValueError("must be chdb:///path, or http(s)://user:password@host:port")
+        return value
+
     @field_validator("clickhouse_database", "consumer_group")
     @classmethod
     def _check_identifier(cls, value: str) -> str:

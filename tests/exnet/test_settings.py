@@ -28,3 +28,15 @@ def test_plain_names_are_taken() -> None:
         topic_prefix="lab7.", consumer_group="exnet_2", clickhouse_database="a"
     )
     assert (settings.topic_prefix, settings.consumer_group) == ("lab7.", "exnet_2")
+
+
+@pytest.mark.parametrize("url", ["ftp://x", "localhost:8123", "clickhouse://h:9000"])
+def test_a_clickhouse_url_of_another_scheme_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="EXNET_CLICKHOUSE_URL: .*must be chdb:///path, or http"):
+        load_settings(clickhouse_url=url)
+
+
+@pytest.mark.parametrize("url", ["chdb:///tmp/x", "http://u:p@h:8123", "HTTPS://h:8443"])
+def test_a_clickhouse_url_of_the_spec_s_schemes_is_taken(url: str) -> None:
+    settings = load_settings(clickhouse_url=url)
+    assert settings.clickhouse_dsn == url
