@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -27,6 +28,7 @@ __all__ = [
     "admin_client",
     "delete_prefixed",
     "ensure_topics",
+    "other_pipelines",
     "replication_factor",
     "topic_configs",
     "topic_partitions",
@@ -93,6 +95,41 @@ def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
         yield admin
     finally:
         admin.close()
+
+
+#: The states of a consumer group with members (the classic protocol's; KIP-848's).
+_ACTIVE_GROUP_STATES: Final = frozenset(
+    ("Stable", "PreparingRebalance", "CompletingRebalance", "Assigning", "Reconciling")
+)
+
+
+def other_pipelines(settings: Settings) -> list[str]:
+    """The consumer groups with members now of another pipeline on these topics:
+    ``<prefix><name>-streams`` or ``<prefix><name>-sink`` with another name than
+    ``EXNET_CONSUMER_GROUP``. Such a pipeline writes the same internal topics
+    (``exnet.validated``, ``exnet.accepted``, ``exnet.views``...) and its sink writes
+    this one's outputs too: the two mix. Empty when the cluster does not list its
+    groups to this login.
+    """
+    named = re.compile(
+        re.escape(settings.topic_prefix) + r"([A-Za-z_][A-Za-z0-9_]*)-(?:streams|sink)"
+    )
+    try:
+        with admin_client(settings) as admin:
+            groups = admin.list_groups()
+    except (KafkaError, UserError) as exc:
+        log.debug("could not list the consumer groups: %r", exc)
+        return []
+    found = []
+    for group in groups:
+        match = named.fullmatch(group["group_id"])
+        if (
+            match is not None
+            and match.group(1) != settings.consumer_group
+            and group.get("group_state") in _ACTIVE_GROUP_STATES
+        ):
+            found.append(group["group_id"])
+    return sorted(found)
 
 
 def replication_factor(settings: Settings, admin: KafkaAdminClient | None = None) -> int:

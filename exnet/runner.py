@@ -35,7 +35,7 @@ from typing import Any, Final, cast
 
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
-from exnet.admin import ensure_topics, replication_factor
+from exnet.admin import ensure_topics, other_pipelines, replication_factor
 from exnet.httpserver import OpsServer
 from exnet.logs import collapse_repeats, drop_close_races
 from exnet.metrics import Metrics
@@ -141,6 +141,19 @@ def initialize(settings: Settings, *, clickhouse: bool = True) -> InitReport:
         finally:
             client.close()
     return InitReport(created, applied)
+
+
+def _warn_of_other_pipelines(settings: Settings) -> None:
+    others = other_pipelines(settings)
+    if others:
+        log.warning(
+            "another pipeline runs on the topics of prefix %r: consumer group(s) %s, not "
+            "%r. Both write the same internal topics and both sinks write both outputs "
+            "into their databases; give each pipeline its own EXNET_TOPIC_PREFIX",
+            settings.topic_prefix,
+            ", ".join(others),
+            settings.consumer_group,
+        )
 
 
 class _SinkRole(threading.Thread):
@@ -473,7 +486,8 @@ def run_up(
 
     ``standby``: whether the sink role waits while another process holds the
     embedded database (role auto's writer process does); ``monitor``: whether this process reads
-    the pipeline's lag (the writer process of role auto leaves it to its parent).
+    the pipeline's lag and warns of another pipeline on its topics (the writer process of
+    role auto leaves both to its parent).
     """
     stop = _StopFlag()
     stop.install()
@@ -514,6 +528,8 @@ def run_up(
                 update={"replication_factor": replication_factor(settings)}
             )
             initialize(settings, clickhouse=False)  # topics; the writer migrates ClickHouse
+            if monitor:  # not again in role auto's writer process
+                _warn_of_other_pipelines(settings)
     except BaseException:
         ops.stop()
         raise

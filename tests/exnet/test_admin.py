@@ -3,13 +3,15 @@ and nothing else."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import NoError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from exnet.admin import delete_prefixed, ensure_topics, topic_configs
+from exnet.admin import delete_prefixed, ensure_topics, other_pipelines, topic_configs
 from streams.names import CONTRIBUTIONS_TABLE, DEDUP_TABLE, PARTICIPANTS_TABLE, changelog_topic
 from tests.conftest import SettingsFactory, wait_until
 
@@ -115,3 +117,30 @@ def test_an_existing_topic_gets_the_configs_it_lacks_and_keeps_its_own(
     configs = _topic_configs(kafka_admin, contributions)
     assert configs["segment.bytes"] == str(16 * 2**20)  # added
     assert configs["segment.ms"] == "7200000"  # the operator's, kept
+
+
+def test_another_pipeline_on_the_same_prefix_is_found_while_it_has_members(
+    settings_factory: SettingsFactory, topic_factory: Any
+) -> None:
+    settings = settings_factory()
+    topic = topic_factory(f"{settings.topic_prefix}exnet.accepted")
+    prefix = settings.topic_prefix
+    consumers = []
+    try:
+        for group in (f"{prefix}staging-sink", f"{prefix}{settings.consumer_group}-sink"):
+            consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group)
+            consumer.subscribe([topic])
+            consumers.append(consumer)
+
+        def joined() -> bool:
+            for consumer in consumers:
+                consumer.poll(timeout_ms=100)
+            return all(consumer.assignment() for consumer in consumers)
+
+        wait_until(joined, "both groups to have a member", 30.0)
+        assert other_pipelines(settings) == [f"{prefix}staging-sink"]
+    finally:
+        for consumer in consumers:
+            consumer.close()
+    # Without members (Empty), a group is another pipeline's past, not a running one.
+    assert other_pipelines(settings) == []
