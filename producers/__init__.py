@@ -1,6 +1,7 @@
 """The sites' side of exnet: publish validated events durably, or simulate a network."""
 
 from producers.publisher import (
+    Checker,
     FlushSummary,
     Publisher,
     PublishSummary,
@@ -25,6 +26,7 @@ from producers.simulate import (
 from producers.spool import Spool, SpooledEvent, SpoolStatus
 
 __all__ = [
+    "Checker",
     "DEFAULT_INVALID_KINDS",
     "DEFAULT_PARTICIPANTS",
     "DEFAULT_SEED",

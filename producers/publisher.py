@@ -78,6 +78,7 @@ from producers.spool import (
 
 __all__ = [
     "COMMIT_BYTES",
+    "Checker",
     "COMMIT_EVENTS",
     "CONNECT_TIMEOUT_MS",
     "DELIVERY_TIMEOUT_MS",
@@ -656,6 +657,39 @@ def flush_spool(settings: Settings, producer: KafkaProducer | None = None) -> Fl
     finally:
         if own:
             delivery.close()
+
+
+class Checker:
+    """What :meth:`Publisher.publish` decides about each event, with nothing sent,
+    spooled or connected: the contracts, the registry when ``EXNET_REGISTRY`` names
+    one, and conflicting duplicates within the run (``exnet publish --check``).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        registry = load_registry(settings.registry) if settings.registry is not None else None
+        self._validator = Validator(registry, settings.topic_prefix)
+        self._sent_events = _SentEvents()
+        self.valid = 0
+        self.invalid = 0
+
+    def publish(self, value: bytes, where: tuple[str, int] | None = None) -> Outcome:
+        """The outcome :meth:`Publisher.publish` would give ``value`` at this point of
+        the run (an accepted event is remembered, as a published one is)."""
+        outcome = self._validator.validate_record(value)
+        if isinstance(outcome, Accepted):
+            conflict = self._sent_events.check(outcome, where)
+            if conflict is not None:
+                outcome = conflict
+        if isinstance(outcome, Rejected):
+            self.invalid += 1
+        else:
+            self.valid += 1
+        return outcome
+
+    @property
+    def repeated(self) -> int:
+        """Valid events that repeat, exactly, one earlier in the run."""
+        return self._sent_events.repeats
 
 
 class Publisher:

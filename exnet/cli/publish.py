@@ -37,7 +37,7 @@ from rich.progress import (
 from contracts import Rejected
 from contracts.errors import UserError
 from exnet.settings import Settings, load_settings
-from producers import FlushSummary, Publisher, PublishSummary, flush_spool, spool_of
+from producers import Checker, FlushSummary, Publisher, PublishSummary, flush_spool, spool_of
 
 __all__ = [
     "EXIT_INTERRUPTED",
@@ -76,6 +76,9 @@ participant_id, to their event type's topic.
 Events Kafka does not acknowledge (broker down) are kept in the spool under
 EXNET_VAR_DIR/spool and sent at the start of the next run or by
 "exnet spool flush". Nothing is lost.
+
+With --check, the lines are only checked: the same report, nothing sent or
+spooled, no Kafka needed; exit status {EXIT_OK} when every line is valid.
 
 Exit status: {EXIT_OK} every event sent; {EXIT_INVALID} some line was invalid;
 {EXIT_SPOOLED} nothing invalid but some events were spooled; 2 a usage error
@@ -180,7 +183,7 @@ def _stdin_lines(stream: IO[bytes], stop: StopFlag) -> Iterator[bytes]:
 
 
 def _publish_stream(
-    publisher: Publisher,
+    publisher: Publisher | Checker,
     stream: IO[bytes],
     name: str,
     counts: _LineCounts,
@@ -346,6 +349,28 @@ def publish_files(
     return _exit_code(summary)
 
 
+def check_files(settings: Settings, files: list[str]) -> int:
+    """Run ``exnet publish --check`` on ``files``: every line checked and reported as
+    publishing would, nothing sent or spooled; returns the exit status."""
+    _check_readable(files)
+    errors = Console(stderr=True, soft_wrap=True, highlight=False)
+    checker = Checker(settings)
+    lines = _LineCounts()
+    stop = StopFlag()
+    for name in files:
+        shown = STDIN_NAME if name == "-" else name
+        with _open_input(name) as stream:
+            _publish_stream(checker, stream, shown, lines, errors, None, None, stop)
+    text = (
+        f"checked {lines.read}: valid {checker.valid}, invalid {checker.invalid}, "
+        f"skipped blank {lines.blank}; nothing sent"
+    )
+    if checker.repeated:
+        text += f"; {checker.repeated} repeat an event of this run (duplicates)"
+    Console(soft_wrap=True, highlight=False).print(text, markup=False)
+    return EXIT_INVALID if checker.invalid else EXIT_OK
+
+
 def _counted(count: int, noun: str) -> str:
     """``count`` and ``noun``, plural unless the count is one: "1 segment", "2 segments"."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
@@ -383,8 +408,18 @@ def register(app: typer.Typer) -> None:
                 help="Show a progress bar (default: only on a terminal).",
             ),
         ] = None,
+        check: Annotated[
+            bool,
+            typer.Option(
+                "--check",
+                help="Only check the lines and report them: nothing is sent or spooled.",
+            ),
+        ] = False,
     ) -> None:
         settings = load_settings()
+        if check:
+            _exit(check_files(settings, files))
+            return
         stop = StopFlag()
         stop.install()
         _exit(publish_files(settings, files, show_progress=progress, stop=stop))

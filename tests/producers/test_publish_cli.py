@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from contracts.errors import UserError
-from exnet.cli.publish import EXIT_INVALID, EXIT_OK, EXIT_SPOOLED, publish_files
+from exnet.cli.publish import EXIT_INVALID, EXIT_OK, EXIT_SPOOLED, check_files, publish_files
 from exnet.settings import Settings
 from producers import Simulation, simulate, spool_of
 from producers import publisher as publisher_module
@@ -117,6 +117,44 @@ def test_a_file_of_json_that_is_not_json_lines_gets_one_hint(
     assert len(reported) == len(lines) + 1  # every line refused, then the hint once
     assert reported[-1] == f"{path}: " + hint.format(path=path)
     assert pub_producer.values() == []
+
+
+def test_check_reports_what_publish_would_and_sends_nothing(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    pub_producer: FakeProducer,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    session = _valid(pub_simulation, '"session/1"')
+    other = _valid(pub_simulation, '"session/1"', 1)
+    lines = [
+        orjson.dumps(session),  # 1
+        orjson.dumps(session | {"rpe": 25}),  # 2 invalid field
+        b"",  # 3 blank
+        orjson.dumps(other),  # 4
+        orjson.dumps(other | {"duration_min": other["duration_min"] + 1}),  # 5 conflict with 4
+        orjson.dumps(session),  # 6 repeat of 1
+    ]
+    path = pub_write_lines(lines)
+
+    assert check_files(pub_settings, [str(path)]) == EXIT_INVALID
+    checked_out, checked_err = capsys.readouterr()
+    assert checked_out.strip() == (
+        "checked 5: valid 3, invalid 2, skipped blank 1; nothing sent; "
+        "1 repeat an event of this run (duplicates)"
+    )
+    assert pub_producer.values() == []
+    assert not spool_of(pub_settings).segment_paths()
+
+    # the same lines published: the same report, line for line
+    assert publish_files(pub_settings, [str(path)], show_progress=False) == EXIT_INVALID
+    _, published_err = capsys.readouterr()
+    assert checked_err == published_err
+    assert [f"{path}:2:", f"{path}:5:"] == [line.split(" ")[0] for line in checked_err.splitlines()]
+
+    valid = pub_write_lines([orjson.dumps(other)], name="valid.jsonl")
+    assert check_files(pub_settings, [str(valid)]) == EXIT_OK
 
 
 def test_all_valid_exits_0(
