@@ -665,9 +665,11 @@ class Checker:
     one, and conflicting duplicates within the run (``exnet publish --check``).
     """
 
-    def __init__(self, settings: Settings) -> None:
-        registry = load_registry(settings.registry) if settings.registry is not None else None
-        self._validator = Validator(registry, settings.topic_prefix)
+    def __init__(self, settings: Settings, validator: Validator | None = None) -> None:
+        if validator is None:
+            registry = load_registry(settings.registry) if settings.registry is not None else None
+            validator = Validator(registry, settings.topic_prefix)
+        self._validator = validator
         self._sent_events = _SentEvents()
         self.valid = 0
         self.invalid = 0
@@ -691,6 +693,10 @@ class Checker:
         """Valid events that repeat, exactly, one earlier in the run."""
         return self._sent_events.repeats
 
+    def forget(self) -> None:
+        """Free the run's memory of the events it accepted."""
+        self._sent_events.clear()
+
 
 class Publisher:
     """Validates events and delivers them to Kafka through the durable spool.
@@ -708,10 +714,7 @@ class Publisher:
     ) -> None:
         """``connect=False`` never contacts Kafka: every accepted event is spooled."""
         self._settings = settings
-        if validator is None:
-            registry = load_registry(settings.registry) if settings.registry is not None else None
-            validator = Validator(registry, settings.topic_prefix)
-        self._validator = validator
+        self._checker = Checker(settings, validator)
         self._spool = spool_of(settings)
         self._topics: dict[Topic, str] = {
             topic: topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS
@@ -724,7 +727,6 @@ class Publisher:
         self._buffer_bytes = 0
         self._accepted = 0
         self._invalid: Counter[Reason] = Counter()
-        self._sent_events = _SentEvents()
         self._resent = FlushSummary()
         #: Kafka's topics, listed once at the start (None: not known).
         self._kafka_topics: set[str] | None = None
@@ -800,11 +802,7 @@ class Publisher:
             raise ValueError("the publisher is closed")
         if not isinstance(value, bytes):
             value = orjson.dumps(value)
-        outcome = self._validator.validate_record(value)
-        if isinstance(outcome, Accepted):
-            conflict = self._sent_events.check(outcome, where)
-            if conflict is not None:
-                outcome = conflict
+        outcome = self._checker.publish(value, where)
         if isinstance(outcome, Rejected):
             self._invalid[outcome.reason] += 1
             return outcome
@@ -861,7 +859,7 @@ class Publisher:
             self._commit()
         finally:
             self._closed = True
-            self._sent_events.clear()  # frees the run's memory of what it sent
+            self._checker.forget()  # frees the run's memory of what it sent
             if self._delivery is not None:
                 self._delivery.close()
             for segment in self._segments:
@@ -883,5 +881,5 @@ class Publisher:
             invalid_by_reason=dict(self._invalid),
             resent=self._resent,
             problem=delivery.problem if delivery is not None and spooled else None,
-            repeated=self._sent_events.repeats,
+            repeated=self._checker.repeated,
         )
