@@ -71,7 +71,7 @@ class QueryEndpoint:
                     self._reply(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc).encode())
                     return
                 except Exception as exc:  # the analyst's SQL error, sent back as text
-                    self._reply(HTTPStatus.BAD_REQUEST, str(exc).encode())
+                    self._reply(HTTPStatus.BAD_REQUEST, clickhouse_message(exc).encode())
                     return
                 self._reply(HTTPStatus.OK, body)
 
@@ -232,6 +232,21 @@ def _canonical(client: Client, text: str) -> str:
 _READ_KINDS: Final = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "EXPLAIN", "EXISTS"})
 
 
+#: One ClickHouse error as the embedded client words it, wrapped once more at each
+#: layer: the code's prefix repeated ahead, the name and version repeated behind.
+_REPEATED_PREFIX = re.compile(r"^(Code: \d+\. DB::Exception: )(?:Code: \d+\. DB::Exception: )+")
+_REPEATED_SUFFIX = re.compile(r"( \([A-Z_]+\))(?: \(version [^)]*\)\. \([A-Z_]+\))+$")
+
+
+def clickhouse_message(exc: BaseException) -> str:
+    """ClickHouse's error in ``exc``, said once: chDB through clickhouse-connect gave
+    "Code: 164. DB::Exception: Code: 164. DB::Exception: Cannot modify ... (READONLY)
+    (version 26.9.2.1). (READONLY)" (three times over for an unknown format)."""
+    text = str(exc).strip()
+    text = _REPEATED_PREFIX.sub(r"\1", text)
+    return _REPEATED_SUFFIX.sub(r"\1", text)
+
+
 def _parse_failure(exc: Exception) -> str:
     """The start of ClickHouse's reason in ``exc`` (e.g. ``Syntax error (Multi-statements
     are not allowed): failed at position 9 (end of query)``): not the driver's words,
@@ -282,7 +297,7 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
                     f"{settings.clickhouse_dsn.removeprefix('chdb://')} yet: run `exnet init` "
                     "(or check EXNET_VAR_DIR)"
                 ) from None
-            raise UserError(f"query failed: {exc}") from None
+            raise UserError(f"query failed: {clickhouse_message(exc)}") from None
         return result
     finally:
         client.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sinks.query import own_format
+from sinks.query import clickhouse_message, own_format
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,29 @@ from sinks.query import own_format
 )
 def test_own_format_is_split_off(sql: str, expected: tuple[str, str | None]) -> None:
     assert own_format(sql) == expected
+
+
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        (
+            "Code: 164. DB::Exception: Code: 164. DB::Exception: Cannot modify 'join_use_nulls' "
+            "setting in readonly mode. (READONLY) (version 26.9.2.1). (READONLY)",
+            "Code: 164. DB::Exception: Cannot modify 'join_use_nulls' setting in readonly "
+            "mode. (READONLY)",
+        ),
+        (
+            "Code: 73. DB::Exception: Code: 73. DB::Exception: Code: 73. DB::Exception: Unknown "
+            "format Nope. Maybe you meant: ['One','Npy']. (UNKNOWN_FORMAT) (version 26.9.2.1). "
+            "(UNKNOWN_FORMAT) (version 26.9.2.1). (UNKNOWN_FORMAT)",
+            "Code: 73. DB::Exception: Unknown format Nope. Maybe you meant: ['One','Npy']. "
+            "(UNKNOWN_FORMAT)",
+        ),
+        (  # said once already (a server over HTTP): unchanged
+            "Code: 47. DB::Exception: Unknown expression identifier `x`. (UNKNOWN_IDENTIFIER)",
+            "Code: 47. DB::Exception: Unknown expression identifier `x`. (UNKNOWN_IDENTIFIER)",
+        ),
+    ],
+)
+def test_a_clickhouse_error_is_said_once(raised: str, said: str) -> None:
+    assert clickhouse_message(RuntimeError(raised)) == said
