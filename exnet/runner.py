@@ -409,6 +409,8 @@ def configure_logging(settings: Settings) -> None:
     the Kafka clients' repeated lines are collapsed (:mod:`exnet.logs`), unless the
     level is DEBUG."""
     logging.getLogger().setLevel(settings.log_level)
+    for library in ("clickhouse_connect", "urllib3.connectionpool"):  # the CLI quiets them
+        logging.getLogger(library).setLevel(logging.NOTSET)
     drop_close_races()  # kafka-python's traceback for a socket closed on purpose
     if settings.log_level.upper() != "DEBUG":
         for chatty in _CHATTY_LOGGERS:

@@ -75,12 +75,22 @@ def _command_path(args: list[str]) -> str:
     return " ".join(words)
 
 
+#: The ClickHouse client's loggers: clickhouse-connect's, and urllib3's pool beneath it
+#: (clickhouse-connect sets the "urllib3" logger's own level as it is imported).
+_CLICKHOUSE_CLIENT_LOGGERS = ("clickhouse_connect", "urllib3.connectionpool")
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(
         level=logging.WARNING,
         format=LOG_FORMAT,
     )
+    # A command's own error says what a failed ClickHouse request was; the HTTP
+    # client's retry and driver warnings before it only said it twice more. (`exnet
+    # up` sets its loggers' levels again: exnet.runner.configure_logging.)
+    for library in _CLICKHOUSE_CLIENT_LOGGERS:
+        logging.getLogger(library).setLevel(logging.ERROR)
     try:
         _register_all()
         # Without standalone mode click returns (not raises) a command's exit code.

@@ -31,9 +31,11 @@ from sinks.consumer import sink_group
 from streams.names import streams_group
 
 from .conftest import SITE_NODE, VIEW_RANDOMIZED, Seeded
-from .helpers import ops_cli
+from .helpers import exnet_subprocess, ops_cli
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.conftest import SettingsFactory
 
 #: A port nothing listens on: the broker (or ClickHouse) is down.
@@ -310,3 +312,14 @@ def test_a_replica_out_of_sync_or_a_partition_without_leader_is_a_problem() -> N
     assert [(t["under_replicated"], t["offline"]) for t in document["topics"]] == [(4, 0), (2, 1)]
     text = _text(report)
     assert "brokers alive: 1, 2" in text and "6 under-replicated" in text and "1 offline" in text
+
+
+def test_an_unreachable_clickhouse_is_one_error_line(
+    settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    """The HTTP client's retry and driver warnings repeated what exnet's error says."""
+    settings = settings_factory(clickhouse_url="http://127.0.0.1:1")
+    result = exnet_subprocess(settings, "sql", "SELECT 1", cwd=tmp_path, timeout=120)
+    assert result.returncode == 1, result.stderr  # a transient failure, not a usage error
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot reach ClickHouse"), lines
