@@ -78,10 +78,10 @@ from producers.spool import (
 
 __all__ = [
     "COMMIT_BYTES",
-    "Checker",
     "COMMIT_EVENTS",
     "CONNECT_TIMEOUT_MS",
     "DELIVERY_TIMEOUT_MS",
+    "Checker",
     "FlushSummary",
     "PublishSummary",
     "Publisher",

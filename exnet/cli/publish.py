@@ -195,7 +195,8 @@ def _publish_stream(
     publish = publisher.publish
     from_stdin = name == STDIN_NAME
     lines = _stdin_lines(stream, stop) if from_stdin else stream
-    first: bytes | None = None  # the first line with content, when it was refused
+    first: bytes | None = None  # this input's first line with content, when it was refused
+    read_here = 0
     try:
         for number, raw in enumerate(lines, 1):
             if stop.requested and not from_stdin:  # stdin's lines end by themselves
@@ -207,13 +208,12 @@ def _publish_stream(
                 counts.blank += 1
                 continue
             counts.read += 1
+            read_here += 1
             outcome = publish(line, (name, number))
             if isinstance(outcome, Rejected):
                 _report_rejection(errors, name, number, outcome)
-                if counts.read == 1:
+                if read_here == 1:
                     first = line.strip()
-            elif counts.read == 1:
-                first = None
     except OSError as exc:
         raise UserError(f"{name}: reading failed: {exc.strerror or exc}") from None
     hint = _shape_hint(name, first) if first is not None else None

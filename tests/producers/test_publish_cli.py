@@ -111,12 +111,13 @@ def test_a_file_of_json_that_is_not_json_lines_gets_one_hint(
     else:
         lines = [orjson.dumps(events)]
     path = pub_write_lines(lines)
-    assert publish_files(pub_settings, [str(path)], show_progress=False) == EXIT_INVALID
+    ahead = pub_write_lines([orjson.dumps(events[1])], name="ahead.jsonl")  # a valid file first
+    assert publish_files(pub_settings, [str(ahead), str(path)], show_progress=False) == EXIT_INVALID
     out, err = capsys.readouterr()
     reported = err.splitlines()
     assert len(reported) == len(lines) + 1  # every line refused, then the hint once
     assert reported[-1] == f"{path}: " + hint.format(path=path)
-    assert pub_producer.values() == []
+    assert pub_producer.values() == [orjson.dumps(events[1])]
 
 
 def test_check_reports_what_publish_would_and_sends_nothing(
