@@ -32,29 +32,33 @@ def test_the_sink_joins_once_with_its_topics_metadata(
     settings = settings_factory()
     for topic in (Topic.ACCEPTED, Topic.DEADLETTER, Topic.VIEWS):
         topic_factory(topic_name(topic, settings.topic_prefix), partitions=PARTITIONS)
+    # The embedded database is the process's one: closed at the end, for the next test's.
     client = connect(settings, create_database=True)
-    apply_migrations(client, settings.clickhouse_database)
-    writer = ClickHouseWriter(client, settings.clickhouse_database)
-    writer.setup(ROW_TABLES)
-    metrics = Metrics()
-    metrics.preset([])
-    sink = SinkConsumer(settings, writer, metrics)
-    caplog.set_level(logging.INFO, logger="kafka")
-
-    thread = threading.Thread(target=sink.run, daemon=True)
-    thread.start()
     try:
-        wait_until(
-            lambda: len(sink.assignment) == 3 * PARTITIONS,
-            "the sink to hold every partition",
-            TIMEOUT_S,
-            interval_s=0.05,
-        )
-        time.sleep(1.0)  # a second join would follow the metadata's arrival at once
+        apply_migrations(client, settings.clickhouse_database)
+        writer = ClickHouseWriter(client, settings.clickhouse_database)
+        writer.setup(ROW_TABLES)
+        metrics = Metrics()
+        metrics.preset([])
+        sink = SinkConsumer(settings, writer, metrics)
+        caplog.set_level(logging.INFO, logger="kafka")
+
+        thread = threading.Thread(target=sink.run, daemon=True)
+        thread.start()
+        try:
+            wait_until(
+                lambda: len(sink.assignment) == 3 * PARTITIONS,
+                "the sink to hold every partition",
+                TIMEOUT_S,
+                interval_s=0.05,
+            )
+            time.sleep(1.0)  # a second join would follow the metadata's arrival at once
+        finally:
+            sink.stop()
+            thread.join(timeout=TIMEOUT_S)
+        assert not thread.is_alive()
     finally:
-        sink.stop()
-        thread.join(timeout=TIMEOUT_S)
-    assert not thread.is_alive()
+        client.close()
 
     messages = [record.getMessage() for record in caplog.records]
     assert not [m for m in messages if "No partition metadata" in m]
