@@ -125,19 +125,27 @@ def test_another_pipeline_on_the_same_prefix_is_found_while_it_has_members(
     settings = settings_factory()
     topic = topic_factory(f"{settings.topic_prefix}exnet.accepted")
     prefix = settings.topic_prefix
+    groups = (f"{prefix}staging-sink", f"{prefix}{settings.consumer_group}-sink")
     consumers = []
     try:
-        for group in (f"{prefix}staging-sink", f"{prefix}{settings.consumer_group}-sink"):
+        for group in groups:
             consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group)
             consumer.subscribe([topic])
             consumers.append(consumer)
 
         def joined() -> bool:
+            # A member in its group is enough (kafka-python may join first with an empty
+            # assignment): ask Kafka for the groups' states, not the consumers for partitions.
             for consumer in consumers:
                 consumer.poll(timeout_ms=100)
-            return all(consumer.assignment() for consumer in consumers)
+            admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+            try:
+                states = {g["group_id"]: g["group_state"] for g in admin.list_groups()}
+            finally:
+                admin.close()
+            return all(states.get(group) == "Stable" for group in groups)
 
-        wait_until(joined, "both groups to have a member", 30.0)
+        wait_until(joined, "both groups to have a member", 60.0)
         assert other_pipelines(settings) == [f"{prefix}staging-sink"]
     finally:
         for consumer in consumers:
