@@ -672,7 +672,8 @@ class Checker:
         self._validator = validator
         self._sent_events = _SentEvents()
         self.valid = 0
-        self.invalid = 0
+        #: reason -> invalid events.
+        self.invalid_by_reason: Counter[Reason] = Counter()
 
     def publish(self, value: bytes, where: tuple[str, int] | None = None) -> Outcome:
         """The outcome :meth:`Publisher.publish` would give ``value`` at this point of
@@ -683,10 +684,14 @@ class Checker:
             if conflict is not None:
                 outcome = conflict
         if isinstance(outcome, Rejected):
-            self.invalid += 1
+            self.invalid_by_reason[outcome.reason] += 1
         else:
             self.valid += 1
         return outcome
+
+    @property
+    def invalid(self) -> int:
+        return sum(self.invalid_by_reason.values())
 
     @property
     def repeated(self) -> int:
@@ -725,8 +730,6 @@ class Publisher:
         self._segments: list[_LiveSegment] = []
         self._buffer: list[SpooledEvent] = []
         self._buffer_bytes = 0
-        self._accepted = 0
-        self._invalid: Counter[Reason] = Counter()
         self._resent = FlushSummary()
         #: Kafka's topics, listed once at the start (None: not known).
         self._kafka_topics: set[str] | None = None
@@ -804,9 +807,7 @@ class Publisher:
             value = orjson.dumps(value)
         outcome = self._checker.publish(value, where)
         if isinstance(outcome, Rejected):
-            self._invalid[outcome.reason] += 1
             return outcome
-        self._accepted += 1
         self._buffer.append(
             SpooledEvent(self._topics[outcome.topic], outcome.event.participant_id.encode(), value)
         )
@@ -872,13 +873,14 @@ class Publisher:
         sent = sum(segment.acked for segment in self._segments)
         spooled = sum(segment.failed for segment in self._segments)
         delivery = self._delivery
+        checker = self._checker
         return PublishSummary(
-            accepted=self._accepted,
-            invalid=sum(self._invalid.values()),
+            accepted=checker.valid,
+            invalid=checker.invalid,
             sent=sent,
             spooled=spooled,
-            pending=self._accepted - sent - spooled,
-            invalid_by_reason=dict(self._invalid),
+            pending=checker.valid - sent - spooled,
+            invalid_by_reason=dict(checker.invalid_by_reason),
             resent=self._resent,
             problem=delivery.problem if delivery is not None and spooled else None,
             repeated=self._checker.repeated,
