@@ -22,16 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.views import VIEW_KEYS
 from exnet.metrics import Metrics, merged_exposition
+from exnet.settings import SHUTDOWN_POLL_S
 from streams.rollup import LiveViews
 
 __all__ = ["OpsServer"]
 
 log = logging.getLogger(__name__)
-
-#: Seconds between the server thread's checks for a stop (`socketserver`'s default,
-#: 0.5, made every stop of `exnet up` wait up to that long, twice: here and in its
-#: writer process).
-SHUTDOWN_POLL_S = 0.05
 
 
 class OpsServer:

@@ -40,7 +40,7 @@ from exnet.httpserver import OpsServer
 from exnet.logs import collapse_repeats, drop_close_races
 from exnet.metrics import Metrics
 from exnet.monitor import Backlog, LagMonitor
-from exnet.settings import LOG_FORMAT, Settings
+from exnet.settings import CLICKHOUSE_CLIENT_LOGGERS, LOG_FORMAT, Settings
 from sinks.client import connect
 from sinks.consumer import ROW_TABLES, SinkConsumer
 from sinks.errors import DatabaseLocked
@@ -409,7 +409,7 @@ def configure_logging(settings: Settings) -> None:
     the Kafka clients' repeated lines are collapsed (:mod:`exnet.logs`), unless the
     level is DEBUG."""
     logging.getLogger().setLevel(settings.log_level)
-    for library in ("clickhouse_connect", "urllib3.connectionpool"):  # the CLI quiets them
+    for library in CLICKHOUSE_CLIENT_LOGGERS:  # the CLI quiets them
         logging.getLogger(library).setLevel(logging.NOTSET)
     drop_close_races()  # kafka-python's traceback for a socket closed on purpose
     if settings.log_level.upper() != "DEBUG":

@@ -21,6 +21,16 @@ from contracts.registry import DEMO_REGISTRY
 
 #: Every exnet process logs lines of this form (to stderr).
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The ClickHouse client's loggers: clickhouse-connect's, and urllib3's pool beneath it
+#: (clickhouse-connect sets the "urllib3" logger's own level as it is imported). The
+#: CLI's one-shot commands quiet them (their own error says what failed); `exnet up`
+#: lets them log.
+CLICKHOUSE_CLIENT_LOGGERS = ("clickhouse_connect", "urllib3.connectionpool")
+
+#: Seconds between an exnet HTTP server thread's checks for a stop (the operations
+#: endpoint's, the embedded database's SQL endpoint's): `socketserver`'s default, 0.5,
+#: made every stop of `exnet up` wait up to that long, twice (each process has one).
+SHUTDOWN_POLL_S = 0.05
 
 #: Every exnet consumer's fetch (the stream workers' and the sink's): the broker holds
 #: it until FETCH_MIN_BYTES are new, FETCH_MAX_WAIT_MS at most. The clients' defaults
@@ -36,9 +46,11 @@ FETCH_MAX_WAIT_MS = 50
 FETCH_MIN_BYTES = 64 * 1024
 
 __all__ = [
+    "CLICKHOUSE_CLIENT_LOGGERS",
     "FETCH_MAX_WAIT_MS",
     "FETCH_MIN_BYTES",
     "LOG_FORMAT",
+    "SHUTDOWN_POLL_S",
     "KafkaRefusals",
     "Settings",
     "load_settings",

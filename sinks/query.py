@@ -27,7 +27,7 @@ from typing import Any, Final
 from clickhouse_connect.driver.client import Client
 
 from contracts.errors import UserError
-from exnet.settings import Settings
+from exnet.settings import SHUTDOWN_POLL_S, Settings
 from sinks.client import connect
 
 __all__ = ["QueryEndpoint", "endpoint_file", "refuse_unless_read_only", "run_query"]
@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Seconds a query through the endpoint may take before the caller gives up.
 QUERY_TIMEOUT_S = 300
-#: Seconds between the server thread's checks for a stop (`socketserver`'s default,
-#: 0.5, made the writer's every stop wait up to that long).
-SHUTDOWN_POLL_S = 0.05
 
 
 def endpoint_file(settings: Settings) -> Path:

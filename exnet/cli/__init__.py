@@ -22,7 +22,7 @@ from typer._click.exceptions import ClickException as _ClickException  # typer's
 from typer.core import TyperGroup
 
 from contracts.errors import RecoverableError, UserError
-from exnet.settings import LOG_FORMAT
+from exnet.settings import CLICKHOUSE_CLIENT_LOGGERS, LOG_FORMAT
 
 __all__ = ["PLATFORM_INSTALL", "PLATFORM_MODULES", "app", "main"]
 
@@ -75,11 +75,6 @@ def _command_path(args: list[str]) -> str:
     return " ".join(words)
 
 
-#: The ClickHouse client's loggers: clickhouse-connect's, and urllib3's pool beneath it
-#: (clickhouse-connect sets the "urllib3" logger's own level as it is imported).
-_CLICKHOUSE_CLIENT_LOGGERS = ("clickhouse_connect", "urllib3.connectionpool")
-
-
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(
@@ -89,7 +84,7 @@ def main() -> None:
     # A command's own error says what a failed ClickHouse request was; the HTTP
     # client's retry and driver warnings before it only said it twice more. (`exnet
     # up` sets its loggers' levels again: exnet.runner.configure_logging.)
-    for library in _CLICKHOUSE_CLIENT_LOGGERS:
+    for library in CLICKHOUSE_CLIENT_LOGGERS:
         logging.getLogger(library).setLevel(logging.ERROR)
     try:
         _register_all()
