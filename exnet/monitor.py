@@ -161,7 +161,8 @@ def _describe(rows: list[PartitionLag]) -> str:
 class LagMonitor(threading.Thread):
     """Updates the lag gauge every ``interval`` seconds (and tells ``on_lag`` the total);
     with ``on_drained``, also checks every ``drain_check`` seconds whether the pipeline
-    is drained, and calls it once it was seen drained twice in a row.
+    is drained, and calls it once it was seen drained twice in a row while ``settled``
+    said so too (the stream worker has sent what no input makes it send).
 
     The drain's check reads stage by stage and stops at the first that lags (during a
     backlog: the input topics' offsets alone, about 2 ms of CPU); the gauges read every
@@ -177,8 +178,10 @@ class LagMonitor(threading.Thread):
         on_drained: Callable[[], None] | None = None,
         on_lag: Callable[[int], None] | None = None,
         drain_check: float | None = None,
+        settled: Callable[[], bool] = lambda: True,
     ) -> None:
         super().__init__(name="exnet-lag-monitor", daemon=True)
+        self._settled = settled
         self._on_lag = on_lag
         self._settings = settings
         self._metrics = metrics
@@ -221,6 +224,7 @@ class LagMonitor(threading.Thread):
                     continue
                 self.kafka_unreachable = False
                 if self._on_drained is not None:
+                    drained = drained and self._settled()
                     drained_in_a_row = drained_in_a_row + 1 if drained else 0
                     if drained_in_a_row >= 2:
                         log.info("every input topic is consumed to its end and written")

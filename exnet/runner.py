@@ -500,6 +500,7 @@ def run_up(
     lag: LagMonitor | None = None  # started below; ready() may be asked before
     runs_streams = role in (Role.AUTO, Role.STREAM)
     consuming = threading.Event()  # the stream workers hold partitions, tables recovered
+    summaries = threading.Event()  # the summaries' rows are in Kafka, or another's to send
 
     def ready() -> bool:
         """Consuming (stream role) and writing or standing by (sink role), with Kafka
@@ -557,6 +558,7 @@ def run_up(
             on_drained=stop.request if drain else None,
             on_lag=progress.update if progress is not None else None,
             drain_check=DRAIN_CHECK_S,
+            settled=summaries.is_set if runs_streams else lambda: True,
         )
         if monitor
         else None
@@ -572,7 +574,7 @@ def run_up(
     try:
         if runs_streams:
             metrics.role.labels(role="stream").set(1)
-            stream_status = _run_streams(settings, metrics, stop, consuming, live)
+            stream_status = _run_streams(settings, metrics, stop, consuming, live, summaries)
         else:
             while not stop.event.wait(1.0):
                 pass
@@ -656,6 +658,7 @@ def _run_streams(
     stop: _StopFlag,
     consuming: threading.Event,
     live: LiveViews | None = None,
+    summaries: threading.Event | None = None,
 ) -> int:
     """Run the Faust worker in this (main) thread until it stops; its exit status.
 
@@ -669,7 +672,13 @@ def _run_streams(
     if stop.event.is_set():
         return 0
     failures: list[WorkerFailed] = []
-    app = create_app(settings, metrics, on_failure=failures.append, live=live)
+    app = create_app(
+        settings,
+        metrics,
+        on_failure=failures.append,
+        live=live,
+        on_summaries=summaries.set if summaries is not None else lambda: None,
+    )
     _tune_gc()
 
     async def forward_stop() -> None:

@@ -15,9 +15,11 @@ What counts as equal:
 - ``exercise_minutes`` within a relative 1e-9 or an absolute 1e-6 minutes:
   ClickHouse's ``sum`` of doubles is not correctly rounded (its result
   depends on the order it meets the values in), the stream's sum is exact;
-- a reference row whose figures are all zero that the stream table lacks: a
-  registered node with no event yet (the stream writes a node's row once
-  something happens to it).
+- a reference row of ``arm_summary`` or ``node_daily`` whose figures are all
+  zero that the stream table lacks (the stream deletes such a row: an arm
+  everyone left). ``node_summary`` and ``network_summary`` hold their rows from
+  the first start, zeros included (every registered node's, SPEC §4): one
+  missing there is a difference.
 
 Anything else missing on one side is a difference.
 """
@@ -78,6 +80,8 @@ QueryRows = Callable[[str], list[dict[str, Any]]]
 Key = tuple[tuple[str, str], ...]
 
 _STREAM: Final = "the stream table"
+#: Views whose every key has a row in the stream table, zeros included (SPEC §4).
+_ALWAYS_ROWS: Final = frozenset({"node_summary", "network_summary"})
 _REFERENCE: Final = "the reference"
 
 
@@ -207,7 +211,7 @@ def _differences(
         values = tuple(theirs[c] for c in columns) if theirs is not None else None
         if ours is None:
             assert theirs is not None  # noqa: S101  # the key came from one side
-            if any(theirs[figure] for figure in figures):
+            if view in _ALWAYS_ROWS or any(theirs[figure] for figure in figures):
                 differences.append(RowDifference(view, key, _STREAM, (), None, values))
             continue
         if theirs is None:

@@ -67,6 +67,7 @@ from streams.transport import (
     SCHEME,
     BatchMessage,
     BatchTable,
+    Consumer,
     Producer,
     TableManager,
     register,
@@ -93,7 +94,8 @@ PRODUCER_BATCH_BYTES = 1024 * 1024
 #: Seconds without a heartbeat before the group drops a worker (Kafka's minimum is 6).
 SESSION_TIMEOUT_S = 10.0
 HEARTBEAT_S = 1.0
-#: Seconds between checks whether the live views need filling from the rollup's table.
+#: Seconds between checks whether the summaries' rows are to be sent, or the live
+#: views filled, from the rollup's table (once a generation).
 FILL_VIEWS_S = 1.0
 #: Seconds the aggregate and rollup agents gather batches before they send what the
 #: batches changed, once (a participant's contribution, a view's row), and settle them.
@@ -116,11 +118,15 @@ def create_app(
     metrics: Metrics,
     on_failure: Callable[[WorkerFailed], None] = lambda failure: None,
     live: LiveViews | None = None,
+    on_summaries: Callable[[], None] = lambda: None,
 ) -> faust.App:
     """Build the stream processors' Faust app from ``settings`` (nothing global).
 
     ``on_failure`` hears of an agent's failure before the worker crashes;
-    ``live`` gets the views' rows whenever this worker's rollup computes them.
+    ``live`` gets the views' rows whenever this worker's rollup computes them;
+    ``on_summaries`` hears, once the tables are recovered, that the summaries' rows
+    are in Kafka (this worker holds the contributions partition) or are not this
+    worker's to send.
     """
     names = {topic: topic_name(topic, settings.topic_prefix) for topic in Topic}
     register(TRANSPORTS)
@@ -209,16 +215,39 @@ def create_app(
 
         cast(Any, app.on_partitions_assigned).connect(forget_views)
 
-        async def fill_views() -> None:
-            # After a restart with nothing new to read, the rollup computes no batch:
-            # fill the live views from its recovered table, once.
-            if not live.empty or app.in_recovery or app.rebalancing:
-                return
-            assigned = app.consumer.assignment()
-            if any(tp.topic == names[Topic.CONTRIBUTIONS] for tp in assigned):
-                rollup.refresh(latest, datetime.now(UTC), app.consumer_generation_id)
+    summaries_sent: list[int] = []  # the generation whose summary rows were sent
 
-        app.timer(FILL_VIEWS_S, name="exnet-fill-views")(fill_views)
+    async def fill_views() -> None:
+        # Once a generation, by the worker holding the contributions partition: send
+        # the summaries' rows (every registered node's, zeros included), which no batch
+        # may come to send (an empty network, a node just registered), and fill the
+        # live views from the recovered table if no batch has yet.
+        if app.in_recovery or app.rebalancing:
+            return
+        generation = app.consumer_generation_id
+        consumer = cast(Consumer, app.consumer)
+        partition = next(
+            (tp for tp in consumer.assignment() if tp.topic == names[Topic.CONTRIBUTIONS]), None
+        )
+        if partition is None:
+            on_summaries()  # another worker's rollup sends them
+            return
+        if live is not None and live.empty:
+            rollup.refresh(latest, datetime.now(UTC), generation)
+        started = consumer.started_at(partition, generation)
+        if started is None or generation in summaries_sent:
+            return
+        try:
+            rows = rollup.summaries(latest, datetime.now(UTC), generation, started)
+            await (await cast(Producer, app.producer).deliver(rows))
+        except Exception as exc:  # a failed delivery: as in an agent, stop the worker
+            on_failure(WorkerFailed(exc))
+            await app.crash(exc)
+            return
+        summaries_sent[:] = [generation]
+        on_summaries()
+
+    app.timer(FILL_VIEWS_S, name="exnet-fill-views")(fill_views)
 
     def settle(batch: BatchMessage, delivered: asyncio.Future[Any]) -> None:
         """The batch is done (its offsets may be committed) once Kafka has all it produced;

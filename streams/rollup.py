@@ -376,16 +376,7 @@ class RollupStage:
                 continue  # node_summary has the registered nodes' rows (others: network only)
             row = self._row(key, stamp, self._version)
             counts[key[0]] += 1
-            outgoing.append(
-                (
-                    self._views_topic,
-                    None,
-                    "|".join(key).encode(),
-                    orjson.dumps(row),
-                    [(H.TABLE, key[0].encode())],
-                    None,
-                )
-            )
+            outgoing.append(self._outgoing(key, row))
             current = self._current[key[0]]
             if row["is_deleted"]:
                 current.pop(key, None)
@@ -397,6 +388,35 @@ class RollupStage:
             for view, rows in self._current.items():
                 self._live.update(view, dict(rows))
         return outgoing
+
+    def summaries(
+        self, table: MutableMapping[bytes, bytes], now: datetime, generation: int, version: int
+    ) -> list[Outgoing]:
+        """Every registered node's ``node_summary`` row and the ``network_summary``
+        row, from ``table`` (rebuilt once per ``generation``, as by :meth:`refresh`),
+        for ``exnet.views``: sent once per generation by the worker holding the
+        contributions partition, so that these rows exist (zeros where nothing was
+        counted) before any contribution is read, and carry the registry's current
+        node names. ``version``: the offset the generation started reading the
+        partition at, below every version its batches give: a batch's rows win, and a
+        row sent before at a higher version holds these figures already (or will,
+        once the batches read again reach it)."""
+        if generation != self._built:
+            self._rebuild(table)
+            self._built = generation
+        stamp = now.isoformat(timespec="milliseconds")
+        keys = [_NETWORK_KEY, *((NODE_SUMMARY, node_id) for node_id in sorted(self._nodes))]
+        return [self._outgoing(key, self._row(key, stamp, version)) for key in keys]
+
+    def _outgoing(self, key: ViewKey, row: dict[str, Any]) -> Outgoing:
+        return (
+            self._views_topic,
+            None,
+            "|".join(key).encode(),
+            orjson.dumps(row),
+            [(H.TABLE, key[0].encode())],
+            None,
+        )
 
     def refresh(
         self, table: MutableMapping[bytes, bytes], now: datetime, generation: int | None = None

@@ -271,6 +271,9 @@ class Consumer(faust_aiokafka.Consumer):
         #: transaction's marker), to commit once every batch before it is done.
         self._gap_ends: dict[TP, int] = {}
         self._positions_checked = 0.0
+        #: The consumer group generation of the last seek, and where it started each
+        #: partition (its committed offset, or its beginning).
+        self._generation_start: tuple[int, dict[TP, int]] | None = None
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         await self._read_lost_again()
@@ -436,6 +439,15 @@ class Consumer(faust_aiokafka.Consumer):
             beginnings: Mapping[TP, int] = await self.earliest_offsets(*uncommitted)
             await self.seek_wait(beginnings)  # also resets Faust's read offsets
             self._next.update(beginnings)
+        self._generation_start = (self.app.consumer_generation_id, dict(self._next))
+
+    def started_at(self, tp: TP, generation: int) -> int | None:
+        """The offset the consumer group ``generation`` started reading ``tp`` at (its
+        committed offset, or its beginning); None before that generation's seek, or
+        if ``tp`` is not one of its stream partitions."""
+        if self._generation_start is None or self._generation_start[0] != generation:
+            return None
+        return self._generation_start[1].get(tp)
 
     def on_buffer_full(self, tp: TP) -> None:
         # Faust takes a partition whose stream buffer is under pressure out of the

@@ -239,7 +239,8 @@ def verify() -> None:
     column with the stream's and the reference's value, or "missing in the stream
     table" / "missing in the reference". Every column is compared but updated_at,
     version and is_deleted; exercise_minutes within a relative 1e-9 (absolute 1e-6);
-    a registered node with nothing counted yet may lack its stream row. Works while
+    an arm_summary or node_daily row the stream deleted (nothing left to count) may
+    be absent where the reference counts zeros. Works while
     `exnet up` runs. Exits 1 on any difference, 0 otherwise.
     """
     from functools import partial

@@ -8,6 +8,7 @@ import pytest
 from kafka import KafkaProducer
 
 from contracts import headers as H
+from contracts.registry import load_registry
 from contracts.topics import Topic, topic_name
 from contracts.views import VIEW_KEYS
 from exnet.metrics import Metrics
@@ -40,22 +41,30 @@ def test_the_sink_role_counts_settled_differences(
     def checked() -> float:
         return registry.get_sample_value("exnet_view_check_last_timestamp_seconds") or 0.0
 
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+
+    def send(view: str, key: str, **figures: object) -> None:
+        row: dict[str, object] = dict.fromkeys(VIEW_COLUMNS[view], 0)
+        row |= {"updated_at": "2026-11-30T17:50:01.123+00:00", "version": 0, **figures}
+        topic = topic_name(Topic.VIEWS, settings.topic_prefix)
+        headers = [(H.TABLE, view.encode())]
+        producer.send(topic, key=key.encode(), value=orjson.dumps(row), headers=headers)
+        producer.flush()
+
     role.start()
     try:
+        # An empty network: the rows of zeros the stream sends first, as the reference.
+        nodes = load_registry(settings.registry_path).nodes
+        for node in nodes:
+            send("node_summary", f"node_summary|{node.id}", node_id=node.id, node_name=node.name)
+        send("network_summary", "network_summary")
         wait_until(lambda: checked() > 0, "a first check", TIMEOUT_S)
-        # An empty network: the reference's rows count nothing, the stream wrote none.
-        assert {view: differing(view) for view in VIEW_KEYS} == dict.fromkeys(VIEW_KEYS, 0.0)
+        wait_until(
+            lambda: all(differing(view) == 0.0 for view in VIEW_KEYS), "no difference", TIMEOUT_S
+        )
 
         # The stream says 7 assays for the network; the facts hold none.
-        row: dict[str, object] = dict.fromkeys(VIEW_COLUMNS["network_summary"], 0)
-        row |= {"assays": 7, "updated_at": "2026-11-30T17:50:01.123+00:00", "version": 1}
-        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
-        producer.send(
-            topic_name(Topic.VIEWS, settings.topic_prefix),
-            key=b"network_summary",
-            value=orjson.dumps(row),
-            headers=[(H.TABLE, b"network_summary")],
-        )
+        send("network_summary", "network_summary", assays=7, version=1)
         producer.close()
         wait_until(lambda: differing("network_summary") == 1.0, "the settled difference", TIMEOUT_S)
         assert differing("node_summary") == 0.0

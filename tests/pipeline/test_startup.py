@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from contracts.registry import DEMO_REGISTRY, load_registry
 from contracts.topics import Topic
+from contracts.views import SUMMARY_COLUMNS
 from sinks.query import endpoint_file
 from tests.conftest import SettingsFactory
 from tests.pipeline.events import EventMaker
@@ -75,3 +78,40 @@ def test_up_without_init_in_a_var_dir_not_yet_made_writes_within_seconds(
     finally:
         pipeline.close()
     assert (var_dir / "faust").is_dir()
+
+
+def test_an_empty_network_has_its_summaries_rows_and_a_new_node_gets_one(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """SPEC §4: a row per registered node in ``node_summary`` and one in
+    ``network_summary`` (zeros) after a drain with nothing to read; a node added to the
+    registry gets its row at the next start, with no event of its own."""
+    pipeline.init()
+    pipeline.drain(timeout=120)
+    nodes = pipeline.rows("SELECT * FROM node_summary FINAL ORDER BY node_id")
+    registered = load_registry(DEMO_REGISTRY)
+    assert [(row["node_id"], row["node_name"]) for row in nodes] == [
+        (node.id, node.name) for node in sorted(registered.nodes, key=lambda n: n.id)
+    ]
+    (network,) = pipeline.rows("SELECT * FROM network_summary FINAL")
+    for row in (*nodes, network):
+        assert not any(row[column] for column in SUMMARY_COLUMNS), row
+    verify = pipeline.run("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    document = yaml.safe_load(DEMO_REGISTRY.read_text())
+    document["nodes"].append(
+        {
+            "id": "N04",
+            "name": "Northwind Clinical Research Unit",
+            "sites": [{"id": "N04-S01", "name": "Harbourside Clinic"}],
+        }
+    )
+    grown = tmp_path / "registry.yaml"
+    grown.write_text(yaml.safe_dump(document))
+    pipeline.drain(timeout=120, env={"EXNET_REGISTRY": str(grown)})
+    (added,) = pipeline.rows("SELECT * FROM node_summary FINAL WHERE node_id = 'N04'")
+    assert added["node_name"] == "Northwind Clinical Research Unit"
+    assert not any(added[column] for column in SUMMARY_COLUMNS), added
+    verify = pipeline.run("verify", env={"EXNET_REGISTRY": str(grown)})
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -85,17 +85,24 @@ def test_node_name_is_compared_too() -> None:
     ]
 
 
-def test_a_missing_row_is_a_difference_unless_the_reference_counts_nothing() -> None:
-    # N02 and N03 registered, nothing happened at N02: no stream row needed.
+def test_a_missing_row_is_a_difference_unless_an_emptied_row_the_stream_deletes() -> None:
+    # N02 registered, nothing happened there: its row of zeros is still due (SPEC §4).
     reference = [_node(version=None, screened=1), _node("N02"), _node("N03", completed=1)]
     stream = [_node(screened=1), _node("N09", screened=1)]
     differences = compare("node_summary", stream, reference)
     assert [line for d in differences for line in d.lines()] == [
+        "node_summary node_id=N02: missing in the stream table",
         "node_summary node_id=N03: missing in the stream table",
         "node_summary node_id=N09: missing in the reference",
     ]
     # A stream row of zeros where the reference has none is still a difference.
     assert compare("node_summary", [_node("N02")], []) != []
+    # An arm everyone left: the stream deletes its row, the reference counts nothing.
+    arm = {"scope": "node", "node_id": "N01", "modality": "aerobic", "adjunct": "none"}
+    emptied = arm | {"randomized": 0, "sessions_attended": 0, "exercise_minutes": 0.0}
+    emptied |= {"responders": 0, "remitters": 0}
+    assert compare("arm_summary", [], [emptied]) == []
+    assert compare("arm_summary", [], [emptied | {"randomized": 1}]) != []
 
 
 def test_keys_of_several_columns_and_days() -> None:
@@ -192,10 +199,8 @@ def client(settings: Settings) -> Iterator[Any]:
         "('s2', 'session/1', '2026-03-05 09:00:00', 'N01', 'N01-S01', 'P-1', 2, 'attended', "
         "'aerobic', true, 0.2, 't', 0, 4, now64(3))"
     )
-    for view in VIEW_KEYS:
-        # N03 has no event: the stream has not written its row (zeros in the reference).
-        where = " WHERE node_id != 'N03'" if view == "node_summary" else ""
-        client.command(f"INSERT INTO {view} SELECT *, 1, 0 FROM {view}_reference{where}")
+    for view in VIEW_KEYS:  # N03 has no event: its row of zeros, as the stream writes it
+        client.command(f"INSERT INTO {view} SELECT *, 1, 0 FROM {view}_reference")
     yield client
     client.close()
 

@@ -100,7 +100,11 @@ class Pipeline:
         out = self.rollup(
             contributions, self.contributions_table, self.generation, len(self.log), NOW
         )
-        for _, _, key, value, headers, _ in out.outgoing:
+        self.keep(out.outgoing)
+
+    def keep(self, outgoing: Sequence[Any]) -> None:
+        """Rows for exnet.views, as the tables keep them (the highest version wins)."""
+        for _, _, key, value, headers, _ in outgoing:
             table = dict(headers)["exnet-table"].decode()
             row = _json(value)
             assert key is not None
@@ -628,6 +632,51 @@ def test_a_refreshed_rollup_rebuilds_again_only_after_a_rebalance(
     pipeline.roll(pipeline.accept(records[three_quarters if batch_first else half :]))
     assert len(rebuilds) == 1 + rebalanced
     assert_same(pipeline.views(), compute_views(simulated, NODES))  # every row sent again
+
+
+def test_the_summaries_hold_every_registered_node_before_any_contribution(
+    simulated: list[EventBase],
+) -> None:
+    """SPEC §4: ``node_summary`` has a row per registered node and ``network_summary``
+    one row, zeros before anything is counted (an empty network; a node just added to
+    the registry). Sent once a generation at the offset it started reading from: the
+    rows of its batches win, and rows sent before hold the same figures."""
+    pipeline = Pipeline()
+    pipeline.keep(pipeline.rollup.summaries({}, NOW, pipeline.generation, 0))
+    empty = pipeline.views()
+    assert sorted(empty.node_summary) == sorted(NODES)
+    assert all(not any(row.values()) for row in empty.node_summary.values())
+    assert empty.network_summary and not any(empty.network_summary.values())
+
+    records = [record(e, i) for i, e in enumerate(simulated)]
+    half = len(records) // 2
+    pipeline.roll(pipeline.accept(records[:half]))
+    before = {key: dict(row) for key, row in pipeline.rows.items()}
+    # A restart with one more node registered, before any new contribution.
+    pipeline.rollup = RollupStage("v", {**NAMES, "N09": "Node N09"}, pipeline.live)
+    pipeline.generation += 1
+    summaries = pipeline.rollup.summaries(
+        pipeline.contributions_table, NOW, pipeline.generation, len(pipeline.log)
+    )
+    assert [key for _, _, key, _, _, _ in summaries] == [
+        b"network_summary",
+        *(f"node_summary|{node}".encode() for node in sorted([*NODES, "N09"])),
+    ]
+    pipeline.keep(summaries)
+    for (table, key), row in pipeline.rows.items():
+        if key == b"node_summary|N09":
+            keys = ("node_id", "node_name", "updated_at", "version", "is_deleted")
+            figures = {k: v for k, v in row.items() if k not in keys}
+            assert figures and not any(figures.values())
+            assert (row["node_name"], row["version"]) == ("Node N09", len(pipeline.log))
+            continue
+        drop = ("updated_at", "version")
+        held = {k: v for k, v in before[(table, key)].items() if k not in drop}
+        assert {k: v for k, v in row.items() if k not in drop} == held, key
+    pipeline.roll(pipeline.accept(records[half:]))
+    got = pipeline.views()
+    assert not any(got.node_summary.pop("N09").values())
+    assert_same(got, compute_views(simulated, NODES))
 
 
 def test_pieces_lost_after_the_tables_write_are_sent_again_by_the_replayed_batch(
