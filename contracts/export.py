@@ -37,7 +37,7 @@ JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 OUT_OF_JSON_SCHEMA: Final = [
     f"a message is at most {MAX_MESSAGE_BYTES // 1024} KiB ({MAX_MESSAGE_BYTES} bytes)",
     "the message is I-JSON (RFC 7493): no repeated member names, no lone surrogates, no "
-    "byte-order mark, nothing after the object",
+    "noncharacters (U+FDD0-U+FDEF, U+xFFFE, U+xFFFF), no byte-order mark, nothing after the object",
     "every number is finite: a number beyond a double's range (1e400) reads as infinity "
     "in some JSON readers (Python's json), which JSON Schema's number takes where no "
     "maximum bounds it (an assay's value)",

@@ -505,6 +505,13 @@ _TOO_DEEP: Final = FieldIssue(
     "one another)",
     "too_deep",
 )
+#: What may spell a Unicode noncharacter (U+FDD0-U+FDEF, U+FFFE and U+FFFF of every
+#: plane) in a JSON text: as UTF-8, or as a \\u escape (a pair of them past plane 0).
+#: A cheap look at the bytes; a match is confirmed in the parsed document.
+_NONCHARACTER_SPELLING: Final = re.compile(
+    rb"\xef\xb7[\x90-\xaf]|\xef\xbf[\xbe\xbf]|[\xf0-\xf4][\x8f\x9f\xaf\xbf]\xbf[\xbe\xbf]"
+    rb"|\\u(?:[fF][dD][dDeE][0-9a-fA-F]|[fF]{3}[eEfF]|[dD][89abAB][37bfBF][fF]\\u[dD][fF]{2}[eEfF])"
+)
 #: The byte-order marks of UTF-16 (little- and big-endian; UTF-32's start the same).
 _UTF16_BOMS: Final = (b"\xff\xfe", b"\xfe\xff")
 #: A member name in a JSON text: a string followed by a colon.
@@ -594,7 +601,7 @@ _FIRST_LINE_AT: Final = re.compile(r"\bline 1,? column (\d+)")
 def _document(value: bytes) -> Any:
     """The message's JSON document, or the :class:`FieldIssue` that says why it is not
     I-JSON (RFC 7493): a byte-order mark, bytes that are not UTF-8, a lone surrogate,
-    data after the document, NaN or Infinity, or any other break of JSON's grammar.
+    a noncharacter, data after the document, NaN or Infinity, or any other break of JSON's grammar.
     (A repeated member name: :func:`_repeated_name`.)
 
     A position in a message of one line is given as a column: `exnet publish`
@@ -630,6 +637,14 @@ def _read_document(value: bytes) -> Any:
             except ValueError as exc:
                 if "recursion" in str(exc):
                     return _TOO_DEEP
+        if _NONCHARACTER_SPELLING.search(value):
+            found = noncharacter(document)
+            if found is not None:
+                return _not_json(
+                    f"a string holds the Unicode noncharacter U+{ord(found):04X}, which I-JSON "
+                    "forbids",
+                    "noncharacter",
+                )
         return document
     if value.startswith(_UTF16_BOMS) or _nul_beside_each_character(value):
         return _not_json(
@@ -661,6 +676,25 @@ def _read_document(value: bytes) -> Any:
         )
     # NaN, Infinity, numbers beyond a double (1e400) or of thousands of digits, grammar
     return _strict_json(readable_numbers(value))
+
+
+def noncharacter(value: Any) -> str | None:
+    """The first Unicode noncharacter (U+FDD0-U+FDEF, or U+xFFFE/U+xFFFF of any plane)
+    in a parsed JSON ``value``'s strings and member names, None if none: RFC 7493 2.1."""
+    if isinstance(value, str):
+        for char in value:
+            code = ord(char)
+            if 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE:
+                return char
+        return None
+    if isinstance(value, dict):
+        value = [item for pair in value.items() for item in pair]
+    if isinstance(value, list):
+        for item in value:
+            found = noncharacter(item)
+            if found is not None:
+                return found
+    return None
 
 
 class _RepeatedName(Exception):

@@ -435,13 +435,21 @@ def _depth(value: Any) -> int:
     return 0
 
 
-def _has_lone_surrogate(value: Any) -> bool:
+def _has_forbidden_code_point(value: Any) -> bool:
+    """A lone surrogate or a noncharacter (RFC 7493 2.1 forbids both)."""
     if isinstance(value, str):
-        return any("\ud800" <= char <= "\udfff" for char in value)
+        return any(
+            "\ud800" <= char <= "\udfff"
+            or "\ufdd0" <= char <= "\ufdef"
+            or ord(char) & 0xFFFE == 0xFFFE
+            for char in value
+        )
     if isinstance(value, list):
-        return any(map(_has_lone_surrogate, value))
+        return any(map(_has_forbidden_code_point, value))
     if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+        return any(
+            _has_forbidden_code_point(k) or _has_forbidden_code_point(v) for k, v in value.items()
+        )
     return False
 
 
@@ -478,7 +486,7 @@ def read_json(value: bytes) -> Expected | dict[str, Any]:
         return _MALFORMED
     except RecursionError:  # deep nesting
         return Expected(UNSURE)
-    if _has_lone_surrogate(document) or _depth(document) > NESTING_LIMIT:
+    if _has_forbidden_code_point(document) or _depth(document) > NESTING_LIMIT:
         return _MALFORMED
     if repeated:  # I-JSON (RFC 7493): a repeated member name
         return _MALFORMED

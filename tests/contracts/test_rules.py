@@ -884,6 +884,21 @@ def test_64_kib_is_the_largest_message() -> None:
             "lone_surrogate",
             "a string holds a lone surrogate",
         ),
+        (
+            orjson.dumps(BASE[S]).replace(b"combined", b"comb\\uFFFEned"),
+            "noncharacter",
+            "a string holds the Unicode noncharacter U+FFFE, which I-JSON forbids",
+        ),
+        (
+            orjson.dumps(BASE[S]).replace(b"combined", "comb\ufdd0ned".encode()),
+            "noncharacter",
+            "a string holds the Unicode noncharacter U+FDD0",
+        ),
+        (
+            orjson.dumps(BASE[S]).replace(b'"rpe"', b'"\\ud83f\\udfff"'),  # a member name
+            "noncharacter",
+            "a string holds the Unicode noncharacter U+1FFFF",
+        ),
         (orjson.dumps(BASE[S]).replace(b'"rpe":13', b'"rpe":013'), "json_invalid", "not JSON: "),
         (
             orjson.dumps(BASE[S]).replace(b'"rpe":13', b'"rpe":NaN'),
