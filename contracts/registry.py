@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import yaml
 from pydantic import (
@@ -208,10 +209,39 @@ class NetworkRegistry:
         return [(node.id, site) for node in self.nodes for site in node.sites]
 
 
+class _Yaml12Booleans(yaml.SafeLoader):
+    """PyYAML's safe loader, but booleans as YAML 1.2 spells them (``true``,
+    ``false``): YAML 1.1's ``yes``, ``no``, ``on``, ``off`` stay strings, so node ids
+    such as ``NO`` (Norway) or ``ON`` (Ontario) read as written."""
+
+
+_Yaml12Booleans.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Booleans.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    message = f"{where}: {error['msg']}" if where else error["msg"]
+    if (
+        error["loc"]
+        and error["loc"][-1] in ("id", "name")
+        and not isinstance(error.get("input"), str | dict | list)
+    ):
+        message += " (YAML read the unquoted value as true, false or null: quote it)"
+    return message
+
+
 def load_registry(path: Path) -> NetworkRegistry:
     """Read and check a registry file; any problem is a :class:`ConfigError` naming it."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Booleans)  # noqa: S506  # a safe loader
     except OSError as exc:
         raise ConfigError(f"cannot read the network registry {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -225,9 +255,6 @@ def load_registry(path: Path) -> NetworkRegistry:
     try:
         parsed = _RegistryFile.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"the network registry {path} is invalid: {problems}") from None
     return NetworkRegistry(parsed.nodes, parsed.earliest_date, parsed.primary_endpoint)

@@ -243,3 +243,20 @@ def test_the_earliest_date_defaults_to_2000_and_a_registry_may_set_it(tmp_path: 
 def test_an_earliest_date_that_is_no_date_is_a_clear_error(tmp_path: Path) -> None:
     message = _error(tmp_path, "earliest_date: soon\n" + _ONE_SITE)
     assert "earliest_date" in message
+
+
+@pytest.mark.parametrize("node", ["NO", "ON", "OFF", "YES"])
+def test_ids_that_yaml_1_1_reads_as_booleans_read_as_written(tmp_path: Path, node: str) -> None:
+    """Norway's or Ontario's node: YAML 1.2 booleans only (true, false)."""
+    path = tmp_path / "registry.yaml"
+    path.write_text(f"nodes:\n  - id: {node}1\n    name: A\n  - id: {node}\n    name: B\n")
+    assert [n.id for n in load_registry(path).nodes] == [f"{node}1", node]
+
+
+@pytest.mark.parametrize("word", ["TRUE", "false", "NULL", "~"])
+def test_an_id_yaml_reads_as_true_false_or_null_says_to_quote_it(tmp_path: Path, word: str) -> None:
+    message = _error(tmp_path, f"nodes:\n  - {{id: {word}, name: A}}\n")
+    assert message.endswith(
+        "nodes.0.id: Input should be a valid string "
+        "(YAML read the unquoted value as true, false or null: quote it)"
+    )
