@@ -26,6 +26,7 @@ MIGRATIONS: tuple[str, ...] = (
     "m0005_stream_views",
     "m0006_analysts_tables",
     "m0007_rejected_failed_text",
+    "m0008_randomized_comments",
 )
 
 

@@ -107,6 +107,21 @@ def test_every_column_of_every_table_and_view_has_a_comment(client: Any) -> None
     assert tables == []
 
 
+def test_randomized_says_what_each_view_counts(client: Any) -> None:
+    result = client.query(
+        "SELECT concat(table, '.', name), comment FROM system.columns "
+        f"WHERE database = '{client.database}' AND name IN ('randomized', 'randomized_at')"
+    )
+    comments = dict(result.result_rows)
+    reached = "distinct participants that reached status randomized"
+    for view in ("site_summary", "node_facts", "node_summary_reference"):
+        assert comments[f"{view}.randomized"] == reached, view
+    assert comments["network_summary_reference.randomized"] == reached
+    assert comments["arm_summary_reference.randomized"].endswith("(by their latest randomization)")
+    assert "null" not in comments["participant_arms.randomized_at"]
+    assert comments["participants.randomized_at"].endswith("null if none")
+
+
 def test_local_time_is_kept_and_the_registry_zone_gives_the_local_date(
     client: Any, tmp_path: Path
 ) -> None:
