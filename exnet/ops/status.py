@@ -511,7 +511,9 @@ def _sites(settings: Settings, now: datetime, stale_hours: float) -> tuple[SiteS
         for r in query_rows(
             settings,
             f"SELECT site_id, argMax(node_id, loaded_at) AS node_id, "  # noqa: S608  # validated names, quoted values
-            f"argMax(name, loaded_at) AS name FROM {db}.sites GROUP BY site_id",
+            f"argMax(name, loaded_at) AS name FROM {db}.sites GROUP BY site_id "
+            # The registry in force: the latest load's sites (one loaded_at a load).
+            f"HAVING max(loaded_at) = (SELECT max(loaded_at) FROM {db}.sites)",
         )
     }
     union = " UNION ALL ".join(
@@ -533,16 +535,18 @@ def _sites(settings: Settings, now: datetime, stale_hours: float) -> tuple[SiteS
         node_id, site_id = str(row["node_id"]), str(row["site_id"])
         ingested = from_millis(row["last_ingested_ms"])
         reg = registered.get(site_id)
+        is_registered = reg is not None and reg[0] == node_id
         seen[(node_id, site_id)] = SiteState(
             node_id=node_id,
             site_id=site_id,
-            name=reg[1] if reg is not None and reg[0] == node_id else "",
-            registered=reg is not None and reg[0] == node_id,
+            name=reg[1] if reg is not None and is_registered else "",
+            registered=is_registered,
             last_occurred_at=from_millis(row["last_occurred_ms"]),
             last_ingested_at=ingested,
             events_last_day=to_int(row["last_day"]),
             events_total=to_int(row["total"]),
-            stale=ingested is None or ingested < stale_before,
+            # A site the registry no longer names is expected to send nothing.
+            stale=is_registered and (ingested is None or ingested < stale_before),
         )
     for site_id, (node_id, name) in registered.items():
         if (node_id, site_id) not in seen:

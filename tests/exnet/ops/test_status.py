@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from rich.console import Console
 
+from contracts.registry import load_registry
 from contracts.topics import Topic, topic_name
 from exnet.admin import ensure_topics
 from exnet.ops.status import (
@@ -27,10 +29,12 @@ from exnet.ops.status import (
     find_problems,
     render_status,
 )
+from sinks.client import connect
 from sinks.consumer import sink_group
+from sinks.migrate import load_registry_tables
 from streams.names import streams_group
 
-from .conftest import SITE_NODE, VIEW_RANDOMIZED, Seeded
+from .conftest import REGISTRY_YAML, SITE_NODE, VIEW_RANDOMIZED, Seeded
 from .helpers import exnet_subprocess, ops_cli
 
 if TYPE_CHECKING:
@@ -110,6 +114,30 @@ def test_broker_down_still_shows_clickhouse(seeded: Seeded) -> None:
     printed = json.loads(result.stdout)
     assert [p["kind"] for p in printed["problems"]] == kinds
     _check_clickhouse_part(printed, seeded)
+
+
+@pytest.mark.clickhouse
+def test_a_site_taken_out_of_the_registry_is_no_longer_expected_to_send(
+    seeded: Seeded, tmp_path: Path
+) -> None:
+    """N01-S02 (stale: its events are 2 days old) leaves the registry: still listed
+    with its events, not registered, and no stale_sites problem names it."""
+    smaller = tmp_path / "smaller.yaml"
+    smaller.write_text(REGISTRY_YAML.replace("      - {id: N01-S02, name: Riverside Health}\n", ""))
+    client = connect(seeded.settings)
+    try:
+        time.sleep(0.01)  # a later loaded_at
+        load_registry_tables(client, seeded.settings.clickhouse_database, load_registry(smaller))
+    finally:
+        client.close()
+    settings = seeded.settings.model_copy(update={"kafka_bootstrap": DEAD})
+    document = collect_status(settings, now=seeded.now).as_dict()
+    rows = {r["site_id"]: r for r in document["sites"]["rows"]}
+    assert rows["N01-S02"]["registered"] is False and rows["N01-S02"]["stale"] is False
+    assert rows["N01-S02"]["events_total"] == seeded.rows_per_site["N01-S02"]
+    assert rows["N01-S01"]["registered"] is True
+    assert document["sites"]["stale"] == 0
+    assert "stale_sites" not in [p["kind"] for p in document["problems"]]
 
 
 @pytest.mark.clickhouse
