@@ -35,7 +35,8 @@ def test_sql_works_while_up_holds_the_embedded_database(pipeline: Pipeline, tmp_
             assert worker.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no screened participant became queryable"
             if endpoint_file(pipeline.settings).exists():
-                done = pipeline.run("sql", "SELECT screened FROM node_summary WHERE node_id='N02'")
+                query = "SELECT screened FROM node_summary FINAL WHERE node_id='N02'"
+                done = pipeline.run("sql", query)
                 assert done.returncode == 0, done.stderr
                 if done.stdout.splitlines()[1:] == ["1"]:
                     break
