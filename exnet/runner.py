@@ -657,8 +657,8 @@ def _run_streams(
     metrics: Metrics,
     stop: _StopFlag,
     consuming: threading.Event,
-    live: LiveViews | None = None,
-    summaries: threading.Event | None = None,
+    live: LiveViews | None,
+    summaries: threading.Event,
 ) -> int:
     """Run the Faust worker in this (main) thread until it stops; its exit status.
 
@@ -677,7 +677,7 @@ def _run_streams(
         metrics,
         on_failure=failures.append,
         live=live,
-        on_summaries=summaries.set if summaries is not None else lambda: None,
+        on_summaries=summaries.set,
     )
     _tune_gc()
 

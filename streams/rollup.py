@@ -311,14 +311,11 @@ class RollupStage:
         result = Rolled()
         touched: set[ViewKey] = set()
         if generation != self._generation:
-            if generation != self._built:  # else the totals are the table's already
-                self._rebuild(table)
-                self._built = generation
+            self._build(table, generation)
             self._generation = generation
             # Every row again (a dead worker may not have sent its last ones).
             touched.update(self.totals.keys())
-            touched.add(_NETWORK_KEY)
-            touched.update((NODE_SUMMARY, node_id) for node_id in self._nodes)
+            touched.update(self._summary_keys())
         totals = self.totals
         days: dict[bytes, dict[str, Any]] = {}  # grouped day entries read, this batch
         days_changed: set[bytes] = set()
@@ -401,12 +398,20 @@ class RollupStage:
         partition at, below every version its batches give: a batch's rows win, and a
         row sent before at a higher version holds these figures already (or will,
         once the batches read again reach it)."""
-        if generation != self._built:
+        self._build(table, generation)
+        stamp = now.isoformat(timespec="milliseconds")
+        return [self._outgoing(key, self._row(key, stamp, version)) for key in self._summary_keys()]
+
+    def _summary_keys(self) -> list[ViewKey]:
+        """The rows that always exist: the network's, and every registered node's."""
+        return [_NETWORK_KEY, *((NODE_SUMMARY, node_id) for node_id in sorted(self._nodes))]
+
+    def _build(self, table: MutableMapping[bytes, bytes], generation: int | None) -> None:
+        """The totals from ``table``, rebuilt once per ``generation`` (within one, only
+        this stage's batches change the table); None: rebuilt whatever was built."""
+        if generation is None or generation != self._built:
             self._rebuild(table)
             self._built = generation
-        stamp = now.isoformat(timespec="milliseconds")
-        keys = [_NETWORK_KEY, *((NODE_SUMMARY, node_id) for node_id in sorted(self._nodes))]
-        return [self._outgoing(key, self._row(key, stamp, version)) for key in keys]
 
     def _outgoing(self, key: ViewKey, row: dict[str, Any]) -> Outgoing:
         return (
@@ -428,14 +433,12 @@ class RollupStage:
         once per generation, here or by a batch, whichever comes first (within a
         generation only this stage's batches change the table; a rebuild after a
         million events holds the worker's thread for 4 s or more). None: rebuild."""
-        if generation is None or generation != self._built:
-            self._rebuild(table)
-            self._built = generation
+        self._build(table, generation)
         self._generation = None
         if self._live is None:
             return
         stamp = now.isoformat(timespec="milliseconds")
-        keys = {*self.totals.keys(), _NETWORK_KEY, *((NODE_SUMMARY, n) for n in self._nodes)}
+        keys = {*self.totals.keys(), *self._summary_keys()}
         for key in sorted(keys):
             if key[0] == NODE_SUMMARY and key[1] not in self._nodes:
                 continue
