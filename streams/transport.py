@@ -37,7 +37,8 @@ so this transport (selected by the broker URL scheme ``exnet-kafka://``) does:
   200 µs) once a fetched batch, not once a record.
 * **Starting and stopping.** :class:`TableManager` starts the tables at once
   and :class:`Worker` closes a stopped worker's loop at once, each without
-  the fixed second Faust (mode) sleeps first.
+  the fixed second Faust (mode) sleeps first; :meth:`ConsumerThread.subscribe`
+  joins the group only once its topics' metadata has come.
 
 Everything else is Faust's: agents, tables and their recovery from the
 changelog, consumer groups and rebalancing, commits every
@@ -100,6 +101,10 @@ LOST_AFTER_S = 10.0
 POSITION_CHECK_S = 2.0
 #: Seconds a stopping producer waits for its open batches to be taken by aiokafka.
 HAND_OVER_ON_STOP_S = 10.0
+#: Seconds the consumer waits for its topics' metadata before it joins its group
+#: without some of them, and seconds between the requests for it meanwhile.
+METADATA_WAIT_S = 30.0
+METADATA_RETRY_S = 0.1
 
 
 class BatchMessage(ConsumerMessage):
@@ -179,6 +184,39 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Faust reads committed only when it produces in transactions itself.
         consumer._isolation_level = "read_committed"  # noqa: SLF001  # see above
         return consumer
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        """Subscribe to ``topics`` once the consumer's metadata has their partitions (or
+        after METADATA_WAIT_S, or when the thread stops).
+
+        Faust subscribes after the consumer started, and aiokafka's join does not wait
+        for the metadata ``subscribe`` asks for (its own wait is at ``start``, for a
+        consumer subscribed before). Just after ``exnet init`` the broker may still
+        answer "unknown topic" for the topics it created: Faust's assignor then logs
+        "Ignoring missing topic" for each, assigns the worker nothing, and aiokafka
+        asks for metadata again only when it is ``metadata_max_age_ms`` old (5
+        minutes). Seen on a broker started 19 s before: the sink wrote within 4 s,
+        the stream worker held no partition after 10 s.
+        """
+        wanted = set(topics)
+        await self.call_thread(self._await_metadata, wanted)
+        await super().subscribe(wanted)
+
+    async def _await_metadata(self, topics: set[str]) -> None:
+        client = self._ensure_consumer()._client  # noqa: SLF001  # see subscribe
+        for topic in topics:
+            client.add_topic(topic)
+        deadline = time.monotonic() + METADATA_WAIT_S
+        while not self.should_stop:
+            missing = sorted(t for t in topics if not client.cluster.partitions_for_topic(t))
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                log.warning("joining without metadata for %d topics: %s", len(missing), missing)
+                return
+            await client.force_metadata_update()
+            if any(not client.cluster.partitions_for_topic(t) for t in missing):
+                await asyncio.sleep(METADATA_RETRY_S)
 
     async def commit(self, offsets: Mapping[TP, int]) -> bool:
         """Commit ``offsets`` (TP -> next offset) in the consumer's thread; False,

@@ -1,7 +1,8 @@
 """Start-up: `exnet up` right after `exnet init` writes to ClickHouse within seconds, every time.
 
-The sink once subscribed before its broker reported the just-created topics and
-sat with no partitions until kafka-python's five-minute metadata refresh.
+The sink, and later the stream worker, once subscribed before the broker reported
+the just-created topics, and sat with no partitions until their client's
+five-minute metadata refresh.
 """
 
 from __future__ import annotations
@@ -46,10 +47,16 @@ def _rows_within(pipeline: Pipeline, log: Path, seconds: float, init: bool = Tru
             if endpoint_file(pipeline.settings).exists():
                 count = pipeline.run("sql", "SELECT count() FROM enrollment_events")
                 if count.returncode == 0 and count.stdout.splitlines()[1:] == ["1"]:
-                    return elapsed
+                    break
             time.sleep(0.2)
     finally:
         pipeline.kill(worker)
+    # Each consumer joined with its topics' metadata (a join without it assigned the
+    # stream worker, or the sink, nothing until the five-minute metadata refresh).
+    lines = log.read_text()
+    assert "Ignoring missing topic" not in lines, lines[-3000:]
+    assert "No partition metadata" not in lines, lines[-3000:]
+    return elapsed
 
 
 def test_up_right_after_init_writes_within_seconds_every_time(
