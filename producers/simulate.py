@@ -8,7 +8,8 @@ ratings (PHQ-9, HAM-D) at weeks 0, 4, 8 and 12 that improve more in the
 exercise arms, and biomarker assays at baseline, mid-programme, post and
 around single exercise bouts, reported by each node's labs in mixed units.
 Every timestamp lies between :data:`STUDY_START` and :data:`STUDY_ANCHOR`, in
-the past, with the sites' own UTC offsets.
+the past, in each site's local time: its registry ``timezone`` (daylight saving
+included), or a fixed UTC offset per node for a site the registry gives none.
 
 On request it mixes in deliberately invalid messages (one reason each),
 exact duplicates (byte-identical or reformatted) and conflicting duplicates
@@ -33,10 +34,11 @@ import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, get_args
+from zoneinfo import ZoneInfo
 
 import orjson
 from kafka import KafkaProducer
@@ -238,7 +240,8 @@ class Simulation:
 # --- the network's character, drawn once per seed ---------------------------
 
 
-#: Fixed UTC offsets (hours) the nodes' sites report in; 0 is written ``Z``.
+#: Fixed UTC offsets (hours) the nodes' sites report in when the registry gives a site
+#: no ``timezone`` (and the offsets a reformatted duplicate may take); 0 is written ``Z``.
 _NODE_OFFSETS: Final = (1, -5, 0, 9, -3, 2, -8, 10)
 
 #: Values are the contracts' (their enums, in their order); these tables only weigh them.
@@ -343,7 +346,7 @@ def _sig(value: float, digits: int = 4) -> float:
 class _Site:
     node_id: str
     site_id: str
-    offset: timezone
+    zone: tzinfo  # the registry's timezone, or the node's fixed offset
     attendance: float  # probability a session is attended, at week 1
     supervised: float  # probability an attended session is supervised
     weight: float  # share of recruitment
@@ -383,13 +386,13 @@ class _Generator:
         self.labs: dict[str, _Lab] = {}
         for index, node in enumerate(registry.nodes):
             hours = _NODE_OFFSETS[index % len(_NODE_OFFSETS)]
-            offset = timezone(timedelta(hours=hours))
+            node_offset = timezone(timedelta(hours=hours))
             for site in node.sites:
                 self.sites.append(
                     _Site(
                         node_id=node.id,
                         site_id=site.id,
-                        offset=offset,
+                        zone=ZoneInfo(site.timezone) if site.timezone else node_offset,
                         attendance=rng.uniform(0.76, 0.88),
                         supervised=rng.uniform(0.5, 0.95),
                         weight=rng.uniform(0.6, 1.6),
@@ -434,8 +437,8 @@ class _Generator:
     def local_day_time(self, day: datetime, site: _Site, start_h: float, end_h: float) -> datetime:
         """A moment between ``start_h`` and ``end_h`` local time on ``day`` (UTC midnight)."""
         hours = self.rng.uniform(start_h, end_h)
-        local = day + timedelta(hours=hours)
-        at = local - (site.offset.utcoffset(None) or timedelta())
+        local = (day + timedelta(hours=hours)).replace(tzinfo=site.zone)
+        at = local.astimezone(UTC)
         return at.replace(microsecond=self.rng.randrange(0, 1000) * 1000 if site.millis else 0)
 
     # -- one participant -------------------------------------------------------
@@ -707,8 +710,9 @@ class _Generator:
 # --- rendering ----------------------------------------------------------------
 
 
-def _timestamp(at: datetime | str, offset: timezone, millis: bool) -> str:
-    """``at`` in the site's offset (``Z`` for UTC); a string is passed through as it is."""
+def _timestamp(at: datetime | str, offset: tzinfo, millis: bool) -> str:
+    """``at`` in the site's local time, as a UTC offset (``Z`` for UTC); a string is
+    passed through as it is."""
     if isinstance(at, str):
         return at
     text = at.astimezone(offset).isoformat(timespec="milliseconds" if millis else "seconds")
@@ -727,7 +731,7 @@ _DEFAULTS: Final = {"adjunct": "none", "below_lloq": False}
 
 
 def _render(
-    fields: dict[str, Any], rng: random.Random, offset: timezone, millis: bool, *, loose: bool
+    fields: dict[str, Any], rng: random.Random, offset: tzinfo, millis: bool, *, loose: bool
 ) -> bytes:
     """One event as a JSON line.
 
@@ -767,7 +771,7 @@ class _Messages:
         events = sorted(self.gen.events, key=lambda e: e.at)
         for index, event in enumerate(events):
             site = event.site
-            offset = site.offset if rng.random() < 0.85 else UTC
+            offset = site.zone if rng.random() < 0.85 else UTC
             value = _render(event.fields, rng, offset, site.millis, loose=rng.random() < 0.25)
             self.originals.append((event, value))
             key = event.participant.encode()
@@ -786,7 +790,7 @@ class _Messages:
                     [
                         h
                         for h in _NODE_OFFSETS
-                        if timedelta(hours=h) != event.site.offset.utcoffset(None)
+                        if timedelta(hours=h) != event.at.astimezone(event.site.zone).utcoffset()
                     ]
                 )
                 offset = timezone(timedelta(hours=hours))
@@ -802,7 +806,7 @@ class _Messages:
             event, _value = self.originals[index]
             fields = _conflicting(event.fields, rng)
             value = _render(
-                fields, rng, event.site.offset, event.site.millis, loose=rng.random() < 0.3
+                fields, rng, event.site.zone, event.site.millis, loose=rng.random() < 0.3
             )
             message = SimMessage(
                 event.topic,
@@ -881,7 +885,7 @@ _Invalid = tuple[bytes | None, bytes]
 def _as_site(doc: dict[str, Any], event: _Event, rng: random.Random) -> bytes:
     """``doc`` rendered as the event's site would, now and then loosely."""
     site = event.site
-    return _render(doc, rng, site.offset, site.millis, loose=rng.random() < 0.3)
+    return _render(doc, rng, site.zone, site.millis, loose=rng.random() < 0.3)
 
 
 def _too_large(fields: dict[str, Any], event: _Event, gen: _Generator) -> _Invalid:
@@ -922,7 +926,7 @@ def _invalid_field(fields: dict[str, Any], event: _Event, gen: _Generator) -> _I
     if variant == 0:  # free text that could carry identifiers
         doc["patient_name"] = "Jane Doe"
     elif variant == 1:  # a naive timestamp (no UTC offset)
-        local = doc["occurred_at"].astimezone(event.site.offset).replace(tzinfo=None)
+        local = doc["occurred_at"].astimezone(event.site.zone).replace(tzinfo=None)
         doc["occurred_at"] = local.isoformat(timespec="seconds")
     elif variant == 2:  # a value out of range, per type
         schema = doc["schema"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -26,6 +28,7 @@ from contracts import (
     Validator,
 )
 from contracts.errors import UserError
+from contracts.registry import DEMO_REGISTRY, load_registry
 from contracts.views import compute_views
 from exnet.settings import Settings
 from producers import (
@@ -359,6 +362,48 @@ def test_timestamps_use_varied_offsets_and_key_orders(large: Simulation) -> None
         orders.add(tuple(orjson.loads(message.value)))
     assert {"Z", "+01:00", "-05:00"} <= set(offsets)
     assert len(orders) > 50
+
+
+def test_sites_report_in_their_registry_zone_daylight_saving_included(
+    pub_registry: NetworkRegistry, large: Simulation
+) -> None:
+    zones = {site.id: site.timezone for node in pub_registry.nodes for site in node.sites}
+    assert all(zones.values())  # the demo registry gives every site its zone
+    seen: dict[str, set[timedelta]] = defaultdict(set)
+    for message in large.messages:
+        if message.kind is not MessageKind.EVENT:
+            continue
+        doc = orjson.loads(message.value)
+        at = datetime.fromisoformat(doc["occurred_at"])
+        offset = at.utcoffset()
+        assert offset is not None
+        if doc["occurred_at"].endswith("Z"):
+            continue  # some sites' clients send UTC
+        zone = ZoneInfo(str(zones[doc["site_id"]]))
+        assert offset == at.astimezone(zone).utcoffset(), doc
+        seen[str(zones[doc["site_id"]])].add(offset)
+    hour = timedelta(hours=1)
+    hours = {zone: sorted(offset / hour for offset in offsets) for zone, offsets in seen.items()}
+    assert hours == {
+        "America/Chicago": [-6, -5],
+        "America/Toronto": [-5, -4],
+        "Europe/London": [1],  # GMT's +00:00 is written Z
+    }
+
+
+def test_sites_without_a_zone_report_in_their_node_s_fixed_offset(tmp_path: Path) -> None:
+    text = DEMO_REGISTRY.read_text()
+    path = tmp_path / "registry.yaml"
+    path.write_text(re.sub(r", timezone: [A-Za-z/_]+", "", text))
+    registry = load_registry(path)
+    simulation = generate(registry, SimulationConfig(seed=3, participants=40))
+    offsets: dict[str, set[str]] = defaultdict(set)
+    for message in simulation.messages:
+        if message.kind is MessageKind.EVENT:
+            doc = orjson.loads(message.value)
+            text = doc["occurred_at"]
+            offsets[doc["node_id"]].add("Z" if text.endswith("Z") else text[-6:])
+    assert offsets == {"N01": {"+01:00", "Z"}, "N02": {"-05:00", "Z"}, "N03": {"Z"}}
 
 
 def test_writing_a_file_leaves_out_key_mismatches(pub_settings: Settings, tmp_path: Path) -> None:

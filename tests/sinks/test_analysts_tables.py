@@ -38,11 +38,13 @@ def settings(settings_factory: SettingsFactory) -> Settings:
 
 
 def _registry(tmp_path: Path, endpoint: str = "") -> NetworkRegistry:
-    """The demo network, N01-S01 in Chicago, and ``endpoint`` (a YAML line) if given."""
-    text = DEMO_REGISTRY.read_text().replace(
-        "{id: N01-S01, name: Downtown Clinic}",
-        "{id: N01-S01, name: Downtown Clinic, timezone: America/Chicago}",
-    )
+    """The demo network (N01-S01 in Chicago) with no zone for N02-S01, and ``endpoint``
+    (a YAML line) if given."""
+    text = DEMO_REGISTRY.read_text()
+    assert "{id: N01-S01, name: Downtown Clinic, timezone: America/Chicago}" in text
+    zoned = "{id: N02-S01, name: Harbour Sports Medicine, timezone: Europe/London}"
+    assert zoned in text
+    text = text.replace(zoned, "{id: N02-S01, name: Harbour Sports Medicine}")
     path = tmp_path / "registry.yaml"
     path.write_text(endpoint + text)
     return load_registry(path)
@@ -145,8 +147,15 @@ def test_local_time_is_kept_and_the_registry_zone_gives_the_local_date(
         {"participant_id": B, "utc_offset_min": -300, "local_date": date(2025, 5, 12),
          "utc_day": date(2025, 5, 13)},
     ]  # fmt: skip
-    zones = _rows(client, "SELECT site_id, timezone FROM sites FINAL WHERE timezone != ''")
-    assert zones == [{"site_id": "N01-S01", "timezone": "America/Chicago"}]
+    zones = _rows(
+        client,
+        "SELECT site_id, timezone FROM sites FINAL WHERE site_id LIKE '%S01' ORDER BY site_id",
+    )
+    assert zones == [
+        {"site_id": "N01-S01", "timezone": "America/Chicago"},
+        {"site_id": "N02-S01", "timezone": ""},
+        {"site_id": "N03-S01", "timezone": "America/Toronto"},
+    ]
 
 
 def test_participants_and_site_summary(client: Any, tmp_path: Path) -> None:
