@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from kafka import KafkaProducer
 from kafka.errors import TopicAuthorizationFailedError
 
@@ -154,13 +155,9 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
 
         # A site registered later gets its login from sync-principals.
         registry = tmp_path / "registry.yaml"
-        registry.write_text(
-            DEMO_REGISTRY.read_text().replace(
-                "      - {id: N01-S03, name: Lakeside Wellness Centre}",
-                "      - {id: N01-S03, name: Lakeside Wellness Centre}\n"
-                "      - {id: N01-S09, name: Quarry Road Clinic}",
-            )
-        )
+        document = yaml.safe_load(DEMO_REGISTRY.read_text())
+        document["nodes"][0]["sites"].append({"id": "N01-S09", "name": "Quarry Road Clinic"})
+        registry.write_text(yaml.safe_dump(document))
         base["EXNET_REGISTRY"] = str(registry)
         synced = run(None, "broker", "sync-principals")
         assert synced.returncode == 0, synced.stderr
