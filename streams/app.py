@@ -504,8 +504,12 @@ def _count_deduplicated(
         metrics.events_accepted.labels(type=event_type).inc(count)
     for event_type, count in result.duplicates.items():
         metrics.events_duplicate.labels(type=event_type).inc(count)
-    if result.conflicts:
-        metrics.events_rejected.labels(reason="conflicting_duplicate").inc(result.conflicts)
+    reason = "conflicting_duplicate"
+    for (node_id, site_id), count in result.conflicts.items():
+        metrics.events_rejected.labels(reason=reason).inc(count)
+        metrics.site_events_rejected.labels(node_id=node_id, site_id=site_id, reason=reason).inc(
+            count
+        )
     wall = time.time()
     for (node_id, site_id), count in result.per_site.items():
         metrics.site_events_accepted.labels(node_id=node_id, site_id=site_id).inc(count)

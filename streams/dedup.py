@@ -162,7 +162,8 @@ class Deduplicated:
     accepted: Counter[str] = field(default_factory=Counter)
     #: event type -> exact duplicates dropped.
     duplicates: Counter[str] = field(default_factory=Counter)
-    conflicts: int = 0
+    #: (node_id, site_id) -> conflicting duplicates rejected.
+    conflicts: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: (node_id, site_id) -> accepted events, and the newest occurred_at (Unix s).
     per_site: Counter[tuple[str, str]] = field(default_factory=Counter)
     newest: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -200,7 +201,7 @@ class DeduplicateStage:
                 assert prior is not None  # noqa: S101  # a conflict has a prior by definition
                 dead = conflict_message(record, prior.origin, now)
                 out.append((self.deadletter_topic, None, dead.key, dead.value, dead.headers, None))
-                result.conflicts += 1
+                result.conflicts[route.node_id, route.site_id] += 1
                 continue
             key, value, headers = accepted_message(record)
             out.append((self.accepted_topic, None, key, value, headers, None))

@@ -77,7 +77,7 @@ def test_deduplicate_passes_on_new_and_replayed_events_drops_duplicates_rejects_
     result = stage([first, replay, duplicate, conflict], table, NOW)
     assert dict(result.accepted) == {"assessment": 2}
     assert dict(result.duplicates) == {"assessment": 1}
-    assert result.conflicts == 1
+    assert result.conflicts == {("N01", "N01-S01"): 1}
     topics = [message[0] for message in result.outgoing]
     assert topics == ["acc", "acc", "dl"]
     assert result.outgoing[0][2] == b"P-0123456789"  # keyed by participant onward
