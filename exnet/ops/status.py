@@ -629,18 +629,24 @@ def find_problems(
         elif not lag.available:
             problems.append(Problem("lag_unavailable", lag.error or "cannot read consumer lag"))
         else:
-            reported: set[str] = set()  # once per group: validate and deduplicate share one
+            idle: dict[str, list[StageLag]] = {}  # once per group: stages share groups
             for stage in lag.stages:
-                if not stage.members and stage.group not in reported:
-                    reported.add(stage.group)
-                    problems.append(
-                        Problem(
-                            "no_workers",
-                            f"nothing runs the {stage.stage} stage: consumer group "
-                            f"{stage.group} has no members (start `exnet up`; "
-                            f"{stage.total} messages wait)",
-                        )
+                if not stage.members:
+                    idle.setdefault(stage.group, []).append(stage)
+            for group, stages in idle.items():
+                names = [s.stage for s in stages]
+                which = (
+                    f"the {names[0]} stage"
+                    if len(names) == 1
+                    else f"the {', '.join(names[:-1])} and {names[-1]} stages"
+                )
+                problems.append(
+                    Problem(
+                        "no_workers",
+                        f"nothing runs {which}: consumer group {group} has no members "
+                        f"(start `exnet up`; {sum(s.total for s in stages)} messages wait)",
                     )
+                )
     if not clickhouse.reachable:
         problems.append(
             Problem(
