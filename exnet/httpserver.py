@@ -2,8 +2,9 @@
 
 ``/views/<table>`` (``node_summary``, ``network_summary``, ``arm_summary``,
 ``node_daily``): the rows this process's rollup stage last computed, as a JSON
-array (the same objects it sends to ``exnet.views`` and the sink writes to the
-table of that name, deleted rows left out), sorted by key. 503 with
+array (the rows it sends to ``exnet.views`` and the sink writes to the table of
+that name, deleted rows left out, without the ``version`` and ``is_deleted``
+columns that only order versions in ClickHouse), sorted by key. 503 with
 ``{"error": ...}`` from a process whose workers do not hold the rollup (one
 worker in the group does) or before its first batch.
 """

@@ -57,7 +57,7 @@ from contracts.views import (
 from contracts.wire import Outgoing
 from streams.aggregate import json_value
 
-__all__ = ["LiveViews", "Rolled", "RollupStage", "Totals", "ViewKey", "piece_rows"]
+__all__ = ["BOOKKEEPING", "LiveViews", "Rolled", "RollupStage", "Totals", "ViewKey", "piece_rows"]
 
 #: A row's key: the table's name, then the values of its key columns (VIEW_KEYS).
 ViewKey = tuple[str, ...]
@@ -237,6 +237,11 @@ class Rolled:
     applied: int = 0
 
 
+#: Columns of the views' rows that only order their versions in ClickHouse
+#: (ReplacingMergeTree's version and deletion flag): not served by ``/views/``.
+BOOKKEEPING: Final = frozenset({"version", "is_deleted"})
+
+
 class LiveViews:
     """The latest rows this process's rollup computed, for ``/views/<table>``.
 
@@ -258,12 +263,16 @@ class LiveViews:
         return not self._rows
 
     def rows(self, table: str) -> list[dict[str, Any]] | None:
-        """The table's rows sorted by key (deleted ones left out); None when this
-        process holds no rollup (another worker does, or none yet)."""
+        """The table's rows sorted by key (deleted ones left out), without the
+        bookkeeping columns (:data:`BOOKKEEPING`); None when this process holds no
+        rollup (another worker does, or none yet)."""
         current = self._rows.get(table)
         if current is None:
             return None
-        return [current[key] for key in sorted(current)]
+        return [
+            {k: v for k, v in current[key].items() if k not in BOOKKEEPING}
+            for key in sorted(current)
+        ]
 
 
 class RollupStage:
@@ -443,7 +452,6 @@ class RollupStage:
             if key[0] == NODE_SUMMARY and key[1] not in self._nodes:
                 continue
             row = self._row(key, stamp, 0)
-            row["version"] = None
             if not row["is_deleted"]:
                 self._current[key[0]][key] = row
         for view, rows in self._current.items():
