@@ -149,11 +149,12 @@ class Metrics:
             registry=r,
         )
         # -- consumers and sites
-        #: gauge: messages not yet consumed (end offset - committed offset) per partition.
+        #: gauge: messages not yet consumed (end offset - committed offset) per consumer group
+        #: and partition; exnet.accepted is read by two groups (the writer and the views).
         self.consumer_lag = Gauge(
             "exnet_consumer_lag",
-            "Messages behind the end of the partition (committed offset of exnet's group)",
-            ["topic", "partition"],
+            "Messages behind the end of the partition (committed offset of the consumer group)",
+            ["group", "topic", "partition"],
             registry=r,
         )
         #: gauge: newest occurred_at of an accepted event per site (unix seconds).

@@ -247,8 +247,8 @@ class LagMonitor(threading.Thread):
 
     def _report(self, rows: list[PartitionLag]) -> None:
         for row in rows:
-            self._metrics.consumer_lag.labels(topic=row.topic, partition=str(row.partition)).set(
-                row.lag
-            )
+            self._metrics.consumer_lag.labels(
+                group=row.group, topic=row.topic, partition=str(row.partition)
+            ).set(row.lag)
         if self._on_lag is not None:
             self._on_lag(sum(row.lag for row in rows))

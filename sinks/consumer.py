@@ -164,6 +164,9 @@ class SinkConsumer:
         self._settings = settings
         self._writer = writer
         self._metrics = metrics
+        for table in SINK_TABLES:  # every table's series from the start, at 0
+            metrics.sink_rows_written.labels(table=table)
+            metrics.sink_write_errors.labels(table=table)
         self._group = sink_group(settings)
         self._accepted = topic_name(Topic.ACCEPTED, settings.topic_prefix)
         self._deadletter = topic_name(Topic.DEADLETTER, settings.topic_prefix)

@@ -7,16 +7,19 @@ expected value is derived from the input (:func:`helpers.ops_scenario`).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import pytest
 
 from contracts.catalog import topic_spec
 from contracts.reasons import Reason
-from contracts.topics import Topic, topic_name
+from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from exnet.metrics import EVENT_TYPES, VIEW_REFUSALS
 from exnet.settings import Settings
+from sinks.consumer import sink_group
 from sinks.rows import VIEW_COLUMNS
+from streams.names import streams_group
 
 from .helpers import (
     OPS_SIGTERM_EXIT_S,
@@ -161,13 +164,25 @@ def _assert_sink(families: Families, scenario: OpsScenario, settings: Settings) 
     assert last_write is not None and last_write > 0
 
     lags = samples_named(families, "exnet_consumer_lag")
-    assert all(s.labels.keys() == {"topic", "partition"} for s in lags)
+    assert all(s.labels.keys() == {"group", "topic", "partition"} for s in lags)
     assert all(s.value == 0 for s in lags)
-    # one series per partition of every stage's topics (inputs, validated, accepted,
-    # deadletter, contributions: one partition, views)
-    assert {(s.labels["topic"], s.labels["partition"]) for s in lags} == {
-        (topic_name(t, settings.topic_prefix), str(p))
-        for t in Topic
+    # one series per consumer group and partition of the topics it reads: the stream
+    # workers read the inputs, validated, accepted and contributions (one partition);
+    # the writer accepted, deadletter and views. exnet.accepted has a series per group,
+    # so a writer that stopped shows even while the views keep up.
+    read_by = {
+        streams_group(settings): [
+            *INPUT_TOPICS,
+            Topic.VALIDATED,
+            Topic.ACCEPTED,
+            Topic.CONTRIBUTIONS,
+        ],
+        sink_group(settings): [Topic.ACCEPTED, Topic.DEADLETTER, Topic.VIEWS],
+    }
+    assert {(s.labels["group"], s.labels["topic"], s.labels["partition"]) for s in lags} == {
+        (group, topic_name(t, settings.topic_prefix), str(p))
+        for group, topics in read_by.items()
+        for t in topics
         for p in range(topic_spec(t).partitions or settings.partitions)
     }
 
@@ -196,3 +211,10 @@ def _assert_sites(families: Families, scenario: OpsScenario) -> None:
         "exnet_site_last_event_timestamp_seconds (read, expected) differ: "
         f"{wrong}; a rejected (conflicting_duplicate) event must not move the gauge"
     )
+    # Every rejection is counted against the site it names (site_id "" when none), the
+    # conflicting duplicate (rejected by deduplication, not validation) too: the
+    # per-site counters add up to the network's.
+    per_site: Counter[str] = Counter()
+    for s in samples_named(families, "exnet_site_events_rejected_total"):
+        per_site[s.labels["reason"]] += int(s.value)
+    assert +per_site == scenario.rejected_by_reason
