@@ -90,6 +90,12 @@ def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
         raise UserError(
             f"no Kafka broker answers at {settings.kafka_bootstrap} ({exc}): start the local one "
             "with `exnet broker start`, or point EXNET_KAFKA_BOOTSTRAP at yours"
+            + (
+                "; a broker whose listener needs TLS and a login does not answer plaintext: "
+                "point EXNET_ENV_FILE at your login's env file"
+                if settings.kafka_security_protocol == "PLAINTEXT"
+                else ""
+            )
         ) from None
     try:
         yield admin

@@ -38,7 +38,9 @@ def register(app: typer.Typer) -> None:
             int | None,
             typer.Option(
                 help="KRaft nodes to run (3: a cluster on 127.0.0.1:9092, :9094, :9096, "
-                "controllers on the odd ports above; data under var/kafka/<node>). "
+                "controllers on the odd ports above; data under var/kafka/<node>). The "
+                "first broker takes the port of EXNET_KAFKA_BOOTSTRAP's first address "
+                "(default 9092), the others step by 2. "
                 "Default: as the brokers under var/kafka were first started (1 if never).",
                 min=1,
                 max=broker.MAX_NODES,

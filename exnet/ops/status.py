@@ -101,6 +101,9 @@ class TopicState:
     under_replicated: int = 0
     #: Partitions with no leader: nothing can be written to or read from them.
     offline: int = 0
+    #: False when the login may not describe the topic (its ACLs): whether it exists
+    #: is then unknown, and ``exists`` is False.
+    authorized: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,8 @@ class BrokerState:
     brokers: tuple[int, ...] = ()
     #: Node ids assigned a replica of an exnet partition but out of its in-sync set.
     out_of_sync: tuple[int, ...] = ()
+    #: The SCRAM login status used (None on a plaintext listener).
+    login: str | None = None
 
     @property
     def under_replicated(self) -> int:
@@ -238,6 +243,7 @@ class StatusReport:
                         "partitions": t.partitions,
                         "under_replicated": t.under_replicated,
                         "offline": t.offline,
+                        "authorized": t.authorized,
                     }
                     for t in self.broker.topics
                 ],
@@ -363,7 +369,7 @@ def collect_broker(settings: Settings) -> BrokerState:
     partitions, and how many of those lack a leader or a replica in sync; which
     brokers are alive (a cluster's metadata, from any broker that answers)."""
     from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
+    from kafka.errors import KafkaError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 
     from exnet.broker import broker_answers
     from exnet.settings import KafkaRefusals
@@ -373,7 +379,8 @@ def collect_broker(settings: Settings) -> BrokerState:
     with KafkaRefusals(settings) as refusals:
         answers = broker_answers(bootstrap, timeout_s=BROKER_TIMEOUT_S, connection=connection)
     if not answers:
-        why = refusals.reason() or f"no Kafka broker answers at {bootstrap}"
+        silent = f"no Kafka broker answers at {bootstrap}{_plaintext_hint(settings)}"
+        why = refusals.reason() or silent
         return BrokerState(bootstrap, False, why)
     try:
         admin = KafkaAdminClient(
@@ -386,19 +393,27 @@ def collect_broker(settings: Settings) -> BrokerState:
     try:
         cluster = admin.describe_cluster()["brokers"]
         alive = tuple(sorted(b["broker_id"] for b in cluster if not b.get("is_fenced")))
-        # Every topic's partitions in one metadata request (what list_topics reads too).
-        described = {t["name"]: t["partitions"] for t in admin.describe_topics()}
+        # Every expected topic's partitions in one metadata request; named, so that each
+        # comes back with its error: a login without Describe on a topic gets
+        # TOPIC_AUTHORIZATION_FAILED where a listing of all topics would leave it out.
+        expected = _expected_topics(settings)
+        described = {t["name"]: t for t in admin.describe_topics([n for _, n in expected])}
     except KafkaError as exc:
         return BrokerState(bootstrap, False, f"cannot read topic metadata: {exc}")
     finally:
         admin.close()
+    login = settings.kafka_username if settings.kafka_security_protocol != "PLAINTEXT" else None
     topics = []
     out_of_sync: set[int] = set()
-    for logical, name in _expected_topics(settings):
-        partitions = described.get(name)
-        if partitions is None:
+    for logical, name in expected:
+        topic = described.get(name, {"error_code": UnknownTopicOrPartitionError.errno})
+        if topic["error_code"] == TopicAuthorizationFailedError.errno:
+            topics.append(TopicState(logical, name, False, 0, authorized=False))
+            continue
+        if topic["error_code"] != 0:  # unknown topic (or one being deleted)
             topics.append(TopicState(logical, name, False, 0))
             continue
+        partitions = topic["partitions"]
         lagging = 0
         for partition in partitions:
             behind = set(partition["replica_nodes"]) - set(partition["isr_nodes"])
@@ -406,7 +421,25 @@ def collect_broker(settings: Settings) -> BrokerState:
             out_of_sync |= behind
         offline = sum(1 for p in partitions if p["leader_id"] < 0)
         topics.append(TopicState(logical, name, True, len(partitions), lagging, offline))
-    return BrokerState(bootstrap, True, None, tuple(topics), alive, tuple(sorted(out_of_sync)))
+    return BrokerState(
+        bootstrap,
+        True,
+        None,
+        tuple(topics),
+        login=login,
+        brokers=alive,
+        out_of_sync=tuple(sorted(out_of_sync)),
+    )
+
+
+def _plaintext_hint(settings: Settings) -> str:
+    """Why a broker may seem silent to a plaintext client (empty on SASL_SSL)."""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        return ""
+    return (
+        " over plaintext (a broker whose listener needs TLS and a login does not answer "
+        "it: point EXNET_ENV_FILE at your login's env file)"
+    )
 
 
 def collect_lag(settings: Settings, broker: BrokerState) -> LagState:
@@ -598,7 +631,8 @@ def find_problems(
     if not broker.reachable:
         problems.append(Problem("broker_unreachable", broker.error or "the broker is unreachable"))
     else:
-        missing = [t.name for t in broker.topics if not t.exists]
+        hidden = [t.name for t in broker.topics if not t.authorized]
+        missing = [t.name for t in broker.topics if t.authorized and not t.exists]
         if broker.offline:
             problems.append(
                 Problem(
@@ -619,7 +653,17 @@ def find_problems(
                     "(`exnet broker start` restarts a local cluster's stopped nodes)",
                 )
             )
-        if missing:
+        if hidden:  # nothing more can be read with this login
+            problems.append(
+                Problem(
+                    "topics_not_authorized",
+                    f"Kafka does not let the login {broker.login!r} describe {len(hidden)} of "
+                    f"exnet's topics ({', '.join(hidden)}): run status with the platform's "
+                    "login (EXNET_ENV_FILE naming the exnet principal's env file) or grant "
+                    "this one Describe on them",
+                )
+            )
+        elif missing:
             problems.append(
                 Problem(
                     "topics_missing",
@@ -644,7 +688,9 @@ def find_problems(
                     Problem(
                         "no_workers",
                         f"nothing runs {which}: consumer group {group} has no members "
-                        f"(start `exnet up`; {sum(s.total for s in stages)} messages wait)",
+                        "(start `exnet up`, or read the log of one that runs: a process "
+                        "Kafka refuses to log in joins no group; "
+                        f"{sum(s.total for s in stages)} messages wait)",
                     )
                 )
     if not clickhouse.reachable:
@@ -753,9 +799,13 @@ def _broker_part(report: StatusReport) -> RenderableType:
     head.append("reachable", style="green")
     if broker.brokers:
         head.append(f", brokers alive: {', '.join(map(str, broker.brokers))}")
-    missing = [t for t in broker.topics if not t.exists]
+    hidden = [t for t in broker.topics if not t.authorized]
+    missing = [t for t in broker.topics if t.authorized and not t.exists]
     counts = sorted({t.partitions for t in broker.topics if t.exists})
-    line = Text(f"topics: {len(broker.topics) - len(missing)} of {len(broker.topics)} exist")
+    exist = len(broker.topics) - len(missing) - len(hidden)
+    line = Text(f"topics: {exist} of {len(broker.topics)} exist")
+    if hidden:
+        line.append(f", {len(hidden)} not visible to login {broker.login!r}", style="red")
     if counts:
         # "1 or 6": the contributions topic has one partition, the others the setting's
         # number ("1/6" read as "one of six").

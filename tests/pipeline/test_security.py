@@ -121,6 +121,21 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
         finally:
             producer.close()
 
+        # exnet status over plaintext says how to log in; as a login without rights on
+        # exnet's topics (analyst) it says so, not that the topics are missing.
+        plain_init = run(None, "init")
+        assert plain_init.returncode != 0 and "EXNET_ENV_FILE" in plain_init.stderr, plain_init
+        plain = run(None, "status", "--json")
+        assert plain.returncode == 1, plain.stderr[-2000:]
+        (unreachable,) = json.loads(plain.stdout)["problems"][:1]
+        assert unreachable["kind"] == "broker_unreachable"
+        assert "EXNET_ENV_FILE" in unreachable["message"], unreachable
+        as_analyst = run(secrets / "analyst.env", "status", "--json")
+        assert as_analyst.returncode == 1, as_analyst.stderr[-2000:]
+        problems = {p["kind"]: p["message"] for p in json.loads(as_analyst.stdout)["problems"]}
+        assert "topics_missing" not in problems, problems
+        assert "login 'analyst'" in problems["topics_not_authorized"], problems
+
         # exnet up with a wrong password waits, retrying, and says so; it consumes nothing.
         wrong_platform = tmp_path / "exnet-wrong.env"
         wrong_platform.write_text(
