@@ -506,7 +506,12 @@ def run_up(
         """Consuming (stream role) and writing or standing by (sink role), with Kafka
         answering the lag monitor (when this process runs one)."""
         streams_ok = not runs_streams or consuming.is_set()
-        sink_ok = sink_role is None or sink_role.writing.is_set() or sink_role.standing_by
+        if role is Role.SINK:  # no sink role yet: still waiting for Kafka's login
+            sink_ok = sink_role is not None and (
+                sink_role.writing.is_set() or sink_role.standing_by
+            )
+        else:
+            sink_ok = True
         process_ok = sink_process is None or sink_process.ready()
         kafka_ok = lag is None or not lag.kafka_unreachable
         return streams_ok and sink_ok and process_ok and kafka_ok and not stop.event.is_set()

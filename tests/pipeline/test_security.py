@@ -141,32 +141,35 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
         wrong_platform.write_text(
             platform.read_text().replace(passwords["exnet"], "not-the-password")
         )
-        metrics_port = free_ports(1)
-        waiting = subprocess.Popen(
-            [EXNET, "up"],
-            env={
-                **{k: v for k, v in base.items() if k != "EXNET_KAFKA_BOOTSTRAP"},
-                "EXNET_ENV_FILE": str(wrong_platform),
-                "EXNET_METRICS_PORT": str(metrics_port),
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while "exnet_kafka_login_waiting 1.0" not in _metrics(metrics_port):
-                assert waiting.poll() is None and time.monotonic() < deadline
-                time.sleep(0.5)
-            assert "exnet_kafka_login_refused_total" in _metrics(metrics_port)
-        finally:
-            os.killpg(waiting.pid, signal.SIGTERM)
-            waited_out, _ = waiting.communicate(timeout=60)
-        outputs.append(waited_out)
-        assert waiting.returncode == 0, waited_out[-3000:]
-        assert "Kafka refused the login of 'exnet' (SCRAM-SHA-512)" in waited_out
-        assert "retrying in" in waited_out and "nothing is consumed or committed" in waited_out
+        # Whatever its role, it is not ready meanwhile.
+        for role in ("auto", "sink"):
+            metrics_port = free_ports(1)
+            waiting = subprocess.Popen(
+                [EXNET, "up", "--role", role],
+                env={
+                    **{k: v for k, v in base.items() if k != "EXNET_KAFKA_BOOTSTRAP"},
+                    "EXNET_ENV_FILE": str(wrong_platform),
+                    "EXNET_METRICS_PORT": str(metrics_port),
+                },
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                deadline = time.monotonic() + 60
+                while "exnet_kafka_login_waiting 1.0" not in (scraped := _metrics(metrics_port)):
+                    assert waiting.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.5)
+                assert "exnet_kafka_login_refused_total" in scraped
+                assert "\nexnet_ready 0.0\n" in scraped, (role, scraped)
+            finally:
+                os.killpg(waiting.pid, signal.SIGTERM)
+                waited_out, _ = waiting.communicate(timeout=60)
+            outputs.append(waited_out)
+            assert waiting.returncode == 0, waited_out[-3000:]
+            assert "Kafka refused the login of 'exnet' (SCRAM-SHA-512)" in waited_out
+            assert "retrying in" in waited_out and "nothing is consumed or committed" in waited_out
 
         # A site registered later gets its login from sync-principals.
         registry = tmp_path / "registry.yaml"
