@@ -132,7 +132,8 @@ def main() -> None:
     console.rule("where to look next")
     console.print(
         f"report:   open {report.resolve()}\n"  # noqa: S608  # text for people, not SQL
-        "status:   .venv/bin/exnet status\n"
+        "status:   .venv/bin/exnet status   (the demo's drain has ended: it reports "
+        "no_workers until `.venv/bin/exnet up` runs)\n"
         "rejects:  .venv/bin/exnet rejects --site N01-S01\n"
         'SQL:      .venv/bin/exnet sql "SELECT * FROM node_summary FINAL" --format PrettyCompact\n'
         "verify:   .venv/bin/exnet verify   (stream-written views against the facts)\n"

@@ -436,12 +436,13 @@ class RollupStage:
         self, table: MutableMapping[bytes, bytes], now: datetime, generation: int | None = None
     ) -> None:
         """Fill the live views from ``table`` alone (a worker that recovered its table
-        but has no new contribution to read): the rows carry ``version`` null, as they
-        were not sent. The next batch sends every row. ``generation``: the consumer
-        group generation ``table`` was recovered in; the totals are rebuilt from it
-        once per generation, here or by a batch, whichever comes first (within a
-        generation only this stage's batches change the table; a rebuild after a
-        million events holds the worker's thread for 4 s or more). None: rebuild."""
+        but has no new contribution to read): these rows are not sent (their version
+        is 0; ``/views/`` serves no version). The next batch sends every row.
+        ``generation``: the consumer group generation ``table`` was recovered in;
+        the totals are rebuilt from it once per generation, here or by a batch,
+        whichever comes first (within a generation only this stage's batches change
+        the table; a rebuild after a million events holds the worker's thread for 4 s
+        or more). None: rebuild."""
         self._build(table, generation)
         self._generation = None
         if self._live is None:

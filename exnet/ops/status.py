@@ -446,6 +446,8 @@ def collect_lag(settings: Settings, broker: BrokerState) -> LagState:
     """Committed and end offsets of every stage (needs the broker and the topics)."""
     if not broker.reachable:
         return LagState(False, "the broker is unreachable")
+    if not all(t.authorized for t in broker.topics):
+        return LagState(False, "this login may not describe exnet's topics")
     if not all(t.exists for t in broker.topics):
         return LagState(False, "topics are missing (run `exnet init`)")
     from kafka.errors import KafkaError
@@ -657,7 +659,8 @@ def find_problems(
             problems.append(
                 Problem(
                     "topics_not_authorized",
-                    f"Kafka does not let the login {broker.login!r} describe {len(hidden)} of "
+                    f"Kafka does not let the login {broker.login or 'anonymous'!r} describe "
+                    f"{len(hidden)} of "
                     f"exnet's topics ({', '.join(hidden)}): run status with the platform's "
                     "login (EXNET_ENV_FILE naming the exnet principal's env file) or grant "
                     "this one Describe on them",
@@ -805,7 +808,8 @@ def _broker_part(report: StatusReport) -> RenderableType:
     exist = len(broker.topics) - len(missing) - len(hidden)
     line = Text(f"topics: {exist} of {len(broker.topics)} exist")
     if hidden:
-        line.append(f", {len(hidden)} not visible to login {broker.login!r}", style="red")
+        login = broker.login or "anonymous"
+        line.append(f", {len(hidden)} not visible to login {login!r}", style="red")
     if counts:
         # "1 or 6": the contributions topic has one partition, the others the setting's
         # number ("1/6" read as "one of six").

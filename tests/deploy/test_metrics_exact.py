@@ -6,6 +6,7 @@ expected value is derived from the input (:func:`helpers.ops_scenario`).
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -218,3 +219,10 @@ def _assert_sites(families: Families, scenario: OpsScenario) -> None:
     for s in samples_named(families, "exnet_site_events_rejected_total"):
         per_site[s.labels["reason"]] += int(s.value)
     assert +per_site == scenario.rejected_by_reason
+    (conflict,) = [m for m in scenario.messages if m.outcome == "conflicting_duplicate"]
+    named = json.loads(conflict.value)
+    assert {
+        (s.labels["node_id"], s.labels["site_id"])
+        for s in samples_named(families, "exnet_site_events_rejected_total")
+        if s.labels["reason"] == "conflicting_duplicate" and s.value
+    } == {(named["node_id"], named["site_id"])}

@@ -347,6 +347,29 @@ def test_a_replica_out_of_sync_or_a_partition_without_leader_is_a_problem() -> N
     assert "brokers alive: 1, 2" in text and "6 under-replicated" in text and "1 offline" in text
 
 
+def test_topics_a_login_may_not_describe_are_not_called_missing() -> None:
+    """Pure: with a login Kafka's ACLs hide exnet's topics from, status says so and
+    does not send the operator to `exnet init`."""
+    now = datetime(2025, 3, 3, 12, tzinfo=UTC)
+    clickhouse = ClickHouseState(True, "exnet", "chdb:///x")
+    hidden = TopicState("exnet.session", "p.exnet.session", False, 0, authorized=False)
+    missing = TopicState("exnet.assay", "p.exnet.assay", False, 0)
+    lag = LagState(False, "this login may not describe exnet's topics")
+    broker = BrokerState("b", True, None, (hidden, missing), (1,), login="analyst")
+    problems = find_problems(broker, lag, clickhouse, 24, 0.05)
+    assert [p.kind for p in problems] == ["topics_not_authorized"]
+    assert "login 'analyst'" in problems[0].message and "p.exnet.session" in problems[0].message
+    assert "exnet init" not in problems[0].message
+    report = StatusReport(now, 24.0, 0.05, broker, lag, clickhouse, problems)
+    assert [t["authorized"] for t in report.as_dict()["broker"]["topics"]] == [False, True]
+    text = _text(report)
+    assert "1 not visible to login 'analyst'" in text and "0 of 2 exist" in text
+
+    # every topic visible: the missing one is missing
+    visible = BrokerState("b", True, None, (missing,), (1,), login="analyst")
+    assert [p.kind for p in find_problems(visible, lag, clickhouse, 24, 0.05)] == ["topics_missing"]
+
+
 def test_an_unreachable_clickhouse_is_one_error_line(
     settings_factory: SettingsFactory, tmp_path: Path
 ) -> None:
