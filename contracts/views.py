@@ -30,6 +30,7 @@ __all__ = [
     "SESSION_COLUMNS",
     "STATUS_COLUMNS",
     "SUMMARY_COLUMNS",
+    "VERSION_COLUMNS",
     "VIEW_FIGURES",
     "VIEW_KEYS",
     "ArmKey",
@@ -82,6 +83,8 @@ VIEW_KEYS: Final[dict[str, tuple[str, ...]]] = {
     "arm_summary": ("scope", "node_id", "modality", "adjunct"),
     "node_daily": ("node_id", "day"),
 }
+#: The view tables' columns that only order a row's versions inside ClickHouse.
+VERSION_COLUMNS: Final = frozenset({"version", "is_deleted"})
 #: The stream-written view tables -> their figures' columns, in order (``node_summary``
 #: also has ``node_name`` after its key).
 VIEW_FIGURES: Final[dict[str, tuple[str, ...]]] = {

@@ -36,7 +36,7 @@ from typing import Any, Final
 
 import orjson
 
-from contracts.views import MINUTES_COLUMNS, VIEW_FIGURES, VIEW_KEYS
+from contracts.views import MINUTES_COLUMNS, VERSION_COLUMNS, VIEW_FIGURES, VIEW_KEYS
 from exnet.metrics import Metrics
 from sinks.migrations.m0005_stream_views import REFERENCE_SUFFIX
 from sinks.rows import VIEW_COLUMNS
@@ -67,7 +67,7 @@ CATCHING_UP_BACKLOG: Final = 100_000
 #: The stream-written views, in the order they are checked and reported.
 VIEWS: Final[tuple[str, ...]] = tuple(VIEW_KEYS)
 #: Columns that say when and in which version the stream wrote a row: not compared.
-BOOKKEEPING: Final = frozenset({"updated_at", "version", "is_deleted"})
+BOOKKEEPING: Final = frozenset({"updated_at"}) | VERSION_COLUMNS
 #: Tolerances of ``exercise_minutes`` (minutes): relative, absolute.
 REL_TOL: Final = 1e-9
 ABS_TOL: Final = 1e-6

@@ -52,12 +52,13 @@ from contracts.views import (
     SESSION_COLUMNS,
     STATUS_COLUMNS,
     SUMMARY_COLUMNS,
+    VERSION_COLUMNS,
     VIEW_KEYS,
 )
 from contracts.wire import Outgoing
 from streams.aggregate import json_value
 
-__all__ = ["BOOKKEEPING", "LiveViews", "Rolled", "RollupStage", "Totals", "ViewKey", "piece_rows"]
+__all__ = ["LiveViews", "Rolled", "RollupStage", "Totals", "ViewKey", "piece_rows"]
 
 #: A row's key: the table's name, then the values of its key columns (VIEW_KEYS).
 ViewKey = tuple[str, ...]
@@ -237,11 +238,6 @@ class Rolled:
     applied: int = 0
 
 
-#: Columns of the views' rows that only order their versions in ClickHouse
-#: (ReplacingMergeTree's version and deletion flag): not served by ``/views/``.
-BOOKKEEPING: Final = frozenset({"version", "is_deleted"})
-
-
 class LiveViews:
     """The latest rows this process's rollup computed, for ``/views/<table>``.
 
@@ -263,14 +259,14 @@ class LiveViews:
         return not self._rows
 
     def rows(self, table: str) -> list[dict[str, Any]] | None:
-        """The table's rows sorted by key (deleted ones left out), without the
-        bookkeeping columns (:data:`BOOKKEEPING`); None when this process holds no
+        """The table's rows sorted by key (deleted ones left out), without
+        :data:`~contracts.views.VERSION_COLUMNS`; None when this process holds no
         rollup (another worker does, or none yet)."""
         current = self._rows.get(table)
         if current is None:
             return None
         return [
-            {k: v for k, v in current[key].items() if k not in BOOKKEEPING}
+            {k: v for k, v in current[key].items() if k not in VERSION_COLUMNS}
             for key in sorted(current)
         ]
 
