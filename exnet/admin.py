@@ -15,7 +15,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from contracts.catalog import TOPICS
 from contracts.errors import UserError
 from contracts.topics import topic_name
-from exnet.settings import Settings
+from exnet.settings import Settings, silent_broker_hint
 from streams.names import (
     CONTRIBUTIONS_TABLE,
     PARTICIPANTS_TABLE,
@@ -90,12 +90,7 @@ def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
         raise UserError(
             f"no Kafka broker answers at {settings.kafka_bootstrap} ({exc}): start the local one "
             "with `exnet broker start`, or point EXNET_KAFKA_BOOTSTRAP at yours"
-            + (
-                "; a broker whose listener needs TLS and a login does not answer plaintext: "
-                "point EXNET_ENV_FILE at your login's env file"
-                if settings.kafka_security_protocol == "PLAINTEXT"
-                else ""
-            )
+            + (f"; {hint}" if (hint := silent_broker_hint(settings)) else "")
         ) from None
     try:
         yield admin

@@ -54,6 +54,7 @@ __all__ = [
     "KafkaRefusals",
     "Settings",
     "load_settings",
+    "silent_broker_hint",
 ]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -271,6 +272,17 @@ class KafkaRefusals(logging.Handler):
                 "username or password (EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD)"
             )
         return None
+
+
+def silent_broker_hint(settings: Settings) -> str:
+    """What to try when no broker answers a plaintext client (a broker listening for
+    TLS and a login stays silent to it); empty when the client already logs in."""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        return ""
+    return (
+        "a broker whose listener needs TLS and a login does not answer plaintext: "
+        "point EXNET_ENV_FILE at your login's env file"
+    )
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -372,14 +372,15 @@ def collect_broker(settings: Settings) -> BrokerState:
     from kafka.errors import KafkaError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 
     from exnet.broker import broker_answers
-    from exnet.settings import KafkaRefusals
+    from exnet.settings import KafkaRefusals, silent_broker_hint
 
     bootstrap = settings.kafka_bootstrap
     connection = settings.kafka_client_config()
     with KafkaRefusals(settings) as refusals:
         answers = broker_answers(bootstrap, timeout_s=BROKER_TIMEOUT_S, connection=connection)
     if not answers:
-        silent = f"no Kafka broker answers at {bootstrap}{_plaintext_hint(settings)}"
+        hint = silent_broker_hint(settings)
+        silent = f"no Kafka broker answers at {bootstrap}" + (f" ({hint})" if hint else "")
         why = refusals.reason() or silent
         return BrokerState(bootstrap, False, why)
     try:
@@ -429,16 +430,6 @@ def collect_broker(settings: Settings) -> BrokerState:
         login=login,
         brokers=alive,
         out_of_sync=tuple(sorted(out_of_sync)),
-    )
-
-
-def _plaintext_hint(settings: Settings) -> str:
-    """Why a broker may seem silent to a plaintext client (empty on SASL_SSL)."""
-    if settings.kafka_security_protocol != "PLAINTEXT":
-        return ""
-    return (
-        " over plaintext (a broker whose listener needs TLS and a login does not answer "
-        "it: point EXNET_ENV_FILE at your login's env file)"
     )
 
 
@@ -660,10 +651,9 @@ def find_problems(
                 Problem(
                     "topics_not_authorized",
                     f"Kafka does not let the login {broker.login or 'anonymous'!r} describe "
-                    f"{len(hidden)} of "
-                    f"exnet's topics ({', '.join(hidden)}): run status with the platform's "
-                    "login (EXNET_ENV_FILE naming the exnet principal's env file) or grant "
-                    "this one Describe on them",
+                    f"{len(hidden)} of exnet's topics ({', '.join(hidden)}): run status "
+                    "with the platform's login (EXNET_ENV_FILE naming the exnet principal's "
+                    "env file) or grant this one Describe on them",
                 )
             )
         elif missing:
