@@ -103,11 +103,18 @@ def test_a_flood_of_messages_naming_no_site_is_rejected_and_stops_nothing(
 
 
 def _children(pid: int) -> set[int]:
-    return {
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    }
+    """The process's children, read per thread; a thread that ends between the listing
+    and the read hands its children to another thread, so the scan is taken again."""
+    for _ in range(20):
+        try:
+            return {
+                int(child)
+                for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()
+            }
+        except FileNotFoundError:  # that thread ended mid-scan
+            time.sleep(0.05)
+    raise AssertionError(f"threads of {pid} kept ending while their children were read")
 
 
 def _running(pid: int) -> bool:
