@@ -451,6 +451,11 @@ class Consumer(faust_aiokafka.Consumer):
                 del self._tail_checks[tp]
                 self._next[tp] = position
                 self._gap_ends[tp] = position
+                # Faust commits only partitions with an acknowledgement list: one that
+                # never delivered a message in this process (a restart, and nothing
+                # but an aborted transaction since) would keep its commit, and a
+                # drain wait on it, for good.
+                self._acked.setdefault(tp, [])
                 continue
             log.info(
                 "%s: offsets %d-%d were fetched but not delivered; reading them again",
@@ -463,21 +468,56 @@ class Consumer(faust_aiokafka.Consumer):
             await self.seek(tp, expected)
 
     async def perform_seek(self) -> None:
+        """Faust's seek to the committed offsets; everything delivered after them is read
+        again, except what this generation delivered in sequence from them.
+
+        Once a new assignment's tables are recovered, Faust resumes the stream
+        partitions and only then seeks them to their committed offsets: the fetch
+        loop may deliver batches meanwhile, of this very generation, which the
+        agents go on to process. Read again, every record of them was processed
+        twice (measured: a start with a backlog counted every input twice in
+        ``exnet_events_received_total`` and put each rejected message on
+        ``exnet.deadletter`` twice). A partition keeps its batches when they are
+        all of the current generation (nothing was revoked) and begin at its
+        committed offset, or its beginning if it has none (nothing is skipped);
+        it reads on after them, and its commits follow them as ever.
+        """
+        generation = self.app.consumer_generation_id
         await super().perform_seek()
+        assigned = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)]
+        committed = {tp: self._committed_offset[tp] for tp in assigned}
+        starts = {tp: offset for tp, offset in committed.items() if offset}
+        uncommitted = [tp for tp in assigned if tp not in starts]
+        beginnings: Mapping[TP, int] = (
+            await self.earliest_offsets(*uncommitted) if uncommitted else {}
+        )
+        starts.update(beginnings)
+        # Nothing awaits from here until the sequences are set: no fetch is delivered
+        # in between (one answered later from the start is dropped by _in_sequence).
+        kept = {
+            tp: (chain, self._next[tp])
+            for tp, chain in self._chains.items()
+            if chain
+            and tp in self._next
+            and chain[0].first_offset == starts.get(tp)
+            and all(batch.generation_id == generation for batch in chain)
+            and self.app.consumer_generation_id == generation
+        }
         self._chains.clear()  # everything after the committed offsets is read again
         self._skips.clear()
         self._tail_checks.clear()
         self._dropped.clear()
         self._gap_ends.clear()
-        assigned = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)]
-        committed = {tp: self._committed_offset[tp] for tp in assigned}
-        self._next = {tp: offset for tp, offset in committed.items() if offset}
-        uncommitted = [tp for tp, offset in committed.items() if not offset]
-        if uncommitted:
-            beginnings: Mapping[TP, int] = await self.earliest_offsets(*uncommitted)
-            await self.seek_wait(beginnings)  # also resets Faust's read offsets
-            self._next.update(beginnings)
-        self._generation_start = (self.app.consumer_generation_id, dict(self._next))
+        self._next = dict(starts)
+        for tp, (chain, after) in kept.items():
+            self._chains[tp] = chain
+            self._next[tp] = after
+        self._generation_start = (self.app.consumer_generation_id, dict(starts))
+        unkept = {tp: offset for tp, offset in beginnings.items() if tp not in kept}
+        if unkept:
+            await self.seek_wait(unkept)  # also resets Faust's read offsets
+        for tp, (_, after) in kept.items():
+            await self.seek(tp, after)
 
     def started_at(self, tp: TP, generation: int) -> int | None:
         """The offset the consumer group ``generation`` started reading ``tp`` at (its
