@@ -8,6 +8,8 @@ __all__ = [
     "DETAIL",
     "EVENT_ID",
     "ORIGINAL",
+    "ORIGINAL_LENGTH",
+    "ORIGINAL_SHA256",
     "REASON",
     "REJECTED_AT",
     "ROUTE",
@@ -31,6 +33,11 @@ SOURCE_TIMESTAMP: Final = "exnet-source-timestamp"
 REJECTED_AT: Final = "exnet-rejected-at"
 #: The message's event_id, when it could be read.
 EVENT_ID: Final = "exnet-event-id"
+#: On a dead-letter message whose original was cut to DEADLETTER_MAX_ORIGINAL bytes (a
+#: ``too_large`` message Kafka stored compressed): the original's length in bytes and
+#: its SHA-256 (hex), so that ``rejected_events.payload_sha256`` stays the original's.
+ORIGINAL_LENGTH: Final = "exnet-original-length"
+ORIGINAL_SHA256: Final = "exnet-original-sha256"
 #: What the stages after validation need of an event, in one header (internal topics
 #: exnet.validated and exnet.accepted): ``contracts.wire.Route``.
 ROUTE: Final = "exnet-route"

@@ -26,12 +26,13 @@ all of a participant's events meet in one partition:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, tzinfo
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -42,6 +43,7 @@ from contracts.units import to_canonical
 from contracts.validation import Accepted, FieldIssue, Origin, Rejected
 
 __all__ = [
+    "DEADLETTER_MAX_ORIGINAL",
     "Headers",
     "OutMessage",
     "Outgoing",
@@ -306,6 +308,14 @@ def read_route(headers: Headers) -> Route:
     raise ValueError(f"an exnet.accepted message without its {H.ROUTE} header")
 
 
+#: The most of a rejected message's bytes its dead-letter message carries: a
+#: ``too_large`` message that Kafka stored compressed may be far larger than any record
+#: the dead-letter topic (2 MiB) or a producer batch (1 MiB) takes; sent whole, it
+#: failed every delivery and stopped the stream worker at each start, on the same
+#: message. 8x the contract's 64 KiB: enough for a site to see what it sent.
+DEADLETTER_MAX_ORIGINAL: Final = 512 * 1024
+
+
 def deadletter_message(
     rejected: Rejected,
     original: bytes | None,
@@ -314,7 +324,8 @@ def deadletter_message(
     timestamp_ms: int | None,
 ) -> OutMessage:
     """A rejection: the original bytes, with SPEC §2's headers (a tombstone stays one:
-    no value, not an empty one)."""
+    no value, not an empty one). An original over :data:`DEADLETTER_MAX_ORIGINAL` bytes
+    is cut to them, with its length and SHA-256 in headers."""
     origin = rejected.origin
     assert origin is not None, "stream messages always have an origin"  # noqa: S101  # invariant
     headers = [
@@ -325,6 +336,12 @@ def deadletter_message(
     ]
     if rejected.event_id is not None:
         headers.append((H.EVENT_ID, rejected.event_id.encode()))
+    if original is not None and len(original) > DEADLETTER_MAX_ORIGINAL:
+        headers += [
+            (H.ORIGINAL_LENGTH, str(len(original)).encode()),
+            (H.ORIGINAL_SHA256, hashlib.sha256(original).hexdigest().encode()),
+        ]
+        original = original[:DEADLETTER_MAX_ORIGINAL]
     return OutMessage(Topic.DEADLETTER, key, original, headers)
 
 

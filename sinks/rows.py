@@ -148,7 +148,10 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
         node_id,
         site_id,
         redacted_payload(payload, detail),
-        hashlib.sha256(payload).hexdigest(),
+        # Of the original bytes, also when the dead-letter message holds their start only.
+        headers[H.ORIGINAL_SHA256].decode()
+        if H.ORIGINAL_SHA256 in headers
+        else hashlib.sha256(payload).hexdigest(),
         datetime.fromisoformat(headers[H.REJECTED_AT].decode()),
         ingested_at,
     ]

@@ -374,6 +374,7 @@ def with_originals(settings: Settings, result: RejectsResult) -> RejectsResult:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
+    from contracts import headers as H
     from contracts.topics import Topic, topic_name
     from contracts.wire import source_origin
     from exnet.settings import KafkaRefusals
@@ -409,6 +410,12 @@ def with_originals(settings: Settings, result: RejectsResult) -> RejectsResult:
                     position = (origin.topic, origin.partition, origin.offset)
                     if position in wanted:
                         found[position] = record.value or b""
+                        length = headers.get(H.ORIGINAL_LENGTH)
+                        if length is not None:  # too large to keep whole
+                            found[position] += (
+                                f" [... the first {len(record.value or b''):,} of "
+                                f"{int(length):,} bytes]"
+                            ).encode()
     except KafkaError as exc:
         raise UserError(f"cannot read {topic}: {exc}") from None
     finally:
