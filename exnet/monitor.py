@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient, KafkaConsumer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, SaslAuthenticationFailedError
 from kafka.structs import TopicPartition
 
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
@@ -158,6 +159,42 @@ def _describe(rows: list[PartitionLag]) -> str:
     )
 
 
+class _LoginRefusals(logging.Handler):
+    """Notes that a Kafka client of this process, in any thread, logged a refused login.
+
+    A new kafka-python client that cannot log in fails with "Unable to bootstrap",
+    as if no broker were there; only its log says why (as
+    :class:`~exnet.settings.KafkaRefusals` reads at start). Attached to the ``kafka``
+    and ``aiokafka`` loggers while the monitor runs; it only observes.
+    """
+
+    LOGGERS = ("kafka", "aiokafka")
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self._seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "SaslAuthenticationFailed" in record.getMessage():
+            self._seen.set()
+
+    def take(self) -> bool:
+        """Whether a refusal was logged since the last call."""
+        seen = self._seen.is_set()
+        self._seen.clear()
+        return seen
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        try:
+            yield
+        finally:
+            for name in self.LOGGERS:
+                logging.getLogger(name).removeHandler(self)
+
+
 class LagMonitor(threading.Thread):
     """Updates the lag gauge every ``interval`` seconds (and tells ``on_lag`` the total);
     with ``on_drained``, also checks every ``drain_check`` seconds whether the pipeline
@@ -194,11 +231,22 @@ class LagMonitor(threading.Thread):
         #: Whether the last read of the lag failed for want of Kafka (False until one
         #: fails): the process neither consumes nor writes meanwhile, so it is not ready.
         self.kafka_unreachable = False
+        #: Whether the last read failed because Kafka refused this process's login: a
+        #: running process logs in again whenever a connection is lost (a broker
+        #: restarted, an idle connection closed), so a password changed or revoked since
+        #: its start shows here first. It sets ``exnet_kafka_login_waiting`` as a
+        #: refusal at start does (the ExnetKafkaLoginRefused alert), and clears it.
+        self.login_refused = False
+        self._refusals = _LoginRefusals()
 
     def stop(self) -> None:
         self._halt.set()
 
     def run(self) -> None:
+        with self._refusals.watching():
+            self._run()
+
+    def _run(self) -> None:
         progress: PipelineProgress | None = None
         drained_in_a_row = 0
         last_report = time.monotonic()
@@ -223,6 +271,11 @@ class LagMonitor(threading.Thread):
                 else:
                     continue
                 self.kafka_unreachable = False
+                self._refusals.take()  # what was refused before this read is past
+                if self.login_refused:
+                    self.login_refused = False
+                    self._metrics.kafka_login_waiting.set(0)
+                    log.info("Kafka accepts this process's login again")
                 if self._on_drained is not None:
                     drained = drained and self._settled()
                     drained_in_a_row = drained_in_a_row + 1 if drained else 0
@@ -233,8 +286,11 @@ class LagMonitor(threading.Thread):
                         self._on_drained()
                         self._on_drained = None
             except KafkaError as exc:  # the broker is down or moving: try again next round
-                log.warning("could not read consumer lag: %s", exc)
                 self.kafka_unreachable = True
+                if isinstance(exc, SaslAuthenticationFailedError) or self._refusals.take():
+                    self._refused()
+                else:
+                    log.warning("could not read consumer lag: %s", exc)
                 drained_in_a_row = 0
                 # With new clients: kafka-python's admin client keeps asking the group
                 # coordinator it found first, and after a broker's loss moved the group
@@ -244,6 +300,21 @@ class LagMonitor(threading.Thread):
                 progress = None
         if progress is not None:
             progress.close()
+
+    def _refused(self) -> None:
+        settings = self._settings
+        self._metrics.kafka_login_refused.inc()
+        self._metrics.kafka_login_waiting.set(1)
+        if not self.login_refused:  # once, not every round
+            log.error(
+                "Kafka refused the login of %r (%s) to this running process (was its "
+                "password changed or revoked since it started? EXNET_KAFKA_USERNAME, "
+                "EXNET_KAFKA_PASSWORD); retrying every %g s, not ready meanwhile",
+                settings.kafka_username,
+                settings.kafka_sasl_mechanism,
+                self._tick,
+            )
+        self.login_refused = True
 
     def _report(self, rows: list[PartitionLag]) -> None:
         for row in rows:

@@ -182,8 +182,22 @@ class _SinkRole(threading.Thread):
             self._sink.stop()
 
     def run(self) -> None:
+        from kafka.errors import SaslAuthenticationFailedError
+
         try:
             self._run()
+        except SaslAuthenticationFailedError as exc:  # one line: it is not a bug
+            settings = self._settings
+            log.error(
+                "the sink stopped: Kafka refused the login of %r (%s) after its start (was "
+                "its password changed or revoked? EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD); "
+                "what it had not written waits in Kafka. Exiting: started again, exnet up "
+                "waits for its login",
+                settings.kafka_username,
+                settings.kafka_sasl_mechanism,
+            )
+            self.error = exc
+            self._on_error()
         except BaseException as exc:
             log.exception("the sink stopped with an error")
             self.error = exc

@@ -32,6 +32,11 @@ from tests.ports import free_ports
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 
+#: Seconds for a running process to meet its refused login once the broker restarted:
+#: its lag monitor reads every 5 s, and its first read after the restart may fail on
+#: the lost connection before the next one logs in anew.
+LOGIN_CHECK_TIMEOUT_S = 60.0
+
 
 def _run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -187,9 +192,80 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
         assert drained.returncode == 0, drained.stderr[-3000:]
         pipeline = Pipeline(settings)
         _assert_exact(pipeline, [event for _, event in events] + extra)
+
+        # A running stream worker whose password is rotated under it: at its next login
+        # (the broker restarted) it says so once, is not ready and raises the login
+        # gauge; given its login back, it clears both.
+        passwords.update(_refused_while_running(base, secrets, platform, outputs))
     finally:
         run(None, "broker", "stop")
     logs = [p.read_text(errors="replace") for p in (settings.var_dir / "kafka").rglob("*.log")]
     for secret in passwords.values():
         assert not any(secret in text for text in [*outputs, *logs])
     assert Topic.ACCEPTED  # the topic named above is the platform's own
+
+
+def _refused_while_running(
+    base: dict[str, str], secrets: Path, platform: Path, outputs: list[str]
+) -> dict[str, str]:
+    """Start ``exnet up --role stream`` as ``exnet``; rotate that password (the broker
+    restarted takes the new one) and see the running process refused; give the old
+    one back and see it recover. Returns the new password (it must not be logged)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin._users import UserScramCredentialUpsertion
+
+    from exnet.broker_security import MECHANISM, Secrets
+
+    def waited_for(wanted: list[str], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while not all(line in (scraped := _metrics(metrics_port)) for line in wanted):
+            assert running.poll() is None, log.read_text()[-5000:]
+            assert time.monotonic() < deadline, (wanted, log.read_text()[-5000:])
+            time.sleep(0.5)
+        return scraped
+
+    metrics_port = free_ports(1)
+    env = {k: v for k, v in base.items() if k != "EXNET_KAFKA_BOOTSTRAP"}
+    log = secrets.parent / "rotated-up.log"
+    with log.open("w") as written:
+        running = subprocess.Popen(
+            [EXNET, "up", "--role", "stream"],
+            env={**env, "EXNET_ENV_FILE": str(platform), "EXNET_METRICS_PORT": str(metrics_port)},
+            stdout=written,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        waited_for(["\nexnet_ready 1.0\n", "\nexnet_kafka_login_waiting 0.0\n"], 90)
+        old = json.loads((secrets / "passwords.json").read_text())["exnet"]
+        new = "rotated-" + old[::-1]
+        rotated = json.loads((secrets / "passwords.json").read_text()) | {"exnet": new}
+        (secrets / "passwords.json").write_text(json.dumps(rotated))
+        assert _run(base, "broker", "stop").returncode == 0
+        restarted = _run(base, "broker", "start")
+        assert restarted.returncode == 0, restarted.stderr[-3000:]
+        scraped = waited_for(
+            ["\nexnet_kafka_login_waiting 1.0\n", "\nexnet_ready 0.0\n"], LOGIN_CHECK_TIMEOUT_S
+        )
+        assert "\nexnet_kafka_login_refused_total 0.0\n" not in scraped
+        # The old password back (as an operator would undo a mistaken rotation).
+        admin = KafkaAdminClient(
+            **Secrets(secrets).connection(base["EXNET_KAFKA_BOOTSTRAP"]), client_id="test"
+        )
+        try:
+            admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion("exnet", MECHANISM, old)]
+            )
+        finally:
+            admin.close()
+        waited_for(["\nexnet_kafka_login_waiting 0.0\n", "\nexnet_ready 1.0\n"], 90)
+    finally:
+        os.killpg(running.pid, signal.SIGTERM)
+        running.wait(timeout=60)
+        output = log.read_text()
+        outputs.append(output)
+    assert running.returncode == 0, output[-3000:]
+    refusals = output.count("Kafka refused the login of 'exnet' (SCRAM-SHA-512) to this running")
+    assert refusals == 1, output[-5000:]
+    assert "Kafka accepts this process's login again" in output
+    return {"exnet-rotated": new}
