@@ -28,7 +28,7 @@ from clickhouse_connect.driver.client import Client
 
 from contracts.errors import UserError
 from exnet.settings import SHUTDOWN_POLL_S, Settings
-from sinks.client import connect
+from sinks.client import _redacted, connect
 
 __all__ = ["QueryEndpoint", "endpoint_file", "refuse_unless_read_only", "run_query"]
 
@@ -95,7 +95,15 @@ class QueryEndpoint:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             json.dump(
-                {"pid": os.getpid(), "port": server.server_address[1], "token": self._token},
+                {
+                    "pid": os.getpid(),
+                    "port": server.server_address[1],
+                    "token": self._token,
+                    # What it serves: a caller asking for another database or path
+                    # must not get this one's answers.
+                    "dsn": self._settings.clickhouse_dsn,
+                    "database": self._settings.clickhouse_database,
+                },
                 handle,
             )
         temporary.replace(path)
@@ -129,8 +137,44 @@ def _alive(pid: int) -> bool:
     return True
 
 
-#: A query's own output format: ``FORMAT <name>`` at its end (before an optional ``;``).
-_OWN_FORMAT = re.compile(r"\s+FORMAT\s+([A-Za-z][A-Za-z0-9]*)\s*;?\s*$", re.IGNORECASE)
+#: A query's own output format: ``FORMAT <name>`` at its end (before an optional
+#: ``SETTINGS`` clause, which ClickHouse takes on either side of it, and ``;``).
+_OWN_FORMAT = re.compile(
+    r"\s+FORMAT\s+([A-Za-z][A-Za-z0-9]*)(\s+SETTINGS\s[^;]*?)?\s*;?\s*$", re.IGNORECASE | re.DOTALL
+)
+
+
+def _without_trailing_comments(sql: str) -> str:
+    """``sql`` up to its last character of code: trailing ``--`` and ``/* */`` comments
+    (nested, as ClickHouse reads them) and blanks dropped. Quotes are skipped whole
+    ('...', "...", `...`, $$...$$), so comment marks inside them stay code."""
+    end, i, n = 0, 0, len(sql)
+    while i < n:
+        if sql.startswith("--", i):
+            newline = sql.find("\n", i)
+            i = n if newline < 0 else newline + 1
+        elif sql.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif sql.startswith("$$", i):
+            close = sql.find("$$", i + 2)
+            i = end = n if close < 0 else close + 2
+        elif sql[i] in "'\"`":
+            quote, i = sql[i], i + 1
+            while i < n and sql[i] != quote:
+                i += 2 if sql[i] == "\\" else 1
+            i = end = min(n, i + 1)
+        else:
+            if not sql[i].isspace():
+                end = i + 1
+            i += 1
+    return sql[:end]
 
 
 def own_format(sql: str) -> tuple[str, str | None]:
@@ -138,11 +182,14 @@ def own_format(sql: str) -> tuple[str, str | None]:
 
     ClickHouse clients append the output format to the query; a query that names
     its own would then carry two and fail with a syntax error the user never typed.
+    Comments after the clause (a saved query's closing line) do not hide it; a
+    ``SETTINGS`` clause after it stays in the query.
     """
-    found = _OWN_FORMAT.search(sql)
+    code = _without_trailing_comments(sql)
+    found = _OWN_FORMAT.search(code)
     if found is not None:
-        return sql[: found.start()], found.group(1)
-    return sql.rstrip().removesuffix(";").rstrip(), None
+        return code[: found.start()] + (found.group(2) or "").rstrip(), found.group(1)
+    return code.removesuffix(";").rstrip(), None
 
 
 #: Where ``exnet sql``'s results go instead of a file named in the query.
@@ -280,8 +327,26 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
             endpoint = json.loads(path.read_text())
         except (OSError, ValueError):
             endpoint = None
-        if endpoint is not None and _alive(int(endpoint["pid"])):
+        if (
+            endpoint is not None
+            and endpoint.get("dsn", settings.clickhouse_dsn) == settings.clickhouse_dsn
+            and _alive(int(endpoint["pid"]))
+        ):
+            served = endpoint.get("database", settings.clickhouse_database)
+            if served != settings.clickhouse_database:
+                raise UserError(
+                    f"exnet up (pid {endpoint['pid']}) holds the embedded database "
+                    f"{settings.clickhouse_dsn.removeprefix('chdb://')} and answers for its "
+                    f"database {served!r} only, not {settings.clickhouse_database!r} "
+                    f"(EXNET_CLICKHOUSE_DATABASE): query {served!r}, name the other's tables "
+                    f"in full ({settings.clickhouse_database}.<table>), or stop it first"
+                )
             return _query_endpoint(endpoint, sql, fmt)
+    if (
+        settings.embedded_clickhouse
+        and not Path(settings.clickhouse_dsn.removeprefix("chdb://")).exists()
+    ):
+        raise _not_initialized(settings)  # a read-only tool makes no directory
     client = connect(settings, readonly=True)
     try:
         refuse_unless_read_only(client, sql, fmt)
@@ -289,15 +354,20 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
             result: bytes = client.raw_query(sql, fmt=fmt)
         except Exception as exc:
             if "(UNKNOWN_DATABASE)" in str(exc):
-                raise UserError(
-                    f"the database {settings.clickhouse_database!r} does not exist in "
-                    f"{settings.clickhouse_dsn.removeprefix('chdb://')} yet: run `exnet init` "
-                    "(or check EXNET_VAR_DIR)"
-                ) from None
+                raise _not_initialized(settings) from None
             raise UserError(f"query failed: {clickhouse_message(exc)}") from None
         return result
     finally:
         client.close()
+
+
+def _not_initialized(settings: Settings) -> UserError:
+    where = "EXNET_CLICKHOUSE_URL" if settings.clickhouse_url is not None else "EXNET_VAR_DIR"
+    return UserError(
+        f"the database {settings.clickhouse_database!r} does not exist in "
+        f"{_redacted(settings.clickhouse_dsn.removeprefix('chdb://'))} yet: run `exnet init` "
+        f"(or check {where})"
+    )
 
 
 def _query_endpoint(endpoint: dict[str, Any], sql: str, fmt: str) -> bytes:

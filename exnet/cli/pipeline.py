@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
     app.command("init")(init)
     app.command("up")(up)
-    app.command("sql")(sql)
+    # A query may open with a comment ("-- ..."): an argument, not an unknown option.
+    app.command("sql", context_settings={"ignore_unknown_options": True})(sql)
 
 
 def init() -> None:

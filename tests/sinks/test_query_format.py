@@ -20,6 +20,27 @@ from sinks.query import clickhouse_message, own_format
             "SELECT formatDateTime(now(), '%F') AS d",
             ("SELECT formatDateTime(now(), '%F') AS d", None),
         ),
+        # Comments after the clause (a saved query's last line) do not hide it.
+        (
+            "SELECT node_id\nFROM node_summary\nFORMAT CSVWithNames\n-- end of report\n",
+            ("SELECT node_id\nFROM node_summary", "CSVWithNames"),
+        ),
+        ("SELECT 1 AS a FORMAT CSV; /* c /* nested */ c */", ("SELECT 1 AS a", "CSV")),
+        ("SELECT 1; -- done", ("SELECT 1", None)),
+        # Comment marks in quotes are code.
+        ("SELECT '-- FORMAT CSV'", ("SELECT '-- FORMAT CSV'", None)),
+        ("SELECT 'a' AS `x /* y` FORMAT TSV", ("SELECT 'a' AS `x /* y`", "TSV")),
+        ("SELECT 'it''s -- no' FORMAT TSV -- yes", ("SELECT 'it''s -- no'", "TSV")),
+        ("SELECT $$--$$ FORMAT TSV", ("SELECT $$--$$", "TSV")),
+        # A SETTINGS clause after it stays (to be refused as any other, read-only).
+        (
+            "SELECT 1 FORMAT JSONEachRow SETTINGS max_threads = 1",
+            ("SELECT 1 SETTINGS max_threads = 1", "JSONEachRow"),
+        ),
+        (
+            "SELECT 1 SETTINGS max_threads = 1 FORMAT CSV",
+            ("SELECT 1 SETTINGS max_threads = 1", "CSV"),
+        ),
     ],
 )
 def test_own_format_is_split_off(sql: str, expected: tuple[str, str | None]) -> None:

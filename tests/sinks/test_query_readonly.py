@@ -172,8 +172,10 @@ def test_a_database_never_initialized_is_told_so(settings_factory: SettingsFacto
     assert "run `exnet init`" in str(failed.value)
 
 
-def _exnet_sql(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EXNET_VAR_DIR": str(settings.var_dir)}
+def _exnet_sql(
+    settings: Settings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EXNET_VAR_DIR": str(settings.var_dir), **(env or {})}
     return subprocess.run(  # noqa: S603  # our own console script
         [EXNET, "sql", *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -191,3 +193,51 @@ def test_exnet_sql_exits_2_and_leaves_the_file_alone(
     # The way the message points to.
     kept = _exnet_sql(settings, "SELECT 'INTO OUTFILE' AS a", "--format", "CSV")
     assert kept.returncode == 0 and kept.stdout == '"INTO OUTFILE"\n', kept.stderr
+
+
+def test_the_endpoint_answers_for_its_own_database_and_path_only(
+    settings_factory: SettingsFactory,
+) -> None:
+    settings = settings_factory()
+    client = connect(settings, create_database=True)
+    client.command("CREATE TABLE marker (x UInt8) ENGINE = MergeTree ORDER BY x")
+    client.command("INSERT INTO marker VALUES (1)")
+    client.close()
+    reader = connect(settings, readonly=True)
+    served = QueryEndpoint(settings, reader)
+    served.start()
+    try:
+        assert run_query(settings, "SELECT count() FROM marker", "TSVRaw") == b"1\n"
+        # Another database in the same (held) embedded path: told so, not given this
+        # one's answers.
+        other = settings.model_copy(update={"clickhouse_database": "exnet_other"})
+        with pytest.raises(UserError) as refused:
+            run_query(other, "SELECT currentDatabase()", "TSVRaw")
+        message = str(refused.value)
+        assert f"exnet up (pid {os.getpid()}) holds the embedded database" in message
+        assert f"{settings.clickhouse_database!r} only, not 'exnet_other'" in message
+        # Another embedded path (another process: chDB opens one path a process) is
+        # queried there, not through this endpoint, whose file it finds all the same.
+        (settings.var_dir / "elsewhere").mkdir()  # an empty embedded database
+        elsewhere = _exnet_sql(
+            settings,
+            "SELECT count() FROM system.tables WHERE name = 'marker'",
+            env={
+                "EXNET_CLICKHOUSE_URL": f"chdb://{settings.var_dir / 'elsewhere'}",
+                "EXNET_CLICKHOUSE_DATABASE": "default",
+            },
+        )
+        assert elsewhere.returncode == 0, elsewhere.stderr
+        assert elsewhere.stdout.splitlines()[-1] == "0", elsewhere.stdout
+    finally:
+        served.stop()
+        reader.close()
+
+
+def test_a_query_may_open_with_a_comment_and_end_with_one(route: str, settings: Settings) -> None:
+    # Saved queries often do: the first was taken for an unknown option, the second
+    # hid the query's own FORMAT, which then came twice (a syntax error never typed).
+    opened = _exnet_sql(settings, "-- sites, by node\nSELECT 1 AS one", "--format", "TSV")
+    assert opened.returncode == 0 and opened.stdout == "1\n", opened.stderr
+    closed = _exnet_sql(settings, "SELECT 2 AS two\nFORMAT CSVWithNames\n-- end of report\n")
+    assert closed.returncode == 0 and closed.stdout == '"two"\n2\n', closed.stderr
