@@ -216,6 +216,16 @@ def _refused_while_running(
 
     from exnet.broker_security import MECHANISM, Secrets
 
+    def set_password(bootstrap: str, password: str) -> None:
+        admin = KafkaAdminClient(**Secrets(secrets).connection(bootstrap), client_id="test")
+        try:
+            done = admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion("exnet", MECHANISM, password)]
+            )
+            assert not any(done.values()), done
+        finally:
+            admin.close()
+
     def waited_for(wanted: list[str], timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while not all(line in (scraped := _metrics(metrics_port)) for line in wanted):
@@ -239,6 +249,9 @@ def _refused_while_running(
         waited_for(["\nexnet_ready 1.0\n", "\nexnet_kafka_login_waiting 0.0\n"], 90)
         old = json.loads((secrets / "passwords.json").read_text())["exnet"]
         new = "rotated-" + old[::-1]
+        # Rotated on the broker (connections made before keep working), and in the file
+        # the broker's start syncs the logins from: no window in which the old one passes.
+        set_password(base["EXNET_KAFKA_BOOTSTRAP"], new)
         rotated = json.loads((secrets / "passwords.json").read_text()) | {"exnet": new}
         (secrets / "passwords.json").write_text(json.dumps(rotated))
         assert _run(base, "broker", "stop").returncode == 0
@@ -249,15 +262,7 @@ def _refused_while_running(
         )
         assert "\nexnet_kafka_login_refused_total 0.0\n" not in scraped
         # The old password back (as an operator would undo a mistaken rotation).
-        admin = KafkaAdminClient(
-            **Secrets(secrets).connection(base["EXNET_KAFKA_BOOTSTRAP"]), client_id="test"
-        )
-        try:
-            admin.alter_user_scram_credentials(
-                [UserScramCredentialUpsertion("exnet", MECHANISM, old)]
-            )
-        finally:
-            admin.close()
+        set_password(base["EXNET_KAFKA_BOOTSTRAP"], old)
         waited_for(["\nexnet_kafka_login_waiting 0.0\n", "\nexnet_ready 1.0\n"], 90)
     finally:
         os.killpg(running.pid, signal.SIGTERM)
