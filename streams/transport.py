@@ -502,6 +502,7 @@ class Consumer(faust_aiokafka.Consumer):
             and chain[0].first_offset == starts.get(tp)
             and all(batch.generation_id == generation for batch in chain)
             and self.app.consumer_generation_id == generation
+            and self.flow_active  # not the seek of a fetch while flow is suspended
         }
         self._chains.clear()  # everything after the committed offsets is read again
         self._skips.clear()
