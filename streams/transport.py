@@ -494,15 +494,15 @@ class Consumer(faust_aiokafka.Consumer):
         starts.update(beginnings)
         # Nothing awaits from here until the sequences are set: no fetch is delivered
         # in between (one answered later from the start is dropped by _in_sequence).
+        # Not the seek of a fetch while flow is suspended, nor one a rebalance overtook.
+        keeping = self.flow_active and self.app.consumer_generation_id == generation
         kept = {
             tp: (chain, self._next[tp])
-            for tp, chain in self._chains.items()
+            for tp, chain in (self._chains.items() if keeping else ())
             if chain
             and tp in self._next
             and chain[0].first_offset == starts.get(tp)
             and all(batch.generation_id == generation for batch in chain)
-            and self.app.consumer_generation_id == generation
-            and self.flow_active  # not the seek of a fetch while flow is suspended
         }
         self._chains.clear()  # everything after the committed offsets is read again
         self._skips.clear()
