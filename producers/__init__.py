@@ -5,6 +5,7 @@ from producers.publisher import (
     FlushSummary,
     Publisher,
     PublishSummary,
+    SetAside,
     connect_producer,
     flush_spool,
     producer_config,
@@ -23,7 +24,7 @@ from producers.simulate import (
     generate,
     simulate,
 )
-from producers.spool import Spool, SpooledEvent, SpoolStatus
+from producers.spool import Spool, SpooledEvent, SpoolStatus, SpoolWriteError
 
 __all__ = [
     "Checker",
@@ -35,12 +36,14 @@ __all__ = [
     "MessageKind",
     "PublishSummary",
     "Publisher",
+    "SetAside",
     "SimMessage",
     "Simulation",
     "SimulationConfig",
     "SimulationResult",
     "Spool",
     "SpoolStatus",
+    "SpoolWriteError",
     "SpooledEvent",
     "connect_producer",
     "flush_spool",

@@ -45,6 +45,7 @@ import struct
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
@@ -73,6 +74,7 @@ from producers.spool import (
     SegmentWriter,
     Spool,
     SpooledEvent,
+    SpoolWriteError,
     seq_ranges,
 )
 
@@ -85,6 +87,7 @@ __all__ = [
     "FlushSummary",
     "PublishSummary",
     "Publisher",
+    "SetAside",
     "connect_producer",
     "flush_spool",
     "missing_input_topics",
@@ -508,6 +511,34 @@ class _LiveSegment:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAside:
+    """A damaged segment that a flush set aside, once its readable events were sent."""
+
+    #: Where it is now (``<spool>/damaged/``).
+    path: Path
+    #: When its publisher created it (its header's ``created_at``), if readable.
+    created_at: str | None
+    damaged_bytes: int
+    #: Byte offset of its first damaged stretch.
+    damaged_at: int
+
+    def text(self) -> str:
+        """What happened and what to do, in a sentence for a site's data manager."""
+        when = (
+            f"around {self.created_at}"
+            if self.created_at
+            else "around the time its name starts with (UTC)"
+        )
+        return (
+            f"the spool file {self.path.name} was damaged on disk: {self.damaged_bytes} bytes "
+            f"from byte {self.damaged_at} could not be read, so the events stored in them "
+            f"were not sent. Its readable events were sent, and the file was moved to "
+            f"{self.path.parent}. Publish again the files published {when}: events Kafka "
+            "already has are dropped as duplicates"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class FlushSummary:
     """What one pass over the spool did."""
 
@@ -522,11 +553,13 @@ class FlushSummary:
     #: under another EXNET_TOPIC_PREFIX, or before `exnet init`): their segments wait,
     #: and the segments after them are sent.
     missing_topics: tuple[str, ...] = ()
+    #: Damaged segments set aside in this pass.
+    set_aside: tuple[SetAside, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class PublishSummary:
-    """A publisher's counts; after ``close`` ``accepted == sent + spooled``."""
+    """A publisher's counts; after ``close`` ``accepted == sent + spooled + unsaved``."""
 
     accepted: int = 0
     invalid: int = 0
@@ -540,6 +573,10 @@ class PublishSummary:
     #: Accepted events that repeat, exactly, one accepted earlier in this run (sent
     #: all the same: the platform counts them as duplicates and drops them).
     repeated: int = 0
+    #: Accepted events neither sent nor spooled, because the spool could not be
+    #: written (``spool_error`` says why; publishing stopped there).
+    unsaved: int = 0
+    spool_error: str | None = None
 
 
 class _ClaimTarget:
@@ -571,6 +608,7 @@ def _flush_locked(spool: Spool, delivery: _Delivery, existing: set[str] | None) 
     they would time out as if Kafka were down and take every segment after down too."""
     sent = done = busy = 0
     missing: set[str] = set()
+    set_aside: list[SetAside] = []
     for path in spool.segment_paths():
         if not delivery.online:
             break
@@ -596,6 +634,17 @@ def _flush_locked(spool: Spool, delivery: _Delivery, existing: set[str] | None) 
             sent += target.acked
             if claimed.contents.pending_count == 0:
                 done += 1
+        if claimed.set_aside_to is not None:  # released: damaged, all else sent
+            contents = claimed.contents
+            created = contents.header.get("created_at")
+            set_aside.append(
+                SetAside(
+                    claimed.set_aside_to,
+                    created if isinstance(created, str) else None,
+                    contents.damaged_bytes,
+                    contents.damaged[0][0],
+                )
+            )
     remaining = spool.status().pending
     problem = delivery.problem if remaining else None
     if missing:
@@ -612,6 +661,7 @@ def _flush_locked(spool: Spool, delivery: _Delivery, existing: set[str] | None) 
         segments_busy=busy,
         problem=problem,
         missing_topics=tuple(sorted(missing)),
+        set_aside=tuple(set_aside),
     )
 
 
@@ -734,6 +784,8 @@ class Publisher:
         #: Kafka's topics, listed once at the start (None: not known).
         self._kafka_topics: set[str] | None = None
         self._closed = False
+        #: Why the spool refused a write; publishing stops (the buffer stays unsaved).
+        self._spool_error: str | None = None
 
     # -- life cycle ---------------------------------------------------------
     def __enter__(self) -> Self:
@@ -832,15 +884,19 @@ class Publisher:
         """Write the buffer to the spool (durably), then hand it to Kafka."""
         if not self._buffer:
             return
+        if self._spool_error is not None:
+            raise SpoolWriteError(self._spool_error)
         delivery = self._start()
         events = self._buffer
-        segment = self._live_segment()
-        first = segment.next_seq
-        # Counted before the write: whatever happens next, a segment that may
-        # hold these events is not deleted until they are acknowledged.
+        try:
+            segment = self._live_segment()
+            first = segment.next_seq
+            segment.writer.append_events(first, events)  # write-ahead: durable before sending
+        except SpoolWriteError as exc:  # neither spooled nor sent: see PublishSummary.unsaved
+            self._spool_error = str(exc)
+            raise
         segment.next_seq += len(events)
         segment.unacked += len(events)
-        segment.writer.append_events(first, events)  # write-ahead: durable before sending
         self._buffer, self._buffer_bytes = [], 0  # only now: a failed write keeps them
         segment.groups_out += 1
         delivery.send(segment, first, events)
@@ -857,7 +913,8 @@ class Publisher:
         if self._closed:
             return self.summary()
         try:
-            self._commit()
+            if self._spool_error is None:
+                self._commit()
         finally:
             self._closed = True
             self._checker.forget()  # frees the run's memory of what it sent
@@ -874,12 +931,15 @@ class Publisher:
         spooled = sum(segment.failed for segment in self._segments)
         delivery = self._delivery
         checker = self._checker
+        unsaved = len(self._buffer) if self._spool_error is not None else 0
         return PublishSummary(
             accepted=checker.valid,
             invalid=checker.invalid,
             sent=sent,
             spooled=spooled,
-            pending=checker.valid - sent - spooled,
+            pending=checker.valid - sent - spooled - unsaved,
+            unsaved=unsaved,
+            spool_error=self._spool_error,
             invalid_by_reason=dict(checker.invalid_by_reason),
             resent=self._resent,
             problem=delivery.problem if delivery is not None and spooled else None,

@@ -27,8 +27,14 @@ File format (little-endian), a sequence of records, each
   numbered ``first_seq``, ``first_seq + 1``... within the segment;
 - ``A`` acknowledgements: pairs ``first:u64 last:u64`` of inclusive sequence ranges.
 
-A record torn by a crash can only be the last one; readers ignore it (its
-events were never handed to Kafka, because sending waits for the fsync).
+A record torn by a crash can only be the last one, cut short; readers ignore
+it (its events were never handed to Kafka, because sending waits for the
+fsync). A whole record whose checksum fails, or of an unknown kind, was damaged
+after it was written (a disk fault, a copy gone wrong): it is never taken for a
+torn one, because the events it held may have been reported as spooled. Readers
+skip it and go on; a flusher sends the segment's readable events and then sets
+it aside under ``<spool>/damaged/`` rather than deleting it, for a person to
+look at (the events in the damaged bytes must be published again).
 """
 
 from __future__ import annotations
@@ -53,12 +59,14 @@ import orjson
 from contracts.errors import UserError
 
 __all__ = [
+    "DAMAGED_DIR",
     "SEGMENT_GLOB",
     "ClaimedSegment",
     "SegmentContents",
     "SegmentWriter",
     "Spool",
     "SpoolStatus",
+    "SpoolWriteError",
     "SpooledEvent",
     "read_segment",
     "seq_ranges",
@@ -72,6 +80,9 @@ FORMAT_VERSION: Final = 1
 SEGMENT_GLOB: Final = "seg-*.spool"
 #: The file whose lock a flusher holds for a whole pass (never deleted).
 FLUSH_LOCK_NAME: Final = "flush.lock"
+#: The folder (in the spool) where damaged segments are set aside once their readable
+#: events are sent; no flusher reads it.
+DAMAGED_DIR: Final = "damaged"
 
 _RECORD = struct.Struct("<cII")  # kind, payload length, crc32 of payload
 _BATCH = struct.Struct("<QI")  # first sequence number, event count
@@ -87,6 +98,10 @@ _MAX_KEY_BYTES: Final = 0xFFFF
 #: reads, which must not make a concurrent flush skip the segment.
 _LOCK_RETRIES: Final = 5
 _LOCK_RETRY_S: Final = 0.05
+
+
+class SpoolWriteError(UserError):
+    """The disk refused a write to the spool (full, read-only, failing)."""
 
 
 class SpooledEvent(NamedTuple):
@@ -200,27 +215,44 @@ class SegmentWriter:
         return self._fd
 
     def append_events(self, first_seq: int, events: Sequence[SpooledEvent]) -> None:
-        """Append events numbered from ``first_seq``; durable (fsynced) when this returns."""
-        if not events:
-            return
-        fd = self._require_fd()
-        data = _encode_events(first_seq, events)
-        _write_all(fd, data)
-        os.fdatasync(fd)
-        self.size += len(data)
+        """Append events numbered from ``first_seq``; durable (fsynced) when this returns.
+
+        Raises :class:`SpoolWriteError` when the disk refuses the write (full, read-only,
+        failing); the file is then as it was before the call.
+        """
+        if events:
+            self._append(_encode_events(first_seq, events), sync=True)
 
     def append_acks(self, ranges: Sequence[tuple[int, int]]) -> None:
         """Record that Kafka acknowledged these events.
 
         Not fsynced: after a process crash the page cache still holds it; after a
         power cut a lost acknowledgement only means those events are sent again
-        (a duplicate, which downstream deduplication drops).
+        (a duplicate, which downstream deduplication drops). For the same reason a
+        write the disk refuses is logged, not raised.
         """
         if not ranges:
             return
-        fd = self._require_fd()
         data = _record(_ACKS, b"".join(_RANGE.pack(first, last) for first, last in ranges))
-        _write_all(fd, data)
+        try:
+            self._append(data, sync=False)
+        except SpoolWriteError as exc:
+            log.warning("%s; Kafka's acknowledgement is not recorded (sent again later)", exc)
+
+    def _append(self, data: bytes, *, sync: bool) -> None:
+        fd = self._require_fd()
+        try:
+            _write_all(fd, data)
+            if sync:
+                os.fdatasync(fd)
+        except OSError as exc:
+            # No part of the record may stay: records appended later would follow it,
+            # and readers would take it for damage.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self.size)
+            raise SpoolWriteError(
+                f"cannot write the spool in {self.path.parent}: {exc.strerror or exc}"
+            ) from exc
         self.size += len(data)
 
     def sync(self) -> None:
@@ -251,10 +283,17 @@ class SegmentContents:
     header: dict[str, object]
     events: dict[int, SpooledEvent] = field(default_factory=dict)
     acked: set[int] = field(default_factory=set)
-    #: Bytes at the end that did not form a whole, intact record (a torn write).
+    #: Bytes at the end that did not form a whole record (a torn write).
     torn_bytes: int = 0
-    #: Bytes of intact records (where the next record starts).
+    #: Bytes up to where the next record is to be appended (a torn tail is cut there).
     valid_bytes: int = 0
+    #: (byte offset, length) of each stretch that could not be read: a record whose
+    #: checksum failed or of an unknown kind, or what follows a damaged length.
+    damaged: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def damaged_bytes(self) -> int:
+        return sum(length for _, length in self.damaged)
 
     def pending(self) -> list[tuple[int, SpooledEvent]]:
         """Events Kafka has not acknowledged, in the order they were spooled."""
@@ -287,46 +326,58 @@ def _decode_acks(payload: bytes, into: set[int]) -> None:
 
 
 def read_segment(data: bytes, path: Path) -> SegmentContents:
-    """Decode a segment's bytes; a torn last record is skipped, not an error.
+    """Decode a segment's bytes: its intact records, a torn last record skipped, and
+    where it is damaged (:attr:`SegmentContents.damaged`; skipped, not an error).
 
-    Raises :class:`UserError` when the file is not a spool segment at all or a
-    record in the middle is corrupt (a disk problem a person must look at).
+    Raises :class:`UserError` only for a segment of another format version (written
+    by another version of exnet).
     """
     offset = 0
-    contents: SegmentContents | None = None
+    header: dict[str, object] | None = None
+    events: dict[int, SpooledEvent] = {}
+    acked: set[int] = set()
+    damaged: list[tuple[int, int]] = []
     while offset < len(data):
-        if offset + _RECORD.size > len(data):
-            break  # torn header of the last record
-        kind, length, crc = _RECORD.unpack_from(data, offset)
-        start = offset + _RECORD.size
-        end = start + length
-        if end > len(data):
-            break  # torn payload of the last record
-        payload = data[start:end]
-        if zlib.crc32(payload) != crc:
-            if end == len(data):
-                break  # the last record, torn (its bytes were not all written)
-            raise UserError(f"spool segment {path} is corrupt at byte {offset}: inspect it")
-        if contents is None:
-            if kind != _HEADER:
-                raise UserError(f"{path} is not an exnet spool segment")
+        end = offset + _RECORD.size
+        if end <= len(data):
+            kind, length, crc = _RECORD.unpack_from(data, offset)
+            end += length
+        if end > len(data):  # cut short
+            if damaged:  # after damage its length may be garbage: not a torn write
+                damaged.append((offset, len(data) - offset))
+                offset = len(data)
+            break
+        payload = data[offset + _RECORD.size : end]
+        if zlib.crc32(payload) != crc or kind not in (_HEADER, _EVENTS, _ACKS):
+            damaged.append((offset, end - offset))
+        elif kind == _HEADER and offset == 0:
             header = orjson.loads(payload)
             if header.get("format") != FORMAT_VERSION:
                 raise UserError(f"spool segment {path} has unknown format {header.get('format')}")
-            contents = SegmentContents(header)
-        elif kind == _EVENTS:
-            _decode_events(payload, contents.events)
-        elif kind == _ACKS:
-            _decode_acks(payload, contents.acked)
-        else:
-            raise UserError(f"spool segment {path} has an unknown record kind {kind!r}")
+        elif kind == _EVENTS and offset:
+            _decode_events(payload, events)
+        elif kind == _ACKS and offset:
+            _decode_acks(payload, acked)
+        else:  # a header after the start, or events before a header
+            damaged.append((offset, end - offset))
         offset = end
-    if contents is None:
+    if header is None and not damaged:
         # Creation itself was torn (header never fully written): an empty segment.
-        contents = SegmentContents({"format": FORMAT_VERSION})
-    contents.valid_bytes = offset
-    contents.torn_bytes = len(data) - offset
-    return contents
+        header = {"format": FORMAT_VERSION}
+    return SegmentContents(
+        header or {}, events, acked, len(data) - offset, offset, _merged(damaged)
+    )
+
+
+def _merged(stretches: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent (offset, length) stretches as one."""
+    merged: list[tuple[int, int]] = []
+    for offset, length in stretches:
+        if merged and sum(merged[-1]) == offset:
+            merged[-1] = (merged[-1][0], merged[-1][1] + length)
+        else:
+            merged.append((offset, length))
+    return merged
 
 
 def _read_fd(fd: int) -> bytes:
@@ -347,6 +398,8 @@ class ClaimedSegment:
             # Cut the torn tail so that acknowledgements append after intact records.
             os.ftruncate(fd, contents.valid_bytes)
         self.writer = SegmentWriter(path, fd, contents.valid_bytes)
+        #: Where :meth:`release` set the segment aside (damaged, all else sent), if it did.
+        self.set_aside_to: Path | None = None
 
     def acknowledge(self, ranges: Sequence[tuple[int, int]]) -> None:
         self.writer.append_acks(ranges)
@@ -354,8 +407,19 @@ class ClaimedSegment:
             self.contents.acked.update(range(first, last + 1))
 
     def release(self) -> None:
-        """Delete the segment if every event is acknowledged, else keep it spooled."""
-        self.writer.close(delete=self.contents.pending_count == 0)
+        """Once every readable event is acknowledged, delete the segment, or set it aside
+        under ``damaged/`` if some of it could not be read; else keep it spooled."""
+        if self.contents.pending_count or not self.contents.damaged:
+            self.writer.close(delete=self.contents.pending_count == 0)
+            return
+        aside = self.path.parent / DAMAGED_DIR
+        aside.mkdir(exist_ok=True)
+        target = aside / self.path.name
+        os.rename(self.path, target)  # still locked: no flusher reads it meanwhile
+        _fsync_dir(aside)
+        _fsync_dir(self.path.parent)
+        self.set_aside_to = target
+        self.writer.close(delete=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +432,10 @@ class SegmentStatus:
     in_use: bool
     #: The topics its pending events are for, sorted.
     topics: tuple[str, ...] = ()
+    #: Bytes that could not be read (:attr:`SegmentContents.damaged`), and the first's
+    #: offset.
+    damaged_bytes: int = 0
+    damaged_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +444,8 @@ class SpoolStatus:
 
     directory: Path
     segments: tuple[SegmentStatus, ...]
+    #: Damaged segments a flusher set aside (``damaged/``), oldest first.
+    set_aside: tuple[Path, ...] = ()
 
     @property
     def pending(self) -> int:
@@ -434,7 +504,7 @@ class Spool:
         try:
             return SegmentWriter.create(self.directory)
         except OSError as exc:
-            raise UserError(f"cannot write the spool in {self.directory}: {exc}") from None
+            raise SpoolWriteError(f"cannot write the spool in {self.directory}: {exc}") from None
 
     def status(self) -> SpoolStatus:
         """Count the spooled events, without sending anything.
@@ -466,9 +536,13 @@ class Spool:
                     size=len(data),
                     in_use=in_use,
                     topics=tuple(sorted({event.topic for _, event in contents.pending()})),
+                    damaged_bytes=contents.damaged_bytes,
+                    damaged_at=contents.damaged[0][0] if contents.damaged else None,
                 )
             )
-        return SpoolStatus(self.directory, tuple(segments))
+        aside = self.directory / DAMAGED_DIR
+        set_aside = tuple(sorted(aside.glob(SEGMENT_GLOB))) if aside.is_dir() else ()
+        return SpoolStatus(self.directory, tuple(segments), set_aside)
 
     @contextlib.contextmanager
     def flushing(self, wait_s: float) -> Iterator[bool]:

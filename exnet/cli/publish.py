@@ -37,9 +37,18 @@ from rich.progress import (
 from contracts import Rejected
 from contracts.errors import UserError
 from exnet.settings import Settings, load_settings
-from producers import Checker, FlushSummary, Publisher, PublishSummary, flush_spool, spool_of
+from producers import (
+    Checker,
+    FlushSummary,
+    Publisher,
+    PublishSummary,
+    SpoolWriteError,
+    flush_spool,
+    spool_of,
+)
 
 __all__ = [
+    "EXIT_DAMAGED",
     "EXIT_INTERRUPTED",
     "EXIT_INVALID",
     "EXIT_OK",
@@ -53,6 +62,12 @@ EXIT_OK: Final = 0
 EXIT_INVALID: Final = 1
 #: No line invalid, but some events wait in the spool (Kafka unreachable).
 EXIT_SPOOLED: Final = 3
+#: A damaged spool file was set aside: events stored in its damaged bytes were not
+#: sent and must be published again (the message says which run's).
+EXIT_DAMAGED: Final = 4
+#: A usage error, or the spool could not be written (what `exnet` exits with for a
+#: UserError).
+EXIT_USAGE: Final = 2
 #: Stopped by SIGTERM or Ctrl-C (what was read is sent or spooled).
 EXIT_INTERRUPTED: Final = 130
 
@@ -81,9 +96,12 @@ With --check, the lines are only checked: the same report, nothing sent or
 spooled, no Kafka needed; exit status {EXIT_OK} when every line is valid.
 
 Exit status: {EXIT_OK} every event sent; {EXIT_INVALID} some line was invalid;
-{EXIT_SPOOLED} nothing invalid but some events were spooled; 2 a usage error
-(such as a missing file); {EXIT_INTERRUPTED} stopped by SIGTERM or Ctrl-C, after
-sending or spooling every line read.
+{EXIT_SPOOLED} nothing invalid but some events were spooled; {EXIT_DAMAGED} a damaged
+spool file from an earlier run was set aside (the message says which files to
+publish again); 2 a usage error (such as a missing file), or the spool could not
+be written (a full disk: the message says what was sent and where it stopped);
+{EXIT_INTERRUPTED} stopped by SIGTERM or Ctrl-C, after sending or spooling every
+line read.
 """
 
 
@@ -91,6 +109,8 @@ sending or spooling every line read.
 class _LineCounts:
     read: int = 0
     blank: int = 0
+    #: The file and line being read.
+    at: tuple[str, int] = ("", 0)
 
 
 def _quiet_kafka_logs() -> None:
@@ -201,6 +221,7 @@ def _publish_stream(
         for number, raw in enumerate(lines, 1):
             if stop.requested and not from_stdin:  # stdin's lines end by themselves
                 return
+            counts.at = (name, number)
             line = raw.rstrip(b"\r\n")
             if progress is not None and task is not None and number % _PROGRESS_EVERY == 0:
                 progress.update(task, completed=stream.tell() if stream.seekable() else number)
@@ -256,6 +277,8 @@ def _summary_line(lines: _LineCounts, summary: PublishSummary) -> str:
 def _exit_code(summary: PublishSummary) -> int:
     if summary.invalid:
         return EXIT_INVALID
+    if summary.resent.set_aside:
+        return EXIT_DAMAGED
     if summary.spooled or summary.resent.remaining:
         return EXIT_SPOOLED
     return EXIT_OK
@@ -309,6 +332,8 @@ def publish_files(
             )
         if resent.missing_topics and resent.problem:
             errors.print(resent.problem, markup=False)
+        for segment in resent.set_aside:
+            errors.print(segment.text(), markup=False)
         progress: Progress | None = None
         if show:
             progress = stack.enter_context(
@@ -321,18 +346,21 @@ def publish_files(
                     transient=True,
                 )
             )
-        for name in files:
-            shown = STDIN_NAME if name == "-" else name
-            with _open_input(name) as stream:
-                task = None
-                total = None if name == "-" else Path(name).stat().st_size
-                if progress is not None:
-                    task = progress.add_task(shown, total=total)
-                _publish_stream(publisher, stream, shown, lines, errors, progress, task, stop)
-            if stop.requested:
-                break
-            if progress is not None and task is not None and total is not None:
-                progress.update(task, completed=total)
+        try:
+            for name in files:
+                shown = STDIN_NAME if name == "-" else name
+                with _open_input(name) as stream:
+                    task = None
+                    total = None if name == "-" else Path(name).stat().st_size
+                    if progress is not None:
+                        task = progress.add_task(shown, total=total)
+                    _publish_stream(publisher, stream, shown, lines, errors, progress, task, stop)
+                if stop.requested:
+                    break
+                if progress is not None and task is not None and total is not None:
+                    progress.update(task, completed=total)
+        except SpoolWriteError:
+            pass  # told below, with what was sent and what was not
         summary = publisher.close()
     if summary.spooled and summary.problem:
         errors.print(
@@ -343,6 +371,17 @@ def publish_files(
             markup=False,
         )
     out.print(_summary_line(lines, summary), markup=False)
+    if summary.spool_error is not None:
+        name, number = lines.at
+        errors.print(
+            f"{name}:{number}: stopped: {summary.spool_error}. "
+            f"{_counted(summary.unsaved, 'valid event')} read up to this line "
+            f"{'was' if summary.unsaved == 1 else 'were'} neither sent nor spooled, and "
+            f"nothing after it was read. Free some space, then publish {name} and the "
+            "files after it again: events Kafka already has are dropped as duplicates",
+            markup=False,
+        )
+        return EXIT_USAGE
     if stop.requested:
         errors.print(f"interrupted after {lines.read + lines.blank} lines", markup=False)
         return EXIT_INTERRUPTED
@@ -434,14 +473,25 @@ def register(app: typer.Typer) -> None:
         "flush",
         help=f"Send every spooled event to Kafka, once. Exit status {EXIT_OK}: the spool "
         f"is empty; {EXIT_SPOOLED}: events still wait (Kafka unreachable, or a segment "
-        "is held by a running publisher).",
+        f"is held by a running publisher or flush); {EXIT_DAMAGED}: a damaged spool file "
+        "was set aside (the message says which files to publish again).",
     )
     def flush() -> None:
         settings = load_settings()
         _quiet_kafka_logs()
         flushed = flush_spool(settings)
-        Console(soft_wrap=True, highlight=False).print(_flush_text(flushed), markup=False)
-        _exit(EXIT_SPOOLED if flushed.remaining else EXIT_OK)
+        console = Console(soft_wrap=True, highlight=False)
+        console.print(_flush_text(flushed), markup=False)
+        for segment in flushed.set_aside:
+            Console(stderr=True, soft_wrap=True, highlight=False).print(
+                segment.text(), markup=False
+            )
+        if flushed.set_aside:
+            _exit(EXIT_DAMAGED)
+        # Events a running publisher (or flush) holds still wait, wherever Kafka is.
+        _exit(
+            EXIT_SPOOLED if flushed.remaining or spool_of(settings).status().in_flight else EXIT_OK
+        )
 
     @spool_app.command("status", help="How many events wait in the spool (nothing is sent).")
     def status(
@@ -464,9 +514,12 @@ def register(app: typer.Typer) -> None:
                         "bytes": seg.size,
                         "in_use": seg.in_use,
                         "topics": list(seg.topics),
+                        "damaged_bytes": seg.damaged_bytes,
+                        "damaged_at": seg.damaged_at,
                     }
                     for seg in state.segments
                 ],
+                "set_aside": [str(path) for path in state.set_aside],
             }
             console.print(orjson.dumps(document).decode(), markup=False)
             return
@@ -481,5 +534,20 @@ def register(app: typer.Typer) -> None:
         if waiting_for:
             text += f"; for {', '.join(waiting_for)}"
         console.print(text, markup=False)
+        for seg in state.segments:
+            if seg.damaged_bytes:
+                console.print(
+                    f"{seg.path.name} is damaged: {seg.damaged_bytes} bytes from byte "
+                    f"{seg.damaged_at} cannot be read (the next flush sends its readable "
+                    "events, then sets it aside)",
+                    markup=False,
+                )
+        if state.set_aside:
+            console.print(
+                f"{_counted(len(state.set_aside), 'damaged spool file')} set aside in "
+                f"{state.set_aside[0].parent} (`exnet spool flush` said which files to "
+                "publish again); delete them once that is done",
+                markup=False,
+            )
 
     app.add_typer(spool_app)

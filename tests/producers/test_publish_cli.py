@@ -6,6 +6,7 @@ import fcntl
 import io
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -19,11 +20,19 @@ import orjson
 import pytest
 
 from contracts.errors import UserError
-from exnet.cli.publish import EXIT_INVALID, EXIT_OK, EXIT_SPOOLED, check_files, publish_files
+from contracts.topics import Topic, topic_name
+from exnet.cli.publish import (
+    EXIT_DAMAGED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_SPOOLED,
+    check_files,
+    publish_files,
+)
 from exnet.settings import Settings
-from producers import Simulation, simulate, spool_of
+from producers import Simulation, SpooledEvent, simulate, spool_of
 from producers import publisher as publisher_module
-from producers.spool import read_segment
+from producers.spool import DAMAGED_DIR, read_segment
 
 from .helpers import EXNET, pub_env, pub_exnet
 from .test_publisher import FakeProducer
@@ -390,3 +399,130 @@ def test_each_bad_input_kind_is_reported_on_its_line(
         assert got.startswith(f"{path}:{number}: {start}"), got
     assert out.strip() == "read 13, sent 1, invalid 12, spooled 0, skipped blank 0"
     assert pub_producer.values() == [lines[9]]
+
+
+def _spool_two_records(settings: Settings, values: list[bytes]) -> Path:
+    """A segment left by an earlier run: ``values`` spooled in two records (halves)."""
+    writer = spool_of(settings).create_writer()
+    topic = topic_name(Topic.SESSION, settings.topic_prefix)
+    events = [SpooledEvent(topic, b"P-%012x" % i, value) for i, value in enumerate(values)]
+    half = len(events) // 2
+    writer.append_events(0, events[:half])
+    writer.append_events(half, events[half:])
+    writer.close(delete=False)
+    (segment,) = spool_of(settings).segment_paths()
+    return segment
+
+
+def test_a_damaged_spool_file_is_set_aside_named_and_exits_4(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    pub_producer: FakeProducer,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One flipped bit in the spool's last record: its readable events are sent, the
+    file is set aside and named with what to publish again, and publishing goes on
+    (the damaged record's events used to vanish, the file deleted, exit 0)."""
+    values = [m.value for m in pub_simulation.messages if m.kind.value == "event"][:30]
+    segment = _spool_two_records(pub_settings, values[:20])
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0x01
+    segment.write_bytes(data)
+    path = pub_write_lines(values[20:])
+
+    status = publish_files(pub_settings, [str(path)], show_progress=False)
+    out, err = capsys.readouterr()
+    assert status == EXIT_DAMAGED
+    assert sorted(pub_producer.values()) == sorted(values[:10] + values[20:])
+    said = " ".join(err.split())
+    assert f"the spool file {segment.name} was damaged on disk" in said
+    assert "Publish again the files published around 20" in said
+    assert out.strip().endswith("from earlier runs: resent 10, still spooled 0")
+    spool = spool_of(pub_settings)
+    assert spool.segment_paths() == []
+    assert spool.status().set_aside == (segment.parent / DAMAGED_DIR / segment.name,)
+
+    result = pub_exnet("spool", "status", env=pub_env(pub_settings), cwd=path.parent)
+    assert result.returncode == 0
+    assert b"1 damaged spool file set aside in" in result.stdout
+
+
+def test_spool_status_names_a_damaged_file_and_flush_keeps_it_while_kafka_is_down(
+    pub_settings: Settings, pub_simulation: Simulation, tmp_path: Path
+) -> None:
+    values = [m.value for m in pub_simulation.messages if m.kind.value == "event"][:10]
+    segment = _spool_two_records(pub_settings, values)
+    data = bytearray(segment.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    segment.write_bytes(data)
+    env = pub_env(pub_settings, EXNET_KAFKA_BOOTSTRAP="127.0.0.1:1")
+
+    status = pub_exnet("spool", "status", env=env, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"{segment.name} is damaged: ".encode() in status.stdout
+    flush = pub_exnet("spool", "flush", env=env, cwd=tmp_path)
+    assert flush.returncode == EXIT_SPOOLED, flush
+    assert b"Traceback" not in flush.stderr
+    assert spool_of(pub_settings).segment_paths() == [segment]  # kept, unsent
+
+
+def test_flush_exits_3_while_a_running_publisher_holds_its_events(
+    pub_settings: Settings, tmp_path: Path
+) -> None:
+    writer = spool_of(pub_settings).create_writer()  # locked, as a running publisher's
+    writer.append_events(0, [SpooledEvent("t.exnet.session", b"P-0000000000", b"{}")])
+    try:
+        for bootstrap in ("127.0.0.1:1", pub_settings.kafka_bootstrap):  # Kafka down, up
+            env = pub_env(pub_settings, EXNET_KAFKA_BOOTSTRAP=bootstrap)
+            result = pub_exnet("spool", "flush", env=env, cwd=tmp_path)
+            assert result.returncode == EXIT_SPOOLED, (bootstrap, result)
+    finally:
+        writer.close(delete=True)
+
+
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        # A real refused write (EFBIG, as ENOSPC on a full disk), not a fake one.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_spool_that_cannot_be_written_stops_the_run_with_its_counts(
+    pub_settings: Settings, tmp_path: Path
+) -> None:
+    """A full disk mid-run: one message with what was sent, spooled and not, and where
+    it stopped; exit 2, no traceback (it used to say "reading failed" and crash)."""
+    path = tmp_path / "big.jsonl"
+    simulate(pub_settings, seed=8, participants=120, out=path)
+    env = pub_env(pub_settings, EXNET_KAFKA_BOOTSTRAP="127.0.0.1:1")  # all spooled
+    result = subprocess.run(
+        [str(EXNET), "publish", "--no-progress", str(path)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        preexec_fn=_file_size_limit(1_500_000),  # noqa: PLW1509  # nothing threaded here
+        check=False,
+    )
+    err = " ".join(result.stderr.decode().split())
+    assert result.returncode == 2, err
+    assert "Traceback" not in err
+    assert "reading failed" not in err
+    stopped = re.search(
+        rf"{re.escape(str(path))}:(\d+): stopped: cannot write the spool in .*: "
+        r"File too large\. (\d+) valid events read up to this line were neither sent nor "
+        r"spooled",
+        err,
+    )
+    assert stopped is not None, err
+    summary = re.match(rb"read (\d+), sent 0, invalid 0, spooled (\d+)", result.stdout)
+    assert summary is not None, result.stdout
+    read, spooled, unsaved = int(summary[1]), int(summary[2]), int(stopped[2])
+    assert read == spooled + unsaved and spooled > 0 and unsaved > 0
+    (segment,) = spool_of(pub_settings).segment_paths()
+    contents = read_segment(segment.read_bytes(), segment)
+    assert contents.pending_count == spooled
+    assert not contents.damaged and not contents.torn_bytes  # the refused write left nothing

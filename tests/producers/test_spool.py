@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import orjson
@@ -17,7 +19,7 @@ from contracts.errors import UserError
 from exnet.settings import load_settings
 from producers import Spool, SpooledEvent
 from producers.publisher import COMMIT_EVENTS, spool_of
-from producers.spool import SegmentWriter, read_segment, seq_ranges
+from producers.spool import DAMAGED_DIR, SegmentWriter, read_segment, seq_ranges
 
 #: Longest wait for a child process to reach the state a test needs.
 CHILD_WAIT_S = 60.0
@@ -103,23 +105,113 @@ def test_a_torn_last_record_is_ignored_and_cut_before_new_acknowledgements(
     assert len(data) > intact
 
 
-def test_a_corrupt_record_in_the_middle_is_reported(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
+def _two_records(spool: Spool) -> tuple[Path, list[SpooledEvent], int]:
+    """A spooled segment of events 0-2 and 3-5, in two records; and where the second
+    record starts."""
     writer = spool.create_writer()
-    writer.append_events(0, _events(3))
-    writer.append_events(3, _events(3, 3))
+    events = _events(6)
+    writer.append_events(0, events[:3])
+    second = writer.size
+    writer.append_events(3, events[3:])
     writer.close(delete=False)
     (path,) = spool.segment_paths()
+    return path, events, second
+
+
+def _flip(path: Path, at: int) -> bytes:
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    with pytest.raises(UserError, match="corrupt"):
-        read_segment(bytes(data), path)
+    data[at] ^= 0x01
+    path.write_bytes(data)
+    return bytes(data)
 
 
-def test_a_file_that_is_no_segment_is_refused(tmp_path: Path) -> None:
+def test_a_damaged_last_record_is_never_taken_for_a_torn_one(tmp_path: Path) -> None:
+    """Its events may have been reported as spooled: the segment is set aside for a
+    person once the readable events are sent, never deleted (it used to be, with every
+    event of the damaged record: a site's outside tester found it)."""
+    spool = Spool(tmp_path)
+    path, events, second = _two_records(spool)
+    damaged = _flip(path, path.stat().st_size - 1)  # the last event's value
+
+    contents = read_segment(damaged, path)
+    assert contents.events == dict(enumerate(events[:3]))
+    assert contents.damaged == [(second, len(damaged) - second)]
+    assert contents.torn_bytes == 0
+    (status,) = spool.status().segments
+    assert (status.pending, status.damaged_bytes, status.damaged_at) == (
+        3,
+        len(damaged) - second,
+        second,
+    )
+
+    with spool.claim(path) as claimed:
+        assert claimed is not None
+        claimed.acknowledge([(0, 2)])  # every readable event sent
+    assert spool.segment_paths() == []
+    assert claimed.set_aside_to == tmp_path / DAMAGED_DIR / path.name
+    assert spool.status().set_aside == (claimed.set_aside_to,)
+    assert claimed.set_aside_to.read_bytes().startswith(damaged)  # as found, then the acks
+
+
+def test_a_damaged_segment_with_events_unsent_stays_in_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    path, _, _ = _two_records(spool)
+    _flip(path, path.stat().st_size - 1)
+    with spool.claim(path) as claimed:  # Kafka down: nothing acknowledged
+        assert claimed is not None
+    assert spool.segment_paths() == [path]
+    assert claimed.set_aside_to is None
+
+
+def test_records_after_a_damaged_one_are_still_read(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    writer = spool.create_writer()
+    events = _events(9)
+    for first in (0, 3, 6):
+        writer.append_events(first, events[first : first + 3])
+    writer.append_acks([(6, 6)])
+    writer.close(delete=False)
+    (path,) = spool.segment_paths()
+    data = path.read_bytes()
+    middle = data.index(events[4].value)
+    contents = read_segment(_flip(path, middle), path)
+    assert sorted(contents.events) == [0, 1, 2, 6, 7, 8]
+    assert contents.acked == {6}
+    assert len(contents.damaged) == 1
+
+
+def test_what_follows_a_damaged_length_is_damaged_not_torn(tmp_path: Path) -> None:
+    """A record whose length is wrong is read as garbage up to the end: all of that is
+    damage, never cut off as a torn tail."""
+    spool = Spool(tmp_path)
+    path, events, second = _two_records(spool)
+    data = bytearray(path.read_bytes())
+    data[second + 1 : second + 5] = (7).to_bytes(4, "little")  # the length: 7 bytes
+    path.write_bytes(data)
+
+    contents = read_segment(bytes(data), path)
+    assert contents.events == dict(enumerate(events[:3]))
+    assert contents.torn_bytes == 0
+    assert sum(contents.damaged[-1]) == len(data)  # damaged up to the end
+    with spool.claim(path) as claimed:
+        assert claimed is not None
+    assert path.read_bytes() == bytes(data)  # not cut
+
+
+def test_a_file_that_is_no_segment_is_damaged_whole(tmp_path: Path) -> None:
     path = tmp_path / "seg-x.spool"
-    with pytest.raises(UserError, match="not an exnet spool segment"):
-        read_segment(b"A\x00\x00\x00\x00\x00\x00\x00\x00", path)
+    data = b"A\x00\x00\x00\x00\x00\x00\x00\x00"  # acknowledgements before any header
+    contents = read_segment(data, path)
+    assert contents.damaged == [(0, len(data))]
+    assert contents.events == {}
+
+
+def test_a_segment_of_another_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "seg-x.spool"
+    header = orjson.dumps({"format": 99})
+    data = b"H" + struct.pack("<II", len(header), zlib.crc32(header)) + header
+    with pytest.raises(UserError, match="unknown format 99"):
+        read_segment(data, path)
 
 
 def test_a_live_segment_is_neither_claimed_nor_counted_as_waiting(tmp_path: Path) -> None:
