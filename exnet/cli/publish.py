@@ -34,8 +34,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from contracts import Rejected
+from contracts import Reason, Rejected
 from contracts.errors import UserError
+from contracts.validation import MAX_MESSAGE_BYTES
 from exnet.settings import Settings, load_settings
 from producers import (
     Checker,
@@ -133,6 +134,15 @@ def _report_rejection(console: Console, name: str, line: int, outcome: Rejected)
         console.print(text, markup=False, highlight=False, soft_wrap=True, emoji=False)
 
 
+def _report_too_large(console: Console, name: str, line: int, size: int) -> None:
+    """A line too long to keep whole (:data:`_LINE_KEPT`), of ``size`` bytes."""
+    text = (
+        f"{name}:{line}: {Reason.TOO_LARGE.value}: {size} bytes is over the limit of "
+        f"{MAX_MESSAGE_BYTES} bytes"
+    )
+    console.print(text, markup=False, highlight=False, soft_wrap=True, emoji=False)
+
+
 def _check_readable(files: list[str]) -> None:
     """Fail before anything is sent when a named file cannot be read."""
     for name in files:
@@ -163,7 +173,31 @@ def _open_input(name: str) -> Iterator[IO[bytes]]:
         yield handle
 
 
-def _stdin_lines(stream: IO[bytes], stop: StopFlag) -> Iterator[bytes]:
+#: Bytes of a line kept in memory: enough to tell any line over SPEC's limit (with its
+#: line end) is ``too_large``; the rest of a longer line is read and counted, not kept
+#: (a 300 MB file with no line break took 676 MB, a site's outside tester saw).
+_LINE_KEPT: Final = MAX_MESSAGE_BYTES + 3
+
+
+def _file_lines(stream: IO[bytes]) -> Iterator[tuple[bytes, int]]:
+    """Each line of ``stream`` (with its ``\n``; the last may lack it), cut to
+    :data:`_LINE_KEPT` bytes, and its whole length without its line end."""
+    while line := stream.readline(_LINE_KEPT):
+        size, last = len(line), line
+        if size == _LINE_KEPT and not line.endswith(b"\n"):
+            while rest := stream.readline(_LINE_KEPT):  # the rest, counted, dropped
+                size, last = size + len(rest), rest
+                if rest.endswith(b"\n"):
+                    break
+        yield line, size - _ending(last)
+
+
+def _ending(piece: bytes) -> int:
+    """Bytes of the line end (``\n``, ``\r\n``) that ``piece``, a line's last, ends with."""
+    return len(piece) - len(piece.rstrip(b"\r\n"))
+
+
+def _stdin_lines(stream: IO[bytes], stop: StopFlag) -> Iterator[tuple[bytes, int]]:
     """The lines of standard input (each with its ``\\n``; the last may lack it) until
     its end, or until ``stop`` is requested, even while no input comes.
 
@@ -172,34 +206,41 @@ def _stdin_lines(stream: IO[bytes], stop: StopFlag) -> Iterator[bytes]:
     SIGTERM waited for the next line, for good on a quiet export. Lines are cut
     here from what the pipe holds. Every whole line taken from the pipe is given,
     the stop or not (the pipe cannot give them back); a partial line when the stop
-    comes is not a line.
+    comes is not a line. Lines are cut and measured as :func:`_file_lines` does.
     """
     try:
         descriptor = stream.fileno()
     except (OSError, ValueError):  # not a file descriptor (a test's BytesIO): no wait
-        for line in stream:
+        for line in _file_lines(stream):
             if stop.requested:
                 return
             yield line
         return
-    pieces: list[bytes] = []  # the line being read (a 20 MB line comes in many reads)
+    pieces: list[bytes] = []  # the line being read, up to _LINE_KEPT bytes
+    kept = size = 0  # of the line being read
     while not stop.requested:
         ready, _, _ = select.select([descriptor], [], [], _STDIN_STOP_CHECK_S)
         if not ready:
             continue
         chunk = os.read(descriptor, _STDIN_READ_BYTES)
         if not chunk:
-            if pieces:
-                yield b"".join(pieces)
+            if size:
+                yield b"".join(pieces), size - _ending(pieces[-1])
             return
         start = 0
-        while (end := chunk.find(b"\n", start)) != -1:
-            pieces.append(chunk[start : end + 1])
-            yield b"".join(pieces)
-            pieces.clear()
-            start = end + 1
-        if start < len(chunk):
-            pieces.append(chunk[start:])
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            stop_at = len(chunk) if end == -1 else end + 1
+            piece = chunk[start:stop_at]
+            if kept < _LINE_KEPT:
+                pieces.append(piece[: _LINE_KEPT - kept])
+                kept += len(pieces[-1])
+            size += len(piece)
+            start = stop_at
+            if end != -1:
+                yield b"".join(pieces), size - _ending(piece)
+                pieces.clear()
+                kept = size = 0
 
 
 def _publish_stream(
@@ -214,11 +255,11 @@ def _publish_stream(
 ) -> None:
     publish = publisher.publish
     from_stdin = name == STDIN_NAME
-    lines = _stdin_lines(stream, stop) if from_stdin else stream
+    lines = _stdin_lines(stream, stop) if from_stdin else _file_lines(stream)
     first: bytes | None = None  # this input's first line with content, when it was refused
     read_here = 0
     try:
-        for number, raw in enumerate(lines, 1):
+        for number, (raw, size) in enumerate(lines, 1):
             if stop.requested and not from_stdin:  # stdin's lines end by themselves
                 return
             counts.at = (name, number)
@@ -231,7 +272,9 @@ def _publish_stream(
             counts.read += 1
             read_here += 1
             outcome = publish(line, (name, number))
-            if isinstance(outcome, Rejected):
+            if isinstance(outcome, Rejected) and size > len(line):  # cut: too_large
+                _report_too_large(errors, name, number, size)
+            elif isinstance(outcome, Rejected):
                 _report_rejection(errors, name, number, outcome)
                 if read_here == 1:
                     first = line.strip()
@@ -245,7 +288,12 @@ def _publish_stream(
 def _shape_hint(name: str, first: bytes) -> str | None:
     """What to do when a refused file's first line shows it is JSON, but not JSON Lines."""
     file = shlex.quote(name) if name != STDIN_NAME else "FILE"
-    if first in (b"{", b"["):
+    if first == b"[":
+        return (
+            f"{name}: looks like a JSON array written across several lines; exnet publish "
+            f"reads JSON Lines, one event object per line (for example: jq -c '.[]' {file})"
+        )
+    if first == b"{":
         return (
             f"{name}: looks like JSON written across several lines; exnet publish reads "
             f"JSON Lines, one whole event per line (for example: jq -c . {file})"

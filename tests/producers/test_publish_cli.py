@@ -21,6 +21,7 @@ import pytest
 
 from contracts.errors import UserError
 from contracts.topics import Topic, topic_name
+from contracts.validation import MAX_MESSAGE_BYTES
 from exnet.cli.publish import (
     EXIT_DAMAGED,
     EXIT_INVALID,
@@ -103,6 +104,11 @@ def test_invalid_lines_are_reported_by_line_and_field_path(
             "looks like a JSON array of events; exnet publish reads JSON Lines, one "
             "event object per line (for example: jq -c '.[]' {path})",
         ),
+        (
+            "pretty array",
+            "looks like a JSON array written across several lines; exnet publish reads "
+            "JSON Lines, one event object per line (for example: jq -c '.[]' {path})",
+        ),
     ],
 )
 def test_a_file_of_json_that_is_not_json_lines_gets_one_hint(
@@ -117,6 +123,8 @@ def test_a_file_of_json_that_is_not_json_lines_gets_one_hint(
     events = [_valid(pub_simulation, '"session/1"', i) for i in range(2)]
     if shape == "pretty":
         lines = orjson.dumps(events[0], option=orjson.OPT_INDENT_2).split(b"\n")
+    elif shape == "pretty array":
+        lines = orjson.dumps(events, option=orjson.OPT_INDENT_2).split(b"\n")
     else:
         lines = [orjson.dumps(events)]
     path = pub_write_lines(lines)
@@ -526,3 +534,60 @@ def test_a_spool_that_cannot_be_written_stops_the_run_with_its_counts(
     contents = read_segment(segment.read_bytes(), segment)
     assert contents.pending_count == spooled
     assert not contents.damaged and not contents.torn_bytes  # the refused write left nothing
+
+
+@pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"])
+def test_a_line_too_long_to_keep_is_too_large_with_its_whole_size(
+    ending: bytes,
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    pub_producer: FakeProducer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Only the first bytes of a long line are kept, and its size is still told right;
+    the lines after it are read as ever, from a file and from standard input."""
+    valid = [m.value for m in pub_simulation.messages if m.kind.value == "event"][:2]
+    data = valid[0] + b"\n" + b"x" * 3_000_000 + ending + valid[1] + b"\n"
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(data)
+    expected = f"{{}}:2: too_large: 3000000 bytes is over the limit of {MAX_MESSAGE_BYTES} bytes"
+    if not ending:  # the long line runs into the next event: one line of both
+        expected = expected.replace("3000000", str(3_000_000 + len(valid[1])))
+    for name in (str(path), "-"):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        assert publish_files(pub_settings, [name], show_progress=False) == EXIT_INVALID
+        _out, err = capsys.readouterr()
+        assert err.splitlines() == [expected.format("<stdin>" if name == "-" else path)]
+    sent = 2 if ending else 1
+    assert sorted(pub_producer.values()) == sorted(valid[:sent] * 2)
+
+
+def test_a_file_with_no_line_break_is_not_read_whole_into_memory(
+    pub_settings: Settings, tmp_path: Path
+) -> None:
+    """A 200 MB line (an export with old-Mac line ends, a JSON array on one line): the
+    check's peak memory stays far below its size (676 MB for 300 MB, before)."""
+    path = tmp_path / "one-line.json"
+    with path.open("wb") as handle:
+        for _ in range(200):
+            handle.write(b"[" + b"1," * 500_000)
+    measure = (
+        "import resource, subprocess, sys; "
+        "done = subprocess.run(sys.argv[1:], capture_output=True); "
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+        "sys.stderr.buffer.write(done.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", measure, str(EXNET), "publish", "--check", str(path)],
+        env=pub_env(pub_settings),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    status, peak_kib = (int(x) for x in result.stdout.split())
+    assert status == EXIT_INVALID
+    assert result.stderr.decode().startswith(f"{path}:1: too_large: {200_000_200} bytes")
+    assert peak_kib * 1024 < 100 * 2**20  # the file is 200 MB
