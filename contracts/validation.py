@@ -830,6 +830,8 @@ def _field_issues(errors: list[Any], *, tagged: bool) -> tuple[list[FieldIssue],
             message = err["msg"]
             if err["type"] == OCCURRED_AT_ERROR:  # say which mistake, where it can tell
                 message = occurred_at_problem(err.get("input"))
+            elif err["type"] == "extra_forbidden":  # the parser's words name no field
+                message = "unknown field: this event type and version has no such field"
             elif err["type"] in _TYPE_ERRORS and "got" not in message and "input" in err:
                 message = f"{message}, got {_json_kind(err['input'])}"
             issues.append(FieldIssue(_path(loc), message, err["type"]))

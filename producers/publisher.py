@@ -208,10 +208,10 @@ class _SentEvents:
         if first_digest == digest:
             self.repeats += 1
             return None  # the same event again: sent, the platform counts it a duplicate
-        earlier = f" by {self._sources[source]}:{line}" if source != _NO_SOURCE else ""
+        earlier = f" at {self._sources[source]}:{line}" if source != _NO_SOURCE else ""
         issue = FieldIssue(
             "event_id",
-            f"event {event_id} was already published in this run{earlier} with other content; "
+            f"event {event_id} came earlier in this run{earlier} with other content; "
             "send a new event_id",
             Reason.CONFLICTING_DUPLICATE.value,
         )

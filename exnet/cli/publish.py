@@ -85,9 +85,10 @@ _PUBLISH_HELP = f"""Publish events from JSON Lines files ("-" for standard input
 
 Every line is one event, checked against the contracts (and the network
 registry when EXNET_REGISTRY names one). Invalid lines are reported on stderr
-as "FILE:LINE: reason: field.path: message" and not sent; blank lines are
-skipped. Valid lines are sent as they are (same bytes), keyed by
-participant_id, to their event type's topic.
+as "FILE:LINE: reason: field.path: message" ("FILE:LINE: reason: message" for a
+line too large or not JSON) and not sent; blank lines are skipped. Valid lines
+are sent as they are (same bytes), keyed by participant_id, to their event
+type's topic.
 
 Events Kafka does not acknowledge (broker down) are kept in the spool under
 EXNET_VAR_DIR/spool and sent at the start of the next run or by

@@ -162,9 +162,7 @@ def test_without_a_where_the_conflict_is_still_caught(
         outcome = publisher.publish(_session(rpe=17))
     assert isinstance(outcome, Rejected)
     assert outcome.reason is Reason.CONFLICTING_DUPLICATE
-    assert outcome.message.startswith(
-        f"event_id: event {EVENT_ID} was already published in this run"
-    )
+    assert outcome.message.startswith(f"event_id: event {EVENT_ID} came earlier in this run")
     assert len(pub_producer.delivered) == 1
 
 
@@ -223,8 +221,8 @@ def test_publish_names_the_earlier_line(
     _out, err = capsys.readouterr()
     assert status == EXIT_INVALID
     assert err.strip() == (
-        f"{second}:2: conflicting_duplicate: event_id: event {EVENT_ID} was already published "
-        f"in this run by {first}:1 with other content; send a new event_id"
+        f"{second}:2: conflicting_duplicate: event_id: event {EVENT_ID} came earlier "
+        f"in this run at {first}:1 with other content; send a new event_id"
     )
 
 
