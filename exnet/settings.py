@@ -59,6 +59,8 @@ __all__ = [
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _TOPIC_PREFIX = re.compile(r"^[A-Za-z0-9._-]{0,100}$")
+#: A broker's address: a host name, an IPv4 address or a bracketed IPv6 one, and a port.
+_BOOTSTRAP_SERVER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]{1,5}$")
 
 
 class Settings(BaseSettings):
@@ -133,6 +135,18 @@ class Settings(BaseSettings):
     def _check_prefix(cls, value: str) -> str:
         if not _TOPIC_PREFIX.fullmatch(value):  # `$` alone would take a final newline
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        # Anything else was taken for a broker that does not answer: "Kafka is
+        # unreachable", and a site's events spooled, for a typing mistake.
+        servers = [server.strip() for server in value.split(",")]
+        if not all(_BOOTSTRAP_SERVER.fullmatch(server) for server in servers):
+            raise ValueError("must be host:port, or several separated by commas")
+        if not all(0 < int(server.rpartition(":")[2]) < 65_536 for server in servers):
+            raise ValueError("has a port outside 1-65535")
         return value
 
     @field_validator("clickhouse_url")

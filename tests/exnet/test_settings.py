@@ -40,3 +40,17 @@ def test_a_clickhouse_url_of_another_scheme_is_refused(url: str) -> None:
 def test_a_clickhouse_url_of_the_spec_s_schemes_is_taken(url: str) -> None:
     settings = load_settings(clickhouse_url=url)
     assert settings.clickhouse_dsn == url
+
+
+@pytest.mark.parametrize("value", ["garbage", "127.0.0.1", "h:0", "h:65536", "h:9092,", "h 1:9092"])
+def test_a_kafka_bootstrap_that_names_no_broker_is_refused(value: str) -> None:
+    """Not taken for a broker that does not answer (a site's events spooled for a typo)."""
+    with pytest.raises(ConfigError, match="EXNET_KAFKA_BOOTSTRAP: "):
+        load_settings(kafka_bootstrap=value)
+
+
+@pytest.mark.parametrize(
+    "value", ["127.0.0.1:9092", "a:1, b.example.org:9093", "[::1]:9092", "kafka-0.svc:65535"]
+)
+def test_a_kafka_bootstrap_of_host_port_pairs_is_taken(value: str) -> None:
+    assert load_settings(kafka_bootstrap=value).kafka_bootstrap == value
