@@ -13,7 +13,7 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from contracts.catalog import TOPICS
-from contracts.errors import UserError
+from contracts.errors import RecoverableError, UserError
 from contracts.topics import topic_name
 from exnet.settings import Settings, silent_broker_hint
 from streams.names import (
@@ -142,8 +142,8 @@ def replication_factor(settings: Settings, admin: KafkaAdminClient | None = None
             return replication_factor(settings, own)
     try:
         brokers = len(admin.describe_cluster()["brokers"])
-    except KafkaError as exc:
-        raise UserError(f"could not count the Kafka cluster's brokers: {exc}") from exc
+    except KafkaError as exc:  # asked of a broker that just died, say (its peers answer)
+        raise RecoverableError(f"could not count the Kafka cluster's brokers: {exc}") from exc
     return max(1, min(3, brokers))
 
 

@@ -33,6 +33,7 @@ from functools import partial
 from types import FrameType
 from typing import Any, Final, cast
 
+from contracts.errors import RecoverableError
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
 from exnet.admin import ensure_topics, other_pipelines, replication_factor
@@ -543,21 +544,16 @@ def run_up(
     )
     ops.start()
     try:
-        logged_in = _logged_in(settings, metrics, stop)
-        if logged_in:
-            # Counted once: `init`'s topics and Faust's internal ones get the same replicas.
-            settings = settings.model_copy(
-                update={"replication_factor": replication_factor(settings)}
-            )
-            initialize(settings, clickhouse=False)  # topics; the writer migrates ClickHouse
-            if monitor:  # not again in role auto's writer process
-                _warn_of_other_pipelines(settings)
+        prepared = _prepare_kafka(settings, stop) if _logged_in(settings, metrics, stop) else None
+        if prepared is not None and monitor:  # not again in role auto's writer process
+            _warn_of_other_pipelines(prepared)
     except BaseException:
         ops.stop()
         raise
-    if not logged_in:
+    if prepared is None:
         ops.stop()
-        return 0  # stopped while Kafka refused the login: nothing was consumed
+        return 0  # stopped while Kafka refused the login or a request: nothing was consumed
+    settings = prepared
     metrics.preset(topic_name(topic, settings.topic_prefix) for topic in INPUT_TOPICS)
     if role is Role.AUTO:
         sink_process = _SinkProcess(settings, on_exit=stop.request)
@@ -621,6 +617,58 @@ def run_up(
 LOGIN_RETRY_MAX_S = 60.0
 #: Milliseconds one login attempt may take.
 LOGIN_TIMEOUT_MS = 5_000
+
+
+def _prepare_kafka(settings: Settings, stop: _StopFlag) -> Settings | None:
+    """The topics created if missing (``init``'s Kafka half); ``settings`` with the
+    replication factor they got, counted once: Faust's internal topics get the same.
+    None when stopped meanwhile.
+
+    A request Kafka fails (a broker of the cluster died a moment ago, and its peers
+    do not know it yet) is retried for :data:`KAFKA_START_RETRY_S` seconds, not a
+    failed start: a worker restarted with a broker by the same host's reboot exited
+    2 at once, "could not count the Kafka cluster's brokers". No broker answering
+    at all stays an error at once (:func:`exnet.admin.admin_client`).
+    """
+    from kafka.errors import KafkaError
+    from tenacity import (
+        Retrying,
+        retry_if_exception_type,
+        stop_after_delay,
+        stop_when_event_set,
+        wait_exponential,
+    )
+
+    def prepared() -> Settings:
+        ready = settings.model_copy(update={"replication_factor": replication_factor(settings)})
+        initialize(ready, clickhouse=False)  # topics; the writer migrates ClickHouse
+        return ready
+
+    def waiting(state: Any) -> None:
+        log.warning(
+            "Kafka failed a request at start (%s); retrying in %.1f s",
+            state.outcome.exception(),
+            state.next_action.sleep,
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception_type((RecoverableError, KafkaError)),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        stop=stop_after_delay(KAFKA_START_RETRY_S) | stop_when_event_set(stop.event),
+        sleep=lambda seconds: None if stop.event.wait(seconds) else None,  # a stop cuts it short
+        before_sleep=waiting,
+        reraise=True,
+    )
+    try:
+        return retrying(prepared)
+    except (RecoverableError, KafkaError):
+        if stop.event.is_set():
+            return None
+        raise
+
+
+#: Seconds `exnet up` retries the start's requests to Kafka that fail (_prepare_kafka).
+KAFKA_START_RETRY_S = 120.0
 
 
 def _logged_in(settings: Settings, metrics: Metrics, stop: _StopFlag) -> bool:
