@@ -51,7 +51,7 @@ from typing import Any, Final, Protocol, Self
 
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.partitioner.default import murmur2
 
 from contracts import (
@@ -467,9 +467,10 @@ class _Delivery:
         """Drain, then close the producer; what is still unacknowledged stays spooled."""
         self.drain()
         if self.producer is not None:
-            # Timeout 0 aborts what the flush above could not deliver: those
-            # futures fail, and their events are counted as spooled below.
-            self.producer.close(timeout=0 if self._groups else 5)
+            if self._groups:  # what the flush above could not deliver: abort it
+                _abort(self.producer)
+            else:
+                self.producer.close(timeout=5)
             self.producer = None
         self.online = False
         self.settle()
@@ -477,6 +478,32 @@ class _Delivery:
             group.target.settled([], group.count)
             self.failed += group.count
         self._groups.clear()
+
+
+def _abort(producer: KafkaProducer) -> None:
+    """Close ``producer`` at once: what Kafka has not acknowledged fails (its events
+    are then counted as spooled).
+
+    kafka-python's ``close(timeout=0)`` flushes first, and that flush raises
+    KafkaTimeoutError while anything is unacknowledged, before the close can abort
+    it (kafka-python 3.0; seen with two brokers of three down, where the brokers
+    left answer but refuse writes: `exnet publish` ended in a traceback, exit 1,
+    and the producer's ``__del__`` raised again). So on that error this does what
+    the close does after a timed-out wait: force the sender to stop, which fails
+    the unfinished batches; then nothing is pending and the close goes through.
+    """
+    try:
+        producer.close(timeout=0)
+    except KafkaTimeoutError:
+        sender = producer._sender  # noqa: SLF001  # see above
+        sender.force_close()
+        sender.join(ABORT_WAIT_S)
+        producer.close(timeout=0)
+
+
+#: Seconds to wait for a forced producer's sender thread to stop (it stops at its
+#: next wake-up; it aborts the unfinished batches on its way out).
+ABORT_WAIT_S: Final = 10.0
 
 
 # --- the publisher's own segments ---------------------------------------------

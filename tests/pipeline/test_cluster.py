@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from contracts.topics import Topic, topic_name
+from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from tests.conftest import SettingsFactory
 from tests.pipeline.harness import EXNET, Pipeline
 from tests.pipeline.load import participant_events
@@ -181,3 +181,58 @@ def _existing(bootstrap: str) -> set[str]:
         return set(admin.list_topics())
     finally:
         admin.close()
+
+
+def test_publish_with_two_brokers_of_three_down_spools_and_says_so(
+    cluster: LocalCluster, settings_factory: SettingsFactory, tmp_path: Path
+) -> None:
+    """The brokers left answer but refuse every write (too few in-sync replicas): a
+    site's events wait in the spool, exit 3 with the usual message, no traceback
+    (kafka-python's close raised KafkaTimeoutError: exit 1 and no summary, an outside
+    tester's find); with the brokers back, a flush sends each event once."""
+    bootstrap = cluster.status()["bootstrap"]
+    pipeline = Pipeline(settings_factory(kafka_bootstrap=bootstrap, partitions=3))
+    try:
+        pipeline.init()
+        events = [event for _, event in participant_events(seed=17, participants=20)]
+        path = tmp_path / "events.jsonl"
+        path.write_bytes(b"".join(json.dumps(event).encode() + b"\n" for event in events))
+        for node in cluster.status()["nodes"][1:]:
+            os.kill(node["pid"], signal.SIGKILL)
+
+        published = pipeline.run("publish", "--no-progress", str(path), timeout=240)
+        assert published.returncode == 3, published.stderr[-3000:]
+        assert "Traceback" not in published.stderr, published.stderr[-3000:]
+        assert "Exception ignored" not in published.stderr, published.stderr[-3000:]
+        assert published.stdout.startswith(f"read {len(events)}, sent ")
+        assert "run `exnet spool flush` once Kafka is back" in published.stderr
+
+        assert cluster.broker("start").returncode == 0
+        flushed = pipeline.run("spool", "flush", timeout=240)
+        assert flushed.returncode == 0, (flushed.stdout, flushed.stderr[-3000:])
+        inputs = [pipeline.topic(topic) for topic in INPUT_TOPICS]
+        ids = [json.loads(value)["event_id"] for value in _values(bootstrap, inputs)]
+        assert sorted(set(ids)) == sorted(event["event_id"] for event in events)
+    finally:
+        pipeline.close()
+
+
+def _values(bootstrap: str, topics: list[str]) -> list[bytes]:
+    """Every message's value on ``topics``, read to their ends."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False)
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in consumer.partitions_for_topic(topic)
+        ]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        ends = consumer.end_offsets(partitions)
+        values: list[bytes] = []
+        while any(consumer.position(tp) < end for tp, end in ends.items()):
+            for records in consumer.poll(timeout_ms=1_000).values():
+                values.extend(record.value for record in records)
+        return values
+    finally:
+        consumer.close()
