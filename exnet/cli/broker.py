@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -145,6 +146,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print each broker's state; exit 0 when all run, 3 when any is stopped."""
         cluster = _cluster()
+        # A probe's connections to nodes that are down are this command's findings, told
+        # below; kafka-python logs each at ERROR, amid the table.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
         found = broker.cluster_status(cluster)
         out = Console(highlight=False, soft_wrap=True)
         if as_json:

@@ -371,7 +371,7 @@ def collect_broker(settings: Settings) -> BrokerState:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 
-    from exnet.broker import broker_answers
+    from exnet.broker import ask_until_answered, broker_answers
     from exnet.settings import KafkaRefusals, silent_broker_hint
 
     bootstrap = settings.kafka_bootstrap
@@ -392,13 +392,14 @@ def collect_broker(settings: Settings) -> BrokerState:
     except KafkaError as exc:
         return BrokerState(bootstrap, False, f"cannot connect to {bootstrap}: {exc}")
     try:
-        cluster = admin.describe_cluster()["brokers"]
+        cluster = ask_until_answered(admin.describe_cluster)["brokers"]
         alive = tuple(sorted(b["broker_id"] for b in cluster if not b.get("is_fenced")))
         # Every expected topic's partitions in one metadata request; named, so that each
         # comes back with its error: a login without Describe on a topic gets
         # TOPIC_AUTHORIZATION_FAILED where a listing of all topics would leave it out.
         expected = _expected_topics(settings)
-        described = {t["name"]: t for t in admin.describe_topics([n for _, n in expected])}
+        names = [n for _, n in expected]
+        described = {t["name"]: t for t in ask_until_answered(lambda: admin.describe_topics(names))}
     except KafkaError as exc:
         return BrokerState(bootstrap, False, f"cannot read topic metadata: {exc}")
     finally:
