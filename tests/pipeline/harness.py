@@ -45,6 +45,10 @@ class Pipeline:
         }
         self._producer: KafkaProducer | None = None
         self.sent: list[tuple[Topic, bytes, bytes | None]] = []
+        #: Every `exnet up` :meth:`start` began: :meth:`close` kills those still running,
+        #: so that a failed test leaves none behind (one ran on for half an hour,
+        #: retrying its test's deleted cluster).
+        self._started: list[subprocess.Popen[bytes]] = []
 
     # -- Kafka ----------------------------------------------------------------
     def topic(self, topic: Topic) -> str:
@@ -77,6 +81,8 @@ class Pipeline:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
+        for process in self._started:
+            self.kill(process)
 
     def read_topic(self, topic: Topic | str) -> list[Any]:
         """Every message of ``topic`` (a :class:`Topic`, or a physical name: a table's
@@ -142,13 +148,15 @@ class Pipeline:
     ) -> subprocess.Popen[bytes]:
         """Start `exnet up` in the background (its own process group)."""
         out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [EXNET, "up", *args],
             env={**self.env, **(env or {})},
             stdout=out,
             stderr=out,
             start_new_session=True,
         )
+        self._started.append(process)
+        return process
 
     @staticmethod
     def kill(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
