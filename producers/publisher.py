@@ -572,6 +572,8 @@ class FlushSummary:
     sent: int = 0
     #: Events still waiting in the spool (Kafka down, or a segment in use).
     remaining: int = 0
+    #: Unacknowledged events in segments other processes hold (running publishers).
+    in_flight: int = 0
     segments_done: int = 0
     #: Segments another process holds (a running publisher or flusher).
     segments_busy: int = 0
@@ -623,9 +625,13 @@ def _flush_segments(
 ) -> FlushSummary:
     with spool.flushing(wait_s) as holding:
         if not holding:
-            remaining = spool.status().pending
+            state = spool.status()
             problem = "another process is flushing the spool"
-            return FlushSummary(remaining=remaining, problem=problem if remaining else None)
+            return FlushSummary(
+                remaining=state.pending,
+                in_flight=state.in_flight,
+                problem=problem if state.pending else None,
+            )
         return _flush_locked(spool, delivery, existing)
 
 
@@ -672,7 +678,8 @@ def _flush_locked(spool: Spool, delivery: _Delivery, existing: set[str] | None) 
                     contents.damaged[0][0],
                 )
             )
-    remaining = spool.status().pending
+    state = spool.status()
+    remaining = state.pending
     problem = delivery.problem if remaining else None
     if missing:
         problem = (
@@ -684,6 +691,7 @@ def _flush_locked(spool: Spool, delivery: _Delivery, existing: set[str] | None) 
     return FlushSummary(
         sent=sent,
         remaining=remaining,
+        in_flight=state.in_flight,
         segments_done=done,
         segments_busy=busy,
         problem=problem,
@@ -863,8 +871,10 @@ class Publisher:
                 self._spool, delivery, wait_s=0, existing=self._kafka_topics
             )
         else:
-            remaining = self._spool.status().pending
-            self._resent = FlushSummary(remaining=remaining, problem=delivery.problem)
+            state = self._spool.status()
+            self._resent = FlushSummary(
+                remaining=state.pending, in_flight=state.in_flight, problem=delivery.problem
+            )
         return self._resent
 
     # -- publishing ----------------------------------------------------------

@@ -538,9 +538,7 @@ def register(app: typer.Typer) -> None:
         if flushed.set_aside:
             _exit(EXIT_DAMAGED)
         # Events a running publisher (or flush) holds still wait, wherever Kafka is.
-        _exit(
-            EXIT_SPOOLED if flushed.remaining or spool_of(settings).status().in_flight else EXIT_OK
-        )
+        _exit(EXIT_SPOOLED if flushed.remaining or flushed.in_flight else EXIT_OK)
 
     @spool_app.command("status", help="How many events wait in the spool (nothing is sent).")
     def status(
