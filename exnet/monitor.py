@@ -302,16 +302,14 @@ class LagMonitor(threading.Thread):
             progress.close()
 
     def _refused(self) -> None:
-        settings = self._settings
         self._metrics.kafka_login_refused.inc()
         self._metrics.kafka_login_waiting.set(1)
         if not self.login_refused:  # once, not every round
             log.error(
-                "Kafka refused the login of %r (%s) to this running process (was its "
-                "password changed or revoked since it started? EXNET_KAFKA_USERNAME, "
-                "EXNET_KAFKA_PASSWORD); retrying every %g s, not ready meanwhile",
-                settings.kafka_username,
-                settings.kafka_sasl_mechanism,
+                "%s to this running process (was its password changed or revoked since "
+                "it started? EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD); retrying every "
+                "%g s, not ready meanwhile",
+                self._settings.refused_login,
                 self._tick,
             )
         self.login_refused = True

@@ -188,14 +188,11 @@ class _SinkRole(threading.Thread):
         try:
             self._run()
         except SaslAuthenticationFailedError as exc:  # one line: it is not a bug
-            settings = self._settings
             log.error(
-                "the sink stopped: Kafka refused the login of %r (%s) after its start (was "
-                "its password changed or revoked? EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD); "
-                "what it had not written waits in Kafka. Exiting: started again, exnet up "
-                "waits for its login",
-                settings.kafka_username,
-                settings.kafka_sasl_mechanism,
+                "the sink stopped: %s after its start (was its password changed or revoked? "
+                "EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD); what it had not written waits "
+                "in Kafka. Exiting: started again, exnet up waits for its login",
+                self._settings.refused_login,
             )
             self.error = exc
             self._on_error()

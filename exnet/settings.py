@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     def embedded_clickhouse(self) -> bool:
         return self.clickhouse_dsn.startswith("chdb:")
 
+    @property
+    def refused_login(self) -> str:
+        """The words every message about a refused Kafka login starts with."""
+        return f"Kafka refused the login of {self.kafka_username!r} ({self.kafka_sasl_mechanism})"
+
     def kafka_ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context of a ``SASL_SSL`` connection (None for ``PLAINTEXT``): the
         brokers' certificates checked against ``kafka_ca_file``, hostnames too."""
@@ -261,7 +266,7 @@ class KafkaRefusals(logging.Handler):
         who = self._settings.kafka_username
         if "SaslAuthenticationFailed" in seen or "Authentication failed" in seen:
             return (
-                f"Kafka refused the login of {who!r} ({self._settings.kafka_sasl_mechanism}): "
+                f"{self._settings.refused_login}: "
                 "wrong username or password (EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD)"
             )
         if "CERTIFICATE_VERIFY_FAILED" in seen or "certificate verify failed" in seen:
@@ -281,7 +286,7 @@ class KafkaRefusals(logging.Handler):
             # The TLS handshake passed, then the broker hung up before the login's answer
             # arrived (it closes a failed login's connection at once): still a refused login.
             return (
-                f"Kafka refused the login of {who!r} ({self._settings.kafka_sasl_mechanism}): "
+                f"{self._settings.refused_login}: "
                 "it closed the connection during the login, which it does for a wrong "
                 "username or password (EXNET_KAFKA_USERNAME, EXNET_KAFKA_PASSWORD)"
             )
