@@ -20,7 +20,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from exnet.settings import Settings
 from sinks.errors import ClickHouseUnavailable, DatabaseLocked
 
-__all__ = ["INSERT_SETTINGS", "JSON_SETTINGS", "Client", "connect", "insert_json"]
+__all__ = ["INSERT_SETTINGS", "JSON_SETTINGS", "Client", "connect", "insert_json", "redacted_dsn"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,9 @@ def connect(settings: Settings, *, readonly: bool = False, create_database: bool
                 "process (chDB lets one process own it): query it with `exnet sql`, which "
                 "goes through the process that owns it"
             ) from exc
-        raise ClickHouseUnavailable(f"cannot reach ClickHouse at {_redacted(dsn)}: {exc}") from exc
+        raise ClickHouseUnavailable(
+            f"cannot reach ClickHouse at {redacted_dsn(dsn)}: {exc}"
+        ) from exc
     if create_database:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     if readonly:
@@ -182,7 +184,8 @@ def _server_client(dsn: str) -> Client:
     )
 
 
-def _redacted(dsn: str) -> str:
+def redacted_dsn(dsn: str) -> str:
+    """``dsn`` with its password, if any, shown as ``***``: safe to print."""
     parts = urlsplit(dsn)
     if parts.password:
         return dsn.replace(f":{parts.password}@", ":***@")

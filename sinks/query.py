@@ -28,7 +28,7 @@ from clickhouse_connect.driver.client import Client
 
 from contracts.errors import UserError
 from exnet.settings import SHUTDOWN_POLL_S, Settings
-from sinks.client import _redacted, connect
+from sinks.client import connect, redacted_dsn
 
 __all__ = ["QueryEndpoint", "endpoint_file", "refuse_unless_read_only", "run_query"]
 
@@ -336,16 +336,13 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
             if served != settings.clickhouse_database:
                 raise UserError(
                     f"exnet up (pid {endpoint['pid']}) holds the embedded database "
-                    f"{settings.clickhouse_dsn.removeprefix('chdb://')} and answers for its "
+                    f"{_location(settings)} and answers for its "
                     f"database {served!r} only, not {settings.clickhouse_database!r} "
                     f"(EXNET_CLICKHOUSE_DATABASE): query {served!r}, name the other's tables "
                     f"in full ({settings.clickhouse_database}.<table>), or stop it first"
                 )
             return _query_endpoint(endpoint, sql, fmt)
-    if (
-        settings.embedded_clickhouse
-        and not Path(settings.clickhouse_dsn.removeprefix("chdb://")).exists()
-    ):
+    if settings.embedded_clickhouse and not Path(_location(settings)).exists():
         raise _not_initialized(settings)  # a read-only tool makes no directory
     client = connect(settings, readonly=True)
     try:
@@ -361,11 +358,17 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
         client.close()
 
 
+def _location(settings: Settings) -> str:
+    """Where the database is: the embedded one's folder, or the server's URL (its
+    password hidden)."""
+    return redacted_dsn(settings.clickhouse_dsn.removeprefix("chdb://"))
+
+
 def _not_initialized(settings: Settings) -> UserError:
     where = "EXNET_CLICKHOUSE_URL" if settings.clickhouse_url is not None else "EXNET_VAR_DIR"
     return UserError(
         f"the database {settings.clickhouse_database!r} does not exist in "
-        f"{_redacted(settings.clickhouse_dsn.removeprefix('chdb://'))} yet: run `exnet init` "
+        f"{_location(settings)} yet: run `exnet init` "
         f"(or check {where})"
     )
 

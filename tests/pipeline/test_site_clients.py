@@ -74,19 +74,29 @@ def test_batches_compressed_with_every_codec_are_all_accepted(pipeline: Pipeline
     assert pipeline.scalar("SELECT count() FROM rejected_events") == 0
 
 
+def _transactional_producer(pipeline: Pipeline, name: str) -> KafkaProducer:
+    """A site's own transactional producer (kafka-python), its transactions initialised."""
+    producer = KafkaProducer(
+        bootstrap_servers=pipeline.settings.kafka_bootstrap,
+        transactional_id=f"{pipeline.settings.topic_prefix}{name}",
+        enable_idempotence=True,
+    )
+    try:
+        producer.init_transactions()
+    except BaseException:
+        producer.close()
+        raise
+    return producer
+
+
 def test_a_transaction_the_site_aborted_is_not_read(pipeline: Pipeline) -> None:
     pipeline.init()
     make = EventMaker(seed=12)
-    producer = KafkaProducer(
-        bootstrap_servers=pipeline.settings.kafka_bootstrap,
-        transactional_id=f"{pipeline.settings.topic_prefix}site-tx",
-        enable_idempotence=True,
-    )
+    producer = _transactional_producer(pipeline, "site-tx")
     topic = pipeline.topic(Topic.SESSION)
     committed: list[str] = []
     aborted: list[str] = []
     try:
-        producer.init_transactions()
         for outcome, kept in (("commit", committed), ("abort", aborted), ("commit", committed)):
             producer.begin_transaction()
             for n in range(PER_CODEC):
@@ -112,13 +122,8 @@ def test_a_drain_ends_when_a_partition_ends_in_an_aborted_transaction(pipeline: 
     # delivered nothing from, and `--drain` waited on it for good.
     pipeline.init()
     make = EventMaker(seed=14)
-    producer = KafkaProducer(
-        bootstrap_servers=pipeline.settings.kafka_bootstrap,
-        transactional_id=f"{pipeline.settings.topic_prefix}site-abort",
-        enable_idempotence=True,
-    )
+    producer = _transactional_producer(pipeline, "site-abort")
     try:
-        producer.init_transactions()
         producer.begin_transaction()
         event = make.assessment("P-ab0a000001", "N01-S01", "PHQ9", 20, 0)
         producer.send(
