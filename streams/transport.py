@@ -105,6 +105,9 @@ HAND_OVER_ON_STOP_S = 10.0
 #: without some of them, and seconds between the requests for it meanwhile.
 METADATA_WAIT_S = 30.0
 METADATA_RETRY_S = 0.1
+#: Seconds a topic declaration Kafka fails with a retriable error is asked again
+#: (:meth:`Transport._create_topic`), as long as exnet's own start requests are.
+DECLARE_RETRY_S = 120.0
 
 
 class BatchMessage(ConsumerMessage):
@@ -806,8 +809,62 @@ class _ChangelogRecord(NamedTuple):
 
 
 class Transport(faust_aiokafka.Transport):
+    """Faust's aiokafka transport with this module's consumer and producer, and its
+    topic declarations retried while Kafka fails them for a broker that died."""
+
     Consumer = Consumer
     Producer = Producer
+
+    async def _create_topic(
+        self,
+        owner: Any,
+        client: Any,
+        topic: str,
+        partitions: int,
+        replication: int,
+        **kwargs: Any,
+    ) -> None:
+        """Faust's declaration of ``topic`` (its leader topic, a table's changelog),
+        asked again for up to :data:`DECLARE_RETRY_S` seconds while Kafka fails it
+        with a retriable error, the client's metadata refreshed in between; raised
+        at once when ``owner`` stops.
+
+        Faust asks the first broker of its client's metadata for the controller and
+        sends the request there: a broker of the cluster killed a moment before is
+        listed until its peers fence it (9 s), and the worker started then exited 1
+        with ``NodeNotReadyError`` (in one of three starts right after a kill,
+        2026-12-03). exnet's own start requests are retried the same way
+        (``exnet.runner``).
+        """
+        from aiokafka.errors import KafkaError, KafkaTimeoutError
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
+
+        def retriable(exc: BaseException) -> bool:
+            kafka = isinstance(exc, KafkaError) and (
+                exc.retriable or isinstance(exc, KafkaTimeoutError)
+            )
+            return kafka and not owner.should_stop
+
+        async def waiting(state: Any) -> None:
+            log.warning(
+                "Kafka failed to declare topic %s (%r); asking again in %.1f s",
+                topic,
+                state.outcome.exception(),
+                state.next_action.sleep,
+            )
+            await client.force_metadata_update()
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(retriable),
+            wait=wait_exponential(multiplier=0.25, max=5),
+            stop=stop_after_delay(DECLARE_RETRY_S),
+            sleep=owner.sleep,  # returns at once when the worker stops
+            before_sleep=waiting,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await super()._create_topic(owner, client, topic, partitions, replication, **kwargs)
 
 
 def register(transports: FactoryMapping[Any]) -> None:

@@ -331,3 +331,70 @@ def test_the_table_s_shortcut_still_matches_what_faust_and_mode_do() -> None:
     store = inspect.getsource(Store)
     assert store.count("self.data:") + store.count("self.data =") == 1
     assert "self.data: MutableMapping = {}" in inspect.getsource(Store.__post_init__)
+
+
+class _Owner:
+    """What :meth:`Transport._create_topic` uses of the Faust service declaring a topic."""
+
+    def __init__(self) -> None:
+        self.should_stop = False
+        self.slept: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.refreshed = 0
+
+    async def force_metadata_update(self) -> bool:
+        self.refreshed += 1
+        return True
+
+
+def _declare(monkeypatch: pytest.MonkeyPatch, failures: list[Exception], owner: _Owner) -> int:
+    """Declare a topic through :class:`Transport` while Faust's own declaration raises
+    ``failures`` in turn, then succeeds; how many times Faust's was called."""
+    calls = 0
+
+    async def faust_declare(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if failures:
+            raise failures.pop(0)
+
+    monkeypatch.setattr(faust_aiokafka.Transport, "_create_topic", faust_declare)
+    transport = Transport.__new__(Transport)  # the method uses no state of its own
+    try:
+        asyncio.run(transport._create_topic(owner, _Client(), "t", 1, 1))
+    finally:
+        monkeypatch.undo()
+    return calls
+
+
+def test_a_declaration_kafka_fails_for_a_dead_broker_is_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker started right after a broker's kill -9 exited 1: Faust sent its leader
+    # topic's declaration to the dead broker (NodeNotReadyError).
+    from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
+
+    owner = _Owner()
+    failures: list[Exception] = [NodeNotReadyError("node 1"), KafkaConnectionError("refused")]
+    assert _declare(monkeypatch, failures, owner) == 3
+    assert len(owner.slept) == 2
+
+
+def test_a_refused_declaration_or_a_stopping_worker_is_not_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiokafka.errors import NodeNotReadyError, TopicAuthorizationFailedError
+
+    with pytest.raises(TopicAuthorizationFailedError):
+        _declare(monkeypatch, [TopicAuthorizationFailedError("acl")], _Owner())
+    stopping = _Owner()
+    stopping.should_stop = True
+    with pytest.raises(NodeNotReadyError):
+        _declare(monkeypatch, [NodeNotReadyError("node 1")], stopping)
+    assert stopping.slept == []
