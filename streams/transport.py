@@ -183,6 +183,20 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     #: not committed is read again, and read again is made exact downstream.
     shutdown_timeout = CONSUMER_STOP_TIMEOUT_S
 
+    async def stop(self) -> None:
+        """mode's stop, but a consumer that did not close within
+        :attr:`shutdown_timeout` is one warning line, not mode's ERROR and traceback
+        ("Error while stopping child"): the stop goes on as it did."""
+        try:
+            await super().stop()
+        except TimeoutError:
+            log.warning(
+                "the Kafka consumer did not close within %g s (its group's coordinator "
+                "did not answer); stopping without it: what it had not committed is "
+                "read again by the next worker",
+                self.shutdown_timeout,
+            )
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Faust fixes the broker's fetch wait at 1.5 s (no setting reaches it), and

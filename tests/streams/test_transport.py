@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -398,3 +399,23 @@ def test_a_refused_declaration_or_a_stopping_worker_is_not_retried(
     with pytest.raises(NodeNotReadyError):
         _declare(monkeypatch, [NodeNotReadyError("node 1")], stopping)
     assert stopping.slept == []
+
+
+def test_a_consumer_that_does_not_close_in_time_is_one_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # After the coordinator's broker died, a SIGTERM ended with mode's ERROR "Error
+    # while stopping child <ConsumerThread>: TimeoutError()" and its traceback.
+    async def stop() -> None:
+        app = faust.App("exnet-test-stop", broker=f"{SCHEME}://127.0.0.1:9092")
+        register(TRANSPORTS)
+        consumer: Any = app.consumer
+        thread = consumer._thread
+        thread.shutdown_timeout = 0.1
+        thread._started.set()  # as if started; its loop never reports the shutdown
+        await thread.stop()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(stop())
+    assert [(r.name, r.levelno) for r in caplog.records] == [("streams.transport", logging.WARNING)]
+    assert "did not close within 0.1 s" in caplog.records[0].getMessage()
