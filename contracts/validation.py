@@ -43,7 +43,6 @@ from contracts.envelope import (
     SPECIAL_UUIDS,
     EventBase,
     occurred_at_problem,
-    utc_or_as_written,
 )
 from contracts.reasons import Reason
 from contracts.registry import DEFAULT_EARLIEST_DATE, NetworkRegistry
@@ -405,7 +404,7 @@ class Validator:
         """The checks after the fields': key, site, time (SPEC §2's order)."""
         fields = event.__dict__
         if fields["occurred_at"] < self._earliest:
-            issue = _before_earliest(fields["occurred_at"], self._earliest)
+            issue = _before_earliest(self._earliest)
             return Rejected(Reason.INVALID_FIELD, (issue,), origin, event.event_id)
         if check_key and key != fields["participant_id"].encode():
             return _key_mismatch(event, key, origin)
@@ -743,11 +742,12 @@ def _path(loc: Sequence[int | str]) -> str:
     return ".".join(str(part) for part in loc)
 
 
-def _before_earliest(occurred_at: datetime, earliest: datetime) -> FieldIssue:
+def _before_earliest(earliest: datetime) -> FieldIssue:
     return FieldIssue(
         "occurred_at",
-        f"{occurred_at.isoformat()} is before {earliest.date().isoformat()}, the earliest "
-        "date of this network's events (a typo in the year?)",
+        # Not the value: a date of birth typed here would reach the analysts' table.
+        f"before {earliest.date().isoformat()}, the earliest date of this network's "
+        "events (a typo in the year?)",
         "before_earliest_date",
     )
 
@@ -763,7 +763,7 @@ def _too_early(document: dict[str, Any], earliest: datetime) -> FieldIssue | Non
         return None
     if instant.tzinfo is None or instant >= earliest:
         return None
-    return _before_earliest(utc_or_as_written(instant), earliest)
+    return _before_earliest(earliest)
 
 
 def _rejection(

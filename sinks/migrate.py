@@ -27,6 +27,7 @@ MIGRATIONS: tuple[str, ...] = (
     "m0006_analysts_tables",
     "m0007_rejected_failed_text",
     "m0008_randomized_comments",
+    "m0009_rejected_unknown_names",
 )
 
 

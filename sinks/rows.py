@@ -117,7 +117,7 @@ _IDENTIFIER_FIELDS: Final = frozenset(
     {"event_id", "participant_id", "node_id", "site_id", "specimen_id", "lab_id", "batch_id"}
 )
 #: Every field some event version has (by wire name).
-_KNOWN_FIELDS: Final = frozenset(name for fields in _FIELDS.values() for name in fields)
+KNOWN_FIELDS: Final = frozenset(name for fields in _FIELDS.values() for name in fields)
 
 
 _NODE_ID = re.compile(NODE_ID_PATTERN)
@@ -129,6 +129,10 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
     detail = _loads_object(detail_json)
     payload = value or b""
     document = _loads_object(payload)
+    unknown = unknown_names(document, detail)
+    if unknown:
+        detail = _detail_naming(detail, unknown)
+        detail_json = orjson.dumps(detail)
     source = source_origin(headers)
     event_id = headers.get(H.EVENT_ID)
     # The site the bytes name, even when they are no JSON object (an object in an
@@ -147,7 +151,7 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
         event_id.decode() if event_id else None,
         node_id,
         site_id,
-        redacted_payload(payload, detail),
+        redacted_payload(payload, detail, unknown),
         # Of the original bytes, also when the dead-letter message holds their start only.
         headers[H.ORIGINAL_SHA256].decode()
         if H.ORIGINAL_SHA256 in headers
@@ -157,17 +161,67 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
     ]
 
 
-def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
+#: What stands for the name of the n-th unknown field (SPEC §4): a site's member name
+#: is free text too ("Ann Smith MRN 12345678": 1).
+UNKNOWN_NAME: Final = "<unknown field {n}>"
+
+
+def unknown_names(document: Mapping[str, Any], detail: Mapping[str, Any]) -> dict[str, str]:
+    """Each member name of ``document`` that no event version has, and each name an
+    ``extra_forbidden`` error's path ends in (an unknown member of a known field's
+    object) -> :data:`UNKNOWN_NAME`, numbered in the order they come, from 1."""
+    names = [key for key in document if key and key not in KNOWN_FIELDS]
+    errors = detail.get("errors")
+    for error in errors if isinstance(errors, list) else ():
+        if isinstance(error, dict) and error.get("type") == "extra_forbidden":
+            name = str(error.get("path", "")).split(".")[-1]
+            if name and name not in KNOWN_FIELDS and name not in names:
+                names.append(name)
+    return {name: UNKNOWN_NAME.format(n=n) for n, name in enumerate(names, start=1)}
+
+
+def _detail_naming(detail: Mapping[str, Any], unknown: Mapping[str, str]) -> dict[str, Any]:
+    """``detail`` with each unknown name in its errors' paths and messages (where a
+    repeated member name is quoted) replaced as ``unknown`` says, its ``message``
+    made again from them (``path: message; ...``, as the validator makes it)."""
+    errors: list[Any] = []
+    for error in detail.get("errors") or ():
+        if not isinstance(error, dict):
+            errors.append(error)
+            continue
+        path = ".".join(unknown.get(part, part) for part in str(error.get("path", "")).split("."))
+        message = str(error.get("message", ""))
+        for name, stands_for in unknown.items():
+            message = message.replace(repr(name), repr(stands_for))
+            message = message.replace(
+                orjson.dumps(name).decode(), orjson.dumps(stands_for).decode()
+            )
+        errors.append({**error, "path": path, "message": message})
+    told = [e for e in errors if isinstance(e, dict)]
+    return {
+        **detail,
+        "message": "; ".join(
+            f"{e['path']}: {e['message']}" if e["path"] else e["message"] for e in told
+        ),
+        "errors": errors,
+    }
+
+
+def redacted_payload(
+    payload: bytes, detail: Mapping[str, Any], unknown: Mapping[str, str] | None = None
+) -> bytes:
     """``payload`` as analysts may read it, with :data:`REDACTED` for every value that may
     name a person (``detail``: the rejection's, whose ``reason`` and ``errors`` say
-    which fields were judged and how):
+    which fields were judged and how), and each unknown field's name as ``unknown``
+    says (:func:`unknown_names`; names kept when None):
 
     - an unknown field's value;
     - when every field was judged by its own rule (``invalid_field`` and the reasons
       checked after the fields): a failing identifier field's value, and a failing
       field's text (a string, an object or an array: ``"status": "Jane Doe DOB 1970"``)
       unless the error judged a well-formed value (a cross-field rule, a time in the
-      future or before the network's earliest date); a failing number, boolean or
+      future; not a time before the network's earliest date, which may be a date of
+      birth typed in the wrong field); a failing number, boolean or
       null is kept: the value to fix (``"rpe": 99``);
     - when the fields were not judged (``too_large``, ``malformed_json``,
       ``unknown_schema``: another topic's event, a repeated member name): every text
@@ -181,6 +235,8 @@ def redacted_payload(payload: bytes, detail: Mapping[str, Any]) -> bytes:
     document = _loads(payload)
     if not isinstance(document, dict):
         return orjson.dumps(REDACTED)
+    if unknown:
+        document = {unknown.get(key, key): value for key, value in document.items()}
     if detail.get("reason") in _FIELDS_NOT_JUDGED:
         return orjson.dumps(
             _writable(
@@ -213,7 +269,6 @@ _FIELDS_NOT_JUDGED: Final = frozenset(
 _WELL_FORMED_ERRORS: Final = frozenset(
     {
         CROSS_FIELD_ERROR,
-        "before_earliest_date",
         Reason.FUTURE_TIMESTAMP.value,
         Reason.CONFLICTING_DUPLICATE.value,
     }
@@ -229,7 +284,7 @@ _SHOWN_UNJUDGED: Final = {
 
 
 def _shown_unjudged(key: str, value: Any) -> bool:
-    if key not in _KNOWN_FIELDS:
+    if key not in KNOWN_FIELDS:
         return False
     if not isinstance(value, str | dict | list):
         return True
@@ -242,7 +297,7 @@ def _may_identify(key: str, value: Any, malformed: bool) -> bool:
     identifier field's; a malformed field's text (a site's free text where an enum, a
     time or a number was due: SPEC §1 lets no free text in, so none may reach the
     analysts either)."""
-    if key not in _KNOWN_FIELDS:
+    if key not in KNOWN_FIELDS:
         return True
     if not malformed:
         return False

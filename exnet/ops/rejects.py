@@ -633,7 +633,10 @@ def what_to_do(message: RejectedMessage, issue: Issue) -> str:
     if reason == "future_timestamp":
         return f"{issue.message}: check the clock and time zone of the computer that wrote it"
     if kind == "extra_forbidden":
-        return f"remove {path}: {message.event_type} events have no such field"
+        withheld = (
+            " (its name is withheld here: --original shows it)" if path.startswith("<") else ""
+        )
+        return f"remove {path}{withheld}: {message.event_type} events have no such field"
     if kind == "missing":
         required = issue.message in ("", "Field required")
         return f"add {path}: it is required" if required else f"add {path} ({issue.message})"

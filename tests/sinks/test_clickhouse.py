@@ -269,6 +269,49 @@ def test_m0007_redacts_rows_written_before_that_kept_a_failed_field_s_text(
     ]
 
 
+def test_m0009_withholds_rows_written_before_that_named_an_unknown_field(
+    client: Any, settings: Settings
+) -> None:
+    """Rows that kept an unknown field's name or a time before the earliest date lose
+    payload, message and detail's errors; other rows stay as they are."""
+    from sinks.migrations import m0009_rejected_unknown_names
+    from sinks.rows import REJECTED_COLUMNS
+
+    def rejected(offset: int, reason: str, payload: bytes, kind: str) -> list[Any]:
+        errors = [{"path": "Ann Smith", "type": kind, "message": "x"}]
+        detail = json.dumps({"reason": reason, "message": "Ann Smith: x", "errors": errors})
+        now = datetime.now(UTC)
+        return [
+            reason, detail, "Ann Smith: x", "exnet.session", 0, offset, None, "N01",
+            "N01-S01", payload, "digest", now, now,
+        ]  # fmt: skip
+
+    named = b'{"schema":"session/1","Ann Smith":"<redacted>","rpe":3}'
+    plain = b'{"schema":"session/1","rpe":99}'
+    writer = ClickHouseWriter(client, client.database)
+    writer.setup({"rejected_events": REJECTED_COLUMNS})
+    rows = [
+        rejected(1, "invalid_field", named, "extra_forbidden"),
+        rejected(2, "too_large", named, "too_large"),  # the name in the payload only
+        rejected(3, "invalid_field", plain, "before_earliest_date"),
+        rejected(4, "invalid_field", plain, "less_than_equal"),
+    ]
+    writer.write("rejected_events", REJECTED_COLUMNS, rows, token="m0009")
+
+    for _ in range(2):  # applied again after an interruption: the same
+        for statement in m0009_rejected_unknown_names.statements(settings.clickhouse_database):
+            client.command(statement)
+
+    stored = client.query(
+        "SELECT source_offset, reason, payload, message, detail FROM rejected_events FINAL "
+        "ORDER BY 1"
+    ).result_rows
+    for offset, reason, payload, message, detail in stored[:3]:
+        assert payload == '"<redacted>"' and "Ann" not in message + detail, offset
+        assert json.loads(detail) == {"reason": reason, "message": message, "errors": []}
+    assert stored[3][2:4] == (plain.decode(), "Ann Smith: x")
+
+
 # --- another process holds the embedded database ----------------------------------------
 
 #: Holds ``EXNET_VAR_DIR``'s embedded database until its standard input closes.

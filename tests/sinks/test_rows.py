@@ -110,8 +110,8 @@ def test_identifiers_never_reach_the_analysts_table() -> None:
     assert stored == {
         "schema": "assay/1",
         "participant_id": "<redacted>",
-        "patient_name": "<redacted>",
-        "notes": "<redacted>",  # unknown, whether it failed or not
+        "<unknown field 1>": "<redacted>",  # patient_name: a name is free text too
+        "<unknown field 2>": "<redacted>",  # notes: unknown, whether it failed or not
         "batch_id": "<redacted>",
         "site_id": "N01-S01",
         "rpe": 99,  # the value to fix, no identifier
@@ -125,6 +125,51 @@ def test_identifiers_never_reach_the_analysts_table() -> None:
     assert b"Jane" not in row["payload"] and b"00412345" not in row["payload"]
     assert b"Smith" not in row["payload"]
     assert row["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert orjson.loads(row["detail"])["errors"][0]["path"] == "<unknown field 1>"
+
+
+def test_an_unknown_field_s_name_never_reaches_the_analysts_table() -> None:
+    """A site's member name is free text ("Ann Smith MRN 12345678": 1): every rejection
+    names it <unknown field n> in payload, detail and message; the dead-letter
+    topic's detail keeps it for the site (`exnet rejects --original`)."""
+    sent: dict[str, object] = {
+        "schema": "enrollment/9",
+        "Jane Roe MRN 556": 1,
+        "site_id": "N01-S01",
+        "status": "screened",
+    }
+    errors = [
+        {"path": "schema", "type": "unknown_schema", "message": "'enrollment/9' is not it"},
+        {"path": "Jane Roe MRN 556", "type": "extra_forbidden", "message": "unknown field"},
+        {"path": "", "type": "repeated_name", "message": "the member name 'Jane Roe MRN 556'"},
+    ]
+    detail = {
+        "reason": "unknown_schema",
+        "message": "; ".join(f"{e['path']}: {e['message']}" for e in errors),
+        "errors": errors,
+    }
+    headers = {
+        H.REASON: b"unknown_schema",
+        H.SOURCE_TOPIC: b"exnet.enrollment",
+        H.SOURCE_PARTITION: b"0",
+        H.SOURCE_OFFSET: b"3",
+        H.REJECTED_AT: b"2026-06-01T00:00:00+00:00",
+        H.DETAIL: orjson.dumps(detail),
+    }
+    row = dict(zip(REJECTED_COLUMNS, rejected_row(orjson.dumps(sent), headers, NOW), strict=True))
+    for column in ("payload", "detail", "message"):
+        text = row[column] if isinstance(row[column], str) else row[column].decode()
+        assert "Jane" not in text and "556" not in text, column
+    assert orjson.loads(row["payload"]) == {
+        "schema": "enrollment/9",
+        "<unknown field 1>": REDACTED,
+        "site_id": "N01-S01",
+        "status": REDACTED,  # the fields were not judged: no text known to be safe
+    }
+    assert row["message"] == (
+        "schema: 'enrollment/9' is not it; <unknown field 1>: unknown field; "
+        "the member name '<unknown field 1>'"
+    )
 
 
 # --- the stream-written views' messages -------------------------------------------------
@@ -242,14 +287,22 @@ def test_a_message_whose_fields_were_not_judged_keeps_no_text_but_names_and_ids(
 
 
 def test_a_well_formed_value_a_rule_refused_is_kept() -> None:
-    """A time in the future or before the earliest date, an enum value a cross-field rule
-    refused: they matched their own rules, so they hold no free text."""
+    """A time in the future, an enum value a cross-field rule refused: they matched their
+    own rules, so they hold no free text."""
     document = {"occurred_at": "2099-01-01T00:00:00Z", "reason": "participant_choice"}
     errors = [
         {"path": "occurred_at", "type": "future_timestamp", "message": "x"},
         {"path": "reason", "type": "cross_field", "message": "x"},
     ]
     assert _stored("future_timestamp", document, errors) == document
+
+
+def test_a_time_before_the_earliest_date_is_redacted() -> None:
+    # A date of birth typed into occurred_at is well formed, and was kept.
+    document = {"occurred_at": "1979-03-02T00:00:00Z", "status": "screened"}
+    errors = [{"path": "occurred_at", "type": "before_earliest_date", "message": "x"}]
+    stored = _stored("invalid_field", document, errors)
+    assert stored == {"occurred_at": REDACTED, "status": "screened"}
 
 
 def test_a_number_beyond_a_double_keeps_the_rest_of_the_document() -> None:
