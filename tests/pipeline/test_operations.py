@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,6 +20,7 @@ from sinks.query import endpoint_file
 from tests.pipeline.events import EventMaker
 from tests.pipeline.harness import Pipeline
 from tests.ports import free_ports
+from tests.sinks.test_clickhouse import _HOLD
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -204,3 +206,38 @@ def test_up_writes_in_a_child_that_reports_through_it_and_lives_and_dies_with_it
     pipeline.drain()  # and nothing was lost on the way
     rows = pipeline.scalar("SELECT count() FROM enrollment_events FINAL")
     assert rows == 2
+
+
+def test_a_sink_started_while_the_database_is_held_for_a_moment_waits_for_it(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    # `exnet up --role sink` exited 1 at once when `exnet status` or `exnet sql` (which
+    # open the embedded database when no writer runs) had it open (an outside tester's
+    # find: a sink restarted while status was polled left the pipeline with no writer).
+    pipeline.init()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD],
+        env=pipeline.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline() == b"held\n"
+    log = tmp_path / "sink.log"
+    sink = pipeline.start("--role", "sink", log=log)
+    try:
+        time.sleep(4)
+        assert sink.poll() is None, log.read_text()[-3000:]
+        assert "held by another process" in log.read_text()
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while "writing ClickHouse database" not in log.read_text():
+            assert sink.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        os.killpg(sink.pid, signal.SIGTERM)
+        assert sink.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
