@@ -419,3 +419,43 @@ def test_a_consumer_that_does_not_close_in_time_is_one_warning_not_an_error(
         asyncio.run(stop())
     assert [(r.name, r.levelno) for r in caplog.records] == [("streams.transport", logging.WARNING)]
     assert "did not close within 0.1 s" in caplog.records[0].getMessage()
+
+
+def test_a_consumer_close_that_fails_is_one_warning_and_the_stop_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # With the broker down, aiokafka's close awaited a fetch cancelled while it waited to
+    # retry: the CancelledError ended the thread ("Exception in thread") before it
+    # reported its shutdown, and a SIGTERM waited 10 s.
+    async def failing_close(self: Any) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_thread_stop", failing_close)
+
+    async def stop() -> None:
+        app = faust.App("exnet-test-close", broker=f"{SCHEME}://127.0.0.1:9092")
+        register(TRANSPORTS)
+        consumer: Any = app.consumer
+        await consumer._thread.on_thread_stop()
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(stop())
+    assert [r.getMessage() for r in caplog.records] == [
+        "the Kafka consumer's close failed (CancelledError()); stopping without it"
+    ]
+
+    async def slow_close(self: Any) -> None:
+        await asyncio.sleep(10)
+
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "on_thread_stop", slow_close)
+
+    async def cancelled_meanwhile() -> None:  # a cancellation of the stop itself stays one
+        app = faust.App("exnet-test-close", broker=f"{SCHEME}://127.0.0.1:9092")
+        consumer: Any = app.consumer
+        task = asyncio.ensure_future(consumer._thread.on_thread_stop())
+        await asyncio.sleep(0.05)  # the close is under way
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled_meanwhile())
