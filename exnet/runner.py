@@ -211,7 +211,7 @@ class _SinkRole(threading.Thread):
         settings = self._settings
         database = settings.clickhouse_database
         give_up_at = time.monotonic() + LOCKED_WAIT_S
-        warned = False
+        waited = False
         while True:
             if self._halt.is_set():
                 return
@@ -219,26 +219,24 @@ class _SinkRole(threading.Thread):
                 client = connect(settings, create_database=True)
                 break
             except DatabaseLocked:
-                if not self._standby:
-                    # A sink restarted while `exnet status` polled exited 1 at once (an
-                    # outside tester's find): those hold the database for a moment.
-                    if time.monotonic() >= give_up_at:
-                        raise
-                    if not warned:
-                        log.warning(
-                            "the embedded database is held by another process (exnet sql "
-                            "and exnet status hold it for a moment); asking again for %.0f s",
-                            LOCKED_WAIT_S,
-                        )
-                    warned = True
-                    self._halt.wait(LOCKED_RETRY_S)
-                    continue
-                if not self.standing_by:
+                # A standby waits for good; `--role sink` for LOCKED_WAIT_S, as `exnet sql`
+                # and `exnet status` hold the database for a moment (a sink restarted while
+                # status was polled exited 1 at once: an outside tester's find).
+                if not self._standby and time.monotonic() >= give_up_at:
+                    raise
+                if not waited and self._standby:
                     log.info(
                         "the embedded database is held by another exnet; standing by as writer"
                     )
-                self.standing_by = True
-                self._halt.wait(STANDBY_RETRY_S)
+                elif not waited:
+                    log.warning(
+                        "the embedded database is held by another process (exnet sql and "
+                        "exnet status hold it for a moment); asking again for %.0f s",
+                        LOCKED_WAIT_S,
+                    )
+                waited = True
+                self.standing_by = self._standby
+                self._halt.wait(STANDBY_RETRY_S if self._standby else LOCKED_RETRY_S)
         self.standing_by = False
         endpoint: QueryEndpoint | None = None
         read_client = None
