@@ -20,7 +20,7 @@ DEFAULT_MAX_REJECT_SHARE: Final = 0.05
 JSON_KEYS_HELP: Final = """\
 The --json document (stable keys):
 generated_at (ISO UTC), healthy (bool), problems [{kind, message}] with kind one of
-broker_unreachable, partitions_offline, under_replicated, topics_not_authorized,
+broker_unreachable, kafka_refused, partitions_offline, under_replicated, topics_not_authorized,
 topics_missing, lag_unavailable, no_workers, clickhouse_unreachable, stale_sites,
 high_reject_share;
 broker {bootstrap, reachable, error, brokers (live node ids), out_of_sync (node ids with a

@@ -6,7 +6,8 @@ What callers may rely on:
   each part is collected on its own, and a part that cannot be read says why
   (``reachable: false`` and ``error``) while the other parts are still filled.
 - :attr:`StatusReport.problems` lists everything that needs an operator:
-  broker unreachable, topics missing, consumer lag unreadable, ClickHouse
+  broker unreachable, Kafka refusing this client's login (or the client
+  refusing the brokers' certificate), topics missing, consumer lag unreadable, ClickHouse
   unreachable (or not initialised), stale sites, a high share of rejected
   messages. ``exnet status`` exits 1 exactly when it is not empty.
 - Windows are in processing time: "last day" counts events by ``ingested_at``
@@ -118,6 +119,9 @@ class BrokerState:
     out_of_sync: tuple[int, ...] = ()
     #: The SCRAM login status used (None on a plaintext listener).
     login: str | None = None
+    #: Kafka answered but refused this client (its login, or the brokers'
+    #: certificate against the CA file): ``error`` says which.
+    refused: bool = False
 
     @property
     def under_replicated(self) -> int:
@@ -381,8 +385,8 @@ def collect_broker(settings: Settings) -> BrokerState:
     if not answers:
         hint = silent_broker_hint(settings)
         silent = f"no Kafka broker answers at {bootstrap}" + (f" ({hint})" if hint else "")
-        why = refusals.reason() or silent
-        return BrokerState(bootstrap, False, why)
+        refused = refusals.reason()
+        return BrokerState(bootstrap, False, refused or silent, refused=refused is not None)
     try:
         admin = KafkaAdminClient(
             **connection,
@@ -623,7 +627,8 @@ def find_problems(
     """Everything that needs an operator, in the order to look at it."""
     problems: list[Problem] = []
     if not broker.reachable:
-        problems.append(Problem("broker_unreachable", broker.error or "the broker is unreachable"))
+        kind = "kafka_refused" if broker.refused else "broker_unreachable"
+        problems.append(Problem(kind, broker.error or "the broker is unreachable"))
     else:
         hidden = [t.name for t in broker.topics if not t.authorized]
         missing = [t.name for t in broker.topics if t.authorized and not t.exists]

@@ -111,6 +111,11 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
         assert refused.returncode == 3, refused.stderr
         assert "Kafka refused the login of 'site-N01-S01' (SCRAM-SHA-512)" in refused.stderr
         assert f"spooled {len(extra)}" in refused.stdout
+        status = run(wrong, "status", "--json")
+        assert status.returncode == 1, status.stderr[-2000:]
+        (first,) = json.loads(status.stdout)["problems"][:1]
+        assert first["kind"] == "kafka_refused", first  # not "unreachable": it answered
+        assert "Kafka refused the login of 'site-N01-S01'" in first["message"], first
         flushed = run(secrets / "site-N01-S01.env", "spool", "flush")
         assert flushed.returncode == 0 and f"sent {len(extra)}" in flushed.stdout, flushed
 
