@@ -5,7 +5,14 @@ same line on every retry of a tight loop: a topic deleted under a running
 ``exnet up`` gave 143,000 WARNING lines in 20 s (``kafka.consumer.fetcher``:
 "Received unknown topic or partition error in ListOffsets request ...").
 :class:`RepeatFilter` lets each distinct line of theirs through once per
-interval, and says with the next one how many it held back.
+interval, and says with the next one how many it held back. Lines that differ
+only in an object's address or a measured duration are the same line: on a
+loaded 2-core machine kafka-python's I/O thread warns of each step over 0.1 s
+(``Task <kafka.net.selector.Task object at 0x7f5be6a4a7d0> ran for 0.293s
+(>0.100s threshold). It is blocking the event loop ...``), each line with another
+address and duration: 131 of a sink log's 231 lines. Shown once a minute, not
+dropped: the same warning without end, from a process making no progress, is how
+kafka-python reports a tight loop stuck in its own I/O thread.
 
 kafka-python (3.0.12) closes a client's sockets on the thread that calls
 ``close()`` while its own I/O thread may be reading them: that thread then
@@ -20,6 +27,7 @@ closed on purpose fails its requests with ``Cancelled``; one lost, with its erro
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -40,13 +48,30 @@ KAFKA_CLIENTS: Final = ("kafka", "aiokafka")
 #: Distinct lines remembered at most (then forgotten all at once: a line may then
 #: pass once more within its interval).
 _REMEMBERED: Final = 10_000
+#: An object's default repr's address (``<kafka.net.selector.Task object at 0x7f5b...>``):
+#: another object, the same line. Only after " at ": other hex numbers (a CRC, an error
+#: code) may tell two errors apart.
+_ADDRESS: Final = re.compile(r"(?<= at )0x[0-9a-fA-F]+\b")
+#: A measured duration: a number with a fraction and a unit of time ("ran for 0.293s",
+#: "took 1.204s", "(12.5 ms)"); kafka-python prints them with %.3f or %f. Whole numbers
+#: stay: in these lines they are node ids, partitions, offsets, error codes and
+#: configured timeouts ("timed out after 30000 ms"), which tell lines apart.
+_DURATION: Final = re.compile(r"\b\d+\.\d+(?= ?m?s\b)")
+
+
+def _same_line(message: str) -> str:
+    """``message`` as :class:`RepeatFilter` compares it: object addresses and measured
+    durations replaced by ``0x?`` and ``?`` (``Task <... object at 0x?> ran for ?s
+    (>?s threshold) ...``)."""
+    return _DURATION.sub("?", _ADDRESS.sub("0x?", message))
 
 
 class RepeatFilter(logging.Filter):
     """Passes a record of the ``loggers`` (and their children) unless the same line
-    (logger, level and message as printed) passed less than ``interval_s`` seconds
-    ago; the first to pass after others were held back ends in ``(N more like this in
-    the last S s, not shown)``. Other loggers' records always pass. Thread-safe (Kafka
+    (logger, level and message as printed, its object addresses and measured durations
+    aside: :func:`_same_line`) passed less than ``interval_s`` seconds ago; the first
+    to pass after others were held back ends in ``(N more like this in the last S s,
+    not shown)``. Other loggers' records always pass. Thread-safe (Kafka
     clients log from their own threads)."""
 
     def __init__(
@@ -69,8 +94,9 @@ class RepeatFilter(logging.Filter):
         if name not in self._loggers and not name.startswith(self._prefixes):
             return True
         # The line as printed: kafka-python's arguments include connection objects,
-        # whose repr (their address) differs at each reconnection.
-        line = (name, record.levelno, record.getMessage())
+        # whose repr (their address) differs at each reconnection; some messages come
+        # formatted already, with an object's address and a duration in them.
+        line = (name, record.levelno, _same_line(record.getMessage()))
         now = self._clock()
         with self._lock:
             seen = self._lines.get(line)

@@ -187,3 +187,45 @@ def test_a_metadata_refresh_cancelled_by_close_is_dropped_and_a_lost_broker_s_is
     races = CloseRaceFilter()
     assert not races.filter(refresh_failed(Cancelled()))
     assert races.filter(refresh_failed(KafkaConnectionError("connection refused")))
+
+
+def _slow_task(address: str, seconds: float) -> logging.LogRecord:
+    """kafka-python's slow-step warning, formatted as its selector formats it (no args)."""
+    message = (
+        f"Task <kafka.net.selector.Task object at {address}> ran for {seconds:.3f}s "
+        "(>0.100s threshold). It is blocking the event loop -- likely a tight sync loop "
+        "inside a coroutine. Other pollers will time out."
+    )
+    return logging.LogRecord("kafka.net.selector", logging.WARNING, __file__, 1, message, (), None)
+
+
+def test_slow_task_warnings_collapse_whatever_task_and_duration_they_name() -> None:
+    """131 of a loaded sink's 231 log lines: each with another task address and duration."""
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=60.0, clock=clock)
+    passed = []
+    for step in range(131):  # one every 0.5 s
+        clock.now = 100.0 + step / 2
+        record = _slow_task(f"0x7f5be6a{step:05x}", 0.1 + step / 1000)
+        if repeats.filter(record):
+            passed.append(record.getMessage())
+    assert len(passed) == 2
+    assert passed[0].startswith("Task <kafka.net.selector.Task object at 0x7f5be6a00000> ran for")
+    assert passed[1].endswith("(119 more like this in the last 60 s, not shown)")
+
+
+def test_lines_differing_in_other_numbers_stay_apart() -> None:
+    """Only addresses of objects and durations with a fraction are ignored: ids, offsets,
+    whole-number timeouts and other hex values (a CRC) still tell lines apart."""
+    repeats = RepeatFilter(interval_s=60.0, clock=Clock())
+    for message in (
+        "Fetch offset 12 is out of range for partition 3",
+        "Fetch offset 13 is out of range for partition 3",
+        "Fetch offset 12 is out of range for partition 4",
+        "Request timed out after 30000 ms",
+        "Request timed out after 40000 ms",
+        "Record batch CRC 0x1f2e3d4c does not match",
+        "Record batch CRC 0x5a6b7c8d does not match",
+    ):
+        assert repeats.filter(_record(message)), message
+    assert not repeats.filter(_record("Request timed out after 30000 ms"))

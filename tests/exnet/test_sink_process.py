@@ -1,0 +1,88 @@
+"""``exnet up`` (role auto) asks its writer process for metrics and readiness at each
+scrape: a writer that breaks off its answer (it is stopping) must not break the scrape."""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import exnet.runner
+from exnet.httpserver import OpsServer
+from exnet.metrics import Metrics
+from exnet.runner import _SinkProcess
+from exnet.settings import Settings
+
+#: What a stopping writer sent: the headers of a full /metrics reply, then nothing
+#: (http.client.IncompleteRead: 0 bytes read, 13744 more expected).
+TRUNCATED = (
+    b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+    b"Content-Length: 13744\r\n\r\n# HELP exnet_sink_rows_written_total"
+)
+#: A reply that is not HTTP at all (http.client.BadStatusLine).
+NOT_HTTP = b"\x00\x01 closing\r\n"
+
+
+@pytest.fixture(
+    params=[(TRUNCATED, True), (NOT_HTTP, False)], ids=["truncated_body", "bad_status_line"]
+)
+def breaking_child(request: pytest.FixtureRequest) -> Iterator[tuple[int, bool]]:
+    """A loopback port whose server reads a request, sends a broken reply and closes;
+    and whether that reply says ready (its status line does, or not)."""
+    reply: bytes = request.param[0]
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # the request line and headers
+            self.wfile.write(reply)
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield server.server_address[1], request.param[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_child_breaking_off_its_answer_leaves_the_parent_s_metrics_served(
+    breaking_child: tuple[int, bool],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The child's loopback port: the breaking server's (the child is never started).
+    port, says_ready = breaking_child
+    monkeypatch.setattr(exnet.runner, "_free_port", lambda host: port)
+    child = _SinkProcess(Settings(var_dir=tmp_path), on_exit=lambda: None)
+    assert child.metrics() is None
+    assert child.ready() is says_ready  # /readyz's status line is all it reads
+
+    # As run_up wires them: readiness evaluated in each scrape, the child's metrics merged.
+    metrics = Metrics()
+    metrics.ready.set_function(lambda: 1.0 if child.ready() else 0.0)
+    metrics.sink_rows_written.labels("facts").inc(3)  # the parent's own
+    ops = OpsServer("127.0.0.1", 0, metrics, lambda: True, child_metrics=child.metrics)
+    ops.start()
+    try:
+        url = f"http://127.0.0.1:{ops.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310  # local
+            status, text = reply.status, reply.read().decode()
+    finally:
+        ops.stop()
+    assert status == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("exnet_ready", ())] == (1.0 if says_ready else 0.0)
+    assert samples[("exnet_sink_rows_written_total", (("table", "facts"),))] == 3.0
+    assert "Traceback" not in capsys.readouterr().err  # http.server prints handlers' errors
