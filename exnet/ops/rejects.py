@@ -629,7 +629,10 @@ def what_to_do(message: RejectedMessage, issue: Issue) -> str:
     if reason == "key_mismatch":
         return "publish with `exnet publish`, which keys each event by its participant_id"
     if reason == "unknown_site":
-        return f"{issue.message}: correct node_id/site_id, or ask the operators to register it"
+        return (
+            f"{issue.message}: correct node_id/site_id, or ask the operators to register it, "
+            "then send the same events again"
+        )
     if reason == "future_timestamp":
         return f"{issue.message}: check the clock and time zone of the computer that wrote it"
     if kind == "extra_forbidden":

@@ -149,7 +149,7 @@ def test_csv_work_list_and_json(seeded: Seeded, tmp_path: Path) -> None:
             "message": "site 'N01-S09' is not registered",
             "value": '"N01-S09"',
             "what_to_do": "site 'N01-S09' is not registered: correct node_id/site_id, "
-            "or ask the operators to register it",
+            "or ask the operators to register it, then send the same events again",
         }
     ]
     assert (reject["node_id"], reject["site_id"]) == ("N01", "N01-S09")
