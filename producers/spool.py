@@ -13,10 +13,15 @@ appended to by exactly one process, which holds an exclusive ``flock`` on it
 for as long as it writes. A segment whose events are all acknowledged is
 deleted by its owner. A segment left behind, unlocked, holds events Kafka never
 acknowledged: those are the *spooled* events that ``exnet spool flush`` (or the
-next ``exnet publish``) sends. A flusher takes the same exclusive lock before it
-reads a segment, so a flusher never touches a segment a running publisher
-still owns; and a flusher holds ``flush.lock`` for its whole pass, so two
-flushers never run at once (each segment is sent once, oldest first).
+next ``exnet publish``) sends. Its owner leaves it *sealed*: fsynced, then renamed
+``seg-*.sealed-<bytes>.spool``, saying that its first ``<bytes>`` bytes are whole
+records (the size is in the name, where no damage to the file, a cut included, can
+erase it). A segment never sealed (its owner was killed, or it was written by an
+exnet before seals) is sealed by the first flusher that claims it. A flusher
+takes the same exclusive lock before it reads a segment, so a flusher never
+touches a segment a running publisher still owns; and a flusher holds
+``flush.lock`` for its whole pass, so two flushers never run at once (each
+segment is sent once, oldest first).
 
 File format (little-endian), a sequence of records, each
 ``kind:u8 length:u32 crc32:u32 payload[length]``:
@@ -27,14 +32,18 @@ File format (little-endian), a sequence of records, each
   numbered ``first_seq``, ``first_seq + 1``... within the segment;
 - ``A`` acknowledgements: pairs ``first:u64 last:u64`` of inclusive sequence ranges.
 
-A record torn by a crash can only be the last one, cut short; readers ignore
-it (its events were never handed to Kafka, because sending waits for the
-fsync). A whole record whose checksum fails, or of an unknown kind, was damaged
-after it was written (a disk fault, a copy gone wrong): it is never taken for a
-torn one, because the events it held may have been reported as spooled. Readers
-skip it and go on; a flusher sends the segment's readable events and then sets
-it aside under ``<spool>/damaged/`` rather than deleting it, for a person to
-look at (the events in the damaged bytes must be published again).
+A record torn by a crash can only be the last one, cut short, of a segment not
+sealed, or after the sealed bytes (a flusher's acknowledgements); readers ignore
+it, and a flusher cuts it (its events were never handed to Kafka, nor reported as
+spooled, because both wait for the fsync; a lost acknowledgement only means a
+duplicate). Anything else that cannot be read was damaged after it was written (a
+disk fault, a copy gone wrong), and is never taken for a torn record, because the
+events it held may have been reported as spooled: a record whose checksum fails
+or of an unknown kind, a sealed record that runs past the end (a damaged length,
+or the file cut short), and the sealed bytes missing from a file cut between two
+records. Readers skip it and go on; a flusher sends the segment's readable events
+and then sets it aside under ``<spool>/damaged/`` rather than deleting it, for a
+person to look at (the events in the damaged bytes must be published again).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -78,6 +88,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION: Final = 1
 #: Finished segments; temporary names (being created) start with ``.tmp-`` instead.
 SEGMENT_GLOB: Final = "seg-*.spool"
+#: A sealed segment's name ends so, with the bytes it held when it was sealed.
+_SEALED_NAME: Final = re.compile(r"\.sealed-(\d+)\.spool$")
 #: The file whose lock a flusher holds for a whole pass (never deleted).
 FLUSH_LOCK_NAME: Final = "flush.lock"
 #: The folder (in the spool) where damaged segments are set aside once their readable
@@ -149,6 +161,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _sealed_size(path: Path) -> int | None:
+    """The bytes the segment ``path`` held when it was sealed; None: never sealed."""
+    match = _SEALED_NAME.search(path.name)
+    return int(match[1]) if match else None
+
+
 def _fsync_dir(directory: Path) -> None:
     """Make a created, renamed or deleted directory entry durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -164,11 +182,13 @@ class SegmentWriter:
     Not thread-safe: one writer per publisher, used from one thread.
     """
 
-    def __init__(self, path: Path, fd: int, size: int) -> None:
+    def __init__(self, path: Path, fd: int, size: int, *, seal_on_close: bool = False) -> None:
         self.path = path
         self._fd: int | None = fd
         #: Bytes in the file (valid records only).
         self.size = size
+        #: Whether :meth:`close` seals a segment it leaves behind (the owner's writer).
+        self._seal_on_close = seal_on_close
 
     @classmethod
     def create(cls, directory: Path) -> SegmentWriter:
@@ -203,7 +223,7 @@ class SegmentWriter:
             with contextlib.suppress(OSError):
                 temporary.unlink()
             raise
-        return cls(final, fd, len(data))
+        return cls(final, fd, len(data), seal_on_close=True)
 
     @property
     def closed(self) -> bool:
@@ -258,21 +278,51 @@ class SegmentWriter:
     def sync(self) -> None:
         os.fdatasync(self._require_fd())
 
+    def seal(self) -> None:
+        """Say in the segment's name that its :attr:`size` bytes are whole records (see
+        the module docstring): from then on a record there that runs past the end is
+        damage, not a torn write. Fsynced first; :attr:`path` is then the new name.
+
+        Call it only once no record is being appended, under the lock. A seal the disk
+        refuses is logged: the segment stays unsealed, read as before seals existed.
+        """
+        fd = self._require_fd()
+        if _sealed_size(self.path) is not None:
+            return
+        sealed = self.path.with_name(
+            f"{self.path.name.removesuffix('.spool')}.sealed-{self.size}.spool"
+        )
+        try:
+            os.fdatasync(fd)
+            os.rename(self.path, sealed)  # locked: a flusher waiting for it finds it gone
+            self.path = sealed
+            _fsync_dir(sealed.parent)
+        except OSError as exc:
+            log.warning(
+                "cannot seal the spool segment %s (%s): a cut of its end would go unnoticed",
+                self.path,
+                exc.strerror or exc,
+            )
+
     def close(self, *, delete: bool) -> None:
         """Release the segment: delete it (every event acknowledged) or leave it spooled.
 
-        A segment left behind is fsynced first, so what it says survives a crash.
+        A segment left behind is fsynced first, so what it says survives a crash, and
+        sealed by its owner's writer (:meth:`seal`).
         """
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             return
-        fd, self._fd = self._fd, None
         try:
             if delete:
                 self.path.unlink(missing_ok=True)
                 _fsync_dir(self.path.parent)
+            elif self._seal_on_close:
+                self.seal()
             else:
                 os.fdatasync(fd)
         finally:
+            self._fd = None
             os.close(fd)  # releases the lock, after the unlink: no one reads a dead segment
 
 
@@ -288,7 +338,8 @@ class SegmentContents:
     #: Bytes up to where the next record is to be appended (a torn tail is cut there).
     valid_bytes: int = 0
     #: (byte offset, length) of each stretch that could not be read: a record whose
-    #: checksum failed or of an unknown kind, or what follows a damaged length.
+    #: checksum failed or of an unknown kind, what follows a damaged length, a sealed
+    #: record cut short, and sealed bytes missing at the end (offset: the file's size).
     damaged: list[tuple[int, int]] = field(default_factory=list)
 
     @property
@@ -328,10 +379,12 @@ def _decode_acks(payload: bytes, into: set[int]) -> None:
 def read_segment(data: bytes, path: Path) -> SegmentContents:
     """Decode a segment's bytes: its intact records, a torn last record skipped, and
     where it is damaged (:attr:`SegmentContents.damaged`; skipped, not an error).
+    ``path`` names the segment: whether it is sealed, and how many bytes it held then.
 
     Raises :class:`UserError` only for a segment of another format version (written
     by another version of exnet).
     """
+    sealed = _sealed_size(path)
     offset = 0
     header: dict[str, object] | None = None
     events: dict[int, SpooledEvent] = {}
@@ -343,7 +396,9 @@ def read_segment(data: bytes, path: Path) -> SegmentContents:
             kind, length, crc = _RECORD.unpack_from(data, offset)
             end += length
         if end > len(data):  # cut short
-            if damaged:  # after damage its length may be garbage: not a torn write
+            # Torn only where an append may have been under way (see the module
+            # docstring); after damage its length may be garbage.
+            if damaged or (sealed is not None and offset < sealed):
                 damaged.append((offset, len(data) - offset))
                 offset = len(data)
             break
@@ -361,6 +416,8 @@ def read_segment(data: bytes, path: Path) -> SegmentContents:
         else:  # a header after the start, or events before a header
             damaged.append((offset, end - offset))
         offset = end
+    if sealed is not None and len(data) < sealed:  # cut short: sealed records are missing
+        damaged.append((len(data), sealed - len(data)))
     if header is None and not damaged:
         # Creation itself was torn (header never fully written): an empty segment.
         header = {"format": FORMAT_VERSION}
@@ -392,12 +449,17 @@ class ClaimedSegment:
     """A spooled segment this process has locked to send: read it, acknowledge, release."""
 
     def __init__(self, path: Path, fd: int, contents: SegmentContents) -> None:
-        self.path = path
         self.contents = contents
         if contents.torn_bytes:
             # Cut the torn tail so that acknowledgements append after intact records.
             os.ftruncate(fd, contents.valid_bytes)
         self.writer = SegmentWriter(path, fd, contents.valid_bytes)
+        # Its writer is gone (the lock says so): what it holds now is final. Sealed, a
+        # cut after this is damage (a segment left by a killed publisher, or by an
+        # exnet before seals, was never sealed).
+        self.writer.seal()
+        #: The segment's name, sealed.
+        self.path = self.writer.path
         #: Where :meth:`release` set the segment aside (damaged, all else sent), if it did.
         self.set_aside_to: Path | None = None
 
@@ -476,6 +538,18 @@ def _same_file(fd: int, path: Path) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
 
 
+def _open_listed(path: Path) -> tuple[Path, int] | None:
+    """The segment ``path`` open for reading, under its sealed name if its owner (or
+    a flusher) sealed it since it was listed; None when it is gone (deleted)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path, os.open(path, os.O_RDONLY)
+    if _sealed_size(path) is None:
+        for sealed in path.parent.glob(f"{path.name.removesuffix('.spool')}.sealed-*.spool"):
+            with contextlib.suppress(FileNotFoundError):
+                return sealed, os.open(sealed, os.O_RDONLY)
+    return None
+
+
 def _try_lock(fd: int, operation: int, retries: int) -> bool:
     for attempt in range(retries):
         try:
@@ -515,11 +589,11 @@ class Spool:
         reported as in use.
         """
         segments = []
-        for path in self.segment_paths():
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
+        for listed in self.segment_paths():
+            opened = _open_listed(listed)
+            if opened is None:
                 continue  # deleted meanwhile: its events were all acknowledged
+            path, fd = opened
             try:
                 in_use = not _try_lock(fd, fcntl.LOCK_SH, retries=1)
                 data = _read_fd(fd)

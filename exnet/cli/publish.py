@@ -14,9 +14,10 @@ import shlex
 import signal
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO, Annotated, Final
@@ -47,6 +48,7 @@ from producers import (
     flush_spool,
     spool_of,
 )
+from producers.publisher import COMMIT_EVENTS
 
 __all__ = [
     "EXIT_DAMAGED",
@@ -113,6 +115,10 @@ class _LineCounts:
     blank: int = 0
     #: The file and line being read.
     at: tuple[str, int] = ("", 0)
+    #: The file and line of the latest valid events, oldest first: enough to name the
+    #: first event the publisher had not saved yet (it saves them in groups of at most
+    #: COMMIT_EVENTS, across files) when the spool refuses a write.
+    valid_at: deque[tuple[str, int]] = field(default_factory=lambda: deque(maxlen=COMMIT_EVENTS))
 
 
 def _quiet_kafka_logs() -> None:
@@ -272,10 +278,17 @@ def _publish_stream(
                 continue
             counts.read += 1
             read_here += 1
-            outcome = publish(line, (name, number))
-            if isinstance(outcome, Rejected) and size > len(line):  # cut: too_large
+            where = (name, number)
+            try:
+                outcome = publish(line, where)
+            except SpoolWriteError:  # valid: it filled the group the spool refused
+                counts.valid_at.append(where)
+                raise
+            if not isinstance(outcome, Rejected):
+                counts.valid_at.append(where)
+            elif size > len(line):  # cut: too_large
                 _report_too_large(errors, name, number, size)
-            elif isinstance(outcome, Rejected):
+            else:
                 _report_rejection(errors, name, number, outcome)
                 if read_here == 1:
                     first = line.strip()
@@ -408,6 +421,7 @@ def publish_files(
                     break
                 if progress is not None and task is not None and total is not None:
                     progress.update(task, completed=total)
+            publisher.close()  # saves the last group: the spool may refuse it too
         except SpoolWriteError:
             pass  # told below, with what was sent and what was not
         summary = publisher.close()
@@ -422,12 +436,14 @@ def publish_files(
     out.print(_summary_line(lines, summary), markup=False)
     if summary.spool_error is not None:
         name, number = lines.at
+        first, line = _first_unsaved(lines, summary.unsaved, files)
         errors.print(
             f"{name}:{number}: stopped: {summary.spool_error}. "
             f"{_counted(summary.unsaved, 'valid event')} read up to this line "
             f"{'was' if summary.unsaved == 1 else 'were'} neither sent nor spooled, and "
-            f"nothing after it was read. Free some space, then publish {name} and the "
-            "files after it again: events Kafka already has are dropped as duplicates",
+            f"nothing after it was read. Free some space, then publish {first} again from "
+            f"line {line} on, and the files after it: events Kafka already has are dropped "
+            "as duplicates",
             markup=False,
         )
         return EXIT_USAGE
@@ -435,6 +451,18 @@ def publish_files(
         errors.print(f"interrupted after {lines.read + lines.blank} lines", markup=False)
         return EXIT_INTERRUPTED
     return _exit_code(summary)
+
+
+def _first_unsaved(lines: _LineCounts, unsaved: int, files: list[str]) -> tuple[str, int]:
+    """The file and line of the first of the ``unsaved`` valid events: the last ones
+    read (the publisher keeps the group the spool refused, and reads no further).
+
+    The first file's first line if they are more than :attr:`_LineCounts.valid_at`
+    remembers (never: a group holds at most COMMIT_EVENTS events).
+    """
+    if 0 < unsaved <= len(lines.valid_at):
+        return lines.valid_at[-unsaved]
+    return STDIN_NAME if files[0] == "-" else files[0], 1
 
 
 def check_files(settings: Settings, files: list[str]) -> int:

@@ -8,6 +8,7 @@ import os
 import re
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import termios
@@ -422,20 +423,35 @@ def _spool_two_records(settings: Settings, values: list[bytes]) -> Path:
     return segment
 
 
+@pytest.mark.parametrize("damage", ["last byte", "last length", "cut short"])
 def test_a_damaged_spool_file_is_set_aside_named_and_exits_4(
+    damage: str,
     pub_settings: Settings,
     pub_simulation: Simulation,
     pub_producer: FakeProducer,
     pub_write_lines: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """One flipped bit in the spool's last record: its readable events are sent, the
-    file is set aside and named with what to publish again, and publishing goes on
-    (the damaged record's events used to vanish, the file deleted, exit 0)."""
+    """One flipped bit in the spool's last record (in an event, or in its length), or
+    the file cut short: its readable events are sent, the file is set aside and named
+    with what to publish again, and publishing goes on (the damaged record's events
+    used to vanish, the file deleted, exit 0; a damaged length or a cut still did so
+    after the first fix, found by a site's outside tester)."""
     values = [m.value for m in pub_simulation.messages if m.kind.value == "event"][:30]
     segment = _spool_two_records(pub_settings, values[:20])
     data = bytearray(segment.read_bytes())
-    data[-1] ^= 0x01
+    if damage == "last byte":
+        data[-1] ^= 0x01
+    elif damage == "last length":
+        last = 0
+        while True:  # records: kind:u8 length:u32 crc32:u32 payload
+            (length,) = struct.unpack_from("<I", data, last + 1)
+            if last + 9 + length == len(data):
+                break
+            last += 9 + length
+        struct.pack_into("<I", data, last + 1, length | 1 << 24)
+    else:
+        del data[-100:]
     segment.write_bytes(data)
     path = pub_write_lines(values[20:])
 
@@ -534,6 +550,41 @@ def test_a_spool_that_cannot_be_written_stops_the_run_with_its_counts(
     contents = read_segment(segment.read_bytes(), segment)
     assert contents.pending_count == spooled
     assert not contents.damaged and not contents.torn_bytes  # the refused write left nothing
+
+
+@pytest.mark.parametrize("second", [3_000, 1_000])
+def test_a_full_disk_names_the_first_file_and_line_whose_events_were_not_saved(
+    second: int, pub_settings: Settings, tmp_path: Path
+) -> None:
+    """Events are saved in groups (COMMIT_EVENTS) that run across files: when the spool
+    refuses one, what to publish again starts at the group's first event, here in the
+    file before the one being read (the message named only the file being read, and
+    following it lost the earlier file's events: a site's outside tester found it).
+    With a second file of 1,000 events the refused group is the run's last, saved as
+    the run ends."""
+    source = tmp_path / "all.jsonl"
+    simulate(pub_settings, seed=8, participants=300, out=source)
+    lines = source.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 300 + second
+    first, then = tmp_path / "f1.jsonl", tmp_path / "f2.jsonl"
+    first.write_bytes(b"\n" + b"".join(lines[:300]))  # a blank line, then 300 events
+    then.write_bytes(b"".join(lines[300 : 300 + second]))
+    result = subprocess.run(
+        [str(EXNET), "publish", "--no-progress", str(first), str(then)],
+        env=pub_env(pub_settings, EXNET_KAFKA_BOOTSTRAP="127.0.0.1:1"),  # all spooled
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        preexec_fn=_file_size_limit(100_000),  # noqa: PLW1509  # not even one group fits
+        check=False,
+    )
+    err = " ".join(result.stderr.decode().split())
+    assert result.returncode == 2, err
+    assert "Traceback" not in err
+    stopped = min(second, publisher_module.COMMIT_EVENTS - 300)
+    assert f"{then}:{stopped}: stopped: cannot write the spool in " in err
+    assert f" {300 + stopped} valid events read up to this line were neither sent " in err
+    assert f"then publish {first} again from line 2 on, and the files after it: " in err
 
 
 @pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"])

@@ -153,6 +153,69 @@ def test_a_damaged_last_record_is_never_taken_for_a_torn_one(tmp_path: Path) -> 
     assert claimed.set_aside_to.read_bytes().startswith(damaged)  # as found, then the acks
 
 
+@pytest.mark.parametrize("damage", ["length", "cut inside", "cut before"])
+def test_a_finished_segment_whose_last_record_runs_short_is_damaged_not_torn(
+    tmp_path: Path, damage: str
+) -> None:
+    """A segment its publisher closed is sealed: its records were all confirmed as
+    spooled, so a last record whose length was damaged, or a file cut short (a copy
+    gone wrong), even between two records, is damage: set aside, never deleted. (A
+    damaged length or a cut used to be taken for a torn write: the record skipped,
+    and the segment deleted once the rest was sent; a site's outside tester lost 600
+    events so.)"""
+    spool = Spool(tmp_path)
+    path, events, second = _two_records(spool)
+    size = path.stat().st_size
+    data = bytearray(path.read_bytes())
+    if damage == "length":  # one flipped bit: the record seems to run past the end
+        (length,) = struct.unpack_from("<I", data, second + 1)
+        struct.pack_into("<I", data, second + 1, length | 1 << 24)
+    elif damage == "cut inside":
+        del data[-5:]
+    else:  # cut exactly where the last record starts: no record looks damaged
+        del data[second:]
+    path.write_bytes(data)
+
+    contents = read_segment(bytes(data), path)
+    assert contents.events == dict(enumerate(events[:3]))
+    assert contents.torn_bytes == 0
+    assert contents.damaged == [(second, size - second)]
+    with spool.claim(path) as claimed:
+        assert claimed is not None
+        claimed.acknowledge([(0, 2)])  # every readable event sent
+    assert spool.segment_paths() == []
+    assert claimed.set_aside_to == tmp_path / DAMAGED_DIR / path.name
+
+
+def test_a_segment_left_by_a_killed_publisher_has_its_torn_tail_cut_then_is_sealed(
+    tmp_path: Path,
+) -> None:
+    """A segment its writer never closed (killed; or written by an older exnet) may end
+    in a torn record, whose events were never confirmed: it is cut, as ever. The first
+    flusher to claim the segment seals it, so a cut after that is damage."""
+    spool = Spool(tmp_path)
+    path, events, second = _two_records(spool)
+    data = path.read_bytes()
+    path.unlink()
+    unsealed = path.with_name(path.name.split(".")[0] + ".spool")  # as a killed writer left it
+    unsealed.write_bytes(data[:-5])  # the last record torn
+
+    contents = read_segment(unsealed.read_bytes(), unsealed)
+    assert contents.events == dict(enumerate(events[:3]))
+    assert (contents.torn_bytes, contents.damaged) == (len(data) - 5 - second, [])
+    with spool.claim(unsealed) as claimed:  # Kafka down: nothing acknowledged
+        assert claimed is not None
+    (sealed,) = spool.segment_paths()
+    assert sealed != unsealed
+    assert sealed.read_bytes() == data[:second]  # the torn tail cut
+    assert spool.status().pending == 3
+
+    sealed.write_bytes(data[: second - 1])  # now a cut loses confirmed events: damage
+    contents = read_segment(sealed.read_bytes(), sealed)
+    assert (contents.events, contents.torn_bytes) == ({}, 0)
+    assert sum(contents.damaged[-1]) == second  # damaged up to the sealed size
+
+
 def test_a_damaged_segment_with_events_unsent_stays_in_the_spool(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     path, _, _ = _two_records(spool)
