@@ -337,10 +337,14 @@ def _summary_line(lines: _LineCounts, summary: PublishSummary) -> str:
 
 
 def _exit_code(summary: PublishSummary) -> int:
-    if summary.invalid:
-        return EXIT_INVALID
+    """The run's exit status: when several apply, the one asking most of a person first.
+    A damaged spool file (its events must be published again, or they are lost), then
+    invalid lines (to correct), then events still spooled (a later publish or flush
+    sends them by itself). An invalid line hid the other two until 2026-12-03."""
     if summary.resent.set_aside:
         return EXIT_DAMAGED
+    if summary.invalid:
+        return EXIT_INVALID
     if summary.spooled or summary.resent.remaining:
         return EXIT_SPOOLED
     return EXIT_OK

@@ -472,6 +472,29 @@ def test_a_damaged_spool_file_is_set_aside_named_and_exits_4(
     assert b"1 damaged spool file set aside in" in result.stdout
 
 
+def test_a_damaged_spool_file_exits_4_even_beside_an_invalid_line(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    pub_producer: FakeProducer,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """4 (publish a run again, or its events are lost) before 1 (an invalid line): a
+    site's script that waits for 4 never saw it beside an invalid line (an outside
+    tester's find)."""
+    values = [m.value for m in pub_simulation.messages if m.kind.value == "event"][:30]
+    segment = _spool_two_records(pub_settings, values[:20])
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0x01
+    segment.write_bytes(data)
+    path = pub_write_lines([*values[20:], b'{"not": "an event"}'])
+
+    assert publish_files(pub_settings, [str(path)], show_progress=False) == EXIT_DAMAGED
+    _, err = capsys.readouterr()
+    assert f"{path.name}:11:" in err  # the invalid line is still reported
+    assert sorted(pub_producer.values()) == sorted(values[:10] + values[20:])
+
+
 def test_spool_status_names_a_damaged_file_and_flush_keeps_it_while_kafka_is_down(
     pub_settings: Settings, pub_simulation: Simulation, tmp_path: Path
 ) -> None:
