@@ -434,7 +434,8 @@ def publish_files(
             f"{_counted(summary.spooled, 'event')} "
             f"{'was' if summary.spooled == 1 else 'were'} not acknowledged ({summary.problem}); "
             f"{'it waits' if summary.spooled == 1 else 'they wait'} in "
-            f"{spool_of(settings).directory}: run `exnet spool flush` once Kafka is back",
+            f"{spool_of(settings).directory}: run `exnet spool flush` once that is put "
+            "right (Kafka answering, this login accepted)",
             markup=False,
         )
     out.print(_summary_line(lines, summary), markup=False)

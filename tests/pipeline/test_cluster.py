@@ -213,7 +213,7 @@ def test_publish_with_two_brokers_of_three_down_spools_and_says_so(
         assert "Traceback" not in published.stderr, published.stderr[-3000:]
         assert "Exception ignored" not in published.stderr, published.stderr[-3000:]
         assert published.stdout.startswith(f"read {len(events)}, sent ")
-        assert "run `exnet spool flush` once Kafka is back" in published.stderr
+        assert "run `exnet spool flush` once that is put right" in published.stderr
 
         assert cluster.broker("start").returncode == 0
         flushed = pipeline.run("spool", "flush", timeout=240)

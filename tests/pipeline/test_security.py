@@ -111,6 +111,9 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
         assert refused.returncode == 3, refused.stderr
         assert "Kafka refused the login of 'site-N01-S01' (SCRAM-SHA-512)" in refused.stderr
         assert f"spooled {len(extra)}" in refused.stdout
+        assert "once that is put right (Kafka answering, this login accepted)" in " ".join(
+            refused.stderr.split()
+        )
         status = run(wrong, "status", "--json")
         assert status.returncode == 1, status.stderr[-2000:]
         (first,) = json.loads(status.stdout)["problems"][:1]
