@@ -56,8 +56,9 @@ PLATFORM_COMMANDS: Final = (
 )
 #: No .pyc compiled at install (halves the platform's install; imports compile what they use).
 PIP_INSTALL_OPTIONS: Final = ("--no-compile",)
-#: Longest pip run: a cold cache downloads the platform's wheels.
-PIP_TIMEOUT_S: Final = 420.0
+#: Longest pip run: a cold cache downloads the platform's wheels (over 420 s once, in a
+#: clean-clone CI of 2026-12-03, on a slow day for this machine and its network).
+PIP_TIMEOUT_S: Final = 900.0
 #: Longest run of one exnet command (a broker's start takes ~10 s).
 COMMAND_TIMEOUT_S: Final = 180.0
 #: Environment variables that would point a subprocess at the checkout or the dev venv.
