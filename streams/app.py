@@ -413,9 +413,12 @@ def create_app(
 
     async def send_before_revoke(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         # The tables already hold the windows' batches; their partitions may stay here
-        # after the rebalance, where recovery would lay the changelog over them.
+        # after the rebalance, where recovery lays the changelog over them: it must
+        # be in Kafka by then, or the tables lose those batches' writes (which, done
+        # once acknowledged, are not read again).
         await send_contributions()
         await send_rows()
+        await cast(Producer, app.producer).flush()
 
     cast(Any, app.on_partitions_revoked).connect(send_before_revoke)
 

@@ -80,3 +80,39 @@ def test_deliveries_keep_their_order_and_complete_once_kafka_has_them(
         ]
     # the later delivery follows both earlier ones
     assert keys[-5:] == [f"c-{n}" for n in range(5)]
+
+
+def test_a_flush_returns_once_kafka_acknowledged_every_delivery(
+    kafka_bootstrap: str, topic_factory: TopicFactory
+) -> None:
+    """Faust's flush before a rebalance's recovery: open batches aiokafka has not taken
+    (several per partition here) are acknowledged by the time it returns."""
+    topic = topic_factory(partitions=2)
+    register(TRANSPORTS)
+    app = faust.App(
+        f"test-producer-flush-{topic}",
+        broker=f"{SCHEME}://{kafka_bootstrap}",
+        producer_max_batch_size=BATCH_BYTES,
+        producer_acks=-1,
+    )
+    value = b"y" * 500
+
+    async def run() -> tuple[bool, int]:
+        producer = cast(Producer, app.producer)
+        await producer.start()
+        try:
+            deliveries = [
+                await producer.deliver(
+                    [(topic, n % 2, f"{n}".encode(), value, [], None) for n in range(200)]
+                )
+                for _ in range(3)
+            ]
+            pending = sum(not delivery.done() for delivery in deliveries)
+            await asyncio.wait_for(producer.flush(), 60)
+            return all(delivery.done() for delivery in deliveries), pending
+        finally:
+            await producer.stop()
+
+    all_done, pending_before = asyncio.run(run())
+    assert pending_before > 0  # the flush had something to wait for
+    assert all_done
