@@ -186,10 +186,23 @@ def _open_input(name: str) -> Iterator[IO[bytes]]:
 _LINE_KEPT: Final = MAX_MESSAGE_BYTES + 3
 
 
+#: What follows a UTF-16LE file's last line end (``\n\x00``) when cut at ``\n``.
+_UTF16LE_END: Final = b"\x00"
+
+
 def _file_lines(stream: IO[bytes]) -> Iterator[tuple[bytes, int]]:
     """Each line of ``stream`` (with its ``\n``; the last may lack it), cut to
-    :data:`_LINE_KEPT` bytes, and its whole length without its line end."""
+    :data:`_LINE_KEPT` bytes, and its whole length without its line end.
+
+    A UTF-16LE file (each of its lines rejected: not UTF-8) has as many lines as
+    its text: the NUL byte after its last ``\n``, that line end's second byte, is
+    not one more (a 2-line file was reported as 3). Only after a line holding NUL
+    bytes, which no UTF-8 JSON line does: elsewhere a lone NUL is a line, invalid."""
+    wide = False  # the line before held a NUL byte
     while line := stream.readline(_LINE_KEPT):
+        if wide and line == _UTF16LE_END:  # at the end: readline stops only there
+            return
+        wide = b"\x00" in line
         size, last = len(line), line
         if size == _LINE_KEPT and not line.endswith(b"\n"):
             while rest := stream.readline(_LINE_KEPT):  # the rest, counted, dropped
@@ -225,13 +238,14 @@ def _stdin_lines(stream: IO[bytes], stop: StopFlag) -> Iterator[tuple[bytes, int
         return
     pieces: list[bytes] = []  # the line being read, up to _LINE_KEPT bytes
     kept = size = 0  # of the line being read
+    wide = False  # the last whole line held a NUL byte
     while not stop.requested:
         ready, _, _ = select.select([descriptor], [], [], _STDIN_STOP_CHECK_S)
         if not ready:
             continue
         chunk = os.read(descriptor, _STDIN_READ_BYTES)
         if not chunk:
-            if size:
+            if size and not (wide and pieces == [_UTF16LE_END]):  # as in _file_lines
                 yield b"".join(pieces), size - _ending(pieces[-1])
             return
         start = 0
@@ -245,7 +259,9 @@ def _stdin_lines(stream: IO[bytes], stop: StopFlag) -> Iterator[tuple[bytes, int
             size += len(piece)
             start = stop_at
             if end != -1:
-                yield b"".join(pieces), size - _ending(piece)
+                whole = b"".join(pieces)
+                wide = b"\x00" in whole
+                yield whole, size - _ending(piece)
                 pieces.clear()
                 kept = size = 0
 

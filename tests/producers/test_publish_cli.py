@@ -233,6 +233,45 @@ def test_standard_input_is_read_for_dash(
     assert pub_producer.delivered[0][2] == value
 
 
+def test_a_utf16_file_has_as_many_lines_as_its_text(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    pub_write_lines: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Saved as UTF-16 (a spreadsheet's "Unicode text"): each line is rejected, and the
+    NUL byte after the last line end is that line end's, not a third line."""
+    text = "".join(
+        orjson.dumps(_valid(pub_simulation, '"session/1"', i)).decode() + "\n" for i in range(2)
+    )
+    path = tmp_path / "unicode.jsonl"
+    path.write_bytes(text.encode("utf-16"))  # little-endian here, with its byte-order mark
+    assert check_files(pub_settings, [str(path)]) == EXIT_INVALID
+    out, err = capsys.readouterr()
+    assert out.strip() == "checked 2: valid 0, invalid 2, skipped blank 0; nothing sent"
+    assert [line.split(" ")[0] for line in err.splitlines()] == [f"{path}:1:", f"{path}:2:"]
+    assert all("looks like UTF-16" in line for line in err.splitlines())
+    # Standard input read from a pipe, cut into lines as they come: the same.
+    piped = pub_exnet(
+        "publish",
+        "--check",
+        "-",
+        env=pub_env(pub_settings),
+        cwd=tmp_path,
+        stdin=text.encode("utf-16"),
+    )
+    assert piped.returncode == EXIT_INVALID
+    assert b"checked 2: valid 0, invalid 2" in piped.stdout
+    # A lone NUL byte after a UTF-8 line is no line end's: a line, and invalid.
+    stray = pub_write_lines([orjson.dumps(_valid(pub_simulation, '"session/1"'))], name="nul.jsonl")
+    stray.write_bytes(stray.read_bytes() + b"\x00")
+    assert check_files(pub_settings, [str(stray)]) == EXIT_INVALID
+    out, err = capsys.readouterr()
+    assert out.strip() == "checked 2: valid 1, invalid 1, skipped blank 0; nothing sent"
+    assert err.startswith(f"{stray}:2: malformed_json: ")
+
+
 def test_a_missing_or_unreadable_file_is_a_user_error(
     pub_settings: Settings, pub_producer: FakeProducer, tmp_path: Path
 ) -> None:
