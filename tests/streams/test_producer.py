@@ -21,6 +21,17 @@ pytestmark = pytest.mark.kafka
 BATCH_BYTES = 16 * 1024
 
 
+def _app(bootstrap: str, topic: str) -> faust.App:
+    """An app with exnet's transport, whose producer's record batches are small."""
+    register(TRANSPORTS)
+    return faust.App(
+        f"test-producer-{topic}",
+        broker=f"{SCHEME}://{bootstrap}",
+        producer_max_batch_size=BATCH_BYTES,
+        producer_acks=-1,
+    )
+
+
 def _read_all(bootstrap: str, topic: str, expected: int) -> list[tuple[bytes, bytes]]:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     tp = TopicPartition(topic, 0)
@@ -40,13 +51,7 @@ def test_deliveries_keep_their_order_and_complete_once_kafka_has_them(
     kafka_bootstrap: str, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory(partitions=1)
-    register(TRANSPORTS)
-    app = faust.App(
-        f"test-producer-{topic}",
-        broker=f"{SCHEME}://{kafka_bootstrap}",
-        producer_max_batch_size=BATCH_BYTES,
-        producer_acks=-1,
-    )
+    app = _app(kafka_bootstrap, topic)
     value = b"x" * 500
 
     def messages(agent: str, count: int) -> list[Outgoing]:
@@ -88,13 +93,7 @@ def test_a_flush_returns_once_kafka_acknowledged_every_delivery(
     """Faust's flush before a rebalance's recovery: open batches aiokafka has not taken
     (several per partition here) are acknowledged by the time it returns."""
     topic = topic_factory(partitions=2)
-    register(TRANSPORTS)
-    app = faust.App(
-        f"test-producer-flush-{topic}",
-        broker=f"{SCHEME}://{kafka_bootstrap}",
-        producer_max_batch_size=BATCH_BYTES,
-        producer_acks=-1,
-    )
+    app = _app(kafka_bootstrap, topic)
     value = b"y" * 500
 
     async def run() -> tuple[bool, int]:

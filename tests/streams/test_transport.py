@@ -264,29 +264,21 @@ def test_a_batch_not_done_after_a_released_one_is_kept(monkeypatch: pytest.Monke
     assert consumer._new_offset(TP0) == 20
 
 
-def test_a_commit_of_an_earlier_generation_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Released before a rebalance: another worker may have held the partition since.
-    harness, _ = _seek_harness(monkeypatch, committed=None)
-    consumer = harness.consumer
-    consumer._next[TP0] = 0
-    _deliver(harness, 0, 9, done=True)
-    assert consumer._new_offset(TP0) == 10
-    consumer.app.consumer_generation_id = 2
-    asyncio.run(consumer.perform_seek())
-    assert consumer._next[TP0] == 0
-
-
-def test_a_batch_of_an_earlier_generation_done_in_this_one_is_read_again(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("released", ["before the rebalance", "after it"])
+def test_batches_of_an_earlier_generation_are_read_again(
+    monkeypatch: pytest.MonkeyPatch, released: str
 ) -> None:
-    # Done after the rebalance (its outputs acknowledged late): the recovery may have
-    # laid a changelog without its writes over the table, so it must be read again.
+    # Released before: another worker may have held the partition since. Done after
+    # (its outputs acknowledged late): the recovery may have laid a changelog without
+    # its writes over the table.
     harness, _ = _seek_harness(monkeypatch, committed=None)
     consumer = harness.consumer
     consumer._next[TP0] = 0
     _deliver(harness, 0, 9, done=True)
-    consumer.app.consumer_generation_id = 2
+    if released == "after it":
+        consumer.app.consumer_generation_id = 2
     assert consumer._new_offset(TP0) == 10
+    consumer.app.consumer_generation_id = 2
     asyncio.run(consumer.perform_seek())
     assert consumer._next[TP0] == 0
 
