@@ -52,7 +52,7 @@ import functools
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any, Final, NamedTuple, cast
 
 import faust
@@ -277,17 +277,40 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if self.should_stop:
             log.warning("not committing %d offsets: the consumer has stopped", len(offsets))
             return False
-        call = asyncio.ensure_future(super().commit(offsets))
-        stopped = asyncio.ensure_future(self._shutdown.wait())
-        try:
-            await asyncio.wait((call, stopped), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-        if call.done():
-            return bool(call.result())
-        call.cancel()
+        answered, committed = await self._unless_stopped(super().commit(offsets))
+        if answered:
+            return bool(committed)
         log.warning("not committing %d offsets: the consumer stopped", len(offsets))
         return False
+
+    async def seek_in_thread(self, partition: TP, offset: int) -> None:
+        """aiokafka's seek of ``partition`` to ``offset``, in the consumer's thread;
+        nothing when that thread has stopped or stops meanwhile (as :meth:`commit`).
+
+        Faust's seek calls aiokafka's from the app's thread. aiokafka's seek deletes
+        the partition's prefetched records, which its ``fetched_records``, running
+        in the consumer's thread, reads and then deletes: when the seek came in
+        between, the second delete raised ``KeyError`` and the worker crashed (CI,
+        a broker of three killed mid-stream while a second worker joined,
+        2026-12-03).
+        """
+        if not self.should_stop:
+            consumer = self._ensure_consumer()
+            await self._unless_stopped(self.call_thread(consumer.seek, partition, offset))
+
+    async def _unless_stopped(self, call: Awaitable[Any]) -> tuple[bool, Any]:
+        """``call`` (a call to this thread): (True, its result), or (False, None) having
+        cancelled it when the thread stops first and so would never take it."""
+        task = asyncio.ensure_future(call)
+        stopped = asyncio.ensure_future(self._shutdown.wait())
+        try:
+            await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        return False, None
 
     def verify_event_path(self, now: float, tp: TP) -> None:
         """Faust's check that every assigned partition's stream keeps up (run every 2.5
@@ -361,6 +384,9 @@ class Consumer(faust_aiokafka.Consumer):
         #: commit this process decided on (its batches before it all done), landed
         #: in Kafka or still on its way.
         self._released: dict[TP, tuple[int, int]] = {}
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        await self._thread.seek_in_thread(partition, offset)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         await self._read_lost_again()

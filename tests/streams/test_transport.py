@@ -310,6 +310,49 @@ def test_a_crashed_consumer_thread_is_not_asked_to_commit() -> None:
     assert asyncio.run(_commit_while("before")) == (False, False)
 
 
+def test_a_seek_reaches_aiokafka_only_in_the_consumer_s_thread() -> None:
+    """aiokafka's seek, called from the app's thread, raced its fetched_records in the
+    consumer's thread (a KeyError that crashed a worker in CI, 2026-12-03)."""
+    app = faust.App("exnet-test-seek", broker=f"{SCHEME}://127.0.0.1:9092")
+    register(TRANSPORTS)
+    consumer: Any = app.consumer
+    thread = consumer._thread
+    seeks: list[tuple[Any, int]] = []
+    calls: list[Any] = []
+
+    class _Aiokafka:
+        def seek(self, partition: Any, offset: int) -> None:
+            assert calls, "seek called outside the consumer's thread"
+            seeks.append((partition, offset))
+
+    async def call_thread(method: Any, *args: Any) -> Any:  # what the thread's loop does
+        calls.append(method)
+        return method(*args)
+
+    thread._ensure_consumer = _Aiokafka
+    thread.call_thread = call_thread
+    asyncio.run(consumer.seek(TP0, 42))
+    assert seeks == [(TP0, 42)] and len(calls) == 1
+    assert consumer._read_offset[TP0] == 42  # Faust's own bookkeeping still done
+
+
+def test_a_seek_the_stopped_consumer_thread_never_takes_is_not_waited_for() -> None:
+    async def seek_while_stopping() -> bool:
+        app = faust.App("exnet-test-seek-stop", broker=f"{SCHEME}://127.0.0.1:9092")
+        register(TRANSPORTS)
+        consumer: Any = app.consumer
+        thread = consumer._thread
+        thread._ensure_consumer = lambda: type("Aiokafka", (), {"seek": None})()
+        seek = asyncio.ensure_future(consumer.seek(TP0, 7))
+        await asyncio.sleep(0.2)
+        waiting = not seek.done()  # for the thread, which is not running
+        thread.set_shutdown()  # what the thread does as it ends
+        await asyncio.wait_for(seek, timeout=5)
+        return waiting
+
+    assert asyncio.run(seek_while_stopping())
+
+
 def test_the_start_and_stop_overrides_still_replace_what_faust_and_mode_sleep_in() -> None:
     """TableManager.on_start and Worker._sentinel_task stand in for library methods that
     sleep a fixed second; an upgrade that renamed or reshaped them would leave the
