@@ -396,8 +396,13 @@ class Consumer(faust_aiokafka.Consumer):
             return
         if not self.flow_active:
             # As Faust does: records fetched while flow is suspended are dropped,
-            # and the seek back to the committed offsets reads them again.
-            await self.perform_seek()
+            # and the seek back to the committed offsets reads them again. A seek
+            # a rebalance overtakes (a partition revoked meanwhile) only warns, as
+            # in Faust: that rebalance's own seek follows.
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                log.warning("the seek to the committed offsets failed: %r", exc)
             return
         for tp, fetched in records.items():
             if not fetched:
@@ -480,10 +485,13 @@ class Consumer(faust_aiokafka.Consumer):
         if now - self._positions_checked >= POSITION_CHECK_S:
             self._positions_checked = now
             await self._read_skipped_again()
-        for tp, chain in self._chains.items():
+        # A copy: the seeks below await, and a rebalance's seek may clear the chains.
+        for tp, chain in list(self._chains.items()):
             head = chain[0] if chain else None
             if head is None or head.done or head.tracked or now - head.fetched_at < LOST_AFTER_S:
                 continue
+            if self._chains.get(tp) is not chain or tp not in self.assignment():
+                continue  # revoked, or sought again, since the copy: nothing to read here
             log.warning(
                 "%s: offsets %d-%d were fetched but no stream took them; reading them again",
                 tp,
@@ -601,12 +609,29 @@ class Consumer(faust_aiokafka.Consumer):
         for tp, (chain, after) in kept.items():
             self._chains[tp] = chain
             self._next[tp] = after
-        self._generation_start = (self.app.consumer_generation_id, dict(starts))
+        # Under the generation whose committed offsets these are: a rebalance that
+        # overtook the awaits above has a seek of its own to come.
+        self._generation_start = (generation, dict(starts))
         unkept = {tp: offset for tp, offset in {**beginnings, **released}.items() if tp not in kept}
         if unkept:
             await self.seek_wait(unkept)  # also resets Faust's read offsets
         for tp, (_, after) in kept.items():
             await self.seek(tp, after)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Faust's revoke (which waits for the streams, commits what is done, and sends
+        the app's revoke signal), then forget the revoked partitions' sequences: a
+        partition that moved to another worker must not be sought, nor its batches
+        read again, here."""
+        await super().on_partitions_revoked(revoked)
+        for tp in revoked:
+            self._chains.pop(tp, None)
+            self._next.pop(tp, None)
+            self._skips.pop(tp, None)
+            self._tail_checks.pop(tp, None)
+            self._gap_ends.pop(tp, None)
+            self._released.pop(tp, None)
+            self._dropped.discard(tp)
 
     def started_at(self, tp: TP, generation: int) -> int | None:
         """The offset the consumer group ``generation`` started reading ``tp`` at (its

@@ -26,6 +26,7 @@ class _Batch:
     fetched_at: float = field(default_factory=time.monotonic)
     warnings: int = 0
     generation_id: int = 1
+    tracked: bool = False  # taken from its stream's buffer by an agent
 
 
 def test_nothing_is_committed_before_the_first_batch_is_done() -> None:
@@ -281,6 +282,105 @@ def test_batches_of_an_earlier_generation_are_read_again(
     consumer.app.consumer_generation_id = 2
     asyncio.run(consumer.perform_seek())
     assert consumer._next[TP0] == 0
+
+
+def test_the_generation_s_start_is_recorded_under_the_generation_sought(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A rebalance overtakes the seek while it reads the committed offsets: the starts
+    # found are generation 1's, not generation 2's (whose own seek is still to come).
+    harness, _ = _seek_harness(monkeypatch, committed=None)
+    consumer = harness.consumer
+
+    async def overtaken(self: Any) -> None:
+        self._committed_offset[TP0] = None
+        self.app.consumer_generation_id = 2
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "perform_seek", overtaken)
+    asyncio.run(consumer.perform_seek())
+    assert consumer.started_at(TP0, 1) == 0
+    assert consumer.started_at(TP0, 2) is None
+
+
+def _stale_chains(harness: _Consumer, *partitions: TP) -> Any:
+    """A consumer holding, for each of ``partitions``, a batch fetched long ago that no
+    stream took, with flow on (as during a table recovery after a rebalance)."""
+    consumer = harness.consumer
+    consumer.flow_active = True
+    consumer.app.flow_control.resume()
+    consumer._positions_checked = time.monotonic()  # no position check this round
+    long_ago = time.monotonic() - 60
+    for tp in partitions:
+        consumer._next[tp] = 10
+        consumer._chains[tp].append(_Batch(0, 9, fetched_at=long_ago))
+    return consumer
+
+
+TP1 = TP("exnet.session", 1)
+
+
+def test_a_revoked_partition_s_batches_are_not_read_again_here() -> None:
+    # aiokafka raises IllegalStateError for a seek of a partition not assigned: out of
+    # the fetch loop, it would stop the worker.
+    harness = _Consumer()
+    consumer = _stale_chains(harness, TP0)
+    revoked: list[set[TP]] = []
+
+    async def app_revoke(partitions: set[TP]) -> None:  # the app's part: streams, commit
+        revoked.append(set(partitions))
+
+    consumer._on_partitions_revoked = app_revoke
+    asyncio.run(consumer.on_partitions_revoked({TP0}))
+    consumer.assignment = set
+    asyncio.run(consumer._read_lost_again())
+    assert revoked == [{TP0}] and harness.seeks == []
+    assert TP0 not in consumer._chains and TP0 not in consumer._next
+
+
+def test_a_batch_is_read_again_only_on_a_partition_still_assigned() -> None:
+    harness = _Consumer()
+    consumer = _stale_chains(harness, TP0, TP1)
+    consumer.assignment = lambda: {TP1}
+    asyncio.run(consumer._read_lost_again())
+    assert harness.seeks == [(TP1, 0)]
+
+
+def test_a_seek_that_clears_the_chains_meanwhile_ends_the_round() -> None:
+    # perform_seek (a rebalance's) runs while this loop awaits its seek, and clears
+    # every chain: the partitions still to go are no longer this loop's to read again.
+    harness = _Consumer()
+    consumer = _stale_chains(harness, TP0, TP1)
+    consumer.assignment = lambda: {TP0, TP1}
+
+    async def seek_then_rebalance(tp: Any, offset: int) -> None:
+        harness.seeks.append((tp, offset))
+        consumer._chains.clear()
+
+    consumer.seek = seek_then_rebalance
+    asyncio.run(consumer._read_lost_again())
+    assert len(harness.seeks) == 1
+
+
+def test_a_failed_seek_while_flow_is_off_only_warns(caplog: pytest.LogCaptureFixture) -> None:
+    # As Faust's own getmany: a rebalance that overtakes this seek has its own to come.
+    consumer: Any = _Consumer().consumer
+    consumer.flow_active = False
+
+    async def fetched(timeout: float) -> tuple[dict[TP, list[_Record]], None]:
+        return {TP0: [_Record(5)]}, None
+
+    async def seek_overtaken() -> None:
+        raise RuntimeError("No current assignment for partition exnet.session-0")
+
+    consumer._wait_next_records = fetched
+    consumer.perform_seek = seek_overtaken
+
+    async def fetch_round() -> list[Any]:
+        return [item async for item in consumer.getmany(1.0)]
+
+    with caplog.at_level(logging.WARNING):
+        assert asyncio.run(fetch_round()) == []
+    assert "No current assignment" in caplog.text
 
 
 async def _commit_while(stop: str) -> tuple[bool, bool]:
