@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -284,6 +284,18 @@ def create_app(
 
         return agent
 
+    async def admitted(stream: Any) -> AsyncIterator[tuple[Any, BatchMessage]]:
+        """The stream's events with their batches, in each partition's fetch order: a
+        batch the consumer does not admit (one before it was dropped on its way, and
+        is read again) is acknowledged and skipped."""
+        consumer = cast(Consumer, app.consumer)
+        async for event in stream.noack().events():
+            batch = cast(BatchMessage, event.message)
+            if await consumer.admit(batch):
+                yield event, batch
+            else:
+                await stream.ack(event)
+
     async def _validate(stream: Any) -> None:
         producer = cast(Producer, app.producer)
         stage = ValidateStage(
@@ -292,8 +304,7 @@ def create_app(
             names[Topic.DEADLETTER],
             await producer.partitions(names[Topic.VALIDATED]),
         )
-        async for event in stream.noack().events():
-            batch = cast(BatchMessage, event.message)
+        async for event, batch in admitted(stream):
             started = time.perf_counter()
             result = stage(batch.topic, batch.partition, batch.records, datetime.now(UTC))
             by_site = result.by_site()
@@ -307,8 +318,7 @@ def create_app(
     async def _deduplicate(stream: Any) -> None:
         producer = cast(Producer, app.producer)
         site_last_event: dict[tuple[str, str], float] = {}  # the gauge's values, to keep the newest
-        async for event in stream.noack().events():
-            batch = cast(BatchMessage, event.message)
+        async for event, batch in admitted(stream):
             started = time.perf_counter()
             records = [read_validated(r.key, r.value, r.headers) for r in batch.records]
             result = deduplicate(records, seen, datetime.now(UTC))
@@ -353,8 +363,7 @@ def create_app(
                 settle(batch, delivered)
 
     async def _aggregate(stream: Any) -> None:
-        async for event in stream.noack().events():
-            batch = cast(BatchMessage, event.message)
+        async for event, batch in admitted(stream):
             started = time.perf_counter()
             result = aggregate(batch.records, participants, send=False)  # skipped: logged
             for participant, pieces in result.touched.items():
@@ -368,8 +377,7 @@ def create_app(
                 await send_contributions()
 
     async def _rollup(stream: Any) -> None:
-        async for event in stream.noack().events():
-            batch = cast(BatchMessage, event.message)
+        async for event, batch in admitted(stream):
             started = time.perf_counter()
             # The rows' version: the batch's end offset in the one contributions partition.
             rollup(

@@ -119,7 +119,15 @@ class BatchMessage(ConsumerMessage):
     ``value``, ``headers``), delivers what they produced and sets ``done``.
     """
 
-    __slots__ = ("changelog", "done", "fetched_at", "first_offset", "records", "warnings")
+    __slots__ = (
+        "changelog",
+        "done",
+        "fetched_at",
+        "first_offset",
+        "records",
+        "taken",
+        "warnings",
+    )
 
     def __init__(self, tp: TP, records: Sequence[Any], generation_id: int) -> None:
         last = records[-1]
@@ -143,6 +151,8 @@ class BatchMessage(ConsumerMessage):
         #: Table writes of this batch: (changelog topic, partition, key, value).
         self.changelog: list[Outgoing] = []
         self.done = False
+        #: Admitted to its agent (:meth:`Consumer.admit`).
+        self.taken = False
         self.fetched_at = time.monotonic()
         #: How often a wait for this batch was logged.
         self.warnings = 0
@@ -417,8 +427,16 @@ class Consumer(faust_aiokafka.Consumer):
             ):
                 self._dropped.add(tp)  # _read_skipped_again reads them again
                 continue
+            changelog = self._is_changelog_tp(tp)
+            if not changelog and not self._sought_in(generation_id):
+                # Before this generation's seek (Faust resumes the stream partitions
+                # during its recovery, then seeks them): a batch delivered now starts
+                # wherever the fetch stood, and nothing says it continues what was
+                # committed. Read again after the seek.
+                self._dropped.add(tp)
+                continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-            if self._is_changelog_tp(tp):
+            if changelog:
                 # Table recovery: one message per fetched batch here too, which
                 # BatchTable.apply_changelog_batch unpacks. Never committed: no chain.
                 yield tp, BatchMessage(tp, fetched, generation_id)
@@ -428,6 +446,11 @@ class Consumer(faust_aiokafka.Consumer):
                 batch = BatchMessage(tp, fresh, generation_id)
                 self._chains[tp].append(batch)
                 yield tp, batch
+
+    def _sought_in(self, generation: int) -> bool:
+        """Whether the stream partitions were sought to the committed offsets in consumer
+        group ``generation``: their sequences (``_next``) start there."""
+        return self._generation_start is not None and self._generation_start[0] == generation
 
     async def _in_sequence(self, tp: TP, fetched: Sequence[Any]) -> Sequence[Any]:
         """The records of ``fetched`` that continue ``tp``'s sequence since the last seek.
@@ -477,7 +500,7 @@ class Consumer(faust_aiokafka.Consumer):
         while flow control is off. A batch so dropped with no seek after it
         would hold its partition's commits, and its records, forever: after
         :data:`LOST_AFTER_S` untaken, it is read again (a batch taken late is
-        then processed twice: a replay).
+        no longer in the chain: :meth:`admit` skips it).
         """
         if not (self.flow_active and self.app.flow_control.is_active()):
             return
@@ -488,7 +511,9 @@ class Consumer(faust_aiokafka.Consumer):
         # A copy: the seeks below await, and a rebalance's seek may clear the chains.
         for tp, chain in list(self._chains.items()):
             head = chain[0] if chain else None
-            if head is None or head.done or head.tracked or now - head.fetched_at < LOST_AFTER_S:
+            if head is None or head.done or head.taken or head.tracked:
+                continue
+            if now - head.fetched_at < LOST_AFTER_S:
                 continue
             if self._chains.get(tp) is not chain or tp not in self.assignment():
                 continue  # revoked, or sought again, since the copy: nothing to read here
@@ -498,11 +523,47 @@ class Consumer(faust_aiokafka.Consumer):
                 head.first_offset,
                 head.offset,
             )
-            chain.clear()
-            self._gap_ends.pop(tp, None)  # it lies past the batch read again
-            self._tail_checks.pop(tp, None)
-            self._next[tp] = head.first_offset
-            await self.seek(tp, head.first_offset)
+            await self._read_again_from(tp, head)
+
+    async def admit(self, batch: BatchMessage) -> bool:
+        """Whether an agent may process ``batch``: every batch of its partition fetched
+        before it was taken by an agent already. Otherwise the agent skips it.
+
+        The tables' and the views' stages count a partition's records in offset
+        order (the aggregate takes a record behind a piece's newest offset for
+        counted; a rollup row's version is its batch's end offset), so a batch
+        may not overtake one that Faust dropped on its way (see
+        :meth:`_read_lost_again`): the partition is read again from the one
+        dropped, and this batch, no longer in the chain, comes again after it.
+        A batch not in its partition's chain (read again since it was fetched)
+        is skipped likewise.
+        """
+        chain = self._chains.get(batch.tp)
+        for earlier in chain or ():
+            if earlier is batch:
+                batch.taken = True
+                return True
+            if not earlier.taken:
+                log.warning(
+                    "%s: offsets %d-%d were fetched but no agent took them before "
+                    "offsets %d-%d; reading them again",
+                    batch.tp,
+                    earlier.first_offset,
+                    earlier.offset,
+                    batch.first_offset,
+                    batch.offset,
+                )
+                await self._read_again_from(batch.tp, earlier)
+                return False
+        return False
+
+    async def _read_again_from(self, tp: TP, batch: BatchMessage) -> None:
+        """Forget ``tp``'s chain and read the partition again from ``batch`` on."""
+        self._chains[tp].clear()
+        self._gap_ends.pop(tp, None)  # it lies past the batch read again
+        self._tail_checks.pop(tp, None)
+        self._next[tp] = batch.first_offset
+        await self.seek(tp, batch.first_offset)
 
     async def _read_skipped_again(self) -> None:
         """Seek back a partition whose fetch position ran past what was delivered; commit
@@ -555,20 +616,24 @@ class Consumer(faust_aiokafka.Consumer):
         again, except what this generation delivered in sequence from them.
 
         Once a new assignment's tables are recovered, Faust resumes the stream
-        partitions and only then seeks them to their committed offsets: the fetch
-        loop may deliver batches meanwhile, of this very generation, which the
-        agents go on to process. Read again, every record of them was processed
-        twice (measured: a start with a backlog counted every input twice in
-        ``exnet_events_received_total`` and put each rejected message on
-        ``exnet.deadletter`` twice). A partition keeps its batches when they are
-        all of the current generation (nothing was revoked) and begin at its
-        committed offset, or its beginning if it has none (nothing is skipped);
-        it reads on after them, and its commits follow them as ever. Faust reads
-        the committed offsets from Kafka: a commit of done batches sent before
-        and landing after is not in them, so a partition resumes past the last
-        commit this generation sent (``_released``) when it is further on (a start
-        with a backlog on a 3-broker TLS cluster still counted up to a third
-        of its inputs twice, 2026-12-03).
+        partitions and only then seeks them to their committed offsets. Until a
+        generation's first seek, :meth:`getmany` delivers no stream batch: one
+        fetched meanwhile starts wherever the fetch stood, and one that started
+        past the committed offset was processed before the records the seek
+        then read (out of order: see :meth:`admit`). A seek of the generation may precede the
+        recovery's (a fetch while flow was suspended): batches delivered in
+        sequence from it were processed, and read again would count twice
+        (measured before 2026-12-03: every input of a start with a backlog
+        counted twice in ``exnet_events_received_total``, each rejection put on
+        ``exnet.deadletter`` twice). So a partition keeps its batches when they
+        are all of the current generation and begin at its committed offset, or
+        its beginning if it has none; it reads on after them, and its commits
+        follow them as ever. Faust reads the committed offsets from Kafka: a
+        commit of done batches sent before and landing after is not in them, so
+        a partition resumes past the last commit this generation sent
+        (``_released``) when it is further on (a start with a backlog on a
+        3-broker TLS cluster counted up to a third of its inputs twice,
+        2026-12-03).
         """
         generation = self.app.consumer_generation_id
         await super().perform_seek()

@@ -15,7 +15,7 @@ from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.transport import SCHEME, Transport, commit_end, register
+from streams.transport import SCHEME, BatchMessage, Transport, commit_end, register
 
 
 @dataclass
@@ -27,6 +27,7 @@ class _Batch:
     warnings: int = 0
     generation_id: int = 1
     tracked: bool = False  # taken from its stream's buffer by an agent
+    taken: bool = False  # admitted to its agent
 
 
 def test_nothing_is_committed_before_the_first_batch_is_done() -> None:
@@ -64,6 +65,8 @@ def test_the_scheme_selects_the_transport() -> None:
 @dataclass
 class _Record:
     offset: int
+    timestamp: int | None = None
+    timestamp_type: int = 0
 
 
 class _Consumer:
@@ -300,6 +303,71 @@ def test_the_generation_s_start_is_recorded_under_the_generation_sought(
     asyncio.run(consumer.perform_seek())
     assert consumer.started_at(TP0, 1) == 0
     assert consumer.started_at(TP0, 2) is None
+
+
+def test_no_batch_is_delivered_before_the_generation_s_seek(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Faust resumes the stream partitions, then seeks them to the committed offsets.
+    # A fetch before that seek began past the committed 125 (125-144 dropped on the
+    # way): delivered, 145-149 would be processed before the 125-144 the seek reads.
+    harness, _ = _seek_harness(monkeypatch, committed=125)
+    consumer = harness.consumer
+    consumer.highwater = lambda tp: 200
+    fetched: list[dict[TP, list[_Record]]] = [{TP0: [_Record(o) for o in range(145, 150)]}]
+
+    async def next_records(timeout: float) -> tuple[dict[TP, list[_Record]], None]:
+        return fetched.pop(0), None
+
+    consumer._wait_next_records = next_records
+
+    async def fetch_round() -> list[int]:
+        return [
+            o.offset for _, batch in [i async for i in consumer.getmany(1.0)] for o in batch.records
+        ]
+
+    assert asyncio.run(fetch_round()) == []
+    assert TP0 in consumer._dropped and not consumer._chains[TP0]
+    asyncio.run(consumer.perform_seek())
+    assert consumer._next[TP0] == 125
+    fetched.append({TP0: [_Record(o) for o in range(125, 130)]})
+    assert asyncio.run(fetch_round()) == [125, 126, 127, 128, 129]
+
+
+def _delivered(harness: _Consumer, first: int, last: int) -> BatchMessage:
+    """Offsets first..last of TP0 delivered in sequence, as one batch in its chain."""
+    records = [_Record(o) for o in range(first, last + 1)]
+    assert harness.fetch(TP0, first, last) == [first, last]
+    batch = BatchMessage(TP0, records, 1)
+    harness.consumer._chains[TP0].append(batch)
+    return batch
+
+
+def test_batches_are_admitted_to_their_agent_in_fetch_order() -> None:
+    harness = _Consumer()
+    harness.consumer._next[TP0] = 0
+    first, second = _delivered(harness, 0, 9), _delivered(harness, 10, 19)
+    assert asyncio.run(harness.consumer.admit(first))
+    assert asyncio.run(harness.consumer.admit(second))
+    assert harness.seeks == []
+
+
+def test_a_batch_that_overtakes_one_dropped_on_its_way_is_skipped_and_both_read_again() -> None:
+    # A soak of the SIGTERM test, 2026-12-04: a worker's first batch of a partition
+    # never reached its agent, the next ones did; the aggregate then took the first
+    # one's records, read after them, for counted (the node view 5 participants short).
+    harness = _Consumer()
+    consumer = harness.consumer
+    consumer._next[TP0] = 131
+    dropped, overtaking = _delivered(harness, 131, 149), _delivered(harness, 150, 201)
+    assert not asyncio.run(consumer.admit(overtaking))
+    assert harness.seeks == [(TP0, 131)]
+    assert not consumer._chains[TP0] and consumer._next[TP0] == 131
+    # Taken late, the dropped one is no longer the chain's: it comes again with the rest.
+    assert not asyncio.run(consumer.admit(dropped))
+    assert harness.seeks == [(TP0, 131)]
+    again = _delivered(harness, 131, 149)
+    assert asyncio.run(consumer.admit(again))
 
 
 def _stale_chains(harness: _Consumer, *partitions: TP) -> Any:
