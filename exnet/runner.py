@@ -315,7 +315,8 @@ class _SinkProcess:
     child's. :meth:`stop` sends it SIGTERM (it flushes and commits); a parent
     killed with -9 takes it down too, since it checks every
     :data:`PARENT_CHECK_S` that its parent still runs. A child that exits on its
-    own stops this process (``on_exit``), which exits 1 unless the child's status was 0.
+    own stops this process (``on_exit``), which exits 1 unless the child's status was 0
+    or it died of SIGTERM or SIGINT (a stop asked of the whole process group).
     """
 
     def __init__(self, settings: Settings, on_exit: Callable[[], None]) -> None:
@@ -349,7 +350,11 @@ class _SinkProcess:
         status = self._process.wait()
         if self._stopping:
             return
-        if status != 0:  # 0: it was asked to stop too (Ctrl-C reaches both)
+        # 0: it was asked to stop too (Ctrl-C, or a SIGTERM to the process group, reaches
+        # both). Killed by that very signal: it came before the child had installed its
+        # handler, while it started (a SIGTERM 3 s into a start on a loaded machine made
+        # `exnet up` exit 1, 2026-12-04); it had nothing to flush yet.
+        if status not in (0, -signal.SIGTERM, -signal.SIGINT):
             log.error("the ClickHouse writer process exited (status %s)", status)
             self.failed = True
         self._on_exit()

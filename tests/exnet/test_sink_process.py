@@ -86,3 +86,25 @@ def test_a_child_breaking_off_its_answer_leaves_the_parent_s_metrics_served(
     assert samples[("exnet_ready", ())] == (1.0 if says_ready else 0.0)
     assert samples[("exnet_sink_rows_written_total", (("table", "facts"),))] == 3.0
     assert "Traceback" not in capsys.readouterr().err  # http.server prints handlers' errors
+
+
+@pytest.mark.parametrize(
+    ("child_code", "failed"),
+    [
+        # A SIGTERM to the process group that reaches the writer before its handler.
+        ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", False),
+        ("raise SystemExit(3)", True),
+    ],
+    ids=["stopped_by_the_group_s_sigterm", "failed"],
+)
+def test_a_writer_stopped_by_a_signal_while_it_starts_is_no_failure(
+    child_code: str, failed: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(
+        exnet.runner, "WRITER_PROCESS_CODE", f"import sys; sys.stdin.buffer.read(); {child_code}"
+    )
+    exited = threading.Event()
+    child = _SinkProcess(Settings(var_dir=tmp_path), on_exit=exited.set)
+    child.start()
+    assert exited.wait(30)  # the parent stops when its writer does, either way
+    assert child.failed is failed
