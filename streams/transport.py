@@ -193,8 +193,9 @@ class _ReadOffsets(defaultdict[TP, int | None]):
     lands during the await (a rebalance's seek to the committed offsets, on the
     recovery's task; an agent's :meth:`Consumer.admit`) resets the offset, and
     the loop then overwrites it: the batch read again, ending below the one
-    handed over, was dropped with a debug line (a soak of the SIGTERM test,
-    2026-12-04). A stream partition's sequence is :meth:`Consumer._in_sequence`'s,
+    handed over, was dropped with a debug line (one way a soak of the SIGTERM
+    test saw batches lost on their way, 2026-12-04; :meth:`Consumer.admit` caught
+    them). A stream partition's sequence is :meth:`Consumer._in_sequence`'s,
     which drops what was delivered since the last seek on its own. Changelog
     partitions keep Faust's check.
     """

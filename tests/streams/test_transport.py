@@ -768,8 +768,8 @@ def test_a_seek_while_a_batch_is_handed_over_does_not_drop_the_batches_it_reads(
     # awaiting its hand-over, and drops any later message below it. A seek back
     # that lands during that await (a rebalance's seek to the committed offsets on
     # the recovery's task, an agent's Consumer.admit) was overwritten so: the batch
-    # it read again, ending below the one handed over, never reached an agent
-    # (a soak of the SIGTERM test, 2026-12-04: 20 records of exnet.accepted).
+    # it read again, ending below the one handed over, never reached an agent. One
+    # way a soak of the SIGTERM test saw batches lost on their way (2026-12-04).
     consumer = _Consumer().consumer
     handed_over, read_again = (
         BatchMessage(TP0, [_Record(o) for o in range(first, last + 1)], 1)
