@@ -518,8 +518,9 @@ def render_rejects(result: RejectsResult) -> RenderableType:
     blocks.append(Text(""))
     blocks.append(
         Text(
-            "Fix each record and publish it again with a NEW event_id; "
-            "`--csv` writes a per-site work list.",
+            "Fix each record and publish it again, with its event_id (a "
+            "conflicting_duplicate's correction takes a new one); `--csv` writes a "
+            "per-site work list.",
             style="dim",
         )
     )

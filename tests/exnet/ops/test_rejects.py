@@ -224,7 +224,7 @@ def _publish(bootstrap: str, topic: str, value: bytes) -> None:
 @pytest.mark.kafka
 @pytest.mark.clickhouse
 @pytest.mark.slow
-def test_a_corrected_record_with_a_new_event_id_is_accepted(
+def test_a_corrected_record_published_again_with_its_event_id_is_accepted(
     settings_factory: SettingsFactory,
     registry_file: Path,
     kafka_admin: KafkaAdminClient,
@@ -259,9 +259,12 @@ def test_a_corrected_record_with_a_new_event_id_is_accepted(
         assert json.loads(reject["payload"])["event_id"] == bad_id
         text = ops_cli(settings, "rejects", "--site", "N01-S01").stdout
         assert "session_number" in text and bad_id in text
+        # what the screen tells the coordinator to do agrees with what follows
+        assert "publish it again, with its event_id" in " ".join(text.split())
 
-        # the coordinator fixes the record and publishes it with a NEW event_id
-        fixed_id = str(uuid.uuid4())
+        # the coordinator fixes the record and publishes it again, with its event_id: a
+        # rejected message never reached the duplicate check, so it takes no id away
+        fixed_id = bad_id
         _publish(settings.kafka_bootstrap, topic, _session(fixed_id))
         drained = exnet_subprocess(settings, "up", "--drain", cwd=tmp_path)
         assert drained.returncode == 0, drained.stderr[-3000:]
