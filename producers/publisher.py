@@ -606,6 +606,8 @@ class PublishSummary:
     #: written (``spool_error`` says why; publishing stopped there).
     unsaved: int = 0
     spool_error: str | None = None
+    #: What would let the spool be written again (:attr:`SpoolWriteError.remedy`).
+    spool_remedy: str | None = None
 
 
 class _ClaimTarget:
@@ -820,7 +822,7 @@ class Publisher:
         self._kafka_topics: set[str] | None = None
         self._closed = False
         #: Why the spool refused a write; publishing stops (the buffer stays unsaved).
-        self._spool_error: str | None = None
+        self._spool_error: SpoolWriteError | None = None
 
     # -- life cycle ---------------------------------------------------------
     def __enter__(self) -> Self:
@@ -922,7 +924,7 @@ class Publisher:
         if not self._buffer:
             return
         if self._spool_error is not None:
-            raise SpoolWriteError(self._spool_error)
+            raise self._spool_error
         delivery = self._start()
         events = self._buffer
         try:
@@ -930,7 +932,7 @@ class Publisher:
             first = segment.next_seq
             segment.writer.append_events(first, events)  # write-ahead: durable before sending
         except SpoolWriteError as exc:  # neither spooled nor sent: see PublishSummary.unsaved
-            self._spool_error = str(exc)
+            self._spool_error = exc
             raise
         segment.next_seq += len(events)
         segment.unacked += len(events)
@@ -976,7 +978,8 @@ class Publisher:
             spooled=spooled,
             pending=checker.valid - sent - spooled - unsaved,
             unsaved=unsaved,
-            spool_error=self._spool_error,
+            spool_error=None if self._spool_error is None else str(self._spool_error),
+            spool_remedy=None if self._spool_error is None else self._spool_error.remedy,
             invalid_by_reason=dict(checker.invalid_by_reason),
             resent=self._resent,
             problem=delivery.problem if delivery is not None and spooled else None,

@@ -49,6 +49,7 @@ person to look at (the events in the damaged bytes must be published again).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -113,7 +114,26 @@ _LOCK_RETRY_S: Final = 0.05
 
 
 class SpoolWriteError(UserError):
-    """The disk refused a write to the spool (full, read-only, failing)."""
+    """The disk refused a write to the spool (full, read-only, failing).
+
+    ``remedy``: what would put it right, in words a site's operator acts on.
+    """
+
+    def __init__(self, message: str, remedy: str) -> None:
+        super().__init__(message)
+        self.remedy = remedy
+
+    @classmethod
+    def refused(cls, message: str, exc: OSError, directory: Path) -> SpoolWriteError:
+        """The error for ``exc``, an ``OSError`` writing the spool in ``directory``, its
+        remedy told by the error number: a full disk is not a wrong folder."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            remedy = "free some space"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            remedy = f"make {directory} writable for this user"
+        else:
+            remedy = f"check EXNET_VAR_DIR, under which the spool is ({directory})"
+        return cls(message, remedy)
 
 
 class SpooledEvent(NamedTuple):
@@ -270,8 +290,10 @@ class SegmentWriter:
             # and readers would take it for damage.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self.size)
-            raise SpoolWriteError(
-                f"cannot write the spool in {self.path.parent}: {exc.strerror or exc}"
+            raise SpoolWriteError.refused(
+                f"cannot write the spool in {self.path.parent}: {exc.strerror or exc}",
+                exc,
+                self.path.parent,
             ) from exc
         self.size += len(data)
 
@@ -578,7 +600,9 @@ class Spool:
         try:
             return SegmentWriter.create(self.directory)
         except OSError as exc:
-            raise SpoolWriteError(f"cannot write the spool in {self.directory}: {exc}") from None
+            raise SpoolWriteError.refused(
+                f"cannot write the spool in {self.directory}: {exc}", exc, self.directory
+            ) from None
 
     def status(self) -> SpoolStatus:
         """Count the spooled events, without sending anything.

@@ -458,11 +458,13 @@ def publish_files(
     if summary.spool_error is not None:
         name, number = lines.at
         first, line = _first_unsaved(lines, summary.unsaved, files)
+        remedy = summary.spool_remedy or "put that right"
         errors.print(
             f"{name}:{number}: stopped: {summary.spool_error}. "
             f"{_counted(summary.unsaved, 'valid event')} read up to this line "
             f"{'was' if summary.unsaved == 1 else 'were'} neither sent nor spooled, and "
-            f"nothing after it was read. Free some space, then publish {first} again from "
+            f"nothing after it was read. {remedy[:1].upper()}{remedy[1:]}, then publish "
+            f"{first} again from "
             f"line {line} on, and the files after it: events Kafka already has are dropped "
             "as duplicates",
             markup=False,

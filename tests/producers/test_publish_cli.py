@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import os
@@ -34,7 +35,7 @@ from exnet.cli.publish import (
 from exnet.settings import Settings
 from producers import Simulation, SpooledEvent, simulate, spool_of
 from producers import publisher as publisher_module
-from producers.spool import DAMAGED_DIR, read_segment
+from producers.spool import DAMAGED_DIR, SpoolWriteError, read_segment
 
 from .helpers import EXNET, pub_env, pub_exnet
 from .test_publisher import FakeProducer
@@ -604,6 +605,7 @@ def test_a_spool_that_cannot_be_written_stops_the_run_with_its_counts(
         err,
     )
     assert stopped is not None, err
+    assert "Free some space, then publish " in err
     summary = re.match(rb"read (\d+), sent 0, invalid 0, spooled (\d+)", result.stdout)
     assert summary is not None, result.stdout
     read, spooled, unsaved = int(summary[1]), int(summary[2]), int(stopped[2])
@@ -612,6 +614,55 @@ def test_a_spool_that_cannot_be_written_stops_the_run_with_its_counts(
     contents = read_segment(segment.read_bytes(), segment)
     assert contents.pending_count == spooled
     assert not contents.damaged and not contents.torn_bytes  # the refused write left nothing
+
+
+def test_a_spool_folder_that_cannot_be_made_says_to_check_the_var_dir_not_to_free_space(
+    pub_settings: Settings, tmp_path: Path
+) -> None:
+    """EXNET_VAR_DIR naming a file: the spool cannot be made under it. The message
+    said "Free some space", which does not put that right (a reviewer's find)."""
+    path = tmp_path / "few.jsonl"
+    simulate(pub_settings, seed=8, participants=3, out=path)
+    not_a_folder = tmp_path / "var.jsonl"
+    not_a_folder.write_text("{}\n")
+    result = subprocess.run(
+        [str(EXNET), "publish", "--no-progress", str(path)],
+        env=pub_env(
+            pub_settings, EXNET_KAFKA_BOOTSTRAP="127.0.0.1:1", EXNET_VAR_DIR=str(not_a_folder)
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    err = " ".join(result.stderr.decode().split())
+    assert result.returncode == 2, err
+    assert "Traceback" not in err
+    assert f"stopped: cannot write the spool in {not_a_folder / 'spool'}: " in err
+    assert "Not a directory" in err
+    assert (
+        f"Check EXNET_VAR_DIR, under which the spool is ({not_a_folder / 'spool'}), "
+        f"then publish {path} again from line 1 on"
+    ) in err
+    assert "Free some space" not in err
+
+
+@pytest.mark.parametrize(
+    ("number", "remedy"),
+    [
+        (errno.ENOSPC, "free some space"),
+        (errno.EDQUOT, "free some space"),
+        (errno.EFBIG, "free some space"),
+        (errno.EROFS, "make /srv/var/spool writable for this user"),
+        (errno.EACCES, "make /srv/var/spool writable for this user"),
+        (errno.ENOTDIR, "check EXNET_VAR_DIR, under which the spool is (/srv/var/spool)"),
+    ],
+)
+def test_a_refused_spool_write_s_remedy_follows_its_error_number(number: int, remedy: str) -> None:
+    error = SpoolWriteError.refused(
+        "cannot write", OSError(number, os.strerror(number)), Path("/srv/var/spool")
+    )
+    assert (str(error), error.remedy) == ("cannot write", remedy)
 
 
 @pytest.mark.parametrize("second", [3_000, 1_000])
