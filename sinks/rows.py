@@ -266,9 +266,14 @@ _FIELDS_NOT_JUDGED: Final = frozenset(
     {Reason.TOO_LARGE.value, Reason.MALFORMED_JSON.value, Reason.UNKNOWN_SCHEMA.value}
 )
 #: Error types that judge a well-formed value (it matched its own rule): not free text.
+#: The key and the site are checked after every field passed its rule (SPEC §2's
+#: order), so an unknown_site's node_id or site_id and a key_mismatch's participant_id
+#: match their identifier patterns: pseudonyms, kept as SPEC §4 says.
 _WELL_FORMED_ERRORS: Final = frozenset(
     {
         CROSS_FIELD_ERROR,
+        Reason.KEY_MISMATCH.value,
+        Reason.UNKNOWN_SITE.value,
         Reason.FUTURE_TIMESTAMP.value,
         Reason.CONFLICTING_DUPLICATE.value,
     }

@@ -297,6 +297,25 @@ def test_a_well_formed_value_a_rule_refused_is_kept() -> None:
     assert _stored("future_timestamp", document, errors) == document
 
 
+@pytest.mark.parametrize(
+    ("reason", "path", "value"),
+    [
+        ("unknown_site", "site_id", "N01-S99"),
+        ("unknown_site", "node_id", "N99X"),
+        ("key_mismatch", "participant_id", "P-3f5fd4176230"),
+    ],
+)
+def test_an_identifier_that_matched_its_pattern_is_kept_when_the_site_or_key_refused_it(
+    reason: str, path: str, value: str
+) -> None:
+    """SPEC §4 redacts an identifier that failed its pattern. These passed theirs (the
+    key and the site are checked after the fields): the payload hid them while the
+    row's site_id and message showed them (a reviewer's find)."""
+    document = {"participant_id": "P-0123456789ab", "site_id": "N01-S01", path: value}
+    errors = [{"path": path, "type": reason, "message": "x"}]
+    assert _stored(reason, document, errors) == document
+
+
 def test_a_time_before_the_earliest_date_is_redacted() -> None:
     # A date of birth typed into occurred_at is well formed, and was kept.
     document = {"occurred_at": "1979-03-02T00:00:00Z", "status": "screened"}
