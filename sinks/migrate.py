@@ -28,6 +28,7 @@ MIGRATIONS: tuple[str, ...] = (
     "m0007_rejected_failed_text",
     "m0008_randomized_comments",
     "m0009_rejected_unknown_names",
+    "m0010_rejected_payload_comment",
 )
 
 

@@ -220,7 +220,8 @@ def redacted_payload(
       checked after the fields): a failing identifier field's value, and a failing
       field's text (a string, an object or an array: ``"status": "Jane Doe DOB 1970"``)
       unless the error judged a well-formed value (a cross-field rule, a time in the
-      future; not a time before the network's earliest date, which may be a date of
+      future, an unregistered node or site, a key that is not the participant_id;
+      not a time before the network's earliest date, which may be a date of
       birth typed in the wrong field); a failing number, boolean or
       null is kept: the value to fix (``"rpe": 99``);
     - when the fields were not judged (``too_large``, ``malformed_json``,

@@ -109,6 +109,18 @@ def test_every_column_of_every_table_and_view_has_a_comment(client: Any) -> None
     assert tables == []
 
 
+def test_the_rejected_payload_s_comment_says_what_the_sink_redacts(client: Any) -> None:
+    """An identifier is redacted when it failed its pattern (SPEC §4); an unknown site's
+    or a mismatched key's passed it, and is kept (sinks.rows._WELL_FORMED_ERRORS)."""
+    ((comment,),) = client.query(
+        "SELECT comment FROM system.columns WHERE database = {db:String} "
+        "AND table = 'rejected_events' AND name = 'payload'",
+        parameters={"db": client.database},
+    ).result_rows
+    assert "identifier fields that failed their patterns" in comment
+    assert "failed their rules" not in comment
+
+
 def test_randomized_says_what_each_view_counts(client: Any) -> None:
     result = client.query(
         "SELECT concat(table, '.', name), comment FROM system.columns "

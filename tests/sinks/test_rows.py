@@ -67,8 +67,8 @@ def test_a_rejection_goes_to_the_site_its_bytes_name_even_when_they_are_not_json
 
 
 def test_identifiers_never_reach_the_analysts_table() -> None:
-    """Unknown fields, identifier fields that failed their rules and text in any field that
-    failed are redacted; a failing number is kept."""
+    """Unknown fields, identifier fields that failed their patterns and text in any field
+    that failed are redacted; a failing number is kept."""
     errors = [
         {"path": "patient_name", "type": "extra_forbidden", "message": "x"},
         {"path": "participant_id", "type": "string_pattern_mismatch", "message": "x"},
@@ -348,3 +348,41 @@ def test_integers_of_hundreds_and_thousands_of_digits_keep_the_document() -> Non
         detail = {"reason": "invalid_field", "errors": [{"path": "score", "type": "x"}]}
         stored = orjson.loads(redacted_payload(payload, detail))
         assert stored == {"schema": "assessment/1", "score": "inf", "patient": REDACTED}, digits
+
+
+@pytest.mark.parametrize(
+    ("reason", "change", "key"),
+    [
+        ("unknown_site", {"site_id": "N01-S99"}, None),
+        ("unknown_site", {"node_id": "N99X", "site_id": "N99X-S01"}, None),
+        ("key_mismatch", {}, b"P-00000000ff"),
+    ],
+)
+def test_a_real_rejection_by_site_or_key_keeps_its_identifiers_in_the_payload(
+    reason: str, change: dict[str, str], key: bytes | None
+) -> None:
+    """The same, through the validator's own rejection and dead-letter message: the
+    error types the sink keys on are the ones the validator writes."""
+    from contracts import Origin
+    from contracts.registry import DEMO_REGISTRY, load_registry
+    from contracts.validation import Rejected, Validator
+    from contracts.wire import deadletter_message
+    from producers import SimulationConfig, generate
+
+    registry = load_registry(DEMO_REGISTRY)
+    sent = next(
+        m
+        for m in generate(registry, SimulationConfig(participants=3, seed=5)).messages
+        if m.topic.value == "exnet.session"
+    )
+    document = {**orjson.loads(sent.value), **change}
+    value = orjson.dumps(document)
+    outcome = Validator(registry, "").validate_message(
+        value, key or document["participant_id"].encode(), Origin("exnet.session", 0, 7), NOW
+    )
+    assert isinstance(outcome, Rejected) and outcome.reason.value == reason
+    dead = deadletter_message(outcome, value, key, NOW, None)
+    row = dict(
+        zip(REJECTED_COLUMNS, rejected_row(dead.value, dict(dead.headers), NOW), strict=True)
+    )
+    assert orjson.loads(row["payload"]) == document
