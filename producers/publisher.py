@@ -923,8 +923,8 @@ class Publisher:
         """Write the buffer to the spool (durably), then hand it to Kafka."""
         if not self._buffer:
             return
-        if self._spool_error is not None:
-            raise self._spool_error
+        if self._spool_error is not None:  # a new one: raising the stored one again grows it
+            raise SpoolWriteError(str(self._spool_error), self._spool_error.remedy)
         delivery = self._start()
         events = self._buffer
         try:

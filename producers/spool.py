@@ -123,16 +123,28 @@ class SpoolWriteError(UserError):
         super().__init__(message)
         self.remedy = remedy
 
+    def __reduce__(self) -> tuple[type[SpoolWriteError], tuple[str, str]]:
+        return type(self), (str(self), self.remedy)  # both arguments, for pickle and copy
+
     @classmethod
     def refused(cls, message: str, exc: OSError, directory: Path) -> SpoolWriteError:
         """The error for ``exc``, an ``OSError`` writing the spool in ``directory``, its
         remedy told by the error number: a full disk is not a wrong folder."""
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        number = exc.errno
+        if number in (errno.ENOSPC, errno.EDQUOT):
             remedy = "free some space"
-        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            remedy = f"make {directory} writable for this user"
-        else:
+        elif number == errno.EFBIG:
+            remedy = "raise the limit on a file's size this user runs under (ulimit -f)"
+        elif number in (errno.EACCES, errno.EPERM):
+            remedy = f"let this user create and write {directory}"
+        elif number == errno.EROFS:
+            remedy = (
+                f"the file system of {directory} is read-only: set EXNET_VAR_DIR to a writable one"
+            )
+        elif number in (errno.ENOTDIR, errno.ENOENT, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP):
             remedy = f"check EXNET_VAR_DIR, under which the spool is ({directory})"
+        else:  # EIO, EMFILE...: the error itself says what is wrong
+            remedy = f"put right what the system said of {directory}"
         return cls(message, remedy)
 
 

@@ -15,8 +15,10 @@ What callers may rely on:
   source position, with the payload as analysts may read it (identifiers
   redacted, SPEC §4) or, with :func:`with_originals`, the original bytes read
   from the dead-letter topic (invalid UTF-8 replaced by U+FFFD).
-- To fix a rejected event, a site publishes the corrected record again with a
-  new ``event_id``: it is validated and accepted like any new event.
+- To fix a rejected event, a site publishes the corrected record again with its
+  ``event_id`` (a message rejected before the duplicate check takes none away):
+  it is validated and accepted like any new event. A ``conflicting_duplicate``'s
+  correction, and a record whose ``event_id`` was what failed, take a new one.
 """
 
 from __future__ import annotations

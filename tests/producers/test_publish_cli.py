@@ -6,6 +6,7 @@ import errno
 import fcntl
 import io
 import os
+import pickle
 import re
 import resource
 import signal
@@ -605,7 +606,7 @@ def test_a_spool_that_cannot_be_written_stops_the_run_with_its_counts(
         err,
     )
     assert stopped is not None, err
-    assert "Free some space, then publish " in err
+    assert "Raise the limit on a file's size this user runs under (ulimit -f), then publish " in err
     summary = re.match(rb"read (\d+), sent 0, invalid 0, spooled (\d+)", result.stdout)
     assert summary is not None, result.stdout
     read, spooled, unsaved = int(summary[1]), int(summary[2]), int(stopped[2])
@@ -652,10 +653,14 @@ def test_a_spool_folder_that_cannot_be_made_says_to_check_the_var_dir_not_to_fre
     [
         (errno.ENOSPC, "free some space"),
         (errno.EDQUOT, "free some space"),
-        (errno.EFBIG, "free some space"),
-        (errno.EROFS, "make /srv/var/spool writable for this user"),
-        (errno.EACCES, "make /srv/var/spool writable for this user"),
+        (errno.EFBIG, "raise the limit on a file's size this user runs under (ulimit -f)"),
+        (errno.EACCES, "let this user create and write /srv/var/spool"),
+        (
+            errno.EROFS,
+            "the file system of /srv/var/spool is read-only: set EXNET_VAR_DIR to a writable one",
+        ),
         (errno.ENOTDIR, "check EXNET_VAR_DIR, under which the spool is (/srv/var/spool)"),
+        (errno.EIO, "put right what the system said of /srv/var/spool"),
     ],
 )
 def test_a_refused_spool_write_s_remedy_follows_its_error_number(number: int, remedy: str) -> None:
@@ -663,6 +668,8 @@ def test_a_refused_spool_write_s_remedy_follows_its_error_number(number: int, re
         "cannot write", OSError(number, os.strerror(number)), Path("/srv/var/spool")
     )
     assert (str(error), error.remedy) == ("cannot write", remedy)
+    copied = pickle.loads(pickle.dumps(error))  # noqa: S301  # our own bytes
+    assert (str(copied), copied.remedy) == ("cannot write", remedy)
 
 
 @pytest.mark.parametrize("second", [3_000, 1_000])
