@@ -143,8 +143,8 @@ def rejects(
 ) -> None:
     """Rejected messages and what to fix in them: reason, failing field paths, source.
 
-    A corrected record is published again with its event_id (a rejected message
-    never reached the duplicate check), then validated and accepted like any new
+    A corrected record is published again with its event_id (a rejection before
+    the duplicate check takes none away), then validated and accepted like any new
     event; only a conflicting_duplicate's correction takes a new event_id.
     """
     from exnet.ops.rejects import (

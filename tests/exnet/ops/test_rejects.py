@@ -262,8 +262,8 @@ def test_a_corrected_record_published_again_with_its_event_id_is_accepted(
         # what the screen tells the coordinator to do agrees with what follows
         assert "publish it again, with its event_id" in " ".join(text.split())
 
-        # the coordinator fixes the record and publishes it again, with its event_id: a
-        # rejected message never reached the duplicate check, so it takes no id away
+        # the coordinator fixes the record and publishes it again, with its event_id: an
+        # invalid_field is decided before the duplicate check, so it takes no id away
         fixed_id = bad_id
         _publish(settings.kafka_bootstrap, topic, _session(fixed_id))
         drained = exnet_subprocess(settings, "up", "--drain", cwd=tmp_path)
