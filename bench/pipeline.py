@@ -11,7 +11,9 @@
    `ingested_at` is read back from ClickHouse: p50/p99 of the difference
    (publish -> queryable), and how many arrived; then the p99 of each second's
    sends, so that a stall shows as one (the run starts once `exnet up` says it
-   is ready: ``exnet_ready``).
+   is ready: ``exnet_ready``); where the latency accrued, hop by hop (each
+   stage's output carries Kafka's timestamp of when it was produced); and the
+   cores each process kept busy while the load ran.
 3. Memory: the peak resident set of `exnet up --drain` over a 1M-event run
    (--quick: the throughput run's), from the kernel's accounting of the child;
    and that run's throughput beside the bare loop over the same messages.
@@ -31,7 +33,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +48,7 @@ from kafka.structs import TopicPartition
 
 from contracts.errors import UserError
 from contracts.registry import load_registry
-from contracts.topics import INPUT_TOPICS, topic_name
+from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from exnet.admin import admin_client, delete_prefixed
 from exnet.broker import Cluster, cluster_status
 from exnet.runner import WRITER_PROCESS_CODE
@@ -397,9 +399,16 @@ def _latency_run(settings: Settings, seconds: int) -> None:
     )
     try:
         _wait_ready(port)
+        brokers = _broker_pids()
+        busy_before = _busy_seconds(worker.pid, brokers)
         cpu_started = time.process_time()
         sent_times, sent_s = asyncio.run(_publish_steady(settings, messages, LATENCY_RATE))
         generator_cpu = (time.process_time() - cpu_started) / sent_s
+        busy = _busy_seconds(worker.pid, brokers)
+        cores = {
+            role: (seconds - busy_before.get(role, 0.0)) / sent_s for role, seconds in busy.items()
+        }
+        cores["load generator"] = generator_cpu
         sent_at = dict(zip(event_ids, sent_times, strict=True))
         ingested = _wait_ingested(settings, len(set(event_ids)))
     finally:
@@ -434,6 +443,77 @@ def _latency_run(settings: Settings, seconds: int) -> None:
         f"worst {worst:.2f} s (second {worst_second}); {over} of {len(per_second)} seconds "
         "above 1 s"
     )
+    _print_hops(settings, sent_at, ingested)
+    print(
+        "  cores busy while sending: "
+        + ", ".join(f"{role} {share:.2f}" for role, share in cores.items())
+        + f"; in all {sum(cores.values()):.2f} of {os.cpu_count()}"
+    )
+
+
+def _busy_seconds(worker: int, brokers: Sequence[int]) -> dict[str, float]:
+    """CPU seconds so far of `exnet up` (``worker``, the stream worker), each of its
+    child processes by role, and the local broker(s)."""
+    seconds: dict[str, float] = {}
+    for pid in _tree(worker):
+        role = "stream worker" if pid == worker else _role_of(pid)
+        seconds[role] = seconds.get(role, 0.0) + _cpu_seconds(pid)
+    if brokers:
+        seconds["broker"] = sum(_cpu_seconds(pid) for pid in brokers)
+    return seconds
+
+
+def _print_hops(settings: Settings, sent_at: dict[str, float], ingested: dict[str, float]) -> None:
+    """Where each event's latency accrued, hop by hop: validate and deduplicate
+    timestamp their outputs as they produce them (CreateTime, this machine's clock),
+    so an event's time to ``exnet.validated``, from there to ``exnet.accepted``, and
+    from there to its ``ingested_at`` add up to its publish -> queryable latency."""
+    validated = _produced_at(settings, Topic.VALIDATED, lambda record: record.key.decode())
+    accepted = _produced_at(
+        settings, Topic.ACCEPTED, lambda record: orjson.loads(record.value)["event_id"]
+    )
+    hops: dict[str, list[float]] = {"-> validated": [], "-> accepted": [], "-> ingested_at": []}
+    for event_id, sent in sent_at.items():
+        if event_id in validated and event_id in accepted and event_id in ingested:
+            hops["-> validated"].append(validated[event_id] - sent)
+            hops["-> accepted"].append(accepted[event_id] - validated[event_id])
+            hops["-> ingested_at"].append(ingested[event_id] - accepted[event_id])
+    figures = []
+    for hop, values in hops.items():
+        values.sort()
+        if values:
+            figures.append(
+                f"{hop} {_percentile(values, 0.5):.2f} / {_percentile(values, 0.99):.2f}"
+            )
+    print(
+        "  by hop, p50 / p99 s (Kafka's timestamps of each stage's output): " + ", ".join(figures)
+    )
+
+
+def _produced_at(
+    settings: Settings, topic: Topic, event_id_of: Callable[[Any], str]
+) -> dict[str, float]:
+    """event_id -> the Kafka timestamp (Unix seconds) of its first message on ``topic``."""
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    name = topic_name(topic, settings.topic_prefix)
+    partitions = [
+        TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or ())
+    ]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    ends = consumer.end_offsets(partitions)
+    first: dict[str, float] = {}
+    deadline = time.monotonic() + 120  # a gap no record fills (none expected) ends it too
+    try:
+        while time.monotonic() < deadline and any(
+            consumer.position(tp) < end for tp, end in ends.items()
+        ):
+            for records in consumer.poll(timeout_ms=200, max_records=10_000).values():
+                for record in records:
+                    first.setdefault(event_id_of(record), record.timestamp / 1000)
+    finally:
+        consumer.close()
+    return first
 
 
 def _percentile(ordered: Sequence[float], share: float) -> float:
