@@ -603,11 +603,10 @@ class PublishSummary:
     #: all the same: the platform counts them as duplicates and drops them).
     repeated: int = 0
     #: Accepted events neither sent nor spooled, because the spool could not be
-    #: written (``spool_error`` says why; publishing stopped there).
+    #: written (``spool_error`` says why, and its ``remedy`` what would put it right;
+    #: publishing stopped there).
     unsaved: int = 0
-    spool_error: str | None = None
-    #: What would let the spool be written again (:attr:`SpoolWriteError.remedy`).
-    spool_remedy: str | None = None
+    spool_error: SpoolWriteError | None = None
 
 
 class _ClaimTarget:
@@ -978,8 +977,7 @@ class Publisher:
             spooled=spooled,
             pending=checker.valid - sent - spooled - unsaved,
             unsaved=unsaved,
-            spool_error=None if self._spool_error is None else str(self._spool_error),
-            spool_remedy=None if self._spool_error is None else self._spool_error.remedy,
+            spool_error=self._spool_error,
             invalid_by_reason=dict(checker.invalid_by_reason),
             resent=self._resent,
             problem=delivery.problem if delivery is not None and spooled else None,

@@ -127,9 +127,10 @@ class SpoolWriteError(UserError):
         return type(self), (str(self), self.remedy)  # both arguments, for pickle and copy
 
     @classmethod
-    def refused(cls, message: str, exc: OSError, directory: Path) -> SpoolWriteError:
+    def refused(cls, exc: OSError, directory: Path) -> SpoolWriteError:
         """The error for ``exc``, an ``OSError`` writing the spool in ``directory``, its
         remedy told by the error number: a full disk is not a wrong folder."""
+        message = f"cannot write the spool in {directory}: {exc.strerror or exc}"
         number = exc.errno
         if number in (errno.ENOSPC, errno.EDQUOT):
             remedy = "free some space"
@@ -302,11 +303,7 @@ class SegmentWriter:
             # and readers would take it for damage.
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self.size)
-            raise SpoolWriteError.refused(
-                f"cannot write the spool in {self.path.parent}: {exc.strerror or exc}",
-                exc,
-                self.path.parent,
-            ) from exc
+            raise SpoolWriteError.refused(exc, self.path.parent) from exc
         self.size += len(data)
 
     def sync(self) -> None:
@@ -612,9 +609,7 @@ class Spool:
         try:
             return SegmentWriter.create(self.directory)
         except OSError as exc:
-            raise SpoolWriteError.refused(
-                f"cannot write the spool in {self.directory}: {exc}", exc, self.directory
-            ) from None
+            raise SpoolWriteError.refused(exc, self.directory) from None
 
     def status(self) -> SpoolStatus:
         """Count the spooled events, without sending anything.

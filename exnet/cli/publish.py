@@ -458,7 +458,7 @@ def publish_files(
     if summary.spool_error is not None:
         name, number = lines.at
         first, line = _first_unsaved(lines, summary.unsaved, files)
-        remedy = summary.spool_remedy or "put that right"
+        remedy = summary.spool_error.remedy
         errors.print(
             f"{name}:{number}: stopped: {summary.spool_error}. "
             f"{_counted(summary.unsaved, 'valid event')} read up to this line "

@@ -664,12 +664,11 @@ def test_a_spool_folder_that_cannot_be_made_says_to_check_the_var_dir_not_to_fre
     ],
 )
 def test_a_refused_spool_write_s_remedy_follows_its_error_number(number: int, remedy: str) -> None:
-    error = SpoolWriteError.refused(
-        "cannot write", OSError(number, os.strerror(number)), Path("/srv/var/spool")
-    )
-    assert (str(error), error.remedy) == ("cannot write", remedy)
+    error = SpoolWriteError.refused(OSError(number, os.strerror(number)), Path("/srv/var/spool"))
+    message = f"cannot write the spool in /srv/var/spool: {os.strerror(number)}"
+    assert (str(error), error.remedy) == (message, remedy)
     copied = pickle.loads(pickle.dumps(error))  # noqa: S301  # our own bytes
-    assert (str(copied), copied.remedy) == ("cannot write", remedy)
+    assert (str(copied), copied.remedy) == (message, remedy)
 
 
 @pytest.mark.parametrize("second", [3_000, 1_000])
