@@ -831,7 +831,7 @@ def _field_issues(errors: list[Any], *, tagged: bool) -> tuple[list[FieldIssue],
             if err["type"] == OCCURRED_AT_ERROR:  # say which mistake, where it can tell
                 message = occurred_at_problem(err.get("input"))
             elif err["type"] == "finite_number":  # JSON has no infinity: a literal too large
-                message = f"Input should be a number within {_DOUBLE_RANGE}, got one beyond it"
+                message = f"Input should be a number, got one {_TOO_LARGE}"
             elif err["type"] == "extra_forbidden":  # the parser's words name no field
                 message = "unknown field: this event type and version has no such field"
             elif err["type"] in _TYPE_ERRORS and "got" not in message and "input" in err:
@@ -863,10 +863,10 @@ _TYPE_ERRORS: Final = frozenset(
 )
 
 
-#: Where a JSON number the parser read as infinite lies: JSON has no infinity, so the
+#: A JSON number the parser read as infinite, in words: JSON has no infinity, so the
 #: site wrote it finite (1e400, an integer of thousands of digits), too large for a
 #: double (not "not finite", which it did not write).
-_DOUBLE_RANGE: Final = "a double's range (about ±1.8e308)"
+_TOO_LARGE: Final = "too large to read (beyond about ±1.8e308)"
 
 #: The JSON kinds of parsed values, in words, ``bool`` before ``int`` (its subclass).
 _JSON_KINDS: Final = (
@@ -884,7 +884,7 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, float) and not math.isfinite(value):  # 1e400, 5,000 nines
-        return f"a number beyond {_DOUBLE_RANGE}"
+        return f"a number {_TOO_LARGE}"
     return next((words for kind, words in _JSON_KINDS if isinstance(value, kind)), "a value")
 
 

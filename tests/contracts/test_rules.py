@@ -601,22 +601,21 @@ def test_value_must_be_finite(literal: str) -> None:
     outcome = rejected(send(_raw(A, "value", literal), A), "invalid_field", "value")
     assert outcome.issues[0].type == "finite_number"
     assert outcome.message == (
-        "value: Input should be a number within a double's range (about ±1.8e308), got "
-        "one beyond it"
+        "value: Input should be a number, got one too large to read (beyond about ±1.8e308)"
     )
 
 
 @pytest.mark.parametrize("literal", ["1e400", "-1e400", "1e309"])
 @pytest.mark.parametrize(("topic", "field"), [(S, "session_number"), (S, "rpe"), (M, "score")])
-def test_an_int_field_says_a_number_read_as_infinite_is_beyond_a_double(
+def test_an_int_field_says_a_number_read_as_infinite_is_too_large(
     topic: Topic, field: str, literal: str
 ) -> None:
     """1e400 reads as infinity, which has no fraction: not "a number with a fraction";
     nor "not finite", which the site did not write."""
     outcome = rejected(send(_raw(topic, field, literal), topic), "invalid_field", field)
     assert outcome.message == (
-        f"{field}: Input should be a valid integer, got a number beyond a double's range "
-        "(about ±1.8e308)"
+        f"{field}: Input should be a valid integer, got a number too large to read "
+        "(beyond about ±1.8e308)"
     )
 
 
