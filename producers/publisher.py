@@ -977,7 +977,10 @@ class Publisher:
             spooled=spooled,
             pending=checker.valid - sent - spooled - unsaved,
             unsaved=unsaved,
-            spool_error=self._spool_error,
+            # A copy: raised by a caller, the stored one would grow its traceback.
+            spool_error=None
+            if self._spool_error is None
+            else SpoolWriteError(str(self._spool_error), self._spool_error.remedy),
             invalid_by_reason=dict(checker.invalid_by_reason),
             resent=self._resent,
             problem=delivery.problem if delivery is not None and spooled else None,
