@@ -40,6 +40,7 @@ the ``participant_id`` as key, to the physical topic of the event's type.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import struct
 from collections import Counter, deque
@@ -922,8 +923,8 @@ class Publisher:
         """Write the buffer to the spool (durably), then hand it to Kafka."""
         if not self._buffer:
             return
-        if self._spool_error is not None:  # a new one: raising the stored one again grows it
-            raise SpoolWriteError(str(self._spool_error), self._spool_error.remedy)
+        if self._spool_error is not None:  # a copy: raising the stored one again grows it
+            raise copy.copy(self._spool_error)
         delivery = self._start()
         events = self._buffer
         try:
@@ -977,10 +978,8 @@ class Publisher:
             spooled=spooled,
             pending=checker.valid - sent - spooled - unsaved,
             unsaved=unsaved,
-            # A copy: raised by a caller, the stored one would grow its traceback.
-            spool_error=None
-            if self._spool_error is None
-            else SpoolWriteError(str(self._spool_error), self._spool_error.remedy),
+            # A copy (no traceback): raised by a caller, the stored one would grow its own.
+            spool_error=copy.copy(self._spool_error),
             invalid_by_reason=dict(checker.invalid_by_reason),
             resent=self._resent,
             problem=delivery.problem if delivery is not None and spooled else None,
