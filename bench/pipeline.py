@@ -236,7 +236,7 @@ def _drain(settings: Settings) -> Drain:
                 cpu[pid] = max(cpu.get(pid, 0.0), _cpu_seconds(pid))
                 if pid not in roles or roles[pid].startswith("pid "):  # again: it may
                     # have been read between the child's fork and its exec
-                    roles[pid] = "stream worker" if pid == process.pid else _role_of(pid)
+                    roles[pid] = _role_of(pid, process.pid)
             time.sleep(0.05)
         process.wait()
         log.seek(0)
@@ -248,9 +248,11 @@ def _drain(settings: Settings) -> Drain:
     return Drain(text, peaks, cpu, roles, broker_cpu)
 
 
-def _role_of(pid: int) -> str:
-    """What a child of `exnet up` is: ``writer`` (the ClickHouse writer's process), else
-    its pid."""
+def _role_of(pid: int, up: int) -> str:
+    """What ``pid``, `exnet up` (``up``) or a child of it, is: ``stream worker`` (`exnet up`
+    itself), ``writer`` (the ClickHouse writer's process), else its pid."""
+    if pid == up:
+        return "stream worker"
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -404,14 +406,14 @@ def _latency_run(settings: Settings, seconds: int) -> None:
         cpu_started, wall_started = time.process_time(), time.perf_counter()
         sent_times, sent_s = asyncio.run(_publish_steady(settings, messages, LATENCY_RATE))
         wall_s = time.perf_counter() - wall_started  # the span the CPU times cover
-        generator_cpu = (time.process_time() - cpu_started) / sent_s
+        generator_cpu = (time.process_time() - cpu_started) / wall_s
         busy = _busy_seconds(worker.pid, brokers)
         cores = {
             role: (spent - busy_before.get(role, 0.0)) / wall_s
             for role, spent in busy.items()
             if spent - busy_before.get(role, 0.0) >= 0.01  # not a short-lived helper's
         }
-        cores["load generator"] = (time.process_time() - cpu_started) / wall_s
+        cores["load generator"] = generator_cpu
         sent_at = dict(zip(event_ids, sent_times, strict=True))
         ingested = _wait_ingested(settings, len(set(event_ids)))
     finally:
@@ -459,7 +461,7 @@ def _busy_seconds(worker: int, brokers: Sequence[int]) -> dict[str, float]:
     child processes by role, and the local broker(s)."""
     seconds: dict[str, float] = {}
     for pid in _tree(worker):
-        role = "stream worker" if pid == worker else _role_of(pid)
+        role = _role_of(pid, worker)
         seconds[role] = seconds.get(role, 0.0) + _cpu_seconds(pid)
     if brokers:
         seconds["broker"] = sum(_cpu_seconds(pid) for pid in brokers)
