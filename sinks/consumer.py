@@ -9,12 +9,6 @@ ClickHouse acknowledged every row before it.
          -> write each table (token = group:table:partition ranges; retried with backoff)
          -> commit offsets
 
-One batch is written at a time, on a thread of its own, while the consumer
-polls the next one (chDB and the HTTP client wait with the GIL released): a
-batch that falls due waits only for the rest of the write before it, and its
-offsets are committed, by the polling thread (a Kafka consumer is not
-thread-safe), once every row of it and of the batches before it is written.
-
 Crash anywhere: the uncommitted messages are read again and written again;
 ReplacingMergeTree keyed on ``event_id`` (facts), on the source offset
 (rejections) or on the row's key and version (views) keeps one row of each,
@@ -38,7 +32,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -180,8 +173,6 @@ class SinkConsumer:
         self._views = topic_name(Topic.VIEWS, settings.topic_prefix)
         self._stop = threading.Event()
         self._batch = _Batch()
-        #: The batch being written, on the write thread, and its write's outcome.
-        self._writing: tuple[_Batch, Future[tuple[float, float]]] | None = None
         self._consumer: KafkaConsumer | None = None
         self.flushed = threading.Event()  # set after each successful commit (tests, drain)
 
@@ -220,29 +211,19 @@ class SinkConsumer:
         _await_subscribed_metadata(consumer, self._stop)
         max_rows = self._settings.sink_batch_rows
         max_age = self._settings.sink_batch_seconds
-        writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exnet-sink-write")
         try:
             while not self._stop.is_set():
-                polled = consumer.poll(
-                    timeout_ms=POLL_TIMEOUT_MS, max_records=max_rows - self._batch.size
-                )
+                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max_rows)
                 _finish_lost_join(consumer)
                 for tp, records in polled.items():
                     self._add(tp, records)
-                self._settle(wait=False)
                 batch = self._batch
                 if batch.size and (
                     batch.size >= max_rows or time.monotonic() - batch.started >= max_age
                 ):
-                    self._settle(wait=True)  # the write before it; then this one's turn
-                    self._hand_over(writes)
-            self._settle(wait=True)
-            if self._batch.ranges:
-                self._hand_over(writes)
-                self._settle(wait=True)
+                    self.flush()
+            self.flush()
         finally:
-            # A write still running here ends (stop set) before the consumer closes.
-            writes.shutdown(wait=True)
             consumer.close(autocommit=False)
             self._consumer = None
 
@@ -270,15 +251,11 @@ class SinkConsumer:
             if route.timestamp_ms:
                 batch.source_ms.append(route.timestamp_ms)
 
-    def _hand_over(self, writes: ThreadPoolExecutor) -> None:
-        """Start writing the batch on the write thread (none may be in flight); the
-        next messages go to a new batch."""
-        batch, self._batch = self._batch, _Batch()
-        self._writing = (batch, writes.submit(self._write, batch))
-
-    def _write(self, batch: _Batch) -> tuple[float, float]:
-        """Write every table of ``batch`` to ClickHouse, retrying (the write thread);
-        returns the Unix time it was all written and the seconds the write took."""
+    def flush(self) -> None:
+        """Write the batch to ClickHouse (retrying), then commit its offsets."""
+        batch = self._batch
+        if not batch.ranges:
+            return
         started = time.perf_counter()
         for table, json_rows in batch.json_rows.items():
             token = batch.token(self._group, table)
@@ -293,23 +270,8 @@ class SinkConsumer:
             token = batch.token(self._group, table)
             write = partial(self._writer.write, table, SINK_TABLES[table], rows, token)
             self._write_with_retries(table, write)
-        return time.time(), time.perf_counter() - started
-
-    def _settle(self, *, wait: bool) -> None:
-        """Once the batch in flight is written (waiting for it if ``wait``), commit its
-        offsets and count it. Raises what its write raised (:class:`SinkStopped`)."""
-        if self._writing is None:
-            return
-        batch, write = self._writing
-        if not wait and not write.done():
-            return
-        self._writing = None
-        written, seconds = write.result()
-        # Only the partitions still held: one a rebalance moved meanwhile is read again
-        # by its new owner from its last commit (the tables keep one row of each), and
-        # a commit here could move that owner's own commit back.
-        held = self.assignment
-        self._commit({tp: last + 1 for tp, (_, last) in batch.ranges.items() if tp in held})
+        written = time.time()
+        self._commit({tp: last + 1 for tp, (_, last) in batch.ranges.items()})
         rows_written = 0
         for tables in (batch.json_rows, batch.view_rows, batch.rows):
             for table, written_rows in tables.items():
@@ -328,8 +290,9 @@ class SinkConsumer:
         for source_ms in batch.source_ms:
             self._metrics.end_to_end_seconds.observe(max(0.0, written - source_ms / 1000))
         self._metrics.sink_batch_rows.observe(rows_written)
-        self._metrics.sink_batch_seconds.observe(seconds)
+        self._metrics.sink_batch_seconds.observe(time.perf_counter() - started)
         self._metrics.sink_last_write.set(written)
+        self._batch = _Batch()
         self.flushed.set()
 
     @property
@@ -340,20 +303,11 @@ class SinkConsumer:
 
     @property
     def pending(self) -> int:
-        """Messages read but not yet written and committed: the batch being written and
-        the one being gathered."""
-        writing = self._writing
-        return self._batch.size + (writing[0].size if writing is not None else 0)
-
-    @property
-    def gathered(self) -> int:
-        """Messages read into the batch being gathered (not yet handed to the writes)."""
+        """Messages read but not yet written and committed."""
         return self._batch.size
 
     def rewind(self) -> None:
-        """Drop the batch being gathered and seek back, so that its messages are read
-        again. The batch being written goes on; its offsets are committed for the
-        partitions the sink still holds then (:meth:`_settle`)."""
+        """Drop the unwritten batch and seek back, so that its messages are read again."""
         consumer = self._consumer
         assigned = consumer.assignment() if consumer is not None else set()
         for tp, (first, _) in self._batch.ranges.items():
@@ -402,7 +356,7 @@ class SinkConsumer:
 
 
 class _RewindOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped library base
-    """Before partitions move, seek back to the gathered batch's first offsets and drop it.
+    """Before partitions move, seek back to the unwritten batch's first offsets and drop it.
 
     kafka-python 3.0 calls this on its IO thread, where a blocking call into the
     consumer (``commit``) raises ``RuntimeError``, so the batch cannot be written
@@ -416,8 +370,8 @@ class _RewindOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # untyp
         self._sink = sink
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        if revoked and self._sink.gathered:
-            log.info("rebalance: %d unwritten messages will be read again", self._sink.gathered)
+        if revoked and self._sink.pending:
+            log.info("rebalance: %d unwritten messages will be read again", self._sink.pending)
             self._sink.rewind()
 
     def on_partitions_assigned(self, assigned: Any) -> None:
