@@ -194,7 +194,8 @@ class Metrics:
             registry=r,
         )
         # -- the stream workers
-        #: histogram: seconds to validate (or deduplicate) and route one stream batch.
+        #: histogram: seconds an agent spends on one stream batch (a topic's records of
+        #: one fetch), by stage.
         self.stream_batch_seconds = Histogram(
             "exnet_stream_batch_seconds",
             "Seconds per stream batch, by stage",

@@ -1,7 +1,7 @@
 """The Faust application: built by :func:`create_app`, agents registered explicitly, in flow order.
 
-Four stages, each a Faust agent that reads *batches* (one message per fetched
-partition batch, :mod:`streams.transport`):
+Four stages, each a Faust agent that reads *batches* (one message per topic of a
+fetch, holding each partition's batch, :mod:`streams.transport`):
 
 1. ``validate`` reads the four input topics (keyed by participant_id) and runs
    every message through :class:`~streams.validate.ValidateStage`: valid events
@@ -70,6 +70,7 @@ from streams.transport import (
     Consumer,
     Producer,
     TableManager,
+    TopicBatch,
     register,
 )
 from streams.validate import Validated, ValidateStage
@@ -284,15 +285,19 @@ def create_app(
 
         return agent
 
-    async def admitted(stream: Any) -> AsyncIterator[tuple[Any, BatchMessage]]:
-        """The stream's events with their batches, in each partition's fetch order: a
-        batch the consumer does not admit (one before it was dropped on its way, and
-        is read again) is acknowledged and skipped."""
+    async def admitted(
+        stream: Any,
+    ) -> AsyncIterator[tuple[Any, TopicBatch, list[BatchMessage]]]:
+        """The stream's events, each a topic's batches of one fetch, with the batches the
+        consumer admits, in each partition's fetch order: a batch it does not admit
+        (one before it was dropped on its way, and is read again) is skipped, and an
+        event with none is acknowledged and skipped."""
         consumer = cast(Consumer, app.consumer)
         async for event in stream.noack().events():
-            batch = cast(BatchMessage, event.message)
-            if await consumer.admit(batch):
-                yield event, batch
+            unit = cast(TopicBatch, event.message)
+            batches = [batch for batch in unit.batches if await consumer.admit(batch)]
+            if batches:
+                yield event, unit, batches
             else:
                 await stream.ack(event)
 
@@ -304,27 +309,49 @@ def create_app(
             names[Topic.DEADLETTER],
             await producer.partitions(names[Topic.VALIDATED]),
         )
-        async for event, batch in admitted(stream):
+        async for event, unit, batches in admitted(stream):
             started = time.perf_counter()
-            result = stage(batch.topic, batch.partition, batch.records, datetime.now(UTC))
-            by_site = result.by_site()
-            guard.observe(by_site)
-            settle(batch, await producer.deliver(result.outgoing))
+            now = datetime.now(UTC)
+            results = [stage(b.topic, b.partition, b.records, now) for b in batches]
+            by_sites = [result.by_site() for result in results]
+            for by_site in by_sites:
+                guard.observe(by_site)
+            delivered = await producer.deliver(
+                [message for result in results for message in result.outgoing]
+            )
+            for batch in batches:
+                settle(batch, delivered)
             await stream.ack(event)
-            _count_validated(
-                metrics, batch.topic, result, by_site, site_labels, time.perf_counter() - started
+            for result, by_site in zip(results, by_sites, strict=True):
+                _count_validated(metrics, unit.topic, result, by_site, site_labels)
+            metrics.stream_batch_seconds.labels(stage="validate").observe(
+                time.perf_counter() - started
             )
 
     async def _deduplicate(stream: Any) -> None:
         producer = cast(Producer, app.producer)
         site_last_event: dict[tuple[str, str], float] = {}  # the gauge's values, to keep the newest
-        async for event, batch in admitted(stream):
+        async for event, unit, batches in admitted(stream):
             started = time.perf_counter()
-            records = [read_validated(r.key, r.value, r.headers) for r in batch.records]
-            result = deduplicate(records, seen, datetime.now(UTC))
-            settle(batch, await producer.deliver([*result.outgoing, *batch.changelog]))
+            now = datetime.now(UTC)
+            results = []
+            for batch in unit.processing(batches):  # the dedup table's writes: its changelog
+                records = [read_validated(r.key, r.value, r.headers) for r in batch.records]
+                results.append(deduplicate(records, seen, now))
+            delivered = await producer.deliver(
+                [
+                    *(message for result in results for message in result.outgoing),
+                    *(record for batch in batches for record in batch.changelog),
+                ]
+            )
+            for batch in batches:
+                settle(batch, delivered)
             await stream.ack(event)
-            _count_deduplicated(metrics, result, site_last_event, time.perf_counter() - started)
+            for result in results:
+                _count_deduplicated(metrics, result, site_last_event)
+            metrics.stream_batch_seconds.labels(stage="deduplicate").observe(
+                time.perf_counter() - started
+            )
 
     # The views' two agents gather their batches in a window: a participant named by
     # many batches in it is sent once, a row changed by many is sent once.
@@ -363,12 +390,13 @@ def create_app(
                 settle(batch, delivered)
 
     async def _aggregate(stream: Any) -> None:
-        async for event, batch in admitted(stream):
+        async for event, unit, batches in admitted(stream):
             started = time.perf_counter()
-            result = aggregate(batch.records, participants, send=False)  # skipped: logged
-            for participant, pieces in result.touched.items():
-                touched.setdefault(participant, set()).update(pieces)
-            aggregated.add(batch)
+            for batch in unit.processing(batches):  # the table's writes: its changelog
+                result = aggregate(batch.records, participants, send=False)  # skipped: logged
+                for participant, pieces in result.touched.items():
+                    touched.setdefault(participant, set()).update(pieces)
+                aggregated.add(batch)
             await stream.ack(event)
             metrics.stream_batch_seconds.labels(stage="aggregate").observe(
                 time.perf_counter() - started
@@ -377,18 +405,20 @@ def create_app(
                 await send_contributions()
 
     async def _rollup(stream: Any) -> None:
-        async for event, batch in admitted(stream):
+        async for event, unit, batches in admitted(stream):
             started = time.perf_counter()
-            # The rows' version: the batch's end offset in the one contributions partition.
-            rollup(
-                batch.records,
-                latest,
-                batch.generation_id or 0,
-                batch.offset + 1,
-                datetime.now(UTC),
-                send=False,
-            )
-            rolled.add(batch)
+            for batch in unit.processing(batches):  # the table's writes: its changelog
+                # The rows' version: the batch's end offset in the one contributions
+                # partition.
+                rollup(
+                    batch.records,
+                    latest,
+                    batch.generation_id or 0,
+                    batch.offset + 1,
+                    datetime.now(UTC),
+                    send=False,
+                )
+                rolled.add(batch)
             await stream.ack(event)
             metrics.stream_batch_seconds.labels(stage="rollup").observe(
                 time.perf_counter() - started
@@ -489,7 +519,6 @@ def _count_validated(
     result: Validated,
     by_site: SiteCounts,
     site_labels: Mapping[str, tuple[str, str]],
-    seconds: float,
 ) -> None:
     metrics.events_received.labels(topic=topic).inc(result.received)
     for reason, count in result.rejected.items():
@@ -502,14 +531,12 @@ def _count_validated(
         metrics.site_events_rejected.labels(node_id=node_id, site_id=site_id, reason=reason).inc(
             count
         )
-    metrics.stream_batch_seconds.labels(stage="validate").observe(seconds)
 
 
 def _count_deduplicated(
     metrics: Metrics,
     result: Deduplicated,
     site_last_event: dict[tuple[str, str], float],
-    seconds: float,
 ) -> None:
     for event_type, count in result.accepted.items():
         metrics.events_accepted.labels(type=event_type).inc(count)
@@ -529,4 +556,3 @@ def _count_deduplicated(
         if occurred > site_last_event.get(site, 0.0):
             site_last_event[site] = occurred
             metrics.site_last_event.labels(node_id=site[0], site_id=site[1]).set(occurred)
-    metrics.stream_batch_seconds.labels(stage="deduplicate").observe(seconds)

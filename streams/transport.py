@@ -1,4 +1,4 @@
-"""Where exnet bends Faust, and why: one fetched partition batch is one message.
+"""Where exnet bends Faust, and why: a topic's records of one fetch are one message.
 
 Faust pays about 200 µs for every message it consumes (tasks and an
 ``asyncio.wait`` per message in ``Consumer._drain_messages``, flow control, a
@@ -6,12 +6,13 @@ conductor lock, sensors, acknowledgement bookkeeping): twenty times what
 validating an event costs. No supported hook hands an agent a fetched batch,
 so this transport (selected by the broker URL scheme ``exnet-kafka://``) does:
 
-* **Batches in.** :meth:`Consumer.getmany` yields, for each partition of a
-  stream's topic in a fetch, one :class:`BatchMessage` holding every record
-  fetched for it. Faust's per-message machinery then runs once per batch.
-  Changelog topics (table recovery) too.
-* **Offsets.** A partition's batches form a chain in fetch order, restarted at
-  every seek (rebalance). A batch is *done* once Kafka has acknowledged
+* **Batches in.** :meth:`Consumer.getmany` yields, for each stream topic in a
+  fetch, one :class:`TopicBatch` holding a :class:`BatchMessage` per
+  partition, every record fetched for it. Faust's per-message machinery then
+  runs once per topic of a fetch. Changelog topics (table recovery) come one
+  :class:`BatchMessage` per partition.
+* **Offsets.** A partition's batches (:class:`BatchMessage`) form a chain in
+  fetch order, restarted at every seek (rebalance). A batch is *done* once Kafka has acknowledged
   everything it produced, its table writes included (:meth:`Producer.deliver`);
   the consumer commits the end of the longest done prefix of each chain,
   never past a batch that is not done. A fetch answered before a seek is not
@@ -27,7 +28,7 @@ so this transport (selected by the broker URL scheme ``exnet-kafka://``) does:
   message); its future completes once all are acknowledged, and only then
   is the batch done, while the agent goes on with the next one.
 * **Table writes.** :class:`BatchTable` is a Faust table whose ``table[key] =
-  value`` queues the changelog record on the current batch instead of
+  value`` queues the changelog record on the current partition batch instead of
   Faust's per-record ``send_soon`` buffer (about 100 µs a record, and input
   stalls while it drains); the agent delivers them with the batch's outputs.
   Its ``get`` reads the store directly.
@@ -57,6 +58,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
     Mapping,
     MutableMapping,
     Sequence,
@@ -82,6 +84,7 @@ __all__ = [
     "Consumer",
     "Producer",
     "TableManager",
+    "TopicBatch",
     "Transport",
     "Worker",
     "commit_end",
@@ -166,10 +169,58 @@ class BatchMessage(ConsumerMessage):
         self.warnings = 0
 
 
+class TopicBatch(ConsumerMessage):
+    """A fetch's partition batches of one stream topic, handed to an agent as one message.
+
+    Faust pays its per-message cost (a task and an ``asyncio.wait`` in its fetch
+    loop, a channel, sensors, an acknowledgement) once for all of them. Each of
+    ``batches`` stays a :class:`BatchMessage` in its own partition's chain: the
+    agent admits, processes and settles them one by one, and sets ``current``
+    to the one it processes (its table writes go with that one). ``tp`` and
+    ``offset`` are the first batch's, for Faust's routing and sensors only.
+    """
+
+    __slots__ = ("batches", "current")
+
+    def __init__(self, batches: Sequence[BatchMessage]) -> None:
+        first = batches[0]
+        super().__init__(
+            first.topic,
+            first.partition,
+            first.offset,
+            first.timestamp,
+            first.timestamp_type,
+            None,
+            None,
+            b"",
+            None,
+            0,
+            0,
+            first.tp,
+            generation_id=first.generation_id,
+        )
+        self.batches: Sequence[BatchMessage] = batches
+        #: The batch the agent is processing, set by :meth:`processing`.
+        self.current: BatchMessage | None = None
+
+    def processing(self, batches: Iterable[BatchMessage]) -> Iterator[BatchMessage]:
+        """``batches`` (admitted ones of this message) in turn, each ``current`` while
+        the agent works on it."""
+        try:
+            for batch in batches:
+                self.current = batch
+                yield batch
+        finally:
+            self.current = None
+
+
 def current_batch() -> BatchMessage:
-    """The batch the calling agent is processing (Faust's current event's message)."""
+    """The partition batch the calling agent is processing: Faust's current event's
+    message, or the one of its :class:`TopicBatch` the agent set ``current``."""
     event = faust.current_event()
     message = event.message if event is not None else None
+    if isinstance(message, TopicBatch) and message.current is not None:
+        return message.current
     if not isinstance(message, BatchMessage):
         raise RuntimeError("not inside an agent that reads batches from the exnet transport")
     return message
@@ -447,6 +498,7 @@ class Consumer(faust_aiokafka.Consumer):
             except Exception as exc:
                 log.warning("the seek to the committed offsets failed: %r", exc)
             return
+        by_topic: dict[str, list[BatchMessage]] = {}
         for tp, fetched in records.items():
             if not fetched:
                 continue
@@ -478,7 +530,14 @@ class Consumer(faust_aiokafka.Consumer):
             if fresh:
                 batch = BatchMessage(tp, fresh, generation_id)
                 self._chains[tp].append(batch)
-                yield tp, batch
+                by_topic.setdefault(tp.topic, []).append(batch)
+        # Each topic's batches as one message, after the round's sequence checks. A
+        # batch in its chain but not handed over (a rebalance began meanwhile) is read
+        # again by that rebalance's seek, or by _read_lost_again.
+        for batches in by_topic.values():
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                return
+            yield batches[0].tp, TopicBatch(batches)
 
     def _sought_in(self, generation: int) -> bool:
         """Whether the stream partitions were sought to the committed offsets in consumer
@@ -575,6 +634,9 @@ class Consumer(faust_aiokafka.Consumer):
         for earlier in chain or ():
             if earlier is batch:
                 batch.taken = True
+                # Faust commits only the partitions it has an acknowledgement list for,
+                # and acknowledges a TopicBatch under its first batch's partition.
+                self._acked.setdefault(batch.tp, [])
                 return True
             if not earlier.taken:
                 log.warning(

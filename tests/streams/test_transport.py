@@ -17,7 +17,14 @@ from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from streams.transport import SCHEME, BatchMessage, Transport, commit_end, register
+from streams.transport import (
+    SCHEME,
+    BatchMessage,
+    TopicBatch,
+    Transport,
+    commit_end,
+    register,
+)
 
 
 @dataclass
@@ -325,7 +332,10 @@ def test_no_batch_is_delivered_before_the_generation_s_seek(
 
     async def fetch_round() -> list[int]:
         return [
-            o.offset for _, batch in [i async for i in consumer.getmany(1.0)] for o in batch.records
+            o.offset
+            for _, unit in [i async for i in consumer.getmany(1.0)]
+            for batch in unit.batches
+            for o in batch.records
         ]
 
     assert asyncio.run(fetch_round()) == []
@@ -334,6 +344,54 @@ def test_no_batch_is_delivered_before_the_generation_s_seek(
     assert consumer._next[TP0] == 125
     fetched.append({TP0: [_Record(o) for o in range(125, 130)]})
     assert asyncio.run(fetch_round()) == [125, 126, 127, 128, 129]
+
+
+TPV = TP("exnet.validated", 4)
+
+
+def test_a_fetch_reaches_the_agents_as_one_message_per_topic() -> None:
+    # Faust's per-message cost once per topic of a fetch, not once per partition: at a
+    # steady 5,000 events/s a fetch named 36 partitions, and the stream hops' p50 fell
+    # from 0.21-0.57 s to 0.11-0.14 s once they were grouped (2026-12-04).
+    harness = _Consumer()
+    consumer = harness.consumer
+    consumer.app.consumer_generation_id = 1
+    consumer.flow_active = True
+    consumer._generation_start = (1, {})  # this generation's seek is done
+    consumer.highwater = lambda tp: 100
+    fetched = {
+        TP0: [_Record(o) for o in (3, 4)],
+        TPV: [_Record(7)],
+        TP1: [_Record(o) for o in (8, 9, 10)],
+    }
+
+    async def next_records(timeout: float) -> tuple[dict[TP, list[_Record]], None]:
+        return fetched, None
+
+    consumer._wait_next_records = next_records
+
+    async def fetch_round() -> list[tuple[TP, Any]]:
+        return [item async for item in consumer.getmany(1.0)]
+
+    delivered = asyncio.run(fetch_round())
+    assert [(tp, type(unit)) for tp, unit in delivered] == [
+        (TP0, TopicBatch),
+        (TPV, TopicBatch),
+    ]
+    session, validated = (unit for _, unit in delivered)
+    assert [(b.tp, [r.offset for r in b.records]) for b in session.batches] == [
+        (TP0, [3, 4]),
+        (TP1, [8, 9, 10]),
+    ]
+    assert [b.tp for b in validated.batches] == [TPV]
+    # Each batch is its own partition's, in that partition's chain, admitted, settled
+    # and committed on its own.
+    assert list(consumer._chains[TP1]) == [session.batches[1]]
+    assert asyncio.run(consumer.admit(session.batches[1]))
+    assert TP1 in consumer._acked  # Faust commits only partitions it has acks for
+    session.batches[1].done = True
+    assert consumer._new_offset(TP1) == 11
+    assert consumer._new_offset(TP0) is None  # its batch is not done
 
 
 def _delivered(harness: _Consumer, first: int, last: int) -> BatchMessage:
@@ -616,6 +674,42 @@ def test_a_table_write_reaches_faust_s_store_and_the_batch_s_changelog() -> None
         (changelog, 1, b"k", b"v1", [], None),
         (changelog, 1, b"k", b"v2", [], None),
     ]
+
+
+def test_a_table_write_goes_with_the_partition_batch_being_processed() -> None:
+    """In a message of several partitions' batches, a write goes to the changelog of
+    the batch the agent processes, in that batch's partition."""
+    import weakref
+    from types import SimpleNamespace
+
+    from faust.streams import _current_event
+
+    from streams.transport import BatchTable
+
+    register(TRANSPORTS)
+    app = faust.App(
+        "exnet-test-table-unit",
+        broker=f"{SCHEME}://127.0.0.1:9092",
+        store="memory://",
+        Table=BatchTable,
+    )
+    table = app.Table("seen", partitions=3, default=None)
+    record = SimpleNamespace(offset=7, timestamp=1_000, timestamp_type=0)
+    one, two = (BatchMessage(TP("exnet.validated", p), [record], generation_id=3) for p in (0, 2))
+    unit = TopicBatch([one, two])
+    event = _Event(unit)
+    token = _current_event.set(weakref.ref(cast(Any, event)))
+    try:
+        for batch in unit.processing([one, two]):
+            table[b"k%d" % batch.partition] = b"v"
+        assert unit.current is None  # only while the agent works on one
+        with pytest.raises(RuntimeError, match="not inside an agent"):
+            table[b"outside"] = b"v"
+    finally:
+        _current_event.reset(token)
+    changelog = "exnet-test-table-unit-seen-changelog"
+    assert one.changelog == [(changelog, 0, b"k0", b"v", [], None)]
+    assert two.changelog == [(changelog, 2, b"k2", b"v", [], None)]
 
 
 def test_the_table_s_shortcut_still_matches_what_faust_and_mode_do() -> None:
