@@ -635,8 +635,16 @@ class Consumer(faust_aiokafka.Consumer):
             if earlier is batch:
                 batch.taken = True
                 # Faust commits only the partitions it has an acknowledgement list for,
-                # and acknowledges a TopicBatch under its first batch's partition.
+                # and acknowledges a TopicBatch under its first batch's partition. Its
+                # check that each partition's stream keeps up (verify_event_path) reads
+                # when a stream last took that partition's event, which the stream
+                # records for the first batch's partition too: without this, a catch-up
+                # longer than stream_processing_timeout would log every other partition
+                # as "not processing", again at every check.
                 self._acked.setdefault(batch.tp, [])
+                monitor = self.app.monitor
+                if monitor is not None:
+                    monitor.stream_inbound_time[batch.tp] = time.monotonic()
                 return True
             if not earlier.taken:
                 log.warning(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
 import time
@@ -387,8 +388,14 @@ def test_a_fetch_reaches_the_agents_as_one_message_per_topic() -> None:
     # Each batch is its own partition's, in that partition's chain, admitted, settled
     # and committed on its own.
     assert list(consumer._chains[TP1]) == [session.batches[1]]
+    taken_at = time.monotonic()
     assert asyncio.run(consumer.admit(session.batches[1]))
     assert TP1 in consumer._acked  # Faust commits only partitions it has acks for
+    # Faust's check that each partition's stream keeps up sees this one taken.
+    assert consumer.app.monitor.stream_inbound_time[TP1] >= taken_at
+    assert TP0 not in consumer.app.monitor.stream_inbound_time  # not admitted yet
+    check = inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread.verify_event_path)
+    assert "monitor.stream_inbound_time.get(tp)" in check  # what the check reads
     session.batches[1].done = True
     assert consumer._new_offset(TP1) == 11
     assert consumer._new_offset(TP0) is None  # its batch is not done
