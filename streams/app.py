@@ -104,7 +104,8 @@ VIEWS_WINDOW_S = 0.5
 #: Messages a stream may hold in its buffer: each is a topic's share of a fetch already
 #: (EXNET_STREAM_BATCH_MAX records at most), and a full buffer holds the fetch loop back.
 #: Since a message holds all of a topic's partitions (2026-12-04), a 1M-event drain's
-#: stream worker peaked at 604 MiB, against 500-536 before.
+#: stream worker peaked at 604 MiB, against 500-536 before; with 2 here, 599 MiB, and
+#: the latency at 5,000 events/s no better (docs/architecture.md, "Known limits").
 BATCHES_BUFFERED = 4
 
 
