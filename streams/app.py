@@ -103,9 +103,8 @@ FILL_VIEWS_S = 1.0
 VIEWS_WINDOW_S = 0.5
 #: Messages a stream may hold in its buffer: each is a topic's share of a fetch already
 #: (EXNET_STREAM_BATCH_MAX records at most), and a full buffer holds the fetch loop back.
-#: Since a message holds all of a topic's partitions (2026-12-04), a 1M-event drain's
-#: stream worker peaked at 604 MiB, against 500-536 before; with 2 here, 599 MiB, and
-#: the latency at 5,000 events/s no better (docs/architecture.md, "Known limits").
+#: With 2 here, the latency at 5,000 events/s was no better (docs/architecture.md,
+#: "Known limits").
 BATCHES_BUFFERED = 4
 
 
@@ -256,6 +255,10 @@ def create_app(
     def settle(batch: BatchMessage, delivered: asyncio.Future[Any]) -> None:
         """The batch is done (its offsets may be committed) once Kafka has all it produced;
         a failed delivery stops the worker, the batch not done."""
+        # Its records and changelog are processed and handed over: the batch stays in
+        # its partition's chain until committed (its offsets are all that is read).
+        batch.records = ()
+        batch.changelog = []
 
         def on_delivered(future: asyncio.Future[Any]) -> None:
             # Cancelled (directly, or one of the gathered acknowledgements): the worker
