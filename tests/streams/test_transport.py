@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, cast
@@ -642,34 +644,44 @@ class _Event:
         self.message = message
 
 
+def _batch_table(app_id: str, partitions: int) -> Any:
+    """A BatchTable ``seen`` of ``partitions`` in a Faust app of the transport."""
+    from streams.transport import BatchTable
+
+    register(TRANSPORTS)
+    app = faust.App(
+        app_id, broker=f"{SCHEME}://127.0.0.1:9092", store="memory://", Table=BatchTable
+    )
+    return app.Table("seen", partitions=partitions, default=None)
+
+
+@contextlib.contextmanager
+def _current(message: Any) -> Iterator[None]:
+    """``message`` as Faust's current event's, as inside an agent."""
+    import weakref
+
+    from faust.streams import _current_event
+
+    event = _Event(message)
+    token = _current_event.set(weakref.ref(cast(Any, event)))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+_RECORD = SimpleNamespace(offset=7, timestamp=1_000, timestamp_type=0)
+
+
 def test_a_table_write_reaches_faust_s_store_and_the_batch_s_changelog() -> None:
     """BatchTable reads and writes the memory store's dict directly (mode's layers cost
     more than the stages' work): what it writes is what Faust's own Mapping sees, and
     the batch being processed carries it to the changelog."""
-    import weakref
-    from types import SimpleNamespace
-
-    from faust.streams import _current_event
-
-    from streams.transport import BatchMessage, BatchTable
-
-    register(TRANSPORTS)
-    app = faust.App(
-        "exnet-test-table",
-        broker=f"{SCHEME}://127.0.0.1:9092",
-        store="memory://",
-        Table=BatchTable,
-    )
-    table = app.Table("seen", partitions=2, default=None)
-    record = SimpleNamespace(offset=7, timestamp=1_000, timestamp_type=0)
-    batch = BatchMessage(TP("exnet.validated", 1), [record], generation_id=3)
-    event = _Event(batch)
-    token = _current_event.set(weakref.ref(cast(Any, event)))
-    try:
+    table = _batch_table("exnet-test-table", 2)
+    batch = BatchMessage(TP("exnet.validated", 1), [_RECORD], generation_id=3)
+    with _current(batch):
         table[b"k"] = b"v1"
         table[b"k"] = b"v2"
-    finally:
-        _current_event.reset(token)
 
     assert table.get(b"k") == b"v2"
     assert table.get(b"missing") is None
@@ -686,34 +698,15 @@ def test_a_table_write_reaches_faust_s_store_and_the_batch_s_changelog() -> None
 def test_a_table_write_goes_with_the_partition_batch_being_processed() -> None:
     """In a message of several partitions' batches, a write goes to the changelog of
     the batch the agent processes, in that batch's partition."""
-    import weakref
-    from types import SimpleNamespace
-
-    from faust.streams import _current_event
-
-    from streams.transport import BatchTable
-
-    register(TRANSPORTS)
-    app = faust.App(
-        "exnet-test-table-unit",
-        broker=f"{SCHEME}://127.0.0.1:9092",
-        store="memory://",
-        Table=BatchTable,
-    )
-    table = app.Table("seen", partitions=3, default=None)
-    record = SimpleNamespace(offset=7, timestamp=1_000, timestamp_type=0)
-    one, two = (BatchMessage(TP("exnet.validated", p), [record], generation_id=3) for p in (0, 2))
+    table = _batch_table("exnet-test-table-unit", 3)
+    one, two = (BatchMessage(TP("exnet.validated", p), [_RECORD], generation_id=3) for p in (0, 2))
     unit = TopicBatch([one, two])
-    event = _Event(unit)
-    token = _current_event.set(weakref.ref(cast(Any, event)))
-    try:
+    with _current(unit):
         for batch in unit.processing([one, two]):
             table[b"k%d" % batch.partition] = b"v"
         assert unit.current is None  # only while the agent works on one
         with pytest.raises(RuntimeError, match="not inside an agent"):
             table[b"outside"] = b"v"
-    finally:
-        _current_event.reset(token)
     changelog = "exnet-test-table-unit-seen-changelog"
     assert one.changelog == [(changelog, 0, b"k0", b"v", [], None)]
     assert two.changelog == [(changelog, 2, b"k2", b"v", [], None)]
