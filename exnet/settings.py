@@ -115,7 +115,7 @@ class Settings(BaseSettings):
 
     # --- stream workers ----------------------------------------------------
     #: Records a stream worker fetches at most at once (over all its partitions); each
-    #: partition's share reaches its agent as one batch.
+    #: topic's share reaches its agent as one message, a batch per partition.
     stream_batch_max: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     #: Stop a worker whose share of rejected messages over the last
     #: ``dlq_window`` messages exceeds this ratio, when the rejections are
