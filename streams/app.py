@@ -252,26 +252,28 @@ def create_app(
 
     app.timer(FILL_VIEWS_S, name="exnet-fill-views")(fill_views)
 
-    def settle(batch: BatchMessage, delivered: asyncio.Future[Any]) -> None:
-        """The batch is done (its offsets may be committed) once Kafka has all it produced;
-        a failed delivery stops the worker, the batch not done."""
-        # Its records and changelog are processed and handed over: the batch stays in
+    def settle(batches: list[BatchMessage], delivered: asyncio.Future[Any]) -> None:
+        """The batches are done (their offsets may be committed) once Kafka has all they
+        produced (``delivered``); a failed delivery stops the worker, none done."""
+        # Their records and changelog are processed and handed over: each batch stays in
         # its partition's chain until committed (its offsets are all that is read).
-        batch.records = ()
-        batch.changelog = []
+        for batch in batches:
+            batch.records = ()
+            batch.changelog = []
 
         def on_delivered(future: asyncio.Future[Any]) -> None:
             # Cancelled (directly, or one of the gathered acknowledgements): the worker
-            # is stopping; the batch stays not done and is read again next time.
+            # is stopping; the batches stay not done and are read again next time.
             if future.cancelled():
                 return
             error = future.exception()
             if isinstance(error, asyncio.CancelledError):
                 return
             if error is None:
-                batch.done = True
+                for batch in batches:
+                    batch.done = True
                 return
-            log.critical("delivering the output of %s failed: %r", batch, error)
+            log.critical("delivering the output of %s failed: %r", batches, error)
             on_failure(WorkerFailed(error))
             crashing = asyncio.ensure_future(app.crash(error))
             _background.add(crashing)
@@ -325,8 +327,7 @@ def create_app(
             delivered = await producer.deliver(
                 [message for result in results for message in result.outgoing]
             )
-            for batch in batches:
-                settle(batch, delivered)
+            settle(batches, delivered)
             await stream.ack(event)
             for result, by_site in zip(results, by_sites, strict=True):
                 _count_validated(metrics, unit.topic, result, by_site, site_labels)
@@ -350,8 +351,7 @@ def create_app(
                     *(record for batch in batches for record in batch.changelog),
                 ]
             )
-            for batch in batches:
-                settle(batch, delivered)
+            settle(batches, delivered)
             await stream.ack(event)
             for result in results:
                 _count_deduplicated(metrics, result, site_last_event)
@@ -374,8 +374,7 @@ def create_app(
             delivered = await cast(Producer, app.producer).deliver(
                 [*outgoing, *(record for batch in batches for record in batch.changelog)]
             )
-            for batch in batches:
-                settle(batch, delivered)
+            settle(batches, delivered)
 
     async def send_rows() -> None:
         async with rolled.lock:
@@ -392,8 +391,7 @@ def create_app(
             delivered = await producer.deliver(
                 [record for batch in batches for record in batch.changelog]
             )
-            for batch in batches:
-                settle(batch, delivered)
+            settle(batches, delivered)
 
     async def _aggregate(stream: Any) -> None:
         async for event, unit, batches in admitted(stream):
