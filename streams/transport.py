@@ -121,6 +121,29 @@ METADATA_RETRY_S = 0.1
 DECLARE_RETRY_S = 120.0
 
 
+def _envelope(
+    tp: TP, offset: int, timestamp: float, timestamp_type: int, generation_id: int | None
+) -> dict[str, Any]:
+    """:class:`ConsumerMessage`'s fields for a message that stands for records, not
+    one: Faust reads its partition, offset and time (routing, read offsets, sensors);
+    its key, value, headers and sizes stay empty."""
+    return {
+        "topic": tp.topic,
+        "partition": tp.partition,
+        "offset": offset,
+        "timestamp": timestamp,
+        "timestamp_type": timestamp_type,
+        "headers": None,
+        "key": None,
+        "value": b"",
+        "checksum": None,
+        "serialized_key_size": 0,
+        "serialized_value_size": 0,
+        "tp": tp,
+        "generation_id": generation_id,
+    }
+
+
 class BatchMessage(ConsumerMessage):
     """Every record fetched for one partition in one fetch, handed to an agent as one message.
 
@@ -142,20 +165,9 @@ class BatchMessage(ConsumerMessage):
 
     def __init__(self, tp: TP, records: Sequence[Any], generation_id: int) -> None:
         last = records[-1]
+        timestamp = last.timestamp / 1000 if last.timestamp is not None else None
         super().__init__(
-            tp.topic,
-            tp.partition,
-            last.offset,
-            cast(float, last.timestamp / 1000 if last.timestamp is not None else None),
-            last.timestamp_type,
-            None,
-            None,
-            b"",
-            None,
-            0,
-            0,
-            tp,
-            generation_id=generation_id,
+            **_envelope(tp, last.offset, cast(float, timestamp), last.timestamp_type, generation_id)
         )
         self.records: Sequence[Any] = records
         self.first_offset: int = records[0].offset
@@ -185,19 +197,9 @@ class TopicBatch(ConsumerMessage):
     def __init__(self, batches: Sequence[BatchMessage]) -> None:
         first = batches[0]
         super().__init__(
-            first.topic,
-            first.partition,
-            first.offset,
-            first.timestamp,
-            first.timestamp_type,
-            None,
-            None,
-            b"",
-            None,
-            0,
-            0,
-            first.tp,
-            generation_id=first.generation_id,
+            **_envelope(
+                first.tp, first.offset, first.timestamp, first.timestamp_type, first.generation_id
+            )
         )
         self.batches: Sequence[BatchMessage] = batches
         #: The batch the agent is processing, set by :meth:`processing`.
