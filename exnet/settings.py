@@ -40,8 +40,7 @@ SHUTDOWN_POLL_S = 0.05
 #: events/s, the whole pipeline (worker, writer, broker) took 1.25-1.54 cores with one
 #: byte, 0.60-0.77 with 64 KiB, its p99 latency 0.45-0.54 s against 0.56-0.60 s. From
 #: about 1,000 events/s the worker is busy enough that its fetches gather records
-#: anyway: the two were within the run-to-run spread there (docs/architecture.md,
-#: "Known limits").
+#: anyway: the two were within the run-to-run spread there (docs/performance.md).
 FETCH_MAX_WAIT_MS = 50
 FETCH_MIN_BYTES = 64 * 1024
 #: The longest a kafka-python client waits between attempts to reach a broker that

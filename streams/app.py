@@ -103,8 +103,7 @@ FILL_VIEWS_S = 1.0
 VIEWS_WINDOW_S = 0.5
 #: Messages a stream may hold in its buffer: each is a topic's share of a fetch already
 #: (EXNET_STREAM_BATCH_MAX records at most), and a full buffer holds the fetch loop back.
-#: With 2 here, the latency at 5,000 events/s was no better (docs/architecture.md,
-#: "Known limits").
+#: With 2 here, the latency at 5,000 events/s was no better (docs/performance.md).
 BATCHES_BUFFERED = 4
 
 
