@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
+from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 
 from contracts.errors import UserError
@@ -350,7 +351,7 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
         try:
             result: bytes = client.raw_query(sql, fmt=fmt)
         except Exception as exc:
-            if "(UNKNOWN_DATABASE)" in str(exc):
+            if "(UNKNOWN_DATABASE)" in str(exc) and not _database_exists(client, settings):
                 raise _not_initialized(settings) from None
             raise UserError(f"query failed: {clickhouse_message(exc)}") from None
         return result
@@ -362,6 +363,14 @@ def _location(settings: Settings) -> str:
     """Where the database is: the embedded one's folder, or the server's URL (its
     password hidden)."""
     return redacted_dsn(settings.clickhouse_dsn.removeprefix("chdb://"))
+
+
+def _database_exists(client: Client, settings: Settings) -> bool:
+    """Whether exnet's own database is there: a query naming another that does not
+    exist fails the same way (UNKNOWN_DATABASE), and must be told so, not sent to
+    ``exnet init``."""
+    exists = client.command(f"EXISTS DATABASE {quote_identifier(settings.clickhouse_database)}")
+    return str(exists).strip() == "1"
 
 
 def _not_initialized(settings: Settings) -> UserError:

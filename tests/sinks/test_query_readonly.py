@@ -241,3 +241,13 @@ def test_a_query_may_open_with_a_comment_and_end_with_one(route: str, settings: 
     assert opened.returncode == 0 and opened.stdout == "1\n", opened.stderr
     closed = _exnet_sql(settings, "SELECT 2 AS two\nFORMAT CSVWithNames\n-- end of report\n")
     assert closed.returncode == 0 and closed.stdout == '"two"\n2\n', closed.stderr
+
+
+def test_a_query_naming_another_missing_database_is_told_so(route: str, settings: Settings) -> None:
+    # Until 2026-12-05 the direct route answered "run `exnet init`" for any unknown
+    # database, exnet's own being there (an outside reviewer's find).
+    with pytest.raises(UserError) as failed:
+        run_query(settings, "SELECT * FROM no_such_database.x", "TSV")
+    assert "no_such_database" in str(failed.value)
+    assert "UNKNOWN_DATABASE" in str(failed.value)
+    assert "exnet init" not in str(failed.value)
