@@ -242,7 +242,8 @@ def verify() -> None:
     version and is_deleted; exercise_minutes within a relative 1e-9 (absolute 1e-6);
     an arm_summary or node_daily row the stream deleted (nothing left to count) may
     be absent where the reference counts zeros. Works while
-    `exnet up` runs. Exits 1 on any difference, 0 otherwise.
+    `exnet up` runs. Exits 1 on any difference, 0 otherwise; before the stream's
+    first start its tables are empty, and one line says so instead (exit 1).
     """
     from functools import partial
 
