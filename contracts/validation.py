@@ -746,8 +746,8 @@ def _before_earliest(earliest: datetime) -> FieldIssue:
     return FieldIssue(
         "occurred_at",
         # Not the value: a date of birth typed here would reach the analysts' table.
-        f"before {earliest.date().isoformat()}, the earliest date of this network's "
-        "events (a typo in the year?)",
+        f"before {earliest.date().isoformat()}T00:00:00Z, the earliest date of this "
+        "network's events, at midnight UTC (a typo in the year?)",
         "before_earliest_date",
     )
 

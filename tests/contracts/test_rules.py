@@ -274,13 +274,27 @@ def test_a_time_before_year_1000_is_before_the_earliest_date(written: str) -> No
     """Said as year 1000's typo is (not as a malformed time), beside other failing fields
     too, and without an exception where the time has no UTC equivalent; the time is not
     repeated (a date of birth typed there would reach the analysts' table)."""
-    says = "occurred_at: before 2000-01-01, the earliest date of this network's events"
+    says = "occurred_at: before 2000-01-01T00:00:00Z, the earliest date of this network's events"
     found = rejected(send(event(S, occurred_at=written)), "invalid_field", "occurred_at")
     assert [issue.type for issue in found.issues] == ["before_earliest_date"]
     assert found.message.startswith(says) and written[:4] not in found.message
     with_rpe = send(event(S, occurred_at=written, rpe=99))
     found = rejected(with_rpe, "invalid_field", "occurred_at", "rpe")
     assert says in found.message
+
+
+def test_the_earliest_date_begins_at_midnight_utc() -> None:
+    """SPEC §1 says "not before the registry's earliest_date" and stores times in UTC:
+    the bound is that day's midnight UTC, whatever offset the site wrote; the message
+    says so, as a site that wrote 2000-01-01 at 00:30 in +01:00 was told its time was
+    "before 2000-01-01" (an outside reviewer's find, 2026-12-05)."""
+    accepted(send(event(S, occurred_at="2000-01-01T00:00:00Z")))
+    accepted(send(event(S, occurred_at="1999-12-31T23:30:00-01:00")))
+    found = rejected(
+        send(event(S, occurred_at="2000-01-01T00:30:00+01:00")), "invalid_field", "occurred_at"
+    )
+    assert "before 2000-01-01T00:00:00Z" in found.message
+    assert "midnight UTC" in found.message
 
 
 @pytest.mark.parametrize(

@@ -435,7 +435,7 @@ def test_each_bad_input_kind_is_reported_on_its_line(
         (3, "malformed_json: the member name 'score' appears more than once in one object"),
         (4, "invalid_field: batch_id: String should match pattern"),
         (5, "invalid_field: batch_id: String should match pattern"),
-        (6, "invalid_field: occurred_at: before 2000-01-01, the earliest date of this"),
+        (6, "invalid_field: occurred_at: before 2000-01-01T00:00:00Z, the earliest date of"),
         (7, "invalid_field: event_id: 00000000-0000-0000-0000-000000000000 is the nil or"),
         (8, "invalid_field: event_id: String should match pattern"),
         (9, "malformed_json: nested too deeply to be an event (over 200 arrays or objects"),
