@@ -714,9 +714,10 @@ def find_problems(
         problems.append(
             Problem(
                 "high_reject_share",
-                f"{share:.1%} of the messages of the last day were rejected "
+                f"{share:.1%} of the last day's events written to ClickHouse were rejected "
                 f"({clickhouse.rejected_last_day} of "
-                f"{clickhouse.rejected_last_day + clickhouse.accepted_last_day}; "
+                f"{clickhouse.rejected_last_day + clickhouse.accepted_last_day}, "
+                "accepted and rejected; duplicates are not written; "
                 f"limit {max_reject_share:.1%}): see `exnet rejects --since 24h`",
             )
         )
