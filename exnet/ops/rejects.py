@@ -277,7 +277,7 @@ def find_rejects(settings: Settings, query: RejectFilter) -> RejectsResult:
         "toValidUTF8(detail) AS detail, toValidUTF8(message) AS message, "
         "source_topic, source_partition, source_offset, event_id, node_id, site_id, "
         f"toValidUTF8(payload) AS payload FROM {db}.rejected_events FINAL WHERE {where} "
-        f"ORDER BY rejected_at DESC, source_topic, source_partition, source_offset{limit}",
+        f"ORDER BY rejected_at DESC, source_topic, source_partition, source_offset DESC{limit}",
     )
     messages = tuple(_message(row) for row in rows)
     return RejectsResult(query, matched, _explain_conflicts(settings, messages))

@@ -24,6 +24,7 @@ from exnet.ops.rejects import (
     parse_moment,
     worklist_rows,
 )
+from sinks.client import connect
 
 from .conftest import REJECTIONS, Seeded
 from .helpers import exnet_subprocess, ops_cli
@@ -102,6 +103,28 @@ def test_filters_and_text_output(seeded: Seeded) -> None:
 
 
 @pytest.mark.clickhouse
+def test_of_a_batch_rejected_together_the_newest_offsets_come_first(seeded: Seeded) -> None:
+    # A batch's rejections share their rejected_at: --limit kept its oldest offsets
+    # until 2026-12-05 (an outside reviewer's find).
+    settings = seeded.settings
+    client = connect(settings)
+    try:
+        kept = client.query("SELECT * FROM rejected_events FINAL WHERE source_offset = 11")
+        columns = list(kept.column_names)
+        row = dict(zip(columns, kept.result_rows[0], strict=True))
+        batch = [{**row, "rejected_at": seeded.now, "source_offset": n} for n in (40, 41, 42)]
+        client.insert(
+            "rejected_events",
+            [[r[c] for c in columns] for r in batch],
+            column_names=columns,
+            settings={"async_insert": 0},
+        )
+    finally:
+        client.close()
+    newest = find_rejects(settings, RejectFilter(limit=2))
+    assert [m.source_offset for m in newest.messages] == [42, 41]
+
+
 def test_csv_work_list_and_json(seeded: Seeded, tmp_path: Path) -> None:
     settings = seeded.settings
     out = tmp_path / "worklist.csv"
