@@ -83,6 +83,12 @@ _PROGRESS_EVERY: Final = 1_000
 _STDIN_STOP_CHECK_S: Final = 0.2
 _STDIN_READ_BYTES: Final = 1 << 16
 
+#: What a blank line may hold: JSON's whitespace only (RFC 8259 §2). Python's
+#: ``bytes.strip()`` also strips vertical tab and form feed, which a JSON parser
+#: refuses: a line of them, sent as it is, would be a malformed message.
+_JSON_WHITESPACE: Final = b" \t\r\n"
+
+
 _PUBLISH_HELP = f"""Publish events from JSON Lines files ("-" for standard input) to Kafka.
 
 Every line is one event, checked against the contracts (and the network
@@ -289,7 +295,7 @@ def _publish_stream(
             line = raw.rstrip(b"\r\n")
             if progress is not None and task is not None and number % _PROGRESS_EVERY == 0:
                 progress.update(task, completed=stream.tell() if stream.seekable() else number)
-            if not line.strip():
+            if not line.strip(_JSON_WHITESPACE):
                 counts.blank += 1
                 continue
             counts.read += 1

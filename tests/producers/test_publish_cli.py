@@ -72,6 +72,7 @@ def test_invalid_lines_are_reported_by_line_and_field_path(
             crlf + b"\r",  # 5 valid, Windows line end
             b"   \t",  # 6 blank
             b"[1, 2]",  # 7 not an object
+            b"\x0b\x0c",  # 8 not blank to JSON (vertical tab, form feed): malformed
         ]
     )
     status = publish_files(pub_settings, [str(path)], show_progress=False)
@@ -88,9 +89,10 @@ def test_invalid_lines_are_reported_by_line_and_field_path(
         f"{path}:7: malformed_json: a JSON array, not an object: one event is one JSON object"
         in lines
     )
-    assert len(lines) == 4  # one line per failing field path, nothing else
+    assert any(re.match(rf"{re.escape(str(path))}:8: malformed_json: ", x) for x in lines)
+    assert len(lines) == 5  # one line per failing field path, nothing else
 
-    assert out.strip() == "read 5, sent 2, invalid 3, spooled 0, skipped blank 2"
+    assert out.strip() == "read 6, sent 2, invalid 4, spooled 0, skipped blank 2"
     assert sorted(pub_producer.values()) == sorted([good, crlf])
 
 
