@@ -21,6 +21,7 @@ from contracts.validation import (
     Outcome,
     Rejected,
     Validator,
+    event_id_named_in,
     site_named_in,
 )
 from contracts.views import Views, compute_views
@@ -56,6 +57,7 @@ __all__ = [
     "Views",
     "compute_views",
     "load_registry",
+    "event_id_named_in",
     "site_named_in",
     "to_canonical",
     "topic_name",

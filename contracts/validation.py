@@ -237,6 +237,25 @@ def site_named_in(value: bytes | None) -> str | None:
     return found.group(1).decode() if found is not None else None
 
 
+_EVENT_ID_NAMED: Final = re.compile(
+    rb"""["']event_id["'][ \t\r\n]*:[ \t\r\n]*["'](%s)["']"""
+    % EVENT_ID_PATTERN.strip("^$").encode()
+)
+
+
+def event_id_named_in(value: bytes | None) -> str | None:
+    """The ``event_id`` a message names, whatever else is wrong with it, or None:
+    as :func:`site_named_in`, the first ``event_id`` member whose value is a UUID
+    (lower-cased, as stored; not the nil or the max UUID)."""
+    if not value:
+        return None
+    found = _EVENT_ID_NAMED.search(value, 0, MAX_MESSAGE_BYTES)
+    if found is None:
+        return None
+    lowered = found.group(1).decode().lower()
+    return None if lowered in SPECIAL_UUIDS else lowered
+
+
 class _TopicContract:
     """How to read one input topic: its versions, behind one JSON parser.
 

@@ -31,7 +31,12 @@ from contracts.envelope import (
     EventBase,
 )
 from contracts.reasons import Reason
-from contracts.validation import EVENT_MODELS, readable_numbers, site_named_in
+from contracts.validation import (
+    EVENT_MODELS,
+    event_id_named_in,
+    readable_numbers,
+    site_named_in,
+)
 from contracts.views import MINUTES_COLUMNS, VIEW_FIGURES, VIEW_KEYS
 from contracts.wire import source_origin
 from exnet.metrics import VIEW_REFUSALS
@@ -134,7 +139,10 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
         detail = _detail_naming(detail, unknown)
         detail_json = orjson.dumps(detail)
     source = source_origin(headers)
-    event_id = headers.get(H.EVENT_ID)
+    # The validator's, else the one the bytes name (a message that is no JSON object):
+    # a site finds its record in the work list by it.
+    event_id_header = headers.get(H.EVENT_ID)
+    event_id = event_id_header.decode() if event_id_header else event_id_named_in(payload)
     # The site the bytes name, even when they are no JSON object (an object in an
     # array, Python-style quotes): the coordinators' work lists go by site.
     site_id = site_named_in(payload)
@@ -148,7 +156,7 @@ def rejected_row(value: bytes | None, headers: Headers, ingested_at: datetime) -
         source.topic,
         source.partition,
         source.offset,
-        event_id.decode() if event_id else None,
+        event_id,
         node_id,
         site_id,
         redacted_payload(payload, detail, unknown),

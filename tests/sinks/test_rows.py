@@ -66,6 +66,34 @@ def test_a_rejection_goes_to_the_site_its_bytes_name_even_when_they_are_not_json
     assert sites(b"not json at all") == (None, None)
 
 
+def test_a_malformed_rejection_keeps_the_event_id_its_bytes_name() -> None:
+    # NaN, a byte-order mark, data after the object: the validator reads no event, yet
+    # the site's work list needs the record's id (an outside reviewer's find, 2026-12-05).
+    headers = {
+        H.REASON: b"malformed_json",
+        H.SOURCE_TOPIC: b"exnet.session",
+        H.SOURCE_PARTITION: b"0",
+        H.SOURCE_OFFSET: b"3",
+        H.REJECTED_AT: b"2026-06-01T00:00:00+00:00",
+        H.DETAIL: b'{"reason":"malformed_json","message":"x","errors":[]}',
+    }
+    uuid = "6D1F8F4E-0000-4000-8000-00000000000A"
+
+    def event_id(payload: bytes, given: dict[str, bytes] | None = None) -> str | None:
+        row = rejected_row(payload, {**headers, **(given or {})}, NOW)
+        found = dict(zip(REJECTED_COLUMNS, row, strict=True))["event_id"]
+        assert found is None or isinstance(found, str)
+        return found
+
+    assert event_id(b'{"event_id": "%s", "rpe": NaN}' % uuid.encode()) == uuid.lower()
+    assert event_id(b'\xef\xbb\xbf{"event_id":"%s"}' % uuid.encode()) == uuid.lower()
+    assert event_id(b"{'event_id': '%s'} trailing" % uuid.encode()) == uuid.lower()
+    assert event_id(b'{"event_id": "00000000-0000-0000-0000-000000000000", "x": NaN}') is None
+    assert event_id(b'{"event_id": "Jane Doe", "x": NaN}') is None
+    # The validator's (a parsed event's) wins.
+    assert event_id(b'{"event_id": "%s"}' % uuid.encode(), {H.EVENT_ID: b"abc"}) == "abc"
+
+
 def test_identifiers_never_reach_the_analysts_table() -> None:
     """Unknown fields, identifier fields that failed their patterns and text in any field
     that failed are redacted; a failing number is kept."""
