@@ -53,10 +53,11 @@ _REMEMBERED: Final = 10_000
 #: code) may tell two errors apart.
 _ADDRESS: Final = re.compile(r"(?<= at )0x[0-9a-fA-F]+\b")
 #: A measured duration: a number with a fraction and a unit of time ("ran for 0.293s",
-#: "took 1.204s", "(12.5 ms)"); kafka-python prints them with %.3f or %f. Whole numbers
+#: "took 1.204s", "(12.5 ms)", "(backoff 0.85 secs)": a retry's jittered backoff); kafka-python
+#: prints them with %.2f, %.3f or %f. Whole numbers
 #: stay: in these lines they are node ids, partitions, offsets, error codes and
 #: configured timeouts ("timed out after 30000 ms"), which tell lines apart.
-_DURATION: Final = re.compile(r"\b\d+\.\d+(?= ?m?s\b)")
+_DURATION: Final = re.compile(r"\b\d+\.\d+(?= ?(?:m?s|secs?|seconds?)\b)")
 
 
 def _same_line(message: str) -> str:
