@@ -111,8 +111,9 @@ class InvalidRatioGuard:
         if len(failing) < self._sites_required or 2 * len(failing) <= len(sending):
             return  # one site's (or a few sites', or no site's) bad data: rejected, counted
         spread = (
-            f"{len(failing)} of the {len(sending)} sites sending have most of their "
-            f"messages rejected ({', '.join(failing[:5])}{', ...' if len(failing) > 5 else ''})"
+            f"{len(failing)} of the {len(sending)} sites sending have more than "
+            f"{self._max_ratio:.0%} of their messages rejected "
+            f"({', '.join(failing[:5])}{', ...' if len(failing) > 5 else ''})"
         )
         raise InvalidRatioExceeded(
             f"{rejected} of the last {self._total} messages were rejected "

@@ -191,7 +191,7 @@ def test_a_registry_that_matches_no_site_stops_the_worker_before_committing(
         "up", "--drain", timeout=180, env={**small_window, "EXNET_REGISTRY": str(wrong)}
     )
     assert done.returncode == 78, done.stderr[-3000:]
-    assert "sites sending have most of their messages rejected" in done.stderr
+    assert "sites sending have more than 90% of their messages rejected" in done.stderr
     # Nothing was committed: with the right registry every event is there to accept.
     pipeline.drain(env=small_window)
     accepted = pipeline.rows("SELECT event_id FROM enrollment_events FINAL")

@@ -41,7 +41,7 @@ def test_no_site_garbage_beside_most_sites_failing_still_trips_it() -> None:
     limit = guard(window=100)
     with pytest.raises(InvalidRatioExceeded, match=r"of the last 100 messages were rejected") as e:
         limit.observe({None: (40, 40), "N01-S01": (30, 30), "N02-S01": (30, 30)})
-    assert "2 of the 2 sites sending" in str(e.value)
+    assert "2 of the 2 sites sending have more than 50% of their messages" in str(e.value)
     assert "EXNET_DLQ_MAX_RATIO=50%" in str(e.value)
 
 
