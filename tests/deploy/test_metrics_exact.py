@@ -16,6 +16,7 @@ import pytest
 
 from contracts.catalog import topic_spec
 from contracts.reasons import Reason
+from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from exnet.metrics import EVENT_TYPES, VIEW_REFUSALS
 from exnet.settings import Settings
@@ -105,7 +106,7 @@ def test_metrics_count_a_known_input_exactly(
         assert seconds < OPS_SIGTERM_EXIT_S
     finally:
         up.close()
-    _assert_sites(families, scenario)
+    _assert_sites(families, scenario, settings)
 
 
 def _assert_counters(families: Families, scenario: OpsScenario, settings: Settings) -> None:
@@ -193,7 +194,7 @@ def _assert_sink(families: Families, scenario: OpsScenario, settings: Settings) 
     assert sample_value(families, "exnet_process_role", {"role": "sink"}) == 1.0
 
 
-def _assert_sites(families: Families, scenario: OpsScenario) -> None:
+def _assert_sites(families: Families, scenario: OpsScenario, settings: Settings) -> None:
     """Per site: the newest occurred_at of an *accepted* event (the gauge's documented
     meaning); the conflicting duplicate, newer but rejected, must not move it."""
     sites = {
@@ -220,6 +221,24 @@ def _assert_sites(families: Families, scenario: OpsScenario) -> None:
     for s in samples_named(families, "exnet_site_events_rejected_total"):
         per_site[s.labels["reason"]] += int(s.value)
     assert +per_site == scenario.rejected_by_reason
+    # Every registered site's series (and the no-site one) are there from the start, at
+    # 0 where nothing was counted: Prometheus's increase() reads nothing from a series'
+    # first sample, so one born at a site's first burst would miss the alert on it.
+    sites_registered = [(n, s.id) for n, s in load_registry(settings.registry_path).sites()]
+    rejected_series = {
+        (s.labels["node_id"], s.labels["site_id"], s.labels["reason"])
+        for s in samples_named(families, "exnet_site_events_rejected_total")
+    }
+    assert rejected_series == {
+        (node_id, site_id, reason.value)
+        for node_id, site_id in [*sites_registered, ("", "")]
+        for reason in Reason
+    }
+    received_series = {
+        (s.labels["node_id"], s.labels["site_id"])
+        for s in samples_named(families, "exnet_site_events_received_total")
+    }
+    assert received_series == {*sites_registered, ("", "")}
     (conflict,) = [m for m in scenario.messages if m.outcome == "conflicting_duplicate"]
     named = json.loads(conflict.value)
     assert {
