@@ -210,6 +210,10 @@ class _SinkRole(threading.Thread):
             )
             self.error = exc
             self._on_error()
+        except DatabaseLocked as exc:  # one line: it is not a bug
+            log.error("the sink stopped: %s", exc)
+            self.error = exc
+            self._on_error()
         except BaseException as exc:
             log.exception("the sink stopped with an error")
             self.error = exc
@@ -231,7 +235,13 @@ class _SinkRole(threading.Thread):
                 # and `exnet status` hold the database for a moment (a sink restarted while
                 # status was polled exited 1 at once: an outside tester's find).
                 if not self._standby and time.monotonic() >= give_up_at:
-                    raise
+                    raise DatabaseLocked(
+                        f"the embedded database {settings.clickhouse_dsn.removeprefix('chdb://')} "
+                        f"was still held by another process after {LOCKED_WAIT_S:.0f} s: "
+                        "most likely another `exnet up` writing to it, as one process owns "
+                        "an embedded database; run this one with `--role stream`, or stop "
+                        "the other first"
+                    ) from None
                 if not waited and self._standby:
                     log.info(
                         "the embedded database is held by another exnet; standing by as writer"

@@ -3,11 +3,16 @@ scrape: a writer that breaks off its answer (it is stopping) must not break the 
 
 from __future__ import annotations
 
+import logging
+import os
 import socketserver
+import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +22,11 @@ from exnet.httpserver import OpsServer
 from exnet.metrics import Metrics
 from exnet.runner import _SinkProcess
 from exnet.settings import Settings
+from sinks.errors import DatabaseLocked
+from tests.sinks.test_clickhouse import _HOLD
+
+if TYPE_CHECKING:
+    from tests.conftest import SettingsFactory
 
 #: What a stopping writer sent: the headers of a full /metrics reply, then nothing
 #: (http.client.IncompleteRead: 0 bytes read, 13744 more expected).
@@ -108,3 +118,36 @@ def test_a_writer_stopped_by_a_signal_while_it_starts_is_no_failure(
     child.start()
     assert exited.wait(30)  # the parent stops when its writer does, either way
     assert child.failed is failed
+
+
+@pytest.mark.clickhouse
+def test_a_sink_role_that_finds_the_database_held_gives_up_in_one_line(
+    settings_factory: SettingsFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # `exnet up --role sink` beside a writing `exnet up` gave up after 30 s with "the sink
+    # stopped with an error", a three-level traceback and chDB's "Error initializing
+    # EmbeddedServer", its hint meant for analysts (an outside reviewer's find, 2026-12-05).
+    settings = settings_factory()
+    env = {**os.environ, "EXNET_VAR_DIR": str(settings.var_dir)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        monkeypatch.setattr(exnet.runner, "LOCKED_WAIT_S", 0.5)
+        failed = threading.Event()
+        role = exnet.runner._SinkRole(settings, Metrics(), standby=False, on_error=failed.set)
+        with caplog.at_level(logging.ERROR, logger="exnet.runner"):
+            role.start()
+            role.join(timeout=60)
+        assert failed.is_set() and isinstance(role.error, DatabaseLocked)
+        (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert record.exc_info is None  # no traceback: not a bug
+        message = record.getMessage()
+        assert "another `exnet up` writing to it" in message and "--role stream" in message
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
