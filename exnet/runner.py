@@ -497,7 +497,11 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
+        # A stop asked already (a drain done, a failed writer) is forwarded to the Faust
+        # worker as this process's own SIGTERM: only a stop that comes from outside is
+        # news ("signal 15: stopping" after a drain that ended by itself misled).
+        if not self.event.is_set():
+            log.info("signal %d: stopping", signum)
         self.event.set()
 
     def request(self) -> None:
