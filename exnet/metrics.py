@@ -175,14 +175,15 @@ class Metrics:
         #: site they name is not registered, or they name none).
         self.site_events_received = Counter(
             "exnet_site_events_received",
-            "Messages read, by the node and site they name",
+            "Messages read, by the site they name and its registered node",
             ["node_id", "site_id"],
             registry=r,
         )
-        #: counter: rejected messages, by the node and site they name and reason code.
+        #: counter: rejected messages, by the site they name (its registered node) and
+        #: reason code.
         self.site_events_rejected = Counter(
             "exnet_site_events_rejected",
-            "Messages rejected, by the node and site they name and reason code",
+            "Messages rejected, by the site they name (its registered node) and reason code",
             ["node_id", "site_id", "reason"],
             registry=r,
         )

@@ -702,13 +702,14 @@ def find_problems(
         return tuple(problems)
     stale = [s for s in clickhouse.sites if s.stale]
     if stale:
-        problems.append(
-            Problem(
-                "stale_sites",
-                f"{len(stale)} site(s) sent no event for more than {stale_hours:g} h: "
-                + ", ".join(s.site_id for s in stale),
-            )
-        )
+        silent = [s.site_id for s in stale if s.last_ingested_at is not None]
+        never = [s.site_id for s in stale if s.last_ingested_at is None]
+        parts = []
+        if silent:
+            parts.append(f"sent no event for more than {stale_hours:g} h: {', '.join(silent)}")
+        if never:
+            parts.append(f"never sent one: {', '.join(never)}")
+        problems.append(Problem("stale_sites", f"{len(stale)} site(s) " + "; ".join(parts)))
     share = clickhouse.reject_share
     if share is not None and share > max_reject_share:
         problems.append(

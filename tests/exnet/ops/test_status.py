@@ -238,6 +238,7 @@ def test_problems_and_json_keys_from_a_built_report() -> None:
     sites = (
         SiteState("N01", "N01-S01", "A", True, now, now - timedelta(hours=1), 95, 300, False),
         SiteState("N01", "N01-S02", "B", True, None, None, 0, 0, True),
+        SiteState("N01", "N01-S03", "C", True, now, now - timedelta(hours=30), 0, 9, True),
     )
     clickhouse = ClickHouseState(
         True,
@@ -255,6 +256,11 @@ def test_problems_and_json_keys_from_a_built_report() -> None:
     )
     problems = find_problems(broker, lag, clickhouse, 24.0, 0.05)
     assert [p.kind for p in problems] == ["stale_sites"]  # 5 / 100 is not above 5%
+    # A site that never sent is said to have never sent (until 2026-12-05, "sent no
+    # event for more than 24 h" for a pipeline 15 s old: an outside reviewer's find).
+    assert problems[0].message == (
+        "2 site(s) sent no event for more than 24 h: N01-S03; never sent one: N01-S02"
+    )
     found = find_problems(broker, lag, clickhouse, 24.0, 0.04)
     assert [p.kind for p in found] == ["stale_sites", "high_reject_share"]
     # Its denominator is what ClickHouse holds: duplicates are not there, and it says so.
