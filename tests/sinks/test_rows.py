@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any, Final
 
 import orjson
 import pytest
@@ -45,18 +46,24 @@ def test_rejected_row_keeps_the_bytes_and_reads_site_ids_only_when_they_look_lik
     assert garbage["payload_sha256"] == hashlib.sha256(b"\xff\xfe").hexdigest()
 
 
-def test_a_rejection_goes_to_the_site_its_bytes_name_even_when_they_are_not_json() -> None:
-    headers = {
-        H.REASON: b"malformed_json",
-        H.SOURCE_TOPIC: b"exnet.session",
-        H.SOURCE_PARTITION: b"0",
-        H.SOURCE_OFFSET: b"3",
-        H.REJECTED_AT: b"2026-06-01T00:00:00+00:00",
-        H.DETAIL: b'{"reason":"malformed_json","message":"x","errors":[]}',
-    }
+#: A dead-letter message's headers for bytes that are no JSON object.
+MALFORMED: Final = {
+    H.REASON: b"malformed_json",
+    H.SOURCE_TOPIC: b"exnet.session",
+    H.SOURCE_PARTITION: b"0",
+    H.SOURCE_OFFSET: b"3",
+    H.REJECTED_AT: b"2026-06-01T00:00:00+00:00",
+    H.DETAIL: b'{"reason":"malformed_json","message":"x","errors":[]}',
+}
 
+
+def _malformed_row(payload: bytes, headers: Mapping[str, bytes] = MALFORMED) -> dict[str, Any]:
+    return dict(zip(REJECTED_COLUMNS, rejected_row(payload, headers, NOW), strict=True))
+
+
+def test_a_rejection_goes_to_the_site_its_bytes_name_even_when_they_are_not_json() -> None:
     def sites(payload: bytes) -> tuple[str | None, str | None]:
-        row = dict(zip(REJECTED_COLUMNS, rejected_row(payload, headers, NOW), strict=True))
+        row = _malformed_row(payload)
         return row["node_id"], row["site_id"]
 
     assert sites(b'[{"node_id": "N02", "site_id": "N02-S01", "rpe": 9}]') == ("N02", "N02-S01")
@@ -69,19 +76,10 @@ def test_a_rejection_goes_to_the_site_its_bytes_name_even_when_they_are_not_json
 def test_a_malformed_rejection_keeps_the_event_id_its_bytes_name() -> None:
     # NaN, a byte-order mark, data after the object: the validator reads no event, yet
     # the site's work list needs the record's id (an outside reviewer's find, 2026-12-05).
-    headers = {
-        H.REASON: b"malformed_json",
-        H.SOURCE_TOPIC: b"exnet.session",
-        H.SOURCE_PARTITION: b"0",
-        H.SOURCE_OFFSET: b"3",
-        H.REJECTED_AT: b"2026-06-01T00:00:00+00:00",
-        H.DETAIL: b'{"reason":"malformed_json","message":"x","errors":[]}',
-    }
     uuid = "6D1F8F4E-0000-4000-8000-00000000000A"
 
     def event_id(payload: bytes, given: dict[str, bytes] | None = None) -> str | None:
-        row = rejected_row(payload, {**headers, **(given or {})}, NOW)
-        found = dict(zip(REJECTED_COLUMNS, row, strict=True))["event_id"]
+        found = _malformed_row(payload, {**MALFORMED, **(given or {})})["event_id"]
         assert found is None or isinstance(found, str)
         return found
 
