@@ -238,6 +238,22 @@ class Metrics:
         for view in VIEW_KEYS:
             self.view_rows_differing.labels(view=view).set(0)
 
+    def preset_sites(self, sites: Iterable[tuple[str, str]]) -> None:
+        """Create the per-site counters of every registered site (``sites``: node_id,
+        site_id), and of no registered site (``""``), for every reason, at 0: the
+        stream worker's, which counts them. Prometheus's ``increase`` reads nothing
+        from a series' first sample, so a series born at a site's first burst of
+        rejections would never trip an alert on that burst."""
+        registered = tuple(sites)
+        for node_id, site_id in registered:
+            self.site_events_accepted.labels(node_id=node_id, site_id=site_id)
+        for node_id, site_id in (*registered, ("", "")):
+            self.site_events_received.labels(node_id=node_id, site_id=site_id)
+            for reason in Reason:
+                self.site_events_rejected.labels(
+                    node_id=node_id, site_id=site_id, reason=reason.value
+                )
+
 
 #: Families a parent process reports alone when it merges a child's metrics: its
 #: readiness already includes the child's.

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -45,7 +45,6 @@ import faust
 from faust.transport.drivers import TRANSPORTS
 from mode import CrashingSupervisor
 
-from contracts.reasons import Reason
 from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
 from contracts.validation import Validator
@@ -177,7 +176,7 @@ def create_app(
     #: The metrics' labels of a site a message names: its node and itself when
     #: registered, else empty (unbounded names must not become label values).
     site_labels = {site.id: (node_id, site.id) for node_id, site in registry.sites()}
-    _site_series_at_zero(metrics, tuple(site_labels.values()))
+    metrics.preset_sites(site_labels.values())
     inputs = app.topic(*(names[topic] for topic in INPUT_TOPICS))
     validated = app.topic(names[Topic.VALIDATED])
 
@@ -516,21 +515,6 @@ def _credentials(settings: Settings) -> faust.SASLCredentials | None:
 
 #: Tasks started from callbacks, kept referenced until they finish.
 _background: set[asyncio.Future[Any]] = set()
-
-
-def _site_series_at_zero(metrics: Metrics, sites: Iterable[tuple[str, str]]) -> None:
-    """Every per-site counter of every registered site (and of no registered site:
-    ``""``), and every reason's, at 0 from the start: Prometheus's ``increase`` reads
-    nothing from a series' first sample, so a series born at a site's first burst of
-    rejections would never trip an alert on that burst."""
-    for node_id, site_id in sites:
-        metrics.site_events_accepted.labels(node_id=node_id, site_id=site_id)
-    for node_id, site_id in (*sites, ("", "")):
-        metrics.site_events_received.labels(node_id=node_id, site_id=site_id)
-        for reason in Reason:
-            metrics.site_events_rejected.labels(
-                node_id=node_id, site_id=site_id, reason=reason.value
-            )
 
 
 def _count_validated(
