@@ -217,10 +217,26 @@ class Rejected:
 
 Outcome = Accepted | Rejected
 
-#: ``"site_id": "N01-S02"`` in a message's bytes, JSON's or Python's quotes.
-_SITE_NAMED: Final = re.compile(
-    rb"""["']site_id["'][ \t\r\n]*:[ \t\r\n]*["'](%s)["']""" % SITE_ID_PATTERN.strip("^$").encode()
-)
+
+def _member_named(name: str, pattern: str) -> re.Pattern[bytes]:
+    """``"<name>": "<a value of pattern>"`` in a message's bytes, JSON's or Python's
+    quotes; the value is the match's group 1."""
+    return re.compile(
+        rb"""["']%s["'][ \t\r\n]*:[ \t\r\n]*["'](%s)["']"""
+        % (name.encode(), pattern.strip("^$").encode())
+    )
+
+
+def _first_named(member: re.Pattern[bytes], value: bytes | None) -> str | None:
+    """Group 1 of ``member``'s first match in ``value``'s first 64 KiB, or None."""
+    if not value:
+        return None
+    found = member.search(value, 0, MAX_MESSAGE_BYTES)
+    return found.group(1).decode() if found is not None else None
+
+
+#: ``"site_id": "N01-S02"`` in a message's bytes.
+_SITE_NAMED: Final = _member_named("site_id", SITE_ID_PATTERN)
 
 
 def site_named_in(value: bytes | None) -> str | None:
@@ -231,29 +247,19 @@ def site_named_in(value: bytes | None) -> str | None:
     array, Python-style quotes): the first ``site_id`` member whose value has a
     site id's form, registered or not.
     """
-    if not value:
-        return None
-    found = _SITE_NAMED.search(value, 0, MAX_MESSAGE_BYTES)
-    return found.group(1).decode() if found is not None else None
+    return _first_named(_SITE_NAMED, value)
 
 
-_EVENT_ID_NAMED: Final = re.compile(
-    rb"""["']event_id["'][ \t\r\n]*:[ \t\r\n]*["'](%s)["']"""
-    % EVENT_ID_PATTERN.strip("^$").encode()
-)
+#: ``"event_id": "<a UUID>"`` in a message's bytes.
+_EVENT_ID_NAMED: Final = _member_named("event_id", EVENT_ID_PATTERN)
 
 
 def event_id_named_in(value: bytes | None) -> str | None:
     """The ``event_id`` a message names, whatever else is wrong with it, or None:
     as :func:`site_named_in`, the first ``event_id`` member whose value is a UUID
     (lower-cased, as stored; not the nil or the max UUID)."""
-    if not value:
-        return None
-    found = _EVENT_ID_NAMED.search(value, 0, MAX_MESSAGE_BYTES)
-    if found is None:
-        return None
-    lowered = found.group(1).decode().lower()
-    return None if lowered in SPECIAL_UUIDS else lowered
+    named = _first_named(_EVENT_ID_NAMED, value)
+    return _identity(named) if named is not None else None
 
 
 class _TopicContract:
@@ -936,6 +942,12 @@ def _readable_event_id(document: dict[str, Any]) -> str | None:
     candidate = document.get("event_id")
     # fullmatch: Python's `$` also matches before a final newline.
     if isinstance(candidate, str) and _EVENT_ID.fullmatch(candidate):
-        lowered = candidate.lower()
-        return None if lowered in SPECIAL_UUIDS else lowered
+        return _identity(candidate)
     return None
+
+
+def _identity(event_id: str) -> str | None:
+    """A UUID-shaped ``event_id`` as stored (lower-cased); None for the nil or the max
+    UUID, which are never an identity."""
+    lowered = event_id.lower()
+    return None if lowered in SPECIAL_UUIDS else lowered
