@@ -110,7 +110,8 @@ class Settings(BaseSettings):
     #: Loopback port where the process that owns the embedded database answers
     #: ``exnet sql`` (0: pick a free one; the port is written under var_dir).
     sql_port: Annotated[int, Field(ge=0, le=65535)] = 0
-    log_level: str = "INFO"
+    #: Python's level names, in any case (``debug`` is DEBUG).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
     # --- stream workers ----------------------------------------------------
     #: Records a stream worker fetches at most at once (over all its partitions); each
@@ -145,6 +146,13 @@ class Settings(BaseSettings):
         if not _TOPIC_PREFIX.fullmatch(value):  # `$` alone would take a final newline
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        # logging takes only upper-case names: "debug" passed here, then stopped the
+        # process as logging was set up.
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("kafka_bootstrap")
     @classmethod

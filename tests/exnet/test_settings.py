@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from contracts.errors import ConfigError
@@ -54,3 +56,21 @@ def test_a_kafka_bootstrap_that_names_no_broker_is_refused(value: str) -> None:
 )
 def test_a_kafka_bootstrap_of_host_port_pairs_is_taken(value: str) -> None:
     assert load_settings(kafka_bootstrap=value).kafka_bootstrap == value
+
+
+@pytest.mark.parametrize(("value", "level"), [("debug", "DEBUG"), ("Warning", "WARNING")])
+def test_a_log_level_is_taken_in_any_case(
+    monkeypatch: pytest.MonkeyPatch, value: str, level: str
+) -> None:
+    """``EXNET_LOG_LEVEL=debug`` passed the settings, then stopped the process as
+    logging was set up (logging knows only upper-case names)."""
+    monkeypatch.setenv("EXNET_LOG_LEVEL", value)
+    settings = load_settings()
+    assert settings.log_level == level
+    assert logging.getLevelName(settings.log_level) == getattr(logging, level)
+
+
+def test_a_log_level_python_does_not_know_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXNET_LOG_LEVEL", "verbose")
+    with pytest.raises(ConfigError, match="EXNET_LOG_LEVEL: "):
+        load_settings()
