@@ -483,7 +483,8 @@ class _StopFlag:
     """SIGTERM/SIGINT (or a drained pipeline) ask the process to stop, once, at any moment.
 
     Python-level handlers are installed first thing, so a signal during
-    start-up is never fatal; while the Faust worker runs, its loop owns the
+    start-up is never fatal (before, while the command line is imported,
+    :mod:`exnet.entry`'s exit 0 at once); while the Faust worker runs, its loop owns the
     signals, and a timer turns a stop requested by another thread into one.
     """
 
