@@ -188,6 +188,32 @@ def test_dashboard_has_a_valid_shape() -> None:
             assert target.get("datasource", panel["datasource"]) == panel["datasource"], where
 
 
+def test_panels_coloured_by_thresholds_define_them() -> None:
+    """A panel coloured by thresholds (or drawing them as a line) without steps of its
+    own gets Grafana's default, red from 80: the freshness panels turned red at 80
+    hours, not past the 6 h alert window, and the latency's target line sat at 80 s."""
+    undefined = []
+    for panel in _panels(_dashboard()):
+        defaults = panel.get("fieldConfig", {}).get("defaults", {})
+        custom = defaults.get("custom", {})
+        coloured = (
+            defaults.get("color", {}).get("mode") == "thresholds"
+            or custom.get("thresholdsStyle", {}).get("mode", "off") != "off"
+            or custom.get("cellOptions", {}).get("type") == "color-background"
+        )
+        steps = defaults.get("thresholds", {}).get("steps", [])
+        if coloured and len(steps) < 2:
+            undefined.append(panel["title"])
+    assert not undefined
+
+
+def test_the_latency_panel_draws_the_goal() -> None:
+    (panel,) = (p for p in _panels(_dashboard()) if p["title"] == "End-to-end latency (p50, p99)")
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    # seconds: the p99 goal (docs/architecture.md, "Known limits")
+    assert [step["value"] for step in steps] == [None, 1]
+
+
 def test_dashboard_uses_only_declared_metrics_and_labels() -> None:
     exprs = _dashboard_exprs(_dashboard())
     assert len(exprs) > 20
