@@ -1,7 +1,8 @@
 """exnet: the data platform of a multi-site clinical research network.
 
 Sites publish events to Kafka; Faust stream processors validate and
-deduplicate them; a sink writes analytics tables to ClickHouse.
+deduplicate them and aggregate them into per-node and network-wide views; a
+sink writes the analytics tables to ClickHouse.
 """
 
 __all__ = ["__version__"]

@@ -1,8 +1,10 @@
-"""The stream processors: a Faust app that validates and deduplicates the sites' events.
+"""The stream processors: a Faust app that validates and deduplicates the sites' events
+and aggregates the accepted ones into the per-node and network-wide views.
 
 Built by :func:`create_app` from settings; the application package (``exnet``)
-decides which processes run it. Pure stages (:mod:`streams.dedup`,
-:mod:`streams.guard`) test without a broker.
+decides which processes run it. The stages are pure (:mod:`streams.validate`,
+:mod:`streams.dedup`, :mod:`streams.aggregate`, :mod:`streams.rollup`, and the
+dead-letter guard, :mod:`streams.guard`) and test without a broker.
 """
 
 from streams.dedup import Decision, Seen, SeenTable, decide, remember

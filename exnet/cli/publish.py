@@ -108,8 +108,10 @@ spooled, no Kafka needed; exit status {EXIT_OK} when every line is valid.
 Exit status: {EXIT_OK} every event sent; {EXIT_INVALID} some line was invalid;
 {EXIT_SPOOLED} nothing invalid but some events were spooled; {EXIT_DAMAGED} a damaged
 spool file from an earlier run was set aside (the message says which files to
-publish again); 2 a usage error (such as a missing file), or the spool could not
-be written (a full disk: the message says what was sent and where it stopped);
+publish again); 2 a usage error (such as a missing file), Kafka answering without
+the input topics (a wrong EXNET_TOPIC_PREFIX, or `exnet init` never run: nothing
+is read or spooled), or the spool could not be written (a full disk: the message
+says what was sent and where it stopped);
 {EXIT_INTERRUPTED} stopped by SIGTERM or Ctrl-C, after sending or spooling every
 line read.
 """
