@@ -58,7 +58,8 @@ class QueryEndpoint:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802  # http.server's naming
-                if self.headers.get("X-Exnet-Token") != endpoint._token:
+                given = self.headers.get("X-Exnet-Token", "").encode()
+                if not secrets.compare_digest(given, endpoint._token.encode()):  # in time too
                     self._reply(HTTPStatus.FORBIDDEN, b"bad token")
                     return
                 length = int(self.headers.get("Content-Length", "0"))

@@ -4,11 +4,15 @@ process that owns the database); the words in literals, identifiers and comments
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from http import HTTPStatus
 from pathlib import Path
 
 import pytest
@@ -251,3 +255,23 @@ def test_a_query_naming_another_missing_database_is_told_so(route: str, settings
     assert "no_such_database" in str(failed.value)
     assert "UNKNOWN_DATABASE" in str(failed.value)
     assert "exnet init" not in str(failed.value)
+
+
+@pytest.mark.parametrize("token", [None, "", "0" * 32, "é"])
+def test_the_endpoint_answers_only_its_token(
+    settings: Settings, endpoint: QueryEndpoint, token: str | None
+) -> None:
+    served = json.loads(endpoint_file(settings).read_text())
+    assert run_query(settings, "SELECT 1", "TSVRaw") == b"1\n"  # with the file's token
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["X-Exnet-Token"] = token
+    request = urllib.request.Request(  # noqa: S310  # the loopback endpoint under test
+        f"http://127.0.0.1:{int(served['port'])}/",
+        data=json.dumps({"query": "SELECT 1", "format": "TSVRaw"}).encode(),
+        headers=headers,
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)  # noqa: S310
+    assert refused.value.code == HTTPStatus.FORBIDDEN
