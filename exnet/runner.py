@@ -483,9 +483,10 @@ class _StopFlag:
     """SIGTERM/SIGINT (or a drained pipeline) ask the process to stop, once, at any moment.
 
     Python-level handlers are installed first thing, so a signal during
-    start-up is never fatal (before, while the command line is imported,
-    :mod:`exnet.entry`'s exit 0 at once); while the Faust worker runs, its loop owns the
-    signals, and a timer turns a stop requested by another thread into one.
+    start-up is never fatal (before them, while the command line is still
+    imported, :mod:`exnet.entry` makes a stop exit 0 at once); while the Faust
+    worker runs, its loop owns the signals, and a timer turns a stop requested
+    by another thread into one.
     """
 
     def __init__(self) -> None:
