@@ -83,7 +83,10 @@ def connect(settings: Settings, *, readonly: bool = False, create_database: bool
     if create_database:
         client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     if readonly:
-        # SET on this client's own session; it outlives the call on purpose.
+        # SET on this client's own session; it outlives the call on purpose. The
+        # limits first: readonly=1 then keeps an analyst's query from lifting them.
+        for name, value in READ_ONLY_LIMITS.items():
+            client.command(f"SET {name} = {value}")
         client.command("SET readonly = 1")
     client.database = database
     return client
@@ -162,6 +165,13 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode()  # UTF-8: the payloads exnet stores are JSON it wrote
     raise TypeError(f"no JSON for a {type(value).__name__}")
+
+
+#: Bounds of every query on a read-only session (``exnet sql``, the view check): in
+#: embedded chDB it runs in the process that writes the database, which an analyst's
+#: unbounded query could otherwise take all the memory of. Seconds match what
+#: ``exnet sql`` waits for an answer (``sinks.query.QUERY_TIMEOUT_S``); bytes: 4 GiB.
+READ_ONLY_LIMITS: Final = {"max_execution_time": 300, "max_memory_usage": 4 * 1024**3}
 
 
 def _ensure_parent(path: str) -> None:

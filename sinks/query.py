@@ -211,23 +211,26 @@ _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 def refuse_unless_read_only(client: Client, sql: str, fmt: str) -> None:
     """Raise :class:`UserError` when ``sql``, run with output format ``fmt``, is not one
     read-only statement: another kind than a query (``KILL``, ``SYSTEM``...), several
-    statements, or a query that writes a file; return None otherwise.
+    statements, a query that writes a file or calls a function that reaches outside
+    the database; return None otherwise.
 
-    ``readonly=1`` refuses writes to tables, settings and the ``file()``/``url()``
-    functions, but not what an analyst's text can still do in chDB (measured on
-    chDB 26.9): ``INTO OUTFILE``, which clickhouse-local carries out itself, as the
-    process running the query, after any statement with a result; ``KILL QUERY``
-    (the writer's insert); ``SYSTEM`` commands (``SYSTEM STOP MERGES; SELECT 1`` ran:
-    chDB runs ``;``-separated statements, a server refuses them). So the text is
-    parsed by ClickHouse first (``formatQuerySingleLine``, on ``client``, the
-    read-only session; the same for a server): its canonical form must be one
-    statement of a read-only kind (:data:`_READ_KINDS`), and hold no ``INTO
-    OUTFILE`` outside quotes (comments, heredocs and unusual quotes are gone from
-    that form, literals and identifiers quoted one way). A text that parses only
-    without the appended ``FORMAT`` (``SET``, ``USE``: statements with no result) is
-    judged by its kind the same way; one that does not parse for another reason than
-    several statements runs, for ClickHouse's own error, unless it mentions
-    ``outfile``. One parse: a millisecond or so a query.
+    ``readonly=1`` refuses writes to tables and settings, but not what an analyst's text
+    can still do in chDB (measured on chDB 26.9): read the host's files with the
+    ``file()`` function, fetch URLs and read files' first lines with ``DESCRIBE TABLE
+    url(...)`` or ``file(...)`` (refused: every function that reaches outside the
+    database, :func:`_outside_functions`); ``INTO OUTFILE``, which clickhouse-local
+    carries out itself, as the process running the query, after any statement with a
+    result; ``KILL QUERY`` (the writer's insert); ``SYSTEM`` commands (``SYSTEM STOP
+    MERGES; SELECT 1`` ran: chDB runs ``;``-separated statements, a server refuses
+    them). So the text is parsed by ClickHouse first (``formatQuerySingleLine``, on
+    ``client``, the read-only session; the same for a server): its canonical form must
+    be one statement of a read-only kind (:data:`_READ_KINDS`), and hold no ``INTO
+    OUTFILE`` outside quotes (comments, heredocs and unusual quotes are gone from that
+    form, literals and identifiers quoted one way). A text that parses only without the
+    appended ``FORMAT`` (``SET``, ``USE``: statements with no result) is judged by its
+    kind the same way; one that does not parse for another reason than several
+    statements runs, for ClickHouse's own error, unless it mentions ``outfile``. One
+    parse: a millisecond or so a query.
     """
     text = f"{sql}\n FORMAT {fmt}"  # what clickhouse-connect sends
     try:
@@ -256,10 +259,60 @@ def refuse_unless_read_only(client: Client, sql: str, fmt: str) -> None:
             f"`exnet sql` is read-only: it runs queries ({', '.join(sorted(_READ_KINDS))}), "
             f"not {kind or 'this'} statements"
         )
-    if _INTO_OUTFILE.search(_QUOTED.sub("''", canonical)):
+    unquoted = _QUOTED.sub("''", canonical)
+    if _INTO_OUTFILE.search(unquoted):
         raise UserError(
             f"`exnet sql` is read-only: it does not write files (INTO OUTFILE); {_TO_A_FILE}"
         )
+    outside = _outside_functions(client)
+    reaching = sorted({name for name in _CALLED.findall(unquoted) if name.lower() in outside})
+    if reaching:
+        raise UserError(
+            f"`exnet sql` reads the analytics database only: it does not run "
+            f"{', '.join(f'{name}()' for name in reaching)}, which reach outside it "
+            "(the host's files, URLs, other servers or processes)"
+        )
+
+
+#: A function called, by name, in the canonical text (with its literals blanked).
+_CALLED = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\s*\(")
+
+#: Table functions that read nothing but their arguments or the database's own tables.
+_INSIDE_TABLE_FUNCTIONS: Final = frozenset(
+    {
+        "numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateseries",
+        "primes", "values", "sqlstandardvalues", "null", "generaterandom", "format", "loop",
+        "fuzzjson", "view", "viewifpermitted", "viewexplain", "merge", "dictionary",
+        "mergetreeindex", "mergetreeprojection", "mergetreetextindex",
+        "mergetreeanalyzeindexes", "mergetreeanalyzeindexesuuid", "mergetreecodecblockcounts",
+        "timeseriesdata", "timeseriestags", "timeseriesmetrics", "timeseriesmetricfamilies",
+        "timeseriessamples", "timeseriesselector",
+    }
+)  # fmt: skip
+#: Ordinary functions that read the host: ``file()`` returns a file's contents (under
+#: ``readonly=1`` too, measured on chDB 26.9: the process's environment, with any
+#: password in it, and the SQL endpoint's token were read so), ``catboostEvaluate()``
+#: loads a model from a path.
+_OUTSIDE_FUNCTIONS: Final = frozenset({"file", "catboostevaluate"})
+#: Per client (its ``id``): the lower-case names of the functions
+#: :func:`refuse_unless_read_only` refuses.
+_outside_by_client: dict[int, frozenset[str]] = {}
+
+
+def _outside_functions(client: Client) -> frozenset[str]:
+    """The functions that reach outside the database, lower case: every table function
+    of this ClickHouse (``system.table_functions``: a newer one's included) but those
+    of :data:`_INSIDE_TABLE_FUNCTIONS`, and :data:`_OUTSIDE_FUNCTIONS`. Names are
+    compared in lower case, as some ClickHouse names are case-insensitive."""
+    known = _outside_by_client.get(id(client))
+    if known is None:
+        listed: bytes = client.raw_query(
+            "SELECT name FROM system.table_functions", fmt="TabSeparatedRaw"
+        )
+        table_functions = {name.lower() for name in listed.decode().split()}
+        known = frozenset(table_functions - _INSIDE_TABLE_FUNCTIONS) | _OUTSIDE_FUNCTIONS
+        _outside_by_client[id(client)] = known
+    return known
 
 
 def _canonical(client: Client, text: str) -> str:

@@ -275,3 +275,59 @@ def test_the_endpoint_answers_only_its_token(
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)  # noqa: S310
     assert refused.value.code == HTTPStatus.FORBIDDEN
+
+
+@pytest.mark.parametrize(
+    ("sql", "names"),
+    [
+        ("SELECT file('{secret}')", "file()"),
+        ("SELECT `file`('{secret}') AS x", "file()"),
+        ("SELECT * FROM file('{secret}', 'LineAsString')", "file()"),
+        ("DESCRIBE TABLE file('{secret}', 'TSVWithNames')", "file()"),
+        ("DESCRIBE TABLE url('http://127.0.0.1:1/x.csv', 'CSVWithNames')", "url()"),
+        ("SELECT * FROM s3('http://127.0.0.1:1/b/x.csv')", "s3()"),
+        ("WITH (SELECT file('{secret}')) AS x SELECT x", "file()"),
+        ("SELECT * FROM executable('cat {secret}', 'TSV', 'x String')", "executable()"),
+        ("SELECT * FROM remote('127.0.0.1:1', system.one)", "remote()"),
+    ],
+)
+def test_a_query_that_reaches_outside_the_database_is_refused(
+    route: str, settings: Settings, victim: Path, sql: str, names: str
+) -> None:
+    """readonly=1 let chDB's ``file()`` through (measured: the writer process's
+    environment, with the Kafka password in it, and the endpoint's token), and
+    ``DESCRIBE TABLE`` of a table function fetched URLs and read files' first lines
+    (an outside security review, 2026-12-05)."""
+    with pytest.raises(UserError) as refused:
+        run_query(settings, sql.format(secret=victim), "TSVRaw")
+    assert "reads the analytics database only" in str(refused.value)
+    assert f"does not run {names}" in str(refused.value)
+    assert PRECIOUS not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("sql", "rows"),
+    [
+        ("SELECT count() FROM numbers(3)", b"3\n"),
+        ("SELECT 'file(1)', `x` FROM (SELECT 1 AS x)", b"file(1)\t1\n"),
+        ("SELECT count() FROM merge('system', '^one$')", b"1\n"),
+        ("SELECT profile FROM (SELECT 1 AS profile)", b"1\n"),
+    ],
+)
+def test_functions_that_stay_inside_the_database_run(
+    route: str, settings: Settings, sql: str, rows: bytes
+) -> None:
+    assert run_query(settings, sql, "TSVRaw") == rows
+
+
+def test_an_analyst_s_query_is_bounded(route: str, settings: Settings) -> None:
+    """In chDB the query runs in the process that writes the database: its time and
+    memory are bounded, and readonly=1 keeps the query from lifting the bounds."""
+    limits = run_query(
+        settings,
+        "SELECT getSetting('max_execution_time'), getSetting('max_memory_usage')",
+        "TSVRaw",
+    )
+    assert limits == f"{300}\t{4 * 1024**3}\n".encode()
+    with pytest.raises(UserError, match="READONLY|readonly"):
+        run_query(settings, "SELECT 1 SETTINGS max_memory_usage = 0", "TSVRaw")
