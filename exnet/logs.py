@@ -22,6 +22,11 @@ logs ``Error receiving network data closing socket`` with a traceback
 the writer stopped. It also drops ``Metadata refresh: failed Cancelled`` at ERROR
 (``kafka.cluster``): a refresh in flight when its client was closed (a connection
 closed on purpose fails its requests with ``Cancelled``; one lost, with its error).
+
+At ``EXNET_LOG_LEVEL=DEBUG`` kafka-python logs each client's whole configuration,
+the SASL password in it (``Starting KafkaAdminClient with configuration: {...
+'sasl_plain_password': '...'}``, an outside review's find). :class:`SecretFilter`
+writes every secret the settings hold as ``***`` in every line printed.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from kafka.errors import Cancelled
@@ -39,8 +44,10 @@ __all__ = [
     "KAFKA_CLIENTS",
     "CloseRaceFilter",
     "RepeatFilter",
+    "SecretFilter",
     "collapse_repeats",
     "drop_close_races",
+    "hide_secrets",
 ]
 
 #: The loggers whose repeated lines are collapsed: kafka-python's and aiokafka's.
@@ -149,6 +156,43 @@ class CloseRaceFilter(logging.Filter):
 def drop_close_races() -> None:
     """Put a :class:`CloseRaceFilter` on each handler of the root logger (once each)."""
     _put_on_root_handlers(CloseRaceFilter, CloseRaceFilter)
+
+
+class SecretFilter(logging.Filter):
+    """Writes each of ``secrets`` as ``***`` in a record's message (its arguments
+    merged in first) and in its exception's text, so that no handler prints one."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        # Longest first: a secret that holds another is hidden whole.
+        self._secrets = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._secrets:
+            return True
+        message = record.getMessage()
+        hidden = self._hide(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if self._hide(text) != text:
+                record.exc_text, record.exc_info = self._hide(text), None
+        return True
+
+    def _hide(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+def hide_secrets(secrets: Iterable[str]) -> None:
+    """Put a :class:`SecretFilter` for ``secrets`` on each handler of the root logger
+    (replacing an earlier one: the settings may have been read again)."""
+    for handler in logging.getLogger().handlers:
+        for old in [f for f in handler.filters if isinstance(f, SecretFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(SecretFilter(secrets))
 
 
 def _put_on_root_handlers(kind: type[logging.Filter], make: Callable[[], logging.Filter]) -> None:

@@ -12,6 +12,7 @@ import re
 import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -239,6 +240,17 @@ class Settings(BaseSettings):
             "sasl_plain_password": self.kafka_password.get_secret_value(),
             "ssl_context": self.kafka_ssl_context(),
         }
+
+    @property
+    def secrets(self) -> list[str]:
+        """The passwords these settings hold (Kafka's, the ClickHouse URL's), to keep out
+        of every log line (:func:`exnet.logs.hide_secrets`)."""
+        held = [self.kafka_password.get_secret_value()] if self.kafka_password else []
+        if self.clickhouse_url is not None:
+            url = self.clickhouse_url.get_secret_value()
+            password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+            held += [password, unquote(password)]
+        return [secret for secret in held if secret]
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting, secrets redacted: safe to log or print."""

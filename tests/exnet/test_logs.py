@@ -8,6 +8,8 @@ import sys
 import pytest
 
 from exnet.logs import CloseRaceFilter, RepeatFilter, collapse_repeats, drop_close_races
+from exnet.runner import configure_logging
+from exnet.settings import load_settings
 
 
 class Clock:
@@ -250,3 +252,48 @@ def test_lines_differing_in_other_numbers_stay_apart() -> None:
     ):
         assert repeats.filter(_record(message)), message
     assert not repeats.filter(_record("Request timed out after 30000 ms"))
+
+
+def test_no_printed_line_holds_a_password_the_settings_hold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At DEBUG kafka-python logs each client's whole configuration, the SASL password
+    in it (an outside review read it in `exnet up`'s log)."""
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.setFormatter(logging.Formatter("%(message)s"))
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(self.format(record))
+
+    settings = load_settings(
+        kafka_password="Top/Secret-PW",
+        clickhouse_url="http://writer:Zm9v/YmFy@clickhouse.example:8123",
+        log_level="DEBUG",
+    )
+    root, printed = logging.getLogger(), Keep()
+    admin = logging.getLogger("kafka.admin.client")
+    monkeypatch.setattr(logging.getLogger("kafka"), "propagate", True)
+    monkeypatch.setattr(admin, "disabled", False)
+    level, admin_level = root.level, admin.level
+    root.addHandler(printed)
+    try:
+        configure_logging(settings)
+        admin.setLevel(logging.DEBUG)
+        config = {"sasl_plain_username": "platform", "sasl_plain_password": "Top/Secret-PW"}
+        admin.debug("Starting KafkaAdminClient with configuration: %s", config)
+        try:
+            raise ValueError("Port could not be cast to integer value as 'Zm9v/YmFy@h'")
+        except ValueError:
+            logging.getLogger("exnet.runner").exception("cannot reach ClickHouse")
+    finally:
+        root.removeHandler(printed)
+        root.setLevel(level)
+        admin.setLevel(admin_level)
+    text = "\n".join(printed.lines)
+    assert "sasl_plain_password': '***'" in text
+    assert "Top/Secret-PW" not in text and "Zm9v/YmFy" not in text
+    assert "cannot reach ClickHouse" in text
