@@ -1,4 +1,11 @@
-"""The ``exnet`` console script: a stop asked while ``exnet up`` still starts is clean.
+"""The ``exnet`` console script: files private to their owner, and a stop asked while
+``exnet up`` still starts is clean.
+
+Every file and folder an exnet command creates, and the Kafka broker it starts,
+is its owner's alone (umask 077): the embedded database, the broker's logs (every
+topic's messages, the dead-letter originals among them), the spool. Before, they
+were created readable by every local user (an outside security review), which
+went around Kafka's logins and ACLs and the SQL endpoint's token.
 
 ``exnet up`` installs its signal handlers as it starts running
 (``exnet.runner._StopFlag``); before that, Python imports the command line and
@@ -17,11 +24,17 @@ import signal
 import sys
 from types import FrameType
 
-__all__ = ["main", "stop_at_once_while_starting"]
+__all__ = ["PRIVATE_UMASK", "main", "stop_at_once_while_starting"]
+
+
+#: What no file or folder an exnet command creates gives: any access for the group or others.
+PRIVATE_UMASK = 0o077
 
 
 def main() -> None:
-    """Console-script entry point: :func:`exnet.cli.main`, after the handler above."""
+    """Console-script entry point: :func:`exnet.cli.main`, after the umask and the
+    handler above."""
+    os.umask(PRIVATE_UMASK)
     if sys.argv[1:2] == ["up"]:
         stop_at_once_while_starting()
     from exnet.cli import main as cli_main  # noqa: PLC0415  # after the handlers, on purpose

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,20 @@ def test_another_command_stopped_while_it_starts_keeps_python_s_default() -> Non
         check=False,
     )
     assert done.returncode == -signal.SIGTERM
+
+
+def test_what_an_exnet_command_creates_is_its_owner_s_alone(tmp_path: Path) -> None:
+    """The embedded database, the broker's logs and the spool were readable by every
+    local user (an outside security review); any command's files are now 0600/0700."""
+    out = tmp_path / "schemas"
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "exnet"), "contracts", "export", str(out)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    created = [out, *out.rglob("*")]
+    assert len(created) > 4
+    shared = {path: oct(path.stat().st_mode & 0o077) for path in created}
+    assert {path: mode for path, mode in shared.items() if mode != "0o0"} == {}
