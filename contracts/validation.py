@@ -451,10 +451,13 @@ class Validator:
 # --- rejections: off the hot path ----------------------------------------------------
 
 
-#: What a schema name, or a slip of one, looks like (``session/1``, ``SESSION``,
-#: ``visit/2``); a ``schema`` value that does not (``Jane Doe DOB 1970``) is not repeated
-#: in the detail, which analysts read: it may be anything a site typed.
-_SCHEMA_NAME: Final = re.compile(r"[A-Za-z_]{1,32}(?:/[0-9]{1,6})?")
+#: What a schema name looks like (``session/1``, ``visit/2``: the rejected payload keeps
+#: the same, ``sinks.rows``), or a slip of one of this network's (``SESSION``,
+#: ``Session/1``); a ``schema`` value that does not (``Jane Doe DOB 1970``, ``Jane_Doe``)
+#: is not repeated in the detail, which analysts read: it may be anything a site typed.
+_SCHEMA_NAME: Final = re.compile(
+    r"[a-z]{1,32}/[0-9]{1,6}|(?i:enrollment|session|assay|assessment)(?:/[0-9]{1,6})?"
+)
 
 
 def _shown_schema(schema: object) -> str:
