@@ -12,7 +12,7 @@ import re
 import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,9 +172,19 @@ class Settings(BaseSettings):
     def _check_clickhouse_url(cls, value: SecretStr | None) -> SecretStr | None:
         # Anything else was tried over HTTP on port 8123 (an ftp:// URL included).
         if value is not None:
-            scheme = value.get_secret_value().partition("://")[0].lower()
+            url = value.get_secret_value()
+            scheme = url.partition("://")[0].lower()
             if scheme not in ("chdb", "http", "https"):
                 raise ValueError("must be chdb:///path, or http(s)://user:password@host:port")
+            if scheme != "chdb" and not _readable_server_url(url):
+                # A password holding "/" was taken for the end of the host, its start for
+                # the port: a traceback printed it ("Port could not be cast to integer
+                # value as 'Zm9v'"). Not repeated here: the message names no part of it.
+                raise ValueError(
+                    "cannot be read as http(s)://user:password@host:port: write a '/', "
+                    "'?', '#' or '@' in the user or password percent-encoded (%2F, %3F, "
+                    "%23, %40)"
+                )
         return value
 
     @field_validator("clickhouse_database", "consumer_group")
@@ -332,6 +342,17 @@ def silent_broker_hint(settings: Settings) -> str:
         "a broker whose listener needs TLS and a login does not answer plaintext: "
         "point EXNET_ENV_FILE at your login's env file"
     )
+
+
+def _readable_server_url(url: str) -> bool:
+    """Whether ``url`` splits into a host, an optional port and login, and a path that
+    holds no ``@`` (else a password's ``/``, ``?`` or ``#`` cut the login short)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError when what stands there is no number
+    except ValueError:
+        return False
+    return bool(parts.hostname) and "@" not in parts.path + parts.query + parts.fragment
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import clickhouse_connect
 import orjson
@@ -20,7 +20,15 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from exnet.settings import Settings
 from sinks.errors import ClickHouseUnavailable, DatabaseLocked
 
-__all__ = ["INSERT_SETTINGS", "JSON_SETTINGS", "Client", "connect", "insert_json", "redacted_dsn"]
+__all__ = [
+    "INSERT_SETTINGS",
+    "JSON_SETTINGS",
+    "Client",
+    "connect",
+    "insert_json",
+    "redacted_dsn",
+    "server_login",
+]
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +189,25 @@ def _ensure_parent(path: str) -> None:
 
 
 def _server_client(dsn: str) -> Client:
-    parts = urlsplit(dsn)
     return clickhouse_connect.get_client(
-        host=parts.hostname or "localhost",
-        port=parts.port or (8443 if parts.scheme == "https" else 8123),
-        username=parts.username or "default",
-        password=parts.password or "",
-        secure=parts.scheme == "https",
+        **server_login(dsn),
         # Retries are ours (tenacity, in the sink); a server answers promptly or is down.
         connect_timeout=10,
         send_receive_timeout=300,
     )
+
+
+def server_login(dsn: str) -> dict[str, Any]:
+    """Where and as whom ``http(s)://user:password@host:port`` connects: the user and
+    password percent-decoded (a password holding ``/`` is written ``%2F`` there)."""
+    parts = urlsplit(dsn)
+    return {
+        "host": parts.hostname or "localhost",
+        "port": parts.port or (8443 if parts.scheme == "https" else 8123),
+        "username": unquote(parts.username or "") or "default",
+        "password": unquote(parts.password or ""),
+        "secure": parts.scheme == "https",
+    }
 
 
 def redacted_dsn(dsn: str) -> str:

@@ -8,6 +8,7 @@ import pytest
 
 from contracts.errors import ConfigError
 from exnet.settings import load_settings
+from sinks.client import server_login
 
 
 @pytest.mark.parametrize(
@@ -74,3 +75,34 @@ def test_a_log_level_python_does_not_know_is_refused(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("EXNET_LOG_LEVEL", "verbose")
     with pytest.raises(ConfigError, match="EXNET_LOG_LEVEL: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://default:Zm9v/YmFy@clickhouse.example:8123",
+        "https://default:ab?cd@clickhouse.example:8443",
+        "http://default:ab#cd@clickhouse.example:8123",
+        "http://default:12/34@clickhouse.example:8123",
+    ],
+)
+def test_a_clickhouse_url_whose_password_cuts_it_short_is_refused_unquoted(url: str) -> None:
+    """A password's '/' was read as the end of the host and its start as the port: a
+    traceback printed that start (an outside security review)."""
+    password = url.partition("default:")[2].rpartition("@")[0]
+    with pytest.raises(ConfigError, match="percent-encoded") as refused:
+        load_settings(clickhouse_url=url)
+    assert password not in str(refused.value)
+    assert password.split("/")[0].split("?")[0].split("#")[0] not in str(refused.value)
+
+
+def test_a_percent_encoded_clickhouse_password_is_decoded_for_the_login() -> None:
+    settings = load_settings(clickhouse_url="http://an%40alyst:Zm9v%2FYmFy@ch.example:8123")
+    assert server_login(settings.clickhouse_dsn) == {
+        "host": "ch.example",
+        "port": 8123,
+        "username": "an@alyst",
+        "password": "Zm9v/YmFy",
+        "secure": False,
+    }
+    assert "Zm9v/YmFy" in settings.secrets and "Zm9v%2FYmFy" in settings.secrets
