@@ -48,6 +48,7 @@ person to look at (the events in the damaged bytes must be published again).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -402,9 +403,27 @@ def _decode_events(payload: bytes, into: dict[int, SpooledEvent]) -> None:
         into[first_seq + index] = SpooledEvent(topic, key, value)
 
 
-def _decode_acks(payload: bytes, into: set[int]) -> None:
-    for first, last in _RANGE.iter_unpack(payload):
-        into.update(range(first, last + 1))
+def _decode_acks(payload: bytes, into: list[tuple[int, int]]) -> None:
+    into.extend(_RANGE.iter_unpack(payload))
+
+
+def _acknowledged(events: Iterable[int], ranges: list[tuple[int, int]]) -> set[int]:
+    """The sequence numbers of ``events`` that ``ranges`` (first, last) cover: a range is
+    never expanded, so one as wide as a crafted record may make (2**62) costs nothing."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for first, last in sorted(ranges):
+        if ends and first <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], last)
+        else:
+            starts.append(first)
+            ends.append(last)
+    covered = set()
+    for seq in events:
+        at = bisect.bisect_right(starts, seq) - 1
+        if at >= 0 and seq <= ends[at]:
+            covered.add(seq)
+    return covered
 
 
 def read_segment(data: bytes, path: Path) -> SegmentContents:
@@ -419,7 +438,7 @@ def read_segment(data: bytes, path: Path) -> SegmentContents:
     offset = 0
     header: dict[str, object] | None = None
     events: dict[int, SpooledEvent] = {}
-    acked: set[int] = set()
+    acks: list[tuple[int, int]] = []
     damaged: list[tuple[int, int]] = []
     while offset < len(data):
         end = offset + _RECORD.size
@@ -437,13 +456,27 @@ def read_segment(data: bytes, path: Path) -> SegmentContents:
         if zlib.crc32(payload) != crc or kind not in (_HEADER, _EVENTS, _ACKS):
             damaged.append((offset, end - offset))
         elif kind == _HEADER and offset == 0:
-            header = orjson.loads(payload)
-            if header.get("format") != FORMAT_VERSION:
+            header = _decoded_header(payload)
+            if header is None:
+                damaged.append((offset, end - offset))
+            elif header.get("format") != FORMAT_VERSION:
                 raise UserError(f"spool segment {path} has unknown format {header.get('format')}")
-        elif kind == _EVENTS and offset:
-            _decode_events(payload, events)
-        elif kind == _ACKS and offset:
-            _decode_acks(payload, acked)
+        elif kind in (_EVENTS, _ACKS) and offset:
+            # A record whose checksum holds but whose contents do not decode (written
+            # so on purpose: no torn or flipped write does that) is damage too; it used
+            # to stop every later `exnet publish` with a traceback.
+            batch: dict[int, SpooledEvent] = {}
+            ranges: list[tuple[int, int]] = []
+            try:
+                if kind == _EVENTS:
+                    _decode_events(payload, batch)
+                else:
+                    _decode_acks(payload, ranges)
+            except (struct.error, ValueError):  # UnicodeDecodeError is a ValueError
+                damaged.append((offset, end - offset))
+            else:
+                events.update(batch)
+                acks.extend(ranges)
         else:  # a header after the start, or events before a header
             damaged.append((offset, end - offset))
         offset = end
@@ -452,9 +485,19 @@ def read_segment(data: bytes, path: Path) -> SegmentContents:
     if header is None and not damaged:
         # Creation itself was torn (header never fully written): an empty segment.
         header = {"format": FORMAT_VERSION}
+    acked = _acknowledged(events, acks)
     return SegmentContents(
         header or {}, events, acked, len(data) - offset, offset, _merged(damaged)
     )
+
+
+def _decoded_header(payload: bytes) -> dict[str, object] | None:
+    """A segment header's JSON object; None when it is none."""
+    try:
+        header = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return header if isinstance(header, dict) else None
 
 
 def _merged(stretches: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -569,15 +612,36 @@ def _same_file(fd: int, path: Path) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
 
 
+#: How a segment is opened: never through a symbolic link. One named like a segment
+#: made `exnet spool flush` truncate the file it pointed to (an outside review).
+_NO_LINK: Final = os.O_NOFOLLOW
+
+
+def _open_segment(path: Path, flags: int) -> int | None:
+    """``path`` opened with ``flags``; None when it is gone, or a symbolic link (not a
+    segment exnet wrote: left alone, with a warning)."""
+    try:
+        return os.open(path, flags | _NO_LINK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        log.warning("%s is a symbolic link, not a spool segment: left alone", path)
+        return None
+
+
 def _open_listed(path: Path) -> tuple[Path, int] | None:
     """The segment ``path`` open for reading, under its sealed name if its owner (or
     a flusher) sealed it since it was listed; None when it is gone (deleted)."""
-    with contextlib.suppress(FileNotFoundError):
-        return path, os.open(path, os.O_RDONLY)
+    fd = _open_segment(path, os.O_RDONLY)
+    if fd is not None:
+        return path, fd
     if _sealed_size(path) is None:
         for sealed in path.parent.glob(f"{path.name.removesuffix('.spool')}.sealed-*.spool"):
-            with contextlib.suppress(FileNotFoundError):
-                return sealed, os.open(sealed, os.O_RDONLY)
+            fd = _open_segment(sealed, os.O_RDONLY)
+            if fd is not None:
+                return sealed, fd
     return None
 
 
@@ -683,9 +747,8 @@ class Spool:
         for what Kafka acknowledged; on exit the segment is deleted when nothing
         is pending any more, else left (with its acknowledgements) for later.
         """
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND)
-        except FileNotFoundError:
+        fd = _open_segment(path, os.O_RDWR | os.O_APPEND)
+        if fd is None:
             yield None
             return
         if not _try_lock(fd, fcntl.LOCK_EX, retries=_LOCK_RETRIES) or not _same_file(fd, path):

@@ -429,3 +429,72 @@ def test_the_spool_of_a_relative_var_dir_is_named_by_its_full_path(
     monkeypatch.chdir(tmp_path)
     spool = spool_of(load_settings(var_dir=Path("var")))
     assert spool.directory == tmp_path.resolve() / "var" / "spool"
+
+
+def _append_record(path: Path, kind: bytes, payload: bytes) -> None:
+    """A record as a segment holds it, its checksum right whatever its contents."""
+    with path.open("ab") as segment:
+        segment.write(kind + struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
+
+
+def _segment_of(spool: Spool, count: int) -> tuple[Path, list[SpooledEvent]]:
+    writer = spool.create_writer()
+    events = _events(count)
+    writer.append_events(0, events)
+    writer.close(delete=False)
+    (path,) = spool.segment_paths()
+    return path, events
+
+
+def test_an_acknowledgement_as_wide_as_a_crafted_record_makes_costs_nothing(
+    tmp_path: Path,
+) -> None:
+    """A 154-byte segment acknowledging (1, 2**62) took `exnet spool status` to 1.2 GB
+    and a MemoryError (an outside security review): a range is no longer expanded."""
+    spool = Spool(tmp_path)
+    path, events = _segment_of(spool, 3)
+    _append_record(path, b"A", struct.pack("<QQ", 1, 2**62))
+    started = time.perf_counter()
+    contents = read_segment(path.read_bytes(), path)
+    assert time.perf_counter() - started < 5  # not a timing goal: expanded, it never ends
+    assert contents.acked == {1, 2}
+    assert contents.pending() == [(0, events[0])]
+    assert spool.status().pending == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [
+        (b"E", struct.pack("<QI", 3, 5) + b"\x01\x02"),  # five events announced, none there
+        (b"E", struct.pack("<QI", 3, 1) + struct.pack("<BHI", 2, 0, 0) + b"\xff\xfe"),
+        (b"A", b"\x00" * 9),  # not a whole range
+    ],
+)
+def test_a_record_whose_checksum_holds_but_contents_do_not_decode_is_damage(
+    tmp_path: Path, kind: bytes, payload: bytes
+) -> None:
+    """Such a record (only written on purpose) stopped every later `exnet publish`,
+    `spool status` and `spool flush` with a traceback."""
+    spool = Spool(tmp_path)
+    path, events = _segment_of(spool, 3)
+    before = path.stat().st_size
+    _append_record(path, kind, payload)
+    contents = read_segment(path.read_bytes(), path)
+    assert contents.events == dict(enumerate(events))
+    assert contents.damaged == [(before, path.stat().st_size - before)]
+    assert spool.status().segments[0].damaged_bytes == path.stat().st_size - before
+
+
+def test_a_link_named_as_a_segment_is_left_alone(tmp_path: Path) -> None:
+    """One made `exnet spool flush` truncate the file it pointed to (an outside review)."""
+    spool = Spool(tmp_path / "spool")
+    path, _ = _segment_of(spool, 2)
+    target = tmp_path / "precious.txt"
+    target.write_text("precious\n")
+    link = path.with_name("seg-00000000-link.spool")
+    link.symlink_to(target)
+    with spool.claim(link) as claimed:
+        assert claimed is None
+    status = spool.status()
+    assert [segment.path for segment in status.segments] == [path]
+    assert target.read_text() == "precious\n"
