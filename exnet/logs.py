@@ -176,8 +176,9 @@ class SecretFilter(logging.Filter):
             record.msg, record.args = hidden, None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            if self._hide(text) != text:
-                record.exc_text, record.exc_info = self._hide(text), None
+            hidden = self._hide(text)
+            if hidden != text:
+                record.exc_text, record.exc_info = hidden, None
         return True
 
     def _hide(self, text: str) -> str:

@@ -257,8 +257,8 @@ class Settings(BaseSettings):
         of every log line (:func:`exnet.logs.hide_secrets`)."""
         held = [self.kafka_password.get_secret_value()] if self.kafka_password else []
         if self.clickhouse_url is not None:
-            url = self.clickhouse_url.get_secret_value()
-            password = url.partition("://")[2].rpartition("@")[0].partition(":")[2]
+            # As written and as the login uses it (sinks.client.server_login).
+            password = urlsplit(self.clickhouse_url.get_secret_value()).password or ""
             held += [password, unquote(password)]
         return [secret for secret in held if secret]
 

@@ -177,7 +177,7 @@ def _json_default(value: Any) -> Any:
 
 #: Bounds of every query on a read-only session (``exnet sql``, the view check): in
 #: embedded chDB it runs in the process that writes the database, which an analyst's
-#: unbounded query could otherwise take all the memory of. Seconds match what
+#: unbounded query could otherwise take all the memory of. Seconds: also how long
 #: ``exnet sql`` waits for an answer (``sinks.query.QUERY_TIMEOUT_S``); bytes: 4 GiB.
 READ_ONLY_LIMITS: Final = {"max_execution_time": 300, "max_memory_usage": 4 * 1024**3}
 

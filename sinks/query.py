@@ -29,14 +29,14 @@ from clickhouse_connect.driver.client import Client
 
 from contracts.errors import UserError
 from exnet.settings import SHUTDOWN_POLL_S, Settings
-from sinks.client import connect, redacted_dsn
+from sinks.client import READ_ONLY_LIMITS, connect, redacted_dsn
 
 __all__ = ["QueryEndpoint", "endpoint_file", "refuse_unless_read_only", "run_query"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds a query through the endpoint may take before the caller gives up.
-QUERY_TIMEOUT_S = 300
+QUERY_TIMEOUT_S = READ_ONLY_LIMITS["max_execution_time"]
 
 
 def endpoint_file(settings: Settings) -> Path:
@@ -294,9 +294,9 @@ _INSIDE_TABLE_FUNCTIONS: Final = frozenset(
 #: password in it, and the SQL endpoint's token were read so), ``catboostEvaluate()``
 #: loads a model from a path.
 _OUTSIDE_FUNCTIONS: Final = frozenset({"file", "catboostevaluate"})
-#: Per client (its ``id``): the lower-case names of the functions
-#: :func:`refuse_unless_read_only` refuses.
-_outside_by_client: dict[int, frozenset[str]] = {}
+#: The lower-case names of the functions :func:`refuse_unless_read_only` refuses, read
+#: once a process (one ClickHouse build a process: its chDB, or its server).
+_outside: frozenset[str] | None = None
 
 
 def _outside_functions(client: Client) -> frozenset[str]:
@@ -304,15 +304,14 @@ def _outside_functions(client: Client) -> frozenset[str]:
     of this ClickHouse (``system.table_functions``: a newer one's included) but those
     of :data:`_INSIDE_TABLE_FUNCTIONS`, and :data:`_OUTSIDE_FUNCTIONS`. Names are
     compared in lower case, as some ClickHouse names are case-insensitive."""
-    known = _outside_by_client.get(id(client))
-    if known is None:
+    global _outside  # noqa: PLW0603  # a cache, filled once
+    if _outside is None:
         listed: bytes = client.raw_query(
             "SELECT name FROM system.table_functions", fmt="TabSeparatedRaw"
         )
         table_functions = {name.lower() for name in listed.decode().split()}
-        known = frozenset(table_functions - _INSIDE_TABLE_FUNCTIONS) | _OUTSIDE_FUNCTIONS
-        _outside_by_client[id(client)] = known
-    return known
+        _outside = frozenset(table_functions - _INSIDE_TABLE_FUNCTIONS) | _OUTSIDE_FUNCTIONS
+    return _outside
 
 
 def _canonical(client: Client, text: str) -> str:
