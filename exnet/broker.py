@@ -56,6 +56,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -827,6 +828,8 @@ def _format_storage(
         f"-Dkafka.logs.dir={config.logs_dir.resolve()}",
         "-cp",
         f"{lib_dir.resolve()}/*",
+    ]
+    tool = [
         _STORAGE_TOOL,
         "format",
         "--cluster-id",
@@ -835,17 +838,41 @@ def _format_storage(
         str(config.properties_file.resolve()),
         "--ignore-formatted",
     ]
-    if config.secrets is not None:
-        command += broker_security.format_arguments(broker_security.Secrets(config.secrets))
     try:
-        done = subprocess.run(  # noqa: S603  # our own fixed command line
-            command, capture_output=True, text=True, timeout=FORMAT_TIMEOUT_S, check=False
-        )
+        with contextlib.ExitStack() as cleanup:
+            if config.secrets is None:
+                command += tool
+            else:
+                # The admin's password must not be on a command line, which every local
+                # user may read (``ps``): the tool and its arguments go in a Java
+                # argument file among the secrets, read by the launcher, removed after.
+                tool += broker_security.format_arguments(broker_security.Secrets(config.secrets))
+                argfile = cleanup.enter_context(_java_argument_file(config.secrets, tool))
+                command.append(f"@{argfile}")
+            done = subprocess.run(  # noqa: S603  # our own fixed command line
+                command, capture_output=True, text=True, timeout=FORMAT_TIMEOUT_S, check=False
+            )
     except subprocess.TimeoutExpired:
         raise UserError(f"formatting Kafka storage took over {FORMAT_TIMEOUT_S:.0f} s") from None
     if done.returncode != 0:
         output = _last_lines((done.stdout + done.stderr).splitlines(), LOG_TAIL_LINES)
         raise UserError(f"formatting Kafka storage in {config.data_dir} failed:\n{output}")
+
+
+@contextlib.contextmanager
+def _java_argument_file(directory: Path, arguments: list[str]) -> Iterator[Path]:
+    """A file of ``arguments`` for the ``java`` launcher's ``@file`` (JDK 9+: main class and
+    program arguments may be in it), readable by its owner only, removed on exit."""
+    # Each argument double-quoted; within quotes the launcher reads a backslash as an escape.
+    quoted = ('"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"' for arg in arguments)
+    descriptor, name = tempfile.mkstemp(prefix="java-args-", dir=directory)  # mode 0600
+    path = Path(name)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+            out.write("\n".join(quoted) + "\n")
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _new_cluster_id() -> str:

@@ -211,7 +211,8 @@ def security_properties(found: Secrets, port: int, controller_port: int) -> dict
 
 
 def format_arguments(found: Secrets) -> list[str]:
-    """``StorageTool format`` arguments that give ``admin`` its login from the start."""
+    """``StorageTool format`` arguments that give ``admin`` its login from the start. They
+    hold its password: hand them over in a file, never on a command line (``ps``)."""
     return ["--add-scram", f"{MECHANISM}=[name={ADMIN},password={found.password(ADMIN)}]"]
 
 

@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 from contracts.errors import UserError
-from exnet import broker
+from exnet import broker, broker_security
 from exnet.settings import Settings, load_settings
 from tests.ports import free_ports
 
@@ -419,3 +419,36 @@ def test_a_broker_on_other_ports_than_the_settings_is_not_mixed_up(tmp_path: Pat
     finally:
         broker.stop(ran)  # the home's broker, on whichever port
     assert not ran.pid_file.exists()
+
+
+def test_formatting_a_secured_node_keeps_the_admin_password_off_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """Every local user may read a process's command line (``ps``): the admin's SCRAM
+    password reaches Kafka's storage tool in an argument file among the secrets, which is
+    gone once the storage is formatted."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    config = broker.BrokerConfig(
+        home=tmp_path / "kafka", port=free_ports(), controller_port=free_ports(), secrets=secrets
+    )
+    password = broker_security.Secrets(secrets).password("admin")
+    config.data_dir.mkdir(parents=True)
+    config.logs_dir.mkdir(parents=True)
+    broker._write_properties(config)
+    # A `java` that records its command line and the argument files it is handed.
+    seen = tmp_path / "seen"
+    recording = tmp_path / "java"
+    recording.write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$@" > {seen}\n'
+        f'for a in "$@"; do case "$a" in @*) cat "${{a#@}}" >> {seen}.files;; esac; done\n'
+        f'exec {broker._find_java()} "$@"\n'
+    )
+    recording.chmod(0o700)
+    broker._format_storage(config, str(recording), broker.ensure_jars(), lambda _: None)
+
+    assert (config.data_dir / "meta.properties").is_file()  # the tool ran and formatted
+    assert password not in seen.read_text()
+    assert f"password={password}]" in Path(f"{seen}.files").read_text()
+    assert not list(secrets.glob("java-args-*"))
