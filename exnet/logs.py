@@ -38,8 +38,6 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Final
 
-from kafka.errors import Cancelled
-
 __all__ = [
     "KAFKA_CLIENTS",
     "CloseRaceFilter",
@@ -144,6 +142,10 @@ class CloseRaceFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         if record.name == "kafka.cluster" and "Metadata refresh: failed" in str(record.msg):
+            # Imported here: every command line puts this filter up, most use no Kafka
+            # client (kafka-python's import: 0.12 s); a record of its own means it is loaded.
+            from kafka.errors import Cancelled
+
             return not (args and isinstance(args[0], Cancelled))
         if record.name != "kafka.net.transport" or "Error receiving network data" not in str(
             record.msg

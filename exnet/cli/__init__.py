@@ -22,6 +22,7 @@ from typer._click.exceptions import ClickException as _ClickException  # typer's
 from typer.core import TyperGroup
 
 from contracts.errors import RecoverableError, UserError
+from exnet.logs import drop_close_races
 from exnet.settings import CLICKHOUSE_CLIENT_LOGGERS, LOG_FORMAT
 
 __all__ = ["PLATFORM_INSTALL", "PLATFORM_MODULES", "app", "main"]
@@ -81,6 +82,9 @@ def main() -> None:
         level=logging.WARNING,
         format=LOG_FORMAT,
     )
+    # kafka-python's lines for a socket or request its own close() cut short (an ERROR
+    # and a traceback from a command that worked, such as `exnet rejects --original`).
+    drop_close_races()
     # A command's own error says what a failed ClickHouse request was; the HTTP
     # client's retry and driver warnings before it only said it twice more. (`exnet
     # up` sets its loggers' levels again: exnet.runner.configure_logging.)

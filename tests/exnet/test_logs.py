@@ -297,3 +297,30 @@ def test_no_printed_line_holds_a_password_the_settings_hold(
     assert "sasl_plain_password': '***'" in text
     assert "Top/Secret-PW" not in text and "Zm9v" not in text
     assert "cannot reach ClickHouse" in text
+
+
+def test_every_command_drops_a_metadata_refresh_its_own_close_cancelled() -> None:
+    """`exnet rejects --original` printed ``ERROR kafka.cluster: Metadata refresh: failed
+    Cancelled`` over its right answer (an outside check): only `exnet up` had the filter."""
+    import subprocess
+
+    command = (
+        "import logging, sys\n"
+        "from kafka.errors import Cancelled, KafkaConnectionError\n"
+        "from exnet import cli\n"
+        "def app(standalone_mode):\n"
+        "    log = logging.getLogger('kafka.cluster')\n"
+        "    log.error('Metadata refresh: failed %s', Cancelled())\n"
+        "    log.error('Metadata refresh: failed %s', KafkaConnectionError('broker lost'))\n"
+        "    return 0\n"
+        "cli.app = app\n"
+        "cli._register_all = lambda: None\n"
+        "sys.argv = ['exnet']\n"
+        "cli.main()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", command], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Cancelled" not in done.stderr
+    assert "Metadata refresh: failed KafkaConnectionError: broker lost" in done.stderr
