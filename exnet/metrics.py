@@ -160,7 +160,8 @@ class Metrics:
         #: gauge: newest occurred_at of an accepted event per site (unix seconds).
         self.site_last_event = Gauge(
             "exnet_site_last_event_timestamp_seconds",
-            "occurred_at of the newest accepted event of the site (unix seconds)",
+            "occurred_at of the newest accepted event of the site (unix seconds; up to 5 "
+            "minutes ahead of now when the site's clock is, as SPEC §2 accepts)",
             ["node_id", "site_id"],
             registry=r,
         )

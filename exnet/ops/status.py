@@ -731,6 +731,8 @@ def find_problems(
 def _when(moment: datetime | None, now: datetime) -> Text:
     if moment is None:
         return Text("never", style="dim")
+    if moment > now:  # an event up to 5 min ahead is accepted (SPEC §2): the site's clock
+        return Text(f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} ({_age(moment - now)} ahead)")
     return Text(f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} ({_age(now - moment)} ago)")
 
 

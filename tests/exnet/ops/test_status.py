@@ -388,3 +388,15 @@ def test_an_unreachable_clickhouse_is_one_error_line(
     assert result.returncode == 1, result.stderr  # a transient failure, not a usage error
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach ClickHouse"), lines
+
+
+def test_an_event_time_ahead_of_the_clock_reads_ahead_not_zero_seconds_ago() -> None:
+    """SPEC §2 accepts an event up to 5 minutes ahead of processing time (a site's clock
+    running fast): it read "(0s ago)" (an outside check)."""
+    from datetime import UTC, datetime, timedelta
+
+    from exnet.ops.status import _when
+
+    now = datetime(2026, 12, 5, 7, 40, 16, tzinfo=UTC)
+    assert _when(now + timedelta(minutes=4), now).plain == "2026-12-05 07:44 (4m ahead)"
+    assert _when(now - timedelta(hours=3), now).plain == "2026-12-05 04:40 (3h ago)"
