@@ -605,6 +605,8 @@ class Cluster:
             )
         home = settings.var_dir / "kafka"
         recorded, recorded_security = _recorded(home)
+        if security is not None:  # SASL_SSL, as EXNET_KAFKA_SECURITY_PROTOCOL spells it
+            security = security.lower()
         if security is None:
             security = recorded_security or "plaintext"
         elif recorded_security is not None and recorded_security != security:

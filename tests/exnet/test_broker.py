@@ -105,6 +105,20 @@ def test_config_from_settings_uses_var_dir_and_the_next_port(tmp_path: Path) -> 
     assert config.bootstrap == "127.0.0.1:29092"
 
 
+def test_security_is_read_in_any_case(tmp_path: Path) -> None:
+    """``--security SASL_SSL`` (as EXNET_KAFKA_SECURITY_PROTOCOL spells it) told the operator
+    to remove a sasl_ssl cluster's data to start it SASL_SSL (an outside check)."""
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / broker.CLUSTER_FILE).write_text(
+        json.dumps({"nodes": 1, "security": "sasl_ssl", "cluster_id": "x"})
+    )
+    settings = Settings(var_dir=tmp_path, kafka_bootstrap="localhost:29092")
+
+    assert broker.Cluster.from_settings(settings, None, "SASL_SSL").security == "sasl_ssl"
+    with pytest.raises(UserError, match="holds a sasl_ssl cluster"):
+        broker.Cluster.from_settings(settings, None, "PLAINTEXT")
+
+
 def test_config_from_settings_refuses_a_remote_bootstrap(tmp_path: Path) -> None:
     settings = Settings(var_dir=tmp_path, kafka_bootstrap="kafka-1.example.org:9092")
 
