@@ -39,7 +39,12 @@ from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
+from kafka.errors import (
+    CommitFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from tenacity import (
     RetryCallState,
@@ -85,6 +90,8 @@ MAX_BACKOFF_S = 30.0
 #: Group session of the sink (ms): how long a dead sink holds its partitions.
 SESSION_TIMEOUT_MS = 10_000
 HEARTBEAT_MS = 1_000
+#: Longest wait between polls while no Kafka broker answers the sink, seconds.
+OUTAGE_BACKOFF_MAX_S = 5.0
 #: How long one poll waits for messages, ms: bounds the reaction to a stop request.
 POLL_TIMEOUT_MS = 100
 #: How often the sink refreshes topic metadata, ms: a topic created after it
@@ -211,9 +218,18 @@ class SinkConsumer:
         _await_subscribed_metadata(consumer, self._stop)
         max_rows = self._settings.sink_batch_rows
         max_age = self._settings.sink_batch_seconds
+        outage = _Outage(self._stop)
         try:
             while not self._stop.is_set():
-                polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max_rows)
+                try:
+                    polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max_rows)
+                except KafkaError as exc:
+                    if not _is_transient(exc):
+                        raise
+                    outage.wait(exc)  # the batch waits too; a rebalance meanwhile rewinds it
+                    continue
+                if outage.ongoing and _coordinator_known(consumer):
+                    outage.over()
                 _finish_lost_join(consumer)
                 for tp, records in polled.items():
                     self._add(tp, records)
@@ -353,6 +369,65 @@ class SinkConsumer:
             # The rows are written; after the rebalance they are read and written
             # again, and the tables keep one row per key.
             log.warning("offset commit failed after a successful write (will replay): %s", exc)
+
+
+def _is_transient(exc: KafkaError) -> bool:
+    """Whether a poll's error means Kafka is away for now (no broker answers, a
+    coordinator lost), not that this process may not read (a refused login)."""
+    return isinstance(exc, KafkaConnectionError | KafkaTimeoutError) or bool(
+        getattr(exc, "retriable", False)
+    )
+
+
+class _Outage:
+    """The sink's wait while no Kafka broker answers its polls.
+
+    kafka-python 3.0.12 raises a connection error out of ``poll`` when the group
+    coordinator's lookup needs metadata and no broker answers: with every broker of
+    a 3-node cluster stopped, about 170 s into the outage (2026-12-05; an outside
+    check saw 50-80 s), which stopped the writer process and with it `exnet up`.
+    The stream worker's aiokafka retries on its own. Here the sink waits and polls
+    again (backing off to :data:`OUTAGE_BACKOFF_MAX_S`, a stop cutting the wait
+    short), logging the outage's start and end once each: Kafka's clients already
+    log every failed connection.
+    """
+
+    def __init__(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self._since: float | None = None
+        self._tries = 0
+
+    def wait(self, exc: KafkaError) -> None:
+        if self._since is None:
+            self._since = time.monotonic()
+            log.warning(
+                "Kafka does not answer the sink (%r): polling again until it does; "
+                "what is not written yet waits in Kafka",
+                exc,
+            )
+        self._tries += 1
+        self._stop.wait(min(OUTAGE_BACKOFF_MAX_S, 0.5 * 2 ** min(self._tries, 8)))
+
+    @property
+    def ongoing(self) -> bool:
+        return self._since is not None
+
+    def over(self) -> None:
+        if self._since is not None:
+            log.info(
+                "Kafka answers the sink again, after %.0f s and %d failed polls",
+                time.monotonic() - self._since,
+                self._tries,
+            )
+            self._since = None
+            self._tries = 0
+
+
+def _coordinator_known(consumer: KafkaConsumer) -> bool:
+    """Whether the sink's group coordinator is known and connected: Kafka answers. A poll
+    that raised nothing does not say so (with no broker it waits out its time and returns
+    nothing). Relies on kafka-python's internals, as :func:`_finish_lost_join`."""
+    return not consumer._coordinator.coordinator_unknown()  # noqa: SLF001
 
 
 class _RewindOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped library base
