@@ -9,7 +9,8 @@ keys never leave it):
 - ``passwords.json``: the key stores' password and each principal's password;
 - one env file per principal, ``<principal>.env``: the ``EXNET_KAFKA_*``
   settings of SPEC §5 (bootstrap, ``SASL_SSL``, ``SCRAM-SHA-512``, username,
-  password, CA file), to source or to name in ``EXNET_ENV_FILE``.
+  password, CA file) and the deployment's ``EXNET_TOPIC_PREFIX`` (the ACLs'), to
+  source or to name in ``EXNET_ENV_FILE``.
 
 The brokers listen with SASL_SSL and SCRAM-SHA-512 only; their controller
 listener takes TLS with client certificates (the broker's own: SCRAM cannot
@@ -285,13 +286,15 @@ def sync_principals(
     finally:
         admin.close()
     for principal in principals:
-        _write_env_file(found, principal, bootstrap)
+        _write_env_file(found, principal, bootstrap, topic_prefix)
     return principals
 
 
-def _write_env_file(found: Secrets, principal: str, bootstrap: str) -> None:
+def _write_env_file(found: Secrets, principal: str, bootstrap: str, topic_prefix: str) -> None:
     lines = [
         f"# Kafka login of {principal}, written by `exnet broker`; keep it secret.",
+        "# Written again at each `exnet broker start`: set other settings in the environment",
+        "# (it wins over this file). On another host, point EXNET_KAFKA_CA_FILE at ca.pem there.",
         f"EXNET_KAFKA_BOOTSTRAP={bootstrap}",
         "EXNET_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
         f"EXNET_KAFKA_SASL_MECHANISM={MECHANISM}",
@@ -299,6 +302,8 @@ def _write_env_file(found: Secrets, principal: str, bootstrap: str) -> None:
         f"EXNET_KAFKA_PASSWORD={found.password(principal)}",
         f"EXNET_KAFKA_CA_FILE={found.ca_pem.resolve()}",
     ]
+    if topic_prefix:  # the ACLs grant the deployment's topics by it
+        lines.append(f"EXNET_TOPIC_PREFIX={topic_prefix}")
     _write_private(found.env_file(principal), "\n".join(lines) + "\n")
 
 

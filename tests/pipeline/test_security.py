@@ -70,7 +70,9 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
     def run(env_file: Path | None, *args: str) -> subprocess.CompletedProcess[str]:
         env = dict(base)
         if env_file is not None:
-            env.pop("EXNET_KAFKA_BOOTSTRAP")  # the env file says where, with the login
+            # The env file says where, with the login, and the topics' prefix (the ACLs').
+            env.pop("EXNET_KAFKA_BOOTSTRAP")
+            env.pop("EXNET_TOPIC_PREFIX")
             env["EXNET_ENV_FILE"] = str(env_file)
         done = _run(env, *args)
         outputs.extend([done.stdout, done.stderr])
