@@ -26,7 +26,13 @@ from exnet.settings import Settings
 from sinks.consumer import sink_group
 from streams.names import streams_group
 
-__all__ = ["Backlog", "LagMonitor", "PartitionLag", "PipelineProgress"]
+__all__ = [
+    "Backlog",
+    "LagMonitor",
+    "PartitionLag",
+    "PipelineProgress",
+    "wait_until_caught_up",
+]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,52 @@ class PipelineProgress:
             all(row.lag == 0 for row in self.stage_lag(group, topics))
             for group, topics in self.stages
         )
+
+
+#: Seconds :func:`wait_until_caught_up` gives a broker to answer its first request.
+CATCH_UP_PROBE_S = 3.0
+
+
+def wait_until_caught_up(
+    settings: Settings, seconds: float, on_wait: Callable[[int], None] | None = None
+) -> str | None:
+    """Wait up to ``seconds`` for every stage of the pipeline to have committed up to
+    the end of its input (all read at once: a moment with nothing in flight); None once
+    it has, else what is left, or why the lag could not be read (no broker answers, a
+    login without the consumer groups' rights). ``on_wait(messages)`` is called once,
+    when the first look finds the pipeline behind."""
+    from exnet.broker import broker_answers
+
+    connection = settings.kafka_client_config()
+    if not broker_answers(settings.kafka_bootstrap, CATCH_UP_PROBE_S, connection):
+        return f"its lag is unknown: no Kafka broker answers at {settings.kafka_bootstrap}"
+    deadline = time.monotonic() + seconds
+    progress: PipelineProgress | None = None
+    try:
+        progress = PipelineProgress(settings)
+        waited = False
+        while True:
+            rows = progress.lag()
+            behind = sum(row.lag for row in rows)
+            if not behind:
+                return None
+            if time.monotonic() >= deadline:
+                return f"{behind} message(s) behind: {_describe(rows)}"
+            if not waited and not any(progress.members(group) for group in _groups(rows)):
+                return f"{behind} message(s) behind, and no exnet up consumes them"
+            if not waited and on_wait is not None:
+                on_wait(behind)
+            waited = True
+            time.sleep(0.5)
+    except KafkaError as exc:
+        return f"its lag is unknown: {exc!r}"
+    finally:
+        _close_quietly(progress)
+
+
+def _groups(rows: list[PartitionLag]) -> list[str]:
+    """The consumer groups of the stages that lag."""
+    return sorted({row.group for row in rows if row.lag})
 
 
 class Backlog:

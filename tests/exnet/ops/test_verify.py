@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from kafka import KafkaConsumer, KafkaProducer
 
 from contracts.registry import load_registry
+from contracts.topics import Topic, topic_name
+from exnet.settings import Settings
 from sinks.client import connect
 from sinks.migrate import apply_migrations, load_registry_tables
+from streams.names import streams_group
 
 from .conftest import Seeded
 from .helpers import exnet_subprocess, ops_cli
@@ -17,7 +23,7 @@ from .helpers import exnet_subprocess, ops_cli
 pytestmark = pytest.mark.clickhouse
 
 if TYPE_CHECKING:
-    from tests.conftest import SettingsFactory
+    from tests.conftest import SettingsFactory, TopicFactory
 
 
 def test_equal_views_exit_0(seeded: Seeded) -> None:
@@ -76,3 +82,85 @@ def test_before_the_streams_first_start_one_line_says_so(
         "the stream-written views hold no rows yet (the reference has 3): the stream "
         "writes them from its first start (`exnet up`); verify after it"
     ]
+
+
+def _behind(settings: Settings, topic_factory: TopicFactory) -> str:
+    """One message on an input topic that no stream worker has read yet."""
+    topic = topic_name(Topic.SESSION, settings.topic_prefix)
+    topic_factory(topic)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer.send(topic, value=b"{}", partition=0).get(timeout=10)
+    producer.close()
+    return topic
+
+
+@pytest.mark.kafka
+def test_differences_while_nothing_consumes_the_backlog_say_so_at_once(
+    seeded: Seeded, topic_factory: TopicFactory
+) -> None:
+    """An operator ran verify seconds after a restart: 87 rows 'differed' that the pipeline
+    had not written yet, and nothing said so (an outside check)."""
+    settings = seeded.settings
+    _behind(settings, topic_factory)
+    client = connect(settings)
+    try:
+        client.command(
+            "INSERT INTO node_summary SELECT * REPLACE (9 AS screened, 3 AS version) "
+            "FROM node_summary FINAL WHERE node_id = 'N02'"
+        )
+    finally:
+        client.close()
+    started = time.monotonic()
+    result = ops_cli(settings, "verify", "--wait", "60")
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 30  # no exnet up runs: nothing to wait for
+    said = " ".join(result.output.split())
+    assert (
+        "the pipeline was not caught up when compared (1 message(s) behind, and no exnet up "
+        "consumes them)" in said
+    ), said
+
+
+@pytest.mark.kafka
+def test_verify_waits_for_the_pipeline_to_catch_up_before_it_compares(
+    seeded: Seeded, topic_factory: TopicFactory
+) -> None:
+    settings = seeded.settings
+    topic = _behind(settings, topic_factory)
+    # A member of the stream workers' group that commits the message 3 s after it joined.
+    joined, done = threading.Event(), threading.Event()
+
+    def worker() -> None:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=streams_group(settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        consumer.subscribe([topic])
+        try:
+            while not consumer.assignment():
+                consumer.poll(timeout_ms=100)
+            joined.set()
+            time.sleep(3)
+            while not done.is_set():
+                consumer.poll(timeout_ms=100)
+                consumer.commit()
+        finally:
+            consumer.close()
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        assert joined.wait(60)
+        result = ops_cli(settings, "verify", "--wait", "60")
+    finally:
+        done.set()
+        thread.join(30)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "the pipeline is 1 message(s) behind: waiting up to 60 s" in said, said
+    assert said.endswith(
+        "no differences: 27 rows compared (node_summary 2, network_summary 1, "
+        "arm_summary 9, node_daily 15)"
+    ), said
