@@ -490,8 +490,10 @@ class _StopFlag:
     by another thread into one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stopping: str = "stopping") -> None:
         self.event = threading.Event()
+        #: What the log says a signal does ("signal 15: stopping").
+        self._stopping = stopping
         #: Called by :meth:`request` (from any thread) while a Faust worker runs.
         self.forward: Callable[[], None] | None = None
 
@@ -504,7 +506,7 @@ class _StopFlag:
         # worker as this process's own SIGTERM: only a stop that comes from outside is
         # news ("signal 15: stopping" after a drain that ended by itself misled).
         if not self.event.is_set():
-            log.info("signal %d: stopping", signum)
+            log.info("signal %d: %s", signum, self._stopping)
         self.event.set()
 
     def request(self) -> None:
@@ -554,7 +556,9 @@ def run_up(
     the pipeline's lag and warns of another pipeline on its topics (the writer process of
     role auto leaves both to its parent).
     """
-    stop = _StopFlag()
+    # The writer process is signalled by its exnet up whenever that stops, a drain's end
+    # included: "signal 15: stopping" from it read as if someone had stopped exnet up.
+    stop = _StopFlag("the ClickHouse writer process stops with exnet up" if standby else "stopping")
     stop.install()
     _tune_malloc()  # before any thread starts: each may take an arena
     metrics = Metrics()
