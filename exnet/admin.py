@@ -78,8 +78,47 @@ def topic_partitions(settings: Settings) -> dict[str, int]:
     return partitions
 
 
+#: Seconds :func:`tls_listener` waits for a broker's answer.
+TLS_PROBE_S: Final = 2.0
+#: An ApiVersions request, as a plaintext client opens a connection: its size (10), API
+#: key 18, version 0, correlation id 1, no client id. A TLS listener answers with an alert.
+_API_VERSIONS_V0: Final = bytes.fromhex("0000000a 0012 0000 00000001 ffff")
+#: A TLS record of type alert (21), version 3.x: what a TLS listener sends back.
+_TLS_ALERT: Final = b"\x15\x03"
+
+
+def tls_listener(bootstrap: str) -> str | None:
+    """The first address of ``bootstrap`` whose listener answers a plaintext Kafka request
+    with a TLS alert, or None (none does, or none answers within :data:`TLS_PROBE_S`).
+
+    Why: a plaintext client against a SASL_SSL broker waited out kafka-python's 30 s
+    bootstrap, its log filled with "Invalid frame length: 352518912" (0x15030300: the
+    alert read as a length), then said that no broker answers (an outside check)."""
+    import socket
+
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), TLS_PROBE_S) as sock:
+                sock.settimeout(TLS_PROBE_S)
+                sock.sendall(_API_VERSIONS_V0)
+                if sock.recv(2) == _TLS_ALERT:
+                    return address.strip()
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 @contextmanager
 def admin_client(settings: Settings) -> Iterator[KafkaAdminClient]:
+    if settings.kafka_security_protocol == "PLAINTEXT" and (
+        address := tls_listener(settings.kafka_bootstrap)
+    ):
+        raise UserError(
+            f"the Kafka broker at {address} speaks TLS, and this process connects in "
+            "plaintext: point EXNET_ENV_FILE at your login's env file (or set "
+            "EXNET_KAFKA_SECURITY_PROTOCOL=SASL_SSL and the login's settings)"
+        )
     try:
         admin = KafkaAdminClient(
             **settings.kafka_client_config(),

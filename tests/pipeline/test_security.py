@@ -138,8 +138,14 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
 
         # exnet status over plaintext says how to log in; as a login without rights on
         # exnet's topics (analyst) it says so, not that the topics are missing.
+        started_at = time.monotonic()
         plain_init = run(None, "init")
         assert plain_init.returncode != 0 and "EXNET_ENV_FILE" in plain_init.stderr, plain_init
+        # At once, and saying why: it waited out a 30 s bootstrap in a flood of log lines.
+        assert time.monotonic() - started_at < 15, plain_init.stderr[-2000:]
+        said = " ".join(plain_init.stderr.split())
+        assert "speaks TLS, and this process connects in plaintext" in said, said
+        assert "ERROR" not in plain_init.stderr, plain_init.stderr[-2000:]
         plain = run(None, "status", "--json")
         assert plain.returncode == 1, plain.stderr[-2000:]
         (unreachable,) = json.loads(plain.stdout)["problems"][:1]
