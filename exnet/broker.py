@@ -1004,14 +1004,15 @@ def _check_running_ports(config: BrokerConfig, pid: int, *, probe: bool = False)
             actual.bootstrap, connection=actual.connection()
         )
         answering = ", answering" if answers else ", not answering yet"
-    # node i of a cluster is on the cluster's port + 2(i-1): name node 1's
+    # node i of a cluster is on the cluster's port + 2(i-1): name every node's
     first = actual.port - 2 * (config.node_id - 1) if config.quorum else actual.port
+    addresses = ",".join(f"{HOST}:{first + 2 * i}" for i in range(len(config.quorum) or 1))
     raise UserError(
         f"the Kafka broker of {config.home} runs (pid {pid}{answering}) on "
         f"{actual.bootstrap} (controller port {actual.controller_port}), but "
         f"EXNET_KAFKA_BOOTSTRAP ({HOST}:{DEFAULT_PORT} when unset) asks for "
         f"{config.bootstrap} (controller port {config.controller_port}): set "
-        f"EXNET_KAFKA_BOOTSTRAP={HOST}:{first} to use that broker, or stop it with "
+        f"EXNET_KAFKA_BOOTSTRAP={addresses} to use that broker, or stop it with "
         f"`exnet broker stop` (it stops the broker of EXNET_VAR_DIR, whatever its port) "
         f"and start it on {config.bootstrap}"
     )
