@@ -846,7 +846,9 @@ def _lag_part(report: StatusReport) -> RenderableType:
         lagging = [p for p in stage.partitions if p.lag > 0]
         style = "bold yellow" if stage.total else "green"
         running = (
-            Text(f"{len(stage.members)} running", style="green")
+            # the members of the group that runs the stage (validate, deduplicate, aggregate
+            # and rollup share one): "2 running" beside rollup, which one worker holds, misled
+            Text(f"{len(stage.members)} in its group", style="green")
             if stage.members
             else Text("NOT RUNNING", style="bold red")
         )

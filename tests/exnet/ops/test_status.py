@@ -203,7 +203,7 @@ def test_lag_per_stage_and_a_healthy_exit(seeded: Seeded, kafka_admin: KafkaAdmi
             result = ops_cli(settings, *lenient)
             assert result.exit_code == 0, result.output
             assert "HEALTHY" in result.stdout
-            assert "total 3" in result.stdout and "1 running" in result.stdout
+            assert "total 3" in result.stdout and "1 in its group" in result.stdout
             stages = {s["stage"]: s for s in collect_status(settings).as_dict()["lag"]["stages"]}
             assert len(stages["validate"]["members"]) == len(stages["sink"]["members"]) == 1
         finally:
