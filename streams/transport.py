@@ -568,8 +568,9 @@ class Consumer(faust_aiokafka.Consumer):
                 self._skips[tp] = first
                 log.info(
                     "%s: a fetch began at offset %d, past %d, the next one to deliver (an "
-                    "answer to a fetch from before a seek, or offsets Kafka skips); reading "
-                    "again from %d",
+                    "answer to a fetch from before a seek, or offsets that hold no record "
+                    "to read, such as transaction markers); reading again from %d, so that "
+                    "nothing is skipped or read out of order",
                     tp,
                     first,
                     expected,
