@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.errors import KafkaError, SaslAuthenticationFailedError
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +124,15 @@ CATCH_UP_PROBE_S = 3.0
 def wait_until_caught_up(
     settings: Settings, seconds: float, on_wait: Callable[[int], None] | None = None
 ) -> str | None:
-    """Wait up to ``seconds`` for every stage of the pipeline to have committed up to
-    the end of its input (all read at once: a moment with nothing in flight); None once
-    it has, else what is left, or why the lag could not be read (no broker answers, a
-    login without the consumer groups' rights). ``on_wait(messages)`` is called once,
-    when the first look finds the pipeline behind."""
+    """Wait up to ``seconds`` for the pipeline to catch up with what it held when asked:
+    stage by stage, in the order data flows, until each has committed up to the end its
+    input had once the stage before it caught up (as ``up --drain`` reads them). None
+    when it has and nothing came in meanwhile; else what is left, what came in, or why
+    the lag could not be read (no broker answers, a login without the consumer groups'
+    rights). ``on_wait(messages)`` is called once, if the pipeline is behind at first.
+
+    Under a steady flow of events the pipeline is never empty at one instant; catching
+    up with a snapshot takes about its latency, not ``seconds``."""
     from exnet.broker import broker_answers
 
     connection = settings.kafka_client_config()
@@ -132,22 +140,41 @@ def wait_until_caught_up(
         return f"its lag is unknown: no Kafka broker answers at {settings.kafka_bootstrap}"
     deadline = time.monotonic() + seconds
     progress: PipelineProgress | None = None
+
+    def read(what: Callable[[], _T]) -> _T:
+        # A fresh cluster answers "coordinator not available" while it makes its
+        # offsets topic: retried, as the Kafka clients do, until the deadline.
+        while True:
+            try:
+                return what()
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
     try:
         progress = PipelineProgress(settings)
-        waited = False
-        while True:
-            rows = progress.lag()
-            behind = sum(row.lag for row in rows)
-            if not behind:
-                return None
-            if time.monotonic() >= deadline:
-                return f"{behind} message(s) behind: {_describe(rows)}"
-            if not waited and not any(progress.members(group) for group in _groups(rows)):
-                return f"{behind} message(s) behind, and no exnet up consumes them"
-            if not waited and on_wait is not None:
-                on_wait(behind)
-            waited = True
-            time.sleep(0.5)
+        rows = read(progress.lag)
+        behind = sum(row.lag for row in rows)
+        if not behind:
+            return None
+        if not any(read(partial(progress.members, group)) for group in _groups(rows)):
+            return f"{behind} message(s) behind, and no exnet up consumes them"
+        if on_wait is not None:
+            on_wait(behind)
+        for group, topics in progress.stages:
+            stage = partial(progress.stage_lag, group, topics)
+            target = {(r.topic, r.partition): r.end for r in read(stage)}
+            while not all(
+                r.committed >= target.get((r.topic, r.partition), 0) for r in read(stage)
+            ):
+                if time.monotonic() >= deadline:
+                    rows = read(progress.lag)
+                    left = sum(row.lag for row in rows)
+                    return f"{left} message(s) behind: {_describe(rows)}"
+                time.sleep(0.5)
+        arrived = sum(row.lag for row in read(progress.lag))
+        return f"{arrived} message(s) came in meanwhile" if arrived else None
     except KafkaError as exc:
         return f"its lag is unknown: {exc!r}"
     finally:

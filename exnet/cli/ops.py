@@ -236,9 +236,9 @@ def verify(
     wait: Annotated[
         float,
         typer.Option(
-            help="Seconds to wait first for the pipeline to catch up: every stage "
-            "committed to the end of its input (read from Kafka). The stream-written "
-            "views trail the facts while events flow; 0 compares at once.",
+            help="Seconds to wait first for the pipeline to catch up with what it held "
+            "when asked, stage by stage (read from Kafka). The stream-written views "
+            "trail the facts while events flow; 0 compares at once.",
             min=0,
         ),
     ] = 60.0,

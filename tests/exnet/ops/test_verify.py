@@ -26,6 +26,18 @@ if TYPE_CHECKING:
     from tests.conftest import SettingsFactory, TopicFactory
 
 
+def _screened_9_at_n02(settings: Settings) -> None:
+    """A later version of N02's row that says 9 participants were screened there (4 were)."""
+    client = connect(settings)
+    try:
+        client.command(
+            "INSERT INTO node_summary SELECT * REPLACE (9 AS screened, 3 AS version) "
+            "FROM node_summary FINAL WHERE node_id = 'N02'"
+        )
+    finally:
+        client.close()
+
+
 def test_equal_views_exit_0(seeded: Seeded) -> None:
     result = ops_cli(seeded.settings, "verify")
     assert result.exit_code == 0, result.output
@@ -38,15 +50,7 @@ def test_a_changed_row_exits_1_naming_the_row_and_the_column(
     seeded: Seeded, tmp_path: Path
 ) -> None:
     settings = seeded.settings
-    client = connect(settings)
-    try:
-        # A later version of N02's row that says 9 participants were screened there (4 were).
-        client.command(
-            "INSERT INTO node_summary SELECT * REPLACE (9 AS screened, 3 AS version) "
-            "FROM node_summary FINAL WHERE node_id = 'N02'"
-        )
-    finally:
-        client.close()
+    _screened_9_at_n02(settings)
     result = ops_cli(settings, "verify")
     assert result.exit_code == 1, result.output
     assert result.output.splitlines() == [
@@ -102,14 +106,7 @@ def test_differences_while_nothing_consumes_the_backlog_say_so_at_once(
     had not written yet, and nothing said so (an outside check)."""
     settings = seeded.settings
     _behind(settings, topic_factory)
-    client = connect(settings)
-    try:
-        client.command(
-            "INSERT INTO node_summary SELECT * REPLACE (9 AS screened, 3 AS version) "
-            "FROM node_summary FINAL WHERE node_id = 'N02'"
-        )
-    finally:
-        client.close()
+    _screened_9_at_n02(settings)
     started = time.monotonic()
     result = ops_cli(settings, "verify", "--wait", "60")
     assert result.exit_code == 1, result.output
