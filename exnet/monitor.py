@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+# kafka-python's describe_groups warns for each member of the stream workers' group,
+# "Unable to decode member_metadata for ...": Faust's assignor writes its own metadata
+# ("faust" protocol), which PipelineProgress.members does not read (`exnet verify`
+# printed it during a flow of events, 2026-12-05).
+logging.getLogger("kafka.admin._groups").setLevel(logging.ERROR)
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
