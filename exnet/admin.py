@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -94,8 +95,6 @@ def tls_listener(bootstrap: str) -> str | None:
     Why: a plaintext client against a SASL_SSL broker waited out kafka-python's 30 s
     bootstrap, its log filled with "Invalid frame length: 352518912" (0x15030300: the
     alert read as a length), then said that no broker answers (an outside check)."""
-    import socket
-
     for address in bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:

@@ -39,12 +39,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import (
-    CommitFailedError,
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-)
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from tenacity import (
     RetryCallState,
@@ -224,7 +219,9 @@ class SinkConsumer:
                 try:
                     polled = consumer.poll(timeout_ms=POLL_TIMEOUT_MS, max_records=max_rows)
                 except KafkaError as exc:
-                    if not _is_transient(exc):
+                    # Kafka away for now (no broker answers, a coordinator lost), not this
+                    # process refused (a login: SaslAuthenticationFailedError).
+                    if not exc.retriable:
                         raise
                     outage.wait(exc)  # the batch waits too; a rebalance meanwhile rewinds it
                     continue
@@ -369,14 +366,6 @@ class SinkConsumer:
             # The rows are written; after the rebalance they are read and written
             # again, and the tables keep one row per key.
             log.warning("offset commit failed after a successful write (will replay): %s", exc)
-
-
-def _is_transient(exc: KafkaError) -> bool:
-    """Whether a poll's error means Kafka is away for now (no broker answers, a
-    coordinator lost), not that this process may not read (a refused login)."""
-    return isinstance(exc, KafkaConnectionError | KafkaTimeoutError) or bool(
-        getattr(exc, "retriable", False)
-    )
 
 
 class _Outage:
