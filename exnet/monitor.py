@@ -229,6 +229,12 @@ def _close_quietly(progress: PipelineProgress | None) -> None:
 #: Seconds between "draining: ..." log lines that say what is left.
 DRAIN_REPORT_S = 10.0
 
+#: Seconds the lag monitor's reads must have failed, two at least in a row, before it
+#: calls Kafka unreachable (``/readyz`` 503). One broker of a cluster stopping, even
+#: cleanly, failed one or two reads over about 4 s while the others served the
+#: pipeline (3 nodes, 2026-12-05): readiness dropped for 5 s at each.
+UNREACHABLE_AFTER_S = 15.0
+
 
 def _describe(rows: list[PartitionLag]) -> str:
     """What is left, per group and topic, with the partitions that lag."""
@@ -313,9 +319,13 @@ class LagMonitor(threading.Thread):
         self._gauge_ticks = max(1, round(interval / self._tick))
         self._on_drained = on_drained
         self._halt = threading.Event()
-        #: Whether the last read of the lag failed for want of Kafka (False until one
-        #: fails): the process neither consumes nor writes meanwhile, so it is not ready.
+        #: Whether the lag's reads have failed for want of Kafka, two at least and for
+        #: :data:`UNREACHABLE_AFTER_S` (False until then): the process neither consumes
+        #: nor writes meanwhile, so it is not ready.
         self.kafka_unreachable = False
+        #: Failed reads in a row, and when the first of them began (monotonic s).
+        self._failed_reads = 0
+        self._failing_since = 0.0
         #: Whether the last read failed because Kafka refused this process's login: a
         #: running process logs in again whenever a connection is lost (a broker
         #: restarted, an idle connection closed), so a password changed or revoked since
@@ -339,6 +349,7 @@ class LagMonitor(threading.Thread):
         while not self._halt.wait(self._tick):
             every_stage = ticks % self._gauge_ticks == 0
             ticks += 1
+            read_began = time.monotonic()
             try:
                 if progress is None:
                     progress = PipelineProgress(self._settings)
@@ -356,6 +367,7 @@ class LagMonitor(threading.Thread):
                 else:
                     continue
                 self.kafka_unreachable = False
+                self._failed_reads = 0
                 self._refusals.take()  # what was refused before this read is past
                 if self.login_refused:
                     self.login_refused = False
@@ -371,10 +383,11 @@ class LagMonitor(threading.Thread):
                         self._on_drained()
                         self._on_drained = None
             except KafkaError as exc:  # the broker is down or moving: try again next round
-                self.kafka_unreachable = True
                 if isinstance(exc, SaslAuthenticationFailedError) or self._refusals.take():
+                    self.kafka_unreachable = True
                     self._refused()
                 else:
+                    self._read_failed(read_began)
                     log.warning("could not read consumer lag: %s", exc)
                 drained_in_a_row = 0
                 # With new clients: kafka-python's admin client keeps asking the group
@@ -385,6 +398,16 @@ class LagMonitor(threading.Thread):
                 progress = None
         if progress is not None:
             progress.close()
+
+    def _read_failed(self, began: float) -> None:
+        """A read that began at ``began`` failed, Kafka's login aside: unreachable once
+        reads failed twice in a row or more over :data:`UNREACHABLE_AFTER_S`."""
+        if self._failed_reads == 0:
+            self._failing_since = began
+        self._failed_reads += 1
+        self.kafka_unreachable = self._failed_reads >= 2 and (  # noqa: PLR2004
+            time.monotonic() - self._failing_since >= UNREACHABLE_AFTER_S
+        )
 
     def _refused(self) -> None:
         self._metrics.kafka_login_refused.inc()
