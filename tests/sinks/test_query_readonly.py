@@ -331,3 +331,25 @@ def test_an_analyst_s_query_is_bounded(route: str, settings: Settings) -> None:
     assert limits == f"{300}\t{4 * 1024**3}\n".encode()
     with pytest.raises(UserError, match="READONLY|readonly"):
         run_query(settings, "SELECT 1 SETTINGS max_memory_usage = 0", "TSVRaw")
+
+
+def test_an_analyst_s_query_reads_as_with_final(route: str, settings: Settings) -> None:
+    """Right after a drain, an analyst's `SELECT count() FROM node_summary` counted 9
+    rows for 3 nodes: each row's older versions, which ClickHouse had yet to merge
+    away, and a row the stream had deleted."""
+    writer = connect(settings)
+    try:
+        writer.command(
+            f"CREATE TABLE {settings.clickhouse_database}.versions (k String, version UInt64, "
+            "is_deleted UInt8) ENGINE = ReplacingMergeTree(version, is_deleted) ORDER BY k"
+        )
+        for version in (1, 2, 3):  # a part each, as the sink's batches write them
+            deleted = int(version == 3)  # noqa: PLR2004
+            writer.command(
+                f"INSERT INTO {settings.clickhouse_database}.versions "
+                f"VALUES ('a', {version}, 0), ('b', {version}, {deleted})"
+            )
+    finally:
+        writer.close()
+    sql = "SELECT k, version FROM versions ORDER BY k"
+    assert run_query(settings, sql, "TSVRaw") == b"a\t3\n"
