@@ -636,8 +636,10 @@ def _enrollment(data: ReportData) -> Section:
     return Section(
         "enrollment",
         "Enrollment over time",
-        "Cumulative count of participants randomized by the end of each week, by the node "
-        "of their randomization (<code>participant_arms.randomized_at</code>).",
+        "Cumulative count of participants randomized by the end of each week (their first "
+        "randomization, <code>participant_arms.randomized_at</code>), by the node of their "
+        "latest: a participant randomized again at another node counts there alone, where "
+        "<code>node_summary</code>'s <code>randomized</code> counts them at both.",
         (chart,),
         table,
     )
