@@ -113,7 +113,8 @@ the input topics (a wrong EXNET_TOPIC_PREFIX, or `exnet init` never run: nothing
 is read or spooled), or the spool could not be written (a full disk: the message
 says what was sent and where it stopped);
 {EXIT_INTERRUPTED} stopped by SIGTERM or Ctrl-C, after sending or spooling every
-line read.
+line read (a second signal stops at once: what Kafka has not acknowledged yet stays
+spooled, for `exnet spool flush` or the next run).
 """
 
 
@@ -412,54 +413,73 @@ def publish_files(
     out = Console(soft_wrap=True, highlight=False)
     show = errors.is_terminal if show_progress is None else show_progress
     lines = _LineCounts()
-    with ExitStack() as stack:
-        publisher = stack.enter_context(Publisher(settings))
-        publisher.online  # noqa: B018  # connects now: a missing topic is told before any line
-        resent = publisher.resend_spool()
-        if resent.sent:
-            errors.print(
-                f"resent {_counted(resent.sent, 'spooled event')} from earlier runs", markup=False
-            )
-        if resent.missing_topics and resent.problem:
-            errors.print(resent.problem, markup=False)
-        for segment in resent.set_aside:
-            errors.print(segment.text(), markup=False)
-        progress: Progress | None = None
-        if show:
-            progress = stack.enter_context(
-                Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn() if "-" in files else TransferSpeedColumn(),
-                    TimeRemainingColumn(),
-                    console=errors,
-                    transient=True,
+    publisher: Publisher | None = None
+    try:
+        with ExitStack() as stack:
+            publisher = stack.enter_context(Publisher(settings))
+            publisher.online  # noqa: B018  # connects now: a missing topic is told before any line
+            resent = publisher.resend_spool()
+            if resent.sent:
+                errors.print(
+                    f"resent {_counted(resent.sent, 'spooled event')} from earlier runs",
+                    markup=False,
                 )
-            )
-        try:
-            for name in files:
-                shown = STDIN_NAME if name == "-" else name
-                with _open_input(name) as stream:
-                    task = None
-                    total = None if name == "-" else Path(name).stat().st_size
-                    if progress is not None:
-                        task = progress.add_task(shown, total=total)
-                    _publish_stream(publisher, stream, shown, lines, errors, progress, task, stop)
-                if stop.requested:
-                    break
-                if progress is not None and task is not None and total is not None:
-                    progress.update(task, completed=total)
-            publisher.close()  # saves the last group: the spool may refuse it too
-        except SpoolWriteError:
-            pass  # told below, with what was sent and what was not
-        summary = publisher.close()
-    if summary.spooled and summary.problem:
+            if resent.missing_topics and resent.problem:
+                errors.print(resent.problem, markup=False)
+            for segment in resent.set_aside:
+                errors.print(segment.text(), markup=False)
+            progress: Progress | None = None
+            if show:
+                progress = stack.enter_context(
+                    Progress(
+                        TextColumn("{task.description}"),
+                        BarColumn(),
+                        MofNCompleteColumn() if "-" in files else TransferSpeedColumn(),
+                        TimeRemainingColumn(),
+                        console=errors,
+                        transient=True,
+                    )
+                )
+            try:
+                for name in files:
+                    shown = STDIN_NAME if name == "-" else name
+                    with _open_input(name) as stream:
+                        task = None
+                        total = None if name == "-" else Path(name).stat().st_size
+                        if progress is not None:
+                            task = progress.add_task(shown, total=total)
+                        _publish_stream(
+                            publisher, stream, shown, lines, errors, progress, task, stop
+                        )
+                    if stop.requested:
+                        break
+                    if progress is not None and task is not None and total is not None:
+                        progress.update(task, completed=total)
+                publisher.close()  # saves the last group: the spool may refuse it too
+            except SpoolWriteError:
+                pass  # told below, with what was sent and what was not
+            summary = publisher.close()
+    except KeyboardInterrupt:
+        # A second signal, while the first one's stop waited on Kafka: the publisher
+        # closed on the way out (what it had read is spooled, if not sent). Its
+        # counts are still the site's only account of the run (an outside check:
+        # exit 130 and nothing on standard output).
+        if publisher is None:
+            raise
+        summary = publisher.summary()
+    # Stopped at once (a second signal): spooled without a problem, not waited for.
+    problem = summary.problem or ("stopped at once" if stop.requested else None)
+    if summary.spooled and problem:
         errors.print(
             f"{_counted(summary.spooled, 'event')} "
-            f"{'was' if summary.spooled == 1 else 'were'} not acknowledged ({summary.problem}); "
+            f"{'was' if summary.spooled == 1 else 'were'} not acknowledged ({problem}); "
             f"{'it waits' if summary.spooled == 1 else 'they wait'} in "
-            f"{spool_of(settings).directory}: run `exnet spool flush` once that is put "
-            "right (Kafka answering, this login accepted)",
+            f"{spool_of(settings).directory}: run `exnet spool flush`"
+            + (
+                " once that is put right (Kafka answering, this login accepted)"
+                if summary.problem
+                else " (or publish again: a run sends the spool first)"
+            ),
             markup=False,
         )
     out.print(_summary_line(lines, summary), markup=False)

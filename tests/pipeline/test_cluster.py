@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -19,6 +20,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
+from producers.publisher import COMMIT_EVENTS, MAX_INFLIGHT_GROUPS
 from tests.conftest import SettingsFactory
 from tests.pipeline.harness import EXNET, Pipeline
 from tests.pipeline.load import participant_events
@@ -223,6 +225,105 @@ def test_publish_with_two_brokers_of_three_down_spools_and_says_so(
         assert sorted(set(ids)) == sorted(event["event_id"] for event in events)
     finally:
         pipeline.close()
+
+
+#: Events of the run whose broker is killed: more than the publisher keeps in flight
+#: (50 groups of 2,000), so that it waits on the oldest group while Kafka is gone.
+KILLED_RUN_PARTICIPANTS = 3_000
+#: Seconds the killed run may take to spool the rest and exit (its wait on Kafka: 20 s).
+KILLED_RUN_EXIT_S = 90.0
+
+
+def test_publish_whose_broker_is_killed_mid_run_spools_the_rest_and_exits(
+    tmp_path: Path, settings_factory: SettingsFactory
+) -> None:
+    """A site's `exnet publish` of 300,000 events, its broker killed -9 three seconds in,
+    gave no output for 14 minutes, the broker back for 2 of them (an outside check):
+    kafka-python stopped failing what it held, and the publisher waited 20 s for each
+    event in turn; a first Ctrl-C changed nothing, a second ended it with no account of
+    the run. Now: exit 3 within the minute, each line sent or spooled; or, stopped by
+    two signals, exit 130 at once with the same account; and the spool, flushed once
+    the broker is back, holds every event."""
+    local = LocalCluster(tmp_path / "kafka")
+    assert local.broker("start", "--nodes", "1").returncode == 0
+    try:
+        bootstrap = local.status()["bootstrap"]
+        pipeline = Pipeline(settings_factory(kafka_bootstrap=bootstrap, partitions=3))
+        pipeline.init()
+        path = tmp_path / "events.jsonl"
+        simulated = pipeline.run(
+            "simulate",
+            "--participants",
+            str(KILLED_RUN_PARTICIPANTS),
+            "--invalid-share",
+            "0",
+            "--duplicate-share",
+            "0",
+            "--out",
+            str(path),
+        )
+        assert simulated.returncode == 0, simulated.stderr[-3000:]
+        expected = {json.loads(line)["event_id"] for line in path.read_bytes().splitlines()}
+        # Enough that the run, once its broker is gone, fills the flight and waits.
+        assert len(expected) > 2 * MAX_INFLIGHT_GROUPS * COMMIT_EVENTS * 0.9
+        inputs = [pipeline.topic(topic) for topic in INPUT_TOPICS]
+
+        for signals in (0, 2):
+            publish = subprocess.Popen(  # noqa: S603  # our own console script
+                [EXNET, "publish", "--no-progress", str(path)],
+                env=pipeline.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                under_way = _sent(bootstrap, inputs) + 5_000
+                deadline = time.monotonic() + 60
+                while _sent(bootstrap, inputs) < under_way:
+                    assert time.monotonic() < deadline and publish.poll() is None
+                    time.sleep(0.1)
+                os.kill(local.status()["nodes"][0]["pid"], signal.SIGKILL)
+                for _ in range(signals):
+                    time.sleep(2)
+                    publish.send_signal(signal.SIGINT)
+                signalled = time.monotonic()
+                out, err = publish.communicate(timeout=KILLED_RUN_EXIT_S)
+            finally:
+                publish.kill()
+            assert "Traceback" not in err, err[-3000:]
+            counts = re.match(r"read (\d+), sent (\d+), invalid 0, spooled (\d+)", out)
+            assert counts is not None, (out, err[-3000:])
+            read, sent, spooled = (int(count) for count in counts.groups())
+            assert read == sent + spooled and spooled > 0, out
+            assert "run `exnet spool flush`" in err, err[-3000:]
+            if signals:
+                assert publish.returncode == 130, err[-3000:]
+                assert time.monotonic() - signalled < 10  # at once (Python's start aside)
+            else:
+                assert publish.returncode == 3, err[-3000:]
+                assert read == len(expected), out
+
+            assert local.broker("start").returncode == 0
+            flushed = pipeline.run("spool", "flush", timeout=240)
+            assert flushed.returncode == 0, (flushed.stdout, flushed.stderr[-3000:])
+            ids = {json.loads(value)["event_id"] for value in _values(bootstrap, inputs)}
+            assert ids == expected
+    finally:
+        local.broker("stop")
+
+
+def _sent(bootstrap: str, topics: list[str]) -> int:
+    """Messages on ``topics``, summed over their partitions' end offsets."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","))
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in consumer.partitions_for_topic(topic) or ()
+        ]
+        return sum(consumer.end_offsets(partitions).values())
+    finally:
+        consumer.close()
 
 
 def _values(bootstrap: str, topics: list[str]) -> list[bytes]:
