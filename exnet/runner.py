@@ -502,6 +502,11 @@ class _StopFlag:
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.received(signum)
+
+    def received(self, signum: int) -> None:
+        """Signal ``signum`` asks to stop (here, or in the Faust worker that owns the
+        signals while it runs)."""
         # A stop asked already (a drain done, a failed writer) is forwarded to the Faust
         # worker as this process's own SIGTERM: only a stop that comes from outside is
         # news ("signal 15: stopping" after a drain that ended by itself misled).
@@ -863,6 +868,7 @@ def _run_streams(
     # show-cursor escape to stdout whether or not that is a terminal, a stray `ESC[?25h`
     # in every log and in `make demo`'s output; exnet's own progress is its bar.
     worker.spinner = None
+    worker.on_signal = stop.received
     clean = True
     try:
         worker.execute_from_commandline()

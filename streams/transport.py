@@ -63,6 +63,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
+from signal import Signals
 from typing import Any, Final, NamedTuple, cast
 
 import faust
@@ -110,8 +111,9 @@ STUCK_WARNING_S = 30.0
 LOST_AFTER_S = 10.0
 #: Seconds between checks that no partition's fetch position ran past what was delivered.
 POSITION_CHECK_S = 2.0
-#: Seconds a stopping producer waits for its open batches to be taken by aiokafka.
-HAND_OVER_ON_STOP_S = 10.0
+#: Seconds a stopping app waits, in all, for Kafka to acknowledge what it produced: its
+#: streams' last commit, its producer's flush, its producer's close (:class:`_StopWait`).
+STOP_WAIT_S = 10.0
 #: Seconds the consumer waits for its topics' metadata before it joins its group
 #: without some of them, and seconds between the requests for it meanwhile.
 METADATA_WAIT_S = 30.0
@@ -259,6 +261,51 @@ class _ReadOffsets(defaultdict[TP, int | None]):
 
     def __getitem__(self, tp: TP) -> int | None:
         return super().__getitem__(tp) if self._is_changelog(tp) else None
+
+
+class _StopWait:
+    """What a stopping app waits on Kafka for, :data:`STOP_WAIT_S` in all, counted from
+    its first wait.
+
+    The last commit waits for Kafka to acknowledge what its batches produced, the
+    producer's flush and close for what they hold, and aiokafka's close has no end:
+    with no broker answering, a SIGTERM left `exnet up` running until a broker came
+    back (9 minutes in an outside check; the writer had long stopped). Not waiting
+    longer is safe: what Kafka did not acknowledge was never committed, so it is
+    read again by the next worker, and read again is made exact downstream.
+    """
+
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+        self._told = False
+
+    async def wait(self, what: str, call: Awaitable[Any]) -> None:
+        """``call``, for what is left of the stop's time; past that, one warning and
+        ``call`` is left running (the loop's shutdown cancels it: Faust's commit in
+        flight sets a future of its own when it ends, which a cancellation here
+        would break)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + STOP_WAIT_S
+        task = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, self._deadline - time.monotonic()))
+        if task in done:
+            task.result()  # its error, if any, as before
+            return
+        log.log(
+            logging.DEBUG if self._told else logging.WARNING,  # once is news enough
+            "%s did not end within %g s of the stop (Kafka did not acknowledge what the "
+            "stream worker produced); stopping without it: what was not committed is "
+            "read again by the next worker",
+            what,
+            STOP_WAIT_S,
+        )
+        self._told = True
+
+
+def _stop_wait(transport: Any) -> _StopWait:
+    """The :class:`_StopWait` of ``transport`` (this module's :class:`Transport`)."""
+    wait: _StopWait = transport.stop_wait
+    return wait
 
 
 #: See :attr:`ConsumerThread.shutdown_timeout`.
@@ -480,6 +527,16 @@ class Consumer(faust_aiokafka.Consumer):
         #: commit this process decided on (its batches before it all done), landed
         #: in Kafka or still on its way.
         self._released: dict[TP, tuple[int, int]] = {}
+
+    async def wait_empty(self) -> None:
+        """Faust's wait for the batches taken to be done and committed; when the app
+        stops, as long as :class:`_StopWait` allows. A rebalance still waits for as
+        long as it takes (the partitions' next owner would otherwise read again what
+        this worker may yet commit)."""
+        if self.app.should_stop:
+            await _stop_wait(self.transport).wait("the last commit", super().wait_empty())
+        else:
+            await super().wait_empty()
 
     async def _seek(self, partition: TP, offset: int) -> None:
         await self._thread.seek_in_thread(partition, offset)
@@ -989,6 +1046,12 @@ class Producer(faust_aiokafka.Producer):
         table would keep an older value than the batches that are done (so
         never read again) made it.
         """
+        if self.app.should_stop:  # the app's last flush: as long as _StopWait allows
+            await _stop_wait(self.transport).wait("the producer's flush", self._flush())
+        else:
+            await self._flush()
+
+    async def _flush(self) -> None:
         while self._handing:
             await asyncio.wait(set(self._handing))
         await super().flush()
@@ -1001,12 +1064,17 @@ class Producer(faust_aiokafka.Producer):
     async def on_stop(self) -> None:
         # Batches appended but not yet taken by aiokafka: hand them over, so that
         # stopping aiokafka flushes them with the rest.
+        stop_wait = _stop_wait(self.transport)
         if self._handing:
-            await asyncio.wait(set(self._handing), timeout=HAND_OVER_ON_STOP_S)
+            await stop_wait.wait("handing the last batches to aiokafka", self._handed_over())
         if self._open:
             # Never acknowledged, so their batches were not committed: read again next time.
             log.warning("stopping with %d record batches not handed to Kafka", len(self._open))
-        await super().on_stop()
+        # aiokafka's close waits, with no end, for Kafka to acknowledge what it holds.
+        await stop_wait.wait("the producer's close", super().on_stop())
+
+    async def _handed_over(self) -> None:
+        await asyncio.wait(set(self._handing))
 
 
 def _copy_outcome(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
@@ -1107,6 +1175,11 @@ class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
     Producer = Producer
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The stop's waits on Kafka, shared by the consumer and the producer.
+        self.stop_wait = _StopWait()
+
     async def _create_topic(
         self,
         owner: Any,
@@ -1181,6 +1254,15 @@ class Worker(faust.Worker):
     """
 
     logger = _FAUST_LOG
+    #: Called with a signal's number when it asks the worker to stop (first time only):
+    #: mode's own line for it is INFO on a logger exnet keeps at WARNING, so a stop
+    #: from outside left no word in the log (an outside check).
+    on_signal: Callable[[int], None] | None = None
+
+    def _schedule_shutdown(self, signal: Signals) -> None:
+        if not self._signal_stop_time and self.on_signal is not None:
+            self.on_signal(signal.value)
+        super()._schedule_shutdown(signal)
 
     async def _sentinel_task(self) -> None:
         await asyncio.sleep(LOOP_CLOSE_GRACE_S)

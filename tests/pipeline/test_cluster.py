@@ -400,3 +400,53 @@ def test_the_sink_writes_again_within_seconds_of_its_broker_s_restart(
     finally:
         pipeline.close()
         broker.broker("stop")
+
+
+#: Seconds a SIGTERM may take to end an `exnet up` whose only broker is gone: the stop's
+#: waits on Kafka (10 s in all), the consumer's close (10 s at most), the writer's stop.
+STOP_WITHOUT_KAFKA_S = 60.0
+
+
+def test_sigterm_ends_exnet_up_whose_broker_died_mid_backlog(
+    tmp_path: Path, settings_factory: SettingsFactory
+) -> None:
+    """An `exnet up` sent SIGTERM while its only broker was dead ran on until a broker came
+    back (9 minutes in an outside check), and its log said nothing of the signal: its
+    last commit waited for Kafka to acknowledge what the batches produced, and so did
+    the producer's flush and close. Now each waits 10 s of the stop at most; nothing is
+    lost (what is not committed is read again: the fault tests hold that)."""
+    broker = LocalCluster(tmp_path / "broker")
+    assert broker.broker("start", "--nodes", "1").returncode == 0
+    pipeline = Pipeline(settings_factory(kafka_bootstrap=broker.status()["bootstrap"]))
+    try:
+        pipeline.init()
+        log = tmp_path / "up.log"
+        worker = pipeline.start(log=log)
+        first = [event for _, event in participant_events(seed=31, participants=10)]
+        path = tmp_path / "first.jsonl"
+        path.write_bytes(b"".join(json.dumps(event).encode() + b"\n" for event in first))
+        assert pipeline.run("publish", "--no-progress", str(path)).returncode == 0
+        deadline = time.monotonic() + 120
+        while True:  # it runs and writes
+            done = pipeline.run("sql", f"SELECT {_FACTS}", timeout=60)
+            if done.returncode == 0 and int(done.stdout.split()[-1]) == len(first):
+                break
+            assert worker.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        # A backlog of some 100,000 events, which takes the stream worker a while.
+        published = pipeline.run("simulate", "--participants", "1500", "--seed", "12")
+        assert published.returncode == 0, published.stderr[-3000:]
+        os.kill(broker.status()["nodes"][0]["pid"], signal.SIGKILL)
+        time.sleep(10)
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            status = worker.wait(timeout=STOP_WITHOUT_KAFKA_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running after SIGTERM:\n{log.read_text()[-3000:]}")
+        text = log.read_text()
+        assert status == 0, text[-3000:]
+        assert "signal 15: stopping" in text
+    finally:
+        pipeline.close()
+        broker.broker("stop")
