@@ -37,6 +37,7 @@ from contracts.enrollment import EnrollmentV1
 from contracts.envelope import (
     CROSS_FIELD_ERROR,
     EVENT_ID_PATTERN,
+    NODE_ID_PATTERN,
     OCCURRED_AT_ERROR,
     PARTICIPANT_ID_PATTERN,
     SITE_ID_PATTERN,
@@ -860,6 +861,10 @@ def _field_issues(errors: list[Any], *, tagged: bool) -> tuple[list[FieldIssue],
                 message = occurred_at_problem(err.get("input"))
             elif err["type"] == "finite_number":  # JSON has no infinity: a literal too large
                 message = f"Input should be a number, got one {_TOO_LARGE}"
+            elif err["type"] == "string_pattern_mismatch" and (
+                words := _PATTERN_WORDS.get(err.get("ctx", {}).get("pattern"))
+            ):
+                message = f"{message}: {words}"
             elif err["type"] == "extra_forbidden":  # the parser's words name no field
                 message = "unknown field: this event type and version has no such field"
             elif err["type"] in _TYPE_ERRORS and "got" not in message and "input" in err:
@@ -869,6 +874,24 @@ def _field_issues(errors: list[Any], *, tagged: bool) -> tuple[list[FieldIssue],
                 failing.add(str(loc[0]))
     return issues, failing, rules_ran
 
+
+#: What each identifier's pattern asks for, in words, after the parser's message (which
+#: names the pattern alone: "String should match pattern '^P-[0-9a-f]{10,64}$'" for
+#: "John Smith" puzzled a site's data manager, an outside check).
+_PATTERN_WORDS: Final = {
+    PARTICIPANT_ID_PATTERN: (
+        "a pseudonym, 'P-' then 10 to 64 digits or letters a-f (P-3f9a1c0b2e), never a "
+        "name or a record number"
+    ),
+    EVENT_ID_PATTERN: (
+        "a UUID, 32 hex digits grouped 8-4-4-4-12 (1b4e28ba-2fa1-41d2-883f-0016d3cca427), "
+        "made once for the event and sent with every copy of it"
+    ),
+    NODE_ID_PATTERN: "a node's code, a capital letter then 1 to 15 capitals or digits (N01)",
+    SITE_ID_PATTERN: (
+        "a site's code, its node's code, '-', then 1 to 15 capitals or digits (N01-S01)"
+    ),
+}
 
 #: The parser's errors that a value of the wrong JSON type gives: their messages
 #: say what was expected, and the issue adds what came ("12" for 12, "yes" for true).

@@ -40,3 +40,24 @@ def test_a_batch_label_is_no_place_for_free_text() -> None:
     )
     assert isinstance(outcome, Rejected) and outcome.reason.value == "invalid_field"
     assert [issue.path for issue in outcome.issues] == ["batch_id"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("participant_id", "John Smith", "a pseudonym, 'P-' then 10 to 64 digits"),
+        ("event_id", "42", "a UUID, 32 hex digits grouped 8-4-4-4-12"),
+        ("node_id", "n01", "a node's code, a capital letter"),
+        ("site_id", "N01_S01", "a site's code, its node's code, '-'"),
+    ],
+)
+def test_an_identifier_that_breaks_its_pattern_is_told_in_words(
+    field: str, value: str, says: str
+) -> None:
+    """"String should match pattern '^P-[0-9a-f]{10,64}$'" for "John Smith" puzzled a
+    site's data manager (an outside check): the pattern stays, its meaning follows."""
+    outcome = send(event(Topic.SESSION, **{field: value}), Topic.SESSION, b"P-0123456789")
+    assert isinstance(outcome, Rejected) and outcome.reason.value == "invalid_field", outcome
+    (issue,) = [issue for issue in outcome.issues if issue.path == field]
+    assert issue.message.startswith("String should match pattern '^"), issue
+    assert says in issue.message, issue
