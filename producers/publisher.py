@@ -401,7 +401,7 @@ class _Delivery:
             try:
                 self._send_by_partition(events, futures)
             except KafkaError as exc:
-                self._go_offline(f"{type(exc).__name__}: {exc}")
+                self._go_offline(_described(exc))
         self._groups.append(_Group(target, first_seq, len(events), futures))
         self.settle()
         if len(self._groups) > MAX_INFLIGHT_GROUPS:
@@ -466,7 +466,7 @@ class _Delivery:
             failed = group.count - len(acked)
             if failed:
                 problem = next((f.exception for f in group.futures if f and f.exception), None)
-                self._go_offline(f"{type(problem).__name__}: {problem}" if problem else "not sent")
+                self._go_offline(_described(problem) if problem else "not sent")
             self.sent += len(acked)
             self.failed += failed
             group.target.settled(seq_ranges(acked), failed)
@@ -477,7 +477,7 @@ class _Delivery:
             try:
                 self.producer.flush(timeout=timeout_s)
             except KafkaError as exc:
-                self._go_offline(f"{type(exc).__name__}: {exc}")
+                self._go_offline(_described(exc))
         self.settle()
 
     def close(self, *, wait: bool = True) -> None:
@@ -501,6 +501,15 @@ class _Delivery:
                 group.target.settled([], group.count)
                 self.failed += group.count
             self._groups.clear()
+
+
+def _described(error: BaseException) -> str:
+    """``KafkaTimeoutError: Timeout waiting for future``, once: kafka-python's errors
+    name their class themselves (a site read it twice in a row, an outside check)."""
+    name, text = type(error).__name__, str(error)
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
 
 
 def _abort(producer: KafkaProducer) -> None:
