@@ -54,8 +54,9 @@ def test_a_batch_label_is_no_place_for_free_text() -> None:
 def test_an_identifier_that_breaks_its_pattern_is_told_in_words(
     field: str, value: str, says: str
 ) -> None:
-    """"String should match pattern '^P-[0-9a-f]{10,64}$'" for "John Smith" puzzled a
-    site's data manager (an outside check): the pattern stays, its meaning follows."""
+    """A site's data manager, given "String should match pattern '^P-[0-9a-f]{10,64}$'"
+    for "John Smith", was puzzled (an outside check): the pattern stays, its meaning
+    follows."""
     outcome = send(event(Topic.SESSION, **{field: value}), Topic.SESSION, b"P-0123456789")
     assert isinstance(outcome, Rejected) and outcome.reason.value == "invalid_field", outcome
     (issue,) = [issue for issue in outcome.issues if issue.path == field]
