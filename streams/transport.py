@@ -1052,8 +1052,7 @@ class Producer(faust_aiokafka.Producer):
             await self._flush()
 
     async def _flush(self) -> None:
-        while self._handing:
-            await asyncio.wait(set(self._handing))
+        await self._handed_over()
         await super().flush()
 
     def _close(self, topic: str, partition: int, batch: _OpenBatch) -> None:
@@ -1074,7 +1073,9 @@ class Producer(faust_aiokafka.Producer):
         await stop_wait.wait("the producer's close", super().on_stop())
 
     async def _handed_over(self) -> None:
-        await asyncio.wait(set(self._handing))
+        """Until every open batch appended so far is taken by aiokafka."""
+        while self._handing:
+            await asyncio.wait(set(self._handing))
 
 
 def _copy_outcome(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
