@@ -861,9 +861,7 @@ def _field_issues(errors: list[Any], *, tagged: bool) -> tuple[list[FieldIssue],
                 message = occurred_at_problem(err.get("input"))
             elif err["type"] == "finite_number":  # JSON has no infinity: a literal too large
                 message = f"Input should be a number, got one {_TOO_LARGE}"
-            elif err["type"] == "string_pattern_mismatch" and (
-                words := _PATTERN_WORDS.get(err.get("ctx", {}).get("pattern"))
-            ):
+            elif words := _in_words(err, loc):
                 message = f"{message}: {words}"
             elif err["type"] == "extra_forbidden":  # the parser's words name no field
                 message = "unknown field: this event type and version has no such field"
@@ -873,6 +871,16 @@ def _field_issues(errors: list[Any], *, tagged: bool) -> tuple[list[FieldIssue],
             if loc:
                 failing.add(str(loc[0]))
     return issues, failing, rules_ran
+
+
+def _in_words(err: Any, loc: tuple[Any, ...]) -> str | None:
+    """What the pattern or the bounds that ``err`` (a parser's error at ``loc``) broke
+    ask for, in words; None for other errors and fields."""
+    if err["type"] == "string_pattern_mismatch":
+        return _PATTERN_WORDS.get(err.get("ctx", {}).get("pattern"))
+    if err["type"] in _RANGE_ERRORS and loc:
+        return _RANGE_WORDS.get(str(loc[-1]))
+    return None
 
 
 #: What each identifier's pattern asks for, in words, after the parser's message (which
@@ -890,6 +898,27 @@ _PATTERN_WORDS: Final = {
     NODE_ID_PATTERN: "a node's code, a capital letter then 1 to 15 capitals or digits (N01)",
     SITE_ID_PATTERN: (
         "a site's code, its node's code, '-', then 1 to 15 capitals or digits (N01-S01)"
+    ),
+}
+
+#: The parser's errors for a number outside its field's bounds.
+_RANGE_ERRORS: Final = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+)
+
+#: What a bounded number measures, in words, after the parser's bound (which names the
+#: bound alone: "Input should be greater than or equal to 30" for a heart rate of 0.72,
+#: a fraction where a percentage was meant, left a site's data manager guessing).
+_RANGE_WORDS: Final = {
+    "duration_min": "the session's length in minutes, 0 to 300 (90 for an hour and a half)",
+    "mean_hr_pct_max": (
+        "the mean heart rate as a percentage of the age-predicted maximum, 30 to 100 "
+        "(72 for 72%, not 0.72; not beats a minute)"
+    ),
+    "rpe": "the Borg rating of perceived exertion, a whole number from 6 to 20",
+    "week": "weeks since baseline, a whole number from 0 (baseline) to 104",
+    "session_number": (
+        "the session's place in the participant's programme, a whole number from 1 to 500"
     ),
 }
 

@@ -62,3 +62,26 @@ def test_an_identifier_that_breaks_its_pattern_is_told_in_words(
     (issue,) = [issue for issue in outcome.issues if issue.path == field]
     assert issue.message.startswith("String should match pattern '^"), issue
     assert says in issue.message, issue
+
+
+@pytest.mark.parametrize(
+    ("topic", "field", "value", "says"),
+    [
+        (Topic.SESSION, "mean_hr_pct_max", 0.72, "greater than or equal to 30: the mean heart"),
+        (Topic.SESSION, "mean_hr_pct_max", 152, "less than or equal to 100: the mean heart"),
+        (Topic.SESSION, "duration_min", 400, "less than or equal to 300: the session's length"),
+        (Topic.SESSION, "rpe", 3, "greater than or equal to 6: the Borg rating"),
+        (Topic.SESSION, "session_number", 0, "greater than or equal to 1: the session's place"),
+        (Topic.ASSESSMENT, "week", 105, "less than or equal to 104: weeks since baseline"),
+    ],
+)
+def test_a_number_out_of_its_bounds_is_told_what_it_measures(
+    topic: Topic, field: str, value: float, says: str
+) -> None:
+    """A heart rate of 0.72 (a fraction where a percentage was meant) got "Input should be
+    greater than or equal to 30" alone, which left a site's data manager guessing."""
+    outcome = send(event(topic, **{field: value}), topic)
+    assert isinstance(outcome, Rejected) and outcome.reason.value == "invalid_field", outcome
+    (issue,) = [issue for issue in outcome.issues if issue.path == field]
+    assert issue.message.startswith("Input should be "), issue
+    assert says in issue.message, issue

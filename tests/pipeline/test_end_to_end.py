@@ -227,8 +227,9 @@ def _check_no_identifier_reaches_analysts(pipeline: Pipeline) -> None:
     rows = list(csv.DictReader(io.StringIO(worklist.stdout)))
     rpe = next(r for r in rows if r["field_path"] == "rpe")
     assert (rpe["participant_id"], rpe["event_type"], rpe["value"]) == (A, "session", "25")
-    assert (
-        rpe["occurred_at"] and rpe["what_to_do"] == "rpe: Input should be less than or equal to 20"
+    assert rpe["occurred_at"] and rpe["what_to_do"] == (
+        "rpe: Input should be less than or equal to 20: "
+        "the Borg rating of perceived exertion, a whole number from 6 to 20"
     )
     name = next(r for r in rows if r["field_path"] == "<unknown field 1>")
     assert name["value"] == '"<redacted>"'

@@ -148,7 +148,12 @@ def test_one_sites_flood_is_rejected_while_every_other_site_flows(
     rejected = pipeline.rows("SELECT event_id, reason, site_id, message FROM rejected_events FINAL")
     assert {r["event_id"] for r in rejected} == flood
     assert {(r["reason"], r["site_id"], r["message"]) for r in rejected} == {
-        ("invalid_field", FLOOD_SITE, "rpe: Input should be less than or equal to 20")
+        (
+            "invalid_field",
+            FLOOD_SITE,
+            "rpe: Input should be less than or equal to 20: "
+            "the Borg rating of perceived exertion, a whole number from 6 to 20",
+        )
     }
 
     counters = scraper.site_counters()
