@@ -580,6 +580,8 @@ class SetAside:
     damaged_bytes: int
     #: Byte offset of its first damaged stretch.
     damaged_at: int
+    #: The files the run that spooled it read (its header's ``inputs``), if recorded.
+    inputs: tuple[str, ...] = ()
 
     def text(self) -> str:
         """What happened and what to do, in a sentence for a site's data manager."""
@@ -588,12 +590,17 @@ class SetAside:
             if self.created_at
             else "around the time its name starts with (UTC)"
         )
+        what = (
+            f"the files that run read ({', '.join(self.inputs)}), published {when}"
+            if self.inputs
+            else f"the files published {when}"
+        )
         return (
             f"the spool file {self.path.name} was damaged on disk: {self.damaged_bytes} bytes "
             f"from byte {self.damaged_at} could not be read, so the events stored in them "
             f"were not sent. Its readable events were sent, and the file was moved to "
-            f"{self.path.parent}. Publish again the files published {when}: events Kafka "
-            "already has are dropped as duplicates"
+            f"{self.path.parent}. Publish again {what}: events Kafka already has are "
+            "dropped as duplicates"
         )
 
 
@@ -709,6 +716,7 @@ def _flush_locked(spool: Spool, delivery: _Delivery, existing: set[str] | None) 
                     created if isinstance(created, str) else None,
                     contents.damaged_bytes,
                     contents.damaged[0][0],
+                    contents.inputs,
                 )
             )
     state = spool.status()
@@ -834,9 +842,13 @@ class Publisher:
         validator: Validator | None = None,
         *,
         connect: bool = True,
+        inputs: Sequence[str] = (),
     ) -> None:
-        """``connect=False`` never contacts Kafka: every accepted event is spooled."""
+        """``connect=False`` never contacts Kafka: every accepted event is spooled.
+        ``inputs``: the names of the files the events come from (absolute paths, ``-``
+        for standard input), recorded in each spool segment this publisher writes."""
         self._settings = settings
+        self._inputs = tuple(inputs)
         self._checker = Checker(settings, validator)
         self._spool = spool_of(settings)
         self._topics: dict[Topic, str] = {
@@ -947,7 +959,7 @@ class Publisher:
                 segment.retired = True
                 if segment.groups_out == 0:
                     segment.finish()
-            segment = _LiveSegment(self._spool.create_writer())
+            segment = _LiveSegment(self._spool.create_writer(self._inputs))
             self._segment = segment
             self._segments.append(segment)
         return segment

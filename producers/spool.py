@@ -26,7 +26,9 @@ segment is sent once, oldest first).
 File format (little-endian), a sequence of records, each
 ``kind:u8 length:u32 crc32:u32 payload[length]``:
 
-- ``H`` header, first record: JSON ``{"format": 1, "created_at", "pid", "host"}``;
+- ``H`` header, first record: JSON ``{"format": 1, "created_at", "pid", "host"}``,
+  and ``"inputs"``, the names of the files the run that wrote it published (absolute
+  paths; ``-`` for standard input), when it was given them;
 - ``E`` events: ``first_seq:u64 count:u32`` then per event
   ``topic_len:u8 key_len:u16 value_len:u32 topic key value``; the events are
   numbered ``first_seq``, ``first_seq + 1``... within the segment;
@@ -225,8 +227,10 @@ class SegmentWriter:
         self._seal_on_close = seal_on_close
 
     @classmethod
-    def create(cls, directory: Path) -> SegmentWriter:
+    def create(cls, directory: Path, inputs: Sequence[str] = ()) -> SegmentWriter:
         """A new, empty segment, locked, durable in ``directory`` when this returns.
+        ``inputs``: the files the events will come from, recorded in the header, so
+        that a segment later found damaged can name what to publish again.
 
         It is written under a temporary name and renamed once locked, so a
         flusher never sees (and never deletes) a segment that nobody locks yet.
@@ -244,6 +248,7 @@ class SegmentWriter:
                     "created_at": datetime.now(UTC).isoformat(),
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
+                    **({"inputs": list(inputs)} if inputs else {}),
                 }
             )
             data = _record(_HEADER, header)
@@ -377,6 +382,15 @@ class SegmentContents:
     @property
     def damaged_bytes(self) -> int:
         return sum(length for _, length in self.damaged)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The files the segment's publisher read (its header's ``inputs``; () when it
+        recorded none, as before 2026-12-05, or when the header is unreadable)."""
+        names = self.header.get("inputs")
+        if isinstance(names, list) and all(isinstance(name, str) for name in names):
+            return tuple(names)
+        return ()
 
     def pending(self) -> list[tuple[int, SpooledEvent]]:
         """Events Kafka has not acknowledged, in the order they were spooled."""
@@ -572,6 +586,8 @@ class SegmentStatus:
     #: offset.
     damaged_bytes: int = 0
     damaged_at: int | None = None
+    #: The files its publisher read (its header's ``inputs``), if it recorded them.
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,9 +685,10 @@ class Spool:
             return []
         return sorted(self.directory.glob(SEGMENT_GLOB))
 
-    def create_writer(self) -> SegmentWriter:
+    def create_writer(self, inputs: Sequence[str] = ()) -> SegmentWriter:
+        """A new segment (:meth:`SegmentWriter.create`). Raises :class:`SpoolWriteError`."""
         try:
-            return SegmentWriter.create(self.directory)
+            return SegmentWriter.create(self.directory, inputs)
         except OSError as exc:
             raise SpoolWriteError.refused(exc, self.directory) from None
 
@@ -707,6 +724,7 @@ class Spool:
                     topics=tuple(sorted({event.topic for _, event in contents.pending()})),
                     damaged_bytes=contents.damaged_bytes,
                     damaged_at=contents.damaged[0][0] if contents.damaged else None,
+                    inputs=contents.inputs,
                 )
             )
         aside = self.directory / DAMAGED_DIR

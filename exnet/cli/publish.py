@@ -416,7 +416,8 @@ def publish_files(
     publisher: Publisher | None = None
     try:
         with ExitStack() as stack:
-            publisher = stack.enter_context(Publisher(settings))
+            inputs = [name if name == "-" else str(Path(name).resolve()) for name in files]
+            publisher = stack.enter_context(Publisher(settings, inputs=inputs))
             publisher.online  # noqa: B018  # connects now: a missing topic is told before any line
             resent = publisher.resend_spool()
             if resent.sent:
@@ -642,6 +643,7 @@ def register(app: typer.Typer) -> None:
                         "topics": list(seg.topics),
                         "damaged_bytes": seg.damaged_bytes,
                         "damaged_at": seg.damaged_at,
+                        "inputs": list(seg.inputs),
                     }
                     for seg in state.segments
                 ],
@@ -665,7 +667,8 @@ def register(app: typer.Typer) -> None:
                 console.print(
                     f"{seg.path.name} is damaged: {seg.damaged_bytes} bytes from byte "
                     f"{seg.damaged_at} cannot be read (the next flush sends its readable "
-                    "events, then sets it aside)",
+                    "events, then sets it aside)"
+                    + (f"; its events came from {', '.join(seg.inputs)}" if seg.inputs else ""),
                     markup=False,
                 )
         if state.set_aside:

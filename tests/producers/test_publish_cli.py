@@ -515,6 +515,38 @@ def test_a_damaged_spool_file_is_set_aside_named_and_exits_4(
     assert b"1 damaged spool file set aside in" in result.stdout
 
 
+def test_a_damaged_spool_file_names_the_files_of_the_run_that_spooled_it(
+    pub_settings: Settings,
+    pub_simulation: Simulation,
+    pub_producer: FakeProducer,
+    pub_write_lines: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A run's spool segment records the files it read: a damaged one is told by them,
+    not only by the time it was written (a site's data manager, an outside check, had
+    to guess which files were published then)."""
+    values = [m.value for m in pub_simulation.messages if m.kind.value == "event"][:30]
+    first = pub_write_lines(values[:20], name="monday.jsonl")
+    pub_producer.fail = lambda _: True  # Kafka refuses: the run spools all it read
+    assert publish_files(pub_settings, [str(first)], show_progress=False) == EXIT_SPOOLED
+    capsys.readouterr()
+    (segment,) = spool_of(pub_settings).segment_paths()
+    data = bytearray(segment.read_bytes())
+    data[-1] ^= 0x01
+    segment.write_bytes(data)
+
+    result = pub_exnet("spool", "status", env=pub_env(pub_settings), cwd=first.parent)
+    assert f"its events came from {first.resolve()}" in " ".join(result.stdout.decode().split())
+    pub_producer.fail = lambda _: False
+    second = pub_write_lines(values[20:], name="tuesday.jsonl")
+    status = publish_files(pub_settings, [str(second)], show_progress=False)
+    said = " ".join(capsys.readouterr().err.split())
+    assert status == EXIT_DAMAGED
+    assert f"Publish again the files that run read ({first.resolve()}), published around 20" in (
+        said
+    )
+
+
 def test_a_damaged_spool_file_exits_4_even_beside_an_invalid_line(
     pub_settings: Settings,
     pub_simulation: Simulation,
