@@ -327,6 +327,12 @@ def _publish_stream(
 def _shape_hint(name: str, first: bytes) -> str | None:
     """What to do when a refused file's first line shows it is JSON, but not JSON Lines."""
     file = shlex.quote(name) if name != STDIN_NAME else "FILE"
+    if b"\r" in first:  # JSON allows a raw CR only between tokens: here, between lines
+        return (
+            f"{name}: its lines end in a carriage return alone (CR, as classic Mac OS "
+            "wrote them), so its events read as one line; exnet publish reads lines "
+            f"that end in LF or CR LF (for example: tr '\\r' '\\n' < {file} > fixed.jsonl)"
+        )
     if first == b"[":
         return (
             f"{name}: looks like a JSON array written across several lines; exnet publish "

@@ -114,6 +114,12 @@ def test_invalid_lines_are_reported_by_line_and_field_path(
             "looks like a JSON array written across several lines; exnet publish reads "
             "JSON Lines, one event object per line (for example: jq -c '.[]' {path})",
         ),
+        (
+            "cr line ends",
+            "its lines end in a carriage return alone (CR, as classic Mac OS wrote them), "
+            "so its events read as one line; exnet publish reads lines that end in LF or "
+            "CR LF (for example: tr '\\r' '\\n' < {path} > fixed.jsonl)",
+        ),
     ],
 )
 def test_a_file_of_json_that_is_not_json_lines_gets_one_hint(
@@ -130,6 +136,8 @@ def test_a_file_of_json_that_is_not_json_lines_gets_one_hint(
         lines = orjson.dumps(events[0], option=orjson.OPT_INDENT_2).split(b"\n")
     elif shape == "pretty array":
         lines = orjson.dumps(events, option=orjson.OPT_INDENT_2).split(b"\n")
+    elif shape == "cr line ends":
+        lines = [b"\r".join(orjson.dumps(event) for event in events)]
     else:
         lines = [orjson.dumps(events)]
     path = pub_write_lines(lines)
