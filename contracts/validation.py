@@ -22,7 +22,7 @@ import math
 import re
 import sys
 import zoneinfo
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated, Any, Final, NamedTuple, Union
@@ -57,7 +57,6 @@ __all__ = [
     "SCHEMAS",
     "Accepted",
     "FieldIssue",
-    "Message",
     "Origin",
     "Outcome",
     "Rejected",
@@ -102,10 +101,6 @@ class Origin(NamedTuple):
     topic: str
     partition: int
     offset: int
-
-
-#: One Kafka message as the validator takes it: (value, key, origin).
-Message = tuple[bytes | None, bytes | None, Origin]
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +285,7 @@ class Validator:
 
     Thread-safe and reusable; build one per process. ``clock`` gives processing
     time for the ``future_timestamp`` check; a caller that handles a batch
-    passes ``now`` once (:meth:`validate_batch` does).
+    passes ``now`` once (``streams.validate`` does).
     """
 
     def __init__(
@@ -332,15 +327,6 @@ class Validator:
         if now is None:
             now = self._clock()
         return self._validate(contract, value, key, origin, now + FUTURE_TOLERANCE, True)
-
-    def validate_batch(
-        self, messages: Iterable[Message], now: datetime | None = None
-    ) -> list[Outcome]:
-        """:attr:`validate_message` for each message, in order, at one processing time."""
-        if now is None:
-            now = self._clock()
-        check = self.validate_message
-        return [check(value, key, origin, now) for value, key, origin in messages]
 
     def validate_record(self, value: bytes, now: datetime | None = None) -> Outcome:
         """Check one event before it is published: its ``schema`` picks the topic.

@@ -27,6 +27,7 @@ from contracts import (
     FieldIssue,
     Origin,
     Reason,
+    Rejected,
     SessionV1,
     Topic,
     Validator,
@@ -1173,30 +1174,19 @@ def test_validate_record_names_the_known_schemas() -> None:
     )  # fmt: skip
 
 
-# --- batches ---------------------------------------------------------------------------
+# --- processing time -------------------------------------------------------------------
 
 
-def test_validate_batch_is_validate_message_at_one_time() -> None:
+def test_now_is_the_processing_time_the_future_is_judged_against() -> None:
+    """A batch's events are checked at one processing time, given once (``now``)."""
     validator = new_validator()
-    messages: list[tuple[bytes | None, bytes | None, Origin]] = [
-        (orjson.dumps(BASE[t]), PARTICIPANT.encode(), ORIGINS[t]) for t in BASE
-    ]
-    messages += [
-        (orjson.dumps(event(S, rpe=0)), PARTICIPANT.encode(), ORIGINS[S]),
-        (
-            orjson.dumps(event(S, occurred_at="2025-06-01T12:06:00Z")),
-            PARTICIPANT.encode(),
-            ORIGINS[S],
-        ),
-        (None, None, ORIGINS[A]),
-        (b"{}", None, Origin("elsewhere", 0, 0)),
-    ]
-    outcomes = validator.validate_batch(messages, NOW)
-    assert outcomes == [validator.validate_message(*m, NOW) for m in messages]
-    assert [type(o).__name__ for o in outcomes] == ["Accepted"] * 4 + ["Rejected"] * 4
-    later = validator.validate_batch(messages, NOW + timedelta(minutes=2))
-    assert isinstance(later[5], Accepted)
-    assert validator.validate_batch([], NOW) == []
+    soon = orjson.dumps(event(S, occurred_at="2025-06-01T12:06:00Z"))
+    outcome = validator.validate_message(soon, PARTICIPANT.encode(), ORIGINS[S], NOW)
+    assert isinstance(outcome, Rejected) and outcome.reason.value == "future_timestamp"
+    later = NOW + timedelta(minutes=2)
+    assert isinstance(
+        validator.validate_message(soon, PARTICIPANT.encode(), ORIGINS[S], later), Accepted
+    )
 
 
 # --- outcome objects -------------------------------------------------------------------
