@@ -313,7 +313,6 @@ class LagMonitor(threading.Thread):
         self._on_lag = on_lag
         self._settings = settings
         self._metrics = metrics
-        self._interval = interval
         self._tick = min(interval, drain_check) if drain_check and on_drained else interval
         #: Ticks from one read of every stage to the next.
         self._gauge_ticks = max(1, round(interval / self._tick))
