@@ -632,6 +632,13 @@ def _document(value: bytes) -> Any:
 
 def _read_document(value: bytes) -> Any:
     """:func:`_document`, positions as line and column."""
+    if not value.strip(b" \t\r\n"):  # the parser would say "EOF while parsing a value"
+        return _not_json(
+            f"the message is empty ({len(value)} bytes"
+            + (", all of them spaces or line ends" if value else "")
+            + "): one JSON object per message",
+            "empty",
+        )
     if value.startswith(_BOM):
         return _not_json(
             "starts with a byte-order mark (U+FEFF), which I-JSON forbids: "

@@ -872,8 +872,8 @@ def test_64_kib_is_the_largest_message() -> None:
 @pytest.mark.parametrize(
     ("value", "kind", "says"),
     [
-        (b"", "json_invalid", "not JSON: "),
-        (b" ", "json_invalid", "not JSON: "),
+        (b"", "empty", "the message is empty (0 bytes): one JSON object per message"),
+        (b" \r\n", "empty", "the message is empty (3 bytes, all of them spaces or line ends)"),
         (b"{", "json_invalid", "not JSON: "),
         (b'{"schema": "session/1",}', "json_invalid", "not JSON: "),
         (b"{'schema': 'session/1'}", "json_invalid", "not JSON: "),
