@@ -41,7 +41,7 @@ from contracts.registry import load_registry
 from contracts.topics import INPUT_TOPICS, topic_name
 from exnet.admin import ensure_topics, other_pipelines, replication_factor
 from exnet.httpserver import OpsServer
-from exnet.logs import collapse_repeats, drop_close_races, hide_secrets
+from exnet.logs import collapse_repeats, demote_retried_errors, drop_close_races, hide_secrets
 from exnet.metrics import Metrics
 from exnet.monitor import Backlog, LagMonitor
 from exnet.settings import CLICKHOUSE_CLIENT_LOGGERS, LOG_FORMAT, Settings
@@ -469,6 +469,7 @@ def configure_logging(settings: Settings) -> None:
     for library in CLICKHOUSE_CLIENT_LOGGERS:  # the CLI quiets them
         logging.getLogger(library).setLevel(logging.NOTSET)
     drop_close_races()  # kafka-python's traceback for a socket closed on purpose
+    demote_retried_errors()  # the clients' ERRORs for what they retry: a broker away
     if settings.log_level.upper() != "DEBUG":
         for chatty in _CHATTY_LOGGERS:
             logging.getLogger(chatty).setLevel(logging.WARNING)

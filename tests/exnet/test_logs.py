@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
-from exnet.logs import CloseRaceFilter, RepeatFilter, collapse_repeats, drop_close_races
+from exnet.logs import (
+    CloseRaceFilter,
+    RepeatFilter,
+    RetriedErrorFilter,
+    collapse_repeats,
+    demote_retried_errors,
+    drop_close_races,
+)
 from exnet.runner import configure_logging
 from exnet.settings import load_settings
 
@@ -144,6 +151,69 @@ def test_drop_close_races_puts_one_filter_on_each_printing_handler() -> None:
     finally:
         root.removeHandler(printed)
     assert sum(isinstance(f, CloseRaceFilter) for f in printed.filters) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "args"),
+    [  # lines an outside tester's broker kills gave, at ERROR, in a run that lost nothing
+        ("kafka.net.manager", "Connection failed: %s", ("KafkaConnectionError: 111 ECONNREFUSED",)),
+        ("kafka.net.transport", "%s: socket disconnected", ("<KafkaTCPTransport>",)),
+        (
+            "aiokafka.consumer.group_coordinator",
+            "Group Coordinator Request failed: %s",
+            ("[Error 15] GroupCoordinatorNotAvailableError",),
+        ),
+        (
+            "aiokafka.consumer.group_coordinator",
+            "Heartbeat session expired - marking coordinator dead",
+            (),
+        ),
+        ("aiokafka", "Unable to update metadata from %s", ([1],)),
+        ("aiokafka", "Unable connect to node with id %s: %s", (1, "Connect call failed")),
+    ],
+)
+def test_a_kafka_clients_error_for_what_it_retries_is_written_as_a_warning(
+    name: str, message: str, args: tuple[object, ...]
+) -> None:
+    record = logging.LogRecord(name, logging.ERROR, __file__, 1, message, args, None)
+    assert RetriedErrorFilter().filter(record)
+    assert (record.levelno, record.levelname) == (logging.WARNING, "WARNING")
+
+
+def test_other_errors_stay_errors() -> None:
+    demoted = RetriedErrorFilter()
+    fatal = logging.LogRecord(
+        "aiokafka.consumer.group_coordinator",
+        logging.ERROR,
+        __file__,
+        1,
+        "Attempt to join group failed due to fatal error: %s",
+        ("GroupAuthorizationFailedError",),
+        None,
+    )
+    ours = logging.LogRecord(
+        "exnet.runner", logging.ERROR, __file__, 1, "lost: KafkaConnectionError", (), None
+    )
+    try:
+        raise ConnectionError("ECONNREFUSED")
+    except ConnectionError:
+        traced = logging.LogRecord(
+            "aiokafka", logging.ERROR, __file__, 1, "ECONNREFUSED", (), sys.exc_info()
+        )
+    for record in (fatal, ours, traced):
+        assert demoted.filter(record)
+        assert record.levelno == logging.ERROR, record.getMessage()
+
+
+def test_demote_retried_errors_puts_one_filter_on_each_printing_handler() -> None:
+    root, printed = logging.getLogger(), logging.NullHandler()
+    root.addHandler(printed)
+    try:
+        demote_retried_errors()
+        demote_retried_errors()
+    finally:
+        root.removeHandler(printed)
+    assert sum(isinstance(f, RetriedErrorFilter) for f in printed.filters) == 1
 
 
 def test_lines_printed_alike_collapse_whatever_objects_their_arguments_are() -> None:
