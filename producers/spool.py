@@ -203,6 +203,12 @@ def _sealed_size(path: Path) -> int | None:
     return int(match[1]) if match else None
 
 
+def _printable(name: str) -> str:
+    """A file name as UTF-8 text: bytes of another encoding that the file system gave
+    (Python holds them as lone surrogates) written as ``\\xe9``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _fsync_dir(directory: Path) -> None:
     """Make a created, renamed or deleted directory entry durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -248,7 +254,7 @@ class SegmentWriter:
                     "created_at": datetime.now(UTC).isoformat(),
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
-                    **({"inputs": list(inputs)} if inputs else {}),
+                    **({"inputs": [_printable(name) for name in inputs]} if inputs else {}),
                 }
             )
             data = _record(_HEADER, header)

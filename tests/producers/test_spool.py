@@ -60,6 +60,21 @@ def test_events_read_back_with_acknowledgements(tmp_path: Path) -> None:
     assert not status.segments[0].in_use
 
 
+def test_a_segment_records_the_files_its_events_came_from_as_text(tmp_path: Path) -> None:
+    """A file name with a byte of another encoding than UTF-8 (Python holds it as a lone
+    surrogate) is recorded as text, ``\\xe9``: as it was, the header's JSON refused it and
+    the publish stopped with a traceback."""
+    spool = Spool(tmp_path / "spool")
+    latin1 = os.fsdecode(b"/sites/caf\xe9.jsonl")
+    writer = spool.create_writer(["/sites/monday.jsonl", latin1, "-"])
+    writer.append_events(0, _events(1))
+    writer.close(delete=False)
+    (path,) = spool.segment_paths()
+    inputs = ("/sites/monday.jsonl", "/sites/caf\\xe9.jsonl", "-")
+    assert read_segment(path.read_bytes(), path).inputs == inputs
+    assert spool.status().segments[0].inputs == inputs
+
+
 def test_a_segment_is_deleted_once_every_event_is_acknowledged(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     writer = spool.create_writer()
