@@ -28,7 +28,8 @@ File format (little-endian), a sequence of records, each
 
 - ``H`` header, first record: JSON ``{"format": 1, "created_at", "pid", "host"}``,
   and ``"inputs"``, the names of the files the run that wrote it published (absolute
-  paths; ``-`` for standard input), when it was given them;
+  paths; ``-`` for standard input; the first 50, then how many more), when it was
+  given them;
 - ``E`` events: ``first_seq:u64 count:u32`` then per event
   ``topic_len:u8 key_len:u16 value_len:u32 topic key value``; the events are
   numbered ``first_seq``, ``first_seq + 1``... within the segment;
@@ -74,6 +75,7 @@ from contracts.errors import UserError
 
 __all__ = [
     "DAMAGED_DIR",
+    "RECORDED_INPUTS",
     "SEGMENT_GLOB",
     "ClaimedSegment",
     "SegmentContents",
@@ -203,6 +205,20 @@ def _sealed_size(path: Path) -> int | None:
     return int(match[1]) if match else None
 
 
+#: File names a segment's header records at most (each segment repeats them: a run over
+#: every file of a large folder would otherwise write the whole list again and again).
+RECORDED_INPUTS: Final = 50
+
+
+def _recorded(inputs: Sequence[str]) -> list[str]:
+    """``inputs`` as a header records them: the first :data:`RECORDED_INPUTS`, then how
+    many more, each name as text (:func:`_printable`)."""
+    names = [_printable(name) for name in inputs[:RECORDED_INPUTS]]
+    if len(inputs) > RECORDED_INPUTS:
+        names.append(f"and {len(inputs) - RECORDED_INPUTS} more files")
+    return names
+
+
 def _printable(name: str) -> str:
     """A file name as UTF-8 text: bytes of another encoding that the file system gave
     (Python holds them as lone surrogates) written as ``\\xe9``."""
@@ -254,7 +270,7 @@ class SegmentWriter:
                     "created_at": datetime.now(UTC).isoformat(),
                     "pid": os.getpid(),
                     "host": socket.gethostname(),
-                    **({"inputs": [_printable(name) for name in inputs]} if inputs else {}),
+                    **({"inputs": _recorded(inputs)} if inputs else {}),
                 }
             )
             data = _record(_HEADER, header)

@@ -19,7 +19,13 @@ from contracts.errors import UserError
 from exnet.settings import load_settings
 from producers import Spool, SpooledEvent
 from producers.publisher import COMMIT_EVENTS, spool_of
-from producers.spool import DAMAGED_DIR, SegmentWriter, read_segment, seq_ranges
+from producers.spool import (
+    DAMAGED_DIR,
+    RECORDED_INPUTS,
+    SegmentWriter,
+    read_segment,
+    seq_ranges,
+)
 
 #: Longest wait for a child process to reach the state a test needs.
 CHILD_WAIT_S = 60.0
@@ -73,6 +79,15 @@ def test_a_segment_records_the_files_its_events_came_from_as_text(tmp_path: Path
     inputs = ("/sites/monday.jsonl", "/sites/caf\\xe9.jsonl", "-")
     assert read_segment(path.read_bytes(), path).inputs == inputs
     assert spool.status().segments[0].inputs == inputs
+
+    many = [f"/sites/day-{day}.jsonl" for day in range(RECORDED_INPUTS + 7)]
+    writer = spool.create_writer(many)
+    writer.close(delete=False)
+    path = spool.segment_paths()[-1]
+    assert read_segment(path.read_bytes(), path).inputs == (
+        *many[:RECORDED_INPUTS],
+        "and 7 more files",
+    )
 
 
 def test_a_segment_is_deleted_once_every_event_is_acknowledged(tmp_path: Path) -> None:
