@@ -184,6 +184,7 @@ _RETRIED_SIGNS: Final = (
     "marking coordinator dead",
     "Heartbeat session expired",
     "Unable to update metadata",
+    "StaleMetadata",  # a broker that left the cluster's metadata a moment ago
 )
 
 

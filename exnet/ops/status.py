@@ -24,6 +24,7 @@ What callers may rely on:
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -113,7 +114,7 @@ class BrokerState:
     reachable: bool
     error: str | None = None
     topics: tuple[TopicState, ...] = ()
-    #: Brokers the cluster says are alive (node ids).
+    #: Brokers the cluster says are alive and that accept a connection (node ids).
     brokers: tuple[int, ...] = ()
     #: Node ids assigned a replica of an exnet partition but out of its in-sync set.
     out_of_sync: tuple[int, ...] = ()
@@ -122,6 +123,10 @@ class BrokerState:
     #: Kafka answered but refused this client (its login, or the brokers'
     #: certificate against the CA file): ``error`` says which.
     refused: bool = False
+    #: Brokers the cluster still lists as alive that refuse a connection: stopped or
+    #: crashed a moment ago (the controller fences a silent broker after its session
+    #: timeout, about 9 s; until then its partitions still look in sync).
+    silent: tuple[int, ...] = ()
 
     @property
     def under_replicated(self) -> int:
@@ -252,6 +257,7 @@ class StatusReport:
                     for t in self.broker.topics
                 ],
                 "brokers": list(self.broker.brokers),
+                "silent": list(self.broker.silent),
                 "out_of_sync": list(self.broker.out_of_sync),
             },
             "lag": {
@@ -384,9 +390,9 @@ def collect_broker(settings: Settings) -> BrokerState:
         answers = broker_answers(bootstrap, timeout_s=BROKER_TIMEOUT_S, connection=connection)
     if not answers:
         hint = silent_broker_hint(settings)
-        silent = f"no Kafka broker answers at {bootstrap}" + (f" ({hint})" if hint else "")
+        nobody = f"no Kafka broker answers at {bootstrap}" + (f" ({hint})" if hint else "")
         refused = refusals.reason()
-        return BrokerState(bootstrap, False, refused or silent, refused=refused is not None)
+        return BrokerState(bootstrap, False, refused or nobody, refused=refused is not None)
     try:
         admin = KafkaAdminClient(
             **connection,
@@ -397,7 +403,7 @@ def collect_broker(settings: Settings) -> BrokerState:
         return BrokerState(bootstrap, False, f"cannot connect to {bootstrap}: {exc}")
     try:
         cluster = ask_until_answered(admin.describe_cluster)["brokers"]
-        alive = tuple(sorted(b["broker_id"] for b in cluster if not b.get("is_fenced")))
+        listed = [b for b in cluster if not b.get("is_fenced")]
         # Every expected topic's partitions in one metadata request; named, so that each
         # comes back with its error: a login without Describe on a topic gets
         # TOPIC_AUTHORIZATION_FAILED where a listing of all topics would leave it out.
@@ -408,6 +414,8 @@ def collect_broker(settings: Settings) -> BrokerState:
         return BrokerState(bootstrap, False, f"cannot read topic metadata: {exc}")
     finally:
         admin.close()
+    silent = tuple(sorted(b["broker_id"] for b in listed if not _accepts(b["host"], b["port"])))
+    alive = tuple(sorted(b["broker_id"] for b in listed if b["broker_id"] not in silent))
     login = settings.kafka_username if settings.kafka_security_protocol != "PLAINTEXT" else None
     topics = []
     out_of_sync: set[int] = set()
@@ -435,7 +443,18 @@ def collect_broker(settings: Settings) -> BrokerState:
         login=login,
         brokers=alive,
         out_of_sync=tuple(sorted(out_of_sync)),
+        silent=silent,
     )
+
+
+def _accepts(host: str, port: int) -> bool:
+    """Whether a broker's listener accepts a TCP connection within the status timeout
+    (no request: the cluster's own answer said what it serves)."""
+    try:
+        with socket.create_connection((host, port), timeout=BROKER_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
 
 
 def collect_lag(settings: Settings, broker: BrokerState) -> LagState:
@@ -632,6 +651,17 @@ def find_problems(
     else:
         hidden = [t.name for t in broker.topics if not t.authorized]
         missing = [t.name for t in broker.topics if t.authorized and not t.exists]
+        if broker.silent:
+            problems.append(
+                Problem(
+                    "broker_silent",
+                    f"broker(s) {', '.join(map(str, broker.silent))} refuse connections though "
+                    f"the cluster still lists them ({_brokers_phrase(broker)}): stopped or "
+                    "crashed a moment ago; the controller fences a broker that stops answering "
+                    "after about 9 s, and its partitions then show as under-replicated. Bring "
+                    "it back (`exnet broker start` restarts a local cluster's stopped nodes)",
+                )
+            )
         if broker.offline:
             problems.append(
                 Problem(
@@ -802,6 +832,8 @@ def _broker_part(report: StatusReport) -> RenderableType:
     head.append("reachable", style="green")
     if broker.brokers:
         head.append(f", brokers alive: {', '.join(map(str, broker.brokers))}")
+    if broker.silent:
+        head.append(f", not answering: {', '.join(map(str, broker.silent))}", style="red")
     hidden = [t for t in broker.topics if not t.authorized]
     missing = [t for t in broker.topics if t.authorized and not t.exists]
     counts = sorted({t.partitions for t in broker.topics if t.exists})

@@ -137,6 +137,14 @@ def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(
         time.sleep(12)
         victim = cluster.status()["nodes"][1]  # node 2, whatever it leads
         os.kill(victim["pid"], signal.SIGKILL)
+        # Status at once, before the controller fences the dead broker (about 9 s), when
+        # its partitions still look in sync: it said HEALTHY, exit 0 (an outside
+        # operator's find). Beside the start below, which it must not delay.
+        at_once: list[subprocess.CompletedProcess[str]] = []
+        checker = threading.Thread(
+            target=lambda: at_once.append(pipeline.run("status", "--json", timeout=60))
+        )
+        checker.start()
         # A worker started as the broker dies (a host's reboot restarts both): its
         # start's requests may go to the dead broker, which its peers do not know
         # dead yet. It used to exit 2 at once ("could not count the Kafka cluster's
@@ -145,6 +153,12 @@ def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(
         second_log = tmp_path / "up-stream.log"
         second = pipeline.start("--role", "stream", log=second_log)
         feeder.join()
+        checker.join()
+        (early,) = at_once
+        assert early.returncode != 0, early.stdout
+        said = json.loads(early.stdout)
+        assert {p["kind"] for p in said["problems"]} & {"broker_silent", "under_replicated"}, said
+        assert victim["node"] not in said["broker"]["brokers"], said["broker"]
         assert worker.poll() is None, f"exnet up died with a broker:\n{log.read_text()[-3000:]}"
         assert second.poll() is None, second_log.read_text()[-3000:]
         os.killpg(second.pid, signal.SIGTERM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -15,6 +16,7 @@ from rich.console import Console
 from contracts.registry import load_registry
 from contracts.topics import Topic, topic_name
 from exnet.admin import ensure_topics
+from exnet.ops import status as status_module
 from exnet.ops.status import (
     BrokerState,
     ClickHouseState,
@@ -354,6 +356,32 @@ def test_a_replica_out_of_sync_or_a_partition_without_leader_is_a_problem() -> N
     assert [(t["under_replicated"], t["offline"]) for t in document["topics"]] == [(4, 0), (2, 1)]
     text = _text(report)
     assert "brokers alive: 1, 2" in text and "6 under-replicated" in text and "1 offline" in text
+
+
+def test_a_broker_the_cluster_still_lists_but_that_refuses_connections_is_a_problem() -> None:
+    """Pure: right after a broker's kill -9, before the controller fences it (about 9 s),
+    its partitions still look in sync: status said HEALTHY and `brokers alive: 1, 2, 3`
+    (an outside operator's find). A broker that refuses connections is named."""
+    now = datetime(2025, 3, 3, 12, tzinfo=UTC)
+    clickhouse = ClickHouseState(True, "exnet", "chdb:///x")
+    lag = LagState(True, None, (StageLag("validate", "g", (), ("w-1@127.0.0.1",)),))
+    in_sync = TopicState("exnet.session", "p.exnet.session", True, 6)
+    broker = BrokerState("b", True, None, (in_sync,), (1, 2), silent=(3,))
+    problems = find_problems(broker, lag, clickhouse, 24, 0.05)
+    assert [p.kind for p in problems] == ["broker_silent"]
+    assert problems[0].message.startswith("broker(s) 3 refuse connections")
+    assert "brokers alive: 1, 2" in problems[0].message
+    report = StatusReport(now, 24.0, 0.05, broker, lag, clickhouse, problems)
+    assert not report.healthy
+    assert report.as_dict()["broker"]["silent"] == [3]
+    assert "not answering: 3" in _text(report)
+
+
+def test_a_listener_is_checked_by_a_connection() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        port = listening.getsockname()[1]
+        assert status_module._accepts("127.0.0.1", port)
+    assert not status_module._accepts("127.0.0.1", port)  # closed: refused
 
 
 def test_topics_a_login_may_not_describe_are_not_called_missing() -> None:
