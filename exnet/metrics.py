@@ -220,6 +220,13 @@ class Metrics:
             "1 while Kafka refuses this process's login and it retries with backoff",
             registry=r,
         )
+        #: gauge: partitions of exnet's topics with a replica out of sync, as the stream
+        #: worker's lag monitor last read them.
+        self.kafka_under_replicated = Gauge(
+            "exnet_kafka_under_replicated_partitions",
+            "Partitions of exnet's topics (changelogs included) with a replica out of sync",
+            registry=r,
+        )
         #: gauge: 1 while the process consumes and writes (readiness).
         self.ready = Gauge(
             "exnet_ready", "1 while the process is consuming and writing", registry=r

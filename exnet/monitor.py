@@ -23,6 +23,7 @@ from kafka.errors import KafkaError, SaslAuthenticationFailedError
 from kafka.structs import TopicPartition
 
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
+from exnet.admin import topic_configs
 from exnet.metrics import Metrics
 from exnet.settings import Settings
 from sinks.consumer import sink_group
@@ -75,6 +76,8 @@ class PipelineProgress:
             (streams_group(settings), [name(Topic.CONTRIBUTIONS)]),
             (sink_group(settings), [name(Topic.VIEWS)]),
         ]
+        #: Every topic ``exnet init`` creates, the tables' changelogs included.
+        self._topics = list(topic_configs(settings))
         connection = settings.kafka_client_config()
         self._admin = KafkaAdminClient(**connection, client_id="exnet-monitor")
         self._offsets = KafkaConsumer(
@@ -110,6 +113,17 @@ class PipelineProgress:
             done = meta.offset if meta is not None and meta.offset >= 0 else 0
             result.append(PartitionLag(group, tp.topic, tp.partition, done, ends.get(tp, 0)))
         return result
+
+    def under_replicated(self) -> int:
+        """Partitions of exnet's topics with a replica out of its in-sync set: a broker
+        down (fenced about 9 s after it stopped answering) or behind. 0 on one broker.
+        Raises :class:`KafkaError` when Kafka does not answer."""
+        return sum(
+            bool(set(partition["replica_nodes"]) - set(partition["isr_nodes"]))
+            for topic in self._admin.describe_topics(self._topics)
+            if topic.get("error_code", 0) == 0  # a topic not created (yet) has none
+            for partition in topic["partitions"]
+        )
 
     def lag(self) -> list[PartitionLag]:
         """Every partition of every stage."""
@@ -355,6 +369,7 @@ class LagMonitor(threading.Thread):
                 if every_stage:
                     rows = progress.lag()
                     self._report(rows)
+                    self._metrics.kafka_under_replicated.set(progress.under_replicated())
                     # lag() reads the stages in flow order too: all zero is drained()
                     drained = all(row.lag == 0 for row in rows)
                     now = time.monotonic()

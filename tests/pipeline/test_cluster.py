@@ -20,6 +20,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from contracts.topics import INPUT_TOPICS, Topic, topic_name
+from exnet.monitor import PipelineProgress
 from producers.publisher import COMMIT_EVENTS, MAX_INFLIGHT_GROUPS
 from tests.conftest import SettingsFactory
 from tests.pipeline.harness import EXNET, Pipeline
@@ -166,6 +167,13 @@ def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(
         down = _status_until(pipeline, lambda kinds: "under_replicated" in kinds)
         assert down["broker"]["out_of_sync"] == [victim["node"]], down["problems"]
         assert victim["node"] not in down["broker"]["brokers"]
+        # What the lag monitor's gauge reads: the partitions status counts, changelogs too.
+        progress = PipelineProgress(pipeline.settings)
+        try:
+            lagging = sum(t["under_replicated"] for t in down["broker"]["topics"])
+            assert lagging > 0 and progress.under_replicated() == lagging
+        finally:
+            progress.close()
         os.killpg(worker.pid, signal.SIGTERM)
         assert worker.wait(timeout=120) == 0, log.read_text()[-3000:]
         pipeline.drain(timeout=240)
@@ -177,6 +185,11 @@ def test_a_broker_killed_mid_stream_loses_and_doubles_nothing(
         _wait_in_sync(bootstrap, [n for n in names if n in _existing(bootstrap)])
         back = _status_until(pipeline, lambda kinds: "under_replicated" not in kinds)
         assert back["broker"]["brokers"] == [1, 2, 3] and back["broker"]["out_of_sync"] == []
+        progress = PipelineProgress(pipeline.settings)
+        try:
+            assert progress.under_replicated() == 0
+        finally:
+            progress.close()
     finally:
         pipeline.close()
 
