@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
 from http import HTTPStatus
@@ -30,6 +31,7 @@ from clickhouse_connect.driver.client import Client
 from contracts.errors import UserError
 from exnet.settings import SHUTDOWN_POLL_S, Settings
 from sinks.client import READ_ONLY_LIMITS, connect, redacted_dsn
+from sinks.errors import DatabaseLocked
 
 __all__ = ["QueryEndpoint", "endpoint_file", "refuse_unless_read_only", "run_query"]
 
@@ -374,18 +376,31 @@ def run_query(settings: Settings, sql: str, fmt: str) -> bytes:
         raise UserError(str(exc).replace(f"\n FORMAT {fmt}", "")) from None
 
 
-def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
+#: Seconds a query waits for an embedded database that another process holds without
+#: answering queries: an `exnet status`, `report` or `verify` holds it while it reads
+#: (each query a moment), an `exnet up` that starts serves queries within seconds.
+HELD_WAIT_S: Final = 10.0
+
+
+def _live_endpoint(settings: Settings) -> dict[str, Any] | None:
+    """The endpoint of the running `exnet up` that owns the embedded database, if any."""
     path = endpoint_file(settings)
-    if settings.embedded_clickhouse and path.exists():
-        try:
-            endpoint = json.loads(path.read_text())
-        except (OSError, ValueError):
-            endpoint = None
-        if (
-            endpoint is not None
-            and endpoint.get("dsn", settings.clickhouse_dsn) == settings.clickhouse_dsn
-            and _alive(int(endpoint["pid"]))
-        ):
+    if not (settings.embedded_clickhouse and path.exists()):
+        return None
+    try:
+        endpoint: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if endpoint.get("dsn", settings.clickhouse_dsn) != settings.clickhouse_dsn:
+        return None
+    return endpoint if _alive(int(endpoint["pid"])) else None
+
+
+def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
+    deadline = time.monotonic() + HELD_WAIT_S
+    while True:
+        endpoint = _live_endpoint(settings)
+        if endpoint is not None:
             served = endpoint.get("database", settings.clickhouse_database)
             if served != settings.clickhouse_database:
                 raise UserError(
@@ -396,9 +411,24 @@ def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
                     f"in full ({settings.clickhouse_database}.<table>), or stop it first"
                 )
             return _query_endpoint(endpoint, sql, fmt)
-    if settings.embedded_clickhouse and not Path(_location(settings)).exists():
-        raise _not_initialized(settings)  # a read-only tool makes no directory
-    client = connect(settings, readonly=True)
+        if settings.embedded_clickhouse and not Path(_location(settings)).exists():
+            raise _not_initialized(settings)  # a read-only tool makes no directory
+        try:
+            client = connect(settings, readonly=True)
+        except DatabaseLocked:
+            # Held by a process that answers no queries: wait (an `exnet sql` beside a
+            # monitoring loop's `exnet status` failed at once, told to use `exnet sql`).
+            if time.monotonic() >= deadline:
+                raise DatabaseLocked(
+                    f"the embedded database {_location(settings)} is held by another "
+                    f"process that answers no queries, for over {HELD_WAIT_S:g} s (chDB "
+                    "lets one process own it): an `exnet status`, `report` or `verify` "
+                    "still running, or an `exnet up` that has not started its writer; "
+                    "try again once it is done"
+                ) from None
+            time.sleep(0.2)
+            continue
+        break
     try:
         refuse_unless_read_only(client, sql, fmt)
         try:

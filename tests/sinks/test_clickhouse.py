@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -367,6 +368,45 @@ def test_a_held_database_is_refused_in_exnets_words_only(held: dict[str, str]) -
     assert "refused: the embedded database" in err
     assert "Cannot lock file" not in err
     assert "\x1b" not in err
+
+
+def test_a_query_waits_for_a_database_held_a_moment_then_says_who_may_hold_it(
+    settings: Settings,
+) -> None:
+    """`exnet sql` beside an `exnet status` (which holds the embedded database while it
+    reads, and serves no queries) failed at once, told to use `exnet sql` (an outside
+    operator's find): it waits for the database, 10 s at most, then names who holds it."""
+    env = {**os.environ, "EXNET_VAR_DIR": str(settings.var_dir)}
+    exnet = str(Path(sys.executable).with_name("exnet"))
+    for released_after in (2.0, None):
+        holder = subprocess.Popen(  # noqa: S603  # this interpreter, our own code
+            [sys.executable, "-c", _HOLD], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert holder.stdin is not None and holder.stdout is not None  # noqa: S101  # PIPE
+        try:
+            assert holder.stdout.readline() == b"held\n"
+            query = subprocess.Popen(  # noqa: S603  # our own command
+                [exnet, "sql", "SELECT 41 + 1"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            if released_after is not None:
+                time.sleep(released_after)
+                holder.stdin.close()
+            out, err = query.communicate(timeout=120)
+        finally:
+            if not holder.stdin.closed:
+                holder.stdin.close()
+            assert holder.wait(timeout=60) == 0
+        said = " ".join(err.decode().split())
+        if released_after is not None:
+            assert query.returncode == 0, said
+            assert out.decode().split()[-1] == "42"
+        else:
+            assert query.returncode != 0
+            assert "held by another process that answers no queries, for over 10 s" in said
+            assert "an `exnet status`, `report` or `verify` still running" in said
 
 
 @pytest.mark.kafka
