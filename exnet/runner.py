@@ -564,7 +564,8 @@ def run_up(
     """
     # The writer process is signalled by its exnet up whenever that stops, a drain's end
     # included: "signal 15: stopping" from it read as if someone had stopped exnet up.
-    stop = _StopFlag("the ClickHouse writer process stops with exnet up" if standby else "stopping")
+    writer = "the ClickHouse writer stops, as its exnet up does (a stop, or a drain's end)"
+    stop = _StopFlag(writer if standby else "stopping")
     stop.install()
     _tune_malloc()  # before any thread starts: each may take an arena
     metrics = Metrics()

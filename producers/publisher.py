@@ -53,7 +53,7 @@ from typing import Any, Final, Protocol, Self
 
 import orjson
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAuthorizationFailedError
 from kafka.partitioner.default import murmur2
 
 from contracts import (
@@ -322,11 +322,45 @@ def require_input_topics(settings: Settings, producer: KafkaProducer) -> set[str
     missing = missing_input_topics(settings, existing)
     if missing:
         producer.close(timeout=0)
+        hidden = _not_authorized(settings, missing)
+        if hidden:  # they may well exist: Kafka hides a topic a login may not describe
+            who = f"the login {settings.kafka_username!r}" if settings.kafka_username else "us"
+            raise ConfigError(
+                f"Kafka at {settings.kafka_bootstrap} does not let {who} write "
+                f"{', '.join(hidden)}: publish with the "
+                "login of the site whose events these are (its env file, EXNET_ENV_FILE), "
+                "or ask the platform's operator to grant it (`exnet broker "
+                "sync-principals` gives each site in the registry its login); check "
+                f"EXNET_TOPIC_PREFIX too ({settings.topic_prefix!r} now)"
+            )
         raise ConfigError(
             f"Kafka at {settings.kafka_bootstrap} has no topic {', '.join(missing)}: run "
             f"`exnet init` against it, or check EXNET_TOPIC_PREFIX ({settings.topic_prefix!r} now)"
         )
     return existing
+
+
+def _not_authorized(settings: Settings, topics: list[str]) -> list[str]:
+    """Those of ``topics`` that Kafka says this login may not describe (whether they
+    exist, Kafka does not tell it); [] on a plaintext listener, or when Kafka does not
+    answer the question."""
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return []
+    try:
+        admin = KafkaAdminClient(
+            **settings.kafka_client_config(),
+            client_id="exnet-publisher",
+            bootstrap_timeout_ms=CONNECT_TIMEOUT_MS,
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
+        )
+        try:
+            described = admin.describe_topics(topics)
+        finally:
+            admin.close()
+    except KafkaError:
+        return []
+    refused = TopicAuthorizationFailedError.errno
+    return [t["name"] for t in described if t.get("error_code") == refused]
 
 
 def spool_of(settings: Settings) -> Spool:

@@ -156,6 +156,13 @@ def test_sites_log_in_as_themselves_and_write_their_input_topics_only(
         problems = {p["kind"]: p["message"] for p in json.loads(as_analyst.stdout)["problems"]}
         assert "topics_missing" not in problems, problems
         assert "login 'analyst'" in problems["topics_not_authorized"], problems
+        # Nor does a publish with it say the topics are missing (it said: run `exnet
+        # init`, which a site cannot and should not; an outside operator's find).
+        not_allowed = run(secrets / "analyst.env", "publish", str(late))
+        assert not_allowed.returncode == 2, not_allowed.stderr[-2000:]
+        said = " ".join(not_allowed.stderr.split())
+        assert "does not let the login 'analyst' write" in said, said
+        assert "exnet init" not in said, said
 
         # exnet up with a wrong password waits, retrying, and says so; it consumes nothing.
         wrong_platform = tmp_path / "exnet-wrong.env"
