@@ -189,19 +189,27 @@ _RETRIED_SIGNS: Final = (
 
 
 class RetriedErrorFilter(logging.Filter):
-    """Writes at WARNING a Kafka client's ERROR record (no traceback) that names a
-    condition the client retries (:data:`_RETRIED_SIGNS`): a broker away or a
-    coordinator moving. Any other ERROR of theirs stays an ERROR."""
+    """Writes at WARNING a Kafka client's ERROR record that names a condition the
+    client retries (:data:`_RETRIED_SIGNS`): a broker away or a coordinator moving;
+    and, in one line without its traceback, one whose exception is a lost connection
+    (kafka-python's socket reads and writes, ``ConnectionResetError`` as a broker is
+    killed). Any other ERROR of theirs stays an ERROR."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if (
-            record.levelno == logging.ERROR
-            and record.exc_info is None
-            and record.name.split(".", 1)[0] in KAFKA_CLIENTS
-        ):
+        if record.levelno != logging.ERROR or record.name.split(".", 1)[0] not in KAFKA_CLIENTS:
+            return True
+        if record.exc_info is None:
             message = record.getMessage()
             if any(sign in message for sign in _RETRIED_SIGNS):
                 record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
+        lost = record.exc_info[1]
+        if isinstance(lost, ConnectionError):
+            message = record.getMessage()
+            cause = f"{type(lost).__name__}: {lost}"
+            record.msg = message if str(lost) in message else f"{message} ({cause})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 

@@ -185,6 +185,32 @@ def test_a_kafka_clients_error_for_what_it_retries_is_written_as_a_warning(
     assert (record.levelno, record.levelname) == (logging.WARNING, "WARNING")
 
 
+@pytest.mark.parametrize(
+    ("message", "printed"),
+    [  # kafka-python's socket reads and writes as a broker is killed, with a traceback each
+        (
+            "%s: Error receiving network data closing socket",
+            "<t>: Error receiving network data closing socket (ConnectionResetError: "
+            "[Errno 104] Connection reset by peer)",
+        ),
+        (
+            "%s: Error sending request data: [Errno 104] Connection reset by peer",
+            "<t>: Error sending request data: [Errno 104] Connection reset by peer",
+        ),
+    ],
+)
+def test_a_lost_connections_traceback_is_one_warning_line(message: str, printed: str) -> None:
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        record = logging.LogRecord(
+            "kafka.net.transport", logging.ERROR, __file__, 1, message, ("<t>",), sys.exc_info()
+        )
+    assert RetriedErrorFilter().filter(record)
+    assert (record.levelname, record.getMessage()) == ("WARNING", printed)
+    assert record.exc_info is None and record.exc_text is None
+
+
 def test_other_errors_stay_errors() -> None:
     demoted = RetriedErrorFilter()
     fatal = logging.LogRecord(
@@ -199,9 +225,9 @@ def test_other_errors_stay_errors() -> None:
     ours = logging.LogRecord(
         "exnet.runner", logging.ERROR, __file__, 1, "lost: KafkaConnectionError", (), None
     )
-    try:
-        raise ConnectionError("ECONNREFUSED")
-    except ConnectionError:
+    try:  # a bug of theirs, not a connection: its traceback matters
+        raise ValueError("ECONNREFUSED")
+    except ValueError:
         traced = logging.LogRecord(
             "aiokafka", logging.ERROR, __file__, 1, "ECONNREFUSED", (), sys.exc_info()
         )
