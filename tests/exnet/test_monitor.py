@@ -80,13 +80,17 @@ def test_reads_after_a_failed_one_use_new_clients(
         def drained(self) -> bool:
             return True
 
+        def under_replicated(self) -> int:
+            return 3
+
         def close(self) -> None:
             self.closed = True
 
     monkeypatch.setattr(exnet.monitor, "PipelineProgress", Progress)
     drained: list[bool] = []
+    metrics = Metrics()
     monitor = LagMonitor(
-        settings_factory(), Metrics(), interval=0.05, on_drained=lambda: drained.append(True)
+        settings_factory(), metrics, interval=0.05, on_drained=lambda: drained.append(True)
     )
     monitor.start()
     try:
@@ -95,6 +99,7 @@ def test_reads_after_a_failed_one_use_new_clients(
         monitor.stop()
         monitor.join(timeout=60)
     assert made[0].closed and not monitor.kafka_unreachable
+    assert metrics.kafka_under_replicated._value.get() == 3  # read with the lag
 
 
 def _watch(
@@ -117,6 +122,9 @@ def _watch(
             if failing():
                 raise KafkaConnectionError("111 ECONNREFUSED")
             return [PartitionLag("g", "t", 0, 5, 5)]
+
+        def under_replicated(self) -> int:
+            return 0
 
         def close(self) -> None:
             pass
