@@ -117,13 +117,29 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[
             float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.", min=0)
         ] = broker.STOP_TIMEOUT_S,
+        node: Annotated[
+            int | None,
+            typer.Option(
+                help="Stop this node of the cluster only (a rolling restart: `exnet broker "
+                "start` starts it again).",
+                min=1,
+            ),
+        ] = None,
     ) -> None:
         """Stop the brokers cleanly (SIGTERM; SIGKILL if one does not exit in time)."""
         cluster = _cluster()
         out = Console(highlight=False, soft_wrap=True)
-        for config, result in zip(
-            cluster.members, broker.stop_cluster(cluster, timeout_s=timeout), strict=True
-        ):
+        if node is None:
+            members, results = cluster.members, broker.stop_cluster(cluster, timeout_s=timeout)
+        else:
+            members = [config for config in cluster.members if config.node_id == node]
+            if not members:
+                raise UserError(
+                    f"the local cluster has nodes 1 to {cluster.nodes}, not {node} "
+                    "(`exnet broker status`)"
+                )
+            results = [broker.stop(members[0], timeout_s=timeout)]
+        for config, result in zip(members, results, strict=True):
             name = "Kafka broker" if cluster.nodes == 1 else f"Kafka node {config.node_id}"
             if result.pid is None:
                 stale = (

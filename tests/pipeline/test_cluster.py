@@ -97,6 +97,17 @@ def test_the_cluster_starts_reports_and_restarts_whichever_node_is_down(
     refused = cluster.broker("start", "--nodes", "1")
     assert refused.returncode == 2 and "holds a 3-node cluster" in refused.stderr
 
+    # A rolling restart, one node at a time (the stop stopped all three: an outside
+    # operator had to find the node's pid).
+    one = cluster.broker("stop", "--node", "2")
+    assert one.returncode == 0, one.stderr
+    assert "Kafka node 2 (pid" in one.stdout and "stopped" in one.stdout, one.stdout
+    assert [n["state"] for n in cluster.status()["nodes"]] == ["running", "stopped", "running"]
+    absent = cluster.broker("stop", "--node", "4")
+    assert absent.returncode == 2 and "nodes 1 to 3, not 4" in absent.stderr, absent.stderr
+    assert cluster.broker("start").returncode == 0
+    assert [n["state"] for n in cluster.status()["nodes"]] == ["running"] * NODES
+
 
 def _wait_in_sync(bootstrap: str, topics: list[str]) -> None:
     """Until every partition of ``topics`` has all its replicas in sync."""
