@@ -83,6 +83,7 @@ __all__ = [
     "cluster_status",
     "ensure_jars",
     "pinned_kafka_version",
+    "port_open",
     "server_properties",
     "start",
     "start_cluster",
@@ -361,7 +362,7 @@ def status(config: BrokerConfig) -> BrokerStatus:
         and broker_answers(config.bootstrap, connection=config.connection()),
         stale_pid=recorded if pid is None else None,
         home=config.home,
-        port_taken=pid is None and _port_open(HOST, config.port, PROBE_TIMEOUT_S),
+        port_taken=pid is None and port_open(HOST, config.port, PROBE_TIMEOUT_S),
     )
 
 
@@ -381,7 +382,7 @@ def broker_answers(
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    if not any(_port_open(host, port, timeout_s) for host, port in _split_bootstrap(bootstrap)):
+    if not any(port_open(host, port, timeout_s) for host, port in _split_bootstrap(bootstrap)):
         return False
     timeout_ms = max(1, int(timeout_s * 1000))
     try:
@@ -1000,7 +1001,7 @@ def _check_running_ports(config: BrokerConfig, pid: int, *, probe: bool = False)
         return
     answering = ""
     if probe:  # a closed port needs no login (nor a SASL_SSL node's secrets)
-        answers = _port_open(HOST, actual.port, PROBE_TIMEOUT_S) and broker_answers(
+        answers = port_open(HOST, actual.port, PROBE_TIMEOUT_S) and broker_answers(
             actual.bootstrap, connection=actual.connection()
         )
         answering = ", answering" if answers else ", not answering yet"
@@ -1155,7 +1156,7 @@ def _find_java() -> str:
 
 def _check_ports_free(config: BrokerConfig) -> None:
     for port in (config.port, config.controller_port):
-        if _port_open(HOST, port, PROBE_TIMEOUT_S):
+        if port_open(HOST, port, PROBE_TIMEOUT_S):
             raise UserError(
                 f"{HOST}:{port} is already in use by another program, not by a broker that "
                 f"this launcher started from {config.home} (no live pid in {config.pid_file}). "
@@ -1164,7 +1165,8 @@ def _check_ports_free(config: BrokerConfig) -> None:
             )
 
 
-def _port_open(host: str, port: int, timeout_s: float) -> bool:
+def port_open(host: str, port: int, timeout_s: float) -> bool:
+    """Whether ``host:port`` accepts a TCP connection within ``timeout_s`` (no request)."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return True

@@ -24,7 +24,6 @@ What callers may rely on:
 from __future__ import annotations
 
 import logging
-import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -381,7 +380,7 @@ def collect_broker(settings: Settings) -> BrokerState:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 
-    from exnet.broker import ask_until_answered, broker_answers
+    from exnet.broker import ask_until_answered, broker_answers, port_open
     from exnet.settings import KafkaRefusals, silent_broker_hint
 
     bootstrap = settings.kafka_bootstrap
@@ -414,7 +413,11 @@ def collect_broker(settings: Settings) -> BrokerState:
         return BrokerState(bootstrap, False, f"cannot read topic metadata: {exc}")
     finally:
         admin.close()
-    silent = tuple(sorted(b["broker_id"] for b in listed if not _accepts(b["host"], b["port"])))
+    silent = tuple(
+        sorted(
+            b["broker_id"] for b in listed if not port_open(b["host"], b["port"], BROKER_TIMEOUT_S)
+        )
+    )
     alive = tuple(sorted(b["broker_id"] for b in listed if b["broker_id"] not in silent))
     login = settings.kafka_username if settings.kafka_security_protocol != "PLAINTEXT" else None
     topics = []
@@ -445,16 +448,6 @@ def collect_broker(settings: Settings) -> BrokerState:
         out_of_sync=tuple(sorted(out_of_sync)),
         silent=silent,
     )
-
-
-def _accepts(host: str, port: int) -> bool:
-    """Whether a broker's listener accepts a TCP connection within the status timeout
-    (no request: the cluster's own answer said what it serves)."""
-    try:
-        with socket.create_connection((host, port), timeout=BROKER_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
 
 
 def collect_lag(settings: Settings, broker: BrokerState) -> LagState:

@@ -16,7 +16,7 @@ from rich.console import Console
 from contracts.registry import load_registry
 from contracts.topics import Topic, topic_name
 from exnet.admin import ensure_topics
-from exnet.ops import status as status_module
+from exnet.broker import port_open
 from exnet.ops.status import (
     BrokerState,
     ClickHouseState,
@@ -380,8 +380,8 @@ def test_a_broker_the_cluster_still_lists_but_that_refuses_connections_is_a_prob
 def test_a_listener_is_checked_by_a_connection() -> None:
     with socket.create_server(("127.0.0.1", 0)) as listening:
         port = listening.getsockname()[1]
-        assert status_module._accepts("127.0.0.1", port)
-    assert not status_module._accepts("127.0.0.1", port)  # closed: refused
+        assert port_open("127.0.0.1", port, 3.0)
+    assert not port_open("127.0.0.1", port, 3.0)  # closed: refused
 
 
 def test_topics_a_login_may_not_describe_are_not_called_missing() -> None:
