@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import threading
-import time
 import urllib.error
 import urllib.request
 from http import HTTPStatus
@@ -27,6 +26,7 @@ from typing import Any, Final
 
 from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from contracts.errors import UserError
 from exnet.settings import SHUTDOWN_POLL_S, Settings
@@ -382,6 +382,17 @@ def run_query(settings: Settings, sql: str, fmt: str) -> bytes:
 HELD_WAIT_S: Final = 10.0
 
 
+def _endpoint_or_client(settings: Settings) -> dict[str, Any] | Client:
+    """The running writer's endpoint, else a read-only client of this process's own.
+    Raises :class:`DatabaseLocked` when another process holds the embedded database."""
+    endpoint = _live_endpoint(settings)
+    if endpoint is not None:
+        return endpoint
+    if settings.embedded_clickhouse and not Path(_location(settings)).exists():
+        raise _not_initialized(settings)  # a read-only tool makes no directory
+    return connect(settings, readonly=True)
+
+
 def _live_endpoint(settings: Settings) -> dict[str, Any] | None:
     """The endpoint of the running `exnet up` that owns the embedded database, if any."""
     path = endpoint_file(settings)
@@ -397,38 +408,37 @@ def _live_endpoint(settings: Settings) -> dict[str, Any] | None:
 
 
 def _run_query(settings: Settings, sql: str, fmt: str) -> bytes:
-    deadline = time.monotonic() + HELD_WAIT_S
-    while True:
-        endpoint = _live_endpoint(settings)
-        if endpoint is not None:
-            served = endpoint.get("database", settings.clickhouse_database)
-            if served != settings.clickhouse_database:
-                raise UserError(
-                    f"exnet up (pid {endpoint['pid']}) holds the embedded database "
-                    f"{_location(settings)} and answers for its "
-                    f"database {served!r} only, not {settings.clickhouse_database!r} "
-                    f"(EXNET_CLICKHOUSE_DATABASE): query {served!r}, name the other's tables "
-                    f"in full ({settings.clickhouse_database}.<table>), or stop it first"
-                )
-            return _query_endpoint(endpoint, sql, fmt)
-        if settings.embedded_clickhouse and not Path(_location(settings)).exists():
-            raise _not_initialized(settings)  # a read-only tool makes no directory
-        try:
-            client = connect(settings, readonly=True)
-        except DatabaseLocked:
-            # Held by a process that answers no queries: wait (an `exnet sql` beside a
-            # monitoring loop's `exnet status` failed at once, told to use `exnet sql`).
-            if time.monotonic() >= deadline:
-                raise DatabaseLocked(
-                    f"the embedded database {_location(settings)} is held by another "
-                    f"process that answers no queries, for over {HELD_WAIT_S:g} s (chDB "
-                    "lets one process own it): an `exnet status`, `report` or `verify` "
-                    "still running, or an `exnet up` that has not started its writer; "
-                    "try again once it is done"
-                ) from None
-            time.sleep(0.2)
-            continue
-        break
+    # A database held by a process that answers no queries is waited for (an `exnet sql`
+    # beside a monitoring loop's `exnet status` failed at once, told to use `exnet sql`);
+    # each try looks for a writer's endpoint first, which an `exnet up` starting publishes.
+    retrying = Retrying(
+        retry=retry_if_exception_type(DatabaseLocked),
+        wait=wait_fixed(0.2),
+        stop=stop_after_delay(HELD_WAIT_S),
+        reraise=True,
+    )
+    try:
+        target = retrying(_endpoint_or_client, settings)
+    except DatabaseLocked:
+        raise DatabaseLocked(
+            f"the embedded database {_location(settings)} is held by another "
+            f"process that answers no queries, for over {HELD_WAIT_S:g} s (chDB "
+            "lets one process own it): an `exnet status`, `report` or `verify` "
+            "still running, or an `exnet up` that has not started its writer; "
+            "try again once it is done"
+        ) from None
+    if isinstance(target, dict):
+        served = target.get("database", settings.clickhouse_database)
+        if served != settings.clickhouse_database:
+            raise UserError(
+                f"exnet up (pid {target['pid']}) holds the embedded database "
+                f"{_location(settings)} and answers for its "
+                f"database {served!r} only, not {settings.clickhouse_database!r} "
+                f"(EXNET_CLICKHOUSE_DATABASE): query {served!r}, name the other's tables "
+                f"in full ({settings.clickhouse_database}.<table>), or stop it first"
+            )
+        return _query_endpoint(target, sql, fmt)
+    client = target
     try:
         refuse_unless_read_only(client, sql, fmt)
         try:
