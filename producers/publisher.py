@@ -45,7 +45,7 @@ import logging
 import struct
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -277,6 +277,14 @@ def existing_topics(settings: Settings) -> set[str]:
     """The topics Kafka at the settings' bootstrap holds that this login may describe
     (a login allowed to write a topic may describe it). Raises ``KafkaError`` when no
     broker answers in :data:`CONNECT_TIMEOUT_MS`."""
+    with _admin(settings) as admin:
+        return set(admin.list_topics())
+
+
+@contextlib.contextmanager
+def _admin(settings: Settings) -> Iterator[KafkaAdminClient]:
+    """A Kafka admin client of the publisher's, closed on leaving. Raises ``KafkaError``
+    when no broker answers in :data:`CONNECT_TIMEOUT_MS`."""
     admin = KafkaAdminClient(
         **settings.kafka_client_config(),
         client_id="exnet-publisher",
@@ -284,7 +292,7 @@ def existing_topics(settings: Settings) -> set[str]:
         request_timeout_ms=REQUEST_TIMEOUT_MS,
     )
     try:
-        return set(admin.list_topics())
+        yield admin
     finally:
         admin.close()
 
@@ -347,16 +355,8 @@ def _not_authorized(settings: Settings, topics: list[str]) -> list[str]:
     if settings.kafka_security_protocol == "PLAINTEXT":
         return []
     try:
-        admin = KafkaAdminClient(
-            **settings.kafka_client_config(),
-            client_id="exnet-publisher",
-            bootstrap_timeout_ms=CONNECT_TIMEOUT_MS,
-            request_timeout_ms=REQUEST_TIMEOUT_MS,
-        )
-        try:
+        with _admin(settings) as admin:
             described = admin.describe_topics(topics)
-        finally:
-            admin.close()
     except KafkaError:
         return []
     refused = TopicAuthorizationFailedError.errno
